@@ -1,0 +1,300 @@
+//! Bad input lines: every kind is counted and skipped, good lines around them all arrive, and
+//! nothing crashes or stalls a pipeline.
+
+mod util;
+
+use std::io::Write;
+
+use util::*;
+
+/// Every kind of bad line from the issue, each between good events.
+fn bad_lines() -> Vec<(&'static str, Vec<u8>)> {
+    let long_event = format!(
+        r#"{{"kind":"feature","userKey":"long","creationDate":1700000000,"key":"k","variation":"v","value":"{}","default":false,"version":"","source":"SERVER"}}"#,
+        "x".repeat(5000)
+    );
+    vec![
+        (
+            "invalid UTF-8",
+            b"{\"kind\":\"feature\",\"userKey\":\"\xff\xfe\",\"creationDate\":1,\"key\":\"k\"}".to_vec(),
+        ),
+        ("invalid UTF-8 garbage", vec![0xc3, 0x28, 0xa0, 0xa1, 0xe2, 0x28, 0xa1]),
+        ("not JSON", b"this is not json".to_vec()),
+        ("truncated JSON", br#"{"kind":"feature","key":"#.to_vec()),
+        ("JSON array", b"[1,2,3]".to_vec()),
+        ("JSON number", b"42".to_vec()),
+        ("JSON string", br#""a string""#.to_vec()),
+        ("JSON null", b"null".to_vec()),
+        (
+            "missing key",
+            br#"{"kind":"feature","userKey":"u","creationDate":1700000000,"variation":"v","value":1,"default":false,"version":"","source":"SERVER"}"#.to_vec(),
+        ),
+        (
+            "missing userKey",
+            br#"{"kind":"feature","key":"k","creationDate":1700000000,"variation":"v","value":1,"default":false,"version":"","source":"SERVER"}"#.to_vec(),
+        ),
+        (
+            "missing kind",
+            br#"{"userKey":"u","key":"k","creationDate":1700000000}"#.to_vec(),
+        ),
+        (
+            "unknown kind",
+            br#"{"kind":"something","userKey":"u","key":"k","creationDate":1700000000}"#.to_vec(),
+        ),
+        (
+            "creationDate as string",
+            br#"{"kind":"feature","userKey":"u","key":"k","creationDate":"1617970547","variation":"v","value":1,"default":false,"version":"","source":"SERVER"}"#.to_vec(),
+        ),
+        (
+            "creationDate as float",
+            br#"{"kind":"feature","userKey":"u","key":"k","creationDate":1617970547.5,"variation":"v","value":1,"default":false,"version":"","source":"SERVER"}"#.to_vec(),
+        ),
+        (
+            "envelope whose message is not JSON",
+            br#"{"host":"h","message":"plain text log line","source_type":"socket"}"#.to_vec(),
+        ),
+        ("line longer than max_line_bytes", long_event.into_bytes()),
+    ]
+}
+
+/// Bad lines interleaved with good events: `good[i]` precedes `bad[i]`, one good event last.
+fn mixed_input() -> (Vec<u8>, Vec<String>, usize) {
+    let bad = bad_lines();
+    let good = feature_events(0, bad.len() + 1);
+    let mut data = Vec::new();
+    for (i, (_, line)) in bad.iter().enumerate() {
+        data.extend_from_slice(good[i].as_bytes());
+        data.push(b'\n');
+        data.extend_from_slice(line);
+        data.push(b'\n');
+    }
+    data.extend_from_slice(good[bad.len()].as_bytes());
+    data.push(b'\n');
+    (data, good, bad.len())
+}
+
+#[test]
+fn bad_lines_of_every_kind_are_counted_and_good_ones_delivered() {
+    let server = TestServer::start();
+    let ws = Workspace::new();
+    let (data, good, n_bad) = mixed_input();
+    let input = ws.write("events.json", &data);
+    let config = ws.config(&format!(
+        r#"[sources.in]
+type = "file"
+include = [{input}]
+max_line_bytes = 1024
+
+[sinks.webhook]
+type = "webhook"
+inputs = ["in"]
+endpoint_url = {url}
+"#,
+        input = toml_str(&input),
+        url = toml_str(server.url()),
+    ));
+    let out = run_once(&config);
+    out.assert_code(2);
+
+    assert_eq!(server.delivered(), good, "{out}");
+    let s = out.summary();
+    assert_eq!(
+        s,
+        Summary {
+            events_delivered: good.len() as u64,
+            requests: 1,
+            events_rejected: n_bad as u64,
+            events_not_delivered: 0
+        },
+        "{out}"
+    );
+}
+
+/// Each kind of bad line on its own is rejected (so the mixed test cannot pass by a count that
+/// happens to add up).
+#[test]
+fn each_bad_line_kind_alone_is_rejected() {
+    let server = TestServer::start();
+    for (what, line) in bad_lines() {
+        let ws = Workspace::new();
+        let mut data = line.clone();
+        data.push(b'\n');
+        data.extend_from_slice(jsonl(&[feature_event(7)]).as_bytes());
+        let input = ws.write("events.json", &data);
+        let config = ws.config(&format!(
+            r#"[sources.in]
+type = "file"
+include = [{input}]
+max_line_bytes = 1024
+
+[sinks.webhook]
+type = "webhook"
+inputs = ["in"]
+endpoint_url = {url}
+"#,
+            input = toml_str(&input),
+            url = toml_str(server.url()),
+        ));
+        let before = server.delivered().len();
+        let out = run_once(&config);
+        assert!(!out.timed_out, "{what}: {out}");
+        assert_eq!(out.code, Some(2), "{what}: expected exit 2\n{out}");
+        let s = out.summary();
+        assert_eq!(s.events_rejected, 1, "{what}: {out}");
+        assert_eq!(s.events_delivered, 1, "{what}: {out}");
+        let delivered = server.delivered();
+        assert_eq!(delivered[before..], [feature_event(7)], "{what}: {out}");
+    }
+}
+
+/// The same mix over TCP, with a very long line (8 MiB against max_line_bytes = 1024): the
+/// connection goes on, later good lines arrive.
+#[test]
+fn bad_lines_over_tcp_do_not_stall_the_connection() {
+    let server = TestServer::start();
+    let ws = Workspace::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = ws.config(&format!(
+        r#"[sources.tcp]
+type = "tcp"
+address = {addr}
+max_line_bytes = 1024
+
+[sinks.webhook]
+type = "webhook"
+inputs = ["tcp"]
+endpoint_url = {url}
+flush_interval = "200ms"
+"#,
+        addr = toml_str(&addr),
+        url = toml_str(server.url()),
+    ));
+    let (mut data, mut good, n_bad) = mixed_input();
+    // A huge line, then one more good event.
+    data.extend_from_slice(b"{\"kind\":\"feature\",\"value\":\"");
+    data.extend_from_slice(&vec![b'y'; 8 << 20]);
+    data.extend_from_slice(b"\"}\n");
+    let last = feature_event(999);
+    data.extend_from_slice(format!("{last}\n").as_bytes());
+    good.push(last);
+
+    let proc = Proc::spawn(run_once_cmd(&config));
+    let mut conn = connect(&addr, &proc);
+    for chunk in data.chunks(64 * 1024) {
+        conn.write_all(chunk).unwrap();
+    }
+    drop(conn);
+    let out = proc.wait();
+    out.assert_code(2);
+
+    assert_eq!(server.delivered(), good, "{out}");
+    let s = out.summary();
+    assert_eq!(s.events_rejected, n_bad as u64 + 1, "{out}");
+    assert_eq!(s.events_delivered, good.len() as u64, "{out}");
+}
+
+/// Deterministic random garbage lines between good events never crash or stall the pipeline.
+#[test]
+fn random_garbage_lines_never_stall_the_pipeline() {
+    let server = TestServer::start();
+    let ws = Workspace::new();
+    let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    // First bytes that can never start valid JSON or be blank.
+    let starts = [b'#', b'@', b'!', b'x', 0xff, 0x80, b'}', b']'];
+    let good = feature_events(0, 30);
+    let mut data = Vec::new();
+    let mut n_bad = 0;
+    for (i, g) in good.iter().enumerate() {
+        data.extend_from_slice(g.as_bytes());
+        data.push(b'\n');
+        let lines = if i == good.len() - 1 {
+            0
+        } else {
+            1 + next() % 4
+        };
+        for _ in 0..lines {
+            let len = 1 + (next() % 300) as usize;
+            data.push(starts[(next() % starts.len() as u64) as usize]);
+            for _ in 1..len {
+                let b = (next() & 0xff) as u8;
+                data.push(if b == b'\n' { b' ' } else { b });
+            }
+            data.push(b'\n');
+            n_bad += 1;
+        }
+    }
+    let config = ws.file_pipeline(&data, &server.url(), "");
+    let out = run_once(&config);
+    out.assert_code(2);
+
+    assert_eq!(server.delivered(), good, "{out}");
+    assert_eq!(out.summary().events_rejected, n_bad, "{out}");
+}
+
+/// With --once a partial last line (no final newline) is a line at end of input.
+#[test]
+fn partial_last_line_is_an_event_at_eof_with_once() {
+    let server = TestServer::start();
+    let ws = Workspace::new();
+    let events = feature_events(0, 3);
+    let data = format!("{}\n{}\n{}", events[0], events[1], events[2]);
+    let config = ws.file_pipeline(data, &server.url(), "");
+    let out = run_once(&config);
+    out.assert_code(0);
+    assert_eq!(server.delivered(), events);
+}
+
+/// With `schema = "any"` a line must still be a JSON object.
+#[test]
+fn schema_any_rejects_non_objects() {
+    let server = TestServer::start();
+    let ws = Workspace::new();
+    let lines = [
+        r#"{"a":1}"#,
+        "[1,2]",
+        "not json",
+        "7",
+        r#"{"b":2}"#,
+        r#""str""#,
+    ];
+    let config = ws.file_pipeline(jsonl(&lines), &server.url(), r#"schema = "any""#);
+    let out = run_once(&config);
+    out.assert_code(2);
+    assert_eq!(server.delivered(), vec![r#"{"a":1}"#, r#"{"b":2}"#]);
+    assert_eq!(out.summary().events_rejected, 4, "{out}");
+}
+
+/// Bad lines on stdin are counted too.
+#[test]
+fn bad_lines_on_stdin_are_counted() {
+    let server = TestServer::start();
+    let ws = Workspace::new();
+    let config = ws.config(&format!(
+        r#"[sources.piped]
+type = "stdin"
+
+[sinks.webhook]
+type = "webhook"
+inputs = ["piped"]
+endpoint_url = {url}
+"#,
+        url = toml_str(server.url()),
+    ));
+    let mut cmd = run_once_cmd(&config);
+    cmd.stdin(std::process::Stdio::piped());
+    let mut proc = Proc::spawn(cmd);
+    let mut stdin = proc.stdin();
+    let data = format!("{}\nnope\n[]\n{}\n", feature_event(0), feature_event(1));
+    stdin.write_all(data.as_bytes()).unwrap();
+    drop(stdin);
+    let out = proc.wait();
+    out.assert_code(2);
+    assert_eq!(server.delivered(), feature_events(0, 2));
+    assert_eq!(out.summary().events_rejected, 2, "{out}");
+}

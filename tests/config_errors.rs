@@ -1,0 +1,224 @@
+//! Config errors: each gives exit 1 and a message naming the key (and the file); `${VAR}`
+//! substitution and `$$`.
+
+mod util;
+
+use serde_json::json;
+use util::*;
+
+const SOURCE: &str = r#"[sources.in]
+type = "file"
+include = ["/nonexistent/flaghook-test/*.json"]
+"#;
+
+const SINK: &str = r#"[sinks.webhook]
+type = "webhook"
+inputs = ["in"]
+endpoint_url = "http://127.0.0.1:9/hook"
+"#;
+
+/// Validates `body` (written as flaghook.toml) and asserts exit 1 with stderr naming every
+/// needle and the config file.
+#[track_caller]
+fn assert_config_error(body: &str, needles: &[&str]) -> Output {
+    let ws = Workspace::new();
+    let config = ws.config(body);
+    let out = validate(&config);
+    out.assert_code(1);
+    for needle in needles {
+        assert!(
+            out.stderr.contains(needle),
+            "stderr does not name {needle:?}:\n{out}"
+        );
+    }
+    assert!(
+        out.stderr.contains("flaghook.toml"),
+        "stderr does not name the config file:\n{out}"
+    );
+    out
+}
+
+/// The base config the error tests start from is valid, so each error test fails only for the
+/// one thing it changes.
+#[test]
+fn base_config_is_valid() {
+    let ws = Workspace::new();
+    let config = ws.config(&format!("{SOURCE}\n{SINK}"));
+    validate(&config).assert_code(0);
+}
+
+#[test]
+fn unknown_key_in_sink() {
+    assert_config_error(
+        &format!("{SOURCE}\n{SINK}flush_intervall = \"1s\"\n"),
+        &["flush_intervall"],
+    );
+}
+
+#[test]
+fn unknown_key_in_source() {
+    let source = SOURCE.replace("include", "includes");
+    assert_config_error(&format!("{source}\n{SINK}"), &["includes"]);
+}
+
+#[test]
+fn unknown_top_level_key() {
+    assert_config_error(
+        &format!("dta_dir = \"x\"\n\n{SOURCE}\n{SINK}"),
+        &["dta_dir"],
+    );
+}
+
+#[test]
+fn unknown_source_type() {
+    let source = SOURCE.replace(r#"type = "file""#, r#"type = "kafka""#);
+    assert_config_error(&format!("{source}\n{SINK}"), &["kafka"]);
+}
+
+#[test]
+fn missing_endpoint_url() {
+    let sink = SINK.replace("endpoint_url = \"http://127.0.0.1:9/hook\"\n", "");
+    assert_config_error(&format!("{SOURCE}\n{sink}"), &["endpoint_url"]);
+}
+
+#[test]
+fn endpoint_url_with_ftp_scheme() {
+    let sink = SINK.replace("http://127.0.0.1:9/hook", "ftp://x");
+    assert_config_error(&format!("{SOURCE}\n{sink}"), &["endpoint_url"]);
+}
+
+#[test]
+fn endpoint_url_that_is_not_a_url() {
+    let sink = SINK.replace("http://127.0.0.1:9/hook", "not a url");
+    assert_config_error(&format!("{SOURCE}\n{sink}"), &["endpoint_url"]);
+}
+
+#[test]
+fn endpoint_url_without_host() {
+    let sink = SINK.replace("http://127.0.0.1:9/hook", "http:///hook");
+    assert_config_error(&format!("{SOURCE}\n{sink}"), &["endpoint_url"]);
+}
+
+#[test]
+fn inputs_naming_no_source() {
+    let sink = SINK.replace(r#"inputs = ["in"]"#, r#"inputs = ["in", "nope"]"#);
+    assert_config_error(&format!("{SOURCE}\n{sink}"), &["inputs", "nope"]);
+}
+
+#[test]
+fn source_no_sink_reads() {
+    let orphan = r#"[sources.orphan]
+type = "stdin"
+"#;
+    assert_config_error(&format!("{SOURCE}\n{orphan}\n{SINK}"), &["orphan"]);
+}
+
+#[test]
+fn zero_max_event_in_memory() {
+    assert_config_error(
+        &format!("{SOURCE}\n{SINK}max_event_in_memory = 0\n"),
+        &["max_event_in_memory"],
+    );
+}
+
+#[test]
+fn non_string_meta_value() {
+    assert_config_error(
+        &format!("{SOURCE}\n{SINK}meta = {{ count = 3 }}\n"),
+        &["meta"],
+    );
+}
+
+#[test]
+fn missing_file_include() {
+    let source = "[sources.in]\ntype = \"file\"\n";
+    assert_config_error(&format!("{source}\n{SINK}"), &["include"]);
+}
+
+#[test]
+fn unset_environment_variable() {
+    let ws = Workspace::new();
+    let config = ws.config(&format!(
+        "{SOURCE}\n{SINK}secret = \"${{FLAGHOOK_TEST_SURELY_UNSET_VAR}}\"\n"
+    ));
+    let mut cmd = flaghook(&["validate", "--config"]);
+    cmd.arg(&config)
+        .env_remove("FLAGHOOK_TEST_SURELY_UNSET_VAR");
+    let out = Proc::spawn(cmd).wait();
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("FLAGHOOK_TEST_SURELY_UNSET_VAR"),
+        "stderr does not name the variable:\n{out}"
+    );
+}
+
+#[test]
+fn missing_config_file_is_an_error() {
+    let ws = Workspace::new();
+    let out = validate(&ws.path("no-such-config.toml"));
+    out.assert_code(1);
+    assert!(out.stderr.contains("no-such-config.toml"), "{out}");
+}
+
+#[test]
+fn toml_syntax_error_is_an_error() {
+    assert_config_error(&format!("{SOURCE}\n{SINK}meta = {{ broken\n"), &[]);
+}
+
+/// `run` does every check `validate` does, before it starts: exit 1 and nothing sent.
+#[test]
+fn run_refuses_a_bad_config_before_sending() {
+    let server = TestServer::start();
+    let ws = Workspace::new();
+    let config = ws.file_pipeline(
+        jsonl(&feature_events(0, 3)),
+        &server.url(),
+        "max_event_in_memory = 0",
+    );
+    let out = run_once(&config);
+    out.assert_code(1);
+    assert!(out.stderr.contains("max_event_in_memory"), "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(server.requests().is_empty());
+}
+
+/// `${VAR}` is replaced anywhere in the file; `$$` is a literal `$` (and stops substitution).
+#[test]
+fn env_var_substitution_and_dollar_escape() {
+    let server = TestServer::start();
+    let ws = Workspace::new();
+    let input = ws.write("events.json", jsonl(&[feature_event(0)]));
+    let config = ws.config(&format!(
+        r#"[sources.in]
+type = "file"
+include = [{input}]
+
+[sinks.webhook]
+type = "webhook"
+inputs = ["in"]
+endpoint_url = "${{FH_TEST_URL}}"
+secret = "${{FH_TEST_SECRET}}"
+meta = {{ hostname = "h", who = "${{FH_TEST_WHO}}", price = "$$5", literal = "$${{FH_TEST_NOT_SET}}" }}
+"#,
+        input = toml_str(&input),
+    ));
+    let mut cmd = run_once_cmd(&config);
+    cmd.env("FH_TEST_URL", server.url())
+        .env("FH_TEST_SECRET", "from-env")
+        .env("FH_TEST_WHO", "alice")
+        .env_remove("FH_TEST_NOT_SET");
+    let out = Proc::spawn(cmd).wait();
+    out.assert_code(0);
+
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 1, "{out}");
+    assert_eq!(
+        reqs[0].meta(),
+        json!({"hostname": "h", "who": "alice", "price": "$5", "literal": "${FH_TEST_NOT_SET}"})
+    );
+    assert_eq!(
+        reqs[0].header("x-hub-signature-256"),
+        Some(signature("from-env", &reqs[0].body).as_str())
+    );
+    assert_eq!(reqs[0].events(), vec![feature_event(0)]);
+}
