@@ -1,0 +1,143 @@
+//! The batching stage: `chunks_timeout` over a sink's decoded input, with a retry lane.
+//!
+//! A batch goes out when `max_event_in_memory` items are pending or when `flush_interval`
+//! has passed since the first pending one, whichever comes first
+//! (`tokio_stream::StreamExt::chunks_timeout`). A failed batch is put back on the
+//! [`RetryLane`], which the stream drains before taking newer input, so order is kept:
+//! no event goes out after one that entered later.
+//!
+//! The lane is filled only while the sink is not polling the batcher (between two
+//! batches), so the batcher never waits on it: no waker is needed.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use tokio_stream::StreamExt;
+
+use crate::event::Item;
+
+/// Failed items waiting to go out again, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct RetryLane(Arc<Mutex<VecDeque<Item>>>);
+
+impl RetryLane {
+    /// Puts a failed batch back in front of everything still waiting.
+    pub fn push_front(&self, batch: Vec<Item>) {
+        let mut lane = self.0.lock().expect("retry lane lock");
+        for item in batch.into_iter().rev() {
+            lane.push_front(item);
+        }
+    }
+
+    /// Takes up to `max` items, oldest first.
+    pub fn take(&self, max: usize) -> Vec<Item> {
+        let mut lane = self.0.lock().expect("retry lane lock");
+        let n = lane.len().min(max);
+        lane.drain(..n).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().expect("retry lane lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn pop(&self) -> Option<Item> {
+        self.0.lock().expect("retry lane lock").pop_front()
+    }
+}
+
+/// Items from the retry lane first, then from the input.
+struct RetriesFirst<S> {
+    lane: RetryLane,
+    input: S,
+}
+
+impl<S: Stream<Item = Item> + Unpin> Stream for RetriesFirst<S> {
+    type Item = Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        if let Some(item) = self.lane.pop() {
+            return Poll::Ready(Some(item));
+        }
+        Pin::new(&mut self.input).poll_next(cx)
+    }
+}
+
+/// Batches `input` (after the retry lane) by size and time. The stream ends when the input
+/// ends; what is still on the lane then is for the caller to drain.
+pub fn batches<S>(
+    input: S,
+    lane: RetryLane,
+    max_events: usize,
+    flush_interval: Duration,
+) -> impl Stream<Item = Vec<Item>>
+where
+    S: Stream<Item = Item> + Unpin,
+{
+    RetriesFirst { lane, input }.chunks_timeout(max_events, flush_interval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn item(n: u64) -> Item {
+        Item {
+            event: Some(Bytes::from(n.to_string())),
+            ack: None,
+        }
+    }
+
+    fn numbers(batch: &[Item]) -> Vec<String> {
+        batch
+            .iter()
+            .map(|i| String::from_utf8(i.event.clone().unwrap().to_vec()).unwrap())
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn size_then_interval_trigger() {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut out = Box::pin(batches(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            RetryLane::default(),
+            3,
+            Duration::from_secs(60),
+        ));
+        for n in 0..4 {
+            tx.send(item(n)).await.unwrap();
+        }
+        assert_eq!(numbers(&out.next().await.unwrap()), ["0", "1", "2"]);
+        let start = tokio::time::Instant::now();
+        assert_eq!(numbers(&out.next().await.unwrap()), ["3"]);
+        assert!(start.elapsed() >= Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retried_items_go_out_before_newer_ones() {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let lane = RetryLane::default();
+        let mut out = Box::pin(batches(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            lane.clone(),
+            2,
+            Duration::from_secs(1),
+        ));
+        for n in 0..4 {
+            tx.send(item(n)).await.unwrap();
+        }
+        let failed = out.next().await.unwrap();
+        assert_eq!(numbers(&failed), ["0", "1"]);
+        lane.push_front(failed);
+        assert_eq!(numbers(&out.next().await.unwrap()), ["0", "1"]);
+        assert_eq!(numbers(&out.next().await.unwrap()), ["2", "3"]);
+    }
+}

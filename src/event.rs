@@ -1,0 +1,590 @@
+//! What flows between stages, and decoding lines into events.
+//!
+//! A source reads raw lines and hands them on in [`Block`]s (one read's worth of lines,
+//! no copy per line). Each sink decodes a block with its own [`Decoder`] (schema, event
+//! types, envelope field) into [`Item`]s: an encoded event, or a marker for a line that
+//! carried no event (bad input, filtered out). Markers keep their file position so that
+//! acknowledgements stay in order: a file offset moves past a bad line only after
+//! everything before it was delivered.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// A file position that is acknowledged once every sink has delivered what precedes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// Index of the source (its checkpointer) in the topology.
+    pub source: usize,
+    /// The tailed file, as the source numbers them.
+    pub file: u64,
+    /// Byte offset just past the line.
+    pub offset: u64,
+}
+
+/// Lines from one place (a file, a connection, stdin), in order.
+#[derive(Debug, Clone)]
+pub struct Block {
+    /// The source's name in the config.
+    pub source_name: Arc<str>,
+    /// Where the lines come from: a path, a peer address, `stdin`.
+    pub origin: Arc<str>,
+    /// For file sources: the source index and file number, to build [`Ack`]s.
+    pub ack: Option<(usize, u64)>,
+    /// Fields that may wrap an event (see [`envelope_fields`]).
+    pub envelope: Arc<[String]>,
+    pub lines: Vec<Line>,
+}
+
+/// One line without its terminator (`\n`, `\r\n`).
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub bytes: Bytes,
+    /// 1-based line number in its origin.
+    pub number: u64,
+    /// Byte offset just past the line's terminator.
+    pub end: u64,
+    /// Set when the line was rejected before decoding (longer than `max_line_bytes`);
+    /// `bytes` then holds only its start.
+    pub oversized: Option<u64>,
+}
+
+/// What a sink batches: an encoded event, or only a position to acknowledge.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub event: Option<Bytes>,
+    pub ack: Option<Ack>,
+}
+
+/// The event format a sink accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schema {
+    /// GO Feature Flag feature and tracking events, re-encoded in GO Feature Flag's order.
+    Goff,
+    /// Any JSON object, sent as it came (compacted).
+    Any,
+}
+
+impl Schema {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Schema::Goff => "goff",
+            Schema::Any => "any",
+        }
+    }
+}
+
+/// GO Feature Flag's two event kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    Feature,
+    Tracking,
+}
+
+/// Why a line is not an event. Shown in logs and dead letters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid(pub String);
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn invalid(reason: impl Into<String>) -> Invalid {
+    Invalid(reason.into())
+}
+
+/// What decoding one line gives.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Event(Bytes),
+    /// A valid event of a kind this sink does not send.
+    Filtered,
+    /// A blank line: nothing to send, nothing wrong.
+    Empty,
+}
+
+/// Decodes lines for one sink.
+#[derive(Debug)]
+pub struct Decoder {
+    schema: Schema,
+    send_feature: bool,
+    send_tracking: bool,
+    /// Encoded events are split off this buffer: one allocation per many events.
+    arena: BytesMut,
+}
+
+const ARENA_CHUNK: usize = 256 * 1024;
+
+impl Decoder {
+    pub fn new(schema: Schema, event_types: &[EventType]) -> Self {
+        Decoder {
+            schema,
+            send_feature: event_types.contains(&EventType::Feature),
+            send_tracking: event_types.contains(&EventType::Tracking),
+            arena: BytesMut::new(),
+        }
+    }
+
+    /// Decodes one line (without its terminator). `envelope_fields` name the fields that
+    /// may wrap the event when it has no `kind` (see [`envelope_fields`]).
+    pub fn decode(&mut self, line: &[u8], envelope_fields: &[String]) -> Result<Decoded, Invalid> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Decoded::Empty);
+        }
+        let text = std::str::from_utf8(line)
+            .map_err(|e| invalid(format!("not valid UTF-8 (at byte {})", e.valid_up_to())))?;
+        let outer = Fields::parse(text, envelope_fields)?;
+        let inner_text = match (outer.kind, outer.envelope) {
+            (None, Some(raw)) => Some(envelope_inner(raw)?),
+            _ => None,
+        };
+        let inner = match &inner_text {
+            Some(t) => Some(Fields::parse(t, &[])?),
+            None => None,
+        };
+        let (fields, json) = match (&inner, &inner_text) {
+            (Some(f), Some(t)) => (f, t.as_ref()),
+            _ => (&outer, text),
+        };
+        if self.arena.capacity() - self.arena.len() < json.len() + 64 {
+            self.arena.reserve(ARENA_CHUNK.max(json.len() * 2));
+        }
+        match self.schema {
+            Schema::Any => compact(json.as_bytes(), &mut self.arena),
+            Schema::Goff => {
+                let kind = fields.kind()?;
+                let wanted = match kind {
+                    EventType::Feature => self.send_feature,
+                    EventType::Tracking => self.send_tracking,
+                };
+                if !wanted {
+                    return Ok(Decoded::Filtered);
+                }
+                fields.encode_goff(kind, &mut self.arena)?;
+            }
+        }
+        Ok(Decoded::Event(self.arena.split().freeze()))
+    }
+}
+
+/// The fields a shipper wraps a line in, in order of preference: the source's `field`
+/// when set, else Vector's `message` and Fluent Bit's `log`.
+pub fn envelope_fields(field: Option<&str>) -> Arc<[String]> {
+    match field {
+        Some(f) => Arc::from(vec![f.to_owned()]),
+        None => Arc::from(vec!["message".to_owned(), "log".to_owned()]),
+    }
+}
+
+/// The object held by an envelope field: a string holding JSON (Vector's `message`,
+/// Fluent Bit's `log`), or the object itself.
+fn envelope_inner(raw: &RawValue) -> Result<Cow<'_, str>, Invalid> {
+    let text = raw.get();
+    if text.starts_with('{') {
+        return Ok(Cow::Borrowed(text));
+    }
+    let inner: Cow<'_, str> = serde_json::from_str(text).map_err(|_| {
+        invalid("has no `kind` and its envelope field is not a string or an object")
+    })?;
+    if !inner.trim_start().starts_with('{') {
+        return Err(invalid(
+            "has no `kind` and its envelope field does not hold a JSON object",
+        ));
+    }
+    Ok(inner)
+}
+
+/// The fields flaghook looks at, borrowed from the line (`RawValue` keeps their exact text).
+#[derive(Default)]
+struct Fields<'a> {
+    kind: Option<&'a RawValue>,
+    context_kind: Option<&'a RawValue>,
+    user_key: Option<&'a RawValue>,
+    creation_date: Option<&'a RawValue>,
+    key: Option<&'a RawValue>,
+    variation: Option<&'a RawValue>,
+    value: Option<&'a RawValue>,
+    default: Option<&'a RawValue>,
+    version: Option<&'a RawValue>,
+    source: Option<&'a RawValue>,
+    metadata: Option<&'a RawValue>,
+    evaluation_context: Option<&'a RawValue>,
+    tracking_event_details: Option<&'a RawValue>,
+    /// The first envelope field found, by preference.
+    envelope: Option<&'a RawValue>,
+}
+
+impl<'a> Fields<'a> {
+    fn parse(text: &'a str, envelope_fields: &[String]) -> Result<Self, Invalid> {
+        if !text.trim_start().starts_with('{') {
+            // Still parse, so that "not JSON" and "not an object" are told apart.
+            serde_json::from_str::<IgnoredAny>(text).map_err(json_error)?;
+            return Err(invalid("not a JSON object"));
+        }
+        let mut de = serde_json::Deserializer::from_str(text);
+        let fields = FieldsSeed { envelope_fields }
+            .deserialize(&mut de)
+            .map_err(json_error)?;
+        de.end().map_err(json_error)?;
+        Ok(fields)
+    }
+
+    fn kind(&self) -> Result<EventType, Invalid> {
+        let raw = self.kind.ok_or_else(|| invalid("missing field `kind`"))?;
+        match raw.get() {
+            r#""feature""# => Ok(EventType::Feature),
+            r#""tracking""# => Ok(EventType::Tracking),
+            other => Err(invalid(format!(
+                "field `kind` is {other}; expected \"feature\" or \"tracking\""
+            ))),
+        }
+    }
+
+    /// Writes the event compactly in GO Feature Flag's field order, with only its fields.
+    fn encode_goff(&self, kind: EventType, out: &mut BytesMut) -> Result<(), Invalid> {
+        let user_key = required_string(self.user_key, "userKey")?;
+        let key = required_string(self.key, "key")?;
+        let creation_date = self
+            .creation_date
+            .ok_or_else(|| invalid("missing field `creationDate`"))?;
+        if creation_date.get().parse::<i64>().is_err() {
+            return Err(invalid(format!(
+                "field `creationDate` must be an integer (Unix seconds), got {}",
+                creation_date.get()
+            )));
+        }
+        let context_kind = optional_string(self.context_kind, "contextKind")?;
+        out.put_slice(match kind {
+            EventType::Feature => br#"{"kind":"feature""#,
+            EventType::Tracking => br#"{"kind":"tracking""#,
+        });
+        if let Some(ck) = context_kind.filter(|ck| *ck != r#""""#) {
+            put_field(out, "contextKind", ck.as_bytes());
+        }
+        put_field(out, "userKey", user_key.as_bytes());
+        put_field(out, "creationDate", creation_date.get().as_bytes());
+        put_field(out, "key", key.as_bytes());
+        match kind {
+            EventType::Feature => self.encode_feature_tail(out)?,
+            EventType::Tracking => self.encode_tracking_tail(out)?,
+        }
+        out.put_u8(b'}');
+        Ok(())
+    }
+
+    fn encode_feature_tail(&self, out: &mut BytesMut) -> Result<(), Invalid> {
+        let variation = optional_string(self.variation, "variation")?.unwrap_or(r#""""#);
+        let default = match self.default.map(RawValue::get) {
+            None | Some("null") => "false",
+            Some(b @ ("true" | "false")) => b,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "field `default` must be a boolean, got {other}"
+                )))
+            }
+        };
+        let version = optional_string(self.version, "version")?.unwrap_or(r#""""#);
+        let source = optional_string(self.source, "source")?.unwrap_or(r#""""#);
+        let metadata = optional_object(self.metadata, "metadata")?;
+        put_field(out, "variation", variation.as_bytes());
+        out.put_slice(br#","value":"#);
+        match self.value {
+            Some(v) => compact(v.get().as_bytes(), out),
+            None => out.put_slice(b"null"),
+        }
+        put_field(out, "default", default.as_bytes());
+        put_field(out, "version", version.as_bytes());
+        put_field(out, "source", source.as_bytes());
+        if let Some(m) = metadata {
+            let start = out.len();
+            out.put_slice(br#","metadata":"#);
+            compact(m.get().as_bytes(), out);
+            if &out[out.len() - 2..] == b"{}" {
+                out.truncate(start); // omitted when empty, as GO Feature Flag does
+            }
+        }
+        Ok(())
+    }
+
+    fn encode_tracking_tail(&self, out: &mut BytesMut) -> Result<(), Invalid> {
+        let context = optional_object(self.evaluation_context, "evaluationContext")?;
+        let details = optional_object(self.tracking_event_details, "trackingEventDetails")?;
+        for (name, raw) in [
+            ("evaluationContext", context),
+            ("trackingEventDetails", details),
+        ] {
+            out.put_slice(b",\"");
+            out.put_slice(name.as_bytes());
+            out.put_slice(b"\":");
+            match raw {
+                Some(v) => compact(v.get().as_bytes(), out),
+                None => out.put_slice(b"{}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn put_field(out: &mut BytesMut, name: &str, raw_value: &[u8]) {
+    out.put_slice(b",\"");
+    out.put_slice(name.as_bytes());
+    out.put_slice(b"\":");
+    out.put_slice(raw_value);
+}
+
+fn required_string<'a>(raw: Option<&'a RawValue>, name: &str) -> Result<&'a str, Invalid> {
+    optional_string(raw, name)?.ok_or_else(|| invalid(format!("missing field `{name}`")))
+}
+
+/// The raw text of a string field (quotes and escapes included), or `None` when absent or null.
+fn optional_string<'a>(raw: Option<&'a RawValue>, name: &str) -> Result<Option<&'a str>, Invalid> {
+    match raw.map(RawValue::get) {
+        None | Some("null") => Ok(None),
+        Some(s) if s.starts_with('"') => Ok(Some(s)),
+        Some(other) => Err(invalid(format!(
+            "field `{name}` must be a string, got {}",
+            excerpt(other)
+        ))),
+    }
+}
+
+fn optional_object<'a>(
+    raw: Option<&'a RawValue>,
+    name: &str,
+) -> Result<Option<&'a RawValue>, Invalid> {
+    match raw {
+        None => Ok(None),
+        Some(r) if r.get() == "null" => Ok(None),
+        Some(r) if r.get().starts_with('{') => Ok(Some(r)),
+        Some(r) => Err(invalid(format!(
+            "field `{name}` must be an object, got {}",
+            excerpt(r.get())
+        ))),
+    }
+}
+
+fn excerpt(text: &str) -> String {
+    let mut end = text.len().min(40);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < text.len() {
+        format!("{}...", &text[..end])
+    } else {
+        text.to_owned()
+    }
+}
+
+fn json_error(e: serde_json::Error) -> Invalid {
+    let what = match e.classify() {
+        serde_json::error::Category::Eof => "truncated JSON",
+        _ => "not valid JSON",
+    };
+    invalid(format!("{what}: {e}"))
+}
+
+/// Appends `json` (valid JSON) without the whitespace between tokens.
+pub fn compact(json: &[u8], out: &mut BytesMut) {
+    if !json
+        .iter()
+        .any(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
+    {
+        out.put_slice(json);
+        return;
+    }
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+            continue;
+        } else if b == b'"' {
+            in_string = true;
+        }
+        out.put_u8(b);
+    }
+}
+
+/// Fills [`Fields`] from a JSON object in one pass, keeping the first envelope field found
+/// among `envelope_fields` in their order of preference.
+struct FieldsSeed<'s> {
+    envelope_fields: &'s [String],
+}
+
+impl<'de> DeserializeSeed<'de> for FieldsSeed<'_> {
+    type Value = Fields<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldsSeed<'_> {
+    type Value = Fields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = Fields::default();
+        let mut envelope_rank = usize::MAX;
+        while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+            let slot = match name.as_ref() {
+                "kind" => &mut fields.kind,
+                "contextKind" => &mut fields.context_kind,
+                "userKey" => &mut fields.user_key,
+                "creationDate" => &mut fields.creation_date,
+                "key" => &mut fields.key,
+                "variation" => &mut fields.variation,
+                "value" => &mut fields.value,
+                "default" => &mut fields.default,
+                "version" => &mut fields.version,
+                "source" => &mut fields.source,
+                "metadata" => &mut fields.metadata,
+                "evaluationContext" => &mut fields.evaluation_context,
+                "trackingEventDetails" => &mut fields.tracking_event_details,
+                other => match self.envelope_fields.iter().position(|f| f == other) {
+                    Some(rank) if rank < envelope_rank => {
+                        envelope_rank = rank;
+                        &mut fields.envelope
+                    }
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
+                    }
+                },
+            };
+            *slot = Some(map.next_value::<&'de RawValue>()?);
+        }
+        Ok(fields)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const E1: &str = r#"{"kind":"feature","contextKind":"anonymousUser","userKey":"ABCD","creationDate":1617970547,"key":"random-key","variation":"Default","value":"YO","default":false,"version":"","source":"SERVER"}"#;
+    const TRACK: &str = r#"{"kind":"tracking","contextKind":"anonymousUser","userKey":"ABCD","creationDate":1617970547,"key":"random-key","evaluationContext":{"targetingKey":"ABCD","toto":123},"trackingEventDetails":{"event":"123"}}"#;
+
+    fn goff() -> Decoder {
+        Decoder::new(Schema::Goff, &[EventType::Feature, EventType::Tracking])
+    }
+
+    fn decode(d: &mut Decoder, line: &[u8]) -> Result<Decoded, Invalid> {
+        d.decode(line, &envelope_fields(None))
+    }
+
+    fn ok(d: &mut Decoder, line: &str) -> String {
+        match decode(d, line.as_bytes()) {
+            Ok(Decoded::Event(b)) => String::from_utf8(b.to_vec()).unwrap(),
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn goff_compact_events_come_out_byte_identical() {
+        let mut d = goff();
+        assert_eq!(ok(&mut d, E1), E1);
+        assert_eq!(ok(&mut d, TRACK), TRACK);
+        let with_meta = r#"{"kind":"feature","contextKind":"anonymousUser","userKey":"ABCD","creationDate":1617970547,"key":"random-key","variation":"Default","value":{"bool":true,"float":1.23,"int":1,"string":"string"},"default":false,"version":"","source":"","metadata":{"metadata1":"metadata1","metadata2":24,"metadata3":true}}"#;
+        assert_eq!(ok(&mut d, with_meta), with_meta);
+    }
+
+    #[test]
+    fn reorders_compacts_and_drops_extra_fields() {
+        let mut d = goff();
+        let messy = r#"{ "source":"SERVER", "host":"h1", "version":"", "default":false, "value": "YO", "variation":"Default","key":"random-key","creationDate":1617970547,"userKey":"ABCD","contextKind":"anonymousUser","kind":"feature","timestamp":"x"}"#;
+        assert_eq!(ok(&mut d, messy), E1);
+    }
+
+    #[test]
+    fn unwraps_vector_and_fluent_bit_envelopes() {
+        let mut d = goff();
+        let inner = serde_json::to_string(E1).unwrap();
+        let vector =
+            format!(r#"{{"host":"h","message":{inner},"source_type":"file","timestamp":"t"}}"#);
+        assert_eq!(ok(&mut d, &vector), E1);
+        let fluent = format!(r#"{{"date":1700000000.5,"log":{inner}}}"#);
+        assert_eq!(ok(&mut d, &fluent), E1);
+        let mut custom = goff();
+        let line = format!(r#"{{"payload":{E1}}}"#);
+        let got = custom
+            .decode(line.as_bytes(), &envelope_fields(Some("payload")))
+            .unwrap();
+        assert_eq!(got, Decoded::Event(Bytes::from(E1)));
+    }
+
+    #[test]
+    fn rejects_bad_lines_with_a_reason() {
+        let mut d = goff();
+        let cases: &[(&[u8], &str)] = &[
+            (b"\xff\xfe{}", "UTF-8"),
+            (b"not json", "JSON"),
+            (b"[1,2]", "not a JSON object"),
+            (b"}{", "JSON"),
+            (
+                br#"{"kind":"feature","userKey":"a","creationDate":1}"#,
+                "`key`",
+            ),
+            (
+                br#"{"kind":"feature","userKey":"a","key":"k","creationDate":"1"}"#,
+                "creationDate",
+            ),
+            (
+                br#"{"kind":"other","userKey":"a","key":"k","creationDate":1}"#,
+                "kind",
+            ),
+            (
+                br#"{"kind":"feature","userKey":"a","key":"k","creationDate":1} x"#,
+                "JSON",
+            ),
+            (b"{\"a\":\"\0\"}", "JSON"),
+        ];
+        for (line, needle) in cases {
+            let err = decode(&mut d, line).unwrap_err();
+            assert!(
+                err.0.contains(needle),
+                "{:?}: {err}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        let deep = "[".repeat(100_000);
+        assert!(decode(&mut d, format!("{{\"a\":{deep}").as_bytes()).is_err());
+    }
+
+    #[test]
+    fn event_types_filter_and_crlf() {
+        let mut d = Decoder::new(Schema::Goff, &[EventType::Feature]);
+        assert_eq!(decode(&mut d, TRACK.as_bytes()), Ok(Decoded::Filtered));
+        assert_eq!(ok(&mut d, &format!("{E1}\r")), E1);
+        assert_eq!(decode(&mut d, b"  \r"), Ok(Decoded::Empty));
+    }
+
+    #[test]
+    fn schema_any_sends_any_object_compacted() {
+        let mut d = Decoder::new(Schema::Any, &[]);
+        assert_eq!(
+            ok(&mut d, r#"{ "a" : [1, 2], "b": "x y" }"#),
+            r#"{"a":[1,2],"b":"x y"}"#
+        );
+        assert!(decode(&mut d, b"42").is_err());
+    }
+}

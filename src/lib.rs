@@ -1,0 +1,28 @@
+//! flaghook delivers GO Feature Flag evaluation events from log pipelines to webhooks,
+//! in GO Feature Flag's webhook format, signed, without losing any.
+//!
+//! The data path is the architecture: source -> decode -> batch -> sign and send ->
+//! acknowledge.
+//!
+//! # Layout
+//! - [`config`]: the TOML model, validated once into ready-to-run values.
+//! - [`topology`]: wires sources to sinks; owns the shutdown order.
+//! - [`source`]: [`source::file`] (tail, with [`source::file::checkpoint`]),
+//!   [`source::tcp`], [`source::stdin`]; [`source::lines`] splits bytes into lines;
+//!   the [`source::Budget`] bounds memory.
+//! - [`event`]: the types between stages; decoding lines into events.
+//! - [`batch`]: `chunks_timeout` over a sink's input and its retry lane.
+//! - [`sink::delivery`]: a sink's loop (post, retry, split, dead-letter, acknowledge);
+//!   [`sink::webhook`]: the request and the retry policy; [`sink::deadletter`]: the
+//!   dead-letter file.
+//! - [`sign`]: `X-Hub-Signature-256`.
+//! - [`receiver`]: a signature-checking receiver, for `receive` and `demo`.
+
+pub mod batch;
+pub mod config;
+pub mod event;
+pub mod receiver;
+pub mod sign;
+pub mod sink;
+pub mod source;
+pub mod topology;

@@ -1,0 +1,289 @@
+//! The `flaghook` command: parse the CLI, load the config, run. Errors are printed with
+//! their context and give a non-zero exit.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use flaghook::config::{self, SinkConfig};
+use flaghook::receiver::{self, Received};
+use flaghook::sink::webhook::Secret;
+use flaghook::{sign, topology};
+
+#[derive(Parser)]
+#[command(
+    name = "flaghook",
+    version,
+    about = "Delivers GO Feature Flag evaluation events from log pipelines to signed webhooks"
+)]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace); RUST_LOG is used when this is not given.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipelines of a config until SIGINT/SIGTERM (or, with --once, until the input ends).
+    Run {
+        /// The TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Read files to their end and stdin to EOF, deliver everything, print a summary
+        /// and exit: 0 all delivered, 2 some input rejected, 3 some events not delivered.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Check a config (every check `run` does before it starts) and print its topology.
+    Validate {
+        /// The TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// The quick start: run pipelines/quickstart.toml against a built-in receiver.
+    Demo,
+    /// A webhook receiver for trying a setup: prints one JSON line per request.
+    Receive {
+        /// Address to listen on, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Name of the environment variable holding the secret to verify signatures with.
+        #[arg(long)]
+        secret_env: Option<String>,
+    },
+    /// Print the X-Hub-Signature-256 value of FILE (or stdin).
+    Sign {
+        /// Name of the environment variable holding the secret.
+        #[arg(long)]
+        secret_env: String,
+        /// The body to sign; stdin when absent.
+        file: Option<PathBuf>,
+    },
+    /// Exit 0 when SIG is the signature of FILE (or stdin), 1 when not.
+    Verify {
+        /// Name of the environment variable holding the secret.
+        #[arg(long)]
+        secret_env: String,
+        /// The signature, as sent in X-Hub-Signature-256 (sha256=...).
+        #[arg(long)]
+        signature: String,
+        /// The body to check; stdin when absent.
+        file: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_level.as_deref(), cli.log_format);
+    match dispatch(cli.command) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logs(level: Option<&str>, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn dispatch(command: Command) -> Result<u8> {
+    match command {
+        Command::Run { config, once } => runtime()?.block_on(run(&config, once)),
+        Command::Validate { config } => {
+            let validated = config::load(&config)?;
+            print!("{}", validated.summary());
+            Ok(0)
+        }
+        Command::Demo => runtime()?.block_on(demo()),
+        Command::Receive { listen, secret_env } => {
+            let secret = secret_env.as_deref().map(secret_from_env).transpose()?;
+            runtime()?.block_on(receive(listen, secret))
+        }
+        Command::Sign { secret_env, file } => {
+            let secret = secret_from_env(&secret_env)?;
+            println!(
+                "{}",
+                sign::signature(secret.expose(), &read_input(file.as_deref())?)
+            );
+            Ok(0)
+        }
+        Command::Verify {
+            secret_env,
+            signature,
+            file,
+        } => {
+            let secret = secret_from_env(&secret_env)?;
+            if sign::verify(secret.expose(), &read_input(file.as_deref())?, &signature) {
+                println!("ok");
+                Ok(0)
+            } else {
+                eprintln!("mismatch: the signature does not match this body and secret");
+                Ok(1)
+            }
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn secret_from_env(name: &str) -> Result<Secret> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => Ok(Secret::new(v)),
+        _ => bail!("environment variable `{name}` (--secret-env) is not set or empty"),
+    }
+}
+
+fn read_input(file: Option<&Path>) -> Result<Vec<u8>> {
+    match file {
+        Some(path) => {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+        }
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read stdin")?;
+            Ok(buf)
+        }
+    }
+}
+
+/// Cancels `token` at the first SIGINT or SIGTERM.
+fn cancel_on_signal(token: CancellationToken) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("stopping: sources stop, pending events are flushed");
+        token.cancel();
+    });
+    Ok(())
+}
+
+async fn run(path: &Path, once: bool) -> Result<u8> {
+    let config = config::load(path)?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone())?;
+    let summary = topology::run(config, once, shutdown).await?;
+    tracing::info!("{}", summary.line());
+    println!("{}", summary.line());
+    Ok(if once { summary.exit_code() as u8 } else { 0 })
+}
+
+async fn receive(listen: SocketAddr, secret: Option<Secret>) -> Result<u8> {
+    let listener = receiver::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!("listening on {}", listener.local_addr()?);
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone())?;
+    let print =
+        Arc::new(|r: Received| println!("{}", serde_json::to_string(&r).expect("serializable")));
+    receiver::serve(listener, secret, print, shutdown).await;
+    Ok(0)
+}
+
+const QUICKSTART: &str = include_str!("../pipelines/quickstart.toml");
+const SAMPLE_NAME: &str = "flag-variation-quickstart.json";
+const SAMPLE: &str = include_str!("../pipelines/samples/flag-variation-quickstart.json");
+
+/// Runs the quick start pipeline, as shipped, against a receiver on a free loopback port.
+async fn demo() -> Result<u8> {
+    let dir = std::env::temp_dir().join(format!("flaghook-demo-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("samples"))?;
+    std::fs::write(dir.join("samples").join(SAMPLE_NAME), SAMPLE)?;
+    let config_path = dir.join("quickstart.toml");
+    std::fs::write(&config_path, QUICKSTART)?;
+    let mut config = config::load(&config_path)?;
+
+    let listener = receiver::bind("127.0.0.1:0".parse()?).await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    let mut secret = None;
+    for sink in config.sinks.values_mut() {
+        let SinkConfig::Webhook(w) = sink;
+        w.endpoint_url = url.clone();
+        secret = w.secret.clone();
+    }
+    println!("flaghook demo: pipelines/quickstart.toml -> receiver at {url}");
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let stop_receiver = CancellationToken::new();
+    let record = got.clone();
+    let on_request = Arc::new(move |r: Received| record.lock().expect("lock").push(r));
+    let server = tokio::spawn(receiver::serve(
+        listener,
+        secret,
+        on_request,
+        stop_receiver.clone(),
+    ));
+
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone())?;
+    let summary = topology::run(config, true, shutdown).await?;
+    stop_receiver.cancel();
+    let _ = server.await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let got = got.lock().expect("lock");
+    for (i, r) in got.iter().enumerate() {
+        println!(
+            "request {}: {} events, {} bytes, signature {}, meta {}",
+            i + 1,
+            r.events,
+            r.bytes,
+            r.signature,
+            r.meta
+        );
+    }
+    if let Some(event) = got.first().and_then(|r| r.first_event.as_ref()) {
+        println!("first event: {event}");
+    }
+    println!("{}", summary.line());
+    let all_verified = !got.is_empty() && got.iter().all(|r| r.signature == "verified");
+    let received: usize = got.iter().map(|r| r.events).sum();
+    if !all_verified || summary.exit_code() != 0 || received as u64 != summary.events_delivered {
+        return Err(anyhow!(
+            "the demo did not deliver every event with a verified signature"
+        ));
+    }
+    println!("every event delivered, every signature verified");
+    Ok(0)
+}

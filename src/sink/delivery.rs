@@ -1,0 +1,466 @@
+//! A sink's loop: decode -> batch -> post -> acknowledge.
+//!
+//! Overview. A decode task turns the sources' blocks into [`Item`]s (bad lines are
+//! dead-lettered there). The items flow through [`batches`] (`chunks_timeout` behind the
+//! retry lane) into [`Sink::handle`], which posts each batch and then:
+//! - on 2xx, acknowledges the batch: dead letters are fsynced, file offsets move, the
+//!   lines leave the memory budget;
+//! - on 413 or a permanent 4xx, splits the batch and sends the halves, down to the single
+//!   events the endpoint rejects, which are dead-lettered;
+//! - on anything retryable, waits a backoff and puts the batch back on the retry lane,
+//!   ahead of newer events. While it waits, nothing new is read past the budget.
+//!
+//! When the input ends (`--once`, or shutdown), what is left on the lane is retried until
+//! delivered, or until the shutdown grace period ends. Then events from files are left
+//! for the next run (their offsets never moved) and events from TCP or stdin are spilled
+//! to `data_dir/spill/<sink>.jsonl`, to be sent first on the next start.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use super::deadletter::{DeadLetters, Record};
+use super::webhook::{backoff, halves, Decision, Delivery, Grace, Poster};
+use super::Stats;
+use crate::batch::{batches, RetryLane};
+use crate::event::{Ack, Block, Decoded, Decoder, Item};
+use crate::source::file::checkpoint::{write_atomically, Checkpointer};
+use crate::source::Budget;
+
+/// Everything a sink needs to run.
+#[derive(Debug)]
+pub struct SinkParts {
+    pub name: String,
+    pub poster: Poster,
+    pub delivery: Delivery,
+    pub decoder: Decoder,
+    pub budget: Arc<Budget>,
+    pub stats: Arc<Stats>,
+    pub dead_letters: Arc<DeadLetters>,
+    /// Per source index: the source's checkpointer and this sink's slot in it.
+    pub acks: Vec<Option<(Arc<Checkpointer>, usize)>>,
+    pub spill_path: PathBuf,
+}
+
+/// Runs the sink until its input ends and everything is delivered, dead-lettered, or
+/// (after the shutdown grace period) left for the next run.
+pub async fn run(parts: SinkParts, input: mpsc::Receiver<Block>, shutdown: CancellationToken) {
+    let SinkParts {
+        name,
+        poster,
+        delivery,
+        decoder,
+        budget,
+        stats,
+        dead_letters,
+        acks,
+        spill_path,
+    } = parts;
+    let grace = Grace::new(shutdown, delivery.shutdown_timeout);
+    let mut sink = Sink {
+        name,
+        poster,
+        delivery,
+        budget,
+        stats,
+        dead_letters,
+        acks,
+        spill_path,
+        lane: RetryLane::default(),
+        grace,
+        attempt: 0,
+        failing_since: None,
+        spilled_left: 0,
+        abandoned: Vec::new(),
+    };
+    sink.load_spill();
+
+    let (tx, rx) = mpsc::channel(8);
+    let decode = tokio::spawn(decode_blocks(
+        sink.name.clone(),
+        decoder,
+        input,
+        tx,
+        sink.budget.clone(),
+        sink.stats.clone(),
+        sink.dead_letters.clone(),
+    ));
+    let items = ReceiverStream::new(rx).flat_map(futures::stream::iter);
+    let mut batched = pin!(batches(
+        items,
+        sink.lane.clone(),
+        sink.delivery.max_events,
+        sink.delivery.flush_interval
+    ));
+    while let Some(batch) = batched.next().await {
+        sink.handle(batch).await;
+    }
+    loop {
+        let batch = sink.lane.take(sink.delivery.max_events);
+        if batch.is_empty() {
+            break;
+        }
+        sink.handle(batch).await;
+    }
+    sink.finish();
+    let _ = decode.await;
+}
+
+struct Sink {
+    name: String,
+    poster: Poster,
+    delivery: Delivery,
+    budget: Arc<Budget>,
+    stats: Arc<Stats>,
+    dead_letters: Arc<DeadLetters>,
+    acks: Vec<Option<(Arc<Checkpointer>, usize)>>,
+    spill_path: PathBuf,
+    lane: RetryLane,
+    grace: Grace,
+    /// Failed attempts in a row, for the backoff.
+    attempt: u32,
+    /// When the current run of failures began.
+    failing_since: Option<Instant>,
+    /// Items loaded from the spill file not yet resolved; they sit at the front of the
+    /// lane and hold no budget.
+    spilled_left: usize,
+    /// Items given up at shutdown.
+    abandoned: Vec<Item>,
+}
+
+/// A batch that could not be delivered now.
+struct Failure {
+    rest: Vec<Item>,
+    after: Option<Duration>,
+    detail: String,
+}
+
+impl Sink {
+    async fn handle(&mut self, batch: Vec<Item>) {
+        if self.grace.expired() {
+            self.give_up(batch);
+            return;
+        }
+        let Err(failure) = self.deliver(batch).await else {
+            self.attempt = 0;
+            self.failing_since = None;
+            return;
+        };
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
+        if let Some(max) = self.delivery.retry_max_duration {
+            if since.elapsed() >= max {
+                let reason = format!(
+                    "still failing after {}: {}",
+                    humantime::format_duration(max),
+                    failure.detail
+                );
+                tracing::error!(sink = %self.name, events = count_events(&failure.rest), "{reason}; dead-lettering the batch");
+                self.reject_all(failure.rest, &reason);
+                return;
+            }
+        }
+        let mut delay = failure.after.unwrap_or_else(|| {
+            backoff(
+                self.attempt,
+                self.delivery.retry_initial_backoff,
+                self.delivery.retry_max_backoff,
+            )
+        });
+        self.attempt = self.attempt.saturating_add(1);
+        if failure.rest.len() >= self.delivery.max_events {
+            // A full batch would go out again at once: wait a flush interval, as GO Feature Flag does.
+            delay = delay.max(self.delivery.flush_interval);
+        }
+        tracing::warn!(
+            sink = %self.name,
+            events = count_events(&failure.rest),
+            retry_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
+            "delivery failed ({}); will retry",
+            failure.detail
+        );
+        if self.grace.sleep(delay).await {
+            self.lane.push_front(failure.rest);
+        } else {
+            self.give_up(failure.rest);
+        }
+    }
+
+    /// Posts `batch`, splitting it on 413 and bisecting it on a permanent 4xx.
+    async fn deliver(&mut self, batch: Vec<Item>) -> Result<(), Failure> {
+        let mut parts = VecDeque::from([batch]);
+        while let Some(part) = parts.pop_front() {
+            let events = count_events(&part);
+            if events == 0 {
+                self.resolve(&part);
+                continue;
+            }
+            let body = self
+                .poster
+                .body(part.iter().filter_map(|i| i.event.as_ref()));
+            let outcome = self.poster.post(body).await;
+            match outcome.decision {
+                Decision::Delivered => {
+                    Stats::add(&self.stats.delivered, events as u64);
+                    Stats::add(&self.stats.requests, 1);
+                    self.resolve(&part);
+                }
+                Decision::Retry { after } => {
+                    Stats::add(&self.stats.failed_requests, 1);
+                    let mut rest = part;
+                    rest.extend(parts.into_iter().flatten());
+                    return Err(Failure {
+                        rest,
+                        after,
+                        detail: outcome.detail,
+                    });
+                }
+                Decision::Split | Decision::Reject if events == 1 => {
+                    let reason = format!("endpoint rejected the event: {}", outcome.detail);
+                    tracing::warn!(sink = %self.name, "{reason}; dead-lettering it");
+                    self.reject_all(part, &reason);
+                }
+                Decision::Split | Decision::Reject => {
+                    tracing::info!(sink = %self.name, events, "{}; sending the batch in two halves", outcome.detail);
+                    let (a, b) = halves(part);
+                    parts.push_front(b);
+                    parts.push_front(a);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Dead-letters every event of `items` with `reason`, then acknowledges them.
+    fn reject_all(&mut self, items: Vec<Item>, reason: &str) {
+        for event in items.iter().filter_map(|i| i.event.as_ref()) {
+            let mut record = Record::new(&self.name, reason.to_owned(), event);
+            record.replayable = true;
+            if let Err(e) = self.dead_letters.write(&record) {
+                tracing::error!(sink = %self.name, path = %self.dead_letters.path().display(), error = %e, "cannot write dead letter");
+            }
+            Stats::add(&self.stats.rejected, 1);
+        }
+        self.resolve(&items);
+    }
+
+    /// `items` were delivered or dead-lettered: make the dead letters durable, then move
+    /// the file offsets and free the budget.
+    fn resolve(&mut self, items: &[Item]) {
+        let durable = match self.dead_letters.sync() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(sink = %self.name, error = %e, "cannot fsync dead letters; file offsets stay where they are");
+                false
+            }
+        };
+        if durable {
+            self.acknowledge(items);
+        }
+        self.release(items.len());
+    }
+
+    /// Moves offsets: within one file, offsets only grow, so the last of each run of
+    /// items from the same file is enough.
+    fn acknowledge(&self, items: &[Item]) {
+        let mut pending: Option<Ack> = None;
+        for ack in items.iter().filter_map(|i| i.ack) {
+            if let Some(p) = pending.filter(|p| (p.source, p.file) != (ack.source, ack.file)) {
+                self.ack(p);
+            }
+            pending = Some(ack);
+        }
+        if let Some(p) = pending {
+            self.ack(p);
+        }
+    }
+
+    fn ack(&self, ack: Ack) {
+        if let Some(Some((checkpointer, slot))) = self.acks.get(ack.source) {
+            checkpointer.ack(ack.file, *slot, ack.offset);
+        }
+    }
+
+    /// `n` resolved items leave memory; the first ones may be spilled ones (no budget).
+    fn release(&mut self, n: usize) {
+        let from_spill = n.min(self.spilled_left);
+        self.spilled_left -= from_spill;
+        if from_spill > 0 && self.spilled_left == 0 {
+            let _ = std::fs::remove_file(&self.spill_path);
+        }
+        self.budget.release(n - from_spill);
+    }
+
+    /// The grace period is over: keep `items` for the next run.
+    fn give_up(&mut self, items: Vec<Item>) {
+        let n = items.len();
+        Stats::add(&self.stats.not_delivered, count_events(&items) as u64);
+        self.abandoned.extend(
+            items
+                .into_iter()
+                .filter(|i| i.ack.is_none() && i.event.is_some()),
+        );
+        let from_spill = n.min(self.spilled_left);
+        self.spilled_left -= from_spill;
+        self.budget.release(n - from_spill);
+    }
+
+    fn load_spill(&mut self) {
+        let Ok(text) = std::fs::read(&self.spill_path) else {
+            return;
+        };
+        let items: Vec<Item> = text
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| Item {
+                event: Some(Bytes::copy_from_slice(l)),
+                ack: None,
+            })
+            .collect();
+        tracing::info!(sink = %self.name, events = items.len(), path = %self.spill_path.display(), "sending events spilled at the last shutdown first");
+        self.spilled_left = items.len();
+        self.lane.push_front(items);
+    }
+
+    /// Writes what TCP and stdin sources gave that could not be delivered.
+    fn finish(&mut self) {
+        if let Err(e) = self.dead_letters.sync() {
+            tracing::error!(sink = %self.name, error = %e, "cannot fsync dead letters");
+        }
+        if self.abandoned.is_empty() {
+            if self.spilled_left == 0 {
+                let _ = std::fs::remove_file(&self.spill_path);
+            }
+            return;
+        }
+        let mut text = Vec::new();
+        for event in self.abandoned.iter().filter_map(|i| i.event.as_ref()) {
+            text.extend_from_slice(event);
+            text.push(b'\n');
+        }
+        let written = self
+            .spill_path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| write_atomically(&self.spill_path, &text));
+        match written {
+            Ok(()) => {
+                tracing::warn!(sink = %self.name, events = self.abandoned.len(), path = %self.spill_path.display(), "events not delivered before shutdown were spilled; they are sent first at the next start")
+            }
+            Err(e) => {
+                tracing::error!(sink = %self.name, events = self.abandoned.len(), error = %e, "cannot write the spill file: these events are lost")
+            }
+        }
+    }
+}
+
+fn count_events(items: &[Item]) -> usize {
+    items.iter().filter(|i| i.event.is_some()).count()
+}
+
+/// Logs bad lines without flooding: the first few of every minute, then a count.
+struct BadLineLog {
+    window_start: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl BadLineLog {
+    const PER_MINUTE: u32 = 10;
+
+    fn new() -> Self {
+        BadLineLog {
+            window_start: Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    fn log(&mut self, sink: &str, location: &str, reason: &str) {
+        if self.window_start.elapsed() >= Duration::from_secs(60) {
+            if self.suppressed > 0 {
+                tracing::warn!(
+                    sink,
+                    suppressed = self.suppressed,
+                    "more bad lines were rejected than logged (all are in the dead-letter file)"
+                );
+            }
+            *self = BadLineLog::new();
+        }
+        if self.logged < Self::PER_MINUTE {
+            self.logged += 1;
+            tracing::warn!(sink, location, "bad line rejected: {reason}");
+        } else {
+            self.suppressed += 1;
+        }
+    }
+}
+
+/// Decodes blocks into items; bad lines are counted, logged and dead-lettered here.
+async fn decode_blocks(
+    name: String,
+    mut decoder: Decoder,
+    mut input: mpsc::Receiver<Block>,
+    output: mpsc::Sender<Vec<Item>>,
+    budget: Arc<Budget>,
+    stats: Arc<Stats>,
+    dead_letters: Arc<DeadLetters>,
+) {
+    let mut log = BadLineLog::new();
+    while let Some(block) = input.recv().await {
+        let mut items = Vec::with_capacity(block.lines.len());
+        for line in &block.lines {
+            let ack = block.ack.map(|(source, file)| Ack {
+                source,
+                file,
+                offset: line.end,
+            });
+            let decoded = match line.oversized {
+                Some(len) => Err(crate::event::Invalid(format!(
+                    "line of {len} bytes is longer than max_line_bytes"
+                ))),
+                None => decoder.decode(&line.bytes, &block.envelope),
+            };
+            let event = match decoded {
+                Ok(Decoded::Event(bytes)) => Some(bytes),
+                Ok(Decoded::Filtered | Decoded::Empty) => None,
+                Err(invalid) => {
+                    let location = location(&block, line.number, line.end, block.ack.is_some());
+                    log.log(&name, &location, &invalid.0);
+                    let mut record = Record::new(&name, invalid.0, &line.bytes);
+                    record.source = Some(block.source_name.to_string());
+                    record.location = Some(location);
+                    record.truncated_from_bytes = line.oversized;
+                    if let Err(e) = dead_letters.write(&record) {
+                        tracing::error!(sink = %name, error = %e, "cannot write dead letter");
+                    }
+                    Stats::add(&stats.rejected, 1);
+                    None
+                }
+            };
+            if event.is_some() || ack.is_some() {
+                items.push(Item { event, ack });
+            } else {
+                budget.release(1);
+            }
+        }
+        if !items.is_empty() && output.send(items).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn location(block: &Block, number: u64, end: u64, is_file: bool) -> String {
+    if is_file {
+        format!("{} line {number} (ends at byte {end})", block.origin)
+    } else {
+        format!("{} line {number}", block.origin)
+    }
+}

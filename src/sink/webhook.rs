@@ -1,0 +1,670 @@
+//! The webhook sink: GO Feature Flag's webhook exporter request, with delivery that
+//! neither loses events nor hammers a failing endpoint.
+//!
+//! The request is exactly GO Feature Flag's: `POST`, `Content-Type: application/json`,
+//! the user's headers, body `{"meta":{...},"events":[...]}` compact, and
+//! `X-Hub-Signature-256: sha256=<hex>` over the exact body bytes when a secret is set.
+//! [`decide`] is the one place that maps a response to what happens next.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rand::Rng;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::HumanDuration;
+use crate::event::{EventType, Item, Schema};
+
+fn default_flush_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_max_event_in_memory() -> usize {
+    100_000
+}
+fn default_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_schema() -> Schema {
+    Schema::Goff
+}
+fn default_event_types() -> Vec<EventType> {
+    vec![EventType::Feature, EventType::Tracking]
+}
+fn default_retry_initial_backoff() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+fn default_retry_max_backoff() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_shutdown_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+/// The statuses retried by default: the endpoint is busy or broken (408, 429, 5xx), or
+/// misconfigured in a way the operator can fix without losing data (401, 403, 404).
+pub fn default_retry_on_status() -> Vec<u16> {
+    let mut statuses = vec![401, 403, 404, 408, 429];
+    statuses.extend(500..=599);
+    statuses
+}
+
+/// A secret that never shows in logs or `Debug` output.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// A header value may be written as one string or a list of strings.
+#[derive(Clone, Deserialize)]
+#[serde(untagged)]
+pub enum HeaderValues {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl HeaderValues {
+    pub fn values(&self) -> &[String] {
+        match self {
+            HeaderValues::One(v) => std::slice::from_ref(v),
+            HeaderValues::Many(v) => v,
+        }
+    }
+}
+
+impl fmt::Debug for HeaderValues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} value(s) redacted>", self.values().len())
+    }
+}
+
+/// `[sinks.NAME] type = "webhook"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Sources this sink reads. Required.
+    pub inputs: Vec<String>,
+    /// Where to POST: an http or https URL. Required.
+    pub endpoint_url: String,
+    /// Signs each body with `X-Hub-Signature-256` when set.
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    /// String values sent in `meta`; `hostname` is added unless set.
+    #[serde(default)]
+    pub meta: BTreeMap<String, toml::Value>,
+    /// Extra request headers; a value may be one string or a list.
+    #[serde(default)]
+    pub headers: BTreeMap<String, HeaderValues>,
+    /// Send at least this often while events are pending (FlushInterval). Default "60s".
+    #[serde(default = "default_flush_interval")]
+    pub flush_interval: HumanDuration,
+    /// Send as soon as this many events are pending (MaxEventInMemory); also the largest
+    /// batch. Default 100000.
+    #[serde(default = "default_max_event_in_memory")]
+    pub max_event_in_memory: usize,
+    /// Request timeout. Default "10s".
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+    /// "goff" (GO Feature Flag events, default) or "any" (any JSON object).
+    #[serde(default = "default_schema")]
+    pub schema: Schema,
+    /// With schema "goff": which kinds to send. Default ["feature", "tracking"].
+    #[serde(default = "default_event_types")]
+    pub event_types: Vec<EventType>,
+    /// Most events held in memory (read, not yet delivered). Default 2 x max_event_in_memory.
+    #[serde(default)]
+    pub buffer_max_events: Option<usize>,
+    /// First retry delay; doubles per failed attempt (full jitter). Default "1s".
+    #[serde(default = "default_retry_initial_backoff")]
+    pub retry_initial_backoff: HumanDuration,
+    /// Longest retry delay. Default "60s".
+    #[serde(default = "default_retry_max_backoff")]
+    pub retry_max_backoff: HumanDuration,
+    /// Dead-letter events still failing after this long. Default: retry forever.
+    #[serde(default)]
+    pub retry_max_duration: Option<HumanDuration>,
+    /// Statuses that are retried. Default 401, 403, 404, 408, 429 and 500-599.
+    #[serde(default = "default_retry_on_status")]
+    pub retry_on_status: Vec<u16>,
+    /// At shutdown, how long to keep trying to deliver. Default "30s".
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: HumanDuration,
+}
+
+const EXAMPLE: &str = r#"[sinks.webhook]
+type = "webhook"
+inputs = ["goff_files"]
+endpoint_url = "https://collector.example/hook""#;
+
+impl WebhookConfig {
+    pub fn validate(&self, key: &str) -> Result<()> {
+        endpoint_uri(key, &self.endpoint_url)?;
+        if self.inputs.is_empty() {
+            bail!("`{key}.inputs` is empty: name the sources this sink reads\n{EXAMPLE}");
+        }
+        if self.max_event_in_memory == 0 {
+            bail!("`{key}.max_event_in_memory` must be at least 1 (example: max_event_in_memory = 100000)");
+        }
+        if self
+            .buffer_max_events
+            .is_some_and(|b| b < self.max_event_in_memory)
+        {
+            bail!("`{key}.buffer_max_events` must be at least `max_event_in_memory` (example: buffer_max_events = {})", 2 * self.max_event_in_memory);
+        }
+        if self.flush_interval.0.is_zero() || self.timeout.0.is_zero() {
+            bail!("`{key}.flush_interval` and `{key}.timeout` must be above zero (example: flush_interval = \"60s\")");
+        }
+        if self.retry_initial_backoff.0.is_zero()
+            || self.retry_max_backoff.0 < self.retry_initial_backoff.0
+        {
+            bail!("`{key}.retry_initial_backoff` must be above zero and at most `retry_max_backoff` (example: retry_initial_backoff = \"1s\")");
+        }
+        for (name, value) in &self.meta {
+            if !value.is_str() {
+                bail!("`{key}.meta.{name}` must be a string, got {value} (example: meta = {{ {name} = \"value\" }})");
+            }
+        }
+        for (name, values) in &self.headers {
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| anyhow!("`{key}.headers` has an invalid header name {name:?} (example: headers = {{ Authorization = [\"Bearer token\"] }})"))?;
+            for v in values.values() {
+                HeaderValue::from_str(v).map_err(|_| {
+                    anyhow!("`{key}.headers.{name}` has a value that is not a valid header value")
+                })?;
+            }
+        }
+        if matches!(&self.secret, Some(s) if s.0.is_empty()) {
+            bail!("`{key}.secret` is empty: remove it to send unsigned, or set it (example: secret = \"${{WEBHOOK_SECRET}}\")");
+        }
+        if self.schema == Schema::Goff && self.event_types.is_empty() {
+            bail!("`{key}.event_types` is empty: nothing would be sent (example: event_types = [\"feature\"])");
+        }
+        if let Some(s) = self
+            .retry_on_status
+            .iter()
+            .find(|s| !(100..=599).contains(*s))
+        {
+            bail!("`{key}.retry_on_status` has {s}, which is not an HTTP status (example: retry_on_status = [408, 429, 503])");
+        }
+        Ok(())
+    }
+
+    pub fn buffer_max_events(&self) -> usize {
+        self.buffer_max_events
+            .unwrap_or(2 * self.max_event_in_memory)
+    }
+}
+
+/// Parses and checks `endpoint_url`: http or https, with a host.
+pub fn endpoint_uri(key: &str, url: &str) -> Result<Uri> {
+    let problem = |why: &str| {
+        anyhow!("`{key}.endpoint_url` = {url:?} {why} (example: endpoint_url = \"https://collector.example/hook\")")
+    };
+    let uri: Uri = url.parse().map_err(|_| problem("is not a valid URL"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(problem("must start with http:// or https://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(problem("has no host"));
+    }
+    Ok(uri)
+}
+
+/// What to do after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// 2xx: the events are delivered.
+    Delivered,
+    /// Send the same events again later (at least `after`, when the endpoint said so).
+    Retry { after: Option<Duration> },
+    /// 413: the batch is too large; send each half.
+    Split,
+    /// A 4xx that will not change: find the events the endpoint rejects (bisect) and
+    /// dead-letter them; deliver the rest.
+    Reject,
+}
+
+/// The retry policy, in one place.
+///
+/// - 2xx: delivered.
+/// - A status in `retry_on` (default 401, 403, 404, 408, 429, 5xx): retry, honouring
+///   `Retry-After`.
+/// - 413: split the batch in two.
+/// - Any other 4xx or 5xx: reject (bisect to the events at fault, dead-letter them).
+/// - Anything else (1xx, 3xx: a misconfigured endpoint): retry.
+///
+/// Transport errors and timeouts are retried too; they never reach this function.
+pub fn decide(status: StatusCode, retry_after: Option<Duration>, retry_on: &[u16]) -> Decision {
+    let code = status.as_u16();
+    if status.is_success() {
+        Decision::Delivered
+    } else if retry_on.contains(&code) {
+        Decision::Retry { after: retry_after }
+    } else if code == 413 {
+        Decision::Split
+    } else if status.is_client_error() || status.is_server_error() {
+        Decision::Reject
+    } else {
+        Decision::Retry { after: retry_after }
+    }
+}
+
+/// `Retry-After` as seconds or as an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Exponential backoff with full jitter: attempt `n` waits a random time in
+/// `[initial, min(max, initial * 2^n)]`. The floor at `initial` keeps a failing endpoint
+/// from being hit in a tight loop.
+pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
+    let ceiling = initial.saturating_mul(1u32 << attempt.min(20)).min(max);
+    if ceiling <= initial {
+        return initial;
+    }
+    rand::thread_rng().gen_range(initial..=ceiling)
+}
+
+/// The result of one POST.
+#[derive(Debug)]
+pub struct Outcome {
+    pub decision: Decision,
+    /// For logs and dead letters: the status and the start of the response body, or
+    /// the transport error.
+    pub detail: String,
+}
+
+/// Builds and sends GO Feature Flag's request.
+pub struct Poster {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    uri: Uri,
+    headers: HeaderMap,
+    /// `{"meta":{...},"events":[`
+    prefix: Bytes,
+    secret: Option<Secret>,
+    timeout: Duration,
+    retry_on: Vec<u16>,
+}
+
+impl fmt::Debug for Poster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Poster")
+            .field("uri", &self.uri)
+            .field("signed", &self.secret.is_some())
+            .finish()
+    }
+}
+
+/// The `meta` object: the user's strings, plus `hostname` unless set.
+pub fn meta_json(meta: &BTreeMap<String, toml::Value>) -> String {
+    let mut map: BTreeMap<&str, String> = meta
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or_default().to_owned()))
+        .collect();
+    if !map.contains_key("hostname") {
+        let host = hostname::get()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        map.insert("hostname", host);
+    }
+    serde_json::to_string(&map).expect("strings serialize")
+}
+
+impl Poster {
+    pub fn new(name: &str, config: &WebhookConfig) -> Result<Self> {
+        let uri = endpoint_uri(&format!("sinks.{name}"), &config.endpoint_url)?;
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let connector = match builder.with_native_roots() {
+            Ok(b) => b.https_or_http().enable_http1().wrap_connector(http),
+            Err(e) if uri.scheme_str() == Some("https") => {
+                return Err(anyhow!(e)).context(format!(
+                    "sink `{name}`: cannot load the platform's root certificates for https"
+                ));
+            }
+            Err(_) => {
+                let tls = rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth();
+                hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls)
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(http)
+            }
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        let mut headers = HeaderMap::new();
+        for (name, values) in &config.headers {
+            let header = HeaderName::from_bytes(name.as_bytes()).expect("validated");
+            if header == CONTENT_TYPE {
+                tracing::warn!(
+                    sink = name,
+                    "`headers` sets Content-Type, which is always application/json; ignoring it"
+                );
+                continue;
+            }
+            for v in values.values() {
+                headers.append(header.clone(), HeaderValue::from_str(v).expect("validated"));
+            }
+        }
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if !headers.contains_key(USER_AGENT) {
+            headers.insert(
+                USER_AGENT,
+                HeaderValue::from_static(concat!("flaghook/", env!("CARGO_PKG_VERSION"))),
+            );
+        }
+        let prefix = format!(r#"{{"meta":{},"events":["#, meta_json(&config.meta));
+        Ok(Poster {
+            client,
+            uri,
+            headers,
+            prefix: Bytes::from(prefix),
+            secret: config.secret.clone(),
+            timeout: config.timeout.0,
+            retry_on: config.retry_on_status.clone(),
+        })
+    }
+
+    /// The exact body for `events` (already encoded JSON objects).
+    pub fn body<'a>(&self, events: impl Iterator<Item = &'a Bytes> + Clone) -> Bytes {
+        let len: usize = events.clone().map(|e| e.len() + 1).sum();
+        let mut body = BytesMut::with_capacity(self.prefix.len() + len + 2);
+        body.put_slice(&self.prefix);
+        for (i, e) in events.enumerate() {
+            if i > 0 {
+                body.put_u8(b',');
+            }
+            body.put_slice(e);
+        }
+        body.put_slice(b"]}");
+        body.freeze()
+    }
+
+    /// POSTs `body` and decides what happens to its events.
+    pub async fn post(&self, body: Bytes) -> Outcome {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(self.uri.clone());
+        *request.headers_mut().expect("fresh builder") = self.headers.clone();
+        if let Some(secret) = &self.secret {
+            request = request.header(
+                "X-Hub-Signature-256",
+                crate::sign::signature(secret.expose(), &body),
+            );
+        }
+        let request = request.body(Full::new(body)).expect("valid request");
+        match tokio::time::timeout(self.timeout, self.exchange(request)).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => Outcome {
+                decision: Decision::Retry { after: None },
+                detail: format!("request failed: {e:#}"),
+            },
+            Err(_) => Outcome {
+                decision: Decision::Retry { after: None },
+                detail: format!(
+                    "no response within {}",
+                    humantime::format_duration(self.timeout)
+                ),
+            },
+        }
+    }
+
+    async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<Outcome> {
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| anyhow!(error_chain(&e)))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let decision = decide(status, retry_after, &self.retry_on);
+        // Read (a bounded part of) the body: the connection is reused only once its body is read.
+        let mut body = response.into_body();
+        let mut excerpt = Vec::new();
+        let limit = if status.is_success() { 64 * 1024 } else { 1024 };
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                let room = limit - excerpt.len();
+                excerpt.extend_from_slice(&data[..data.len().min(room)]);
+                if excerpt.len() >= limit {
+                    break;
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&excerpt[..excerpt.len().min(1024)]).into_owned();
+        Ok(Outcome {
+            decision,
+            detail: format!("status {status}: {text}"),
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The webhook sink's settings that the delivery loop needs.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub max_events: usize,
+    pub flush_interval: Duration,
+    pub retry_initial_backoff: Duration,
+    pub retry_max_backoff: Duration,
+    pub retry_max_duration: Option<Duration>,
+    pub shutdown_timeout: Duration,
+}
+
+impl From<&WebhookConfig> for Delivery {
+    fn from(c: &WebhookConfig) -> Self {
+        Delivery {
+            max_events: c.max_event_in_memory,
+            flush_interval: c.flush_interval.0,
+            retry_initial_backoff: c.retry_initial_backoff.0,
+            retry_max_backoff: c.retry_max_backoff.0,
+            retry_max_duration: c.retry_max_duration.map(|d| d.0),
+            shutdown_timeout: c.shutdown_timeout.0,
+        }
+    }
+}
+
+/// Tracks the shutdown grace period.
+#[derive(Debug)]
+pub struct Grace {
+    token: CancellationToken,
+    timeout: Duration,
+    deadline: Option<Instant>,
+}
+
+impl Grace {
+    pub fn new(token: CancellationToken, timeout: Duration) -> Self {
+        Grace {
+            token,
+            timeout,
+            deadline: None,
+        }
+    }
+
+    /// When delivery must stop, once shutdown was asked.
+    pub fn deadline(&mut self) -> Option<Instant> {
+        if self.deadline.is_none() && self.token.is_cancelled() {
+            self.deadline = Some(Instant::now() + self.timeout);
+        }
+        self.deadline
+    }
+
+    pub fn expired(&mut self) -> bool {
+        self.deadline().is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Sleeps `delay`, cut short at the deadline; wakes early when shutdown is asked.
+    /// Returns false when the deadline has passed.
+    pub async fn sleep(&mut self, delay: Duration) -> bool {
+        let until = tokio::time::Instant::now() + delay;
+        if self.deadline().is_none() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return true,
+                _ = self.token.cancelled() => {}
+            }
+        }
+        let deadline = tokio::time::Instant::from_std(self.deadline().expect("cancelled"));
+        tokio::time::sleep_until(until.min(deadline)).await;
+        !self.expired()
+    }
+}
+
+/// Splits `items` into two halves with about the same number of events.
+pub fn halves(mut items: Vec<Item>) -> (Vec<Item>, Vec<Item>) {
+    let events = items.iter().filter(|i| i.event.is_some()).count();
+    let mut seen = 0;
+    let cut = items
+        .iter()
+        .position(|i| {
+            seen += usize::from(i.event.is_some());
+            seen > events / 2
+        })
+        .unwrap_or(items.len());
+    let second = items.split_off(cut);
+    (items, second)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_policy() {
+        let retry_on = default_retry_on_status();
+        let d = |code: u16| decide(StatusCode::from_u16(code).unwrap(), None, &retry_on);
+        assert_eq!(d(200), Decision::Delivered);
+        assert_eq!(d(204), Decision::Delivered);
+        for code in [401, 403, 404, 408, 429, 500, 502, 503, 504] {
+            assert_eq!(d(code), Decision::Retry { after: None }, "{code}");
+        }
+        assert_eq!(d(413), Decision::Split);
+        for code in [400, 405, 409, 410, 422] {
+            assert_eq!(d(code), Decision::Reject, "{code}");
+        }
+        assert_eq!(d(302), Decision::Retry { after: None });
+        assert_eq!(
+            decide(StatusCode::INTERNAL_SERVER_ERROR, None, &[503]),
+            Decision::Reject
+        );
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(30);
+        let d = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
+        assert!(
+            d > Duration::from_secs(27) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn backoff_grows_within_bounds() {
+        let (initial, max) = (Duration::from_millis(100), Duration::from_secs(2));
+        for attempt in 0..30 {
+            let d = backoff(attempt, initial, max);
+            assert!(d >= initial && d <= max, "{attempt}: {d:?}");
+        }
+        assert_eq!(backoff(0, initial, max), initial);
+    }
+
+    #[test]
+    fn endpoint_checks() {
+        assert!(endpoint_uri("k", "https://x.example/hook").is_ok());
+        assert!(endpoint_uri("k", "http://127.0.0.1:8080").is_ok());
+        for bad in ["ftp://x", "not a url", "http://", "/just/a/path", ""] {
+            let err = endpoint_uri("sinks.w", bad).unwrap_err().to_string();
+            assert!(err.contains("sinks.w.endpoint_url"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_and_header_values_do_not_show_in_debug() {
+        let config: WebhookConfig = toml::from_str(
+            r#"inputs = ["a"]
+endpoint_url = "http://127.0.0.1:1/"
+secret = "hunter2"
+headers = { Authorization = "Bearer tok3n" }"#,
+        )
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("tok3n"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn halves_split_events_evenly() {
+        let item = |e: bool| Item {
+            event: e.then(|| Bytes::from_static(b"{}")),
+            ack: None,
+        };
+        let (a, b) = halves(vec![
+            item(true),
+            item(false),
+            item(true),
+            item(true),
+            item(true),
+        ]);
+        assert_eq!((a.len(), b.len()), (3, 2));
+    }
+}

@@ -1,0 +1,299 @@
+//! Durable file positions.
+//!
+//! Invariant: the offset saved for a file is one up to which every line was delivered (2xx)
+//! or dead-lettered by **every** sink reading the source. Offsets never move on reading,
+//! only on acknowledgement, so a crash at any moment re-reads at most what was in flight.
+//!
+//! The file (`data_dir/checkpoints/<source>.json`) is written atomically: a temp file,
+//! fsync, rename, fsync of the folder. A corrupt or empty file is reported and treated as
+//! missing, never a crash loop.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The first bytes of a file that identify it, with its device and inode. Small files are
+/// fingerprinted too (over the bytes they have), so a short file replaced by another is
+/// noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    pub dev: u64,
+    pub ino: u64,
+    pub head_len: u64,
+    pub head_hash: u64,
+}
+
+/// How many leading bytes identify a file's content.
+pub const HEAD_BYTES: u64 = 1024;
+
+impl Fingerprint {
+    /// Reads the fingerprint of an open file.
+    pub fn of(file: &File) -> io::Result<Self> {
+        let meta = file.metadata()?;
+        let head_len = meta.len().min(HEAD_BYTES);
+        Ok(Fingerprint {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            head_len,
+            head_hash: head_hash(file, head_len)?,
+        })
+    }
+
+    /// Whether `file` still starts with the bytes this fingerprint was taken over.
+    pub fn matches(&self, file: &File) -> io::Result<bool> {
+        let meta = file.metadata()?;
+        if meta.dev() != self.dev || meta.ino() != self.ino || meta.len() < self.head_len {
+            return Ok(false);
+        }
+        Ok(head_hash(file, self.head_len)? == self.head_hash)
+    }
+}
+
+fn head_hash(file: &File, len: u64) -> io::Result<u64> {
+    let mut head = vec![0u8; len as usize];
+    file.read_exact_at(&mut head, 0)?;
+    let digest = Sha256::digest(&head);
+    Ok(u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")))
+}
+
+/// One file's saved position.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Saved {
+    #[serde(flatten)]
+    pub fingerprint: Fingerprint,
+    pub offset: u64,
+    /// Where the file was last seen (for people reading the checkpoint; not used to match).
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedFile {
+    version: u32,
+    files: Vec<Saved>,
+}
+
+const VERSION: u32 = 1;
+
+/// The positions of one file source, acknowledged by the sinks that read it.
+#[derive(Debug)]
+pub struct Checkpointer {
+    path: PathBuf,
+    /// How many sinks read the source; an offset moves when all of them acknowledged it.
+    readers: usize,
+    /// What was on disk at start, by (device, inode).
+    loaded: HashMap<(u64, u64), Saved>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    files: HashMap<u64, Tracked>,
+    dirty: bool,
+}
+
+#[derive(Debug)]
+struct Tracked {
+    fingerprint: Fingerprint,
+    path: PathBuf,
+    /// Acknowledged offset, per reading sink.
+    acked: Vec<u64>,
+}
+
+impl Checkpointer {
+    /// Loads `path` if it exists. A damaged file is reported and ignored.
+    pub fn load(path: PathBuf, readers: usize) -> Self {
+        let loaded = match fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<SavedFile>(&bytes) {
+                Ok(saved) if saved.version == VERSION => saved.files,
+                Ok(saved) => {
+                    tracing::warn!(path = %path.display(), version = saved.version, "checkpoint file has an unknown version; ignoring it, files are read as if new");
+                    Vec::new()
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "checkpoint file is damaged (empty or not valid); ignoring it, files are read as if new");
+                    Vec::new()
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read checkpoint file; files are read as if new");
+                Vec::new()
+            }
+        };
+        let loaded = loaded
+            .into_iter()
+            .map(|s| ((s.fingerprint.dev, s.fingerprint.ino), s))
+            .collect();
+        Checkpointer {
+            path,
+            readers: readers.max(1),
+            loaded,
+            state: Mutex::default(),
+        }
+    }
+
+    /// The saved position for `file`, if one was saved for this very content.
+    pub fn resume_offset(&self, file: &File, path: &Path) -> Option<u64> {
+        let meta = file.metadata().ok()?;
+        let saved = self.loaded.get(&(meta.dev(), meta.ino()))?;
+        let same = saved.fingerprint.matches(file).unwrap_or(false);
+        if same && saved.offset <= meta.len() {
+            return Some(saved.offset);
+        }
+        tracing::info!(
+            path = %path.display(),
+            saved_offset = saved.offset,
+            size = meta.len(),
+            "file was replaced or truncated since its checkpoint; reading it from the start"
+        );
+        None
+    }
+
+    /// Starts tracking file `id`, whose lines before `offset` need no delivery.
+    pub fn register(&self, id: u64, fingerprint: Fingerprint, path: &Path, offset: u64) {
+        let mut state = self.state.lock().expect("checkpoint lock");
+        let acked = vec![offset; self.readers];
+        state.files.insert(
+            id,
+            Tracked {
+                fingerprint,
+                path: path.to_owned(),
+                acked,
+            },
+        );
+        state.dirty = true;
+    }
+
+    /// The file grew past its short fingerprint, or moved.
+    pub fn refresh(&self, id: u64, fingerprint: Fingerprint, path: &Path) {
+        let mut state = self.state.lock().expect("checkpoint lock");
+        if let Some(t) = state.files.get_mut(&id) {
+            t.fingerprint = fingerprint;
+            t.path = path.to_owned();
+        }
+        state.dirty = true;
+    }
+
+    /// Stops tracking `id` (drained and gone, or replaced by a new generation).
+    pub fn forget(&self, id: u64) {
+        let mut state = self.state.lock().expect("checkpoint lock");
+        state.files.remove(&id);
+        state.dirty = true;
+    }
+
+    /// Sink `reader` delivered or dead-lettered everything of file `id` before `offset`.
+    pub fn ack(&self, id: u64, reader: usize, offset: u64) {
+        let mut state = self.state.lock().expect("checkpoint lock");
+        if let Some(t) = state.files.get_mut(&id) {
+            if offset > t.acked[reader] {
+                t.acked[reader] = offset;
+                state.dirty = true;
+            }
+        }
+    }
+
+    /// The offset every reader acknowledged for `id` (for tests and logs).
+    pub fn committed(&self, id: u64) -> Option<u64> {
+        let state = self.state.lock().expect("checkpoint lock");
+        state
+            .files
+            .get(&id)
+            .map(|t| t.acked.iter().copied().min().unwrap_or(0))
+    }
+
+    /// Writes the file if anything changed since the last write.
+    pub fn write_if_dirty(&self) -> io::Result<()> {
+        let saved = {
+            let mut state = self.state.lock().expect("checkpoint lock");
+            if !state.dirty {
+                return Ok(());
+            }
+            state.dirty = false;
+            let files = state.files.values().map(|t| Saved {
+                fingerprint: t.fingerprint,
+                offset: t.acked.iter().copied().min().unwrap_or(0),
+                path: t.path.clone(),
+            });
+            SavedFile {
+                version: VERSION,
+                files: files.collect(),
+            }
+        };
+        let result = write_atomically(
+            &self.path,
+            &serde_json::to_vec(&saved).expect("serializable"),
+        );
+        if result.is_err() {
+            self.state.lock().expect("checkpoint lock").dirty = true;
+        }
+        result
+    }
+}
+
+/// Temp file, fsync, rename over `path`, fsync of the folder.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_move_only_when_every_reader_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.log");
+        fs::write(&log, b"one\ntwo\nthree\n").unwrap();
+        let file = File::open(&log).unwrap();
+        let cp_path = dir.path().join("cp.json");
+        let cp = Checkpointer::load(cp_path.clone(), 2);
+        cp.register(1, Fingerprint::of(&file).unwrap(), &log, 0);
+        cp.ack(1, 0, 8);
+        assert_eq!(cp.committed(1), Some(0));
+        cp.ack(1, 1, 4);
+        assert_eq!(cp.committed(1), Some(4));
+        cp.write_if_dirty().unwrap();
+
+        let again = Checkpointer::load(cp_path, 2);
+        assert_eq!(again.resume_offset(&file, &log), Some(4));
+    }
+
+    #[test]
+    fn damaged_checkpoint_is_ignored_and_replaced_content_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp_path = dir.path().join("cp.json");
+        for garbage in [&b""[..], b"{not json", b"\0\0\0"] {
+            fs::write(&cp_path, garbage).unwrap();
+            assert!(Checkpointer::load(cp_path.clone(), 1).loaded.is_empty());
+        }
+        let log = dir.path().join("a.log");
+        fs::write(&log, b"one\ntwo\n").unwrap();
+        let cp = Checkpointer::load(cp_path.clone(), 1);
+        cp.register(
+            1,
+            Fingerprint::of(&File::open(&log).unwrap()).unwrap(),
+            &log,
+            0,
+        );
+        cp.ack(1, 0, 8);
+        cp.write_if_dirty().unwrap();
+        // Same inode, other content (as after truncate-and-rewrite or inode reuse).
+        fs::write(&log, b"uno\ndos\n").unwrap();
+        let again = Checkpointer::load(cp_path, 1);
+        assert_eq!(again.resume_offset(&File::open(&log).unwrap(), &log), None);
+    }
+}

@@ -1,0 +1,439 @@
+//! `type = "file"`: tails the files that GO Feature Flag's file exporter writes.
+//!
+//! The tail loop, in one paragraph: every `glob_interval` the include globs are expanded
+//! and each match is identified by device, inode and a fingerprint of its first bytes.
+//! A new file starts at its checkpoint (when its fingerprint matches), else at its start
+//! (or at its end with `read_from = "end"`, for files present at start-up). Each pass
+//! reads one block from every open file, round robin, and hands the complete lines on.
+//! A file whose size drops below the read position, or whose first bytes change, was
+//! truncated or replaced: it is read again from 0 as a new generation. A file that no
+//! glob matches any more (renamed away or deleted) is read to its end, then closed. When
+//! a pass reads nothing, the loop sleeps `poll_interval`: no busy loop.
+//!
+//! Lines carry their end offset; the sinks acknowledge them to the [`Checkpointer`],
+//! and only acknowledged offsets are saved.
+
+pub mod checkpoint;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use super::lines::LineSplitter;
+use super::Output;
+use crate::config::HumanDuration;
+use crate::event::{envelope_fields, Block};
+use checkpoint::{Checkpointer, Fingerprint, HEAD_BYTES};
+
+/// Where to start in a file that has no checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFrom {
+    Beginning,
+    End,
+}
+
+fn default_read_from() -> ReadFrom {
+    ReadFrom::Beginning
+}
+fn default_max_line_bytes() -> usize {
+    102_400
+}
+fn default_poll_interval() -> HumanDuration {
+    HumanDuration(Duration::from_millis(50))
+}
+fn default_glob_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+
+/// `[sources.NAME] type = "file"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Glob patterns of files to tail; relative ones are relative to the config file. Required.
+    pub include: Vec<String>,
+    /// Glob patterns of files to leave alone.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Where to start in files present at start-up that have no checkpoint: "beginning"
+    /// (default) or "end". Files that appear later are always read from their beginning.
+    #[serde(default = "default_read_from")]
+    pub read_from: ReadFrom,
+    /// Lines longer than this are rejected as bad input. Default 102400.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+    /// The envelope field that holds the event, when a shipper wraps it.
+    /// Default: `message` (Vector), then `log` (Fluent Bit).
+    #[serde(default)]
+    pub field: Option<String>,
+    /// How long to wait before looking again when no file had new data. Default "50ms".
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: HumanDuration,
+    /// How often the globs are expanded to find new, renamed and deleted files. Default "1s".
+    #[serde(default = "default_glob_interval")]
+    pub glob_interval: HumanDuration,
+}
+
+impl FileConfig {
+    pub fn validate(&self, key: &str) -> Result<()> {
+        if self.include.is_empty() {
+            bail!("`{key}.include` is empty: list at least one glob (example: include = [\"/var/log/goff/flag-variation-*.json\"])");
+        }
+        for (what, patterns) in [("include", &self.include), ("exclude", &self.exclude)] {
+            for p in patterns {
+                if let Err(e) = glob::Pattern::new(p) {
+                    bail!("`{key}.{what}` has an invalid glob {p:?}: {e} (example: \"/var/log/goff/*.json\")");
+                }
+            }
+        }
+        if self.max_line_bytes == 0 {
+            bail!("`{key}.max_line_bytes` must be at least 1 (example: max_line_bytes = 102400)");
+        }
+        if self.poll_interval.0.is_zero() || self.glob_interval.0.is_zero() {
+            bail!("`{key}.poll_interval` and `{key}.glob_interval` must be above zero (example: poll_interval = \"50ms\")");
+        }
+        Ok(())
+    }
+}
+
+/// Read size per file per pass.
+const READ_SIZE: usize = 256 * 1024;
+
+/// One open file.
+struct Tailed {
+    /// Changes when the file is truncated or replaced (a new generation).
+    id: u64,
+    path: PathBuf,
+    file: File,
+    fingerprint: Fingerprint,
+    /// Offset of the next byte to read.
+    pos: u64,
+    splitter: LineSplitter,
+    /// Matched by the last glob expansion.
+    seen: bool,
+    /// The last read reached the end of the file.
+    at_eof: bool,
+}
+
+/// Everything a file source needs to run.
+pub struct FileSource {
+    pub name: String,
+    pub index: usize,
+    pub include: Vec<String>,
+    pub exclude: Vec<glob::Pattern>,
+    pub read_from: ReadFrom,
+    pub max_line_bytes: usize,
+    pub envelope: Arc<[String]>,
+    pub poll_interval: Duration,
+    pub glob_interval: Duration,
+    pub checkpointer: Arc<Checkpointer>,
+}
+
+impl FileSource {
+    /// `base` is the config file's folder, for relative globs.
+    pub fn new(
+        name: &str,
+        index: usize,
+        config: &FileConfig,
+        base: &Path,
+        checkpointer: Arc<Checkpointer>,
+    ) -> Self {
+        let absolute = |p: &String| {
+            if Path::new(p).is_absolute() {
+                p.clone()
+            } else {
+                base.join(p).to_string_lossy().into_owned()
+            }
+        };
+        FileSource {
+            name: name.to_owned(),
+            index,
+            include: config.include.iter().map(absolute).collect(),
+            exclude: config
+                .exclude
+                .iter()
+                .map(|p| glob::Pattern::new(&absolute(p)).expect("validated"))
+                .collect(),
+            read_from: config.read_from,
+            max_line_bytes: config.max_line_bytes,
+            envelope: envelope_fields(config.field.as_deref()),
+            poll_interval: config.poll_interval.0,
+            glob_interval: config.glob_interval.0,
+            checkpointer,
+        }
+    }
+
+    /// Tails until shutdown; with `once`, until every matched file was read to its end.
+    pub async fn run(self, output: Output, shutdown: CancellationToken, once: bool) {
+        let mut tail = Tail {
+            source: &self,
+            files: Vec::new(),
+            next_id: 1,
+            warned: HashSet::new(),
+        };
+        tail.scan(true);
+        let mut last_scan = Instant::now();
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if last_scan.elapsed() >= self.glob_interval {
+                tail.scan(false);
+                last_scan = Instant::now();
+            }
+            let (blocks, read_any) = tail.read_pass();
+            for block in blocks {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return,
+                    sent = output.send(block) => if sent.is_err() { return },
+                }
+            }
+            tail.release_drained();
+            if once && !read_any {
+                let rest = tail.finish_all();
+                for block in rest {
+                    if output.send(block).await.is_err() {
+                        return;
+                    }
+                }
+                tracing::info!(source = %self.name, "every matched file was read to its end");
+                return;
+            }
+            if !read_any {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(self.poll_interval) => {}
+                }
+            }
+        }
+    }
+}
+
+/// The tail loop's state.
+struct Tail<'a> {
+    source: &'a FileSource,
+    files: Vec<Tailed>,
+    next_id: u64,
+    /// Paths already reported as unusable, so each is logged once.
+    warned: HashSet<PathBuf>,
+}
+
+impl Tail<'_> {
+    /// Expands the globs: opens new files, notices moves and disappearances, checks
+    /// fingerprints for replaced content.
+    fn scan(&mut self, startup: bool) {
+        let mut by_inode: HashMap<(u64, u64), usize> = HashMap::new();
+        for (i, f) in self.files.iter_mut().enumerate() {
+            f.seen = false;
+            by_inode.insert((f.fingerprint.dev, f.fingerprint.ino), i);
+        }
+        for path in self.matches() {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                self.warn_once(&path, "matches `include` but is a directory; skipping it");
+                continue;
+            }
+            match by_inode.get(&(meta.dev(), meta.ino())) {
+                Some(&i) => {
+                    let f = &mut self.files[i];
+                    f.seen = true;
+                    if f.path != path {
+                        tracing::info!(from = %f.path.display(), to = %path.display(), "file was renamed; following it");
+                        f.path = path;
+                    }
+                }
+                None => self.open(path, startup),
+            }
+        }
+        for i in 0..self.files.len() {
+            self.check_identity(i);
+        }
+    }
+
+    fn matches(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for pattern in &self.source.include {
+            let Ok(paths) = glob::glob(pattern) else {
+                continue;
+            };
+            for path in paths.flatten() {
+                if !self.source.exclude.iter().any(|p| p.matches_path(&path))
+                    && !out.contains(&path)
+                {
+                    out.push(path);
+                }
+            }
+        }
+        out
+    }
+
+    fn open(&mut self, path: PathBuf, startup: bool) {
+        let opened = File::open(&path).and_then(|file| Ok((Fingerprint::of(&file)?, file)));
+        let (fingerprint, file) = match opened {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.warn_once(&path, &format!("cannot open: {e}; will try again"));
+                return;
+            }
+        };
+        self.warned.remove(&path);
+        let cp = &self.source.checkpointer;
+        let pos = match cp.resume_offset(&file, &path) {
+            Some(offset) => offset,
+            None if startup && self.source.read_from == ReadFrom::End => {
+                file.metadata().map(|m| m.len()).unwrap_or(0)
+            }
+            None => 0,
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        cp.register(id, fingerprint, &path, pos);
+        tracing::info!(source = %self.source.name, path = %path.display(), offset = pos, "tailing file");
+        self.files.push(Tailed {
+            id,
+            path,
+            file,
+            fingerprint,
+            pos,
+            splitter: LineSplitter::new(self.source.max_line_bytes, pos),
+            seen: true,
+            at_eof: false,
+        });
+    }
+
+    /// Grows a short fingerprint as the file grows; restarts a file whose first bytes changed.
+    fn check_identity(&mut self, i: usize) {
+        let f = &mut self.files[i];
+        let same = f.fingerprint.matches(&f.file).unwrap_or(false);
+        if !same {
+            tracing::warn!(path = %f.path.display(), "file content was replaced; reading it again from the start");
+            self.restart(i);
+            return;
+        }
+        if f.fingerprint.head_len < HEAD_BYTES && f.pos > f.fingerprint.head_len {
+            if let Ok(fp) = Fingerprint::of(&f.file) {
+                f.fingerprint = fp;
+                self.source.checkpointer.refresh(f.id, fp, &f.path);
+            }
+        }
+    }
+
+    /// Reads the file again from 0 as a new generation (after truncation or replacement).
+    fn restart(&mut self, i: usize) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let f = &mut self.files[i];
+        let cp = &self.source.checkpointer;
+        cp.forget(f.id);
+        f.id = id;
+        f.pos = 0;
+        f.splitter.reset(0);
+        f.at_eof = false;
+        if let Ok(fp) = Fingerprint::of(&f.file) {
+            f.fingerprint = fp;
+        }
+        cp.register(id, f.fingerprint, &f.path, 0);
+    }
+
+    /// Reads one block from every file; returns the blocks and whether anything was read.
+    fn read_pass(&mut self) -> (Vec<Block>, bool) {
+        let mut blocks = Vec::new();
+        let mut read_any = false;
+        for i in 0..self.files.len() {
+            match self.read_one(i) {
+                Ok(0) => {
+                    let f = &mut self.files[i];
+                    f.at_eof = true;
+                    let size = f.file.metadata().map(|m| m.len()).unwrap_or(f.pos);
+                    if size < f.pos {
+                        tracing::warn!(path = %f.path.display(), size, offset = f.pos, "file was truncated; reading it from the start");
+                        self.restart(i);
+                        read_any = true;
+                    }
+                }
+                Ok(_) => read_any = true,
+                Err(e) => {
+                    let f = &mut self.files[i];
+                    f.at_eof = true;
+                    let path = f.path.clone();
+                    self.warn_once(&path, &format!("read failed: {e}"));
+                }
+            }
+            let f = &mut self.files[i];
+            let mut lines = Vec::new();
+            f.splitter.split(&mut lines);
+            if !lines.is_empty() {
+                blocks.push(self.block(i, lines));
+            }
+        }
+        (blocks, read_any)
+    }
+
+    fn read_one(&mut self, i: usize) -> std::io::Result<usize> {
+        let f = &mut self.files[i];
+        let buf = f.splitter.buffer();
+        let start = buf.len();
+        buf.resize(start + READ_SIZE, 0);
+        let result = f.file.read_at(&mut buf[start..], f.pos);
+        let n = *result.as_ref().unwrap_or(&0);
+        buf.truncate(start + n);
+        f.pos += n as u64;
+        if n > 0 {
+            f.at_eof = false;
+        }
+        result
+    }
+
+    fn block(&self, i: usize, lines: Vec<crate::event::Line>) -> Block {
+        let f = &self.files[i];
+        Block {
+            source_name: Arc::from(self.source.name.as_str()),
+            origin: Arc::from(f.path.to_string_lossy().as_ref()),
+            ack: Some((self.source.index, f.id)),
+            envelope: self.source.envelope.clone(),
+            lines,
+        }
+    }
+
+    /// Closes files that no glob matches any more and that were read to their end.
+    fn release_drained(&mut self) {
+        let cp = &self.source.checkpointer;
+        self.files.retain(|f| {
+            let keep = f.seen || !f.at_eof;
+            if !keep {
+                tracing::info!(path = %f.path.display(), "file is gone and was read to its end; closing it");
+                cp.forget(f.id);
+            }
+            keep
+        });
+    }
+
+    /// End of input (`--once`): partial last lines become lines.
+    fn finish_all(&mut self) -> Vec<Block> {
+        let mut blocks = Vec::new();
+        for i in 0..self.files.len() {
+            let mut lines = Vec::new();
+            self.files[i].splitter.finish(&mut lines);
+            if !lines.is_empty() {
+                blocks.push(self.block(i, lines));
+            }
+        }
+        blocks
+    }
+
+    fn warn_once(&mut self, path: &Path, what: &str) {
+        if self.warned.insert(path.to_owned()) {
+            tracing::warn!(source = %self.source.name, path = %path.display(), "{what}");
+        }
+    }
+}

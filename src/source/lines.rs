@@ -1,0 +1,173 @@
+//! Splitting a byte stream into lines without a copy per line.
+//!
+//! Data is read straight into a `BytesMut`; each complete line is split off it as a
+//! `Bytes` that shares the read buffer. A line longer than `max_line_bytes` is never
+//! buffered whole: past the limit its bytes are counted and dropped until its newline,
+//! and it comes out as an oversized line holding only its first bytes (for the log and
+//! the dead letter).
+
+use bytes::{Bytes, BytesMut};
+
+use crate::event::Line;
+
+/// How much of an oversized line is kept, to show in logs and dead letters.
+pub const OVERSIZED_EXCERPT: usize = 1024;
+
+/// Cuts lines out of the bytes appended to [`LineSplitter::buffer`].
+#[derive(Debug)]
+pub struct LineSplitter {
+    buf: BytesMut,
+    max_line_bytes: usize,
+    /// Bytes of `buf` already searched for a newline.
+    scanned: usize,
+    /// The next line's number (1-based).
+    next_number: u64,
+    /// Offset in the stream of `buf[0]`.
+    offset: u64,
+    /// Set while dropping the rest of an oversized line: its excerpt and length so far.
+    oversized: Option<(Bytes, u64)>,
+}
+
+impl LineSplitter {
+    /// A splitter for a stream whose next byte is at `offset`.
+    pub fn new(max_line_bytes: usize, offset: u64) -> Self {
+        LineSplitter {
+            buf: BytesMut::new(),
+            max_line_bytes,
+            scanned: 0,
+            next_number: 1,
+            offset,
+            oversized: None,
+        }
+    }
+
+    /// The buffer to read into; reserve before reading.
+    pub fn buffer(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// Offset just past the last complete line handed out.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Bytes buffered that are not yet a complete line.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Moves every complete line now in the buffer into `out`.
+    pub fn split(&mut self, out: &mut Vec<Line>) {
+        while let Some(pos) = memchr::memchr(b'\n', &self.buf[self.scanned..]) {
+            let len = self.scanned + pos;
+            let mut line = self.buf.split_to(len + 1);
+            line.truncate(len);
+            self.scanned = 0;
+            self.emit(line.freeze(), len as u64 + 1, out);
+        }
+        self.scanned = self.buf.len();
+        if self.buf.len() > self.max_line_bytes {
+            self.drop_overflow();
+        }
+    }
+
+    /// End of input: the partial last line, if any, becomes a line.
+    pub fn finish(&mut self, out: &mut Vec<Line>) {
+        if !self.buf.is_empty() || self.oversized.is_some() {
+            let line = self.buf.split().freeze();
+            let len = line.len() as u64;
+            self.scanned = 0;
+            self.emit(line, len, out);
+        }
+    }
+
+    /// Forgets buffered bytes and restarts at `offset` (after a truncation).
+    pub fn reset(&mut self, offset: u64) {
+        *self = LineSplitter::new(self.max_line_bytes, offset);
+    }
+
+    fn drop_overflow(&mut self) {
+        let dropped = self.buf.len() as u64;
+        let (excerpt, total) = self.oversized.take().unwrap_or_else(|| {
+            let keep = self.buf.len().min(OVERSIZED_EXCERPT);
+            (Bytes::copy_from_slice(&self.buf[..keep]), 0)
+        });
+        self.oversized = Some((excerpt, total + dropped));
+        self.offset += dropped;
+        self.buf.clear();
+        self.scanned = 0;
+    }
+
+    /// `consumed` counts the line's bytes taken from the buffer, terminator included.
+    fn emit(&mut self, line: Bytes, consumed: u64, out: &mut Vec<Line>) {
+        self.offset += consumed;
+        let number = self.next_number;
+        self.next_number += 1;
+        let (bytes, oversized) = match self.oversized.take() {
+            Some((excerpt, dropped)) => (excerpt, Some(dropped + line.len() as u64)),
+            None if line.len() > self.max_line_bytes => {
+                let keep = line.len().min(OVERSIZED_EXCERPT);
+                (line.slice(..keep), Some(line.len() as u64))
+            }
+            None => (line, None),
+        };
+        out.push(Line {
+            bytes,
+            number,
+            end: self.offset,
+            oversized,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(s: &mut LineSplitter, data: &[u8]) -> Vec<Line> {
+        let mut out = Vec::new();
+        s.buffer().extend_from_slice(data);
+        s.split(&mut out);
+        out
+    }
+
+    #[test]
+    fn splits_across_reads_with_offsets() {
+        let mut s = LineSplitter::new(100, 10);
+        let a = feed(&mut s, b"ab\ncd");
+        assert_eq!(a.len(), 1);
+        assert_eq!(
+            (&a[0].bytes[..], a[0].number, a[0].end),
+            (&b"ab"[..], 1, 13)
+        );
+        let b = feed(&mut s, b"e\n\nf");
+        assert_eq!(
+            b.iter().map(|l| &l.bytes[..]).collect::<Vec<_>>(),
+            vec![&b"cde"[..], b""]
+        );
+        assert_eq!(b[1].end, 18);
+        let mut out = Vec::new();
+        s.finish(&mut out);
+        assert_eq!(
+            (&out[0].bytes[..], out[0].number, out[0].end),
+            (&b"f"[..], 4, 19)
+        );
+    }
+
+    #[test]
+    fn oversized_lines_are_not_buffered_whole() {
+        let mut s = LineSplitter::new(8, 0);
+        assert!(feed(&mut s, b"0123456789").is_empty());
+        assert_eq!(s.pending(), 0, "the long line's bytes are dropped");
+        assert!(feed(&mut s, &[b'x'; 100]).is_empty());
+        let out = feed(&mut s, b"yz\nok\n");
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].oversized, Some(112));
+        assert_eq!(&out[0].bytes[..], b"0123456789");
+        assert_eq!(out[0].end, 113);
+        assert_eq!(
+            (&out[1].bytes[..], out[1].oversized, out[1].end),
+            (&b"ok"[..], None, 116)
+        );
+    }
+}

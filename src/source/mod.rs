@@ -1,0 +1,188 @@
+//! Sources read lines and hand them to every sink that reads them.
+//!
+//! The contract is small: a source gets an [`Output`] and a shutdown token, reads until
+//! its input ends or shutdown is asked, and returns. Back-pressure is the [`Budget`]:
+//! before a block of lines enters a sink, the source takes one permit per line from that
+//! sink's budget; the sink gives them back once the lines are delivered or dead-lettered.
+//! So a sink that cannot deliver stops its sources instead of growing without bound.
+
+pub mod file;
+pub mod lines;
+pub mod stdin;
+pub mod tcp;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::event::Block;
+
+/// A cap on the lines a sink holds in memory: read but not yet delivered or dead-lettered,
+/// including failed batches waiting for their retry.
+#[derive(Debug)]
+pub struct Budget {
+    permits: Semaphore,
+    cap: usize,
+    in_use: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl Budget {
+    pub fn new(cap: usize) -> Self {
+        Budget {
+            permits: Semaphore::new(cap),
+            cap,
+            in_use: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        }
+    }
+
+    /// Waits until `n` (at most the cap) more lines may be held.
+    pub async fn acquire(&self, n: usize) {
+        debug_assert!(n <= self.cap);
+        let permits = self
+            .permits
+            .acquire_many(n as u32)
+            .await
+            .expect("the budget is never closed");
+        permits.forget();
+        let now = self.in_use.fetch_add(n, Ordering::Relaxed) + n;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// `n` lines left memory (delivered, dead-lettered, spilled or dropped).
+    pub fn release(&self, n: usize) {
+        if n > 0 {
+            self.in_use.fetch_sub(n, Ordering::Relaxed);
+            self.permits.add_permits(n);
+        }
+    }
+
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Lines held right now.
+    pub fn in_use(&self) -> usize {
+        self.in_use.load(Ordering::Relaxed)
+    }
+
+    /// The most lines ever held at once.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// One sink's input, as a source sees it.
+#[derive(Debug, Clone)]
+pub struct SinkInput {
+    pub tx: mpsc::Sender<Block>,
+    pub budget: Arc<Budget>,
+}
+
+/// Where a source sends its blocks: every sink that lists it in `inputs`.
+#[derive(Debug, Clone)]
+pub struct Output {
+    sinks: Vec<SinkInput>,
+    /// Blocks are cut to this many lines so that one block always fits every budget.
+    max_block: usize,
+}
+
+/// Every sink is gone; the source should stop.
+#[derive(Debug)]
+pub struct Closed;
+
+impl Output {
+    pub fn new(sinks: Vec<SinkInput>) -> Self {
+        let max_block = sinks
+            .iter()
+            .map(|s| s.budget.cap())
+            .min()
+            .unwrap_or(1)
+            .clamp(1, 4096);
+        Output { sinks, max_block }
+    }
+
+    /// Hands `block` to every sink, in order, waiting for room in each one's budget.
+    pub async fn send(&self, mut block: Block) -> Result<(), Closed> {
+        while !block.lines.is_empty() {
+            let rest = block.lines.split_off(block.lines.len().min(self.max_block));
+            let part = Block {
+                lines: std::mem::replace(&mut block.lines, rest),
+                ..block.clone()
+            };
+            self.send_part(part).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_part(&self, block: Block) -> Result<(), Closed> {
+        let mut delivered_to_one = false;
+        let last = self.sinks.len() - 1;
+        let mut block = Some(block);
+        for (i, sink) in self.sinks.iter().enumerate() {
+            let part = if i == last {
+                block.take().expect("last")
+            } else {
+                block.clone().expect("set")
+            };
+            let n = part.lines.len();
+            sink.budget.acquire(n).await;
+            match sink.tx.send(part).await {
+                Ok(()) => delivered_to_one = true,
+                Err(_) => sink.budget.release(n),
+            }
+        }
+        if delivered_to_one {
+            Ok(())
+        } else {
+            Err(Closed)
+        }
+    }
+}
+
+/// Reads `reader` to its end (or until shutdown), sending its lines in blocks. Used by the
+/// sources whose input cannot be re-read (TCP, stdin): nothing carries an acknowledgement.
+pub async fn pump<R>(
+    mut reader: R,
+    max_line_bytes: usize,
+    template: Block,
+    output: &Output,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    const READ_SIZE: usize = 128 * 1024;
+    let mut splitter = lines::LineSplitter::new(max_line_bytes, 0);
+    loop {
+        splitter.buffer().reserve(READ_SIZE);
+        let n = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => 0,
+            n = reader.read_buf(splitter.buffer()) => n?,
+        };
+        let mut lines = Vec::new();
+        if n == 0 {
+            splitter.finish(&mut lines);
+        } else {
+            splitter.split(&mut lines);
+        }
+        if !lines.is_empty()
+            && output
+                .send(Block {
+                    lines,
+                    ..template.clone()
+                })
+                .await
+                .is_err()
+        {
+            return Ok(());
+        }
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! `type = "stdin"`: newline-delimited JSON on standard input, read to its end.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use super::{pump, Output};
+use crate::event::{envelope_fields, Block};
+
+fn default_max_line_bytes() -> usize {
+    102_400
+}
+
+/// `[sources.NAME] type = "stdin"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdinConfig {
+    /// Lines longer than this are rejected as bad input. Default 102400.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+    /// The envelope field that holds the event, when a shipper wraps it.
+    /// Default: `message` (Vector), then `log` (Fluent Bit).
+    #[serde(default)]
+    pub field: Option<String>,
+}
+
+impl StdinConfig {
+    pub fn validate(&self, key: &str) -> Result<()> {
+        if self.max_line_bytes == 0 {
+            bail!("`{key}.max_line_bytes` must be at least 1 (example: max_line_bytes = 102400)");
+        }
+        Ok(())
+    }
+}
+
+/// Reads stdin to EOF (or until shutdown).
+pub async fn run(name: &str, config: &StdinConfig, output: Output, shutdown: CancellationToken) {
+    let template = Block {
+        source_name: Arc::from(name),
+        origin: Arc::from("stdin"),
+        ack: None,
+        envelope: envelope_fields(config.field.as_deref()),
+        lines: Vec::new(),
+    };
+    let stdin = tokio::io::stdin();
+    match pump(stdin, config.max_line_bytes, template, &output, &shutdown).await {
+        Ok(()) => tracing::info!(source = name, "stdin reached its end"),
+        Err(e) => tracing::error!(source = name, error = %e, "cannot read stdin"),
+    }
+}
