@@ -1,0 +1,565 @@
+#!/usr/bin/env bash
+# End-to-end benchmark of flaghook (issue 4): GO Feature Flag events from a file and from a TCP
+# connection to a signature-verifying webhook receiver on loopback, against syslog-ng doing the
+# same job, plus a latency probe and an idle check.
+#
+#   bash benches/e2e.sh               # everything: receiver check, throughput table, latency, idle
+#   bash benches/e2e.sh throughput    # the receiver check and the throughput table only
+#   bash benches/e2e.sh receiver      # the receiver alone (load check)
+#   bash benches/e2e.sh latency       # p50/p99 from append to arrival, flush_interval = "100ms"
+#   bash benches/e2e.sh idle          # CPU% of flaghook tailing 100 quiet files
+#
+# Environment (defaults in brackets):
+#   N [2000000]        events in the generated file (~190 bytes each)
+#   RUNS [3]           runs of each tool; the table shows the median and the range
+#   BATCH [10000]      events per request (flaghook's max_event_in_memory, syslog-ng's batch-lines)
+#   TOOLS ["file tcp syslog-ng"]  the throughput runs: flaghook's file source, its TCP source,
+#                      syslog-ng (apt-get installed when missing, as root)
+#   SYSLOG_NG_WORKERS [1]  http() workers of syslog-ng
+#   RUN_TIMEOUT [300]  seconds after which one run is stopped and reported as failed
+#   LAT_RATE [1000] LAT_SECS [10]    latency probe: events/s appended, for how long
+#   IDLE_FILES [100] IDLE_SECS [10]  idle check: quiet files tailed, seconds measured
+#   KEEP [0]           1 keeps the work folder (configs, logs, events) for inspection
+#   BUILD [1]          0 uses the binaries already built (target/release, benches/tools/target)
+#
+# All traffic stays on 127.0.0.1; every process started here is stopped on exit.
+# Needs: cargo, GNU time (/usr/bin/time, installed when missing), syslog-ng-core and
+# syslog-ng-mod-http for the comparison (installed when missing).
+set -Eeuo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+MODE=${1:-all}
+N=${N:-2000000}
+RUNS=${RUNS:-3}
+BATCH=${BATCH:-10000}
+TOOLS=${TOOLS:-file tcp syslog-ng}
+SYSLOG_NG_WORKERS=${SYSLOG_NG_WORKERS:-1}
+RUN_TIMEOUT=${RUN_TIMEOUT:-300}
+LAT_RATE=${LAT_RATE:-1000}
+LAT_SECS=${LAT_SECS:-10}
+IDLE_FILES=${IDLE_FILES:-100}
+IDLE_SECS=${IDLE_SECS:-10}
+KEEP=${KEEP:-0}
+BUILD=${BUILD:-1}
+
+case "$MODE" in
+  all|throughput|receiver|latency|idle) ;;
+  -h|--help|help) sed -n '2,/^set -E/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+  *) echo "usage: bash benches/e2e.sh [all|throughput|receiver|latency|idle]" >&2; exit 64 ;;
+esac
+
+FLAGHOOK=$ROOT/target/release/flaghook
+FHB=$ROOT/benches/tools/target/release/fhbench
+export FLAGHOOK_BENCH_SECRET=${FLAGHOOK_BENCH_SECRET:-bench-secret-$$-$RANDOM}
+CLK_TCK=$(getconf CLK_TCK)
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/flaghook-e2e.XXXXXX")
+PIDS=()
+FAILURES=0
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do
+    # bounded: anything still there after 5 s is killed hard
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+  done
+  if [ "$KEEP" = 1 ]; then echo "work folder kept: $WORK" >&2; else rm -rf "$WORK"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "interrupted" >&2; exit 130' INT TERM
+
+log() { printf '== %s\n' "$*" >&2; }
+die() { printf 'e2e: error: %s\n' "$*" >&2; exit 1; }
+warn() { printf 'e2e: warning: %s\n' "$*" >&2; }
+now_ns() { date +%s%N; }
+
+# Starts "$@" in the background and remembers its pid (in $BG_PID) for the cleanup.
+bg() { "$@" & BG_PID=$!; PIDS+=("$BG_PID"); }
+
+# Waits for a pid started with bg; sets $WAIT_RC.
+wait_rc() { WAIT_RC=0; wait "$1" || WAIT_RC=$?; }
+
+# CPU seconds (user+sys, every thread) of a live process, from /proc.
+proc_cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+proc_hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
+proc_ctxt() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'; }
+
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {printf "%.10g\n", (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
+minimum() { printf '%s\n' "$@" | sort -g | head -1; }
+maximum() { printf '%s\n' "$@" | sort -g | tail -1; }
+
+# ------------------------------------------------------------------------------------------------
+# prerequisites
+
+apt_install() {
+  [ "$(id -u)" = 0 ] || die "missing $*; install them with: sudo apt-get install $* (or leave syslog-ng out: TOOLS=\"file tcp\")"
+  command -v apt-get >/dev/null || die "missing $* and no apt-get here: install them by hand (or leave syslog-ng out: TOOLS=\"file tcp\")"
+  log "installing $* (apt-get)"
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >"$WORK/apt.log" 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >>"$WORK/apt.log" 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >>"$WORK/apt.log" 2>&1 \
+      || { tail -20 "$WORK/apt.log" >&2; die "apt-get install $* failed"; }
+  fi
+}
+
+wants() { [[ " $TOOLS " == *" $1 "* ]]; }
+
+need_syslog_ng() {
+  wants syslog-ng || return 1
+  case "$MODE" in all|throughput) return 0 ;; *) return 1 ;; esac
+}
+
+prerequisites() {
+  command -v cargo >/dev/null || die "cargo not found (install Rust: https://rustup.rs)"
+  [ -x /usr/bin/time ] || apt_install time
+  if need_syslog_ng; then
+    if ! command -v syslog-ng >/dev/null || ! dpkg -s syslog-ng-mod-http >/dev/null 2>&1; then
+      apt_install syslog-ng-core syslog-ng-mod-http
+    fi
+    SYSLOG_NG_BIN=$(command -v syslog-ng || echo /usr/sbin/syslog-ng)
+    SYSLOG_NG_VERSION=$("$SYSLOG_NG_BIN" --version 2>/dev/null | sed -n 1p || true)
+  fi
+}
+
+build() {
+  if [ "$BUILD" = 0 ]; then
+    [ -x "$FLAGHOOK" ] && [ -x "$FHB" ] || die "BUILD=0 but $FLAGHOOK or $FHB is missing"
+    FLAGHOOK_VERSION=$("$FLAGHOOK" --version 2>/dev/null || echo "flaghook (version unknown)")
+    return
+  fi
+  log "building flaghook (release)"
+  (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
+  [ -x "$FLAGHOOK" ] || die "$FLAGHOOK not found after the build"
+  log "building the bench tools (benches/tools)"
+  cargo build --release --quiet --manifest-path "$ROOT/benches/tools/Cargo.toml" || die "building benches/tools failed"
+  FLAGHOOK_VERSION=$("$FLAGHOOK" --version 2>/dev/null || echo "flaghook (version unknown)")
+}
+
+generate() {
+  EVENTS=$WORK/events.jsonl
+  log "generating $N GO Feature Flag feature events"
+  GEN_INFO=$("$FHB" gen --out "$EVENTS" --n "$N") || die "event generator failed"
+  log "  $GEN_INFO"
+  cat "$EVENTS" >/dev/null # in the page cache for every tool alike
+}
+
+# The receiver: verifies every signature, parses every body, counts every event.
+# Usage: start_receiver NAME [--latency]; sets RECV_ADDR_<NAME>.
+start_receiver() {
+  local name=$1; shift
+  local port_file=$WORK/receiver-$name.port
+  bg "$FHB" receive --listen 127.0.0.1:0 --secret-env FLAGHOOK_BENCH_SECRET --port-file "$port_file" "$@" \
+    2>"$WORK/receiver-$name.log"
+  for _ in $(seq 100); do [ -s "$port_file" ] && break; sleep 0.05; done
+  [ -s "$port_file" ] || { cat "$WORK/receiver-$name.log" >&2; die "the receiver did not start"; }
+  printf -v "RECV_ADDR_$name" '127.0.0.1:%s' "$(cat "$port_file")"
+}
+
+# Reads the receiver's counters into variables S_<name> (S_events, S_requests, S_sig_verified, ...).
+read_stats() {
+  local out k v
+  out=$("$FHB" stats --addr "$1") || die "cannot read the receiver's counters at $1"
+  while IFS='=' read -r k v; do printf -v "S_$k" '%s' "$v"; done <<<"$out"
+}
+
+# ------------------------------------------------------------------------------------------------
+# the receiver alone
+
+receiver_check() {
+  local addr=$RECV_ADDR_main requests=$(( N / BATCH )) out
+  [ "$requests" -ge 100 ] || requests=100
+  RECV_CHECK=""
+  for conns in 1 2; do
+    "$FHB" reset --addr "$addr"
+    out=$("$FHB" load --addr "$addr" --input "$EVENTS" --secret-env FLAGHOOK_BENCH_SECRET \
+      --batch "$BATCH" --requests "$requests" --conns "$conns") || die "receiver load check failed"
+    read_stats "$addr"
+    local rate=${out##*events_per_s=}; rate=${rate%% *}
+    [ "$S_events" = $(( requests * BATCH )) ] && [ "$S_sig_verified" = "$requests" ] \
+      || die "receiver load check: counted $S_events events, $S_sig_verified signatures for $requests requests"
+    RECV_CHECK+=$(printf '  receiver alone, %d connection(s): %s events/s (%s requests of %s signed events, all verified and counted)' \
+      "$conns" "$rate" "$requests" "$BATCH")$'\n'
+    [ "$conns" = 1 ] && RECV_RATE_1=$rate
+  done
+  printf '%s' "$RECV_CHECK"
+  if [ "${RECV_RATE_1%.*}" -lt 3000000 ]; then
+    warn "the receiver absorbs only $RECV_RATE_1 events/s on one connection (< 3M/s): the machine is busy or slow; figures below may be capped by it"
+  fi
+  "$FHB" reset --addr "$addr"
+}
+
+# ------------------------------------------------------------------------------------------------
+# one run of each tool; each appends a line to $WORK/results/<tool>.tsv:
+# rate cpu_s rss_kib events requests sig_verified sig_failed sig_missing wall_s ok
+
+record() { # tool rate cpu rss events requests verified failed missing wall ok
+  local tool=$1; shift
+  printf '%s\n' "$*" >>"$WORK/results/$tool.tsv"
+}
+
+flaghook_config() { # file|tcp DIR [PORT]
+  local kind=$1 dir=$2 port=${3:-}
+  mkdir -p "$dir/data"
+  {
+    printf 'data_dir = "%s"\n\n' "$dir/data"
+    if [ "$kind" = file ]; then
+      printf '[sources.bench_in]\ntype = "file"\ninclude = ["%s"]\nread_from = "beginning"\n\n' "$EVENTS"
+    else
+      printf '[sources.bench_in]\ntype = "tcp"\naddress = "127.0.0.1:%s"\n\n' "$port"
+    fi
+    cat <<EOF
+[sinks.bench_hook]
+type = "webhook"
+inputs = ["bench_in"]
+endpoint_url = "http://$RECV_ADDR_main/hook"
+secret = "\${FLAGHOOK_BENCH_SECRET}"
+schema = "goff"
+max_event_in_memory = $BATCH
+flush_interval = "1s"
+meta = { bench = "e2e" }
+EOF
+  } >"$dir/flaghook.toml"
+}
+
+# Checks a finished flaghook --once run; prints the problem and returns 1 when it failed.
+check_flaghook_run() { # label dir rc
+  local label=$1 dir=$2 rc=$3 summary
+  summary=$(grep '^summary ' "$dir/stdout" | tail -1 || true)
+  local problem=""
+  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then problem="did not finish within ${RUN_TIMEOUT}s (RUN_TIMEOUT)"
+  elif [ "$rc" != 0 ]; then problem="exited with status $rc"
+  elif [ -z "$summary" ]; then problem="printed no summary line"
+  elif [[ "$summary" != *"events_delivered=$N "* ]]; then problem="summary is '$summary', expected events_delivered=$N"
+  elif [ "$S_events" != "$N" ]; then problem="the receiver counted $S_events events, expected $N"
+  elif [ "$S_sig_verified" != "$S_requests" ] || [ "$S_sig_failed" != 0 ]; then
+    problem="$S_sig_verified of $S_requests signatures verified ($S_sig_failed failed, $S_sig_missing missing)"
+  elif [ "$S_bad_bodies" != 0 ]; then problem="$S_bad_bodies bodies did not parse"
+  fi
+  if [ -n "$problem" ]; then
+    printf 'e2e: error: flaghook (%s) %s\n  config: %s\n  summary: %s\n  last lines of its log:\n' \
+      "$label" "$problem" "$dir/flaghook.toml" "${summary:-none}" >&2
+    tail -15 "$dir/stderr" | sed 's/^/    /' >&2
+    FAILURES=$(( FAILURES + 1 ))
+    return 1
+  fi
+}
+
+run_flaghook_file() { # run-number
+  local dir=$WORK/flaghook-file-$1 t0 t1
+  flaghook_config file "$dir"
+  "$FHB" reset --addr "$RECV_ADDR_main"
+  t0=$(now_ns)
+  bg timeout -k 5 "$RUN_TIMEOUT" /usr/bin/time -o "$dir/time" -f '%e %U %S %M' \
+    "$FLAGHOOK" run --once --config "$dir/flaghook.toml" >"$dir/stdout" 2>"$dir/stderr"
+  wait_rc "$BG_PID"
+  t1=$(now_ns)
+  read_stats "$RECV_ADDR_main"
+  finish_flaghook_run "flaghook file" "$dir" "$WAIT_RC" "$t0" "$t1"
+}
+
+run_flaghook_tcp() { # run-number
+  local dir=$WORK/flaghook-tcp-$1 t0 t1 port fh_pid sender_rc
+  port=$("$FHB" freeport)
+  flaghook_config tcp "$dir" "$port"
+  "$FHB" reset --addr "$RECV_ADDR_main"
+  t0=$(now_ns)
+  bg timeout -k 5 "$RUN_TIMEOUT" /usr/bin/time -o "$dir/time" -f '%e %U %S %M' \
+    "$FLAGHOOK" run --once --config "$dir/flaghook.toml" >"$dir/stdout" 2>"$dir/stderr"
+  fh_pid=$BG_PID
+  # the sender retries connecting until flaghook listens, streams the file, then closes
+  bg timeout -k 5 "$RUN_TIMEOUT" "$FHB" send --addr "127.0.0.1:$port" --input "$EVENTS" \
+    --connect-timeout 30 2>"$dir/sender.log"
+  wait_rc "$BG_PID"; sender_rc=$WAIT_RC
+  wait_rc "$fh_pid"
+  t1=$(now_ns)
+  [ "$sender_rc" = 0 ] || { warn "the TCP sender failed (status $sender_rc):"; cat "$dir/sender.log" >&2; }
+  read_stats "$RECV_ADDR_main"
+  finish_flaghook_run "flaghook tcp" "$dir" "$WAIT_RC" "$t0" "$t1"
+}
+
+finish_flaghook_run() { # label dir rc t0 t1
+  local label=$1 dir=$2 rc=$3 t0=$4 t1=$5 wall elapsed user sys rss ok=1 rate cpu
+  check_flaghook_run "$label" "$dir" "$rc" || ok=0
+  read -r elapsed user sys rss < <(grep -E '^[0-9.]+ [0-9.]+ [0-9.]+ [0-9]+$' "$dir/time" || echo "0 0 0 0")
+  wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b - a) / 1e9}')
+  rate=$(awk -v n="$S_events" -v w="$wall" 'BEGIN {printf "%.0f", (w > 0 ? n / w : 0)}')
+  cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN {printf "%.2f", u + s}')
+  record "${label// /-}" "$rate $cpu $rss $S_events $S_requests $S_sig_verified $S_sig_failed $S_sig_missing $wall $ok"
+  log "  $label: ${wall}s, $rate events/s, CPU ${cpu}s, peak RSS $(( rss / 1024 )) MiB, $S_events events in $S_requests requests, $S_sig_verified signatures verified$([ $ok = 1 ] || echo ' (FAILED)')"
+}
+
+syslog_ng_config() { # dir
+  local dir=$1
+  cat >"$dir/syslog-ng.conf" <<EOF
+@version: 3.38
+# The same workload as flaghook's: the generated file, read from its beginning, each line sent
+# unparsed as one element of a JSON array, $BATCH lines per POST, to the same receiver.
+# syslog-ng cannot sign a body: the receiver counts these requests as unsigned.
+options {
+  stats-freq(0);
+  log-msg-size(65536);
+  threaded(yes);
+};
+source s_bench {
+  file("$EVENTS" flags(no-parse) follow-freq(1) log-fetch-limit(10000) log-iw-size(100000));
+};
+destination d_hook {
+  http(
+    url("http://$RECV_ADDR_main/hook")
+    method("POST")
+    headers("Content-Type: application/json")
+    body-prefix("{\"meta\":{},\"events\":[")
+    body("\${MESSAGE}")
+    delimiter(",")
+    body-suffix("]}")
+    batch-lines($BATCH)
+    batch-bytes(0)
+    batch-timeout(1000)
+    workers($SYSLOG_NG_WORKERS)
+    log-fifo-size(100000)
+  );
+};
+# flow control: the file is read no faster than it is delivered, and nothing is dropped
+log { source(s_bench); destination(d_hook); flags(flow-control); };
+EOF
+}
+
+run_syslog_ng() { # run-number
+  local dir=$WORK/syslog-ng-$1 t0 pid wall rate cpu rss ok=1 ticks wait_rc_cmd=0
+  mkdir -p "$dir"
+  syslog_ng_config "$dir"
+  "$FHB" reset --addr "$RECV_ADDR_main"
+  t0=$(now_ns)
+  bg timeout -k 5 "$RUN_TIMEOUT" "$SYSLOG_NG_BIN" -F --no-caps -f "$dir/syslog-ng.conf" -R "$dir/syslog-ng.persist" \
+    -p "$dir/syslog-ng.pid" -c "$dir/syslog-ng.ctl" >"$dir/stdout" 2>"$dir/stderr"
+  local tpid=$BG_PID
+  # syslog-ng runs until stopped: its job is done when the receiver has counted every event
+  pid=""
+  for _ in $(seq 100); do pid=$(cat "/proc/$tpid/task/$tpid/children" 2>/dev/null | awk '{print $1}'); [ -n "$pid" ] && break; sleep 0.02; done
+  [ -n "$pid" ] || die "syslog-ng did not start"
+  "$FHB" wait --addr "$RECV_ADDR_main" --events "$N" --timeout "$RUN_TIMEOUT" --pid "$pid" >/dev/null || wait_rc_cmd=$?
+  if [ -e "/proc/$pid/stat" ]; then
+    ticks=$(proc_cpu_ticks "$pid"); rss=$(proc_hwm_kib "$pid")
+  else
+    ticks=0; rss=0
+  fi
+  kill "$tpid" 2>/dev/null || true
+  wait_rc "$tpid"
+  read_stats "$RECV_ADDR_main"
+  wall=$(awk -v a="$t0" -v b="$S_last_ns" 'BEGIN {printf "%.3f", (b > a ? (b - a) / 1e9 : 0)}')
+  rate=$(awk -v n="$S_events" -v w="$wall" 'BEGIN {printf "%.0f", (w > 0 ? n / w : 0)}')
+  cpu=$(awk -v t="$ticks" -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t / hz}')
+  if [ "$wait_rc_cmd" != 0 ] || [ "$S_events" != "$N" ] || [ "$S_bad_bodies" != 0 ]; then
+    ok=0
+    printf 'e2e: error: syslog-ng delivered %s of %s events (%s bad bodies; wait status %s)\n  config: %s\n  last lines of its log:\n' \
+      "$S_events" "$N" "$S_bad_bodies" "$wait_rc_cmd" "$dir/syslog-ng.conf" >&2
+    tail -15 "$dir/stderr" | sed 's/^/    /' >&2
+    FAILURES=$(( FAILURES + 1 ))
+  fi
+  record syslog-ng "$rate $cpu $rss $S_events $S_requests $S_sig_verified $S_sig_failed $S_sig_missing $wall $ok"
+  log "  syslog-ng: ${wall}s, $rate events/s, CPU ${cpu}s, peak RSS $(( rss / 1024 )) MiB, $S_events events in $S_requests requests (unsigned)$([ $ok = 1 ] || echo ' (FAILED)')"
+}
+
+# ------------------------------------------------------------------------------------------------
+# the table
+
+col() { awk -v c="$1" '{print $c}' "$2"; }
+
+table_row() { # tool-key label
+  local f=$WORK/results/$1.tsv label=$2
+  [ -s "$f" ] || return 0
+  local rates cpus rsss med lo hi runs events_min requests_max ver_min failed_sum missing_sum okc
+  mapfile -t rates < <(col 1 "$f"); mapfile -t cpus < <(col 2 "$f"); mapfile -t rsss < <(col 3 "$f")
+  med=$(median "${rates[@]}"); lo=$(minimum "${rates[@]}"); hi=$(maximum "${rates[@]}")
+  runs=${#rates[@]}
+  events_min=$(minimum $(col 4 "$f"))
+  ver_min=$(minimum $(col 6 "$f"))
+  requests_max=$(maximum $(col 5 "$f"))
+  failed_sum=$(col 7 "$f" | awk '{s += $1} END {print s + 0}')
+  okc=$(col 10 "$f" | awk '{s += $1} END {print s + 0}')
+  local sigs
+  if [ "$ver_min" = 0 ] && [ "$1" = syslog-ng ]; then sigs="0 (unsigned)"
+  else sigs="$ver_min of $requests_max"; [ "$failed_sum" = 0 ] || sigs+=" ($failed_sum FAILED)"; fi
+  printf '%-22s %11s (%s-%s) %8s %9s %17s %22s%s\n' "$label" "$med" "$lo" "$hi" \
+    "$(median "${cpus[@]}")" "$(awk -v k="$(maximum "${rsss[@]}")" 'BEGIN {printf "%.1f", k / 1024}')" \
+    "$events_min of $N" "$sigs" "$([ "$okc" = "$runs" ] || echo "  [$(( runs - okc )) of $runs runs FAILED]")"
+  printf -v "MEDIAN_${1//-/_}" '%s' "$med"
+  printf -v "RSS_${1//-/_}" '%s' "$(maximum "${rsss[@]}")"
+}
+
+print_table() {
+  echo
+  echo "flaghook end-to-end benchmark: $N events (${GEN_INFO##*avg_bytes=} bytes avg), $BATCH events per request, $RUNS runs each"
+  echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'); $(uname -sr)"
+  echo "$FLAGHOOK_VERSION; ${SYSLOG_NG_VERSION:-syslog-ng not run}"
+  printf '%s' "$RECV_CHECK"
+  echo
+  printf '%-22s %28s %8s %9s %17s %22s\n' "tool" "events/s median (min-max)" "CPU s" "RSS MiB" "events received" "signatures verified"
+  table_row flaghook-file "flaghook file->webhook"
+  table_row flaghook-tcp "flaghook tcp->webhook"
+  table_row syslog-ng "syslog-ng file->http"
+  echo
+  echo "events/s = events received / wall time (flaghook: process start to exit of run --once;"
+  echo "syslog-ng: process start to the arrival of its last event). CPU s = user+sys of the tool;"
+  echo "RSS = peak resident set (max over runs)."
+  if [ -n "${MEDIAN_syslog_ng:-}" ] && [ "${MEDIAN_syslog_ng%.*}" -gt 0 ]; then
+    [ -n "${MEDIAN_flaghook_file:-}" ] && awk -v a="$MEDIAN_flaghook_file" -v b="$MEDIAN_syslog_ng" \
+      'BEGIN {printf "ratio flaghook file / syslog-ng: %.2fx\n", a / b}'
+    [ -n "${MEDIAN_flaghook_tcp:-}" ] && awk -v a="$MEDIAN_flaghook_tcp" -v b="$MEDIAN_syslog_ng" \
+      'BEGIN {printf "ratio flaghook tcp / syslog-ng:  %.2fx\n", a / b}'
+  fi
+  echo
+  echo "targets (issue 4):"
+  target "file -> signed webhook >= 2000000 events/s" "${MEDIAN_flaghook_file:-}" 2000000
+  target "tcp -> signed webhook >= 1500000 events/s" "${MEDIAN_flaghook_tcp:-}" 1500000
+  if [ -n "${MEDIAN_syslog_ng:-}" ] && [ -n "${MEDIAN_flaghook_file:-}" ]; then
+    target "file >= 3x syslog-ng" "$MEDIAN_flaghook_file" "$(( ${MEDIAN_syslog_ng%.*} * 3 ))"
+  fi
+  if [ -n "${RSS_flaghook_file:-}" ]; then
+    local worst=$RSS_flaghook_file; [ -n "${RSS_flaghook_tcp:-}" ] && worst=$(maximum "$worst" "$RSS_flaghook_tcp")
+    if [ "$worst" -le $(( 40 * 1024 )) ]; then echo "  met     peak RSS <= 40 MiB ($(( worst / 1024 )) MiB)"
+    else echo "  MISSED  peak RSS <= 40 MiB ($(( worst / 1024 )) MiB)"; fi
+  fi
+}
+
+target() { # label value threshold
+  [ -n "$2" ] || return 0
+  if [ "${2%.*}" -ge "$3" ]; then printf '  met     %s (%s)\n' "$1" "$2"
+  else printf '  MISSED  %s (%s, %s%% of the target)\n' "$1" "$2" "$(( ${2%.*} * 100 / $3 ))"; fi
+}
+
+throughput() {
+  mkdir -p "$WORK/results"
+  local i
+  for i in $(seq "$RUNS"); do
+    # the tools take turns, so that a noisy moment on the machine does not hit one tool only
+    log "run $i of $RUNS"
+    if wants file; then run_flaghook_file "$i"; fi
+    if wants tcp; then run_flaghook_tcp "$i"; fi
+    if need_syslog_ng; then run_syslog_ng "$i"; fi
+  done
+  print_table
+}
+
+# ------------------------------------------------------------------------------------------------
+# latency: events appended to a tailed file at a steady rate, flush_interval = "100ms"
+
+latency() {
+  local dir=$WORK/latency want
+  mkdir -p "$dir/data" "$dir/in"
+  : >"$dir/in/flag-variation-bench.json"
+  start_receiver lat --latency
+  cat >"$dir/flaghook.toml" <<EOF
+data_dir = "$dir/data"
+
+[sources.tailed]
+type = "file"
+include = ["$dir/in/*.json"]
+read_from = "beginning"
+
+[sinks.hook]
+type = "webhook"
+inputs = ["tailed"]
+endpoint_url = "http://$RECV_ADDR_lat/hook"
+secret = "\${FLAGHOOK_BENCH_SECRET}"
+schema = "goff"
+max_event_in_memory = $BATCH
+flush_interval = "100ms"
+EOF
+  log "latency: appending $LAT_RATE events/s for ${LAT_SECS}s to a tailed file (flush_interval = \"100ms\")"
+  bg timeout -k 5 $(( LAT_SECS + 60 )) "$FLAGHOOK" run --config "$dir/flaghook.toml" >"$dir/stdout" 2>"$dir/stderr"
+  local fh=$BG_PID
+  sleep 1
+  kill -0 "$fh" 2>/dev/null || { tail -15 "$dir/stderr" >&2; die "flaghook (latency) exited at start"; }
+  want=$("$FHB" append --out "$dir/in/flag-variation-bench.json" --rate "$LAT_RATE" --duration "$LAT_SECS") \
+    || die "latency appender failed"
+  want=${want#events=}
+  "$FHB" wait --addr "$RECV_ADDR_lat" --events "$want" --timeout 15 --pid "$fh" >/dev/null \
+    || warn "latency: not every appended event arrived"
+  read_stats "$RECV_ADDR_lat"
+  kill -TERM "$fh" 2>/dev/null || true
+  wait_rc "$fh"
+  LAT_LINE=$(awk -v n="$S_lat_count" -v w="$want" -v p50="$S_lat_p50_us" -v p99="$S_lat_p99_us" -v mx="$S_lat_max_us" \
+    -v r="$LAT_RATE" -v s="$LAT_SECS" -v req="$S_requests" -v sf="$S_sig_failed" \
+    'BEGIN {printf "latency (append -> arrival, flush_interval 100ms): %d of %d events at %d/s for %ds in %d requests: p50 %.1f ms, p99 %.1f ms, max %.1f ms; target p99 <= 250 ms: %s%s",
+      n, w, r, s, req, p50 / 1000, p99 / 1000, mx / 1000, (n == w && p99 <= 250000 ? "met" : "MISSED"), (sf > 0 ? "; " sf " signatures FAILED" : "")}')
+  echo "$LAT_LINE"
+  [ "$S_lat_count" = "$want" ] || FAILURES=$(( FAILURES + 1 ))
+}
+
+# ------------------------------------------------------------------------------------------------
+# idle: 100 quiet files tailed; flaghook's CPU from /proc/PID/stat
+
+idle() {
+  local dir=$WORK/idle i t0 t1 c0 c1 cpu0 cpu1 n_files=$IDLE_FILES
+  mkdir -p "$dir/data" "$dir/in"
+  [ -n "${RECV_ADDR_main:-}" ] || start_receiver main
+  "$FHB" reset --addr "$RECV_ADDR_main"
+  "$FHB" gen --out "$dir/events.jsonl" --n "$n_files" --seed 9 >/dev/null || die "event generator failed"
+  (cd "$dir/in" && split -l 1 -a 3 -d --additional-suffix=.json "$dir/events.jsonl" quiet-)
+  cat >"$dir/flaghook.toml" <<EOF
+data_dir = "$dir/data"
+
+[sources.quiet]
+type = "file"
+include = ["$dir/in/quiet-*.json"]
+read_from = "beginning"
+
+[sinks.hook]
+type = "webhook"
+inputs = ["quiet"]
+endpoint_url = "http://$RECV_ADDR_main/hook"
+secret = "\${FLAGHOOK_BENCH_SECRET}"
+schema = "goff"
+max_event_in_memory = $BATCH
+flush_interval = "1s"
+EOF
+  log "idle: tailing $n_files quiet files (one event each), CPU measured over ${IDLE_SECS}s"
+  bg timeout -k 5 $(( IDLE_SECS + 60 )) "$FLAGHOOK" run --config "$dir/flaghook.toml" >"$dir/stdout" 2>"$dir/stderr"
+  local fh=$BG_PID pid
+  pid=""
+  for _ in $(seq 100); do pid=$(cat "/proc/$fh/task/$fh/children" 2>/dev/null | awk '{print $1}'); [ -n "$pid" ] && break; sleep 0.02; done
+  [ -n "$pid" ] || die "flaghook (idle) did not start"
+  # the one event of every file first arrives; from then on nothing happens
+  "$FHB" wait --addr "$RECV_ADDR_main" --events "$n_files" --timeout 20 --pid "$pid" >/dev/null \
+    || warn "idle: the $n_files events of the quiet files did not all arrive"
+  sleep 2
+  kill -0 "$pid" 2>/dev/null || { tail -15 "$dir/stderr" >&2; die "flaghook (idle) exited"; }
+  cpu0=$(proc_cpu_ticks "$pid"); c0=$(proc_ctxt "$pid"); t0=$(now_ns)
+  sleep "$IDLE_SECS"
+  cpu1=$(proc_cpu_ticks "$pid"); c1=$(proc_ctxt "$pid"); t1=$(now_ns)
+  local threads; threads=$(ls "/proc/$pid/task" | wc -l)
+  kill -TERM "$fh" 2>/dev/null || true
+  wait_rc "$fh"
+  IDLE_LINE=$(awk -v d="$(( cpu1 - cpu0 ))" -v hz="$CLK_TCK" -v ns="$(( t1 - t0 ))" -v cs="$(( c1 - c0 ))" -v f="$n_files" -v th="$threads" \
+    'BEGIN {s = ns / 1e9; pct = d / hz / s * 100; printf "idle (%d quiet files tailed, %.1fs): flaghook CPU %.2f%% of a core, %.0f context switches/s over %d threads; target < 1%%: %s",
+      f, s, pct, cs / s, th, (pct < 1 ? "met" : "MISSED")}')
+  echo "$IDLE_LINE"
+}
+
+# ------------------------------------------------------------------------------------------------
+
+prerequisites
+build
+RECV_CHECK=""
+case "$MODE" in
+  all|throughput|receiver)
+    generate
+    start_receiver main
+    log "the receiver alone (load check)"
+    receiver_check
+    ;;
+esac
+case "$MODE" in all|throughput) throughput ;; esac
+case "$MODE" in all|latency) latency ;; esac
+case "$MODE" in all|idle) idle ;; esac
+
+if [ "$FAILURES" -gt 0 ]; then
+  echo "e2e: $FAILURES run(s) failed (see the errors above)" >&2
+  exit 1
+fi
