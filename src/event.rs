@@ -51,6 +51,9 @@ pub struct Line {
     /// Set when the line was rejected before decoding (longer than `max_line_bytes`);
     /// `bytes` then holds only its start.
     pub oversized: Option<u64>,
+    /// Set for a place that could not be read at all (a directory, an unreadable file):
+    /// the line stands for it, so that it is counted and dead-lettered like a bad line.
+    pub problem: Option<String>,
 }
 
 /// What a sink batches: an encoded event, or only a position to acknowledge.

@@ -68,6 +68,9 @@ enum Command {
         #[arg(long)]
         secret_env: Option<String>,
     },
+    /// Work with dead letters (`data_dir/dead-letter/<sink>.jsonl`).
+    #[command(subcommand)]
+    DeadLetter(DeadLetterCommand),
     /// Print the X-Hub-Signature-256 value of FILE (or stdin).
     Sign {
         /// Name of the environment variable holding the secret.
@@ -86,6 +89,20 @@ enum Command {
         signature: String,
         /// The body to check; stdin when absent.
         file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// Send a sink's dead letters again; delivered ones leave the file. Exit 0 when all
+    /// were delivered, 2 when some remain. Run it while that sink's pipeline is stopped.
+    Replay {
+        /// The TOML config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The sink whose dead letters to send.
+        #[arg(long)]
+        sink: String,
     },
 }
 
@@ -125,6 +142,9 @@ fn dispatch(command: Command) -> Result<u8> {
             Ok(0)
         }
         Command::Demo => runtime()?.block_on(demo()),
+        Command::DeadLetter(DeadLetterCommand::Replay { config, sink }) => {
+            runtime()?.block_on(replay(&config, &sink))
+        }
         Command::Receive { listen, secret_env } => {
             let secret = secret_env.as_deref().map(secret_from_env).transpose()?;
             runtime()?.block_on(receive(listen, secret))
@@ -207,6 +227,29 @@ async fn run(path: &Path, once: bool) -> Result<u8> {
     tracing::info!("{}", summary.line());
     println!("{}", summary.line());
     Ok(if once { summary.exit_code() as u8 } else { 0 })
+}
+
+async fn replay(path: &Path, sink: &str) -> Result<u8> {
+    let config = config::load(path)?;
+    let Some(SinkConfig::Webhook(webhook)) = config.sinks.get(sink) else {
+        bail!(
+            "no sink `{sink}` in {} (sinks: {})",
+            path.display(),
+            config.sinks.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    };
+    let file = config
+        .data_dir
+        .join("dead-letter")
+        .join(format!("{sink}.jsonl"));
+    let done = flaghook::sink::replay::replay(sink, webhook, &file).await?;
+    println!(
+        "replayed delivered={} remaining={} file={}",
+        done.delivered,
+        done.remaining,
+        file.display()
+    );
+    Ok(if done.remaining == 0 { 0 } else { 2 })
 }
 
 async fn receive(listen: SocketAddr, secret: Option<Secret>) -> Result<u8> {

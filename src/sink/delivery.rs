@@ -31,7 +31,7 @@ use super::deadletter::{DeadLetters, Record};
 use super::webhook::{backoff, halves, Decision, Delivery, Grace, Poster};
 use super::Stats;
 use crate::batch::{batches, RetryLane};
-use crate::event::{Ack, Block, Decoded, Decoder, Item};
+use crate::event::{Ack, Block, Decoded, Decoder, Invalid, Item};
 use crate::source::file::checkpoint::{write_atomically, Checkpointer};
 use crate::source::Budget;
 
@@ -101,14 +101,14 @@ pub async fn run(parts: SinkParts, input: mpsc::Receiver<Block>, shutdown: Cance
         sink.delivery.flush_interval
     ));
     while let Some(batch) = batched.next().await {
-        sink.handle(batch).await;
+        sink.handle(batch, false).await;
     }
     loop {
         let batch = sink.lane.take(sink.delivery.max_events);
         if batch.is_empty() {
             break;
         }
-        sink.handle(batch).await;
+        sink.handle(batch, true).await;
     }
     sink.finish();
     let _ = decode.await;
@@ -144,7 +144,9 @@ struct Failure {
 }
 
 impl Sink {
-    async fn handle(&mut self, batch: Vec<Item>) {
+    /// Delivers `batch`, or schedules its retry. `draining`: the input has ended, so a
+    /// retried batch goes out straight from the lane, not through the batcher.
+    async fn handle(&mut self, batch: Vec<Item>, draining: bool) {
         if self.grace.expired() {
             self.give_up(batch);
             return;
@@ -175,8 +177,9 @@ impl Sink {
             )
         });
         self.attempt = self.attempt.saturating_add(1);
-        if failure.rest.len() >= self.delivery.max_events {
-            // A full batch would go out again at once: wait a flush interval, as GO Feature Flag does.
+        if draining || failure.rest.len() >= self.delivery.max_events {
+            // The batch would go out again as soon as it is back (full, or no batcher to
+            // wait in): wait at least a flush interval, as GO Feature Flag does.
             delay = delay.max(self.delivery.flush_interval);
         }
         tracing::warn!(
@@ -422,11 +425,12 @@ async fn decode_blocks(
                 file,
                 offset: line.end,
             });
-            let decoded = match line.oversized {
-                Some(len) => Err(crate::event::Invalid(format!(
+            let decoded = match (&line.problem, line.oversized) {
+                (Some(problem), _) => Err(Invalid(problem.clone())),
+                (None, Some(len)) => Err(Invalid(format!(
                     "line of {len} bytes is longer than max_line_bytes"
                 ))),
-                None => decoder.decode(&line.bytes, &block.envelope),
+                (None, None) => decoder.decode(&line.bytes, &block.envelope),
             };
             let event = match decoded {
                 Ok(Decoded::Event(bytes)) => Some(bytes),
@@ -458,7 +462,9 @@ async fn decode_blocks(
 }
 
 fn location(block: &Block, number: u64, end: u64, is_file: bool) -> String {
-    if is_file {
+    if number == 0 {
+        block.origin.to_string()
+    } else if is_file {
         format!("{} line {number} (ends at byte {end})", block.origin)
     } else {
         format!("{} line {number}", block.origin)

@@ -2,6 +2,7 @@
 
 pub mod deadletter;
 pub mod delivery;
+pub mod replay;
 pub mod webhook;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -116,6 +116,7 @@ impl LineSplitter {
             number,
             end: self.offset,
             oversized,
+            problem: None,
         });
     }
 }

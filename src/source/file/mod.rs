@@ -29,7 +29,9 @@ use tokio_util::sync::CancellationToken;
 use super::lines::LineSplitter;
 use super::Output;
 use crate::config::HumanDuration;
-use crate::event::{envelope_fields, Block};
+use bytes::Bytes;
+
+use crate::event::{envelope_fields, Block, Line};
 use checkpoint::{Checkpointer, Fingerprint, HEAD_BYTES};
 
 /// Where to start in a file that has no checkpoint.
@@ -177,6 +179,7 @@ impl FileSource {
             files: Vec::new(),
             next_id: 1,
             warned: HashSet::new(),
+            problems: Vec::new(),
         };
         tail.scan(true);
         let mut last_scan = Instant::now();
@@ -188,7 +191,8 @@ impl FileSource {
                 tail.scan(false);
                 last_scan = Instant::now();
             }
-            let (blocks, read_any) = tail.read_pass();
+            let (mut blocks, read_any) = tail.read_pass();
+            blocks.append(&mut tail.problems);
             for block in blocks {
                 tokio::select! {
                     biased;
@@ -224,6 +228,8 @@ struct Tail<'a> {
     next_id: u64,
     /// Paths already reported as unusable, so each is logged once.
     warned: HashSet<PathBuf>,
+    /// Unusable paths to report to the sinks (counted and dead-lettered there).
+    problems: Vec<Block>,
 }
 
 impl Tail<'_> {
@@ -240,7 +246,7 @@ impl Tail<'_> {
                 continue;
             };
             if meta.is_dir() {
-                self.warn_once(&path, "matches `include` but is a directory; skipping it");
+                self.report(&path, "matches `include` but is a directory; skipping it");
                 continue;
             }
             match by_inode.get(&(meta.dev(), meta.ino())) {
@@ -282,7 +288,7 @@ impl Tail<'_> {
         let (fingerprint, file) = match opened {
             Ok(ok) => ok,
             Err(e) => {
-                self.warn_once(&path, &format!("cannot open: {e}; will try again"));
+                self.report(&path, &format!("cannot open: {e}; will try again"));
                 return;
             }
         };
@@ -394,7 +400,7 @@ impl Tail<'_> {
         result
     }
 
-    fn block(&self, i: usize, lines: Vec<crate::event::Line>) -> Block {
+    fn block(&self, i: usize, lines: Vec<Line>) -> Block {
         let f = &self.files[i];
         Block {
             source_name: Arc::from(self.source.name.as_str()),
@@ -431,9 +437,31 @@ impl Tail<'_> {
         blocks
     }
 
-    fn warn_once(&mut self, path: &Path, what: &str) {
-        if self.warned.insert(path.to_owned()) {
+    fn warn_once(&mut self, path: &Path, what: &str) -> bool {
+        let first = self.warned.insert(path.to_owned());
+        if first {
             tracing::warn!(source = %self.source.name, path = %path.display(), "{what}");
+        }
+        first
+    }
+
+    /// Warns once about an unusable path and has the sinks count and dead-letter it.
+    fn report(&mut self, path: &Path, what: &str) {
+        if self.warn_once(path, what) {
+            let line = Line {
+                bytes: Bytes::new(),
+                number: 0,
+                end: 0,
+                oversized: None,
+                problem: Some(what.to_owned()),
+            };
+            self.problems.push(Block {
+                source_name: Arc::from(self.source.name.as_str()),
+                origin: Arc::from(path.to_string_lossy().as_ref()),
+                ack: None,
+                envelope: self.source.envelope.clone(),
+                lines: vec![line],
+            });
         }
     }
 }
