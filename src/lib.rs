@@ -15,7 +15,7 @@
 //! - [`sink::delivery`]: a sink's loop (post, retry, split, dead-letter, acknowledge);
 //!   [`sink::webhook`]: the request and the retry policy; [`sink::deadletter`]: the
 //!   dead-letter file.
-//! - [`sign`]: `X-Hub-Signature-256`.
+//! - [`sign`]: the `X-Hub-Signature-256` signature.
 //! - [`receiver`]: a signature-checking receiver, for `receive` and `demo`.
 
 pub mod batch;
