@@ -328,14 +328,16 @@ fn start_receiver(secret: Option<&str>) -> (Proc, String) {
     let stderr = proc
         .wait_stderr("listening on ", WAIT)
         .unwrap_or_else(|| panic!("receiver never listened:\n{}", proc.stderr_now()));
-    let addr = stderr
+    let addr: String = stderr
         .split("listening on ")
         .nth(1)
         .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect::<String>()
+        .trim_end_matches(['.', ':'])
         .to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "bad listen line:\n{stderr}");
     (proc, addr)
 }
 

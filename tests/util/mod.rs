@@ -486,7 +486,10 @@ pub fn toml_str(s: impl AsRef<std::ffi::OsStr>) -> String {
 /// A `flaghook` command with `args`, stdin closed and `RUST_LOG=info`.
 pub fn flaghook(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flaghook"));
-    cmd.args(args).env("RUST_LOG", "info").stdin(Stdio::null());
+    cmd.args(args)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
     cmd
 }
 
@@ -652,8 +655,16 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(10));
         };
         self.done = true;
+        // A grandchild holding the pipes open must not hang the test: wait a little, then
+        // leave the reader threads behind.
+        let readers_deadline = Instant::now() + Duration::from_secs(2);
+        while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < readers_deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         for r in self.readers.drain(..) {
-            let _ = r.join();
+            if r.is_finished() {
+                let _ = r.join();
+            }
         }
         Output {
             code: status.code(),
@@ -783,6 +794,8 @@ pub fn connect(addr: &str, proc: &Proc) -> TcpStream {
         match TcpStream::connect(addr) {
             Ok(s) => {
                 s.set_nodelay(true).unwrap();
+                // A stalled reader on flaghook's side fails the test instead of hanging it.
+                s.set_write_timeout(Some(WAIT)).unwrap();
                 return s;
             }
             Err(e) => {
