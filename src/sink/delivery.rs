@@ -80,6 +80,7 @@ pub async fn run(parts: SinkParts, input: mpsc::Receiver<Block>, shutdown: Cance
         failing_since: None,
         spilled_left: 0,
         abandoned: Vec::new(),
+        persisting: None,
     };
     sink.load_spill();
 
@@ -110,6 +111,7 @@ pub async fn run(parts: SinkParts, input: mpsc::Receiver<Block>, shutdown: Cance
         }
         sink.handle(batch, true).await;
     }
+    sink.persisted().await;
     sink.finish();
     let _ = decode.await;
 }
@@ -134,6 +136,8 @@ struct Sink {
     spilled_left: usize,
     /// Items given up at shutdown.
     abandoned: Vec<Item>,
+    /// The checkpoint write started by the last acknowledgement.
+    persisting: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A batch that could not be delivered now.
@@ -272,22 +276,47 @@ impl Sink {
 
     /// Moves offsets: within one file, offsets only grow, so the last of each run of
     /// items from the same file is enough.
-    fn acknowledge(&self, items: &[Item]) {
+    ///
+    /// The checkpoints are then written in the background; the next request waits for
+    /// that write, so a crash re-sends at most the one batch in flight.
+    fn acknowledge(&mut self, items: &[Item]) {
+        let mut touched: Vec<Arc<Checkpointer>> = Vec::new();
         let mut pending: Option<Ack> = None;
         for ack in items.iter().filter_map(|i| i.ack) {
             if let Some(p) = pending.filter(|p| (p.source, p.file) != (ack.source, ack.file)) {
-                self.ack(p);
+                self.ack(p, &mut touched);
             }
             pending = Some(ack);
         }
         if let Some(p) = pending {
-            self.ack(p);
+            self.ack(p, &mut touched);
+        }
+        if !touched.is_empty() {
+            let previous = self.persisting.take();
+            self.persisting = Some(tokio::task::spawn_blocking(move || {
+                drop(previous);
+                for cp in touched {
+                    if let Err(e) = cp.write_if_dirty() {
+                        tracing::error!(error = %e, "cannot write checkpoint; will try again");
+                    }
+                }
+            }));
         }
     }
 
-    fn ack(&self, ack: Ack) {
+    fn ack(&self, ack: Ack, touched: &mut Vec<Arc<Checkpointer>>) {
         if let Some(Some((checkpointer, slot))) = self.acks.get(ack.source) {
             checkpointer.ack(ack.file, *slot, ack.offset);
+            if !touched.iter().any(|t| Arc::ptr_eq(t, checkpointer)) {
+                touched.push(checkpointer.clone());
+            }
+        }
+    }
+
+    /// Waits for the checkpoint write of the last acknowledged batch.
+    async fn persisted(&mut self) {
+        if let Some(write) = self.persisting.take() {
+            let _ = write.await;
         }
     }
 

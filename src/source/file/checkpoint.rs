@@ -89,6 +89,8 @@ pub struct Checkpointer {
     /// What was on disk at start, by (device, inode).
     loaded: HashMap<(u64, u64), Saved>,
     state: Mutex<State>,
+    /// Held while writing, so that two writers never share the temp file.
+    writing: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -135,6 +137,7 @@ impl Checkpointer {
             readers: readers.max(1),
             loaded,
             state: Mutex::default(),
+            writing: Mutex::default(),
         }
     }
 
@@ -209,6 +212,7 @@ impl Checkpointer {
 
     /// Writes the file if anything changed since the last write.
     pub fn write_if_dirty(&self) -> io::Result<()> {
+        let _writing = self.writing.lock().expect("checkpoint write lock");
         let saved = {
             let mut state = self.state.lock().expect("checkpoint lock");
             if !state.dirty {
