@@ -81,8 +81,16 @@ now_ns() { date +%s%N; }
 # Starts "$@" in the background and remembers its pid (in $BG_PID) for the cleanup.
 bg() { "$@" & BG_PID=$!; PIDS+=("$BG_PID"); }
 
+# Forgets a pid that was waited for (so that the cleanup never signals a reused pid).
+forget() { local p keep=(); for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done; PIDS=("${keep[@]}"); }
+
 # Waits for a pid started with bg; sets $WAIT_RC.
-wait_rc() { WAIT_RC=0; wait "$1" || WAIT_RC=$?; }
+wait_rc() { WAIT_RC=0; wait "$1" || WAIT_RC=$?; forget "$1"; }
+
+# Runs "$@" to its end, in the background so that a signal to this script (Ctrl-C, TERM) is
+# handled at once rather than after the command (bash runs traps only between commands).
+run() { local p rc=0; "$@" & p=$!; PIDS+=("$p"); wait "$p" || rc=$?; forget "$p"; return "$rc"; }
+nap() { run sleep "$1"; }
 
 # CPU seconds (user+sys, every thread) of a live process, from /proc.
 proc_cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
@@ -143,9 +151,10 @@ build() {
 generate() {
   EVENTS=$WORK/events.jsonl
   log "generating $N GO Feature Flag feature events"
-  GEN_INFO=$("$FHB" gen --out "$EVENTS" --n "$N") || die "event generator failed"
+  run "$FHB" gen --out "$EVENTS" --n "$N" >"$WORK/gen.out" || die "event generator failed"
+  GEN_INFO=$(cat "$WORK/gen.out")
   log "  $GEN_INFO"
-  cat "$EVENTS" >/dev/null # in the page cache for every tool alike
+  run cat "$EVENTS" >/dev/null # in the page cache for every tool alike
 }
 
 # The receiver: verifies every signature, parses every body, counts every event.
@@ -176,8 +185,9 @@ receiver_check() {
   RECV_CHECK=""
   for conns in 1 2; do
     "$FHB" reset --addr "$addr"
-    out=$("$FHB" load --addr "$addr" --input "$EVENTS" --secret-env FLAGHOOK_BENCH_SECRET \
-      --batch "$BATCH" --requests "$requests" --conns "$conns") || die "receiver load check failed"
+    run "$FHB" load --addr "$addr" --input "$EVENTS" --secret-env FLAGHOOK_BENCH_SECRET \
+      --batch "$BATCH" --requests "$requests" --conns "$conns" >"$WORK/load.out" || die "receiver load check failed"
+    out=$(cat "$WORK/load.out")
     read_stats "$addr"
     local rate=${out##*events_per_s=}; rate=${rate%% *}
     [ "$S_events" = $(( requests * BATCH )) ] && [ "$S_sig_verified" = "$requests" ] \
@@ -342,7 +352,7 @@ run_syslog_ng() { # run-number
   pid=""
   for _ in $(seq 100); do pid=$(cat "/proc/$tpid/task/$tpid/children" 2>/dev/null | awk '{print $1}'); [ -n "$pid" ] && break; sleep 0.02; done
   [ -n "$pid" ] || die "syslog-ng did not start"
-  "$FHB" wait --addr "$RECV_ADDR_main" --events "$N" --timeout "$RUN_TIMEOUT" --pid "$pid" >/dev/null || wait_rc_cmd=$?
+  run "$FHB" wait --addr "$RECV_ADDR_main" --events "$N" --timeout "$RUN_TIMEOUT" --pid "$pid" >/dev/null || wait_rc_cmd=$?
   if [ -e "/proc/$pid/stat" ]; then
     ticks=$(proc_cpu_ticks "$pid"); rss=$(proc_hwm_kib "$pid")
   else
@@ -474,12 +484,12 @@ EOF
   log "latency: appending $LAT_RATE events/s for ${LAT_SECS}s to a tailed file (flush_interval = \"100ms\")"
   bg timeout -k 5 $(( LAT_SECS + 60 )) "$FLAGHOOK" run --config "$dir/flaghook.toml" >"$dir/stdout" 2>"$dir/stderr"
   local fh=$BG_PID
-  sleep 1
+  nap 1
   kill -0 "$fh" 2>/dev/null || { tail -15 "$dir/stderr" >&2; die "flaghook (latency) exited at start"; }
-  want=$("$FHB" append --out "$dir/in/flag-variation-bench.json" --rate "$LAT_RATE" --duration "$LAT_SECS") \
-    || die "latency appender failed"
-  want=${want#events=}
-  "$FHB" wait --addr "$RECV_ADDR_lat" --events "$want" --timeout 15 --pid "$fh" >/dev/null \
+  run "$FHB" append --out "$dir/in/flag-variation-bench.json" --rate "$LAT_RATE" --duration "$LAT_SECS" \
+    >"$dir/append.out" || die "latency appender failed"
+  want=$(sed 's/^events=//' "$dir/append.out")
+  run "$FHB" wait --addr "$RECV_ADDR_lat" --events "$want" --timeout 15 --pid "$fh" >/dev/null \
     || warn "latency: not every appended event arrived"
   read_stats "$RECV_ADDR_lat"
   kill -TERM "$fh" 2>/dev/null || true
@@ -526,12 +536,12 @@ EOF
   for _ in $(seq 100); do pid=$(cat "/proc/$fh/task/$fh/children" 2>/dev/null | awk '{print $1}'); [ -n "$pid" ] && break; sleep 0.02; done
   [ -n "$pid" ] || die "flaghook (idle) did not start"
   # the one event of every file first arrives; from then on nothing happens
-  "$FHB" wait --addr "$RECV_ADDR_main" --events "$n_files" --timeout 20 --pid "$pid" >/dev/null \
+  run "$FHB" wait --addr "$RECV_ADDR_main" --events "$n_files" --timeout 20 --pid "$pid" >/dev/null \
     || warn "idle: the $n_files events of the quiet files did not all arrive"
-  sleep 2
+  nap 2
   kill -0 "$pid" 2>/dev/null || { tail -15 "$dir/stderr" >&2; die "flaghook (idle) exited"; }
   cpu0=$(proc_cpu_ticks "$pid"); c0=$(proc_ctxt "$pid"); t0=$(now_ns)
-  sleep "$IDLE_SECS"
+  nap "$IDLE_SECS"
   cpu1=$(proc_cpu_ticks "$pid"); c1=$(proc_ctxt "$pid"); t1=$(now_ns)
   local threads; threads=$(ls "/proc/$pid/task" | wc -l)
   kill -TERM "$fh" 2>/dev/null || true

@@ -623,14 +623,57 @@ fn handle_webhook(server: &Server, body: &[u8], signature: Option<&str>, mac: Op
 /// Checks a webhook body `{"meta":{string values},"events":[objects with "kind"]}` and returns
 /// its number of events.
 fn scan_body(body: &[u8]) -> Result<u64, String> {
-    let mut s = Scan { b: body, i: 0 };
+    if body.len() >= 256 * 1024 {
+        return scan_body_split(body);
+    }
+    let mut s = Scan::new(body, 0);
     let r = s.body();
     r.map_err(|e| format!("{e} at byte {}", s.i))
+}
+
+/// The same check on two cores: a second thread starts at an event that seems to begin in the
+/// middle of the body (`,{"` found there), while this thread scans from the start and stops at
+/// that point only if it reaches it exactly at the start of an element of `events`; then the two
+/// halves were scanned from the right state and their results add up. When this thread does not
+/// stop there (the guess was inside a string or a nested value), it has scanned the whole body by
+/// itself, and the second thread's result is ignored.
+fn scan_body_split(body: &[u8]) -> Result<u64, String> {
+    let mid = body.len() / 2;
+    let Some(off) = memchr::memmem::find(&body[mid..], b",{\"") else {
+        let mut s = Scan::new(body, 0);
+        let r = s.body();
+        return r.map_err(|e| format!("{e} at byte {}", s.i));
+    };
+    let split = mid + off + 1;
+    thread::scope(|sc| {
+        let second = sc.spawn(move || {
+            let mut s = Scan::new(body, split);
+            let r = s.resume_in_events();
+            r.map_err(|e| format!("{e} at byte {}", s.i))
+        });
+        let mut first = Scan::new(body, 0);
+        first.stop_at = split;
+        let r = first.body().map_err(|e| format!("{e} at byte {}", first.i));
+        let n1 = r?;
+        if !first.stopped {
+            return Ok(n1);
+        }
+        let (n2, meta_after) = second.join().expect("scan thread")?;
+        match (first.meta_seen, meta_after) {
+            (true, true) => Err("unexpected top-level key (want meta and events once each)".to_string()),
+            (false, false) => Err("missing meta".to_string()),
+            _ => Ok(n1 + n2),
+        }
+    })
 }
 
 struct Scan<'a> {
     b: &'a [u8],
     i: usize,
+    /// stop when an element of `events` starts here (see scan_body_split)
+    stop_at: usize,
+    stopped: bool,
+    meta_seen: bool,
 }
 
 const MAX_DEPTH: u32 = 128;
@@ -719,39 +762,88 @@ impl<'a> Scan<'a> {
         }
     }
 
+    fn new(b: &'a [u8], i: usize) -> Scan<'a> {
+        Scan { b, i, stop_at: usize::MAX, stopped: false, meta_seen: false }
+    }
+
+    /// The whole body; with `stop_at`, possibly only up to there (then `stopped` is set and the
+    /// events counted so far are returned).
     fn body(&mut self) -> Result<u64, &'static str> {
         self.eat(b'{')?;
-        let (mut meta, mut events) = (false, None);
+        let mut events = None;
         loop {
             self.ws();
             let key = self.string()?;
             self.eat(b':')?;
             match key {
-                b"meta" if !meta => {
+                b"meta" if !self.meta_seen => {
                     self.meta()?;
-                    meta = true;
+                    self.meta_seen = true;
                 }
-                b"events" if events.is_none() => events = Some(self.events()?),
+                b"events" if events.is_none() => {
+                    self.eat(b'[')?;
+                    let n = self.elements()?;
+                    if self.stopped {
+                        return Ok(n);
+                    }
+                    events = Some(n);
+                }
                 _ => return Err("unexpected top-level key (want meta and events once each)"),
             }
-            self.ws();
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(b'}') => {
-                    self.i += 1;
-                    break;
-                }
-                _ => return Err("expected ',' or '}' after a top-level member"),
+            if self.end_of_member()? {
+                break;
             }
         }
+        self.end()?;
+        if !self.meta_seen {
+            return Err("missing meta");
+        }
+        events.ok_or("missing events")
+    }
+
+    /// From the start of an element of `events` to the end of the body; returns the events
+    /// counted and whether a `meta` member came after `events`.
+    fn resume_in_events(&mut self) -> Result<(u64, bool), &'static str> {
+        let n = self.elements()?;
+        let mut meta_after = false;
+        while !self.end_of_member()? {
+            self.ws();
+            let key = self.string()?;
+            self.eat(b':')?;
+            match key {
+                b"meta" if !meta_after => {
+                    self.meta()?;
+                    meta_after = true;
+                }
+                _ => return Err("unexpected top-level key (want meta and events once each)"),
+            }
+        }
+        self.end()?;
+        Ok((n, meta_after))
+    }
+
+    /// After a top-level member: Ok(true) at the closing '}', Ok(false) after a ','.
+    fn end_of_member(&mut self) -> Result<bool, &'static str> {
+        self.ws();
+        match self.peek() {
+            Some(b',') => {
+                self.i += 1;
+                Ok(false)
+            }
+            Some(b'}') => {
+                self.i += 1;
+                Ok(true)
+            }
+            _ => Err("expected ',' or '}' after a top-level member"),
+        }
+    }
+
+    fn end(&mut self) -> Result<(), &'static str> {
         self.ws();
         if self.i != self.b.len() {
             return Err("trailing bytes after the body");
         }
-        if !meta {
-            return Err("missing meta");
-        }
-        events.ok_or("missing events")
+        Ok(())
     }
 
     fn meta(&mut self) -> Result<(), &'static str> {
@@ -779,8 +871,8 @@ impl<'a> Scan<'a> {
         }
     }
 
-    fn events(&mut self) -> Result<u64, &'static str> {
-        self.eat(b'[')?;
+    /// The elements of `events`, after its '[' up to and with its ']'.
+    fn elements(&mut self) -> Result<u64, &'static str> {
         self.ws();
         if self.peek() == Some(b']') {
             self.i += 1;
@@ -789,6 +881,10 @@ impl<'a> Scan<'a> {
         let mut n = 0;
         loop {
             self.ws();
+            if self.i == self.stop_at {
+                self.stopped = true;
+                return Ok(n);
+            }
             if self.peek() != Some(b'{') {
                 return Err("an event is not an object");
             }
@@ -1442,7 +1538,8 @@ fn cmd_freeport() -> Result<u8, String> {
     Ok(0)
 }
 
-/// Times the receiver's per-body work on one 10 000-event body: HMAC, the scanner, serde_json.
+/// Times the receiver's per-body work on one 10 000-event body: HMAC, the scanner, serde_json
+/// (what the scanner replaces).
 fn cmd_parsebench(o: &Opts) -> Result<u8, String> {
     let input = o.req("input")?;
     let text = std::fs::read_to_string(input).map_err(|e| format!("{input}: {e}"))?;
@@ -1464,7 +1561,8 @@ fn cmd_parsebench(o: &Opts) -> Result<u8, String> {
         );
     };
     time("hmac-sha256", &mut || sign_hex(b"secret", body).len() as u64);
-    time("scan", &mut || scan_body(body).unwrap());
+    time("scan, 1 thread", &mut || Scan::new(body, 0).body().unwrap());
+    time("scan, 2 threads", &mut || scan_body(body).unwrap());
     time("serde_json", &mut || count_events(body, None, 0).unwrap());
     Ok(0)
 }
@@ -1501,6 +1599,68 @@ mod tests {
             assert!(scan_body(b.as_bytes()).is_err(), "scanner accepted {b}");
             assert!(count_events(b.as_bytes(), None, 0).is_err(), "serde accepted {b}");
         }
+    }
+
+    fn big_body(n: usize, tricky: bool) -> Vec<u8> {
+        let mut rng = Rng(3);
+        let mut body = b"{\"meta\":{\"hostname\":\"h\"},\"events\":[".to_vec();
+        for i in 0..n {
+            if i > 0 {
+                body.push(b',');
+            }
+            if tricky && i % 7 == 0 {
+                // looks like an event boundary, inside a string and inside a nested array
+                body.extend_from_slice(br#"{"kind":"feature","value":"x\"},{\"kind\":1","s":"a,{","nested":[1,{"kind":2},{"a":3}]}"#);
+            } else {
+                write_event(&mut body, &mut rng, 1, None);
+            }
+        }
+        body.extend_from_slice(b"]}");
+        body
+    }
+
+    #[test]
+    fn split_scan_agrees_with_serde_json() {
+        for tricky in [false, true] {
+            let body = big_body(5000, tricky);
+            assert!(body.len() > 256 * 1024);
+            assert_eq!(scan_body(&body).unwrap(), 5000);
+            assert_eq!(count_events(&body, None, 0).unwrap(), 5000);
+            // move the middle over a few events, so that the guessed split point lands in every
+            // kind of place: an event boundary, a nested array, a string ending in ",{"
+            let open = body.iter().position(|&c| c == b'[').unwrap() + 1;
+            for pad in (0..1200).step_by(3) {
+                let mut b = body.clone();
+                b.splice(open..open, std::iter::repeat(b' ').take(pad));
+                assert_eq!(scan_body(&b).unwrap(), 5000, "pad {pad}");
+            }
+        }
+        // errors in either half, meta after events, meta twice, meta missing
+        let body = big_body(5000, false);
+        let mid = body.len() / 2;
+        for at in [mid / 2, mid + mid / 2] {
+            let mut b = body.clone();
+            let p = at + memchr::memmem::find(&body[at..], b"\"kind\"").unwrap();
+            b[p + 1] = b'K'; // "Kind": an event without "kind"
+            assert!(scan_body(&b).is_err());
+            assert!(count_events(&b, None, 0).is_err());
+        }
+        let events = &body[body.iter().position(|&c| c == b'[').unwrap()..body.len() - 1];
+        let mut after = b"{\"events\":".to_vec();
+        after.extend_from_slice(events);
+        after.extend_from_slice(b",\"meta\":{}}");
+        assert_eq!(scan_body(&after).unwrap(), 5000);
+        let mut twice = b"{\"meta\":{},\"events\":".to_vec();
+        twice.extend_from_slice(events);
+        twice.extend_from_slice(b",\"meta\":{}}");
+        assert!(scan_body(&twice).is_err());
+        let mut none = b"{\"events\":".to_vec();
+        none.extend_from_slice(events);
+        none.push(b'}');
+        assert!(scan_body(&none).is_err());
+        let mut trailing = body.clone();
+        trailing.extend_from_slice(b" x");
+        assert!(scan_body(&trailing).is_err());
     }
 
     #[test]
