@@ -174,9 +174,20 @@ retry_max_backoff = "200ms""#,
     );
 }
 
-/// A failed batch is not re-sent before `flush_interval` has passed: no hot loop.
+/// A failed batch is not re-sent before `flush_interval` has passed: no hot loop. With
+/// `--once` the input ends at once, so this covers the retries after the input has ended.
 #[test]
 fn failed_batch_is_not_resent_before_flush_interval() {
+    assert_no_resend_before_flush_interval(true);
+}
+
+/// The same while the input is still open (no `--once`).
+#[test]
+fn failed_batch_is_not_resent_before_flush_interval_while_running() {
+    assert_no_resend_before_flush_interval(false);
+}
+
+fn assert_no_resend_before_flush_interval(once: bool) {
     let server = TestServer::scripted(vec![], Reply::status(500));
     let ws = Workspace::new();
     let config = ws.file_pipeline(
@@ -187,7 +198,14 @@ retry_initial_backoff = "50ms"
 retry_max_backoff = "100ms"
 timeout = "1s""#,
     );
-    let proc = Proc::spawn(run_once_cmd(&config));
+    let cmd = if once {
+        run_once_cmd(&config)
+    } else {
+        let mut cmd = flaghook(&["run", "--config"]);
+        cmd.arg(&config);
+        cmd
+    };
+    let proc = Proc::spawn(cmd);
     let reqs = server.wait_for_requests(4, WAIT);
     let stopped_at = Instant::now();
     proc.sigterm();
@@ -196,13 +214,11 @@ timeout = "1s""#,
 
     // Only attempts made before SIGTERM: the shutdown attempt may come sooner.
     let before: Vec<_> = reqs.iter().filter(|r| r.at < stopped_at).collect();
-    for pair in before.windows(2) {
-        let gap = pair[1].at - pair[0].at;
-        assert!(
-            gap >= Duration::from_millis(190),
-            "failed batch re-sent after {gap:?}, before flush_interval (200ms)"
-        );
-    }
+    let gaps: Vec<Duration> = before.windows(2).map(|p| p[1].at - p[0].at).collect();
+    assert!(
+        gaps.iter().all(|g| *g >= Duration::from_millis(190)),
+        "failed batch re-sent before flush_interval (200ms); gaps between attempts: {gaps:?}"
+    );
     for r in &reqs {
         assert_eq!(r.events(), feature_events(0, 2));
     }
@@ -267,10 +283,11 @@ retry_max_backoff = "100ms""#,
 }
 
 /// Vector's other classic sink test: a permanent 4xx is not retried and nothing is lost: the
-/// events go to the dead letter file and count as rejected (exit 2 with --once).
+/// events go to the dead letter file and count as rejected (exit 2 with --once). A sink may
+/// bisect the batch to find the events the endpoint refuses, but never re-sends a batch as is.
 #[test]
 fn permanent_4xx_is_dead_lettered_not_retried() {
-    let server = TestServer::scripted(vec![Reply::status(400)], Reply::ok());
+    let server = TestServer::scripted(vec![], Reply::status(400));
     let ws = Workspace::new();
     let events = feature_events(0, 3);
     let config = ws.file_pipeline(
@@ -283,8 +300,20 @@ retry_initial_backoff = "50ms""#,
     out.assert_code(2);
 
     let reqs = server.requests();
-    assert_eq!(reqs.len(), 1, "a 400 was retried:\n{out}");
+    assert!(!reqs.is_empty());
     assert_eq!(reqs[0].events(), events);
+    let batches: Vec<Vec<String>> = reqs.iter().map(|r| r.events()).collect();
+    for (i, b) in batches.iter().enumerate() {
+        assert!(
+            !batches[..i].contains(b),
+            "a batch refused with 400 was sent again: {b:?}\n{out}"
+        );
+    }
+    assert!(
+        reqs.len() < 2 * events.len(),
+        "{} requests:\n{out}",
+        reqs.len()
+    );
     let s = out.summary();
     assert_eq!(
         s,
@@ -296,15 +325,78 @@ retry_initial_backoff = "50ms""#,
         },
         "{out}"
     );
-    let dead = ws.data_dir().join("dead-letter").join("webhook.jsonl");
-    let text = std::fs::read_to_string(&dead)
-        .unwrap_or_else(|e| panic!("no dead letter file {}: {e}\n{out}", dead.display()));
+    let text = dead_letters(&ws, "webhook", &out);
     for i in 0..3 {
         assert!(
             text.contains(&format!("user-{i}")),
             "event {i} missing from the dead letter file:\n{text}"
         );
     }
+}
+
+/// One event the endpoint refuses (400) among good ones: the good ones are delivered once, in
+/// order; the refused one is dead-lettered, never delivered; nothing is lost.
+#[test]
+fn poison_event_does_not_block_the_others() {
+    let server = TestServer::with_responder(|req| {
+        if req.body_str().contains("\"user-2\"") {
+            Reply::status(400)
+        } else {
+            Reply::ok()
+        }
+    });
+    let ws = Workspace::new();
+    let events = feature_events(0, 6);
+    let config = ws.file_pipeline(
+        jsonl(&events),
+        &server.url(),
+        r#"flush_interval = "100ms"
+retry_initial_backoff = "50ms""#,
+    );
+    let out = run_once(&config);
+    out.assert_code(2);
+
+    let delivered = server.delivered();
+    assert!(!delivered.contains(&events[2]), "{out}");
+    let in_order: Vec<String> = events
+        .iter()
+        .filter(|e| delivered.contains(e))
+        .cloned()
+        .collect();
+    assert_eq!(delivered, in_order, "delivered out of order or twice");
+    let s = out.summary();
+    assert_eq!(s.events_delivered as usize, delivered.len(), "{out}");
+    assert_eq!(
+        s.events_delivered + s.events_rejected,
+        6,
+        "every event is delivered or dead-lettered:\n{out}"
+    );
+    assert_eq!(s.events_not_delivered, 0, "{out}");
+    let text = dead_letters(&ws, "webhook", &out);
+    assert!(text.contains("user-2"), "{text}");
+    for e in &delivered {
+        let key = e
+            .split("\"userKey\":\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        assert!(
+            !text.contains(&format!("\\\"{key}\\\"")) && !text.contains(&format!("\"{key}\"")),
+            "delivered event {key} is also dead-lettered:\n{text}"
+        );
+    }
+}
+
+/// The text of `data_dir/dead-letter/<sink>.jsonl`.
+fn dead_letters(ws: &Workspace, sink: &str, out: &Output) -> String {
+    let path = ws
+        .data_dir()
+        .join("dead-letter")
+        .join(format!("{sink}.jsonl"));
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("no dead letter file {}: {e}\n{out}", path.display()))
 }
 
 /// SIGTERM without --once: the source stops, the last partial batch is flushed and delivered

@@ -81,6 +81,7 @@ pub async fn run(parts: SinkParts, input: mpsc::Receiver<Block>, shutdown: Cance
         spilled_left: 0,
         abandoned: Vec::new(),
         persisting: None,
+        not_before: None,
     };
     sink.load_spill();
 
@@ -102,14 +103,14 @@ pub async fn run(parts: SinkParts, input: mpsc::Receiver<Block>, shutdown: Cance
         sink.delivery.flush_interval
     ));
     while let Some(batch) = batched.next().await {
-        sink.handle(batch, false).await;
+        sink.handle(batch).await;
     }
     loop {
         let batch = sink.lane.take(sink.delivery.max_events);
         if batch.is_empty() {
             break;
         }
-        sink.handle(batch, true).await;
+        sink.handle(batch).await;
     }
     sink.persisted().await;
     sink.finish();
@@ -136,6 +137,8 @@ struct Sink {
     spilled_left: usize,
     /// Items given up at shutdown.
     abandoned: Vec<Item>,
+    /// After a failure: no request before this instant.
+    not_before: Option<Instant>,
     /// The checkpoint write started by the last acknowledgement.
     persisting: Option<tokio::task::JoinHandle<()>>,
 }
@@ -148,9 +151,13 @@ struct Failure {
 }
 
 impl Sink {
-    /// Delivers `batch`, or schedules its retry. `draining`: the input has ended, so a
-    /// retried batch goes out straight from the lane, not through the batcher.
-    async fn handle(&mut self, batch: Vec<Item>, draining: bool) {
+    /// Delivers `batch`, or schedules its retry.
+    async fn handle(&mut self, batch: Vec<Item>) {
+        if let Some(at) = self.not_before.take() {
+            self.grace
+                .sleep(at.saturating_duration_since(Instant::now()))
+                .await;
+        }
         if self.grace.expired() {
             self.give_up(batch);
             return;
@@ -173,7 +180,7 @@ impl Sink {
                 return;
             }
         }
-        let mut delay = failure.after.unwrap_or_else(|| {
+        let delay = failure.after.unwrap_or_else(|| {
             backoff(
                 self.attempt,
                 self.delivery.retry_initial_backoff,
@@ -181,11 +188,9 @@ impl Sink {
             )
         });
         self.attempt = self.attempt.saturating_add(1);
-        if draining || failure.rest.len() >= self.delivery.max_events {
-            // The batch would go out again as soon as it is back (full, or no batcher to
-            // wait in): wait at least a flush interval, as GO Feature Flag does.
-            delay = delay.max(self.delivery.flush_interval);
-        }
+        // However soon the batch is taken again (full, or straight from the lane once the
+        // input ended), it is not re-sent before a flush interval: no hot loop.
+        self.not_before = Some(Instant::now() + delay.max(self.delivery.flush_interval));
         tracing::warn!(
             sink = %self.name,
             events = count_events(&failure.rest),
