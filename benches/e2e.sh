@@ -3,9 +3,11 @@
 # connection to a signature-verifying webhook receiver on loopback, against syslog-ng doing the
 # same job, plus a latency probe and an idle check.
 #
-#   bash benches/e2e.sh               # everything: receiver check, throughput table, latency, idle
+#   bash benches/e2e.sh               # everything: receiver check, throughput table, memory,
+#                                     # latency, idle (about 2 minutes after the builds)
 #   bash benches/e2e.sh throughput    # the receiver check and the throughput table only
 #   bash benches/e2e.sh receiver      # the receiver alone (load check)
+#   bash benches/e2e.sh memory        # peak RSS of flaghook with 10 000- and 100 000-event batches
 #   bash benches/e2e.sh latency       # p50/p99 from append to arrival, flush_interval = "100ms"
 #   bash benches/e2e.sh idle          # CPU% of flaghook tailing 100 quiet files
 #
@@ -21,6 +23,7 @@
 #   IDLE_FILES [100] IDLE_SECS [10]  idle check: quiet files tailed, seconds measured
 #   KEEP [0]           1 keeps the work folder (configs, logs, events) for inspection
 #   BUILD [1]          0 uses the binaries already built (target/release, benches/tools/target)
+#   FLAGHOOK_BIN [target/release/flaghook]  the flaghook binary measured
 #
 # All traffic stays on 127.0.0.1; every process started here is stopped on exit.
 # Needs: cargo, GNU time (/usr/bin/time, installed when missing), syslog-ng-core and
@@ -43,12 +46,12 @@ KEEP=${KEEP:-0}
 BUILD=${BUILD:-1}
 
 case "$MODE" in
-  all|throughput|receiver|latency|idle) ;;
+  all|throughput|receiver|memory|latency|idle) ;;
   -h|--help|help) sed -n '2,/^set -E/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  *) echo "usage: bash benches/e2e.sh [all|throughput|receiver|latency|idle]" >&2; exit 64 ;;
+  *) echo "usage: bash benches/e2e.sh [all|throughput|receiver|memory|latency|idle]" >&2; exit 64 ;;
 esac
 
-FLAGHOOK=$ROOT/target/release/flaghook
+FLAGHOOK=${FLAGHOOK_BIN:-$ROOT/target/release/flaghook}
 FHB=$ROOT/benches/tools/target/release/fhbench
 export FLAGHOOK_BENCH_SECRET=${FLAGHOOK_BENCH_SECRET:-bench-secret-$$-$RANDOM}
 CLK_TCK=$(getconf CLK_TCK)
@@ -192,8 +195,7 @@ receiver_check() {
     local rate=${out##*events_per_s=}; rate=${rate%% *}
     [ "$S_events" = $(( requests * BATCH )) ] && [ "$S_sig_verified" = "$requests" ] \
       || die "receiver load check: counted $S_events events, $S_sig_verified signatures for $requests requests"
-    RECV_CHECK+=$(printf '  receiver alone, %d connection(s): %s events/s (%s requests of %s signed events, all verified and counted)' \
-      "$conns" "$rate" "$requests" "$BATCH")$'\n'
+    RECV_CHECK+="  receiver alone, $conns connection$([ "$conns" = 1 ] || echo s): $(commas "$rate") events/s ($requests signed requests of $BATCH events, every signature verified, every event counted)"$'\n'
     [ "$conns" = 1 ] && RECV_RATE_1=$rate
   done
   printf '%s' "$RECV_CHECK"
@@ -251,16 +253,16 @@ check_flaghook_run() { # label dir rc
   elif [ "$S_bad_bodies" != 0 ]; then problem="$S_bad_bodies bodies did not parse"
   fi
   if [ -n "$problem" ]; then
-    printf 'e2e: error: flaghook (%s) %s\n  config: %s\n  summary: %s\n  last lines of its log:\n' \
-      "$label" "$problem" "$dir/flaghook.toml" "${summary:-none}" >&2
+    printf 'e2e: error: %s %s\n  config: %s%s\n  summary: %s\n  last lines of its log:\n' \
+      "$label" "$problem" "$dir/flaghook.toml" "$([ "$KEEP" = 1 ] || echo ' (KEEP=1 keeps it)')" "${summary:-none}" >&2
     tail -15 "$dir/stderr" | sed 's/^/    /' >&2
     FAILURES=$(( FAILURES + 1 ))
     return 1
   fi
 }
 
-run_flaghook_file() { # run-number
-  local dir=$WORK/flaghook-file-$1 t0 t1
+run_flaghook_file() { # run-number [label]
+  local dir=$WORK/flaghook-file-$1 label=${2:-flaghook file} t0 t1
   flaghook_config file "$dir"
   "$FHB" reset --addr "$RECV_ADDR_main"
   t0=$(now_ns)
@@ -269,7 +271,7 @@ run_flaghook_file() { # run-number
   wait_rc "$BG_PID"
   t1=$(now_ns)
   read_stats "$RECV_ADDR_main"
-  finish_flaghook_run "flaghook file" "$dir" "$WAIT_RC" "$t0" "$t1"
+  finish_flaghook_run "$label" "$dir" "$WAIT_RC" "$t0" "$t1"
 }
 
 run_flaghook_tcp() { # run-number
@@ -283,8 +285,10 @@ run_flaghook_tcp() { # run-number
   fh_pid=$BG_PID
   # the sender retries connecting until flaghook listens, streams the file, then closes
   bg timeout -k 5 "$RUN_TIMEOUT" "$FHB" send --addr "127.0.0.1:$port" --input "$EVENTS" \
-    --connect-timeout 30 2>"$dir/sender.log"
+    --connect-timeout 30 --pid "$fh_pid" 2>"$dir/sender.log"
   wait_rc "$BG_PID"; sender_rc=$WAIT_RC
+  # without a connection, flaghook --once would wait for one until RUN_TIMEOUT
+  [ "$sender_rc" = 0 ] || kill "$fh_pid" 2>/dev/null || true
   wait_rc "$fh_pid"
   t1=$(now_ns)
   [ "$sender_rc" = 0 ] || { warn "the TCP sender failed (status $sender_rc):"; cat "$dir/sender.log" >&2; }
@@ -316,7 +320,7 @@ options {
   threaded(yes);
 };
 source s_bench {
-  file("$EVENTS" flags(no-parse) follow-freq(1) log-fetch-limit(10000) log-iw-size(100000));
+  file("$EVENTS" flags(no-parse) follow-freq(1) log-fetch-limit(10000) log-iw-size($(( BATCH * 2 > 100000 ? BATCH * 2 : 100000 ))));
 };
 destination d_hook {
   http(
@@ -331,7 +335,7 @@ destination d_hook {
     batch-bytes(0)
     batch-timeout(1000)
     workers($SYSLOG_NG_WORKERS)
-    log-fifo-size(100000)
+    log-fifo-size($(( BATCH * 2 > 100000 ? BATCH * 2 : 100000 )))
   );
 };
 # flow control: the file is read no faster than it is delivered, and nothing is dropped
@@ -366,8 +370,8 @@ run_syslog_ng() { # run-number
   cpu=$(awk -v t="$ticks" -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t / hz}')
   if [ "$wait_rc_cmd" != 0 ] || [ "$S_events" != "$N" ] || [ "$S_bad_bodies" != 0 ]; then
     ok=0
-    printf 'e2e: error: syslog-ng delivered %s of %s events (%s bad bodies; wait status %s)\n  config: %s\n  last lines of its log:\n' \
-      "$S_events" "$N" "$S_bad_bodies" "$wait_rc_cmd" "$dir/syslog-ng.conf" >&2
+    printf 'e2e: error: syslog-ng delivered %s of %s events (%s bad bodies; wait status %s)\n  config: %s%s\n  last lines of its log:\n' \
+      "$S_events" "$N" "$S_bad_bodies" "$wait_rc_cmd" "$dir/syslog-ng.conf" "$([ "$KEEP" = 1 ] || echo ' (KEEP=1 keeps it)')" >&2
     tail -15 "$dir/stderr" | sed 's/^/    /' >&2
     FAILURES=$(( FAILURES + 1 ))
   fi
@@ -380,10 +384,14 @@ run_syslog_ng() { # run-number
 
 col() { awk -v c="$1" '{print $c}' "$2"; }
 
+commas() { sed ':a;s/\B[0-9]\{3\}\>/,&/;ta' <<<"$1"; }
+
+TABLE_FORMAT='%-24s %-29s %6s %12s %21s %21s\n'
+
 table_row() { # tool-key label
   local f=$WORK/results/$1.tsv label=$2
   [ -s "$f" ] || return 0
-  local rates cpus rsss med lo hi runs events_min requests_max ver_min failed_sum missing_sum okc
+  local rates cpus rsss med lo hi runs events_min requests_max ver_min failed_sum okc sigs rate_cell note=""
   mapfile -t rates < <(col 1 "$f"); mapfile -t cpus < <(col 2 "$f"); mapfile -t rsss < <(col 3 "$f")
   med=$(median "${rates[@]}"); lo=$(minimum "${rates[@]}"); hi=$(maximum "${rates[@]}")
   runs=${#rates[@]}
@@ -392,14 +400,19 @@ table_row() { # tool-key label
   requests_max=$(maximum $(col 5 "$f"))
   failed_sum=$(col 7 "$f" | awk '{s += $1} END {print s + 0}')
   okc=$(col 10 "$f" | awk '{s += $1} END {print s + 0}')
-  local sigs
   if [ "$ver_min" = 0 ] && [ "$1" = syslog-ng ]; then sigs="0 (unsigned)"
   else sigs="$ver_min of $requests_max"; [ "$failed_sum" = 0 ] || sigs+=" ($failed_sum FAILED)"; fi
-  printf '%-22s %11s (%s-%s) %8s %9s %17s %22s%s\n' "$label" "$med" "$lo" "$hi" \
-    "$(median "${cpus[@]}")" "$(awk -v k="$(maximum "${rsss[@]}")" 'BEGIN {printf "%.1f", k / 1024}')" \
-    "$events_min of $N" "$sigs" "$([ "$okc" = "$runs" ] || echo "  [$(( runs - okc )) of $runs runs FAILED]")"
-  printf -v "MEDIAN_${1//-/_}" '%s' "$med"
-  printf -v "RSS_${1//-/_}" '%s' "$(maximum "${rsss[@]}")"
+  [ "$okc" = "$runs" ] || note="  [$(( runs - okc )) of $runs runs FAILED]"
+  [ "$runs" = "$RUNS" ] || note+="  [$runs of $RUNS runs made]"
+  rate_cell="$(commas "${med%.*}") ($(commas "$lo")-$(commas "$hi"))"
+  # shellcheck disable=SC2059
+  printf "$TABLE_FORMAT" "$label" "$rate_cell" "$(printf '%.2f' "$(median "${cpus[@]}")")" \
+    "$(awk -v k="$(maximum "${rsss[@]}")" 'BEGIN {printf "%.1f", k / 1024}')" \
+    "$(commas "$events_min") of $(commas "$N")" "$sigs$note"
+  if [ "$okc" = "$runs" ]; then # the targets below are judged on tools whose runs all succeeded
+    printf -v "MEDIAN_${1//-/_}" '%s' "${med%.*}"
+    printf -v "RSS_${1//-/_}" '%s' "$(maximum "${rsss[@]}")"
+  fi
 }
 
 print_table() {
@@ -409,14 +422,15 @@ print_table() {
   echo "$FLAGHOOK_VERSION; ${SYSLOG_NG_VERSION:-syslog-ng not run}"
   printf '%s' "$RECV_CHECK"
   echo
-  printf '%-22s %28s %8s %9s %17s %22s\n' "tool" "events/s median (min-max)" "CPU s" "RSS MiB" "events received" "signatures verified"
+  # shellcheck disable=SC2059
+  printf "$TABLE_FORMAT" "tool" "events/s: median (min-max)" "CPU s" "peak RSS MiB" "events received" "signatures verified"
   table_row flaghook-file "flaghook file->webhook"
   table_row flaghook-tcp "flaghook tcp->webhook"
   table_row syslog-ng "syslog-ng file->http"
   echo
   echo "events/s = events received / wall time (flaghook: process start to exit of run --once;"
-  echo "syslog-ng: process start to the arrival of its last event). CPU s = user+sys of the tool;"
-  echo "RSS = peak resident set (max over runs)."
+  echo "syslog-ng: process start to the arrival of its last event). CPU s = user+sys of the tool"
+  echo "(median); peak RSS = max over the runs. syslog-ng cannot sign: its requests go unsigned."
   if [ -n "${MEDIAN_syslog_ng:-}" ] && [ "${MEDIAN_syslog_ng%.*}" -gt 0 ]; then
     [ -n "${MEDIAN_flaghook_file:-}" ] && awk -v a="$MEDIAN_flaghook_file" -v b="$MEDIAN_syslog_ng" \
       'BEGIN {printf "ratio flaghook file / syslog-ng: %.2fx\n", a / b}'
@@ -443,17 +457,48 @@ target() { # label value threshold
   else printf '  MISSED  %s (%s, %s%% of the target)\n' "$1" "$2" "$(( ${2%.*} * 100 / $3 ))"; fi
 }
 
+# After a failed run, a tool is not run again (its failure is reported; each run could take
+# RUN_TIMEOUT).
+ok_so_far() { [ ! -s "$WORK/results/$1.tsv" ] || [ "$(tail -1 "$WORK/results/$1.tsv" | awk '{print $10}')" = 1 ]; }
+
 throughput() {
   mkdir -p "$WORK/results"
   local i
   for i in $(seq "$RUNS"); do
     # the tools take turns, so that a noisy moment on the machine does not hit one tool only
     log "run $i of $RUNS"
-    if wants file; then run_flaghook_file "$i"; fi
-    if wants tcp; then run_flaghook_tcp "$i"; fi
-    if need_syslog_ng; then run_syslog_ng "$i"; fi
+    if wants file && ok_so_far flaghook-file; then run_flaghook_file "$i"; fi
+    if wants tcp && ok_so_far flaghook-tcp; then run_flaghook_tcp "$i"; fi
+    if need_syslog_ng && ok_so_far syslog-ng; then run_syslog_ng "$i"; fi
   done
   print_table
+}
+
+# ------------------------------------------------------------------------------------------------
+# memory: peak RSS of flaghook (file -> webhook) with 10 000- and 100 000-event batches
+
+memory() {
+  mkdir -p "$WORK/results"
+  local b f rss_small="" rss_big=""
+  MEM_LINES=""
+  for b in 10000 100000; do
+    local BATCH=$b # read by flaghook_config
+    log "memory: flaghook file -> webhook, max_event_in_memory = $b"
+    run_flaghook_file "mem-$b" "flaghook batch-$b"
+    f=$WORK/results/flaghook-batch-$b.tsv
+    [ "$(tail -1 "$f" | awk '{print $10}')" = 1 ] || continue
+    local rss; rss=$(tail -1 "$f" | awk '{print $3}')
+    [ "$b" = 10000 ] && rss_small=$rss || rss_big=$rss
+    MEM_LINES+="  max_event_in_memory = $(printf '%-6s' "$b"): peak RSS $(awk -v k="$rss" 'BEGIN {printf "%.1f", k / 1024}') MiB, $(commas "$(tail -1 "$f" | awk '{print $1}')") events/s, $(tail -1 "$f" | awk '{print $5}') requests"$'\n'
+  done
+  echo
+  echo "memory (file -> webhook, $(commas "$N") events of ${GEN_INFO##*avg_bytes=} bytes avg):"
+  printf '%s' "$MEM_LINES"
+  if [ -n "$rss_small" ] && [ -n "$rss_big" ]; then
+    awk -v a="$rss_small" -v b="$rss_big" -v ev="${GEN_INFO##*avg_bytes=}" 'BEGIN {
+      printf "  growth: %.1f MiB for 90,000 more events per batch (%.0f bytes per extra event held; one batch of 90,000 events is %.1f MiB of JSON)\n",
+        (b - a) / 1024, (b - a) * 1024 / 90000, 90000 * ev / 1048576 }'
+  fi
 }
 
 # ------------------------------------------------------------------------------------------------
@@ -558,14 +603,17 @@ prerequisites
 build
 RECV_CHECK=""
 case "$MODE" in
-  all|throughput|receiver)
+  all|throughput|receiver|memory)
     generate
     start_receiver main
-    log "the receiver alone (load check)"
-    receiver_check
+    if [ "$MODE" != memory ]; then
+      log "the receiver alone (load check)"
+      receiver_check
+    fi
     ;;
 esac
 case "$MODE" in all|throughput) throughput ;; esac
+case "$MODE" in all|memory) memory ;; esac
 case "$MODE" in all|latency) latency ;; esac
 case "$MODE" in all|idle) idle ;; esac
 

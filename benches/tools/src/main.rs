@@ -12,8 +12,9 @@
 //!                                                   poll until the receiver counted N events
 //!   load     --addr ADDR --input FILE [--secret-env NAME] [--batch 10000] [--requests 200] [--conns 1]
 //!                                                   the receiver alone: POST pre-built signed bodies
-//!   send     --addr ADDR --input FILE [--connect-timeout S]
+//!   send     --addr ADDR --input FILE [--connect-timeout S] [--pid PID]
 //!                                                   stream FILE over one TCP connection, then close
+//!                                                   (retries connecting while PID lives)
 //!   append   --out FILE [--rate R] [--duration S]   append events stamped with metadata.sentAtUs
 //!   freeport                                        print a free port on 127.0.0.1
 
@@ -1464,14 +1465,19 @@ fn cmd_send(o: &Opts) -> Result<u8, String> {
     let addr = o.req("addr")?;
     let input = o.req("input")?;
     let deadline = Instant::now() + Duration::from_secs_f64(o.num("connect-timeout", 30.0)?);
+    let pid = o.get("pid");
     let mut s = loop {
         match TcpStream::connect(addr) {
             Ok(s) => break s,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
+            Err(e) => {
+                if let Some(pid) = pid.filter(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
+                    return Err(format!("connect {addr}: {e}; process {pid} (flaghook) has exited"));
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!("connect {addr}: {e} (is flaghook listening?)"));
+                }
                 thread::sleep(Duration::from_millis(5));
             }
-            Err(e) => return Err(format!("connect {addr}: {e} (is flaghook listening?)")),
         }
     };
     s.set_nodelay(true).ok();
