@@ -180,10 +180,15 @@ impl Recorded {
     }
 }
 
+/// Chooses a reply from the request (method, path, headers, body); set with
+/// [`TestServer::with_responder`]. Takes precedence over the script.
+pub type Responder = Box<dyn Fn(&Recorded) -> Reply + Send>;
+
 struct State {
     requests: Vec<Recorded>,
     script: VecDeque<Reply>,
     default: Reply,
+    responder: Option<Responder>,
 }
 
 type Shared = Arc<(Mutex<State>, Condvar)>;
@@ -212,6 +217,7 @@ impl TestServer {
                 requests: Vec::new(),
                 script: script.into(),
                 default,
+                responder: None,
             }),
             Condvar::new(),
         ));
@@ -230,6 +236,13 @@ impl TestServer {
             shutdown: Some(tx),
             thread: Some(thread),
         }
+    }
+
+    /// A server whose every reply is chosen by `responder` from the request.
+    pub fn with_responder(responder: impl Fn(&Recorded) -> Reply + Send + 'static) -> Self {
+        let server = Self::start();
+        server.shared.0.lock().unwrap().responder = Some(Box::new(responder));
+        server
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -369,19 +382,24 @@ async fn handle(
     let reply = {
         let (lock, cvar) = &*shared;
         let mut state = lock.lock().unwrap();
-        let reply = state
-            .script
-            .pop_front()
-            .unwrap_or_else(|| state.default.clone());
-        state.requests.push(Recorded {
+        let mut recorded = Recorded {
             method,
             path,
             headers,
             body,
             at,
-            status: reply.status,
+            status: 0,
             connection,
-        });
+        };
+        let reply = match &state.responder {
+            Some(responder) => responder(&recorded),
+            None => state
+                .script
+                .pop_front()
+                .unwrap_or_else(|| state.default.clone()),
+        };
+        recorded.status = reply.status;
+        state.requests.push(recorded);
         cvar.notify_all();
         reply
     };
