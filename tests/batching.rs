@@ -207,14 +207,12 @@ timeout = "1s""#,
     };
     let proc = Proc::spawn(cmd);
     let reqs = server.wait_for_requests(4, WAIT);
-    let stopped_at = Instant::now();
-    proc.sigterm();
-    let out = proc.wait();
-    assert!(reqs.len() >= 4, "only {} requests:\n{out}", reqs.len());
+    // Killed, not stopped: shutdown has its own tests, and its last attempt may come sooner.
+    let stderr = proc.stderr_now();
+    drop(proc);
+    assert!(reqs.len() >= 4, "only {} requests:\n{stderr}", reqs.len());
 
-    // Only attempts made before SIGTERM: the shutdown attempt may come sooner.
-    let before: Vec<_> = reqs.iter().filter(|r| r.at < stopped_at).collect();
-    let gaps: Vec<Duration> = before.windows(2).map(|p| p[1].at - p[0].at).collect();
+    let gaps: Vec<Duration> = reqs.windows(2).map(|p| p[1].at - p[0].at).collect();
     assert!(
         gaps.iter().all(|g| *g >= Duration::from_millis(190)),
         "failed batch re-sent before flush_interval (200ms); gaps between attempts: {gaps:?}"

@@ -132,7 +132,8 @@ timeout = "2s""#,
     let reqs = server.wait_for_requests(2, WAIT);
     assert!(reqs.len() >= 2, "no retries seen:\n{}", proc.stderr_now());
     proc.sigterm();
-    let out = proc.wait();
+    // One last attempt, bounded by `timeout` (2s), then exit.
+    let out = proc.wait_timeout(Duration::from_secs(15));
     out.assert_code(3);
     assert_eq!(
         out.summary(),
@@ -164,7 +165,8 @@ timeout = "1s""#,
     let proc = Proc::spawn(run_once_cmd(&config));
     std::thread::sleep(Duration::from_millis(1500));
     proc.sigterm();
-    let out = proc.wait();
+    // One last attempt, bounded by `timeout` (1s), then exit.
+    let out = proc.wait_timeout(Duration::from_secs(15));
     out.assert_code(3);
     let s = out.summary();
     assert_eq!(s.events_delivered, 0, "{out}");
