@@ -82,6 +82,7 @@ pub async fn run(parts: SinkParts, input: mpsc::Receiver<Block>, shutdown: Cance
         abandoned: Vec::new(),
         persisting: None,
         not_before: None,
+        failed_at_shutdown: false,
     };
     sink.load_spill();
 
@@ -137,6 +138,8 @@ struct Sink {
     spilled_left: usize,
     /// Items given up at shutdown.
     abandoned: Vec<Item>,
+    /// A delivery failed after shutdown was asked.
+    failed_at_shutdown: bool,
     /// After a failure: no request before this instant.
     not_before: Option<Instant>,
     /// The checkpoint write started by the last acknowledgement.
@@ -152,13 +155,21 @@ struct Failure {
 
 impl Sink {
     /// Delivers `batch`, or schedules its retry.
+    ///
+    /// At shutdown every batch gets one prompt attempt. Once one has failed, batches read
+    /// from files are left there (their offsets did not move; the next start reads them
+    /// again), while TCP and stdin events are retried until the grace period ends.
     async fn handle(&mut self, batch: Vec<Item>) {
+        let shutting_down = self.grace.deadline().is_some();
         if let Some(at) = self.not_before.take() {
-            self.grace
-                .sleep(at.saturating_duration_since(Instant::now()))
-                .await;
+            if !shutting_down {
+                self.grace
+                    .sleep(at.saturating_duration_since(Instant::now()))
+                    .await;
+            }
         }
-        if self.grace.expired() {
+        let left_in_files = shutting_down && self.failed_at_shutdown && from_files(&batch);
+        if self.grace.expired() || left_in_files {
             self.give_up(batch);
             return;
         }
@@ -167,6 +178,14 @@ impl Sink {
             self.failing_since = None;
             return;
         };
+        if self.grace.deadline().is_some() {
+            self.failed_at_shutdown = true;
+            if from_files(&failure.rest) {
+                tracing::warn!(sink = %self.name, events = count_events(&failure.rest), "delivery failed at shutdown ({}); the events stay in their files for the next start", failure.detail);
+                self.give_up(failure.rest);
+                return;
+            }
+        }
         let since = *self.failing_since.get_or_insert_with(Instant::now);
         if let Some(max) = self.delivery.retry_max_duration {
             if since.elapsed() >= max {
@@ -396,6 +415,11 @@ impl Sink {
             }
         }
     }
+}
+
+/// Whether every item can be read again from its file.
+fn from_files(items: &[Item]) -> bool {
+    items.iter().all(|i| i.ack.is_some())
 }
 
 fn count_events(items: &[Item]) -> usize {

@@ -545,14 +545,15 @@ impl Grace {
         self.deadline().is_some_and(|d| Instant::now() >= d)
     }
 
-    /// Sleeps `delay`, cut short at the deadline; wakes early when shutdown is asked.
-    /// Returns false when the deadline has passed.
+    /// Sleeps `delay`, cut short at the deadline; wakes at once when shutdown is asked
+    /// (so that pending events get a prompt attempt). Returns false when the deadline
+    /// has passed.
     pub async fn sleep(&mut self, delay: Duration) -> bool {
         let until = tokio::time::Instant::now() + delay;
         if self.deadline().is_none() {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => return true,
-                _ = self.token.cancelled() => {}
+                _ = self.token.cancelled() => return true,
             }
         }
         let deadline = tokio::time::Instant::from_std(self.deadline().expect("cancelled"));
