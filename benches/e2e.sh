@@ -170,7 +170,13 @@ start_receiver() {
   for _ in $(seq 100); do [ -s "$port_file" ] && break; sleep 0.05; done
   [ -s "$port_file" ] || { cat "$WORK/receiver-$name.log" >&2; die "the receiver did not start"; }
   printf -v "RECV_ADDR_$name" '127.0.0.1:%s' "$(cat "$port_file")"
+  printf -v "RECV_PID_$name" '%s' "$BG_PID"
 }
+
+# Zeroes the main receiver's counters before a run and notes its CPU ticks (see recv_cpu).
+reset_main() { "$FHB" reset --addr "$RECV_ADDR_main"; RECV_TICKS0=$(proc_cpu_ticks "$RECV_PID_main"); }
+# CPU seconds the receiver spent since reset_main (it shares the 2 cores with the tool measured).
+recv_cpu() { awk -v a="$RECV_TICKS0" -v b="$(proc_cpu_ticks "$RECV_PID_main")" -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", (b - a) / hz}'; }
 
 # Reads the receiver's counters into variables S_<name> (S_events, S_requests, S_sig_verified, ...).
 read_stats() {
@@ -264,7 +270,7 @@ check_flaghook_run() { # label dir rc
 run_flaghook_file() { # run-number [label]
   local dir=$WORK/flaghook-file-$1 label=${2:-flaghook file} t0 t1
   flaghook_config file "$dir"
-  "$FHB" reset --addr "$RECV_ADDR_main"
+  reset_main
   t0=$(now_ns)
   bg timeout -k 5 "$RUN_TIMEOUT" /usr/bin/time -o "$dir/time" -f '%e %U %S %M' \
     "$FLAGHOOK" run --once --config "$dir/flaghook.toml" >"$dir/stdout" 2>"$dir/stderr"
@@ -278,7 +284,7 @@ run_flaghook_tcp() { # run-number
   local dir=$WORK/flaghook-tcp-$1 t0 t1 port fh_pid sender_rc
   port=$("$FHB" freeport)
   flaghook_config tcp "$dir" "$port"
-  "$FHB" reset --addr "$RECV_ADDR_main"
+  reset_main
   t0=$(now_ns)
   bg timeout -k 5 "$RUN_TIMEOUT" /usr/bin/time -o "$dir/time" -f '%e %U %S %M' \
     "$FLAGHOOK" run --once --config "$dir/flaghook.toml" >"$dir/stdout" 2>"$dir/stderr"
@@ -304,7 +310,7 @@ finish_flaghook_run() { # label dir rc t0 t1
   rate=$(awk -v n="$S_events" -v w="$wall" 'BEGIN {printf "%.0f", (w > 0 ? n / w : 0)}')
   cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN {printf "%.2f", u + s}')
   record "${label// /-}" "$rate $cpu $rss $S_events $S_requests $S_sig_verified $S_sig_failed $S_sig_missing $wall $ok"
-  log "  $label: ${wall}s, $rate events/s, CPU ${cpu}s, peak RSS $(( rss / 1024 )) MiB, $S_events events in $S_requests requests, $S_sig_verified signatures verified$([ $ok = 1 ] || echo ' (FAILED)')"
+  log "  $label: ${wall}s, $rate events/s, CPU ${cpu}s, peak RSS $(( rss / 1024 )) MiB, $S_events events in $S_requests requests, $S_sig_verified signatures verified$([ $ok = 1 ] || echo ' (FAILED)'); receiver CPU $(recv_cpu)s"
 }
 
 syslog_ng_config() { # dir
@@ -347,7 +353,7 @@ run_syslog_ng() { # run-number
   local dir=$WORK/syslog-ng-$1 t0 pid wall rate cpu rss ok=1 ticks wait_rc_cmd=0
   mkdir -p "$dir"
   syslog_ng_config "$dir"
-  "$FHB" reset --addr "$RECV_ADDR_main"
+  reset_main
   t0=$(now_ns)
   bg timeout -k 5 "$RUN_TIMEOUT" "$SYSLOG_NG_BIN" -F --no-caps -f "$dir/syslog-ng.conf" -R "$dir/syslog-ng.persist" \
     -p "$dir/syslog-ng.pid" -c "$dir/syslog-ng.ctl" >"$dir/stdout" 2>"$dir/stderr"
@@ -376,7 +382,7 @@ run_syslog_ng() { # run-number
     FAILURES=$(( FAILURES + 1 ))
   fi
   record syslog-ng "$rate $cpu $rss $S_events $S_requests $S_sig_verified $S_sig_failed $S_sig_missing $wall $ok"
-  log "  syslog-ng: ${wall}s, $rate events/s, CPU ${cpu}s, peak RSS $(( rss / 1024 )) MiB, $S_events events in $S_requests requests (unsigned)$([ $ok = 1 ] || echo ' (FAILED)')"
+  log "  syslog-ng: ${wall}s, $rate events/s, CPU ${cpu}s, peak RSS $(( rss / 1024 )) MiB, $S_events events in $S_requests requests (unsigned)$([ $ok = 1 ] || echo ' (FAILED)'); receiver CPU $(recv_cpu)s"
 }
 
 # ------------------------------------------------------------------------------------------------
@@ -554,7 +560,7 @@ idle() {
   local dir=$WORK/idle i t0 t1 c0 c1 cpu0 cpu1 n_files=$IDLE_FILES
   mkdir -p "$dir/data" "$dir/in"
   [ -n "${RECV_ADDR_main:-}" ] || start_receiver main
-  "$FHB" reset --addr "$RECV_ADDR_main"
+  reset_main
   "$FHB" gen --out "$dir/events.jsonl" --n "$n_files" --seed 9 >/dev/null || die "event generator failed"
   (cd "$dir/in" && split -l 1 -a 3 -d --additional-suffix=.json "$dir/events.jsonl" quiet-)
   cat >"$dir/flaghook.toml" <<EOF
