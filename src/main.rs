@@ -126,6 +126,7 @@ fn init_logs(level: Option<&str>, format: LogFormat) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -135,19 +136,19 @@ fn init_logs(level: Option<&str>, format: LogFormat) {
 
 fn dispatch(command: Command) -> Result<u8> {
     match command {
-        Command::Run { config, once } => runtime()?.block_on(run(&config, once)),
+        Command::Run { config, once } => block_on(run(&config, once)),
         Command::Validate { config } => {
             let validated = config::load(&config)?;
             print!("{}", validated.summary());
             Ok(0)
         }
-        Command::Demo => runtime()?.block_on(demo()),
+        Command::Demo => block_on(demo()),
         Command::DeadLetter(DeadLetterCommand::Replay { config, sink }) => {
-            runtime()?.block_on(replay(&config, &sink))
+            block_on(replay(&config, &sink))
         }
         Command::Receive { listen, secret_env } => {
             let secret = secret_env.as_deref().map(secret_from_env).transpose()?;
-            runtime()?.block_on(receive(listen, secret))
+            block_on(receive(listen, secret))
         }
         Command::Sign { secret_env, file } => {
             let secret = secret_from_env(&secret_env)?;
@@ -174,11 +175,16 @@ fn dispatch(command: Command) -> Result<u8> {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+/// Runs `job` on a multi-threaded runtime. A blocked read of stdin (tokio reads it on a
+/// blocking thread) must not keep the process alive once the job is done.
+fn block_on(job: impl std::future::Future<Output = Result<u8>>) -> Result<u8> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(job);
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }
 
 fn secret_from_env(name: &str) -> Result<Secret> {

@@ -46,7 +46,7 @@ pub async fn run(name: &str, config: &StdinConfig, output: Output, shutdown: Can
     };
     let stdin = tokio::io::stdin();
     match pump(stdin, config.max_line_bytes, template, &output, &shutdown).await {
-        Ok(()) => tracing::info!(source = name, "stdin reached its end"),
+        Ok(()) => tracing::info!(source = name, "stdin source stopped"),
         Err(e) => tracing::error!(source = name, error = %e, "cannot read stdin"),
     }
 }
