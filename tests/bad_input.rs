@@ -298,3 +298,66 @@ endpoint_url = {url}
     assert_eq!(server.delivered(), feature_events(0, 2));
     assert_eq!(out.summary().events_rejected, 2, "{out}");
 }
+
+/// Peak resident memory of a process in bytes (`VmHWM` in /proc/PID/status).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("no VmHWM");
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// A line longer than `max_line_bytes` is rejected without being buffered whole: a 160 MiB
+/// line leaves flaghook's peak memory far below its size, and the next line still arrives.
+#[test]
+fn overlong_line_is_not_buffered_whole() {
+    const LINE: usize = 160 << 20;
+    let server = TestServer::start();
+    let ws = Workspace::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = ws.config(&format!(
+        r#"[sources.tcp]
+type = "tcp"
+address = {addr}
+max_line_bytes = 1024
+
+[sinks.webhook]
+type = "webhook"
+inputs = ["tcp"]
+endpoint_url = {url}
+flush_interval = "100ms"
+"#,
+        addr = toml_str(&addr),
+        url = toml_str(server.url()),
+    ));
+    let proc = Proc::spawn(run_once_cmd(&config));
+    let mut conn = connect(&addr, &proc);
+    conn.write_all(jsonl(&[feature_event(0)]).as_bytes())
+        .unwrap();
+    conn.write_all(br#"{"kind":"feature","value":""#).unwrap();
+    let chunk = vec![b'z'; 1 << 20];
+    for _ in 0..LINE / chunk.len() {
+        conn.write_all(&chunk).unwrap();
+    }
+    conn.write_all(b"\"}\n").unwrap();
+    conn.write_all(jsonl(&[feature_event(1)]).as_bytes())
+        .unwrap();
+    // Once the line after it is delivered, the long line has been read through.
+    let delivered = server.wait_for_delivered(2, WAIT);
+    let peak = peak_rss(proc.pid());
+    eprintln!("flaghook peak RSS: {} MiB", peak >> 20);
+    drop(conn);
+    let out = proc.wait();
+    out.assert_code(2);
+    assert_eq!(delivered, feature_events(0, 2), "{out}");
+    assert_eq!(out.summary().events_rejected, 1, "{out}");
+    assert!(
+        peak < (LINE as u64) / 2,
+        "peak memory {} MiB for a {} MiB line: the line was buffered",
+        peak >> 20,
+        LINE >> 20
+    );
+}

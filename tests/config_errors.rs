@@ -25,17 +25,28 @@ fn assert_config_error(body: &str, needles: &[&str]) -> Output {
     let config = ws.config(body);
     let out = validate(&config);
     out.assert_code(1);
+    let message = message_before_example(&out.stderr);
     for needle in needles {
         assert!(
-            out.stderr.contains(needle),
-            "stderr does not name {needle:?}:\n{out}"
+            message.contains(needle),
+            "the error message (before any example) does not name {needle:?}:\n{out}"
         );
     }
     assert!(
-        out.stderr.contains("flaghook.toml"),
-        "stderr does not name the config file:\n{out}"
+        message.contains("flaghook.toml"),
+        "the error message does not name the config file:\n{out}"
     );
     out
+}
+
+/// stderr up to the first "example": the correct example shown after an error names every
+/// common key, so a key must be named before it to count.
+fn message_before_example(stderr: &str) -> &str {
+    let cut = stderr
+        .to_ascii_lowercase()
+        .find("example")
+        .unwrap_or(stderr.len());
+    &stderr[..cut]
 }
 
 /// The base config the error tests start from is valid, so each error test fails only for the
@@ -147,7 +158,7 @@ fn unset_environment_variable() {
     let out = Proc::spawn(cmd).wait();
     out.assert_code(1);
     assert!(
-        out.stderr.contains("FLAGHOOK_TEST_SURELY_UNSET_VAR"),
+        message_before_example(&out.stderr).contains("FLAGHOOK_TEST_SURELY_UNSET_VAR"),
         "stderr does not name the variable:\n{out}"
     );
 }
@@ -177,7 +188,10 @@ fn run_refuses_a_bad_config_before_sending() {
     );
     let out = run_once(&config);
     out.assert_code(1);
-    assert!(out.stderr.contains("max_event_in_memory"), "{out}");
+    assert!(
+        message_before_example(&out.stderr).contains("max_event_in_memory"),
+        "{out}"
+    );
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert!(server.requests().is_empty());
 }
@@ -221,4 +235,37 @@ meta = {{ hostname = "h", who = "${{FH_TEST_WHO}}", price = "$$5", literal = "$$
         Some(signature("from-env", &reqs[0].body).as_str())
     );
     assert_eq!(reqs[0].events(), vec![feature_event(0)]);
+}
+
+#[test]
+fn malformed_duration() {
+    assert_config_error(
+        &format!("{SOURCE}\n{SINK}flush_interval = \"soon\"\n"),
+        &["flush_interval"],
+    );
+}
+
+#[test]
+fn unknown_read_from() {
+    let source = format!("{SOURCE}read_from = \"middle\"\n");
+    assert_config_error(&format!("{source}\n{SINK}"), &["read_from"]);
+}
+
+#[test]
+fn unknown_schema() {
+    assert_config_error(&format!("{SOURCE}\n{SINK}schema = \"xml\"\n"), &["schema"]);
+}
+
+#[test]
+fn unknown_event_type() {
+    assert_config_error(
+        &format!("{SOURCE}\n{SINK}event_types = [\"feature\", \"bogus\"]\n"),
+        &["event_types"],
+    );
+}
+
+#[test]
+fn malformed_tcp_address() {
+    let source = "[sources.in]\ntype = \"tcp\"\naddress = \"not an address\"\n";
+    assert_config_error(&format!("{source}\n{SINK}"), &["address"]);
 }

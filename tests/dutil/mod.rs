@@ -79,7 +79,11 @@ pub fn event_ids(body: &[u8]) -> (Vec<u64>, usize) {
         rest = &rest[at + KEY.len()..];
         let end = memchr::memchr(b'"', rest).unwrap_or(rest.len());
         let value = &rest[..end];
-        let digits = value.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+        let digits = value
+            .iter()
+            .rev()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
         match std::str::from_utf8(&value[value.len() - digits..])
             .ok()
             .and_then(|d| d.parse().ok())
@@ -252,7 +256,10 @@ impl Hook {
     }
 
     /// An endpoint serving on `listener` (e.g. a [`ClosedPort`] just opened).
-    pub fn on(listener: TcpListener, responder: impl FnMut(&Seen) -> Answer + Send + 'static) -> Self {
+    pub fn on(
+        listener: TcpListener,
+        responder: impl FnMut(&Seen) -> Answer + Send + 'static,
+    ) -> Self {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let shared: Shared = Arc::new((
