@@ -38,21 +38,38 @@ const WAIT_DELIVERY: Duration = Duration::from_secs(20);
 #[derive(Debug, Clone)]
 enum Op {
     /// Append `n` events to live file `file` (created if missing).
-    Write { file: usize, n: u8 },
+    Write {
+        file: usize,
+        n: u8,
+    },
     /// Append one event in two writes, the line's end a moment later.
-    WriteSplit { file: usize },
+    WriteSplit {
+        file: usize,
+    },
     /// logrotate's default: rename to a name the glob still matches; the next write
     /// creates a fresh file.
-    RenameRotate { file: usize },
+    RenameRotate {
+        file: usize,
+    },
     /// Append a few events and at once rename the file to a name no glob matches: the
     /// renamed file must still be read to its end.
-    RenameAway { file: usize },
+    RenameAway {
+        file: usize,
+    },
     /// logrotate's copytruncate: copy elsewhere, truncate in place.
-    CopyTruncate { file: usize },
-    Truncate { file: usize },
-    Delete { file: usize },
+    CopyTruncate {
+        file: usize,
+    },
+    Truncate {
+        file: usize,
+    },
+    Delete {
+        file: usize,
+    },
     /// A new file matching the glob, with a few events.
-    NewFile { n: u8 },
+    NewFile {
+        n: u8,
+    },
     /// Stop the pipeline gracefully and start it again.
     Restart,
 }
@@ -79,7 +96,10 @@ struct Rig {
     hook: Hook,
     ws: Workspace,
     config: PathBuf,
-    running: Option<(CancellationToken, JoinHandle<anyhow::Result<flaghook::topology::Summary>>)>,
+    running: Option<(
+        CancellationToken,
+        JoinHandle<anyhow::Result<flaghook::topology::Summary>>,
+    )>,
     next_id: u64,
     /// Names handed out so far (rotated files, new files).
     generation: u64,
@@ -303,7 +323,11 @@ retry_max_backoff = "100ms"
                 Vec::<u64>::new(),
                 "events delivered twice without a crash"
             );
-            assert_eq!(t.counts.len() as u64, n, "events that were never written arrived");
+            assert_eq!(
+                t.counts.len() as u64,
+                n,
+                "events that were never written arrived"
+            );
             assert_eq!(t.foreign_delivered, 0);
         });
         let dead = dead_letters(&self.ws.data_dir(), "webhook");
@@ -322,7 +346,7 @@ impl Drop for Rig {
 proptest! {
     #![proptest_config(Config {
         // FLAGHOOK_ROTATION_CASES=100 for a longer hunt.
-        cases: std::env::var("FLAGHOOK_ROTATION_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(10),
+        cases: std::env::var("FLAGHOOK_ROTATION_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(16),
         max_shrink_iters: 16,
         failure_persistence: None,
         ..Config::default()
