@@ -163,7 +163,10 @@ retry_initial_backoff = "50ms"
 timeout = "1s""#,
     );
     let proc = Proc::spawn(run_once_cmd(&config));
-    std::thread::sleep(Duration::from_millis(1500));
+    // Nothing to observe on a closed port: give the run time to read and fail (a log line
+    // mentioning the refusal ends the wait early).
+    let _ = proc.wait_stderr("refused", Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(300));
     proc.sigterm();
     // One last attempt, bounded by `timeout` (1s), then exit.
     let out = proc.wait_timeout(Duration::from_secs(15));
@@ -171,6 +174,55 @@ timeout = "1s""#,
     let s = out.summary();
     assert_eq!(s.events_delivered, 0, "{out}");
     assert_eq!(s.events_not_delivered, 2, "{out}");
+}
+
+/// An endpoint that accepts TCP connections and closes them at once (a transport error on
+/// every attempt): retried, then SIGTERM ends the run with exit 3.
+#[test]
+fn once_exits_3_when_the_endpoint_drops_every_connection() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    // Detached: lives as long as the test process.
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let ws = Workspace::new();
+    let config = ws.file_pipeline(
+        jsonl(&feature_events(0, 3)),
+        &url,
+        r#"flush_interval = "100ms"
+retry_initial_backoff = "50ms"
+timeout = "1s""#,
+    );
+    let proc = Proc::spawn(run_once_cmd(&config));
+    let deadline = std::time::Instant::now() + WAIT;
+    while accepted.load(std::sync::atomic::Ordering::SeqCst) < 2
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "no retries seen:\n{}",
+        proc.stderr_now()
+    );
+    proc.sigterm();
+    let out = proc.wait_timeout(Duration::from_secs(15));
+    out.assert_code(3);
+    assert_eq!(
+        out.summary(),
+        Summary {
+            events_delivered: 0,
+            requests: 0,
+            events_rejected: 0,
+            events_not_delivered: 3
+        }
+    );
 }
 
 #[test]
