@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -22,26 +23,36 @@ use crate::event::Item;
 
 /// Failed items waiting to go out again, oldest first.
 #[derive(Debug, Clone, Default)]
-pub struct RetryLane(Arc<Mutex<VecDeque<Item>>>);
+pub struct RetryLane(Arc<Lane>);
+
+#[derive(Debug, Default)]
+struct Lane {
+    items: Mutex<VecDeque<Item>>,
+    /// `items.len()`, readable without the lock: the batcher asks for every item.
+    len: AtomicUsize,
+}
 
 impl RetryLane {
     /// Puts a failed batch back in front of everything still waiting.
     pub fn push_front(&self, batch: Vec<Item>) {
-        let mut lane = self.0.lock().expect("retry lane lock");
+        let mut items = self.0.items.lock().expect("retry lane lock");
         for item in batch.into_iter().rev() {
-            lane.push_front(item);
+            items.push_front(item);
         }
+        self.0.len.store(items.len(), Ordering::Release);
     }
 
     /// Takes up to `max` items, oldest first.
     pub fn take(&self, max: usize) -> Vec<Item> {
-        let mut lane = self.0.lock().expect("retry lane lock");
-        let n = lane.len().min(max);
-        lane.drain(..n).collect()
+        let mut items = self.0.items.lock().expect("retry lane lock");
+        let n = items.len().min(max);
+        let taken = items.drain(..n).collect();
+        self.0.len.store(items.len(), Ordering::Release);
+        taken
     }
 
     pub fn len(&self) -> usize {
-        self.0.lock().expect("retry lane lock").len()
+        self.0.len.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -49,7 +60,13 @@ impl RetryLane {
     }
 
     fn pop(&self) -> Option<Item> {
-        self.0.lock().expect("retry lane lock").pop_front()
+        if self.is_empty() {
+            return None;
+        }
+        let mut items = self.0.items.lock().expect("retry lane lock");
+        let item = items.pop_front();
+        self.0.len.store(items.len(), Ordering::Release);
+        item
     }
 }
 

@@ -124,7 +124,8 @@ pub struct Decoder {
     arena: BytesMut,
 }
 
-const ARENA_CHUNK: usize = 256 * 1024;
+/// Below glibc's mmap threshold, so that chunks are reused rather than mapped anew.
+const ARENA_CHUNK: usize = 64 * 1024;
 
 impl Decoder {
     pub fn new(schema: Schema, event_types: &[EventType]) -> Self {
@@ -138,8 +139,15 @@ impl Decoder {
 
     /// Decodes one line (without its terminator). `envelope_fields` name the fields that
     /// may wrap the event when it has no `kind` (see [`envelope_fields`]).
-    pub fn decode(&mut self, line: &[u8], envelope_fields: &[String]) -> Result<Decoded, Invalid> {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+    ///
+    /// An event that comes out exactly as it went in (GO Feature Flag's own encoding) is
+    /// not copied: the result shares `whole`'s buffer.
+    pub fn decode(
+        &mut self,
+        whole: &Bytes,
+        envelope_fields: &[String],
+    ) -> Result<Decoded, Invalid> {
+        let line: &[u8] = whole.strip_suffix(b"\r").unwrap_or(whole);
         if line.iter().all(u8::is_ascii_whitespace) {
             return Ok(Decoded::Empty);
         }
@@ -172,8 +180,15 @@ impl Decoder {
                 if !wanted {
                     return Ok(Decoded::Filtered);
                 }
-                fields.encode_goff(kind, &mut self.arena)?;
+                if let Err(e) = fields.encode_goff(kind, &mut self.arena) {
+                    self.arena.clear();
+                    return Err(e);
+                }
             }
+        }
+        if self.arena[..] == *line {
+            self.arena.clear();
+            return Ok(Decoded::Event(whole.slice(..line.len())));
         }
         Ok(Decoded::Event(self.arena.split().freeze()))
     }
@@ -492,7 +507,7 @@ mod tests {
     }
 
     fn decode(d: &mut Decoder, line: &[u8]) -> Result<Decoded, Invalid> {
-        d.decode(line, &envelope_fields(None))
+        d.decode(&Bytes::copy_from_slice(line), &envelope_fields(None))
     }
 
     fn ok(d: &mut Decoder, line: &str) -> String {
@@ -530,7 +545,7 @@ mod tests {
         let mut custom = goff();
         let line = format!(r#"{{"payload":{E1}}}"#);
         let got = custom
-            .decode(line.as_bytes(), &envelope_fields(Some("payload")))
+            .decode(&Bytes::from(line), &envelope_fields(Some("payload")))
             .unwrap();
         assert_eq!(got, Decoded::Event(Bytes::from(E1)));
     }
@@ -571,6 +586,19 @@ mod tests {
         }
         let deep = "[".repeat(100_000);
         assert!(decode(&mut d, format!("{{\"a\":{deep}").as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_rejected_event_leaves_nothing_behind() {
+        let mut d = goff();
+        let bad = r#"{"kind":"feature","userKey":"a","creationDate":1,"key":"k","default":"yes"}"#;
+        assert!(decode(&mut d, bad.as_bytes()).is_err());
+        let reordered =
+            E1.replacen(r#""kind":"feature","#, "", 1)
+                .replacen('{', r#"{"kind":"feature","#, 1);
+        assert_eq!(ok(&mut d, &reordered), E1);
+        let with_extra = format!(r#"{{"host":"h",{}"#, &E1[1..]);
+        assert_eq!(ok(&mut d, &with_extra), E1);
     }
 
     #[test]

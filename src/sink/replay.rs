@@ -34,7 +34,7 @@ pub async fn replay(name: &str, config: &WebhookConfig, path: &Path) -> Result<R
     let mut ready = Vec::new();
     for mut record in records {
         let raw = record_bytes(&record);
-        match decoder.decode(&raw, &envelope) {
+        match decoder.decode(&bytes::Bytes::from(raw), &envelope) {
             Ok(Decoded::Event(event)) => ready.push((record, event)),
             Ok(Decoded::Filtered | Decoded::Empty) => {}
             Err(invalid) => {

@@ -405,17 +405,7 @@ impl Poster {
 
     /// The exact body for `events` (already encoded JSON objects).
     pub fn body<'a>(&self, events: impl Iterator<Item = &'a Bytes> + Clone) -> Bytes {
-        let len: usize = events.clone().map(|e| e.len() + 1).sum();
-        let mut body = BytesMut::with_capacity(self.prefix.len() + len + 2);
-        body.put_slice(&self.prefix);
-        for (i, e) in events.enumerate() {
-            if i > 0 {
-                body.put_u8(b',');
-            }
-            body.put_slice(e);
-        }
-        body.put_slice(b"]}");
-        body.freeze()
+        body(&self.prefix, events)
     }
 
     /// POSTs `body` and decides what happens to its events.
@@ -479,6 +469,21 @@ impl Poster {
             detail: format!("status {status}: {text}"),
         })
     }
+}
+
+/// `prefix` (`{"meta":{...},"events":[`), the events separated by commas, then `]}`.
+pub fn body<'a>(prefix: &[u8], events: impl Iterator<Item = &'a Bytes> + Clone) -> Bytes {
+    let len: usize = events.clone().map(|e| e.len() + 1).sum();
+    let mut body = BytesMut::with_capacity(prefix.len() + len + 2);
+    body.put_slice(prefix);
+    for (i, e) in events.enumerate() {
+        if i > 0 {
+            body.put_u8(b',');
+        }
+        body.put_slice(e);
+    }
+    body.put_slice(b"]}");
+    body.freeze()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
