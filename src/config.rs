@@ -41,7 +41,9 @@ headers = { Authorization = ["Bearer token"] }
 flush_interval = "60s"
 max_event_in_memory = 100000"#;
 
-/// The file as written.
+/// The file as written. Each source and sink table is kept as TOML until its `type` is
+/// known, then read into that kind's struct, so that an error names its full key
+/// (`sinks.webhook.schema`), which serde's tagged enums cannot do.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -51,15 +53,14 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// Named sources.
     #[serde(default)]
-    pub sources: BTreeMap<String, SourceConfig>,
+    pub sources: BTreeMap<String, toml::Table>,
     /// Named sinks.
     #[serde(default)]
-    pub sinks: BTreeMap<String, SinkConfig>,
+    pub sinks: BTreeMap<String, toml::Table>,
 }
 
 /// One `[sources.NAME]` table; `type` picks the kind.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+#[derive(Debug)]
 pub enum SourceConfig {
     File(FileConfig),
     Tcp(TcpConfig),
@@ -67,10 +68,55 @@ pub enum SourceConfig {
 }
 
 /// One `[sinks.NAME]` table; `type` picks the kind.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+#[derive(Debug)]
 pub enum SinkConfig {
     Webhook(WebhookConfig),
+}
+
+impl SourceConfig {
+    fn from_table(key: &str, table: toml::Table) -> Result<Self> {
+        let (kind, table) = split_type(key, table, "\"file\", \"tcp\" or \"stdin\"")?;
+        match kind.as_str() {
+            "file" => typed(key, table).map(SourceConfig::File),
+            "tcp" => typed(key, table).map(SourceConfig::Tcp),
+            "stdin" => typed(key, table).map(SourceConfig::Stdin),
+            other => bail!(
+                "`{key}.type` = {other:?} is not a source type: use \"file\", \"tcp\" or \"stdin\""
+            ),
+        }
+    }
+}
+
+impl SinkConfig {
+    fn from_table(key: &str, table: toml::Table) -> Result<Self> {
+        let (kind, table) = split_type(key, table, "\"webhook\"")?;
+        match kind.as_str() {
+            "webhook" => typed(key, table).map(SinkConfig::Webhook),
+            other => bail!("`{key}.type` = {other:?} is not a sink type: use \"webhook\""),
+        }
+    }
+}
+
+/// Takes the `type` key out of a table.
+fn split_type(key: &str, mut table: toml::Table, kinds: &str) -> Result<(String, toml::Table)> {
+    match table.remove("type") {
+        Some(toml::Value::String(kind)) => Ok((kind, table)),
+        Some(other) => bail!("`{key}.type` must be a string ({kinds}), got {other}"),
+        None => bail!("`{key}.type` is missing: set it to {kinds}"),
+    }
+}
+
+/// Reads `table` into `T`; an error names the full key.
+fn typed<T: serde::de::DeserializeOwned>(key: &str, table: toml::Table) -> Result<T> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            anyhow!("`{key}`: {inner}")
+        } else {
+            anyhow!("`{key}.{path}`: {inner}")
+        }
+    })
 }
 
 impl SinkConfig {
@@ -204,6 +250,34 @@ fn substitute_line(
 
 impl Config {
     /// Every cross-key check; each error names the key.
+    fn validate(self, path: &Path) -> Result<Validated> {
+        let mut sources = BTreeMap::new();
+        for (name, table) in self.sources {
+            let source = SourceConfig::from_table(&format!("sources.{name}"), table)?;
+            sources.insert(name, source);
+        }
+        let mut sinks = BTreeMap::new();
+        for (name, table) in self.sinks {
+            let sink = SinkConfig::from_table(&format!("sinks.{name}"), table)?;
+            sinks.insert(name, sink);
+        }
+        Checked {
+            data_dir: self.data_dir,
+            sources,
+            sinks,
+        }
+        .validate(path)
+    }
+}
+
+/// A config whose tables were read into their kinds.
+struct Checked {
+    data_dir: Option<PathBuf>,
+    sources: BTreeMap<String, SourceConfig>,
+    sinks: BTreeMap<String, SinkConfig>,
+}
+
+impl Checked {
     fn validate(self, path: &Path) -> Result<Validated> {
         if self.sources.is_empty() {
             bail!("no sources: declare at least one `[sources.NAME]` table");
