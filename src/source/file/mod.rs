@@ -8,12 +8,14 @@
 //! A file whose size drops below the read position, or whose first bytes change, was
 //! truncated or replaced: it is read again from 0 as a new generation. A file that no
 //! glob matches any more (renamed away or deleted) is read to its end, then closed. When
-//! a pass reads nothing, the loop sleeps `poll_interval`: no busy loop.
+//! a pass reads nothing, the loop waits for an inotify event in the watched folders (see
+//! [`watcher`]), or `poll_interval` when they cannot be watched: no busy loop.
 //!
 //! Lines carry their end offset; the sinks acknowledge them to the [`Checkpointer`],
 //! and only acknowledged offsets are saved.
 
 pub mod checkpoint;
+pub mod watcher;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -181,6 +183,13 @@ impl FileSource {
             warned: HashSet::new(),
             problems: Vec::new(),
         };
+        let wakeup = watcher::Wakeup::new(&self.name, &self.include);
+        // With inotify, polling is only a safety net (for changes it cannot see).
+        let idle_wait = if wakeup.watching() {
+            self.glob_interval.max(self.poll_interval)
+        } else {
+            self.poll_interval
+        };
         tail.scan(true);
         let mut last_scan = Instant::now();
         loop {
@@ -212,9 +221,10 @@ impl FileSource {
                 return;
             }
             if !read_any {
+                let until_scan = self.glob_interval.saturating_sub(last_scan.elapsed());
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(self.poll_interval) => {}
+                    _ = wakeup.wait(idle_wait.min(until_scan)) => {}
                 }
             }
         }
