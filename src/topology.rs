@@ -104,6 +104,7 @@ pub async fn run(config: Validated, once: bool, shutdown: CancellationToken) -> 
             inputs[index].push(SinkInput {
                 tx: tx.clone(),
                 budget: budget.clone(),
+                max_events: c.max_event_in_memory,
             });
             if let Some(cp) = &checkpointers[index] {
                 acks[index] = Some((cp.clone(), inputs[index].len() - 1));
@@ -113,7 +114,7 @@ pub async fn run(config: Validated, once: bool, shutdown: CancellationToken) -> 
         all_stats.push((stats.clone(), budget.clone()));
         let parts = SinkParts {
             name: name.clone(),
-            poster: Poster::new(name, c)?,
+            poster: Arc::new(Poster::new(name, c)?),
             delivery: Delivery::from(c),
             decoder: Decoder::new(c.schema, &c.event_types),
             budget,

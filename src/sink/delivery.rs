@@ -28,7 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use super::deadletter::{DeadLetters, Record};
-use super::webhook::{backoff, halves, Decision, Delivery, Grace, Poster};
+use super::webhook::{backoff, halves, Decision, Delivery, Grace, Poster, Signed};
 use super::Stats;
 use crate::batch::{batches, RetryLane};
 use crate::event::{Ack, Block, Decoded, Decoder, Invalid, Item};
@@ -39,7 +39,7 @@ use crate::source::Budget;
 #[derive(Debug)]
 pub struct SinkParts {
     pub name: String,
-    pub poster: Poster,
+    pub poster: Arc<Poster>,
     pub delivery: Delivery,
     pub decoder: Decoder,
     pub budget: Arc<Budget>,
@@ -103,15 +103,72 @@ pub async fn run(parts: SinkParts, input: mpsc::Receiver<Block>, shutdown: Cance
         sink.delivery.max_events,
         sink.delivery.flush_interval
     ));
-    while let Some(batch) = batched.next().await {
-        sink.handle(batch).await;
+    // While a batch is in flight, the next one is gathered, encoded and signed, so that
+    // it is ready when the response comes. Only one request is in flight at a time, which
+    // keeps the order: if the first fails, both go back on the lane, oldest first.
+    // Gathering the next batch while a failed one still holds its budget needs room for
+    // both: the sources cut their blocks to fit (see `source::Output`); with a smaller
+    // budget, batches are gathered one at a time.
+    let prefetch = sink.budget.cap() >= 2 * sink.delivery.max_events;
+    let poster = sink.poster.clone();
+    let prepare = |batch: Vec<Item>| {
+        let signed = poster.prepare(batch.iter().filter_map(|i| i.event.as_ref()));
+        (batch, signed)
+    };
+    let mut ready = batched.next().await.map(prepare);
+    while let Some((batch, signed)) = ready.take() {
+        if !prefetch {
+            if let Some(failed) = sink.handle(batch, Some(signed)).await {
+                sink.lane.push_front(failed);
+            }
+            ready = batched.next().await.map(prepare);
+            continue;
+        }
+        // `fetched`: None while the next batch is not gathered yet.
+        let (requeue, fetched) = {
+            let handled = sink.handle(batch, Some(signed));
+            let fetch = batched.next();
+            tokio::pin!(handled, fetch);
+            let mut fetched = None;
+            let requeue = loop {
+                tokio::select! {
+                    r = &mut handled => break r,
+                    n = &mut fetch, if fetched.is_none() => fetched = Some(n.map(prepare)),
+                }
+            };
+            (requeue, fetched)
+        };
+        match (requeue, fetched) {
+            (None, Some(next)) => ready = next,
+            (None, None) => ready = batched.next().await.map(prepare),
+            (Some(failed), fetched) => {
+                // Items already in the batcher are newer than the failed batch: wait for
+                // them (its timer sends them within a flush interval) so that both go
+                // back on the lane in order. An empty batcher is left as it is.
+                // (`size_hint` counts the batcher's pending chunk.)
+                let newer = match fetched {
+                    Some(next) => next,
+                    None if futures::Stream::size_hint(&batched).0 > 0 => {
+                        batched.next().await.map(prepare)
+                    }
+                    None => None,
+                };
+                if let Some((newer, _)) = newer {
+                    sink.lane.push_front(newer);
+                }
+                sink.lane.push_front(failed);
+                ready = batched.next().await.map(prepare);
+            }
+        }
     }
     loop {
         let batch = sink.lane.take(sink.delivery.max_events);
         if batch.is_empty() {
             break;
         }
-        sink.handle(batch).await;
+        if let Some(failed) = sink.handle(batch, None).await {
+            sink.lane.push_front(failed);
+        }
     }
     sink.persisted().await;
     sink.finish();
@@ -120,7 +177,7 @@ pub async fn run(parts: SinkParts, input: mpsc::Receiver<Block>, shutdown: Cance
 
 struct Sink {
     name: String,
-    poster: Poster,
+    poster: Arc<Poster>,
     delivery: Delivery,
     budget: Arc<Budget>,
     stats: Arc<Stats>,
@@ -154,12 +211,13 @@ struct Failure {
 }
 
 impl Sink {
-    /// Delivers `batch`, or schedules its retry.
+    /// Delivers `batch` (`signed`: its body, when already built), or returns it to be
+    /// retried after the backoff it waited.
     ///
     /// At shutdown every batch gets one prompt attempt. Once one has failed, batches read
     /// from files are left there (their offsets did not move; the next start reads them
     /// again), while TCP and stdin events are retried until the grace period ends.
-    async fn handle(&mut self, batch: Vec<Item>) {
+    async fn handle(&mut self, batch: Vec<Item>, signed: Option<Signed>) -> Option<Vec<Item>> {
         let shutting_down = self.grace.deadline().is_some();
         if let Some(at) = self.not_before.take() {
             if !shutting_down {
@@ -171,19 +229,19 @@ impl Sink {
         let left_in_files = shutting_down && self.failed_at_shutdown && from_files(&batch);
         if self.grace.expired() || left_in_files {
             self.give_up(batch);
-            return;
+            return None;
         }
-        let Err(failure) = self.deliver(batch).await else {
+        let Err(failure) = self.deliver(batch, signed).await else {
             self.attempt = 0;
             self.failing_since = None;
-            return;
+            return None;
         };
         if self.grace.deadline().is_some() {
             self.failed_at_shutdown = true;
             if from_files(&failure.rest) {
                 tracing::warn!(sink = %self.name, events = count_events(&failure.rest), "delivery failed at shutdown ({}); the events stay in their files for the next start", failure.detail);
                 self.give_up(failure.rest);
-                return;
+                return None;
             }
         }
         let since = *self.failing_since.get_or_insert_with(Instant::now);
@@ -196,7 +254,7 @@ impl Sink {
                 );
                 tracing::error!(sink = %self.name, events = count_events(&failure.rest), "{reason}; dead-lettering the batch");
                 self.reject_all(failure.rest, &reason);
-                return;
+                return None;
             }
         }
         let delay = failure.after.unwrap_or_else(|| {
@@ -218,14 +276,18 @@ impl Sink {
             failure.detail
         );
         if self.grace.sleep(delay).await {
-            self.lane.push_front(failure.rest);
-        } else {
-            self.give_up(failure.rest);
+            return Some(failure.rest);
         }
+        self.give_up(failure.rest);
+        None
     }
 
     /// Posts `batch`, splitting it on 413 and bisecting it on a permanent 4xx.
-    async fn deliver(&mut self, batch: Vec<Item>) -> Result<(), Failure> {
+    async fn deliver(
+        &mut self,
+        batch: Vec<Item>,
+        mut signed: Option<Signed>,
+    ) -> Result<(), Failure> {
         let mut parts = VecDeque::from([batch]);
         while let Some(part) = parts.pop_front() {
             let events = count_events(&part);
@@ -233,10 +295,13 @@ impl Sink {
                 self.resolve(&part);
                 continue;
             }
-            let body = self
-                .poster
-                .body(part.iter().filter_map(|i| i.event.as_ref()));
-            let outcome = self.poster.post(body).await;
+            // The prepared body is the whole batch's: only the first part can use it.
+            let signed = signed.take().unwrap_or_else(|| {
+                self.poster
+                    .prepare(part.iter().filter_map(|i| i.event.as_ref()))
+            });
+            self.persisted().await;
+            let outcome = self.poster.post(signed).await;
             match outcome.decision {
                 Decision::Delivered => {
                     Stats::add(&self.stats.delivered, events as u64);

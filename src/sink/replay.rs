@@ -45,15 +45,16 @@ pub async fn replay(name: &str, config: &WebhookConfig, path: &Path) -> Result<R
     }
     let mut outcome = Replayed::default();
     for chunk in ready.chunks(config.max_event_in_memory) {
-        let body = poster.body(chunk.iter().map(|(_, e)| e));
-        let result = poster.post(body).await;
+        let result = poster
+            .post(poster.prepare(chunk.iter().map(|(_, e)| e)))
+            .await;
         if result.decision == Decision::Delivered {
             outcome.delivered += chunk.len();
             continue;
         }
         // One by one, so that a single bad event does not hold back the others.
         for (record, event) in chunk {
-            let one = poster.post(poster.body(std::iter::once(event))).await;
+            let one = poster.post(poster.prepare(std::iter::once(event))).await;
             if one.decision == Decision::Delivered {
                 outcome.delivered += 1;
             } else {

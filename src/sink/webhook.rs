@@ -403,22 +403,25 @@ impl Poster {
         })
     }
 
-    /// The exact body for `events` (already encoded JSON objects).
-    pub fn body<'a>(&self, events: impl Iterator<Item = &'a Bytes> + Clone) -> Bytes {
-        body(&self.prefix, events)
+    /// The exact body for `events` (already encoded JSON objects), and its signature.
+    pub fn prepare<'a>(&self, events: impl Iterator<Item = &'a Bytes> + Clone) -> Signed {
+        let body = body(&self.prefix, events);
+        let signature = self
+            .secret
+            .as_ref()
+            .map(|s| crate::sign::signature(s.expose(), &body));
+        Signed { body, signature }
     }
 
-    /// POSTs `body` and decides what happens to its events.
-    pub async fn post(&self, body: Bytes) -> Outcome {
+    /// POSTs a prepared body and decides what happens to its events.
+    pub async fn post(&self, signed: Signed) -> Outcome {
+        let Signed { body, signature } = signed;
         let mut request = Request::builder()
             .method(Method::POST)
             .uri(self.uri.clone());
         *request.headers_mut().expect("fresh builder") = self.headers.clone();
-        if let Some(secret) = &self.secret {
-            request = request.header(
-                "X-Hub-Signature-256",
-                crate::sign::signature(secret.expose(), &body),
-            );
+        if let Some(signature) = signature {
+            request = request.header("X-Hub-Signature-256", signature);
         }
         let request = request.body(Full::new(body)).expect("valid request");
         match tokio::time::timeout(self.timeout, self.exchange(request)).await {
@@ -468,6 +471,23 @@ impl Poster {
             decision,
             detail: format!("status {status}: {text}"),
         })
+    }
+}
+
+/// A request body and its `X-Hub-Signature-256` value (when a secret is set).
+pub struct Signed {
+    pub body: Bytes,
+    pub signature: Option<String>,
+}
+
+impl fmt::Debug for Signed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Signed({} bytes, signed: {})",
+            self.body.len(),
+            self.signature.is_some()
+        )
     }
 }
 

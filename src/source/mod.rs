@@ -79,6 +79,8 @@ impl Budget {
 pub struct SinkInput {
     pub tx: mpsc::Sender<Block>,
     pub budget: Arc<Budget>,
+    /// The sink's largest batch (`max_event_in_memory`).
+    pub max_events: usize,
 }
 
 /// Where a source sends its blocks: every sink that lists it in `inputs`.
@@ -94,10 +96,18 @@ pub struct Output {
 pub struct Closed;
 
 impl Output {
+    /// `max_events` per sink: its largest batch. A block leaves room for a full batch in
+    /// each budget, so that a sink can gather its next batch while a failed one waits.
     pub fn new(sinks: Vec<SinkInput>) -> Self {
         let max_block = sinks
             .iter()
-            .map(|s| s.budget.cap())
+            .map(|s| {
+                s.budget
+                    .cap()
+                    .saturating_sub(s.max_events)
+                    .max(1)
+                    .min(s.budget.cap())
+            })
             .min()
             .unwrap_or(1)
             .clamp(1, 4096);
