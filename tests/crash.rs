@@ -93,7 +93,8 @@ shutdown_timeout = "2s"
     }
 
     let proc = Proc::spawn(run_cmd(&config));
-    let complete = hook.wait_until(Duration::from_secs(120), |t| t.has_all(EVENTS));
+    let complete = hook.wait_until(Duration::from_secs(90), |t| t.has_all(EVENTS));
+    let stalled = hook.with(|t| t.missing(EVENTS));
     proc.sigterm();
     let out = proc.wait_timeout(Duration::from_secs(20));
     out.assert_code(0);
@@ -102,10 +103,17 @@ shutdown_timeout = "2s"
         "no summary line after SIGTERM:\n{out}"
     );
 
+    assert!(
+        complete,
+        "{} events had not arrived 90 s into the final run (ids {:?}..={:?}); seed {seed}\n{out}",
+        stalled.len(),
+        stalled.first(),
+        stalled.last()
+    );
     hook.with(|t| {
         let missing = t.missing(EVENTS);
         assert!(
-            complete && missing.is_empty(),
+            missing.is_empty(),
             "{} events never arrived (first: {:?}); seed {seed}\n{out}",
             missing.len(),
             &missing[..missing.len().min(10)]

@@ -259,6 +259,15 @@ impl Tail<'_> {
                 self.report(&path, "matches `include` but is a directory; skipping it");
                 continue;
             }
+            if !meta.is_file() {
+                // A FIFO would block open(2) until a writer appears, stalling every file
+                // of the source (and shutdown); sockets and devices are not logs either.
+                self.report(
+                    &path,
+                    "matches `include` but is not a regular file (a FIFO, socket or device); skipping it",
+                );
+                continue;
+            }
             match by_inode.get(&(meta.dev(), meta.ino())) {
                 Some(&i) => {
                     let f = &mut self.files[i];
