@@ -180,6 +180,10 @@ impl Decoder {
                 if !wanted {
                     return Ok(Decoded::Filtered);
                 }
+                if fields.is_canonical(kind, line) {
+                    // Already in GO Feature Flag's encoding: the line is the event.
+                    return Ok(Decoded::Event(whole.slice(..line.len())));
+                }
                 if let Err(e) = fields.encode_goff(kind, &mut self.arena) {
                     self.arena.clear();
                     return Err(e);
@@ -239,9 +243,119 @@ struct Fields<'a> {
     tracking_event_details: Option<&'a RawValue>,
     /// The first envelope field found, by preference.
     envelope: Option<&'a RawValue>,
+    /// The GO Feature Flag fields in the order they came (see [`Fields::is_canonical`]).
+    order: [Field; 16],
+    order_len: usize,
+    /// Set when the object has any other key, or a key written with escapes.
+    foreign: bool,
+}
+
+/// GO Feature Flag's fields, numbered in its encoding order.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    #[default]
+    Kind,
+    ContextKind,
+    UserKey,
+    CreationDate,
+    Key,
+    Variation,
+    Value,
+    Default,
+    Version,
+    Source,
+    Metadata,
+    EvaluationContext,
+    TrackingEventDetails,
 }
 
 impl<'a> Fields<'a> {
+    /// Whether the line is exactly what [`Fields::encode_goff`] would write: GO Feature
+    /// Flag's fields only, in its order, compact, with the types it writes. Then the line
+    /// is valid and can be sent as it is, without encoding it again.
+    fn is_canonical(&self, kind: EventType, line: &[u8]) -> bool {
+        if self.foreign {
+            return false;
+        }
+        fn string(r: Option<&RawValue>) -> Option<&RawValue> {
+            r.filter(|r| r.get().starts_with('"'))
+        }
+        /// A string token is compact; anything else must have no whitespace byte at all.
+        fn compact(r: Option<&RawValue>) -> Option<&RawValue> {
+            r.filter(|r| {
+                let text = r.get();
+                text.starts_with('"')
+                    || !text
+                        .bytes()
+                        .any(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
+            })
+        }
+        fn compact_object(r: Option<&RawValue>) -> Option<&RawValue> {
+            compact(r).filter(|r| r.get().starts_with('{'))
+        }
+        let mut expected: [(Field, &str, Option<&RawValue>); 11] = [(Field::Kind, "", None); 11];
+        let mut n = 0;
+        let mut push = |field, name, raw: Option<&'a RawValue>| {
+            expected[n] = (field, name, raw);
+            n += 1;
+            raw.is_some()
+        };
+        let mut ok = push(Field::Kind, "kind", self.kind);
+        if self.context_kind.is_some() {
+            ok &= push(
+                Field::ContextKind,
+                "contextKind",
+                string(self.context_kind).filter(|r| r.get() != r#""""#),
+            );
+        }
+        ok &= push(Field::UserKey, "userKey", string(self.user_key));
+        let date = self
+            .creation_date
+            .filter(|r| r.get().parse::<i64>().is_ok());
+        ok &= push(Field::CreationDate, "creationDate", date);
+        ok &= push(Field::Key, "key", string(self.key));
+        match kind {
+            EventType::Feature => {
+                ok &= push(Field::Variation, "variation", string(self.variation));
+                ok &= push(Field::Value, "value", compact(self.value));
+                let default = self.default.filter(|r| matches!(r.get(), "true" | "false"));
+                ok &= push(Field::Default, "default", default);
+                ok &= push(Field::Version, "version", string(self.version));
+                ok &= push(Field::Source, "source", string(self.source));
+                if self.metadata.is_some() {
+                    let metadata = compact_object(self.metadata).filter(|r| r.get() != "{}");
+                    ok &= push(Field::Metadata, "metadata", metadata);
+                }
+            }
+            EventType::Tracking => {
+                ok &= push(
+                    Field::EvaluationContext,
+                    "evaluationContext",
+                    compact_object(self.evaluation_context),
+                );
+                ok &= push(
+                    Field::TrackingEventDetails,
+                    "trackingEventDetails",
+                    compact_object(self.tracking_event_details),
+                );
+            }
+        }
+        let expected = &expected[..n];
+        if !ok
+            || !self.order[..self.order_len]
+                .iter()
+                .eq(expected.iter().map(|e| &e.0))
+        {
+            return false;
+        }
+        // `{` `}`, commas, and `"name":value` per field: equal lengths mean no whitespace.
+        let len: usize = expected
+            .iter()
+            .map(|(_, name, raw)| name.len() + 3 + raw.map_or(0, |r| r.get().len()))
+            .sum();
+        line.len() == len + 2 + (n - 1)
+    }
+
     fn parse(text: &'a str, envelope_fields: &[String]) -> Result<Self, Invalid> {
         if !text.trim_start().starts_with('{') {
             // Still parse, so that "not JSON" and "not an object" are told apart.
@@ -463,35 +577,75 @@ impl<'de> Visitor<'de> for FieldsSeed<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut fields = Fields::default();
         let mut envelope_rank = usize::MAX;
-        while let Some(name) = map.next_key::<Cow<'de, str>>()? {
-            let slot = match name.as_ref() {
-                "kind" => &mut fields.kind,
-                "contextKind" => &mut fields.context_kind,
-                "userKey" => &mut fields.user_key,
-                "creationDate" => &mut fields.creation_date,
-                "key" => &mut fields.key,
-                "variation" => &mut fields.variation,
-                "value" => &mut fields.value,
-                "default" => &mut fields.default,
-                "version" => &mut fields.version,
-                "source" => &mut fields.source,
-                "metadata" => &mut fields.metadata,
-                "evaluationContext" => &mut fields.evaluation_context,
-                "trackingEventDetails" => &mut fields.tracking_event_details,
-                other => match self.envelope_fields.iter().position(|f| f == other) {
-                    Some(rank) if rank < envelope_rank => {
-                        envelope_rank = rank;
-                        &mut fields.envelope
+        while let Some(name) = map.next_key_seed(KeySeed)? {
+            fields.foreign |= matches!(name, Cow::Owned(_));
+            let (field, slot) = match name.as_ref() {
+                "kind" => (Field::Kind, &mut fields.kind),
+                "contextKind" => (Field::ContextKind, &mut fields.context_kind),
+                "userKey" => (Field::UserKey, &mut fields.user_key),
+                "creationDate" => (Field::CreationDate, &mut fields.creation_date),
+                "key" => (Field::Key, &mut fields.key),
+                "variation" => (Field::Variation, &mut fields.variation),
+                "value" => (Field::Value, &mut fields.value),
+                "default" => (Field::Default, &mut fields.default),
+                "version" => (Field::Version, &mut fields.version),
+                "source" => (Field::Source, &mut fields.source),
+                "metadata" => (Field::Metadata, &mut fields.metadata),
+                "evaluationContext" => (Field::EvaluationContext, &mut fields.evaluation_context),
+                "trackingEventDetails" => (
+                    Field::TrackingEventDetails,
+                    &mut fields.tracking_event_details,
+                ),
+                other => {
+                    fields.foreign = true;
+                    match self.envelope_fields.iter().position(|f| f == other) {
+                        Some(rank) if rank < envelope_rank => {
+                            envelope_rank = rank;
+                            fields.envelope = Some(map.next_value::<&'de RawValue>()?);
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
                     }
-                    _ => {
-                        map.next_value::<IgnoredAny>()?;
-                        continue;
-                    }
-                },
+                    continue;
+                }
             };
             *slot = Some(map.next_value::<&'de RawValue>()?);
+            match fields.order.get_mut(fields.order_len) {
+                Some(at) => *at = field,
+                None => fields.foreign = true,
+            }
+            fields.order_len += 1;
         }
         Ok(fields)
+    }
+}
+
+/// An object key, borrowed from the line unless it has escapes. (`Cow<str>`'s own
+/// `Deserialize` always allocates.)
+struct KeySeed;
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string key")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
     }
 }
 
@@ -531,6 +685,8 @@ mod tests {
         let mut d = goff();
         let messy = r#"{ "source":"SERVER", "host":"h1", "version":"", "default":false, "value": "YO", "variation":"Default","key":"random-key","creationDate":1617970547,"userKey":"ABCD","contextKind":"anonymousUser","kind":"feature","timestamp":"x"}"#;
         assert_eq!(ok(&mut d, messy), E1);
+        let escaped_key = E1.replacen(r#""kind""#, r#""ki\u006ed""#, 1);
+        assert_eq!(ok(&mut d, &escaped_key), E1);
     }
 
     #[test]
@@ -599,6 +755,63 @@ mod tests {
         assert_eq!(ok(&mut d, &reordered), E1);
         let with_extra = format!(r#"{{"host":"h",{}"#, &E1[1..]);
         assert_eq!(ok(&mut d, &with_extra), E1);
+    }
+
+    /// The encoder's output for `line`, without the fast path.
+    fn encoded(line: &str) -> Result<String, Invalid> {
+        let fields = Fields::parse(line, &[])?;
+        let mut out = BytesMut::new();
+        fields.encode_goff(fields.kind()?, &mut out)?;
+        Ok(String::from_utf8(out.to_vec()).unwrap())
+    }
+
+    proptest::proptest! {
+        /// The fast path (a line already in GO Feature Flag's encoding is sent as it is)
+        /// gives exactly what the encoder gives, for lines that are almost canonical too.
+        #[test]
+        fn fast_path_agrees_with_the_encoder(
+            parts in proptest::collection::vec(0usize..12, 0..12),
+            shuffle in proptest::bool::ANY,
+            context in 0usize..3,
+            default in 0usize..4,
+            metadata in 0usize..4,
+            value in 0usize..4,
+            tracking in proptest::bool::ANY,
+        ) {
+            let context = [None, Some(r#""""#), Some(r#""user""#)][context];
+            let default = [r#"false"#, r#"true"#, r#"null"#, r#""no""#][default];
+            let metadata = [None, Some("{}"), Some(r#"{"a":1}"#), Some(r#"{"a": 1}"#)][metadata];
+            let value = [r#""Y O""#, r#"{"x":[1,2]}"#, r#"{"x": [1, 2]}"#, "null"][value];
+            let mut fields: Vec<(String, String)> = vec![("kind".into(), if tracking { r#""tracking""# } else { r#""feature""# }.into())];
+            if let Some(c) = context { fields.push(("contextKind".into(), c.into())); }
+            fields.push(("userKey".into(), r#""ABCD""#.into()));
+            fields.push(("creationDate".into(), "1617970547".into()));
+            fields.push(("key".into(), r#""k""#.into()));
+            if tracking {
+                fields.push(("evaluationContext".into(), value.replace("null", "{}").replace(r#""Y O""#, "{}")));
+                fields.push(("trackingEventDetails".into(), r#"{"e":"1"}"#.into()));
+            } else {
+                fields.push(("variation".into(), r#""Default""#.into()));
+                fields.push(("value".into(), value.into()));
+                fields.push(("default".into(), default.into()));
+                fields.push(("version".into(), r#""""#.into()));
+                fields.push(("source".into(), r#""SERVER""#.into()));
+                if let Some(m) = metadata { fields.push(("metadata".into(), m.into())); }
+            }
+            if shuffle {
+                for (i, p) in parts.iter().enumerate() {
+                    let (a, b) = (i % fields.len(), p % fields.len());
+                    fields.swap(a, b);
+                }
+            }
+            let line = format!("{{{}}}", fields.iter().map(|(k, v)| format!(r#""{k}":{v}"#)).collect::<Vec<_>>().join(","));
+            let fast = match goff().decode(&Bytes::from(line.clone()), &envelope_fields(None)) {
+                Ok(Decoded::Event(b)) => Ok(String::from_utf8(b.to_vec()).unwrap()),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e),
+            };
+            proptest::prop_assert_eq!(fast, encoded(&line), "{}", line);
+        }
     }
 
     #[test]
