@@ -263,7 +263,9 @@ retry_max_backoff = "100ms"
             Op::RenameAway { file } => {
                 let from = self.live(file);
                 if from.exists() {
-                    // flaghook has the file open once it delivered from it.
+                    // Once an event written now has arrived, this run of the pipeline has
+                    // the file open (right after a restart it may not have looked yet).
+                    self.write(&from, 1);
                     self.settle();
                     self.write(&from, 3);
                     let to = self.fresh_name(&format!("logs/away/f{file}.{{}}"));
