@@ -107,6 +107,7 @@ enum DeadLetterCommand {
 }
 
 fn main() -> ExitCode {
+    bound_allocator_growth();
     let cli = Cli::parse();
     init_logs(cli.log_level.as_deref(), cli.log_format);
     match dispatch(cli.command) {
@@ -115,6 +116,18 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Request bodies and batches of large `max_event_in_memory` are megabytes each. glibc
+/// would serve them from its heaps once the first was freed (its mmap threshold adapts
+/// upwards) and keep the freed space, so memory grew with each batch size seen. A fixed
+/// threshold returns such buffers to the system as soon as they are freed.
+fn bound_allocator_growth() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
 }
 
