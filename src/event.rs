@@ -7,6 +7,8 @@
 //! acknowledgements stay in order: a file offset moves past a bad line only after
 //! everything before it was delivered.
 
+mod canonical;
+
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
@@ -137,6 +139,13 @@ impl Decoder {
         }
     }
 
+    fn wants(&self, kind: EventType) -> bool {
+        match kind {
+            EventType::Feature => self.send_feature,
+            EventType::Tracking => self.send_tracking,
+        }
+    }
+
     /// Decodes one line (without its terminator). `envelope_fields` name the fields that
     /// may wrap the event when it has no `kind` (see [`envelope_fields`]).
     ///
@@ -153,6 +162,16 @@ impl Decoder {
         }
         let text = std::str::from_utf8(line)
             .map_err(|e| invalid(format!("not valid UTF-8 (at byte {})", e.valid_up_to())))?;
+        if self.schema == Schema::Goff {
+            if let Some(kind) = canonical::check(line) {
+                // Already in GO Feature Flag's encoding: the line is the event.
+                return Ok(if self.wants(kind) {
+                    Decoded::Event(whole.slice(..line.len()))
+                } else {
+                    Decoded::Filtered
+                });
+            }
+        }
         let outer = Fields::parse(text, envelope_fields)?;
         let inner_text = match (outer.kind, outer.envelope) {
             (None, Some(raw)) => Some(envelope_inner(raw)?),
@@ -173,16 +192,8 @@ impl Decoder {
             Schema::Any => compact(json.as_bytes(), &mut self.arena),
             Schema::Goff => {
                 let kind = fields.kind()?;
-                let wanted = match kind {
-                    EventType::Feature => self.send_feature,
-                    EventType::Tracking => self.send_tracking,
-                };
-                if !wanted {
+                if !self.wants(kind) {
                     return Ok(Decoded::Filtered);
-                }
-                if fields.is_canonical(kind, line) {
-                    // Already in GO Feature Flag's encoding: the line is the event.
-                    return Ok(Decoded::Event(whole.slice(..line.len())));
                 }
                 if let Err(e) = fields.encode_goff(kind, &mut self.arena) {
                     self.arena.clear();
@@ -243,119 +254,9 @@ struct Fields<'a> {
     tracking_event_details: Option<&'a RawValue>,
     /// The first envelope field found, by preference.
     envelope: Option<&'a RawValue>,
-    /// The GO Feature Flag fields in the order they came (see [`Fields::is_canonical`]).
-    order: [Field; 16],
-    order_len: usize,
-    /// Set when the object has any other key, or a key written with escapes.
-    foreign: bool,
-}
-
-/// GO Feature Flag's fields, numbered in its encoding order.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum Field {
-    #[default]
-    Kind,
-    ContextKind,
-    UserKey,
-    CreationDate,
-    Key,
-    Variation,
-    Value,
-    Default,
-    Version,
-    Source,
-    Metadata,
-    EvaluationContext,
-    TrackingEventDetails,
 }
 
 impl<'a> Fields<'a> {
-    /// Whether the line is exactly what [`Fields::encode_goff`] would write: GO Feature
-    /// Flag's fields only, in its order, compact, with the types it writes. Then the line
-    /// is valid and can be sent as it is, without encoding it again.
-    fn is_canonical(&self, kind: EventType, line: &[u8]) -> bool {
-        if self.foreign {
-            return false;
-        }
-        fn string(r: Option<&RawValue>) -> Option<&RawValue> {
-            r.filter(|r| r.get().starts_with('"'))
-        }
-        /// A string token is compact; anything else must have no whitespace byte at all.
-        fn compact(r: Option<&RawValue>) -> Option<&RawValue> {
-            r.filter(|r| {
-                let text = r.get();
-                text.starts_with('"')
-                    || !text
-                        .bytes()
-                        .any(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
-            })
-        }
-        fn compact_object(r: Option<&RawValue>) -> Option<&RawValue> {
-            compact(r).filter(|r| r.get().starts_with('{'))
-        }
-        let mut expected: [(Field, &str, Option<&RawValue>); 11] = [(Field::Kind, "", None); 11];
-        let mut n = 0;
-        let mut push = |field, name, raw: Option<&'a RawValue>| {
-            expected[n] = (field, name, raw);
-            n += 1;
-            raw.is_some()
-        };
-        let mut ok = push(Field::Kind, "kind", self.kind);
-        if self.context_kind.is_some() {
-            ok &= push(
-                Field::ContextKind,
-                "contextKind",
-                string(self.context_kind).filter(|r| r.get() != r#""""#),
-            );
-        }
-        ok &= push(Field::UserKey, "userKey", string(self.user_key));
-        let date = self
-            .creation_date
-            .filter(|r| r.get().parse::<i64>().is_ok());
-        ok &= push(Field::CreationDate, "creationDate", date);
-        ok &= push(Field::Key, "key", string(self.key));
-        match kind {
-            EventType::Feature => {
-                ok &= push(Field::Variation, "variation", string(self.variation));
-                ok &= push(Field::Value, "value", compact(self.value));
-                let default = self.default.filter(|r| matches!(r.get(), "true" | "false"));
-                ok &= push(Field::Default, "default", default);
-                ok &= push(Field::Version, "version", string(self.version));
-                ok &= push(Field::Source, "source", string(self.source));
-                if self.metadata.is_some() {
-                    let metadata = compact_object(self.metadata).filter(|r| r.get() != "{}");
-                    ok &= push(Field::Metadata, "metadata", metadata);
-                }
-            }
-            EventType::Tracking => {
-                ok &= push(
-                    Field::EvaluationContext,
-                    "evaluationContext",
-                    compact_object(self.evaluation_context),
-                );
-                ok &= push(
-                    Field::TrackingEventDetails,
-                    "trackingEventDetails",
-                    compact_object(self.tracking_event_details),
-                );
-            }
-        }
-        let expected = &expected[..n];
-        if !ok
-            || !self.order[..self.order_len]
-                .iter()
-                .eq(expected.iter().map(|e| &e.0))
-        {
-            return false;
-        }
-        // `{` `}`, commas, and `"name":value` per field: equal lengths mean no whitespace.
-        let len: usize = expected
-            .iter()
-            .map(|(_, name, raw)| name.len() + 3 + raw.map_or(0, |r| r.get().len()))
-            .sum();
-        line.len() == len + 2 + (n - 1)
-    }
-
     fn parse(text: &'a str, envelope_fields: &[String]) -> Result<Self, Invalid> {
         if !text.trim_start().starts_with('{') {
             // Still parse, so that "not JSON" and "not an object" are told apart.
@@ -578,44 +479,32 @@ impl<'de> Visitor<'de> for FieldsSeed<'_> {
         let mut fields = Fields::default();
         let mut envelope_rank = usize::MAX;
         while let Some(name) = map.next_key_seed(KeySeed)? {
-            fields.foreign |= matches!(name, Cow::Owned(_));
-            let (field, slot) = match name.as_ref() {
-                "kind" => (Field::Kind, &mut fields.kind),
-                "contextKind" => (Field::ContextKind, &mut fields.context_kind),
-                "userKey" => (Field::UserKey, &mut fields.user_key),
-                "creationDate" => (Field::CreationDate, &mut fields.creation_date),
-                "key" => (Field::Key, &mut fields.key),
-                "variation" => (Field::Variation, &mut fields.variation),
-                "value" => (Field::Value, &mut fields.value),
-                "default" => (Field::Default, &mut fields.default),
-                "version" => (Field::Version, &mut fields.version),
-                "source" => (Field::Source, &mut fields.source),
-                "metadata" => (Field::Metadata, &mut fields.metadata),
-                "evaluationContext" => (Field::EvaluationContext, &mut fields.evaluation_context),
-                "trackingEventDetails" => (
-                    Field::TrackingEventDetails,
-                    &mut fields.tracking_event_details,
-                ),
-                other => {
-                    fields.foreign = true;
-                    match self.envelope_fields.iter().position(|f| f == other) {
-                        Some(rank) if rank < envelope_rank => {
-                            envelope_rank = rank;
-                            fields.envelope = Some(map.next_value::<&'de RawValue>()?);
-                        }
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
+            let slot = match name.as_ref() {
+                "kind" => &mut fields.kind,
+                "contextKind" => &mut fields.context_kind,
+                "userKey" => &mut fields.user_key,
+                "creationDate" => &mut fields.creation_date,
+                "key" => &mut fields.key,
+                "variation" => &mut fields.variation,
+                "value" => &mut fields.value,
+                "default" => &mut fields.default,
+                "version" => &mut fields.version,
+                "source" => &mut fields.source,
+                "metadata" => &mut fields.metadata,
+                "evaluationContext" => &mut fields.evaluation_context,
+                "trackingEventDetails" => &mut fields.tracking_event_details,
+                other => match self.envelope_fields.iter().position(|f| f == other) {
+                    Some(rank) if rank < envelope_rank => {
+                        envelope_rank = rank;
+                        &mut fields.envelope
                     }
-                    continue;
-                }
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
+                    }
+                },
             };
             *slot = Some(map.next_value::<&'de RawValue>()?);
-            match fields.order.get_mut(fields.order_len) {
-                Some(at) => *at = field,
-                None => fields.foreign = true,
-            }
-            fields.order_len += 1;
         }
         Ok(fields)
     }
@@ -811,6 +700,53 @@ mod tests {
                 Err(e) => Err(e),
             };
             proptest::prop_assert_eq!(fast, encoded(&line), "{}", line);
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the fast path accepts, the general path accepts too and encodes to the
+        /// very same bytes: random edits of canonical lines, near the JSON syntax.
+        #[test]
+        fn fast_path_accepts_only_what_the_encoder_reproduces(
+            base in 0usize..3,
+            edits in proptest::collection::vec((0usize..400, 0usize..40, 0usize..3), 1..4),
+        ) {
+            let bases = [E1, TRACK, r#"{"kind":"feature","userKey":"A\"B\u00e9","creationDate":-5,"key":"k","variation":"v","value":[1.5e3,{"a":null},"x"],"default":true,"version":"1","source":"S","metadata":{"m":[true,false,0]}}"#];
+            let alphabet = b"{}[]\",:\\0123456789-.eE+uatrfln \t\x01ZD8";
+            let mut line = bases[base].as_bytes().to_vec();
+            for (at, c, op) in edits {
+                let at = at % (line.len() + 1);
+                let c = alphabet[c % alphabet.len()];
+                match op {
+                    0 if at < line.len() => line[at] = c,
+                    1 => line.insert(at, c),
+                    _ if at < line.len() => { line.remove(at); }
+                    _ => {}
+                }
+            }
+            if canonical::check(&line).is_some() {
+                let text = std::str::from_utf8(&line).unwrap();
+                let general = encoded(text);
+                proptest::prop_assert_eq!(general.as_deref(), Ok(text), "{}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn canonical_lines_are_recognised() {
+        for line in [E1, TRACK] {
+            assert!(canonical::check(line.as_bytes()).is_some(), "{line}");
+        }
+        let not = [
+            E1.replace("false", "null"),
+            E1.replace(r#""anonymousUser""#, r#""""#),
+            E1.replace(":1617970547", ":01617970547"),
+            E1.replace(r#""YO""#, r#""\ud800""#),
+            E1.replace(r#""YO""#, r#""Y\u+0aO""#),
+            format!("{E1} "),
+        ];
+        for line in not {
+            assert!(canonical::check(line.as_bytes()).is_none(), "{line}");
         }
     }
 
