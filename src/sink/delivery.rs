@@ -53,38 +53,7 @@ pub struct SinkParts {
 /// Runs the sink until its input ends and everything is delivered, dead-lettered, or
 /// (after the shutdown grace period) left for the next run.
 pub async fn run(parts: SinkParts, input: mpsc::Receiver<Block>, shutdown: CancellationToken) {
-    let SinkParts {
-        name,
-        poster,
-        delivery,
-        decoder,
-        budget,
-        stats,
-        dead_letters,
-        acks,
-        spill_path,
-    } = parts;
-    let grace = Grace::new(shutdown, delivery.shutdown_timeout);
-    let mut sink = Sink {
-        name,
-        poster,
-        delivery,
-        budget,
-        stats,
-        dead_letters,
-        acks,
-        spill_path,
-        lane: RetryLane::default(),
-        grace,
-        attempt: 0,
-        failing_since: None,
-        spilled_left: 0,
-        abandoned: Vec::new(),
-        persisting: None,
-        not_before: None,
-        failed_at_shutdown: false,
-    };
-    sink.load_spill();
+    let (mut sink, decoder) = Sink::new(parts, shutdown);
 
     let (tx, rx) = mpsc::channel(8);
     let decode = tokio::spawn(decode_blocks(
@@ -103,12 +72,25 @@ pub async fn run(parts: SinkParts, input: mpsc::Receiver<Block>, shutdown: Cance
         sink.delivery.max_events,
         sink.delivery.flush_interval
     ));
-    // While a batch is in flight, the next one is gathered, encoded and signed, so that
-    // it is ready when the response comes. Only one request is in flight at a time, which
-    // keeps the order: if the first fails, both go back on the lane, oldest first.
-    // Gathering the next batch while a failed one still holds its budget needs room for
-    // both: the sources cut their blocks to fit (see `source::Output`); with a smaller
-    // budget, batches are gathered one at a time.
+    send_batches(&mut sink, batched.as_mut()).await;
+    sink.drain_lane().await;
+    sink.persisted().await;
+    sink.finish();
+    let _ = decode.await;
+}
+
+/// Sends every batch of `batched` until the input ends.
+///
+/// While a batch is in flight, the next one is gathered, encoded and signed, so that it is
+/// ready when the response comes. Only one request is in flight at a time, which keeps the
+/// order: if the first fails, both go back on the lane, oldest first. Gathering the next
+/// batch while a failed one still holds its budget needs room for both: the sources cut
+/// their blocks to fit (see `source::Output`); with a smaller budget, batches are gathered
+/// one at a time.
+async fn send_batches<S>(sink: &mut Sink, mut batched: std::pin::Pin<&mut S>)
+where
+    S: futures::Stream<Item = Vec<Item>>,
+{
     let prefetch = sink.budget.cap() >= 2 * sink.delivery.max_events;
     let poster = sink.poster.clone();
     let prepare = |batch: Vec<Item>| {
@@ -161,18 +143,6 @@ pub async fn run(parts: SinkParts, input: mpsc::Receiver<Block>, shutdown: Cance
             }
         }
     }
-    loop {
-        let batch = sink.lane.take(sink.delivery.max_events);
-        if batch.is_empty() {
-            break;
-        }
-        if let Some(failed) = sink.handle(batch, None).await {
-            sink.lane.push_front(failed);
-        }
-    }
-    sink.persisted().await;
-    sink.finish();
-    let _ = decode.await;
 }
 
 struct Sink {
@@ -211,6 +181,58 @@ struct Failure {
 }
 
 impl Sink {
+    /// The sink, with the events spilled at the last shutdown first on its lane, and the
+    /// decoder for its decode task.
+    fn new(parts: SinkParts, shutdown: CancellationToken) -> (Sink, Decoder) {
+        let SinkParts {
+            name,
+            poster,
+            delivery,
+            decoder,
+            budget,
+            stats,
+            dead_letters,
+            acks,
+            spill_path,
+        } = parts;
+        let grace = Grace::new(shutdown, delivery.shutdown_timeout);
+        let mut sink = Sink {
+            name,
+            poster,
+            delivery,
+            budget,
+            stats,
+            dead_letters,
+            acks,
+            spill_path,
+            lane: RetryLane::default(),
+            grace,
+            attempt: 0,
+            failing_since: None,
+            spilled_left: 0,
+            abandoned: Vec::new(),
+            persisting: None,
+            not_before: None,
+            failed_at_shutdown: false,
+        };
+        sink.load_spill();
+        (sink, decoder)
+    }
+
+    /// The input has ended: retries what is left on the lane until it is delivered, or
+    /// until the shutdown grace period ends.
+    async fn drain_lane(&mut self) {
+        loop {
+            let batch = self.lane.take(self.delivery.max_events);
+            if batch.is_empty() {
+                break;
+            }
+            if let Some(failed) = self.handle(batch, None).await {
+                self.lane.push_front(failed);
+            }
+        }
+    }
+
     /// Delivers `batch` (`signed`: its body, when already built), or returns it to be
     /// retried after the backoff it waited.
     ///
