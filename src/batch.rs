@@ -138,6 +138,31 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_secs(60));
     }
 
+    /// The sink relies on this to know whether the batcher holds newer items when a batch
+    /// fails (see `sink::delivery::send_batches`).
+    #[tokio::test(start_paused = true)]
+    async fn size_hint_tells_whether_items_are_pending() {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let out = batches(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            RetryLane::default(),
+            3,
+            Duration::from_secs(1),
+        );
+        let mut out = Box::pin(out);
+        assert_eq!(out.size_hint().0, 0);
+        tx.send(item(0)).await.unwrap();
+        let poll = futures::poll!(std::pin::pin!(out.next()));
+        assert!(poll.is_pending(), "one item of three, before the interval");
+        assert_eq!(
+            out.size_hint().0,
+            1,
+            "a pending item shows in the lower bound"
+        );
+        assert_eq!(numbers(&out.next().await.unwrap()), ["0"]);
+        assert_eq!(out.size_hint().0, 0);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn retried_items_go_out_before_newer_ones() {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
