@@ -4,10 +4,12 @@
 //!     cargo bench --bench micro
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 use flaghook::event::{envelope_fields, Decoded, Decoder, EventType, Schema};
 use flaghook::source::lines::LineSplitter;
+
+const EVENTS: usize = 10_000;
 
 /// 10 000 realistic GO Feature Flag feature events (~190 bytes each), one per line.
 fn events() -> Vec<String> {
@@ -27,7 +29,7 @@ fn events() -> Vec<String> {
         r#"{"layout":"grid","columns":3}"#,
         r#""Bienvenue \"VIP\" à bord""#,
     ];
-    (0..10_000u64)
+    (0..EVENTS as u64)
         .map(|i| {
             let ctx = if i % 3 == 0 { "anonymousUser" } else { "user" };
             format!(
@@ -53,75 +55,71 @@ fn text(events: &[String]) -> Vec<u8> {
     out
 }
 
+/// Runs `f` (one pass over the 10 000 events, `bytes` bytes in all) twice, so that
+/// criterion reports both bytes/s and events/s.
+fn measure(c: &mut Criterion, name: &str, bytes: usize, mut f: impl FnMut()) {
+    let mut group = c.benchmark_group(name);
+    group.throughput(Throughput::Bytes(bytes as u64));
+    group.bench_function("bytes", |b| b.iter(&mut f));
+    group.throughput(Throughput::Elements(EVENTS as u64));
+    group.bench_function("events", |b| b.iter(&mut f));
+    group.finish();
+}
+
 fn bench(c: &mut Criterion) {
     let events = events();
     let input = text(&events);
-    let n = events.len() as u64;
-
-    let mut group = c.benchmark_group("split_lines");
-    group.throughput(Throughput::Bytes(input.len() as u64));
-    group.bench_function("10k_events", |b| {
-        b.iter(|| {
-            let mut splitter = LineSplitter::new(102_400, 0);
-            splitter.buffer().extend_from_slice(&input);
-            let mut lines = Vec::with_capacity(events.len());
-            splitter.split(&mut lines);
-            assert_eq!(lines.len(), events.len());
-        })
-    });
-    group.finish();
-
-    let mut group = c.benchmark_group("validate_json_floor");
-    group.throughput(Throughput::Elements(n));
-    group.bench_function("10k_events", |b| {
-        b.iter(|| {
-            for e in &events {
-                serde_json::from_str::<serde::de::IgnoredAny>(e).unwrap();
-            }
-        })
-    });
-    group.finish();
-
-    let envelope = envelope_fields(None);
-    for (name, schema) in [("decode_goff", Schema::Goff), ("decode_any", Schema::Any)] {
-        let mut group = c.benchmark_group(name);
-        group.throughput(Throughput::Elements(n));
-        let mut decoder = Decoder::new(schema, &[EventType::Feature, EventType::Tracking]);
-        let lines: Vec<Bytes> = events
-            .iter()
-            .map(|e| Bytes::copy_from_slice(e.as_bytes()))
-            .collect();
-        group.bench_function("10k_events", |b| {
-            b.iter(|| {
-                for line in &lines {
-                    let decoded = decoder.decode(line, &envelope).unwrap();
-                    assert!(matches!(decoded, Decoded::Event(_)));
-                }
-            })
-        });
-        group.finish();
-    }
-
-    let encoded: Vec<Bytes> = events
+    let lines: Vec<Bytes> = events
         .iter()
         .map(|e| Bytes::copy_from_slice(e.as_bytes()))
         .collect();
-    let body = build_body(&encoded);
-    let mut group = c.benchmark_group("build_body");
-    group.throughput(Throughput::Bytes(body.len() as u64));
-    group.bench_function("10k_events", |b| b.iter(|| build_body(&encoded)));
-    group.finish();
+    // The same events as a Vector socket sink sends them: the event is a string in `message`.
+    let wrapped: Vec<Bytes> = events
+        .iter()
+        .map(|e| {
+            let message = serde_json::to_string(e).unwrap();
+            Bytes::from(format!(r#"{{"host":"h1","message":{message},"source_type":"file","timestamp":"2026-11-28T17:00:00Z"}}"#))
+        })
+        .collect();
+    let size = |lines: &[Bytes]| lines.iter().map(|l| l.len() + 1).sum::<usize>();
 
-    let mut group = c.benchmark_group("sign_body");
-    group.throughput(Throughput::Bytes(body.len() as u64));
-    group.bench_function("10k_events", |b| {
-        b.iter_batched(
-            || body.clone(),
-            |body| flaghook::sign::signature(b"secret", &body),
-            BatchSize::SmallInput,
-        )
+    measure(c, "split_lines", input.len(), || {
+        let mut splitter = LineSplitter::new(102_400, 0);
+        splitter.buffer().extend_from_slice(&input);
+        let mut out = Vec::with_capacity(EVENTS);
+        splitter.split(&mut out);
+        assert_eq!(out.len(), EVENTS);
     });
-    group.finish();
+
+    measure(c, "validate_json_floor", input.len(), || {
+        for e in &events {
+            serde_json::from_str::<serde::de::IgnoredAny>(e).unwrap();
+        }
+    });
+
+    let envelope = envelope_fields(None);
+    let cases = [
+        ("decode_goff_canonical", Schema::Goff, &lines),
+        ("decode_goff_vector_envelope", Schema::Goff, &wrapped),
+        ("decode_any", Schema::Any, &lines),
+    ];
+    for (name, schema, input) in cases {
+        let mut decoder = Decoder::new(schema, &[EventType::Feature, EventType::Tracking]);
+        measure(c, name, size(input), || {
+            for line in input.iter() {
+                let decoded = decoder.decode(line, &envelope).unwrap();
+                assert!(matches!(decoded, Decoded::Event(_)));
+            }
+        });
+    }
+
+    let body = build_body(&lines);
+    measure(c, "build_body", body.len(), || {
+        build_body(&lines);
+    });
+    measure(c, "sign_body", body.len(), || {
+        flaghook::sign::signature(b"secret", &body);
+    });
 }
 
 fn build_body(events: &[Bytes]) -> Bytes {

@@ -139,6 +139,13 @@ impl Decoder {
         }
     }
 
+    /// Room in the scratch buffer for an event of about `len` bytes, taken a chunk at a time.
+    fn make_room(&mut self, len: usize) {
+        if self.arena.capacity() - self.arena.len() < len + 64 {
+            self.arena.reserve(ARENA_CHUNK.max(len * 2));
+        }
+    }
+
     fn wants(&self, kind: EventType) -> bool {
         match kind {
             EventType::Feature => self.send_feature,
@@ -177,6 +184,17 @@ impl Decoder {
             (None, Some(raw)) => Some(envelope_inner(raw)?),
             _ => None,
         };
+        if let (Some(t), Schema::Goff) = (&inner_text, self.schema) {
+            if let Some(kind) = canonical::check(t.as_bytes()) {
+                // A shipper's envelope around an event in GO Feature Flag's encoding.
+                if !self.wants(kind) {
+                    return Ok(Decoded::Filtered);
+                }
+                self.make_room(t.len());
+                self.arena.extend_from_slice(t.as_bytes());
+                return Ok(Decoded::Event(self.arena.split().freeze()));
+            }
+        }
         let inner = match &inner_text {
             Some(t) => Some(Fields::parse(t, &[])?),
             None => None,
@@ -185,9 +203,7 @@ impl Decoder {
             (Some(f), Some(t)) => (f, t.as_ref()),
             _ => (&outer, text),
         };
-        if self.arena.capacity() - self.arena.len() < json.len() + 64 {
-            self.arena.reserve(ARENA_CHUNK.max(json.len() * 2));
-        }
+        self.make_room(json.len());
         match self.schema {
             Schema::Any => compact(json.as_bytes(), &mut self.arena),
             Schema::Goff => {
