@@ -97,6 +97,37 @@ max_event_in_memory = 100
     assert_eq!(server.requests().len(), 2);
 }
 
+/// With `buffer_max_events` equal to `max_event_in_memory` there is no room to gather the
+/// next batch while one is in flight: batches go one at a time, failures are retried in
+/// order and nothing stalls.
+#[test]
+fn smallest_budget_retries_in_order_without_stalling() {
+    let server = TestServer::scripted(
+        vec![Reply::status(500), Reply::ok(), Reply::status(503)],
+        Reply::ok(),
+    );
+    let ws = Workspace::new();
+    let events = feature_events(0, 10);
+    let config = ws.file_pipeline(
+        jsonl(&events),
+        &server.url(),
+        r#"max_event_in_memory = 3
+buffer_max_events = 3
+flush_interval = "100ms"
+retry_initial_backoff = "50ms"
+retry_max_backoff = "100ms""#,
+    );
+    let out = run_once(&config);
+    out.assert_code(0);
+    assert_eq!(server.delivered(), events, "{out}");
+    for r in server.requests() {
+        assert!(r.events().len() <= 3, "{out}");
+    }
+    let s = out.summary();
+    assert_eq!(s.events_delivered, 10, "{out}");
+    assert!(out.stdout.contains("peak_events_in_memory=3"), "{out}");
+}
+
 /// Vector's classic sink test: 500 for the first two requests, then 200: every event arrives
 /// exactly once, in order.
 #[test]

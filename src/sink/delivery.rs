@@ -28,12 +28,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use super::deadletter::{DeadLetters, Record};
-use super::webhook::{backoff, halves, Decision, Delivery, Grace, Poster, Signed};
+use super::webhook::{backoff, Decision, Delivery, Poster, Signed};
 use super::Stats;
 use crate::batch::{batches, RetryLane};
 use crate::event::{Ack, Block, Decoded, Decoder, Invalid, Item};
 use crate::source::file::checkpoint::{write_atomically, Checkpointer};
-use crate::source::Budget;
+use crate::source::{gathers_ahead, Budget};
 
 /// Everything a sink needs to run.
 #[derive(Debug)]
@@ -91,7 +91,7 @@ async fn send_batches<S>(sink: &mut Sink, mut batched: std::pin::Pin<&mut S>)
 where
     S: futures::Stream<Item = Vec<Item>>,
 {
-    let prefetch = sink.budget.cap() >= 2 * sink.delivery.max_events;
+    let prefetch = gathers_ahead(sink.budget.cap(), sink.delivery.max_events);
     let poster = sink.poster.clone();
     let prepare = |batch: Vec<Item>| {
         let signed = poster.prepare(batch.iter().filter_map(|i| i.event.as_ref()));
@@ -613,5 +613,87 @@ fn location(block: &Block, number: u64, end: u64, is_file: bool) -> String {
         format!("{} line {number} (ends at byte {end})", block.origin)
     } else {
         format!("{} line {number}", block.origin)
+    }
+}
+
+/// Tracks the shutdown grace period.
+#[derive(Debug)]
+struct Grace {
+    token: CancellationToken,
+    timeout: Duration,
+    deadline: Option<Instant>,
+}
+
+impl Grace {
+    fn new(token: CancellationToken, timeout: Duration) -> Self {
+        Grace {
+            token,
+            timeout,
+            deadline: None,
+        }
+    }
+
+    /// When delivery must stop, once shutdown was asked.
+    fn deadline(&mut self) -> Option<Instant> {
+        if self.deadline.is_none() && self.token.is_cancelled() {
+            self.deadline = Some(Instant::now() + self.timeout);
+        }
+        self.deadline
+    }
+
+    fn expired(&mut self) -> bool {
+        self.deadline().is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Sleeps `delay`, cut short at the deadline; wakes at once when shutdown is asked
+    /// (so that pending events get a prompt attempt). Returns false when the deadline
+    /// has passed.
+    async fn sleep(&mut self, delay: Duration) -> bool {
+        let until = tokio::time::Instant::now() + delay;
+        if self.deadline().is_none() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return true,
+                _ = self.token.cancelled() => return true,
+            }
+        }
+        let deadline = tokio::time::Instant::from_std(self.deadline().expect("cancelled"));
+        tokio::time::sleep_until(until.min(deadline)).await;
+        !self.expired()
+    }
+}
+
+/// Splits `items` into two halves with about the same number of events.
+fn halves(mut items: Vec<Item>) -> (Vec<Item>, Vec<Item>) {
+    let events = items.iter().filter(|i| i.event.is_some()).count();
+    let mut seen = 0;
+    let cut = items
+        .iter()
+        .position(|i| {
+            seen += usize::from(i.event.is_some());
+            seen > events / 2
+        })
+        .unwrap_or(items.len());
+    let second = items.split_off(cut);
+    (items, second)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn halves_split_events_evenly() {
+        let item = |e: bool| Item {
+            event: e.then(|| Bytes::from_static(b"{}")),
+            ack: None,
+        };
+        let (a, b) = halves(vec![
+            item(true),
+            item(false),
+            item(true),
+            item(true),
+            item(true),
+        ]);
+        assert_eq!((a.len(), b.len()), (3, 2));
     }
 }

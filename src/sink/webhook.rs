@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -20,10 +20,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rand::Rng;
 use serde::Deserialize;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::HumanDuration;
-use crate::event::{EventType, Item, Schema};
+use crate::event::{EventType, Schema};
 
 fn default_flush_interval() -> HumanDuration {
     HumanDuration(Duration::from_secs(60))
@@ -541,67 +540,6 @@ impl From<&WebhookConfig> for Delivery {
     }
 }
 
-/// Tracks the shutdown grace period.
-#[derive(Debug)]
-pub struct Grace {
-    token: CancellationToken,
-    timeout: Duration,
-    deadline: Option<Instant>,
-}
-
-impl Grace {
-    pub fn new(token: CancellationToken, timeout: Duration) -> Self {
-        Grace {
-            token,
-            timeout,
-            deadline: None,
-        }
-    }
-
-    /// When delivery must stop, once shutdown was asked.
-    pub fn deadline(&mut self) -> Option<Instant> {
-        if self.deadline.is_none() && self.token.is_cancelled() {
-            self.deadline = Some(Instant::now() + self.timeout);
-        }
-        self.deadline
-    }
-
-    pub fn expired(&mut self) -> bool {
-        self.deadline().is_some_and(|d| Instant::now() >= d)
-    }
-
-    /// Sleeps `delay`, cut short at the deadline; wakes at once when shutdown is asked
-    /// (so that pending events get a prompt attempt). Returns false when the deadline
-    /// has passed.
-    pub async fn sleep(&mut self, delay: Duration) -> bool {
-        let until = tokio::time::Instant::now() + delay;
-        if self.deadline().is_none() {
-            tokio::select! {
-                _ = tokio::time::sleep_until(until) => return true,
-                _ = self.token.cancelled() => return true,
-            }
-        }
-        let deadline = tokio::time::Instant::from_std(self.deadline().expect("cancelled"));
-        tokio::time::sleep_until(until.min(deadline)).await;
-        !self.expired()
-    }
-}
-
-/// Splits `items` into two halves with about the same number of events.
-pub fn halves(mut items: Vec<Item>) -> (Vec<Item>, Vec<Item>) {
-    let events = items.iter().filter(|i| i.event.is_some()).count();
-    let mut seen = 0;
-    let cut = items
-        .iter()
-        .position(|i| {
-            seen += usize::from(i.event.is_some());
-            seen > events / 2
-        })
-        .unwrap_or(items.len());
-    let second = items.split_off(cut);
-    (items, second)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -676,21 +614,5 @@ headers = { Authorization = "Bearer tok3n" }"#,
             !shown.contains("hunter2") && !shown.contains("tok3n"),
             "{shown}"
         );
-    }
-
-    #[test]
-    fn halves_split_events_evenly() {
-        let item = |e: bool| Item {
-            event: e.then(|| Bytes::from_static(b"{}")),
-            ack: None,
-        };
-        let (a, b) = halves(vec![
-            item(true),
-            item(false),
-            item(true),
-            item(true),
-            item(true),
-        ]);
-        assert_eq!((a.len(), b.len()), (3, 2));
     }
 }

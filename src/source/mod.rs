@@ -63,15 +63,16 @@ impl Budget {
         self.cap
     }
 
-    /// Lines held right now.
-    pub fn in_use(&self) -> usize {
-        self.in_use.load(Ordering::Relaxed)
-    }
-
     /// The most lines ever held at once.
     pub fn peak(&self) -> usize {
         self.peak.load(Ordering::Relaxed)
     }
+}
+
+/// Whether a sink with a budget of `cap` events and batches of up to `max_events` gathers
+/// its next batch while one is in flight: that needs room for two full batches.
+pub fn gathers_ahead(cap: usize, max_events: usize) -> bool {
+    cap >= 2 * max_events
 }
 
 /// One sink's input, as a source sees it.
@@ -96,17 +97,18 @@ pub struct Output {
 pub struct Closed;
 
 impl Output {
-    /// `max_events` per sink: its largest batch. A block leaves room for a full batch in
-    /// each budget, so that a sink can gather its next batch while a failed one waits.
+    /// Blocks fit every sink's budget; for a sink that gathers its next batch while one is
+    /// in flight (see [`gathers_ahead`]), a block also leaves room for that full batch.
     pub fn new(sinks: Vec<SinkInput>) -> Self {
         let max_block = sinks
             .iter()
             .map(|s| {
-                s.budget
-                    .cap()
-                    .saturating_sub(s.max_events)
-                    .max(1)
-                    .min(s.budget.cap())
+                let cap = s.budget.cap();
+                if gathers_ahead(cap, s.max_events) {
+                    cap - s.max_events
+                } else {
+                    cap
+                }
             })
             .min()
             .unwrap_or(1)
