@@ -298,7 +298,12 @@ impl Checked {
             match sink {
                 SinkConfig::Webhook(c) => c.validate(&key)?,
             }
-            for input in sink.inputs() {
+            for (i, input) in sink.inputs().iter().enumerate() {
+                if sink.inputs()[..i].contains(input) {
+                    bail!(
+                        "`{key}.inputs` names `{input}` twice: each source is read once per sink (example: inputs = [\"{input}\"])"
+                    );
+                }
                 if !self.sources.contains_key(input) {
                     bail!(
                         "`{key}.inputs` names `{input}`, which is not a declared source (declared: {})",

@@ -20,8 +20,8 @@ use serde_json::value::RawValue;
 /// A file position that is acknowledged once every sink has delivered what precedes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ack {
-    /// Index of the source (its checkpointer) in the topology.
-    pub source: usize,
+    /// Which of the sink's inputs the line came through (see [`Block::input`]).
+    pub input: usize,
     /// The tailed file, as the source numbers them.
     pub file: u64,
     /// Byte offset just past the line.
@@ -35,8 +35,11 @@ pub struct Block {
     pub source_name: Arc<str>,
     /// Where the lines come from: a path, a peer address, `stdin`.
     pub origin: Arc<str>,
-    /// For file sources: the source index and file number, to build [`Ack`]s.
-    pub ack: Option<(usize, u64)>,
+    /// For file sources: the file, as the source numbers them, to build [`Ack`]s.
+    pub file: Option<u64>,
+    /// Which of the receiving sink's inputs this block came through; set by
+    /// [`crate::source::Output`] for each sink, so the sink finds its acknowledgement handle.
+    pub input: usize,
     /// Fields that may wrap an event (see [`envelope_fields`]).
     pub envelope: Arc<[String]>,
     pub lines: Vec<Line>,

@@ -17,10 +17,12 @@
 //!   dead-letter file.
 //! - [`sign`]: the `X-Hub-Signature-256` signature.
 //! - [`receiver`]: a signature-checking receiver, for `receive` and `demo`.
+//! - [`failpoint`]: fault injection for tests (debug builds only).
 
 pub mod batch;
 pub mod config;
 pub mod event;
+pub mod failpoint;
 pub mod receiver;
 pub mod sign;
 pub mod sink;

@@ -4,11 +4,12 @@
 //! partial batch and drains its retries (within its grace period at shutdown) -> the
 //! checkpoints are written last, so they hold every acknowledgement.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +22,7 @@ use crate::sink::webhook::{Delivery, Poster};
 use crate::sink::Stats;
 use crate::source::file::checkpoint::Checkpointer;
 use crate::source::file::FileSource;
-use crate::source::{self, Budget, Output, SinkInput};
+use crate::source::{self, Budget, Output, SinkInput, Subscriptions};
 
 /// What a run did, summed over sinks.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -59,56 +60,47 @@ impl Summary {
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs every pipeline of `config` until the sources end (`once`) or `shutdown` fires.
+///
+/// A task that panics does not go unnoticed: the other tasks are stopped as at shutdown
+/// (a stopped sink releases the sources waiting on its memory budget), and the run ends
+/// with an error naming the task, never with a summary.
 pub async fn run(config: Validated, once: bool, shutdown: CancellationToken) -> Result<Summary> {
     prepare_data_dir(&config.data_dir)?;
-    let source_names: Vec<&String> = config.sources.keys().collect();
     let base = config
         .path
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
+    let stop = shutdown.child_token();
 
-    // Each file source's checkpointer counts the sinks that must acknowledge its lines.
-    let mut checkpointers = Vec::new();
-    for (name, source) in &config.sources {
-        let readers = config
-            .sinks
-            .values()
-            .filter(|s| s.inputs().contains(name))
-            .count();
-        checkpointers.push(match source {
-            SourceConfig::File(_) => {
-                let path = config
-                    .data_dir
-                    .join("checkpoints")
-                    .join(format!("{name}.json"));
-                Some(Arc::new(Checkpointer::load(path, readers)))
-            }
-            _ => None,
-        });
-    }
+    // Each file source's checkpointer; every sink that reads the source subscribes to it.
+    let checkpointers: BTreeMap<&str, Arc<Checkpointer>> = config
+        .sources
+        .iter()
+        .filter(|(_, source)| matches!(source, SourceConfig::File(_)))
+        .map(|(name, _)| {
+            let path = config
+                .data_dir
+                .join("checkpoints")
+                .join(format!("{name}.json"));
+            (name.as_str(), Arc::new(Checkpointer::load(path)))
+        })
+        .collect();
 
-    let mut inputs: Vec<Vec<SinkInput>> = vec![Vec::new(); source_names.len()];
-    let mut sinks = JoinSet::new();
+    let mut outputs: BTreeMap<&str, Vec<SinkInput>> = BTreeMap::new();
+    let mut tasks = Tasks::default();
     let mut all_stats = Vec::new();
     for (name, sink) in &config.sinks {
         let SinkConfig::Webhook(c) = sink;
         let budget = Arc::new(Budget::new(c.buffer_max_events()));
         let (tx, rx) = mpsc::channel(16);
-        let mut acks = vec![None; source_names.len()];
+        let mut subscriptions = Subscriptions::new(tx, budget.clone(), c.max_event_in_memory);
         for input in &c.inputs {
-            let index = source_names
-                .iter()
-                .position(|s| *s == input)
-                .expect("validated");
-            inputs[index].push(SinkInput {
-                tx: tx.clone(),
-                budget: budget.clone(),
-                max_events: c.max_event_in_memory,
-            });
-            if let Some(cp) = &checkpointers[index] {
-                acks[index] = Some((cp.clone(), inputs[index].len() - 1));
-            }
+            let ack = checkpointers.get(input.as_str()).map(|cp| cp.subscribe());
+            outputs
+                .entry(input.as_str())
+                .or_default()
+                .push(subscriptions.subscribe(ack));
         }
         let stats = Arc::new(Stats::default());
         all_stats.push((stats.clone(), budget.clone()));
@@ -117,7 +109,7 @@ pub async fn run(config: Validated, once: bool, shutdown: CancellationToken) -> 
             poster: Arc::new(Poster::new(name, c)?),
             delivery: Delivery::from(c),
             decoder: Decoder::new(c.schema, &c.event_types),
-            budget,
+            budget: budget.clone(),
             stats,
             dead_letters: Arc::new(DeadLetters::new(
                 config
@@ -125,39 +117,46 @@ pub async fn run(config: Validated, once: bool, shutdown: CancellationToken) -> 
                     .join("dead-letter")
                     .join(format!("{name}.jsonl")),
             )),
-            acks,
+            acks: subscriptions.into_acks(),
             spill_path: config.data_dir.join("spill").join(format!("{name}.jsonl")),
         };
-        sinks.spawn(delivery::run(parts, rx, shutdown.clone()));
+        let stop = stop.clone();
+        let task = tasks.sinks.spawn(async move {
+            // Closed however the sink ends, a panic included, so no source waits on it.
+            let _closed = CloseOnDrop(budget);
+            delivery::run(parts, rx, stop).await
+        });
+        tasks.names.insert(task.id(), format!("sink `{name}`"));
     }
 
-    let mut sources = JoinSet::new();
-    for (index, ((name, source), outputs)) in config.sources.iter().zip(inputs).enumerate() {
-        let output = Output::new(outputs);
-        let stop = shutdown.clone();
+    for (name, source) in &config.sources {
+        let output = Output::new(outputs.remove(name.as_str()).unwrap_or_default());
+        let stop = stop.clone();
         let name = name.clone();
         match source {
             SourceConfig::File(c) => {
-                let cp = checkpointers[index].clone().expect("file sources have one");
-                let file = FileSource::new(&name, index, c, &base, cp);
-                sources.spawn(file.run(output, stop, once));
+                let cp = checkpointers[name.as_str()].clone();
+                let file = FileSource::new(&name, c, &base, cp);
+                tasks.sources.spawn(file.run(output, stop, once));
             }
             SourceConfig::Tcp(c) => {
                 let listener = source::tcp::bind(&name, c).await?;
                 tracing::info!(source = %name, address = %listener.local_addr()?, "listening");
                 let c = c.clone();
-                sources.spawn(async move {
+                tasks.sources.spawn(async move {
                     source::tcp::run(&name, &c, listener, output, stop, once).await
                 });
             }
             SourceConfig::Stdin(c) => {
                 let c = c.clone();
-                sources.spawn(async move { source::stdin::run(&name, &c, output, stop).await });
+                tasks
+                    .sources
+                    .spawn(async move { source::stdin::run(&name, &c, output, stop).await });
             }
         }
     }
 
-    let checkpointers: Vec<Arc<Checkpointer>> = checkpointers.into_iter().flatten().collect();
+    let checkpointers: Vec<Arc<Checkpointer>> = checkpointers.into_values().collect();
     let writer = {
         let checkpointers = checkpointers.clone();
         tokio::spawn(async move {
@@ -168,9 +167,35 @@ pub async fn run(config: Validated, once: bool, shutdown: CancellationToken) -> 
             }
         })
     };
-    while sources.join_next().await.is_some() {}
-    while sinks.join_next().await.is_some() {}
-    writer.abort();
+    let mut failures = Vec::new();
+    while let Some(done) = tasks.sources.join_next().await {
+        if let Err(e) = done {
+            failures.push(format!("a source task {}", panic_message(e)));
+            stop.cancel();
+        }
+    }
+    while let Some(done) = tasks.sinks.join_next_with_id().await {
+        let failure = match done {
+            Ok((_, Ok(()))) => continue,
+            Ok((id, Err(e))) => format!("{}: {e:#}", tasks.name(id)),
+            Err(e) => format!("{} {}", tasks.name(e.id()), panic_message(e)),
+        };
+        failures.push(failure);
+        stop.cancel();
+    }
+    if writer.is_finished() {
+        if let Err(e) = writer.await {
+            failures.push(format!("the checkpoint writer {}", panic_message(e)));
+        }
+    } else {
+        writer.abort();
+    }
+    if !failures.is_empty() {
+        bail!(
+            "stopped because a task failed (this is a bug in flaghook; please report it): {}",
+            failures.join("; ")
+        );
+    }
     write_checkpoints(&checkpointers);
 
     let mut summary = Summary::default();
@@ -182,6 +207,43 @@ pub async fn run(config: Validated, once: bool, shutdown: CancellationToken) -> 
         summary.peak_events_in_memory = summary.peak_events_in_memory.max(budget.peak());
     }
     Ok(summary)
+}
+
+/// The running tasks, with the sinks' names for error messages.
+#[derive(Default)]
+struct Tasks {
+    sources: JoinSet<()>,
+    sinks: JoinSet<Result<()>>,
+    names: HashMap<tokio::task::Id, String>,
+}
+
+impl Tasks {
+    fn name(&self, id: tokio::task::Id) -> &str {
+        self.names.get(&id).map_or("a sink", String::as_str)
+    }
+}
+
+/// Closes a sink's budget when dropped.
+struct CloseOnDrop(Arc<Budget>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// "panicked: <message>" or "was cancelled", for a task that did not return.
+fn panic_message(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return "was cancelled".to_owned();
+    }
+    let payload = e.into_panic();
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned());
+    format!("panicked: {message}")
 }
 
 fn write_checkpoints(checkpointers: &[Arc<Checkpointer>]) {

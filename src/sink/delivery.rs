@@ -32,7 +32,7 @@ use super::webhook::{backoff, Decision, Delivery, Poster, Signed};
 use super::Stats;
 use crate::batch::{batches, RetryLane};
 use crate::event::{Ack, Block, Decoded, Decoder, Invalid, Item};
-use crate::source::file::checkpoint::{write_atomically, Checkpointer};
+use crate::source::file::checkpoint::{write_atomically, AckHandle, Checkpointer};
 use crate::source::{gathers_ahead, Budget};
 
 /// Everything a sink needs to run.
@@ -45,14 +45,18 @@ pub struct SinkParts {
     pub budget: Arc<Budget>,
     pub stats: Arc<Stats>,
     pub dead_letters: Arc<DeadLetters>,
-    /// Per source index: the source's checkpointer and this sink's slot in it.
-    pub acks: Vec<Option<(Arc<Checkpointer>, usize)>>,
+    /// Per input ([`Block::input`]): the source's acknowledgement handle, for file sources.
+    pub acks: Vec<Option<AckHandle>>,
     pub spill_path: PathBuf,
 }
 
 /// Runs the sink until its input ends and everything is delivered, dead-lettered, or
 /// (after the shutdown grace period) left for the next run.
-pub async fn run(parts: SinkParts, input: mpsc::Receiver<Block>, shutdown: CancellationToken) {
+pub async fn run(
+    parts: SinkParts,
+    input: mpsc::Receiver<Block>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let (mut sink, decoder) = Sink::new(parts, shutdown);
 
     let (tx, rx) = mpsc::channel(8);
@@ -76,7 +80,12 @@ pub async fn run(parts: SinkParts, input: mpsc::Receiver<Block>, shutdown: Cance
     sink.drain_lane().await;
     sink.persisted().await;
     sink.finish();
-    let _ = decode.await;
+    if let Err(e) = decode.await {
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+    Ok(())
 }
 
 /// Sends every batch of `batched` until the input ends.
@@ -152,7 +161,7 @@ struct Sink {
     budget: Arc<Budget>,
     stats: Arc<Stats>,
     dead_letters: Arc<DeadLetters>,
-    acks: Vec<Option<(Arc<Checkpointer>, usize)>>,
+    acks: Vec<Option<AckHandle>>,
     spill_path: PathBuf,
     lane: RetryLane,
     grace: Grace,
@@ -240,6 +249,7 @@ impl Sink {
     /// from files are left there (their offsets did not move; the next start reads them
     /// again), while TCP and stdin events are retried until the grace period ends.
     async fn handle(&mut self, batch: Vec<Item>, signed: Option<Signed>) -> Option<Vec<Item>> {
+        crate::failpoint::hit("sink-handle");
         let shutting_down = self.grace.deadline().is_some();
         if let Some(at) = self.not_before.take() {
             if !shutting_down {
@@ -394,7 +404,7 @@ impl Sink {
         let mut touched: Vec<Arc<Checkpointer>> = Vec::new();
         let mut pending: Option<Ack> = None;
         for ack in items.iter().filter_map(|i| i.ack) {
-            if let Some(p) = pending.filter(|p| (p.source, p.file) != (ack.source, ack.file)) {
+            if let Some(p) = pending.filter(|p| (p.input, p.file) != (ack.input, ack.file)) {
                 self.ack(p, &mut touched);
             }
             pending = Some(ack);
@@ -416,8 +426,9 @@ impl Sink {
     }
 
     fn ack(&self, ack: Ack, touched: &mut Vec<Arc<Checkpointer>>) {
-        if let Some(Some((checkpointer, slot))) = self.acks.get(ack.source) {
-            checkpointer.ack(ack.file, *slot, ack.offset);
+        if let Some(Some(handle)) = self.acks.get(ack.input) {
+            handle.ack(ack.file, ack.offset);
+            let checkpointer = handle.checkpointer();
             if !touched.iter().any(|t| Arc::ptr_eq(t, checkpointer)) {
                 touched.push(checkpointer.clone());
             }
@@ -427,7 +438,11 @@ impl Sink {
     /// Waits for the checkpoint write of the last acknowledged batch.
     async fn persisted(&mut self) {
         if let Some(write) = self.persisting.take() {
-            let _ = write.await;
+            if let Err(e) = write.await {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
         }
     }
 
@@ -565,8 +580,8 @@ async fn decode_blocks(
     while let Some(block) = input.recv().await {
         let mut items = Vec::with_capacity(block.lines.len());
         for line in &block.lines {
-            let ack = block.ack.map(|(source, file)| Ack {
-                source,
+            let ack = block.file.map(|file| Ack {
+                input: block.input,
                 file,
                 offset: line.end,
             });
@@ -581,7 +596,7 @@ async fn decode_blocks(
                 Ok(Decoded::Event(bytes)) => Some(bytes),
                 Ok(Decoded::Filtered | Decoded::Empty) => None,
                 Err(invalid) => {
-                    let location = location(&block, line.number, line.end, block.ack.is_some());
+                    let location = location(&block, line.number, line.end, block.file.is_some());
                     log.log(&name, &location, &invalid.0);
                     let mut record = Record::new(&name, invalid.0, &line.bytes);
                     record.source = Some(block.source_name.to_string());

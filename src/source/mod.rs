@@ -17,6 +17,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::event::Block;
+use file::checkpoint::AckHandle;
 
 /// A cap on the lines a sink holds in memory: read but not yet delivered or dead-lettered,
 /// including failed batches waiting for their retry.
@@ -38,17 +39,24 @@ impl Budget {
         }
     }
 
-    /// Waits until `n` (at most the cap) more lines may be held.
-    pub async fn acquire(&self, n: usize) {
+    /// Waits until `n` (at most the cap) more lines may be held. Fails once the sink
+    /// has stopped ([`Budget::close`]), so that no source waits for it forever.
+    pub async fn acquire(&self, n: usize) -> Result<(), Closed> {
         debug_assert!(n <= self.cap);
         let permits = self
             .permits
             .acquire_many(n as u32)
             .await
-            .expect("the budget is never closed");
+            .map_err(|_| Closed)?;
         permits.forget();
         let now = self.in_use.fetch_add(n, Ordering::Relaxed) + n;
         self.peak.fetch_max(now, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The sink that gives permits back has stopped: waiting sources give up.
+    pub fn close(&self) {
+        self.permits.close();
     }
 
     /// `n` lines left memory (delivered, dead-lettered, spilled or dropped).
@@ -75,13 +83,55 @@ pub fn gathers_ahead(cap: usize, max_events: usize) -> bool {
     cap >= 2 * max_events
 }
 
-/// One sink's input, as a source sees it.
+/// One sink's input, as a source sees it: made by [`Subscriptions::subscribe`].
 #[derive(Debug, Clone)]
 pub struct SinkInput {
-    pub tx: mpsc::Sender<Block>,
-    pub budget: Arc<Budget>,
+    tx: mpsc::Sender<Block>,
+    budget: Arc<Budget>,
     /// The sink's largest batch (`max_event_in_memory`).
-    pub max_events: usize,
+    max_events: usize,
+    /// Stamped on every block sent through it ([`Block::input`]).
+    input: usize,
+}
+
+/// A sink's side of the wiring: its channel and budget, and the acknowledgement handle of
+/// every source it subscribed to, in subscription order. A source reaches the sink only
+/// through the [`SinkInput`] a subscription returns, and the blocks it sends carry that
+/// subscription's number, so a handle and the lines it acknowledges cannot disagree.
+#[derive(Debug)]
+pub struct Subscriptions {
+    tx: mpsc::Sender<Block>,
+    budget: Arc<Budget>,
+    max_events: usize,
+    acks: Vec<Option<AckHandle>>,
+}
+
+impl Subscriptions {
+    pub fn new(tx: mpsc::Sender<Block>, budget: Arc<Budget>, max_events: usize) -> Self {
+        Subscriptions {
+            tx,
+            budget,
+            max_events,
+            acks: Vec::new(),
+        }
+    }
+
+    /// Subscribes the sink to a source; `ack` is the source's handle for this sink when its
+    /// lines are acknowledged (file sources).
+    pub fn subscribe(&mut self, ack: Option<AckHandle>) -> SinkInput {
+        self.acks.push(ack);
+        SinkInput {
+            tx: self.tx.clone(),
+            budget: self.budget.clone(),
+            max_events: self.max_events,
+            input: self.acks.len() - 1,
+        }
+    }
+
+    /// The acknowledgement handles, indexed by [`Block::input`].
+    pub fn into_acks(self) -> Vec<Option<AckHandle>> {
+        self.acks
+    }
 }
 
 /// Where a source sends its blocks: every sink that lists it in `inputs`.
@@ -130,17 +180,21 @@ impl Output {
     }
 
     async fn send_part(&self, block: Block) -> Result<(), Closed> {
+        crate::failpoint::hit("source-send");
         let mut delivered_to_one = false;
         let last = self.sinks.len() - 1;
         let mut block = Some(block);
         for (i, sink) in self.sinks.iter().enumerate() {
-            let part = if i == last {
+            let mut part = if i == last {
                 block.take().expect("last")
             } else {
                 block.clone().expect("set")
             };
+            part.input = sink.input;
             let n = part.lines.len();
-            sink.budget.acquire(n).await;
+            if sink.budget.acquire(n).await.is_err() {
+                continue;
+            }
             match sink.tx.send(part).await {
                 Ok(()) => delivered_to_one = true,
                 Err(_) => sink.budget.release(n),

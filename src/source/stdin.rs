@@ -40,7 +40,8 @@ pub async fn run(name: &str, config: &StdinConfig, output: Output, shutdown: Can
     let template = Block {
         source_name: Arc::from(name),
         origin: Arc::from("stdin"),
-        ack: None,
+        file: None,
+        input: 0,
         envelope: envelope_fields(config.field.as_deref()),
         lines: Vec::new(),
     };

@@ -91,7 +91,8 @@ pub async fn run(
                 let template = Block {
                     source_name: Arc::from(name),
                     origin: Arc::from(format!("tcp {peer}")),
-                    ack: None,
+                    file: None,
+                    input: 0,
                     envelope: envelope_fields(config.field.as_deref()),
                     lines: Vec::new(),
                 };

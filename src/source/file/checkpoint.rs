@@ -13,7 +13,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -84,8 +84,6 @@ const VERSION: u32 = 1;
 #[derive(Debug)]
 pub struct Checkpointer {
     path: PathBuf,
-    /// How many sinks read the source; an offset moves when all of them acknowledged it.
-    readers: usize,
     /// What was on disk at start, by (device, inode).
     loaded: HashMap<(u64, u64), Saved>,
     state: Mutex<State>,
@@ -96,7 +94,29 @@ pub struct Checkpointer {
 #[derive(Debug, Default)]
 struct State {
     files: HashMap<u64, Tracked>,
+    /// How many sinks read the source (one [`AckHandle`] each); an offset moves when all of
+    /// them acknowledged it.
+    readers: usize,
     dirty: bool,
+}
+
+/// One sink's right to acknowledge a file source's lines, given by
+/// [`Checkpointer::subscribe`]. The sink holds it; nothing else needs to know its slot.
+#[derive(Debug, Clone)]
+pub struct AckHandle {
+    checkpointer: Arc<Checkpointer>,
+    slot: usize,
+}
+
+impl AckHandle {
+    /// This sink delivered or dead-lettered everything of file `id` before `offset`.
+    pub fn ack(&self, id: u64, offset: u64) {
+        self.checkpointer.ack(id, self.slot, offset);
+    }
+
+    pub fn checkpointer(&self) -> &Arc<Checkpointer> {
+        &self.checkpointer
+    }
 }
 
 #[derive(Debug)]
@@ -109,7 +129,7 @@ struct Tracked {
 
 impl Checkpointer {
     /// Loads `path` if it exists. A damaged file is reported and ignored.
-    pub fn load(path: PathBuf, readers: usize) -> Self {
+    pub fn load(path: PathBuf) -> Self {
         let loaded = match fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<SavedFile>(&bytes) {
                 Ok(saved) if saved.version == VERSION => saved.files,
@@ -134,10 +154,21 @@ impl Checkpointer {
             .collect();
         Checkpointer {
             path,
-            readers: readers.max(1),
             loaded,
             state: Mutex::default(),
             writing: Mutex::default(),
+        }
+    }
+
+    /// Adds a reader: offsets now also wait for the acknowledgements of the returned
+    /// handle's holder. Every reader subscribes before the source starts reading.
+    pub fn subscribe(self: &Arc<Self>) -> AckHandle {
+        let mut state = self.state.lock().expect("checkpoint lock");
+        debug_assert!(state.files.is_empty(), "subscribe before reading");
+        state.readers += 1;
+        AckHandle {
+            checkpointer: self.clone(),
+            slot: state.readers - 1,
         }
     }
 
@@ -161,7 +192,7 @@ impl Checkpointer {
     /// Starts tracking file `id`, whose lines before `offset` need no delivery.
     pub fn register(&self, id: u64, fingerprint: Fingerprint, path: &Path, offset: u64) {
         let mut state = self.state.lock().expect("checkpoint lock");
-        let acked = vec![offset; self.readers];
+        let acked = vec![offset; state.readers.max(1)];
         state.files.insert(
             id,
             Tracked {
@@ -190,12 +221,13 @@ impl Checkpointer {
         state.dirty = true;
     }
 
-    /// Sink `reader` delivered or dead-lettered everything of file `id` before `offset`.
-    pub fn ack(&self, id: u64, reader: usize, offset: u64) {
+    /// The reader in `slot` delivered or dead-lettered everything of file `id` before
+    /// `offset`.
+    fn ack(&self, id: u64, slot: usize, offset: u64) {
         let mut state = self.state.lock().expect("checkpoint lock");
-        if let Some(t) = state.files.get_mut(&id) {
-            if offset > t.acked[reader] {
-                t.acked[reader] = offset;
+        if let Some(acked) = state.files.get_mut(&id).and_then(|t| t.acked.get_mut(slot)) {
+            if offset > *acked {
+                *acked = offset;
                 state.dirty = true;
             }
         }
@@ -264,15 +296,16 @@ mod tests {
         fs::write(&log, b"one\ntwo\nthree\n").unwrap();
         let file = File::open(&log).unwrap();
         let cp_path = dir.path().join("cp.json");
-        let cp = Checkpointer::load(cp_path.clone(), 2);
+        let cp = Arc::new(Checkpointer::load(cp_path.clone()));
+        let (first, second) = (cp.subscribe(), cp.subscribe());
         cp.register(1, Fingerprint::of(&file).unwrap(), &log, 0);
-        cp.ack(1, 0, 8);
+        first.ack(1, 8);
         assert_eq!(cp.committed(1), Some(0));
-        cp.ack(1, 1, 4);
+        second.ack(1, 4);
         assert_eq!(cp.committed(1), Some(4));
         cp.write_if_dirty().unwrap();
 
-        let again = Checkpointer::load(cp_path, 2);
+        let again = Checkpointer::load(cp_path);
         assert_eq!(again.resume_offset(&file, &log), Some(4));
     }
 
@@ -282,22 +315,23 @@ mod tests {
         let cp_path = dir.path().join("cp.json");
         for garbage in [&b""[..], b"{not json", b"\0\0\0"] {
             fs::write(&cp_path, garbage).unwrap();
-            assert!(Checkpointer::load(cp_path.clone(), 1).loaded.is_empty());
+            assert!(Checkpointer::load(cp_path.clone()).loaded.is_empty());
         }
         let log = dir.path().join("a.log");
         fs::write(&log, b"one\ntwo\n").unwrap();
-        let cp = Checkpointer::load(cp_path.clone(), 1);
+        let cp = Arc::new(Checkpointer::load(cp_path.clone()));
+        let reader = cp.subscribe();
         cp.register(
             1,
             Fingerprint::of(&File::open(&log).unwrap()).unwrap(),
             &log,
             0,
         );
-        cp.ack(1, 0, 8);
+        reader.ack(1, 8);
         cp.write_if_dirty().unwrap();
         // Same inode, other content (as after truncate-and-rewrite or inode reuse).
         fs::write(&log, b"uno\ndos\n").unwrap();
-        let again = Checkpointer::load(cp_path, 1);
+        let again = Checkpointer::load(cp_path);
         assert_eq!(again.resume_offset(&File::open(&log).unwrap(), &log), None);
     }
 }

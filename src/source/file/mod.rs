@@ -129,7 +129,6 @@ struct Tailed {
 /// Everything a file source needs to run.
 pub struct FileSource {
     pub name: String,
-    pub index: usize,
     pub include: Vec<String>,
     pub exclude: Vec<glob::Pattern>,
     pub read_from: ReadFrom,
@@ -144,7 +143,6 @@ impl FileSource {
     /// `base` is the config file's folder, for relative globs.
     pub fn new(
         name: &str,
-        index: usize,
         config: &FileConfig,
         base: &Path,
         checkpointer: Arc<Checkpointer>,
@@ -158,7 +156,6 @@ impl FileSource {
         };
         FileSource {
             name: name.to_owned(),
-            index,
             include: config.include.iter().map(absolute).collect(),
             exclude: config
                 .exclude
@@ -424,7 +421,8 @@ impl Tail<'_> {
         Block {
             source_name: Arc::from(self.source.name.as_str()),
             origin: Arc::from(f.path.to_string_lossy().as_ref()),
-            ack: Some((self.source.index, f.id)),
+            file: Some(f.id),
+            input: 0,
             envelope: self.source.envelope.clone(),
             lines,
         }
@@ -477,7 +475,8 @@ impl Tail<'_> {
             self.problems.push(Block {
                 source_name: Arc::from(self.source.name.as_str()),
                 origin: Arc::from(path.to_string_lossy().as_ref()),
-                ack: None,
+                file: None,
+                input: 0,
                 envelope: self.source.envelope.clone(),
                 lines: vec![line],
             });
