@@ -14,6 +14,7 @@ const REQUIRED: &[&str] = &[
     "vector-socket.toml",
     "fluent-bit-tcp.toml",
     "stdin.toml",
+    "syslog-ng-tcp.toml",
 ];
 
 /// `${NAME}` references in a config text (`$$` is an escaped `$`, not a reference).
@@ -133,6 +134,7 @@ fn shipper_examples_show_the_shipper_config() {
     for (name, needle) in [
         ("vector-socket.toml", "socket"),
         ("fluent-bit-tcp.toml", "json_lines"),
+        ("syslog-ng-tcp.toml", "template(\"$MSG\\n\")"),
     ] {
         let Some(file) = files.iter().find(|p| p.ends_with(name)) else {
             panic!("pipelines/{name} is missing");
@@ -146,6 +148,38 @@ fn shipper_examples_show_the_shipper_config() {
         assert!(
             comments.contains(needle),
             "pipelines/{name} has no commented shipper config mentioning {needle:?}"
+        );
+    }
+}
+
+/// Every TOML block of the README that starts with `# flaghook.toml` is a complete config
+/// that validates, so a user can copy it as it is.
+#[test]
+fn readme_flaghook_configs_validate() {
+    let readme = std::fs::read_to_string(manifest_dir().join("README.md")).unwrap();
+    let blocks: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .filter(|b| b.starts_with("# flaghook.toml"))
+        .collect();
+    assert!(
+        blocks.len() >= 3,
+        "the chaining sections' flaghook.toml blocks are gone"
+    );
+    for block in blocks {
+        let ws = Workspace::new();
+        let config = ws.write("flaghook.toml", block);
+        let mut cmd = flaghook(&["validate", "--config"]);
+        cmd.arg(&config);
+        for name in env_refs(block) {
+            cmd.env(&name, value_for(&name));
+        }
+        let out = Proc::spawn(cmd).wait();
+        assert_eq!(
+            out.code,
+            Some(0),
+            "README block does not validate:\n{block}\n{out}"
         );
     }
 }
