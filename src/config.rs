@@ -251,6 +251,12 @@ fn substitute_line(
 impl Config {
     /// Every cross-key check; each error names the key.
     fn validate(self, path: &Path) -> Result<Validated> {
+        for name in self.sources.keys() {
+            check_name("sources", name)?;
+        }
+        for name in self.sinks.keys() {
+            check_name("sinks", name)?;
+        }
         let mut sources = BTreeMap::new();
         for (name, table) in self.sources {
             let source = SourceConfig::from_table(&format!("sources.{name}"), table)?;
@@ -268,6 +274,28 @@ impl Config {
         }
         .validate(path)
     }
+}
+
+/// Source and sink names become file names in `data_dir` (checkpoints, dead letters), so
+/// they are kept to `[A-Za-z0-9_-]{1,64}`: nothing can point outside `data_dir` or collide.
+fn check_name(table: &str, name: &str) -> Result<()> {
+    let fits = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if fits {
+        return Ok(());
+    }
+    let shown = toml::Value::String(name.to_owned()).to_string();
+    let kind = if table == "sources" { "source" } else { "sink" };
+    let example = if table == "sources" {
+        "goff_files"
+    } else {
+        "webhook"
+    };
+    bail!(
+        "`{table}.{shown}`: a {kind} name must be 1 to 64 letters, digits, `_` or `-` (it names files in data_dir); example: [{table}.{example}]"
+    )
 }
 
 /// A config whose tables were read into their kinds.

@@ -269,3 +269,25 @@ fn malformed_tcp_address() {
     let source = "[sources.in]\ntype = \"tcp\"\naddress = \"not an address\"\n";
     assert_config_error(&format!("{source}\n{SINK}"), &["address"]);
 }
+
+/// Names become file names in data_dir: a name that could leave it, or hold a `/`, is
+/// refused before anything is written.
+#[test]
+fn names_that_are_not_file_names() {
+    let long = "n".repeat(65);
+    for name in ["../../../x", "a/b", "", "dot.ted", "é", long.as_str()] {
+        let quoted = toml_str(name);
+        let sink = SINK.replace("[sinks.webhook]", &format!("[sinks.{quoted}]"));
+        let out = assert_config_error(&format!("{SOURCE}\n{sink}"), &["sinks.", "letters, digits"]);
+        assert!(out.stderr.contains("[sinks.webhook]"), "no example:\n{out}");
+        let source = SOURCE.replace("[sources.in]", &format!("[sources.{quoted}]"));
+        let sink = SINK.replace("inputs = [\"in\"]", &format!("inputs = [{quoted}]"));
+        assert_config_error(
+            &format!("{source}\n{sink}"),
+            &["sources.", "letters, digits"],
+        );
+    }
+    let ws = Workspace::new();
+    let ok = SINK.replace("[sinks.webhook]", "[sinks.Hook_2-b]");
+    validate(&ws.config(&format!("{SOURCE}\n{ok}"))).assert_code(0);
+}
