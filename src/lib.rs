@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`config`]: the TOML model, validated once into ready-to-run values.
 //! - [`topology`]: wires sources to sinks; owns the shutdown order.
+//! - [`data_dir`]: its layout, and how its files are opened (no symlinks, `0600`).
 //! - [`source`]: [`source::file`] (tail, with [`source::file::checkpoint`]),
 //!   [`source::tcp`], [`source::stdin`]; [`source::lines`] splits bytes into lines;
 //!   the [`source::Budget`] bounds memory.
@@ -21,6 +22,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod data_dir;
 pub mod event;
 pub mod failpoint;
 pub mod receiver;

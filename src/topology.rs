@@ -9,12 +9,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{SinkConfig, SourceConfig, Validated};
+use crate::data_dir::DataDir;
 use crate::event::Decoder;
 use crate::sink::deadletter::DeadLetters;
 use crate::sink::delivery::{self, SinkParts};
@@ -65,7 +66,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// (a stopped sink releases the sources waiting on its memory budget), and the run ends
 /// with an error naming the task, never with a summary.
 pub async fn run(config: Validated, once: bool, shutdown: CancellationToken) -> Result<Summary> {
-    prepare_data_dir(&config.data_dir)?;
+    let data_dir = DataDir::prepare(&config.data_dir)?;
     let base = config
         .path
         .parent()
@@ -79,10 +80,7 @@ pub async fn run(config: Validated, once: bool, shutdown: CancellationToken) -> 
         .iter()
         .filter(|(_, source)| matches!(source, SourceConfig::File(_)))
         .map(|(name, _)| {
-            let path = config
-                .data_dir
-                .join("checkpoints")
-                .join(format!("{name}.json"));
+            let path = data_dir.checkpoint(name);
             (name.as_str(), Arc::new(Checkpointer::load(path)))
         })
         .collect();
@@ -111,14 +109,9 @@ pub async fn run(config: Validated, once: bool, shutdown: CancellationToken) -> 
             decoder: Decoder::new(c.schema, &c.event_types),
             budget: budget.clone(),
             stats,
-            dead_letters: Arc::new(DeadLetters::new(
-                config
-                    .data_dir
-                    .join("dead-letter")
-                    .join(format!("{name}.jsonl")),
-            )),
+            dead_letters: Arc::new(DeadLetters::new(data_dir.dead_letter(name))),
             acks: subscriptions.into_acks(),
-            spill_path: config.data_dir.join("spill").join(format!("{name}.jsonl")),
+            spill_path: data_dir.spill(name),
         };
         let stop = stop.clone();
         let task = tasks.sinks.spawn(async move {
@@ -252,21 +245,4 @@ fn write_checkpoints(checkpointers: &[Arc<Checkpointer>]) {
             tracing::error!(error = %e, "cannot write checkpoint; will try again");
         }
     }
-}
-
-/// Creates `data_dir` and its folders, and proves it writable before anything runs.
-fn prepare_data_dir(dir: &Path) -> Result<()> {
-    let unwritable = || {
-        format!(
-            "data_dir {} is not writable (set `data_dir` to a folder flaghook may write)",
-            dir.display()
-        )
-    };
-    for sub in ["checkpoints", "dead-letter", "spill"] {
-        std::fs::create_dir_all(dir.join(sub)).with_context(unwritable)?;
-    }
-    let probe = dir.join(".write-test");
-    std::fs::write(&probe, b"ok").with_context(unwritable)?;
-    let _ = std::fs::remove_file(probe);
-    Ok(())
 }

@@ -5,7 +5,7 @@
 //! Records are appended as they come and fsynced by [`DeadLetters::sync`], which the sink
 //! calls before it acknowledges the file offsets past them.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -93,13 +93,7 @@ impl DeadLetters {
     pub fn write(&self, record: &Record) -> io::Result<()> {
         let mut state = self.state.lock().expect("dead letter lock");
         if state.file.is_none() {
-            if let Some(dir) = self.path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)?;
+            let file = crate::data_dir::open_append(&self.path)?;
             state.file = Some(BufWriter::new(file));
         }
         let file = state.file.as_mut().expect("opened above");
@@ -125,7 +119,9 @@ impl DeadLetters {
 
 /// Reads every record of a dead-letter file.
 pub fn read_all(path: &Path) -> io::Result<Vec<Record>> {
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::data_dir::read(path).and_then(|bytes| {
+        String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),

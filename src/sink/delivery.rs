@@ -31,8 +31,9 @@ use super::deadletter::{DeadLetters, Record};
 use super::webhook::{backoff, Decision, Delivery, Poster, Signed};
 use super::Stats;
 use crate::batch::{batches, RetryLane};
+use crate::data_dir::write_atomically;
 use crate::event::{Ack, Block, Decoded, Decoder, Invalid, Item};
-use crate::source::file::checkpoint::{write_atomically, AckHandle, Checkpointer};
+use crate::source::file::checkpoint::{AckHandle, Checkpointer};
 use crate::source::{gathers_ahead, Budget};
 
 /// Everything a sink needs to run.
@@ -471,8 +472,13 @@ impl Sink {
     }
 
     fn load_spill(&mut self) {
-        let Ok(text) = std::fs::read(&self.spill_path) else {
-            return;
+        let text = match crate::data_dir::read(&self.spill_path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::error!(sink = %self.name, error = %e, "cannot read the spill file; its events stay in it");
+                return;
+            }
         };
         let items: Vec<Item> = text
             .split(|b| *b == b'\n')

@@ -9,13 +9,16 @@
 //! missing, never a crash loop.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs::File;
+use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+
+/// Kept here for the callers that wrote checkpoints' way; see [`crate::data_dir`].
+pub use crate::data_dir::write_atomically;
 use sha2::{Digest, Sha256};
 
 /// The first bytes of a file that identify it, with its device and inode. Small files are
@@ -130,7 +133,7 @@ struct Tracked {
 impl Checkpointer {
     /// Loads `path` if it exists. A damaged file is reported and ignored.
     pub fn load(path: PathBuf) -> Self {
-        let loaded = match fs::read(&path) {
+        let loaded = match crate::data_dir::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<SavedFile>(&bytes) {
                 Ok(saved) if saved.version == VERSION => saved.files,
                 Ok(saved) => {
@@ -261,7 +264,7 @@ impl Checkpointer {
                 files: files.collect(),
             }
         };
-        let result = write_atomically(
+        let result = crate::data_dir::write_atomically(
             &self.path,
             &serde_json::to_vec(&saved).expect("serializable"),
         );
@@ -272,22 +275,10 @@ impl Checkpointer {
     }
 }
 
-/// Temp file, fsync, rename over `path`, fsync of the folder.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn offsets_move_only_when_every_reader_acknowledged() {
