@@ -364,6 +364,8 @@ impl<'a> Fields<'a> {
         Ok(())
     }
 
+    /// GO Feature Flag never omits the two maps (no `omitempty`) and writes a nil map as
+    /// `null`: so `null` stays `null`, `{}` stays `{}`, and a missing map is sent as `null`.
     fn encode_tracking_tail(&self, out: &mut BytesMut) -> Result<(), Invalid> {
         let context = optional_object(self.evaluation_context, "evaluationContext")?;
         let details = optional_object(self.tracking_event_details, "trackingEventDetails")?;
@@ -376,7 +378,7 @@ impl<'a> Fields<'a> {
             out.put_slice(b"\":");
             match raw {
                 Some(v) => compact(v.get().as_bytes(), out),
-                None => out.put_slice(b"{}"),
+                None => out.put_slice(b"null"),
             }
         }
         Ok(())
@@ -585,6 +587,32 @@ mod tests {
         assert_eq!(ok(&mut d, with_meta), with_meta);
     }
 
+    /// GO Feature Flag writes a nil `evaluationContext` / `trackingEventDetails` as `null`
+    /// (no `omitempty` on them): `null` stays `null` and `{}` stays `{}`.
+    #[test]
+    fn tracking_maps_keep_null_and_empty_as_they_came() {
+        let mut d = goff();
+        let nulls = TRACK
+            .replace(r#"{"targetingKey":"ABCD","toto":123}"#, "null")
+            .replace(r#"{"event":"123"}"#, "null");
+        assert!(nulls.contains(r#""evaluationContext":null,"trackingEventDetails":null}"#));
+        assert_eq!(ok(&mut d, &nulls), nulls);
+        let empty = nulls.replace("null", "{}");
+        assert_eq!(ok(&mut d, &empty), empty);
+        let mixed = TRACK.replace(r#"{"event":"123"}"#, "null");
+        assert_eq!(ok(&mut d, &mixed), mixed);
+        // The general path (spaces, other order) gives the same bytes.
+        let spaced = r#"{ "trackingEventDetails" : null, "evaluationContext": { }, "key":"random-key", "creationDate":1617970547, "userKey":"ABCD", "contextKind":"anonymousUser", "kind":"tracking" }"#;
+        assert_eq!(ok(&mut d, spaced), nulls.replacen("null", "{}", 1));
+        // A map left out is a nil map to GO Feature Flag: `null`.
+        let missing =
+            r#"{"kind":"tracking","userKey":"ABCD","creationDate":1617970547,"key":"random-key"}"#;
+        assert_eq!(
+            ok(&mut d, missing),
+            r#"{"kind":"tracking","userKey":"ABCD","creationDate":1617970547,"key":"random-key","evaluationContext":null,"trackingEventDetails":null}"#
+        );
+    }
+
     #[test]
     fn reorders_compacts_and_drops_extra_fields() {
         let mut d = goff();
@@ -682,6 +710,7 @@ mod tests {
             metadata in 0usize..4,
             value in 0usize..4,
             tracking in proptest::bool::ANY,
+            details in 0usize..4,
         ) {
             let context = [None, Some(r#""""#), Some(r#""user""#)][context];
             let default = [r#"false"#, r#"true"#, r#"null"#, r#""no""#][default];
@@ -693,8 +722,10 @@ mod tests {
             fields.push(("creationDate".into(), "1617970547".into()));
             fields.push(("key".into(), r#""k""#.into()));
             if tracking {
-                fields.push(("evaluationContext".into(), value.replace("null", "{}").replace(r#""Y O""#, "{}")));
-                fields.push(("trackingEventDetails".into(), r#"{"e":"1"}"#.into()));
+                // Never omitted by GO Feature Flag; `null` for a nil map.
+                fields.push(("evaluationContext".into(), value.replace(r#""Y O""#, "{}")));
+                let details = [r#"{"e":"1"}"#, "null", "{}", r#"{ "e" : null }"#][details];
+                fields.push(("trackingEventDetails".into(), details.into()));
             } else {
                 fields.push(("variation".into(), r#""Default""#.into()));
                 fields.push(("value".into(), value.into()));
@@ -716,6 +747,162 @@ mod tests {
                 Err(e) => Err(e),
             };
             proptest::prop_assert_eq!(fast, encoded(&line), "{}", line);
+        }
+    }
+
+    /// A JSON value as Go holds it after `json.Unmarshal` into `interface{}`.
+    #[derive(Debug, Clone)]
+    enum GoValue {
+        Null,
+        Bool(bool),
+        Number(f64),
+        String(String),
+        Array(Vec<GoValue>),
+        Object(std::collections::BTreeMap<String, GoValue>),
+    }
+
+    /// A string as Go's `encoding/json` writes it: HTML characters, U+2028/U+2029 and control
+    /// characters escaped, everything else as UTF-8.
+    fn go_string(s: &str) -> String {
+        let mut out = String::from('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                    out.push_str(&format!("\\u{:04x}", c as u32))
+                }
+                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    /// `json.Marshal` of a value: compact, map keys sorted.
+    fn go_json(v: &GoValue) -> String {
+        match v {
+            GoValue::Null => "null".into(),
+            GoValue::Bool(b) => b.to_string(),
+            // Exponents as Go writes them too: `1e+21`, `1e-7`.
+            GoValue::Number(n) if n.fract() == 0.0 && n.abs() < 1e21 => format!("{n:.0}"),
+            GoValue::Number(n) => serde_json::to_string(n).unwrap(),
+            GoValue::String(s) => go_string(s),
+            GoValue::Array(items) => {
+                let items: Vec<_> = items.iter().map(go_json).collect();
+                format!("[{}]", items.join(","))
+            }
+            GoValue::Object(map) => go_map(map),
+        }
+    }
+
+    fn go_map(map: &std::collections::BTreeMap<String, GoValue>) -> String {
+        let fields: Vec<_> = map
+            .iter()
+            .map(|(k, v)| format!("{}:{}", go_string(k), go_json(v)))
+            .collect();
+        format!("{{{}}}", fields.join(","))
+    }
+
+    /// A nil map is `null`, as `json.Marshal` writes it.
+    fn go_nullable_map(map: &Option<std::collections::BTreeMap<String, GoValue>>) -> String {
+        map.as_ref().map_or_else(|| "null".into(), go_map)
+    }
+
+    fn go_text() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::prop_oneof![
+            "[a-zA-Z0-9 _-]{0,8}",
+            "[\"\\\\<>&/\\x00-\\x1f\u{7f}\u{e9}\u{2028}\u{2029}\u{1f600}]{0,6}",
+            ".{0,6}",
+        ]
+    }
+
+    fn go_value() -> impl proptest::strategy::Strategy<Value = GoValue> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(GoValue::Null),
+            any::<bool>().prop_map(GoValue::Bool),
+            any::<i32>().prop_map(|n| GoValue::Number(n.into())),
+            (-1e30f64..1e30).prop_map(GoValue::Number),
+            go_text().prop_map(GoValue::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(GoValue::Array),
+                proptest::collection::btree_map(go_text(), inner, 0..4).prop_map(GoValue::Object),
+            ]
+        })
+    }
+
+    fn go_map_strategy(
+    ) -> impl proptest::strategy::Strategy<Value = Option<std::collections::BTreeMap<String, GoValue>>>
+    {
+        proptest::option::of(proptest::collection::btree_map(go_text(), go_value(), 0..4))
+    }
+
+    proptest::proptest! {
+        /// Events as GO Feature Flag's structs marshal them (`contextKind` and `metadata`
+        /// omitted when empty, the two tracking maps never omitted and `null` when nil) take
+        /// the fast path and come out exactly as they went in, as the encoder writes them.
+        #[test]
+        fn goff_encoded_events_come_out_as_they_went_in(
+            tracking in proptest::bool::ANY,
+            context_kind in proptest::prop_oneof![
+                proptest::strategy::Just(String::new()),
+                proptest::strategy::Just("user".to_owned()),
+                proptest::strategy::Just("anonymousUser".to_owned()),
+                go_text(),
+            ],
+            user_key in go_text(),
+            creation_date in proptest::num::i64::ANY,
+            key in go_text(),
+            variation in go_text(),
+            value in go_value(),
+            default in proptest::bool::ANY,
+            version in go_text(),
+            source in go_text(),
+            metadata in go_map_strategy(),
+            evaluation_context in go_map_strategy(),
+            details in go_map_strategy(),
+        ) {
+            let mut line = format!(r#"{{"kind":"{}""#, if tracking { "tracking" } else { "feature" });
+            if !context_kind.is_empty() {
+                line += &format!(r#","contextKind":{}"#, go_string(&context_kind));
+            }
+            line += &format!(
+                r#","userKey":{},"creationDate":{creation_date},"key":{}"#,
+                go_string(&user_key),
+                go_string(&key)
+            );
+            if tracking {
+                line += &format!(
+                    r#","evaluationContext":{},"trackingEventDetails":{}"#,
+                    go_nullable_map(&evaluation_context),
+                    go_nullable_map(&details)
+                );
+            } else {
+                line += &format!(
+                    r#","variation":{},"value":{},"default":{default},"version":{},"source":{}"#,
+                    go_string(&variation),
+                    go_json(&value),
+                    go_string(&version),
+                    go_string(&source)
+                );
+                if let Some(m) = metadata.as_ref().filter(|m| !m.is_empty()) {
+                    line += &format!(r#","metadata":{}"#, go_map(m));
+                }
+            }
+            line.push('}');
+            let kind = if tracking { EventType::Tracking } else { EventType::Feature };
+            proptest::prop_assert_eq!(canonical::check(line.as_bytes()), Some(kind), "{}", line);
+            let general = encoded(&line);
+            proptest::prop_assert_eq!(general.as_deref(), Ok(line.as_str()));
+            let got = goff().decode(&Bytes::from(line.clone()), &envelope_fields(None));
+            proptest::prop_assert_eq!(got, Ok(Decoded::Event(Bytes::from(line))));
         }
     }
 
@@ -750,7 +937,10 @@ mod tests {
 
     #[test]
     fn canonical_lines_are_recognised() {
-        for line in [E1, TRACK] {
+        let track_nulls = TRACK
+            .replace(r#"{"targetingKey":"ABCD","toto":123}"#, "null")
+            .replace(r#"{"event":"123"}"#, "null");
+        for line in [E1, TRACK, &track_nulls] {
             assert!(canonical::check(line.as_bytes()).is_some(), "{line}");
         }
         let not = [
@@ -759,6 +949,9 @@ mod tests {
             E1.replace(":1617970547", ":01617970547"),
             E1.replace(r#""YO""#, r#""\ud800""#),
             E1.replace(r#""YO""#, r#""Y\u+0aO""#),
+            E1.replace(r#""version":"""#, r#""version":null"#),
+            E1.replace(r#""SERVER"}"#, r#""SERVER","metadata":null}"#),
+            TRACK.replace(r#"{"event":"123"}"#, "nul"),
             format!("{E1} "),
         ];
         for line in not {
