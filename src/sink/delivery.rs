@@ -31,7 +31,7 @@ use super::deadletter::{DeadLetters, Record};
 use super::webhook::{backoff, Decision, Delivery, Poster, Signed};
 use super::Stats;
 use crate::batch::{batches, RetryLane};
-use crate::event::{Ack, Block, Decoded, Decoder, Invalid, Item};
+use crate::event::{self, Ack, Block, Decoded, Decoder, Invalid, Item};
 use crate::source::file::checkpoint::{write_atomically, Checkpointer};
 use crate::source::{gathers_ahead, Budget};
 
@@ -572,9 +572,10 @@ async fn decode_blocks(
             });
             let decoded = match (&line.problem, line.oversized) {
                 (Some(problem), _) => Err(Invalid(problem.clone())),
-                (None, Some(len)) => Err(Invalid(format!(
-                    "line of {len} bytes is longer than max_line_bytes"
-                ))),
+                (None, Some(len)) => Err(event::explain(
+                    &line.bytes,
+                    Invalid(format!("line of {len} bytes is longer than max_line_bytes")),
+                )),
                 (None, None) => decoder.decode(&line.bytes, &block.envelope),
             };
             let event = match decoded {
