@@ -8,6 +8,7 @@
 //! everything before it was delivered.
 
 mod canonical;
+mod foreign;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -170,8 +171,12 @@ impl Decoder {
         if line.iter().all(u8::is_ascii_whitespace) {
             return Ok(Decoded::Empty);
         }
-        let text = std::str::from_utf8(line)
-            .map_err(|e| invalid(format!("not valid UTF-8 (at byte {})", e.valid_up_to())))?;
+        let text = std::str::from_utf8(line).map_err(|e| {
+            explain(
+                line,
+                invalid(format!("not valid UTF-8 (at byte {})", e.valid_up_to())),
+            )
+        })?;
         if self.schema == Schema::Goff {
             if let Some(kind) = canonical::check(line) {
                 // Already in GO Feature Flag's encoding: the line is the event.
@@ -182,7 +187,7 @@ impl Decoder {
                 });
             }
         }
-        let outer = Fields::parse(text, envelope_fields)?;
+        let outer = Fields::parse(text, envelope_fields).map_err(|e| explain(line, e))?;
         let inner_text = match (outer.kind, outer.envelope) {
             (None, Some(raw)) => Some(envelope_inner(raw)?),
             _ => None,
@@ -225,6 +230,15 @@ impl Decoder {
             return Ok(Decoded::Event(whole.slice(..line.len())));
         }
         Ok(Decoded::Event(self.arena.split().freeze()))
+    }
+}
+
+/// The reason a line is not an event, led by what to change when the line is clearly
+/// another format (CSV, parquet, syslog, msgpack). Only for lines that failed to decode.
+pub(crate) fn explain(line: &[u8], why: Invalid) -> Invalid {
+    match foreign::Foreign::recognise(line) {
+        Some(format) => invalid(format!("{}; {why}", format.advice())),
+        None => why,
     }
 }
 
@@ -367,6 +381,8 @@ impl<'a> Fields<'a> {
         Ok(())
     }
 
+    /// GO Feature Flag never omits the two maps (no `omitempty`) and writes a nil map as
+    /// `null`: so `null` stays `null`, `{}` stays `{}`, and a missing map is sent as `null`.
     fn encode_tracking_tail(&self, out: &mut BytesMut) -> Result<(), Invalid> {
         let context = optional_object(self.evaluation_context, "evaluationContext")?;
         let details = optional_object(self.tracking_event_details, "trackingEventDetails")?;
@@ -379,7 +395,7 @@ impl<'a> Fields<'a> {
             out.put_slice(b"\":");
             match raw {
                 Some(v) => compact(v.get().as_bytes(), out),
-                None => out.put_slice(b"{}"),
+                None => out.put_slice(b"null"),
             }
         }
         Ok(())
@@ -588,6 +604,32 @@ mod tests {
         assert_eq!(ok(&mut d, with_meta), with_meta);
     }
 
+    /// GO Feature Flag writes a nil `evaluationContext` / `trackingEventDetails` as `null`
+    /// (no `omitempty` on them): `null` stays `null` and `{}` stays `{}`.
+    #[test]
+    fn tracking_maps_keep_null_and_empty_as_they_came() {
+        let mut d = goff();
+        let nulls = TRACK
+            .replace(r#"{"targetingKey":"ABCD","toto":123}"#, "null")
+            .replace(r#"{"event":"123"}"#, "null");
+        assert!(nulls.contains(r#""evaluationContext":null,"trackingEventDetails":null}"#));
+        assert_eq!(ok(&mut d, &nulls), nulls);
+        let empty = nulls.replace("null", "{}");
+        assert_eq!(ok(&mut d, &empty), empty);
+        let mixed = TRACK.replace(r#"{"event":"123"}"#, "null");
+        assert_eq!(ok(&mut d, &mixed), mixed);
+        // The general path (spaces, other order) gives the same bytes.
+        let spaced = r#"{ "trackingEventDetails" : null, "evaluationContext": { }, "key":"random-key", "creationDate":1617970547, "userKey":"ABCD", "contextKind":"anonymousUser", "kind":"tracking" }"#;
+        assert_eq!(ok(&mut d, spaced), nulls.replacen("null", "{}", 1));
+        // A map left out is a nil map to GO Feature Flag: `null`.
+        let missing =
+            r#"{"kind":"tracking","userKey":"ABCD","creationDate":1617970547,"key":"random-key"}"#;
+        assert_eq!(
+            ok(&mut d, missing),
+            r#"{"kind":"tracking","userKey":"ABCD","creationDate":1617970547,"key":"random-key","evaluationContext":null,"trackingEventDetails":null}"#
+        );
+    }
+
     #[test]
     fn reorders_compacts_and_drops_extra_fields() {
         let mut d = goff();
@@ -643,13 +685,156 @@ mod tests {
         for (line, needle) in cases {
             let err = decode(&mut d, line).unwrap_err();
             assert!(
-                err.0.contains(needle),
+                err.0.contains(needle) && !err.0.contains("looks like"),
                 "{:?}: {err}",
                 String::from_utf8_lossy(line)
             );
         }
         let deep = "[".repeat(100_000);
         assert!(decode(&mut d, format!("{{\"a\":{deep}").as_bytes()).is_err());
+    }
+
+    /// The reason for a line that is not an event.
+    fn reason(line: &[u8]) -> String {
+        decode(&mut goff(), line).unwrap_err().0
+    }
+
+    fn assert_advice(line: &[u8], looks_like: &str, fix: &str) {
+        let why = reason(line);
+        let shown = String::from_utf8_lossy(line);
+        assert!(why.starts_with("looks like "), "{shown:?}: {why}");
+        assert!(why.contains(looks_like), "{shown:?}: {why}");
+        assert!(why.contains(fix), "{shown:?}: {why}");
+        // The decode error itself is still there.
+        assert!(why.contains("not valid "), "{shown:?}: {why}");
+    }
+
+    fn assert_no_advice(line: &[u8]) {
+        let why = reason(line);
+        assert!(
+            !why.contains("looks like"),
+            "{:?}: {why}",
+            String::from_utf8_lossy(line)
+        );
+    }
+
+    #[test]
+    fn goff_csv_lines_are_recognised() {
+        let csv = "GO Feature Flag's CSV format";
+        let fix = "set the exporter's `format` to `json`";
+        for line in [
+            "feature;anonymousUser;ABCD;1617970547;random-key;Default;YO;false;SERVER",
+            "kind;contextKind;userKey;creationDate;key;variation;value;default;source",
+            "tracking;user;ABCD;1617970547;map[targetingKey:ABCD];map[event:123]",
+            "feature;user;caf\u{e9};1;k\r",
+        ] {
+            assert_advice(line.as_bytes(), csv, fix);
+        }
+        assert_advice(b"feature;user;\xe9t\xe9;1;k", csv, fix); // Latin-1: not UTF-8
+        for line in [
+            "feature;user",
+            "a;b;c",
+            r#"{"kind":"feature";"userKey":"a;b;c"}"#,
+            r#"  ["a;b;c;d"]x"#,
+            r#""a;b;c;d""#,
+        ] {
+            assert_no_advice(line.as_bytes());
+        }
+    }
+
+    #[test]
+    fn parquet_files_are_recognised() {
+        let fix = "set the GO Feature Flag exporter's `format` to `json`";
+        for line in [
+            &b"PAR1\x15\x04\x15\xa0\x01\x15\x9c\x01L\x15"[..],
+            b"PAR1\x15\x00\x15\x1c\x15\x1c,",
+            b"\x19\x1c\x00\x00\x1cPAR1", // the footer: metadata length, then the magic
+            b"PAR1",
+        ] {
+            assert_advice(line, "a parquet file (`PAR1` magic)", fix);
+        }
+        for line in ["PAR1 was the first step", "step PAR1", "xPAR1\t"] {
+            assert_no_advice(line.as_bytes());
+        }
+    }
+
+    #[test]
+    fn syslog_framed_lines_are_recognised() {
+        let fix = r#"syslog-ng `template("$MSG\n")`"#;
+        for line in [
+            format!("<13>Nov 29 12:00:00 web-1 goff: {E1}"),
+            format!("<134>Jan  5 01:02:03 web-1 goff[42]: {E1}"),
+            format!("<14>1 2024-11-29T12:00:00.000Z web-1 goff - - - {E1}"),
+            format!("<0>2024-11-29T12:00:00+01:00 web-1 goff: {E1}"),
+            format!("312 <191>1 - - - - - - {E1}"),
+            "<13>Nov 29 12:00:00 web-1 goff: feature;user;a;1;k".to_owned(),
+        ] {
+            assert_advice(line.as_bytes(), "a syslog-framed line", fix);
+        }
+        for line in [
+            "<192>Nov 29 12:00:00 h t: x",
+            "<013>Nov 29 12:00:00 h t: x",
+            "<1a>Nov 29 12:00:00 h t: x",
+            "<13>November rain",
+            "<13> Nov 29",
+            "<b>bold</b>",
+            "12 13 <14>1 x",
+        ] {
+            assert_no_advice(line.as_bytes());
+        }
+    }
+
+    /// A Fluent Bit record as its `tcp` output sends it with `Format msgpack`:
+    /// `[time, {"log": line}]`, or `[[time, {}], {"log": line}]` since Fluent Bit 2.1.
+    fn fluent_bit_record(time: &[u8], nested: bool, line: &str) -> Vec<u8> {
+        let mut record = vec![0x92];
+        if nested {
+            record.push(0x92);
+        }
+        record.extend_from_slice(time);
+        if nested {
+            record.push(0x80);
+        }
+        record.extend_from_slice(&[0x81, 0xa3, b'l', b'o', b'g', 0xd9]);
+        record.push(line.len() as u8);
+        record.extend_from_slice(line.as_bytes());
+        record
+    }
+
+    #[test]
+    fn fluent_bit_msgpack_is_recognised() {
+        const EVENT_TIME: &[u8] = b"\xd7\x00\x67\x49\x2c\x80\x1d\xcd\x65\x00";
+        const FLOAT_TIME: &[u8] = b"\xcb\x41\xd9\xd2\x4b\x20\x07\x73\x59";
+        const UINT_TIME: &[u8] = b"\xce\x67\x49\x2c\x80";
+        let looks = "msgpack from Fluent Bit's `tcp` output";
+        let fix = "set `Format json_lines`";
+        let short = r#"{"kind":"feature"}"#;
+        let one = fluent_bit_record(EVENT_TIME, false, short);
+        let nested = fluent_bit_record(EVENT_TIME, true, short);
+        for line in [
+            one.clone(),
+            nested.clone(),
+            [one.clone(), nested.clone(), one.clone()].concat(),
+            fluent_bit_record(FLOAT_TIME, false, short),
+            fluent_bit_record(UINT_TIME, true, short),
+            one[..5].to_vec(), // cut at a 0x0a byte inside the time
+            // A piece of the stream that starts inside a record, after a cut.
+            [&one[7..], &nested[..]].concat(),
+        ] {
+            assert_advice(&line, looks, fix);
+        }
+        let mut not_a_map = one.clone();
+        not_a_map[11] = b'A';
+        for line in [
+            not_a_map,
+            b"\x92\x41\x42".to_vec(),
+            b"\x92\xd7\x01\x67\x49\x2c\x80\x1d\xcd\x65\x00\x81".to_vec(),
+            // Float and integer times only count at the start of a line.
+            [&b"\xff"[..], &fluent_bit_record(UINT_TIME, false, short)].concat(),
+        ] {
+            assert_no_advice(&line);
+        }
+        assert!(reason(b"\x92\x41\x42").starts_with("not valid UTF-8 (at byte 0)"));
     }
 
     #[test]
@@ -685,6 +870,7 @@ mod tests {
             metadata in 0usize..4,
             value in 0usize..4,
             tracking in proptest::bool::ANY,
+            details in 0usize..4,
         ) {
             let context = [None, Some(r#""""#), Some(r#""user""#)][context];
             let default = [r#"false"#, r#"true"#, r#"null"#, r#""no""#][default];
@@ -696,8 +882,10 @@ mod tests {
             fields.push(("creationDate".into(), "1617970547".into()));
             fields.push(("key".into(), r#""k""#.into()));
             if tracking {
-                fields.push(("evaluationContext".into(), value.replace("null", "{}").replace(r#""Y O""#, "{}")));
-                fields.push(("trackingEventDetails".into(), r#"{"e":"1"}"#.into()));
+                // Never omitted by GO Feature Flag; `null` for a nil map.
+                fields.push(("evaluationContext".into(), value.replace(r#""Y O""#, "{}")));
+                let details = [r#"{"e":"1"}"#, "null", "{}", r#"{ "e" : null }"#][details];
+                fields.push(("trackingEventDetails".into(), details.into()));
             } else {
                 fields.push(("variation".into(), r#""Default""#.into()));
                 fields.push(("value".into(), value.into()));
@@ -719,6 +907,162 @@ mod tests {
                 Err(e) => Err(e),
             };
             proptest::prop_assert_eq!(fast, encoded(&line), "{}", line);
+        }
+    }
+
+    /// A JSON value as Go holds it after `json.Unmarshal` into `interface{}`.
+    #[derive(Debug, Clone)]
+    enum GoValue {
+        Null,
+        Bool(bool),
+        Number(f64),
+        String(String),
+        Array(Vec<GoValue>),
+        Object(std::collections::BTreeMap<String, GoValue>),
+    }
+
+    /// A string as Go's `encoding/json` writes it: HTML characters, U+2028/U+2029 and control
+    /// characters escaped, everything else as UTF-8.
+    fn go_string(s: &str) -> String {
+        let mut out = String::from('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                    out.push_str(&format!("\\u{:04x}", c as u32))
+                }
+                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    /// `json.Marshal` of a value: compact, map keys sorted.
+    fn go_json(v: &GoValue) -> String {
+        match v {
+            GoValue::Null => "null".into(),
+            GoValue::Bool(b) => b.to_string(),
+            // Exponents as Go writes them too: `1e+21`, `1e-7`.
+            GoValue::Number(n) if n.fract() == 0.0 && n.abs() < 1e21 => format!("{n:.0}"),
+            GoValue::Number(n) => serde_json::to_string(n).unwrap(),
+            GoValue::String(s) => go_string(s),
+            GoValue::Array(items) => {
+                let items: Vec<_> = items.iter().map(go_json).collect();
+                format!("[{}]", items.join(","))
+            }
+            GoValue::Object(map) => go_map(map),
+        }
+    }
+
+    fn go_map(map: &std::collections::BTreeMap<String, GoValue>) -> String {
+        let fields: Vec<_> = map
+            .iter()
+            .map(|(k, v)| format!("{}:{}", go_string(k), go_json(v)))
+            .collect();
+        format!("{{{}}}", fields.join(","))
+    }
+
+    /// A nil map is `null`, as `json.Marshal` writes it.
+    fn go_nullable_map(map: &Option<std::collections::BTreeMap<String, GoValue>>) -> String {
+        map.as_ref().map_or_else(|| "null".into(), go_map)
+    }
+
+    fn go_text() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::prop_oneof![
+            "[a-zA-Z0-9 _-]{0,8}",
+            "[\"\\\\<>&/\\x00-\\x1f\u{7f}\u{e9}\u{2028}\u{2029}\u{1f600}]{0,6}",
+            ".{0,6}",
+        ]
+    }
+
+    fn go_value() -> impl proptest::strategy::Strategy<Value = GoValue> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(GoValue::Null),
+            any::<bool>().prop_map(GoValue::Bool),
+            any::<i32>().prop_map(|n| GoValue::Number(n.into())),
+            (-1e30f64..1e30).prop_map(GoValue::Number),
+            go_text().prop_map(GoValue::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(GoValue::Array),
+                proptest::collection::btree_map(go_text(), inner, 0..4).prop_map(GoValue::Object),
+            ]
+        })
+    }
+
+    fn go_map_strategy(
+    ) -> impl proptest::strategy::Strategy<Value = Option<std::collections::BTreeMap<String, GoValue>>>
+    {
+        proptest::option::of(proptest::collection::btree_map(go_text(), go_value(), 0..4))
+    }
+
+    proptest::proptest! {
+        /// Events as GO Feature Flag's structs marshal them (`contextKind` and `metadata`
+        /// omitted when empty, the two tracking maps never omitted and `null` when nil) take
+        /// the fast path and come out exactly as they went in, as the encoder writes them.
+        #[test]
+        fn goff_encoded_events_come_out_as_they_went_in(
+            tracking in proptest::bool::ANY,
+            context_kind in proptest::prop_oneof![
+                proptest::strategy::Just(String::new()),
+                proptest::strategy::Just("user".to_owned()),
+                proptest::strategy::Just("anonymousUser".to_owned()),
+                go_text(),
+            ],
+            user_key in go_text(),
+            creation_date in proptest::num::i64::ANY,
+            key in go_text(),
+            variation in go_text(),
+            value in go_value(),
+            default in proptest::bool::ANY,
+            version in go_text(),
+            source in go_text(),
+            metadata in go_map_strategy(),
+            evaluation_context in go_map_strategy(),
+            details in go_map_strategy(),
+        ) {
+            let mut line = format!(r#"{{"kind":"{}""#, if tracking { "tracking" } else { "feature" });
+            if !context_kind.is_empty() {
+                line += &format!(r#","contextKind":{}"#, go_string(&context_kind));
+            }
+            line += &format!(
+                r#","userKey":{},"creationDate":{creation_date},"key":{}"#,
+                go_string(&user_key),
+                go_string(&key)
+            );
+            if tracking {
+                line += &format!(
+                    r#","evaluationContext":{},"trackingEventDetails":{}"#,
+                    go_nullable_map(&evaluation_context),
+                    go_nullable_map(&details)
+                );
+            } else {
+                line += &format!(
+                    r#","variation":{},"value":{},"default":{default},"version":{},"source":{}"#,
+                    go_string(&variation),
+                    go_json(&value),
+                    go_string(&version),
+                    go_string(&source)
+                );
+                if let Some(m) = metadata.as_ref().filter(|m| !m.is_empty()) {
+                    line += &format!(r#","metadata":{}"#, go_map(m));
+                }
+            }
+            line.push('}');
+            let kind = if tracking { EventType::Tracking } else { EventType::Feature };
+            proptest::prop_assert_eq!(canonical::check(line.as_bytes()), Some(kind), "{}", line);
+            let general = encoded(&line);
+            proptest::prop_assert_eq!(general.as_deref(), Ok(line.as_str()));
+            let got = goff().decode(&Bytes::from(line.clone()), &envelope_fields(None));
+            proptest::prop_assert_eq!(got, Ok(Decoded::Event(Bytes::from(line))));
         }
     }
 
@@ -753,7 +1097,10 @@ mod tests {
 
     #[test]
     fn canonical_lines_are_recognised() {
-        for line in [E1, TRACK] {
+        let track_nulls = TRACK
+            .replace(r#"{"targetingKey":"ABCD","toto":123}"#, "null")
+            .replace(r#"{"event":"123"}"#, "null");
+        for line in [E1, TRACK, &track_nulls] {
             assert!(canonical::check(line.as_bytes()).is_some(), "{line}");
         }
         let not = [
@@ -762,6 +1109,9 @@ mod tests {
             E1.replace(":1617970547", ":01617970547"),
             E1.replace(r#""YO""#, r#""\ud800""#),
             E1.replace(r#""YO""#, r#""Y\u+0aO""#),
+            E1.replace(r#""version":"""#, r#""version":null"#),
+            E1.replace(r#""SERVER"}"#, r#""SERVER","metadata":null}"#),
+            TRACK.replace(r#"{"event":"123"}"#, "nul"),
             format!("{E1} "),
         ];
         for line in not {

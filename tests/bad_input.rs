@@ -1,10 +1,12 @@
 //! Bad input lines: every kind is counted and skipped, good lines around them all arrive, and
 //! nothing crashes or stalls a pipeline.
 
+mod dutil;
 mod util;
 
 use std::io::Write;
 
+use dutil::dead_letters;
 use util::*;
 
 /// Every kind of bad line from the issue, each between good events.
@@ -360,4 +362,141 @@ flush_interval = "100ms"
         peak >> 20,
         LINE >> 20
     );
+}
+
+/// A GO Feature Flag CSV file and a syslog-framed line are dead-lettered with a reason that
+/// names the fix (also in the log line), and the good lines around them are delivered.
+#[test]
+fn csv_and_syslog_lines_are_dead_lettered_with_the_fix() {
+    let server = TestServer::start();
+    let ws = Workspace::new();
+    let csv = ws.write(
+        "flag-variation-web-1.csv",
+        "feature;anonymousUser;ABCD;1617970547;random-key;Default;YO;false;SERVER\n\
+         feature;user;EFGH;1617970701;random-key;Default;YO2;false;SERVER\n",
+    );
+    let good = feature_events(0, 3);
+    let syslog = format!("<14>Nov 29 12:00:00 web-1 goff: {}", feature_event(99));
+    let json = ws.write(
+        "events.json",
+        jsonl(&[&good[0], &good[1], &syslog, &good[2]]),
+    );
+    let config = ws.config(&format!(
+        r#"[sources.in]
+type = "file"
+include = [{csv}, {json}]
+
+[sinks.webhook]
+type = "webhook"
+inputs = ["in"]
+endpoint_url = {url}
+"#,
+        csv = toml_str(&csv),
+        json = toml_str(&json),
+        url = toml_str(server.url()),
+    ));
+    let out = run_once(&config);
+    out.assert_code(2);
+
+    assert_eq!(server.delivered(), good, "{out}");
+    assert_eq!(out.summary().events_rejected, 3, "{out}");
+    let dead = dead_letters(&ws.data_dir(), "webhook");
+    assert_eq!(dead.len(), 3, "{dead:#?}");
+    let csv_fix = "looks like GO Feature Flag's CSV format";
+    let syslog_fix = r#"syslog-ng `template("$MSG\n")`"#;
+    for (line, fix) in [(1, csv_fix), (2, csv_fix)] {
+        let at = format!("{} line {line} ", csv.display());
+        let record = dead
+            .iter()
+            .find(|r| r["location"].as_str().unwrap().starts_with(&at))
+            .unwrap_or_else(|| panic!("no dead letter for {at}: {dead:#?}"));
+        let reason = record["reason"].as_str().unwrap();
+        assert!(reason.contains(fix), "{record}");
+        assert!(
+            reason.contains("set the exporter's `format` to `json`"),
+            "{record}"
+        );
+    }
+    let record = dead
+        .iter()
+        .find(|r| r["line"] == syslog.as_str())
+        .unwrap_or_else(|| panic!("no dead letter for the syslog line: {dead:#?}"));
+    assert!(
+        record["reason"].as_str().unwrap().contains(syslog_fix),
+        "{record}"
+    );
+    assert!(out.stderr.contains(csv_fix), "{out}");
+    assert!(out.stderr.contains(syslog_fix), "{out}");
+}
+
+/// Fluent Bit's `tcp` output in its default `Format msgpack`: every piece of the stream (cut
+/// at 0x0a bytes, one of them longer than `max_line_bytes`) is dead-lettered with a reason
+/// that names `Format json_lines`; JSON lines on another connection are delivered.
+#[test]
+fn fluent_bit_msgpack_over_tcp_is_dead_lettered_with_the_fix() {
+    let server = TestServer::start();
+    let ws = Workspace::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = ws.config(&format!(
+        r#"[sources.tcp]
+type = "tcp"
+address = {addr}
+max_line_bytes = 1024
+
+[sinks.webhook]
+type = "webhook"
+inputs = ["tcp"]
+endpoint_url = {url}
+flush_interval = "100ms"
+"#,
+        addr = toml_str(&addr),
+        url = toml_str(server.url()),
+    ));
+    // `[[EventTime, {}], {"log": event}]` records, back to back; the nanoseconds of record
+    // 3 hold a 0x0a byte, which cuts the stream there. Records 4.. make a piece of about
+    // 3 KiB with no 0x0a: longer than max_line_bytes.
+    let mut stream = Vec::new();
+    for i in 0..15u8 {
+        let event = feature_event(i.into());
+        let nanos = if i == 3 { 0x0a } else { 0x20 + i };
+        stream.extend_from_slice(&[0x92, 0x92, 0xd7, 0x00, 0x67, 0x49, 0x2c, 0x80]);
+        stream.extend_from_slice(&[0x01, 0x02, 0x03, nanos, 0x80, 0x81, 0xa3]);
+        stream.extend_from_slice(b"log");
+        stream.extend_from_slice(&[0xd9, event.len() as u8]);
+        stream.extend_from_slice(event.as_bytes());
+    }
+    assert_eq!(stream.iter().filter(|&&b| b == b'\n').count(), 1);
+    stream.push(b'\n');
+
+    let proc = Proc::spawn(run_once_cmd(&config));
+    // Both connected before either closes: with --once the source stops once none is open.
+    let mut fluent_bit = connect(&addr, &proc);
+    let mut json_lines = connect(&addr, &proc);
+    fluent_bit.write_all(&stream).unwrap();
+    let good = feature_events(100, 2);
+    json_lines.write_all(jsonl(&good).as_bytes()).unwrap();
+    drop(fluent_bit);
+    drop(json_lines);
+    let delivered = server.wait_for_delivered(2, WAIT);
+    let out = proc.wait();
+    out.assert_code(2);
+
+    assert_eq!(delivered, good, "{out}");
+    let dead = dead_letters(&ws.data_dir(), "webhook");
+    assert_eq!(dead.len(), 2, "{dead:#?}");
+    assert_eq!(out.summary().events_rejected, 2, "{out}");
+    for record in &dead {
+        let reason = record["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("looks like msgpack from Fluent Bit"),
+            "{record}"
+        );
+        assert!(reason.contains("set `Format json_lines`"), "{record}");
+    }
+    assert!(
+        dead.iter()
+            .any(|r| r["truncated_from_bytes"].as_u64() > Some(1024)),
+        "{dead:#?}"
+    );
+    assert!(out.stderr.contains("set `Format json_lines`"), "{out}");
 }

@@ -228,6 +228,36 @@ fn goff_compact_events_are_byte_identical() {
     assert_eq!(server.delivered(), events);
 }
 
+/// GO Feature Flag writes a tracking event's nil `evaluationContext` / `trackingEventDetails`
+/// as `null` (its struct has no `omitempty` there): such lines, and `{}` ones, are sent as
+/// they came, byte for byte in the request body.
+#[test]
+fn tracking_events_with_null_maps_are_byte_identical() {
+    let server = TestServer::start();
+    let ws = Workspace::new();
+    let events = [
+        r#"{"kind":"tracking","contextKind":"user","userKey":"u1","creationDate":1700000000,"key":"checkout","evaluationContext":null,"trackingEventDetails":null}"#,
+        r#"{"kind":"tracking","userKey":"u2","creationDate":1700000001,"key":"checkout","evaluationContext":{"targetingKey":"u2"},"trackingEventDetails":null}"#,
+        r#"{"kind":"tracking","userKey":"u3","creationDate":1700000002,"key":"checkout","evaluationContext":{},"trackingEventDetails":{}}"#,
+    ];
+    let config = ws.file_pipeline(
+        jsonl(&events),
+        &server.url(),
+        r#"meta = { hostname = "h" }"#,
+    );
+    run_once(&config).assert_code(0);
+
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(
+        reqs[0].body_str(),
+        format!(
+            r#"{{"meta":{{"hostname":"h"}},"events":[{}]}}"#,
+            events.join(",")
+        )
+    );
+}
+
 /// A shipper's fields beside the event (Vector's host/timestamp/source_type) are dropped.
 #[test]
 fn extra_shipper_fields_are_dropped_with_schema_goff() {

@@ -54,10 +54,11 @@ pub fn check(line: &[u8]) -> Option<EventType> {
             }
         }
         EventType::Tracking => {
+            // Never omitted; `null` is how GO Feature Flag writes a nil map.
             s.expect(br#","evaluationContext":"#)?;
-            s.object(0)?;
+            s.object_or_null()?;
             s.expect(br#","trackingEventDetails":"#)?;
-            s.object(0)?;
+            s.object_or_null()?;
         }
     }
     s.expect(b"}")?;
@@ -202,6 +203,13 @@ impl Scanner<'_> {
             }
             self.expect(b",")?;
         }
+    }
+
+    fn object_or_null(&mut self) -> Option<()> {
+        if self.eat(b"null") {
+            return Some(());
+        }
+        self.object(0)
     }
 
     fn array(&mut self, depth: usize) -> Option<()> {

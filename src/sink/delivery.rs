@@ -32,7 +32,7 @@ use super::webhook::{backoff, Decision, Delivery, Poster, Signed};
 use super::Stats;
 use crate::batch::{batches, RetryLane};
 use crate::data_dir::write_atomically;
-use crate::event::{Ack, Block, Decoded, Decoder, Invalid, Item};
+use crate::event::{self, Ack, Block, Decoded, Decoder, Invalid, Item};
 use crate::source::file::checkpoint::{AckHandle, Checkpointer};
 use crate::source::{gathers_ahead, Budget};
 
@@ -593,9 +593,10 @@ async fn decode_blocks(
             });
             let decoded = match (&line.problem, line.oversized) {
                 (Some(problem), _) => Err(Invalid(problem.clone())),
-                (None, Some(len)) => Err(Invalid(format!(
-                    "line of {len} bytes is longer than max_line_bytes"
-                ))),
+                (None, Some(len)) => Err(event::explain(
+                    &line.bytes,
+                    Invalid(format!("line of {len} bytes is longer than max_line_bytes")),
+                )),
                 (None, None) => decoder.decode(&line.bytes, &block.envelope),
             };
             let event = match decoded {
