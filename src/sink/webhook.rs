@@ -295,6 +295,61 @@ pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
     rand::thread_rng().gen_range(initial..=ceiling)
 }
 
+/// The retry clock of one sink, shared by the delivery loop and `dead-letter replay`:
+/// failed attempts in a row (for the backoff) and when they began (for
+/// `retry_max_duration`).
+#[derive(Debug)]
+pub struct Retries {
+    initial: Duration,
+    max: Duration,
+    max_duration: Option<Duration>,
+    attempt: u32,
+    failing_since: Option<std::time::Instant>,
+}
+
+/// What to do after a request that may be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextTry {
+    /// Send again after this delay (`Retry-After` when the endpoint gave one, else the
+    /// backoff).
+    After(Duration),
+    /// Requests have failed for longer than `retry_max_duration` (the value): dead-letter.
+    GiveUp(Duration),
+}
+
+impl Retries {
+    pub fn new(delivery: &Delivery) -> Self {
+        Retries {
+            initial: delivery.retry_initial_backoff,
+            max: delivery.retry_max_backoff,
+            max_duration: delivery.retry_max_duration,
+            attempt: 0,
+            failing_since: None,
+        }
+    }
+
+    /// A request got a 2xx: the next failure starts a new run of failures.
+    pub fn succeeded(&mut self) {
+        self.attempt = 0;
+        self.failing_since = None;
+    }
+
+    /// A request failed and may be retried; `after` is its `Retry-After`.
+    pub fn failed(&mut self, after: Option<Duration>) -> NextTry {
+        let since = *self
+            .failing_since
+            .get_or_insert_with(std::time::Instant::now);
+        if let Some(max) = self.max_duration {
+            if since.elapsed() >= max {
+                return NextTry::GiveUp(max);
+            }
+        }
+        let delay = after.unwrap_or_else(|| backoff(self.attempt, self.initial, self.max));
+        self.attempt = self.attempt.saturating_add(1);
+        NextTry::After(delay)
+    }
+}
+
 /// The result of one POST.
 #[derive(Debug)]
 pub struct Outcome {
