@@ -15,12 +15,14 @@
 //! - [`sink::delivery`]: a sink's loop (post, retry, split, dead-letter, acknowledge);
 //!   [`sink::webhook`]: the request and the retry policy; [`sink::deadletter`]: the
 //!   dead-letter file.
+//! - [`lock`]: the advisory lock that gives one process a data_dir.
 //! - [`sign`]: the `X-Hub-Signature-256` signature.
 //! - [`receiver`]: a signature-checking receiver, for `receive` and `demo`.
 
 pub mod batch;
 pub mod config;
 pub mod event;
+pub mod lock;
 pub mod receiver;
 pub mod sign;
 pub mod sink;

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{SinkConfig, SourceConfig, Validated};
 use crate::event::Decoder;
-use crate::sink::deadletter::DeadLetters;
+use crate::lock::{lock_data_dir, DataDirLock};
+use crate::sink::deadletter::{dead_letter_path, DeadLetters};
 use crate::sink::delivery::{self, SinkParts};
 use crate::sink::webhook::{Delivery, Poster};
 use crate::sink::Stats;
@@ -60,7 +61,7 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs every pipeline of `config` until the sources end (`once`) or `shutdown` fires.
 pub async fn run(config: Validated, once: bool, shutdown: CancellationToken) -> Result<Summary> {
-    prepare_data_dir(&config.data_dir)?;
+    let _lock = prepare_data_dir(&config.data_dir)?;
     let source_names: Vec<&String> = config.sources.keys().collect();
     let base = config
         .path
@@ -119,12 +120,7 @@ pub async fn run(config: Validated, once: bool, shutdown: CancellationToken) -> 
             decoder: Decoder::new(c.schema, &c.event_types),
             budget,
             stats,
-            dead_letters: Arc::new(DeadLetters::new(
-                config
-                    .data_dir
-                    .join("dead-letter")
-                    .join(format!("{name}.jsonl")),
-            )),
+            dead_letters: Arc::new(DeadLetters::new(dead_letter_path(&config.data_dir, name))),
             acks,
             spill_path: config.data_dir.join("spill").join(format!("{name}.jsonl")),
         };
@@ -192,8 +188,13 @@ fn write_checkpoints(checkpointers: &[Arc<Checkpointer>]) {
     }
 }
 
-/// Creates `data_dir` and its folders, and proves it writable before anything runs.
-fn prepare_data_dir(dir: &Path) -> Result<()> {
+/// Locks `data_dir` (created when missing) for this process, creates its folders and proves
+/// it writable before anything runs.
+fn prepare_data_dir(dir: &Path) -> Result<DataDirLock> {
+    let lock = lock_data_dir(
+        dir,
+        "one flaghook runs per data_dir (stop that one, or give this config its own `data_dir`)",
+    )?;
     let unwritable = || {
         format!(
             "data_dir {} is not writable (set `data_dir` to a folder flaghook may write)",
@@ -206,5 +207,5 @@ fn prepare_data_dir(dir: &Path) -> Result<()> {
     let probe = dir.join(".write-test");
     std::fs::write(&probe, b"ok").with_context(unwritable)?;
     let _ = std::fs::remove_file(probe);
-    Ok(())
+    Ok(lock)
 }
