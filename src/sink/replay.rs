@@ -97,26 +97,7 @@ pub async fn replay(
         .await?
         .with_context(|| format!("cannot read dead letters {}", file.display()))?;
     let (numbers, mut lines): (Vec<usize>, Vec<Line>) = numbered.into_iter().unzip();
-    let mut fates = Vec::with_capacity(lines.len());
-    let mut events = Vec::new();
-    let mut skips = SkipLog::default();
-    let mut decoder = Decoder::new(config.schema, &config.event_types);
-    for (index, line) in lines.iter_mut().enumerate() {
-        match sendable(line, name, config, &mut decoder) {
-            Ok(event) => {
-                fates.push(Fate::Remaining);
-                events.push((index, event));
-            }
-            Err(why) => {
-                skips.log(name, &file, numbers[index], &why);
-                if let Line::Record(record) = line {
-                    record.reason = why;
-                }
-                fates.push(Fate::Skipped);
-            }
-        }
-    }
-    skips.finish(name);
+    let (mut fates, events) = classify(&mut lines, &numbers, name, config, &file);
 
     let mut sender = Sender {
         poster: Poster::new(name, config)?,
@@ -150,12 +131,43 @@ pub async fn replay(
             .filter(|(_, fate)| *fate != Fate::Delivered)
             .map(|(line, _)| line)
             .collect();
-        let path = file.clone();
-        tokio::task::spawn_blocking(move || rewrite(&path, kept.iter()))
+        tokio::task::spawn_blocking(move || rewrite(&file, kept.iter()))
             .await?
-            .with_context(|| format!("cannot rewrite {}", file.display()))?;
+            .with_context(|| format!("cannot rewrite {}", outcome.file.display()))?;
     }
     Ok(outcome)
+}
+
+/// Each line's first fate (Remaining: to send; Skipped: not sendable, with the reason set
+/// in its record and logged) and the events to send, with their line's index.
+fn classify(
+    lines: &mut [Line],
+    numbers: &[usize],
+    name: &str,
+    config: &WebhookConfig,
+    file: &Path,
+) -> (Vec<Fate>, Vec<Pending>) {
+    let mut fates = Vec::with_capacity(lines.len());
+    let mut events = Vec::new();
+    let mut skips = SkipLog::default();
+    let mut decoder = Decoder::new(config.schema, &config.event_types);
+    for (index, line) in lines.iter_mut().enumerate() {
+        match sendable(line, name, config, &mut decoder) {
+            Ok(event) => {
+                fates.push(Fate::Remaining);
+                events.push((index, event));
+            }
+            Err(why) => {
+                skips.log(name, file, numbers[index], &why);
+                if let Line::Record(record) = line {
+                    record.reason = why;
+                }
+                fates.push(Fate::Skipped);
+            }
+        }
+    }
+    skips.finish(name);
+    (fates, events)
 }
 
 /// The event to send for `line`, or why it is not sent.

@@ -646,6 +646,25 @@ mod tests {
     }
 
     #[test]
+    fn retries_give_up_after_retry_max_duration_and_start_over_after_a_success() {
+        let ms = Duration::from_millis;
+        let mut retries = Retries::new(&Delivery {
+            max_events: 1,
+            flush_interval: ms(100),
+            retry_initial_backoff: ms(10),
+            retry_max_backoff: ms(10),
+            retry_max_duration: Some(ms(30)),
+            shutdown_timeout: ms(100),
+        });
+        assert_eq!(retries.failed(None), NextTry::After(ms(10)));
+        assert_eq!(retries.failed(Some(ms(7000))), NextTry::After(ms(7000)));
+        std::thread::sleep(ms(40));
+        assert_eq!(retries.failed(None), NextTry::GiveUp(ms(30)));
+        retries.succeeded();
+        assert_eq!(retries.failed(None), NextTry::After(ms(10)));
+    }
+
+    #[test]
     fn endpoint_checks() {
         assert!(endpoint_uri("k", "https://x.example/hook").is_ok());
         assert!(endpoint_uri("k", "http://127.0.0.1:8080").is_ok());
