@@ -16,6 +16,7 @@
 //! - [`sink::delivery`]: a sink's loop (post, retry, split, dead-letter, acknowledge);
 //!   [`sink::webhook`]: the request and the retry policy; [`sink::deadletter`]: the
 //!   dead-letter file.
+//! - [`lock`]: the advisory lock that gives one process a data_dir.
 //! - [`sign`]: the `X-Hub-Signature-256` signature.
 //! - [`receiver`]: a signature-checking receiver, for `receive` and `demo`.
 //! - [`failpoint`]: fault injection for tests (debug builds only).
@@ -25,6 +26,7 @@ pub mod config;
 pub mod data_dir;
 pub mod event;
 pub mod failpoint;
+pub mod lock;
 pub mod receiver;
 pub mod sign;
 pub mod sink;

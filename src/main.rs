@@ -94,8 +94,10 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DeadLetterCommand {
-    /// Send a sink's dead letters again; delivered ones leave the file. Exit 0 when all
-    /// were delivered, 2 when some remain. Run it while that sink's pipeline is stopped.
+    /// Send a sink's dead letters again; delivered ones leave the file, the others stay
+    /// with their reason. Exit 0 when all were delivered, 2 when some were rejected or
+    /// skipped, 3 when some were not delivered (the endpoint kept failing, or SIGINT).
+    /// Refused (exit 1) while a pipeline uses the same data_dir.
     Replay {
         /// The TOML config file.
         #[arg(long)]
@@ -223,8 +225,8 @@ fn read_input(file: Option<&Path>) -> Result<Vec<u8>> {
     }
 }
 
-/// Cancels `token` at the first SIGINT or SIGTERM.
-fn cancel_on_signal(token: CancellationToken) -> Result<()> {
+/// Cancels `token` at the first SIGINT or SIGTERM, and logs `what_now`.
+fn cancel_on_signal(token: CancellationToken, what_now: &'static str) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -233,16 +235,18 @@ fn cancel_on_signal(token: CancellationToken) -> Result<()> {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        tracing::info!("stopping: sources stop, pending events are flushed");
+        tracing::info!("stopping: {what_now}");
         token.cancel();
     });
     Ok(())
 }
 
+const PIPELINE_STOPS: &str = "sources stop, pending events are flushed";
+
 async fn run(path: &Path, once: bool) -> Result<u8> {
     let config = config::load(path)?;
     let shutdown = CancellationToken::new();
-    cancel_on_signal(shutdown.clone())?;
+    cancel_on_signal(shutdown.clone(), PIPELINE_STOPS)?;
     let summary = topology::run(config, once, shutdown).await?;
     tracing::info!("{}", summary.line());
     println!("{}", summary.line());
@@ -258,18 +262,15 @@ async fn replay(path: &Path, sink: &str) -> Result<u8> {
             config.sinks.keys().cloned().collect::<Vec<_>>().join(", ")
         );
     };
-    let file = config
-        .data_dir
-        .join("dead-letter")
-        .join(format!("{sink}.jsonl"));
-    let done = flaghook::sink::replay::replay(sink, webhook, &file).await?;
-    println!(
-        "replayed delivered={} remaining={} file={}",
-        done.delivered,
-        done.remaining,
-        file.display()
-    );
-    Ok(if done.remaining == 0 { 0 } else { 2 })
+    let stop = CancellationToken::new();
+    cancel_on_signal(
+        stop.clone(),
+        "no new request; records not delivered stay in the file",
+    )?;
+    let done = flaghook::sink::replay::replay(sink, webhook, &config.data_dir, stop).await?;
+    tracing::info!("{}", done.line());
+    println!("{}", done.line());
+    Ok(done.exit_code())
 }
 
 async fn receive(listen: SocketAddr, secret: Option<Secret>) -> Result<u8> {
@@ -278,7 +279,7 @@ async fn receive(listen: SocketAddr, secret: Option<Secret>) -> Result<u8> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     eprintln!("listening on {}", listener.local_addr()?);
     let shutdown = CancellationToken::new();
-    cancel_on_signal(shutdown.clone())?;
+    cancel_on_signal(shutdown.clone(), PIPELINE_STOPS)?;
     let print =
         Arc::new(|r: Received| println!("{}", serde_json::to_string(&r).expect("serializable")));
     receiver::serve(listener, secret, print, shutdown).await;
@@ -319,7 +320,7 @@ async fn demo() -> Result<u8> {
     ));
 
     let shutdown = CancellationToken::new();
-    cancel_on_signal(shutdown.clone())?;
+    cancel_on_signal(shutdown.clone(), PIPELINE_STOPS)?;
     let summary = topology::run(config, true, shutdown).await?;
     stop_receiver.cancel();
     let _ = server.await;

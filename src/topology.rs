@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{SinkConfig, SourceConfig, Validated};
 use crate::data_dir::DataDir;
 use crate::event::Decoder;
+use crate::lock::lock_data_dir;
 use crate::sink::deadletter::DeadLetters;
 use crate::sink::delivery::{self, SinkParts};
 use crate::sink::webhook::{Delivery, Poster};
@@ -67,6 +68,10 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// with an error naming the task, never with a summary.
 pub async fn run(config: Validated, once: bool, shutdown: CancellationToken) -> Result<Summary> {
     let data_dir = DataDir::prepare(&config.data_dir)?;
+    let _lock = lock_data_dir(
+        data_dir.root(),
+        "one flaghook runs per data_dir (stop that one, or give this config its own `data_dir`)",
+    )?;
     let base = config
         .path
         .parent()

@@ -160,8 +160,10 @@ fn replay_delivers_dead_letters_once_the_endpoint_accepts_them() {
     let out = replay();
     out.assert_code(2);
     assert!(
-        out.stdout
-            .contains(&format!("delivered={} remaining=1", POISON_AFTER.len())),
+        out.stdout.contains(&format!(
+            "delivered={} rejected=0 skipped=1 remaining=0",
+            POISON_AFTER.len()
+        )),
         "{out}"
     );
     assert_eq!(
@@ -174,7 +176,11 @@ fn replay_delivers_dead_letters_once_the_endpoint_accepts_them() {
 
     // Nothing left to deliver: a second replay sends nothing again.
     let out = replay();
-    assert!(out.stdout.contains("delivered=0 remaining=1"), "{out}");
+    assert!(
+        out.stdout
+            .contains("records=1 delivered=0 rejected=0 skipped=1 remaining=0"),
+        "{out}"
+    );
     assert_eq!(
         hook.with(|t| t.foreign_delivered),
         POISON_AFTER.len() as u64

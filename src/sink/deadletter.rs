@@ -14,6 +14,8 @@ use std::time::SystemTime;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+use crate::source::file::checkpoint::write_atomically;
+
 /// One dead letter, as written.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Record {
@@ -117,17 +119,88 @@ impl DeadLetters {
     }
 }
 
-/// Reads every record of a dead-letter file.
-pub fn read_all(path: &Path) -> io::Result<Vec<Record>> {
-    let text = match crate::data_dir::read(path).and_then(|bytes| {
-        String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-    }) {
-        Ok(t) => t,
+/// One non-blank line of a dead-letter file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Line {
+    Record(Record),
+    /// Not a record: torn by a crash while it was written, or broken by an edit. Kept as
+    /// it is, for someone to look at.
+    Corrupt {
+        bytes: Vec<u8>,
+        error: String,
+    },
+}
+
+/// Reads every non-blank line of a dead-letter file, with its line number (from 1); none
+/// when the file does not exist.
+pub fn read_lines(path: &Path) -> io::Result<Vec<(usize, Line)>> {
+    let bytes = match crate::data_dir::read(path) {
+        Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)))
-        .collect()
+    let lines = bytes.split(|b| *b == b'\n').enumerate();
+    Ok(lines
+        .filter(|(_, l)| !l.trim_ascii().is_empty())
+        .map(|(i, l)| {
+            let line = match serde_json::from_slice(l) {
+                Ok(record) => Line::Record(record),
+                Err(e) => Line::Corrupt {
+                    bytes: l.to_vec(),
+                    error: e.to_string(),
+                },
+            };
+            (i + 1, line)
+        })
+        .collect())
+}
+
+/// Replaces the file by `lines`, atomically: a crash leaves either the old file or the
+/// new one.
+pub fn rewrite<'a>(path: &Path, lines: impl Iterator<Item = &'a Line>) -> io::Result<()> {
+    let mut text = Vec::new();
+    for line in lines {
+        match line {
+            Line::Record(record) => serde_json::to_writer(&mut text, record)?,
+            Line::Corrupt { bytes, .. } => text.extend_from_slice(bytes),
+        }
+        text.push(b'\n');
+    }
+    write_atomically(path, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrupt_lines_are_kept_byte_for_byte_among_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.jsonl");
+        let record = Record::new("w", "why".into(), b"{}");
+        let good = serde_json::to_string(&record).unwrap();
+        let torn = b"{\"time\":\"2026-\xff";
+        let mut text = format!("{good}\n\n").into_bytes();
+        text.extend_from_slice(torn);
+        text.extend_from_slice(format!("\n{good}\n").as_bytes());
+        std::fs::write(&path, &text).unwrap();
+
+        let lines = read_lines(&path).unwrap();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[0], (1, Line::Record(record.clone())));
+        assert!(
+            matches!(&lines[1], (3, Line::Corrupt { bytes, .. }) if bytes == torn),
+            "{lines:?}"
+        );
+        rewrite(&path, lines.iter().map(|(_, l)| l)).unwrap();
+        let again = std::fs::read(&path).unwrap();
+        let blank_dropped: Vec<u8> = text
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(i, _)| *i != good.len() + 1)
+            .map(|(_, b)| b)
+            .collect();
+        assert_eq!(again, blank_dropped);
+    }
 }

@@ -28,7 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use super::deadletter::{DeadLetters, Record};
-use super::webhook::{backoff, Decision, Delivery, Poster, Signed};
+use super::webhook::{Decision, Delivery, NextTry, Poster, Retries, Signed};
 use super::Stats;
 use crate::batch::{batches, RetryLane};
 use crate::data_dir::write_atomically;
@@ -166,10 +166,8 @@ struct Sink {
     spill_path: PathBuf,
     lane: RetryLane,
     grace: Grace,
-    /// Failed attempts in a row, for the backoff.
-    attempt: u32,
-    /// When the current run of failures began.
-    failing_since: Option<Instant>,
+    /// Failed attempts in a row and since when: the backoff and `retry_max_duration`.
+    retries: Retries,
     /// Items loaded from the spill file not yet resolved; they sit at the front of the
     /// lane and hold no budget.
     spilled_left: usize,
@@ -206,6 +204,7 @@ impl Sink {
             spill_path,
         } = parts;
         let grace = Grace::new(shutdown, delivery.shutdown_timeout);
+        let retries = Retries::new(&delivery);
         let mut sink = Sink {
             name,
             poster,
@@ -217,8 +216,7 @@ impl Sink {
             spill_path,
             lane: RetryLane::default(),
             grace,
-            attempt: 0,
-            failing_since: None,
+            retries,
             spilled_left: 0,
             abandoned: Vec::new(),
             persisting: None,
@@ -265,8 +263,7 @@ impl Sink {
             return None;
         }
         let Err(failure) = self.deliver(batch, signed).await else {
-            self.attempt = 0;
-            self.failing_since = None;
+            self.retries.succeeded();
             return None;
         };
         if self.grace.deadline().is_some() {
@@ -277,9 +274,9 @@ impl Sink {
                 return None;
             }
         }
-        let since = *self.failing_since.get_or_insert_with(Instant::now);
-        if let Some(max) = self.delivery.retry_max_duration {
-            if since.elapsed() >= max {
+        let delay = match self.retries.failed(failure.after) {
+            NextTry::After(delay) => delay,
+            NextTry::GiveUp(max) => {
                 let reason = format!(
                     "still failing after {}: {}",
                     humantime::format_duration(max),
@@ -289,15 +286,7 @@ impl Sink {
                 self.reject_all(failure.rest, &reason);
                 return None;
             }
-        }
-        let delay = failure.after.unwrap_or_else(|| {
-            backoff(
-                self.attempt,
-                self.delivery.retry_initial_backoff,
-                self.delivery.retry_max_backoff,
-            )
-        });
-        self.attempt = self.attempt.saturating_add(1);
+        };
         // However soon the batch is taken again (full, or straight from the lane once the
         // input ended), it is not re-sent before a flush interval: no hot loop.
         self.not_before = Some(Instant::now() + delay.max(self.delivery.flush_interval));

@@ -295,6 +295,61 @@ pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
     rand::thread_rng().gen_range(initial..=ceiling)
 }
 
+/// The retry clock of one sink, shared by the delivery loop and `dead-letter replay`:
+/// failed attempts in a row (for the backoff) and when they began (for
+/// `retry_max_duration`).
+#[derive(Debug)]
+pub struct Retries {
+    initial: Duration,
+    max: Duration,
+    max_duration: Option<Duration>,
+    attempt: u32,
+    failing_since: Option<std::time::Instant>,
+}
+
+/// What to do after a request that may be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextTry {
+    /// Send again after this delay (`Retry-After` when the endpoint gave one, else the
+    /// backoff).
+    After(Duration),
+    /// Requests have failed for longer than `retry_max_duration` (the value): dead-letter.
+    GiveUp(Duration),
+}
+
+impl Retries {
+    pub fn new(delivery: &Delivery) -> Self {
+        Retries {
+            initial: delivery.retry_initial_backoff,
+            max: delivery.retry_max_backoff,
+            max_duration: delivery.retry_max_duration,
+            attempt: 0,
+            failing_since: None,
+        }
+    }
+
+    /// A request got a 2xx: the next failure starts a new run of failures.
+    pub fn succeeded(&mut self) {
+        self.attempt = 0;
+        self.failing_since = None;
+    }
+
+    /// A request failed and may be retried; `after` is its `Retry-After`.
+    pub fn failed(&mut self, after: Option<Duration>) -> NextTry {
+        let since = *self
+            .failing_since
+            .get_or_insert_with(std::time::Instant::now);
+        if let Some(max) = self.max_duration {
+            if since.elapsed() >= max {
+                return NextTry::GiveUp(max);
+            }
+        }
+        let delay = after.unwrap_or_else(|| backoff(self.attempt, self.initial, self.max));
+        self.attempt = self.attempt.saturating_add(1);
+        NextTry::After(delay)
+    }
+}
+
 /// The result of one POST.
 #[derive(Debug)]
 pub struct Outcome {
@@ -588,6 +643,25 @@ mod tests {
             assert!(d >= initial && d <= max, "{attempt}: {d:?}");
         }
         assert_eq!(backoff(0, initial, max), initial);
+    }
+
+    #[test]
+    fn retries_give_up_after_retry_max_duration_and_start_over_after_a_success() {
+        let ms = Duration::from_millis;
+        let mut retries = Retries::new(&Delivery {
+            max_events: 1,
+            flush_interval: ms(100),
+            retry_initial_backoff: ms(10),
+            retry_max_backoff: ms(10),
+            retry_max_duration: Some(ms(30)),
+            shutdown_timeout: ms(100),
+        });
+        assert_eq!(retries.failed(None), NextTry::After(ms(10)));
+        assert_eq!(retries.failed(Some(ms(7000))), NextTry::After(ms(7000)));
+        std::thread::sleep(ms(40));
+        assert_eq!(retries.failed(None), NextTry::GiveUp(ms(30)));
+        retries.succeeded();
+        assert_eq!(retries.failed(None), NextTry::After(ms(10)));
     }
 
     #[test]
