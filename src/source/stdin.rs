@@ -1,4 +1,7 @@
 //! `type = "stdin"`: newline-delimited JSON on standard input, read to its end.
+//!
+//! At shutdown, what a shipper already wrote into the pipe is read too (see
+//! [`super::pump`]): the writer was told it was written, and it would be dropped unread.
 
 use std::sync::Arc;
 
@@ -35,7 +38,7 @@ impl StdinConfig {
     }
 }
 
-/// Reads stdin to EOF (or until shutdown).
+/// Reads stdin to EOF (or until shutdown, then what was already written).
 pub async fn run(name: &str, config: &StdinConfig, output: Output, shutdown: CancellationToken) {
     let template = Block {
         source_name: Arc::from(name),
