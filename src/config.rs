@@ -238,14 +238,7 @@ impl EnvValues {
     /// `{:?}` escapes them. A short value may replace unrelated text too: a message that
     /// reads oddly is better than one that shows a secret.
     pub fn hide(&self, text: &str) -> String {
-        let mut forms: Vec<(String, &str)> = Vec::new();
-        for (value, shown) in &self.hidden {
-            let debug = format!("{value:?}");
-            forms.push((debug[1..debug.len() - 1].to_owned(), shown));
-            forms.push((value.clone(), shown));
-        }
-        forms.retain(|(form, _)| !form.is_empty());
-        forms.sort_by_key(|(form, _)| std::cmp::Reverse(form.len()));
+        let forms = self.forms();
         // Each byte of `text` inside some occurrence gets the first (longest) form that
         // covers it, so overlapping occurrences are hidden whole.
         let bytes = text.as_bytes();
@@ -270,6 +263,19 @@ impl EnvValues {
             }
         }
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Each value as it is and as `{:?}` escapes it, with what to show instead; longest first.
+    fn forms(&self) -> Vec<(String, &str)> {
+        let mut forms = Vec::new();
+        for (value, shown) in &self.hidden {
+            let debug = format!("{value:?}");
+            forms.push((debug[1..debug.len() - 1].to_owned(), shown.as_str()));
+            forms.push((value.clone(), shown.as_str()));
+        }
+        forms.retain(|(form, _)| !form.is_empty());
+        forms.sort_by_key(|(form, _)| std::cmp::Reverse(form.len()));
+        forms
     }
 
     /// [`hide`](Self::hide) over an error's whole chain.
