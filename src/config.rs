@@ -1,12 +1,14 @@
 //! The TOML model, in Vector's shape: `[sources.NAME]` and `[sinks.NAME]` tables.
 //!
-//! Loading happens in two phases, as in Vector (`validate` then `build`): [`load`] reads
-//! the file, substitutes `${VAR}`, parses it strictly (`deny_unknown_fields`) and then
-//! [`Config::validate`]s it into ready-to-run values. Everything a config can get wrong is
-//! found here, with a message that names the key and shows a correct example; nothing on
+//! Loading happens in two phases, as in Vector (`validate` then `build`): [`load`] parses
+//! the file, expands `${VAR}` in its string values, reads it strictly
+//! (`deny_unknown_fields`) and then [`Config::validate`]s it into ready-to-run values.
+//! Everything a config can get wrong is found here, with a message that names the key and
+//! shows a correct example, and never a value that came from the environment; nothing on
 //! the hot path fails because of config.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -106,15 +108,16 @@ fn split_type(key: &str, mut table: toml::Table, kinds: &str) -> Result<(String,
     }
 }
 
-/// Reads `table` into `T`; an error names the full key.
+/// Reads `table` (at `key`, `""` for the whole file) into `T`; an error names the full key.
 fn typed<T: serde::de::DeserializeOwned>(key: &str, table: toml::Table) -> Result<T> {
     serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if path == "." {
-            anyhow!("`{key}`: {inner}")
-        } else {
-            anyhow!("`{key}.{path}`: {inner}")
+        match (key, path.as_str()) {
+            ("", ".") => anyhow!("{inner}"),
+            ("", path) => anyhow!("`{path}`: {inner}"),
+            (key, ".") => anyhow!("`{key}`: {inner}"),
+            (key, path) => anyhow!("`{key}.{path}`: {inner}"),
         }
     })
 }
@@ -157,9 +160,11 @@ pub struct Validated {
     pub data_dir: PathBuf,
     pub sources: BTreeMap<String, SourceConfig>,
     pub sinks: BTreeMap<String, SinkConfig>,
+    /// What came from the environment, to hide from later errors.
+    pub env: EnvValues,
 }
 
-/// Reads, substitutes, parses and validates the config at `path`.
+/// Reads, parses, substitutes and validates the config at `path`.
 pub fn load(path: &Path) -> Result<Validated> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
@@ -167,62 +172,185 @@ pub fn load(path: &Path) -> Result<Validated> {
 }
 
 /// [`load`] over text already read; `path` locates the default `data_dir`.
+///
+/// The TOML is parsed before `${NAME}` is expanded, so an environment value is taken
+/// literally whatever it holds (quotes, backslashes, newlines), and a parse error can only
+/// show the file's own text. Errors after the expansion pass through [`EnvValues::hide`].
 pub fn parse(text: &str, path: &Path) -> Result<Validated> {
-    let text = substitute_env(text, |name| std::env::var(name).ok())?;
-    let config: Config = toml::from_str(&text)
-        .map_err(|e| anyhow!("{}\n{}", e.message(), located(&text, e.span())))
+    let mut table: toml::Table = toml::from_str(text)
+        .map_err(|e| anyhow!("{}\n{}", e.message(), located(text, e.span())))
         .map_err(with_example)?;
-    config.validate(path).map_err(with_example)
+    let env = substitute_env(&mut table, |name| std::env::var_os(name)).map_err(with_example)?;
+    let mut validated = typed::<Config>("", table)
+        .and_then(|config| config.validate(path))
+        .map_err(|e| env.hide_error(&e))
+        .map_err(with_example)?;
+    validated.env = env;
+    Ok(validated)
 }
 
 fn with_example(e: anyhow::Error) -> anyhow::Error {
     anyhow!("{e:#}\n\nA correct example:\n{EXAMPLE}")
 }
 
-/// "at line N: <that line>" for a parse error's span, so the key is easy to find.
+/// "at line N: <that line>" for a parse error's span, so the key is easy to find. A line
+/// that mentions a secret is not shown: it may hold one, written literally. An error at a
+/// `${` says where `${NAME}` works.
 fn located(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     let Some(span) = span else {
         return String::new();
     };
-    let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
-    let line = text.lines().nth(line_no - 1).unwrap_or("");
-    format!("at line {line_no}: {}", line.trim())
-}
-
-/// Replaces `${NAME}` with the variable's value and `$$` with `$`. An unset variable is an
-/// error that names it. Any other `$` stays as it is, and so do comments, so that a
-/// commented-out `${VAR}` needs no variable.
-pub fn substitute_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String> {
-    let mut out = String::with_capacity(text.len());
-    for line in text.split_inclusive('\n') {
-        let (code, comment) = line.split_at(comment_start(line));
-        substitute_line(code, &lookup, &mut out)?;
-        out.push_str(comment);
+    let line_no = text.get(..span.start).unwrap_or(text).matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    let shown = if line.to_ascii_lowercase().contains("secret") {
+        format!("at line {line_no} (not shown: it mentions a secret)")
+    } else {
+        format!("at line {line_no}: {line}")
+    };
+    let at_dollar = |i: usize| text.get(i..).is_some_and(|rest| rest.starts_with("${"));
+    if at_dollar(span.start) || at_dollar(span.end) {
+        format!("{shown}\n`${{NAME}}` is expanded only inside quoted string values (key = \"${{NAME}}\"), not in keys, numbers or booleans")
+    } else {
+        shown
     }
-    Ok(out)
 }
 
-/// Where the TOML comment of `line` starts (a `#` outside a one-line string), or its length.
-fn comment_start(line: &str) -> usize {
-    let (mut in_basic, mut in_literal, mut escaped) = (false, false, false);
-    for (i, c) in line.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if in_basic => escaped = true,
-            '"' if !in_literal => in_basic = !in_basic,
-            '\'' if !in_basic => in_literal = !in_literal,
-            '#' if !in_basic && !in_literal => return i,
-            _ => {}
+// ---------------------------------------------------------------------------------------
+// `${NAME}` in string values.
+
+/// What `${NAME}` expansion put into the config, so that no error shows it: each expanded
+/// string with its text as written, and each variable's value with `${NAME}`.
+#[derive(Clone, Default)]
+pub struct EnvValues {
+    /// (a value from the environment, or a string holding one; what to show instead)
+    hidden: Vec<(String, String)>,
+}
+
+impl fmt::Debug for EnvValues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EnvValues(<{} redacted>)", self.hidden.len())
+    }
+}
+
+impl EnvValues {
+    /// `text` with every value from the environment replaced by how the config names it
+    /// (`${NAME}`, or the string as written). Values are looked for as they are and as
+    /// `{:?}` escapes them. A short value may replace unrelated text too: a message that
+    /// reads oddly is better than one that shows a secret.
+    pub fn hide(&self, text: &str) -> String {
+        let forms = self.forms();
+        // Each byte of `text` inside some occurrence gets the first (longest) form that
+        // covers it, so overlapping occurrences are hidden whole.
+        let bytes = text.as_bytes();
+        let mut cover: Vec<Option<usize>> = vec![None; bytes.len()];
+        for (i, (form, _)) in forms.iter().enumerate() {
+            for start in 0..bytes.len() {
+                if bytes[start..].starts_with(form.as_bytes()) {
+                    for slot in &mut cover[start..start + form.len()] {
+                        slot.get_or_insert(i);
+                    }
+                }
+            }
         }
+        let mut out = Vec::with_capacity(bytes.len());
+        for (at, (byte, slot)) in bytes.iter().zip(&cover).enumerate() {
+            match slot {
+                None => out.push(*byte),
+                Some(i) if at == 0 || cover[at - 1] != *slot => {
+                    out.extend_from_slice(forms[*i].1.as_bytes())
+                }
+                Some(_) => {}
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
     }
-    line.len()
+
+    /// Each value as it is and as `{:?}` escapes it, with what to show instead; longest first.
+    fn forms(&self) -> Vec<(String, &str)> {
+        let mut forms = Vec::new();
+        for (value, shown) in &self.hidden {
+            let debug = format!("{value:?}");
+            forms.push((debug[1..debug.len() - 1].to_owned(), shown.as_str()));
+            forms.push((value.clone(), shown.as_str()));
+        }
+        forms.retain(|(form, _)| !form.is_empty());
+        forms.sort_by_key(|(form, _)| std::cmp::Reverse(form.len()));
+        forms
+    }
+
+    /// [`hide`](Self::hide) over an error's whole chain.
+    pub fn hide_error(&self, e: &anyhow::Error) -> anyhow::Error {
+        anyhow!(self.hide(&format!("{e:#}")))
+    }
 }
 
-fn substitute_line(
-    mut rest: &str,
-    lookup: &impl Fn(&str) -> Option<String>,
-    out: &mut String,
+/// Expands `${NAME}` and `$$` in every string value of `table`, in arrays and inline
+/// tables too. Keys, numbers and booleans are left alone, and comments are gone already.
+/// An error names the key that uses the variable, never its value.
+pub fn substitute_env(
+    table: &mut toml::Table,
+    lookup: impl Fn(&str) -> Option<OsString>,
+) -> Result<EnvValues> {
+    let mut env = EnvValues::default();
+    substitute_table(table, "", &lookup, &mut env)?;
+    Ok(env)
+}
+
+fn substitute_table(
+    table: &mut toml::Table,
+    key: &str,
+    lookup: &impl Fn(&str) -> Option<OsString>,
+    env: &mut EnvValues,
 ) -> Result<()> {
+    for (name, value) in table.iter_mut() {
+        let key = if key.is_empty() {
+            name.clone()
+        } else {
+            format!("{key}.{name}")
+        };
+        if name.contains("${") {
+            bail!("the key `{key}` contains `${{`: `${{NAME}}` is expanded only inside string values, not in keys");
+        }
+        substitute_value(value, &key, lookup, env)?;
+    }
+    Ok(())
+}
+
+fn substitute_value(
+    value: &mut toml::Value,
+    key: &str,
+    lookup: &impl Fn(&str) -> Option<OsString>,
+    env: &mut EnvValues,
+) -> Result<()> {
+    match value {
+        toml::Value::String(text) => {
+            if let Some(expanded) = substitute_string(text, key, lookup, env)? {
+                *text = expanded;
+            }
+        }
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                substitute_value(item, &format!("{key}[{i}]"), lookup, env)?;
+            }
+        }
+        toml::Value::Table(table) => substitute_table(table, key, lookup, env)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `text` with `${NAME}` replaced by the variable's value and `$$` by `$`, or `None` when
+/// it has neither. Any other `$` stays as it is.
+fn substitute_string(
+    text: &str,
+    key: &str,
+    lookup: &impl Fn(&str) -> Option<OsString>,
+    env: &mut EnvValues,
+) -> Result<Option<String>> {
+    if !text.contains('$') {
+        return Ok(None);
+    }
+    let (mut out, mut rest, mut used_env) = (String::with_capacity(text.len()), text, false);
     while let Some(at) = rest.find('$') {
         out.push_str(&rest[..at]);
         let after = &rest[at + 1..];
@@ -231,13 +359,16 @@ fn substitute_line(
             rest = tail;
         } else if let Some(tail) = after.strip_prefix('{') {
             let end = tail.find('}').ok_or_else(|| {
-                anyhow!("unterminated `${{` (write `${{NAME}}`, or `$$` for a literal `$`)")
+                anyhow!("`{key}` has an unterminated `${{`: write `${{NAME}}`, or `$$` for a literal `$`")
             })?;
             let name = &tail[..end];
-            let value = lookup(name).ok_or_else(|| {
-                anyhow!("environment variable `{name}` is not set (the config uses `${{{name}}}`)")
-            })?;
+            let value = lookup(name)
+                .ok_or_else(|| anyhow!("`{key}` uses `${{{name}}}`, which is not set"))?
+                .into_string()
+                .map_err(|_| anyhow!("`{key}` uses `${{{name}}}`, whose value is not valid UTF-8: config strings are text; give a binary secret hex- or base64-encoded, with `secret_hex` or `secret_base64`"))?;
             out.push_str(&value);
+            env.hidden.push((value, format!("${{{name}}}")));
+            used_env = true;
             rest = &tail[end + 1..];
         } else {
             out.push('$');
@@ -245,7 +376,10 @@ fn substitute_line(
         }
     }
     out.push_str(rest);
-    Ok(())
+    if used_env {
+        env.hidden.push((out.clone(), text.to_owned()));
+    }
+    Ok(Some(out))
 }
 
 impl Config {
@@ -362,6 +496,7 @@ impl Checked {
             data_dir,
             sources: self.sources,
             sinks: self.sinks,
+            env: EnvValues::default(),
         })
     }
 }
@@ -411,7 +546,7 @@ impl Validated {
                 c.schema.as_str(),
                 c.max_event_in_memory,
                 humantime::format_duration(c.flush_interval.0),
-                if c.secret.is_some() { "signed" } else { "unsigned" },
+                if c.signing_secret().is_some() { "signed" } else { "unsigned" },
             ));
         }
         out
@@ -422,31 +557,130 @@ impl Validated {
 mod tests {
     use super::*;
 
-    fn env(name: &str) -> Option<String> {
-        (name == "SECRET").then(|| "s3cr3t".to_owned())
+    fn env(name: &str) -> Option<OsString> {
+        match name {
+            "SECRET" => Some("s3cr3t".into()),
+            "QUOTED" => Some("a\"b\\tc\\u00e9 \u{e9}\n'd'".into()),
+            "BINARY" => {
+                use std::os::unix::ffi::OsStringExt;
+                Some(OsString::from_vec(vec![0x66, 0xff, 0x00]))
+            }
+            _ => None,
+        }
+    }
+
+    fn substituted(text: &str) -> Result<toml::Table> {
+        let mut table: toml::Table = toml::from_str(text)?;
+        substitute_env(&mut table, env)?;
+        Ok(table)
     }
 
     #[test]
     fn substitutes_variables_and_dollar_dollar() {
-        let out = substitute_env("a=${SECRET} b=$$HOME c=$x", env).unwrap();
-        assert_eq!(out, "a=s3cr3t b=$HOME c=$x");
+        let out = substituted(r#"a = "${SECRET} b=$$HOME c=$x""#).unwrap();
+        assert_eq!(out["a"].as_str(), Some("s3cr3t b=$HOME c=$x"));
+    }
+
+    #[test]
+    fn environment_values_are_taken_literally() {
+        let out = substituted(r#"a = "${QUOTED}""#).unwrap();
+        assert_eq!(out["a"].as_str(), Some("a\"b\\tc\\u00e9 \u{e9}\n'd'"));
+    }
+
+    #[test]
+    fn strings_in_arrays_and_inline_tables_are_substituted() {
+        let text = r#"[s.w]
+include = ["/x/${SECRET}/*.json", 3]
+headers = { Authorization = ["Bearer ${SECRET}"] }
+n = 5
+"#;
+        let out = substituted(text).unwrap();
+        assert_eq!(
+            out["s"]["w"]["include"][0].as_str(),
+            Some("/x/s3cr3t/*.json")
+        );
+        assert_eq!(
+            out["s"]["w"]["headers"]["Authorization"][0].as_str(),
+            Some("Bearer s3cr3t")
+        );
     }
 
     #[test]
     fn comments_are_left_alone() {
         let text = "a = \"#${SECRET}\" # uses ${NOPE}\n# ${NOPE}\nb = '${SECRET}'\n";
-        let out = substitute_env(text, env).unwrap();
-        assert_eq!(
-            out,
-            "a = \"#s3cr3t\" # uses ${NOPE}\n# ${NOPE}\nb = 's3cr3t'\n"
+        let out = substituted(text).unwrap();
+        assert_eq!(out["a"].as_str(), Some("#s3cr3t"));
+        assert_eq!(out["b"].as_str(), Some("s3cr3t"));
+    }
+
+    #[test]
+    fn unset_variable_names_the_key_and_the_variable() {
+        let err = substituted("[sinks.w]\nsecret = \"${NOPE}\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`sinks.w.secret` uses `${NOPE}`, which is not set"),
+            "{err}"
         );
     }
 
     #[test]
-    fn unset_variable_is_named() {
-        let err = substitute_env("x = \"${NOPE}\"", env)
+    fn variable_that_is_not_utf8_has_its_own_error() {
+        let err = substituted("[sinks.w]\nsecret = \"${BINARY}\"")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("NOPE"), "{err}");
+        assert!(
+            err.contains("`sinks.w.secret` uses `${BINARY}`")
+                && err.contains("not valid UTF-8")
+                && err.contains("secret_hex"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_variable_in_a_key_is_an_error() {
+        let err = substituted("[m]\n\"${SECRET}\" = \"v\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`m.${SECRET}`") && err.contains("keys"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_variable_outside_a_string_says_where_it_works() {
+        let text = "[sinks.w]\nmax_event_in_memory = ${N}\n";
+        let err = parse(text, Path::new("f.toml")).unwrap_err().to_string();
+        assert!(
+            err.contains("line 2") && err.contains("only inside quoted string values"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_parse_error_does_not_show_a_line_that_sets_a_secret() {
+        let text = "[sinks.w]\nsecret = \"literal-secret-1234\" x\n";
+        let err = parse(text, Path::new("f.toml")).unwrap_err().to_string();
+        assert!(
+            err.contains("line 2") && !err.contains("literal-secret-1234"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn hide_replaces_values_and_their_escaped_forms() {
+        let mut table: toml::Table =
+            toml::from_str("a = \"x-${QUOTED}-y\"\nb = \"${SHORT}\"").unwrap();
+        let lookup = |n: &str| env(n).or_else(|| (n == "SHORT").then(|| "bcd".into()));
+        let env_values = substitute_env(&mut table, lookup).unwrap();
+        let value = table["a"].as_str().unwrap();
+        let quoted = env("QUOTED").unwrap().into_string().unwrap();
+        // The whole string as `{:?}` shows it, the raw value, and a value inside a word.
+        let message = format!("got {value:?}; also {quoted} and abcde");
+        assert_eq!(
+            env_values.hide(&message),
+            "got \"x-${QUOTED}-y\"; also ${QUOTED} and a${SHORT}e"
+        );
     }
 }

@@ -203,10 +203,14 @@ fn block_on(job: impl std::future::Future<Output = Result<u8>>) -> Result<u8> {
     result
 }
 
+/// The secret in the environment variable `name`: its bytes as they are, so that a secret
+/// that is not UTF-8 works too.
 fn secret_from_env(name: &str) -> Result<Secret> {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => Ok(Secret::new(v)),
-        _ => bail!("environment variable `{name}` (--secret-env) is not set or empty"),
+    use std::os::unix::ffi::OsStringExt;
+    match std::env::var_os(name) {
+        Some(v) if !v.is_empty() => Ok(Secret::new(v.into_vec())),
+        Some(_) => bail!("environment variable `{name}` (--secret-env) is empty"),
+        None => bail!("environment variable `{name}` (--secret-env) is not set"),
     }
 }
 
@@ -245,9 +249,13 @@ const PIPELINE_STOPS: &str = "sources stop, pending events are flushed";
 
 async fn run(path: &Path, once: bool) -> Result<u8> {
     let config = config::load(path)?;
+    let env = config.env.clone();
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone(), PIPELINE_STOPS)?;
-    let summary = topology::run(config, once, shutdown).await?;
+    // A start-up error may name a value of the config (an address, data_dir).
+    let summary = topology::run(config, once, shutdown)
+        .await
+        .map_err(|e| env.hide_error(&e))?;
     tracing::info!("{}", summary.line());
     println!("{}", summary.line());
     Ok(if once { summary.exit_code() as u8 } else { 0 })
@@ -267,7 +275,9 @@ async fn replay(path: &Path, sink: &str) -> Result<u8> {
         stop.clone(),
         "no new request; records not delivered stay in the file",
     )?;
-    let done = flaghook::sink::replay::replay(sink, webhook, &config.data_dir, stop).await?;
+    let done = flaghook::sink::replay::replay(sink, webhook, &config.data_dir, stop)
+        .await
+        .map_err(|e| config.env.hide_error(&e))?;
     tracing::info!("{}", done.line());
     println!("{}", done.line());
     Ok(done.exit_code())
@@ -305,7 +315,7 @@ async fn demo() -> Result<u8> {
     for sink in config.sinks.values_mut() {
         let SinkConfig::Webhook(w) = sink;
         w.endpoint_url = url.clone();
-        secret = w.secret.clone();
+        secret = w.signing_secret().cloned();
     }
     println!("flaghook demo: pipelines/quickstart.toml -> receiver at {url}");
     let got = Arc::new(Mutex::new(Vec::new()));

@@ -1,5 +1,5 @@
 //! Config errors: each gives exit 1 and a message naming the key (and the file); `${VAR}`
-//! substitution and `$$`.
+//! substitution and `$$` (secrets from the environment: tests/secrets.rs).
 
 mod util;
 
@@ -196,7 +196,7 @@ fn run_refuses_a_bad_config_before_sending() {
     assert!(server.requests().is_empty());
 }
 
-/// `${VAR}` is replaced anywhere in the file; `$$` is a literal `$` (and stops substitution).
+/// `${VAR}` is replaced in string values; `$$` is a literal `$` (and stops substitution).
 #[test]
 fn env_var_substitution_and_dollar_escape() {
     let server = TestServer::start();

@@ -19,7 +19,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rand::Rng;
-use serde::Deserialize;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
 
 use crate::config::HumanDuration;
 use crate::event::{EventType, Schema};
@@ -57,23 +58,61 @@ pub fn default_retry_on_status() -> Vec<u16> {
     statuses
 }
 
-/// A secret that never shows in logs or `Debug` output.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
+/// The HMAC key: bytes that never show in logs, errors or `Debug` output.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
 
 impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Secret(bytes.into())
     }
     pub fn expose(&self) -> &[u8] {
-        self.0.as_bytes()
+        &self.0
     }
 }
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// `secret`: the text's UTF-8 bytes.
+fn secret_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    Ok(Some(Secret(secret_string(d)?.into_bytes())))
+}
+
+/// `secret_hex`: bytes written as hex digits, for a secret that is not text.
+fn secret_hex<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    // The decoder's own messages quote the offending character: say what is wrong instead.
+    let bytes = hex::decode(secret_string(d)?).map_err(|e| {
+        D::Error::custom(match e {
+            hex::FromHexError::OddLength => "has an odd number of hex digits: write each byte as two (example: secret_hex = \"${WEBHOOK_SECRET_HEX}\")",
+            _ => "is not hex: write each byte as two digits 0-9a-f (example: secret_hex = \"${WEBHOOK_SECRET_HEX}\")",
+        })
+    })?;
+    Ok(Some(Secret(bytes)))
+}
+
+/// `secret_base64`: bytes written in standard base64 (with `=` padding).
+fn secret_base64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(secret_string(d)?)
+        .map_err(|_| {
+            D::Error::custom("is not base64: use the standard alphabet with `=` padding (example: secret_base64 = \"${WEBHOOK_SECRET_BASE64}\")")
+        })?;
+    Ok(Some(Secret(bytes)))
+}
+
+/// A secret key's string. Read as any TOML value first, so that no message of serde's
+/// (`invalid type: integer 123`) can quote a secret.
+fn secret_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match toml::Value::deserialize(d)? {
+        toml::Value::String(text) => Ok(text),
+        _ => Err(D::Error::custom(
+            "must be a string (example: secret = \"${WEBHOOK_SECRET}\")",
+        )),
     }
 }
 
@@ -108,9 +147,15 @@ pub struct WebhookConfig {
     pub inputs: Vec<String>,
     /// Where to POST: an http or https URL. Required.
     pub endpoint_url: String,
-    /// Signs each body with `X-Hub-Signature-256` when set.
-    #[serde(default)]
+    /// Signs each body with `X-Hub-Signature-256` when set: the text's UTF-8 bytes.
+    #[serde(default, deserialize_with = "secret_text")]
     pub secret: Option<Secret>,
+    /// The same, for a key that is not text: its bytes in hex. Excludes the other two.
+    #[serde(default, deserialize_with = "secret_hex")]
+    pub secret_hex: Option<Secret>,
+    /// The same, for a key that is not text: its bytes in standard base64.
+    #[serde(default, deserialize_with = "secret_base64")]
+    pub secret_base64: Option<Secret>,
     /// String values sent in `meta`; `hostname` is added unless set.
     #[serde(default)]
     pub meta: BTreeMap<String, toml::Value>,
@@ -194,9 +239,7 @@ impl WebhookConfig {
                 })?;
             }
         }
-        if matches!(&self.secret, Some(s) if s.0.is_empty()) {
-            bail!("`{key}.secret` is empty: remove it to send unsigned, or set it (example: secret = \"${{WEBHOOK_SECRET}}\")");
-        }
+        self.validate_secret(key)?;
         if self.schema == Schema::Goff && self.event_types.is_empty() {
             bail!("`{key}.event_types` is empty: nothing would be sent (example: event_types = [\"feature\"])");
         }
@@ -208,6 +251,32 @@ impl WebhookConfig {
             bail!("`{key}.retry_on_status` has {s}, which is not an HTTP status (example: retry_on_status = [408, 429, 503])");
         }
         Ok(())
+    }
+
+    /// At most one secret key is set, and not to nothing.
+    fn validate_secret(&self, key: &str) -> Result<()> {
+        let set: Vec<(&str, &Secret)> = [
+            ("secret", &self.secret),
+            ("secret_hex", &self.secret_hex),
+            ("secret_base64", &self.secret_base64),
+        ]
+        .into_iter()
+        .filter_map(|(name, secret)| Some((name, secret.as_ref()?)))
+        .collect();
+        match set.as_slice() {
+            [] => Ok(()),
+            [(name, secret)] if secret.0.is_empty() => bail!("`{key}.{name}` is empty: remove it to send unsigned, or set it (example: {name} = \"${{WEBHOOK_SECRET}}\")"),
+            [_] => Ok(()),
+            [(first, _), (second, _), ..] => bail!("`{key}.{first}` and `{key}.{second}` are both set: give the secret once, as text in `secret` or as bytes in `secret_hex` or `secret_base64` (example: secret = \"${{WEBHOOK_SECRET}}\")"),
+        }
+    }
+
+    /// The key that signs requests, whichever way it was written.
+    pub fn signing_secret(&self) -> Option<&Secret> {
+        self.secret
+            .as_ref()
+            .or(self.secret_hex.as_ref())
+            .or(self.secret_base64.as_ref())
     }
 
     pub fn buffer_max_events(&self) -> usize {
@@ -451,7 +520,7 @@ impl Poster {
             uri,
             headers,
             prefix: Bytes::from(prefix),
-            secret: config.secret.clone(),
+            secret: config.signing_secret().cloned(),
             timeout: config.timeout.0,
             retry_on: config.retry_on_status.clone(),
         })
@@ -674,19 +743,74 @@ mod tests {
         }
     }
 
+    /// Reads a sink table as config.rs does: parsed first, then deserialized.
+    fn webhook(extra: &str) -> Result<WebhookConfig, toml::de::Error> {
+        let table: toml::Table = toml::from_str(&format!(
+            "inputs = [\"a\"]\nendpoint_url = \"http://127.0.0.1:1/\"\n{extra}"
+        ))?;
+        WebhookConfig::deserialize(toml::Value::Table(table))
+    }
+
     #[test]
     fn secrets_and_header_values_do_not_show_in_debug() {
-        let config: WebhookConfig = toml::from_str(
-            r#"inputs = ["a"]
-endpoint_url = "http://127.0.0.1:1/"
-secret = "hunter2"
-headers = { Authorization = "Bearer tok3n" }"#,
-        )
-        .unwrap();
-        let shown = format!("{config:?}");
-        assert!(
-            !shown.contains("hunter2") && !shown.contains("tok3n"),
-            "{shown}"
+        for secret in [
+            "secret = \"hunter2\"",
+            "secret_hex = \"68756e74657232\"",
+            "secret_base64 = \"aHVudGVyMg==\"",
+        ] {
+            let config = webhook(&format!(
+                "{secret}\nheaders = {{ Authorization = \"Bearer tok3n\" }}"
+            ))
+            .unwrap();
+            assert_eq!(config.signing_secret().unwrap().expose(), b"hunter2");
+            let shown = format!("{config:?}");
+            for hidden in ["hunter2", "68756e74657232", "aHVudGVyMg", "tok3n"] {
+                assert!(!shown.contains(hidden), "{shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn hex_and_base64_secrets_are_bytes() {
+        let config = webhook("secret_hex = \"ff00C328\"").unwrap();
+        assert_eq!(
+            config.signing_secret().unwrap().expose(),
+            [0xff, 0, 0xc3, 0x28]
         );
+        let config = webhook("secret_base64 = \"/wDDKA==\"").unwrap();
+        assert_eq!(
+            config.signing_secret().unwrap().expose(),
+            [0xff, 0, 0xc3, 0x28]
+        );
+    }
+
+    #[test]
+    fn secret_errors_do_not_quote_the_secret() {
+        for extra in [
+            "secret = 918273645",
+            "secret = [\"918273645\"]",
+            "secret_hex = \"918273645\"",
+            "secret_hex = \"91827364g5\"",
+            "secret_base64 = \"918273645\"",
+        ] {
+            let err = webhook(extra).unwrap_err().to_string();
+            assert!(
+                !err.contains("918273645") && !err.contains("9182736"),
+                "{extra}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_one_secret_key_and_not_empty() {
+        let both = webhook("secret = \"a\"\nsecret_hex = \"00\"").unwrap();
+        let err = both.validate("sinks.w").unwrap_err().to_string();
+        assert!(
+            err.contains("`sinks.w.secret` and `sinks.w.secret_hex` are both set"),
+            "{err}"
+        );
+        let empty = webhook("secret_base64 = \"\"").unwrap();
+        let err = empty.validate("sinks.w").unwrap_err().to_string();
+        assert!(err.contains("`sinks.w.secret_base64` is empty"), "{err}");
     }
 }
