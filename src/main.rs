@@ -6,13 +6,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use flaghook::config::{self, SinkConfig};
-use flaghook::receiver::{self, Received};
+use flaghook::receiver::{self, Report};
 use flaghook::sink::webhook::Secret;
 use flaghook::{sign, topology};
 
@@ -59,7 +60,8 @@ enum Command {
     },
     /// The quick start: run pipelines/quickstart.toml against a built-in receiver.
     Demo,
-    /// A webhook receiver for trying a setup: prints one JSON line per request.
+    /// A webhook receiver for trying a setup: prints one JSON line per request, starting
+    /// with the status it answered ({"status":200,"events":..} or {"status":413,"error":..}).
     Receive {
         /// Address to listen on, e.g. 127.0.0.1:8080.
         #[arg(long)]
@@ -67,6 +69,8 @@ enum Command {
         /// Name of the environment variable holding the secret to verify signatures with.
         #[arg(long)]
         secret_env: Option<String>,
+        #[command(flatten)]
+        limits: ReceiveLimits,
     },
     /// Work with dead letters (`data_dir/dead-letter/<sink>.jsonl`).
     #[command(subcommand)]
@@ -90,6 +94,80 @@ enum Command {
         /// The body to check; stdin when absent.
         file: Option<PathBuf>,
     },
+}
+
+/// What one client of `receive` may hold, so that it is safe to leave running.
+#[derive(Args)]
+struct ReceiveLimits {
+    /// Largest request body, in bytes or with a unit (512KiB, 10MiB, 1GiB). A larger one
+    /// gets 413: refused by its Content-Length before it is read, or as soon as the bytes
+    /// read pass the limit, so no more than SIZE of a body is ever held in memory.
+    #[arg(long, value_name = "SIZE", default_value = "10MiB", value_parser = parse_size)]
+    max_body: u64,
+    /// Time a client has to send a request's headers, from connecting or from the previous
+    /// response (500ms, 10s, 1m); then the connection is closed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_timeout)]
+    header_timeout: Duration,
+    /// Time a client has to send a request's body once its headers are in; then 408.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
+    body_timeout: Duration,
+    /// Connections served at once; further clients wait in the listen backlog until one
+    /// closes.
+    #[arg(long, value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+}
+
+impl From<ReceiveLimits> for receiver::Limits {
+    fn from(args: ReceiveLimits) -> Self {
+        receiver::Limits {
+            max_body: args.max_body,
+            header_timeout: args.header_timeout,
+            body_timeout: args.body_timeout,
+            max_connections: args.max_connections as usize,
+        }
+    }
+}
+
+/// A byte count: digits, optionally followed by B, KiB, MiB or GiB.
+fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "unknown unit in {text:?}; write it like 1048576, 512KiB or 10MiB"
+            ))
+        }
+    };
+    match digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+    {
+        Some(0) => Err("must be above zero".into()),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!(
+            "invalid size {text:?}; write it like 1048576, 512KiB or 10MiB"
+        )),
+    }
+}
+
+/// A duration above zero, written like 500ms, 10s or 1m.
+fn parse_timeout(text: &str) -> std::result::Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be above zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!(
+            "invalid duration {text:?} ({e}); write it like 500ms, 10s or 1m"
+        )),
+    }
 }
 
 #[derive(Subcommand)]
@@ -162,9 +240,13 @@ fn dispatch(command: Command) -> Result<u8> {
         Command::DeadLetter(DeadLetterCommand::Replay { config, sink }) => {
             block_on(replay(&config, &sink))
         }
-        Command::Receive { listen, secret_env } => {
+        Command::Receive {
+            listen,
+            secret_env,
+            limits,
+        } => {
             let secret = secret_env.as_deref().map(secret_from_env).transpose()?;
-            block_on(receive(listen, secret))
+            block_on(receive(listen, secret, limits.into()))
         }
         Command::Sign { secret_env, file } => {
             let secret = secret_from_env(&secret_env)?;
@@ -283,7 +365,11 @@ async fn replay(path: &Path, sink: &str) -> Result<u8> {
     Ok(done.exit_code())
 }
 
-async fn receive(listen: SocketAddr, secret: Option<Secret>) -> Result<u8> {
+async fn receive(
+    listen: SocketAddr,
+    secret: Option<Secret>,
+    limits: receiver::Limits,
+) -> Result<u8> {
     let listener = receiver::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -291,8 +377,8 @@ async fn receive(listen: SocketAddr, secret: Option<Secret>) -> Result<u8> {
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone(), PIPELINE_STOPS)?;
     let print =
-        Arc::new(|r: Received| println!("{}", serde_json::to_string(&r).expect("serializable")));
-    receiver::serve(listener, secret, print, shutdown).await;
+        Arc::new(|r: Report| println!("{}", serde_json::to_string(&r).expect("serializable")));
+    receiver::serve(listener, secret, limits, print, shutdown).await;
     Ok(0)
 }
 
@@ -321,10 +407,11 @@ async fn demo() -> Result<u8> {
     let got = Arc::new(Mutex::new(Vec::new()));
     let stop_receiver = CancellationToken::new();
     let record = got.clone();
-    let on_request = Arc::new(move |r: Received| record.lock().expect("lock").push(r));
+    let on_request = Arc::new(move |r: Report| record.lock().expect("lock").push(r));
     let server = tokio::spawn(receiver::serve(
         listener,
         secret,
+        receiver::Limits::default(),
         on_request,
         stop_receiver.clone(),
     ));
@@ -337,23 +424,38 @@ async fn demo() -> Result<u8> {
     let _ = std::fs::remove_dir_all(&dir);
 
     let got = got.lock().expect("lock");
-    for (i, r) in got.iter().enumerate() {
-        println!(
-            "request {}: {} events, {} bytes, signature {}, meta {}",
-            i + 1,
-            r.events,
-            r.bytes,
-            r.signature,
-            r.meta
-        );
+    let mut received = Vec::new();
+    for (i, report) in got.iter().enumerate() {
+        match report {
+            Report::Received(r) => {
+                println!(
+                    "request {}: {} events, {} bytes, signature {}, meta {}",
+                    i + 1,
+                    r.events,
+                    r.bytes,
+                    r.signature,
+                    r.meta
+                );
+                received.push(r);
+            }
+            Report::Refused(refusal) => {
+                println!(
+                    "request {}: refused, {}: {refusal}",
+                    i + 1,
+                    refusal.status()
+                )
+            }
+        }
     }
-    if let Some(event) = got.first().and_then(|r| r.first_event.as_ref()) {
+    if let Some(event) = received.first().and_then(|r| r.first_event.as_ref()) {
         println!("first event: {event}");
     }
     println!("{}", summary.line());
-    let all_verified = !got.is_empty() && got.iter().all(|r| r.signature == "verified");
-    let received: usize = got.iter().map(|r| r.events).sum();
-    if !all_verified || summary.exit_code() != 0 || received as u64 != summary.events_delivered {
+    let all_verified = !got.is_empty()
+        && received.len() == got.len()
+        && received.iter().all(|r| r.signature == "verified");
+    let events: usize = received.iter().map(|r| r.events).sum();
+    if !all_verified || summary.exit_code() != 0 || events as u64 != summary.events_delivered {
         return Err(anyhow!(
             "the demo did not deliver every event with a verified signature"
         ));

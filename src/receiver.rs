@@ -1,22 +1,57 @@
 //! A webhook receiver for trying a setup (`flaghook receive`) and for the quick start
 //! (`flaghook demo`): it verifies each request's signature and reports what it got.
+//!
+//! It is safe to leave running: [`Limits`] bound what one client can hold (a body's size,
+//! the time to send headers and body) and how many clients are served at once, and the
+//! accept loop backs off when the process runs out of file descriptors.
 
 use std::convert::Infallible;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Incoming};
+use hyper::header::{CONNECTION, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use serde::Serialize;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::{Serialize, Serializer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::sink::webhook::Secret;
+
+/// What one client may hold: each bound ends a request or a connection that would
+/// otherwise keep memory, a file descriptor or a task forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Larger bodies get 413: refused by their Content-Length before any of it is read,
+    /// or as soon as the bytes read pass it.
+    pub max_body: u64,
+    /// Time to send a request's headers, from the connection's start or the previous
+    /// response; then the connection is closed.
+    pub header_timeout: Duration,
+    /// Time to send a request's body once its headers are in; then 408.
+    pub body_timeout: Duration,
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: 10 << 20,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
+}
 
 /// What one request carried.
 #[derive(Debug, Clone, Serialize)]
@@ -27,6 +62,99 @@ pub struct Received {
     pub signature: &'static str,
     pub bytes: usize,
     pub first_event: Option<serde_json::Value>,
+}
+
+/// Why a request was answered with an error instead of being read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The body is larger than [`Limits::max_body`]: `declared` by its Content-Length,
+    /// or counted while reading when `None`.
+    TooLarge { limit: u64, declared: Option<u64> },
+    /// The body did not arrive within [`Limits::body_timeout`].
+    TooSlow { limit: Duration },
+    /// The body broke off (the client is usually gone and gets no answer).
+    Broken(String),
+}
+
+impl Refusal {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::TooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
+            Refusal::Broken(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::TooLarge {
+                limit,
+                declared: Some(declared),
+            } => write!(
+                f,
+                "body of {declared} bytes (Content-Length) is over the {limit}-byte limit (--max-body)"
+            ),
+            Refusal::TooLarge {
+                limit,
+                declared: None,
+            } => write!(f, "body passed the {limit}-byte limit (--max-body)"),
+            Refusal::TooSlow { limit } => write!(
+                f,
+                "body not received within {} (--body-timeout)",
+                humantime::format_duration(*limit)
+            ),
+            Refusal::Broken(e) => write!(f, "body broke off: {e}"),
+        }
+    }
+}
+
+/// One request's outcome; `receive` prints it as one JSON line that starts with the
+/// status it answered: `{"status":200,"events":..}` or `{"status":413,"error":".."}`.
+#[derive(Debug, Clone)]
+pub enum Report {
+    Received(Received),
+    Refused(Refusal),
+}
+
+impl Report {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Report::Received(_) => StatusCode::OK,
+            Report::Refused(refusal) => refusal.status(),
+        }
+    }
+}
+
+impl Serialize for Report {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Line<T> {
+            status: u16,
+            #[serde(flatten)]
+            rest: T,
+        }
+        #[derive(Serialize)]
+        struct Error {
+            error: String,
+        }
+        let status = self.status().as_u16();
+        match self {
+            Report::Received(received) => Line {
+                status,
+                rest: received,
+            }
+            .serialize(s),
+            Report::Refused(refusal) => Line {
+                status,
+                rest: Error {
+                    error: refusal.to_string(),
+                },
+            }
+            .serialize(s),
+        }
+    }
 }
 
 /// Reads a request body and checks it.
@@ -48,60 +176,180 @@ pub fn inspect(body: &[u8], signature: Option<&str>, secret: Option<&Secret>) ->
     }
 }
 
-/// Serves until `shutdown`, calling `on_request` for every request; answers 200.
+/// Serves until `shutdown`, calling `on_request` once per request with what it answered:
+/// 200 for a body read whole within `limits`, else the [`Refusal`]'s status.
+///
+/// A connection needs a slot (`limits.max_connections`) before it is accepted, so a flood
+/// waits in the kernel's backlog instead of taking descriptors. Should accepting still
+/// fail (EMFILE and the like last until a connection closes; retrying at once would spin
+/// a core), the loop pauses between attempts (see `AcceptBackoff`).
 pub async fn serve(
     listener: TcpListener,
     secret: Option<Secret>,
-    on_request: Arc<dyn Fn(Received) + Send + Sync>,
+    limits: Limits,
+    on_request: Arc<dyn Fn(Report) + Send + Sync>,
     shutdown: CancellationToken,
 ) {
-    let secret = Arc::new(secret);
+    let handler = Arc::new(Handler {
+        secret,
+        limits,
+        on_request,
+    });
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let (stream, _) = tokio::select! {
+        let slot = tokio::select! {
             _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(ok) => ok,
-                Err(_) => continue,
-            },
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
         };
-        let _ = stream.set_nodelay(true);
-        let (secret, on_request) = (secret.clone(), on_request.clone());
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<Incoming>| {
-                let (secret, on_request) = (secret.clone(), on_request.clone());
-                async move {
-                    let signature = request
-                        .headers()
-                        .get("x-hub-signature-256")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned);
-                    let body = request
-                        .into_body()
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
-                    on_request(inspect(
-                        &body,
-                        signature.as_deref(),
-                        secret.as_ref().as_ref(),
-                    ));
-                    Ok::<_, Infallible>(
-                        Response::builder()
-                            .status(StatusCode::OK)
-                            .body(Full::new(Bytes::new()))
-                            .expect("valid"),
-                    )
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                backoff.succeeded();
+                tokio::spawn(handler.clone().serve_connection(stream, slot));
+            }
+            Err(e) => {
+                let pause = backoff.failed(&e);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
                 }
-            });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+            }
+        }
     }
 }
 
 /// Binds `addr` for [`serve`].
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+/// Pauses between failed accepts: 10ms doubling to 1s, back to 10ms after a success so
+/// that a freed descriptor is used soon. Near the limit, accepts fail and succeed in
+/// turn as connections close; the failures form one burst until none came for
+/// [`AcceptBackoff::QUIET`], and each burst is logged once.
+struct AcceptBackoff {
+    next: Duration,
+    last_failure: Option<Instant>,
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> Self {
+        AcceptBackoff {
+            next: Self::FIRST,
+            last_failure: None,
+        }
+    }
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+    const QUIET: Duration = Duration::from_secs(30);
+
+    fn failed(&mut self, error: &std::io::Error) -> Duration {
+        let now = Instant::now();
+        if self
+            .last_failure
+            .is_none_or(|last| now.duration_since(last) > Self::QUIET)
+        {
+            tracing::warn!(
+                "cannot accept connections ({error}); retrying with pauses up to {}",
+                humantime::format_duration(Self::MAX)
+            );
+        }
+        self.last_failure = Some(now);
+        let pause = self.next;
+        self.next = (pause * 2).min(Self::MAX);
+        pause
+    }
+
+    fn succeeded(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+/// What every connection shares.
+struct Handler {
+    secret: Option<Secret>,
+    limits: Limits,
+    on_request: Arc<dyn Fn(Report) + Send + Sync>,
+}
+
+impl Handler {
+    /// Serves one connection; its `slot` is given back when it closes.
+    async fn serve_connection(self: Arc<Self>, stream: TcpStream, _slot: OwnedSemaphorePermit) {
+        let _ = stream.set_nodelay(true);
+        let header_timeout = self.limits.header_timeout;
+        let service = service_fn(move |request| {
+            let handler = self.clone();
+            async move { Ok::<_, Infallible>(handler.handle(request).await) }
+        });
+        let served = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+        if let Err(e) = served {
+            tracing::debug!("connection closed: {e}");
+        }
+    }
+
+    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let signature = request
+            .headers()
+            .get("x-hub-signature-256")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let report = match self.read_body(request.into_body()).await {
+            Ok(body) => {
+                Report::Received(inspect(&body, signature.as_deref(), self.secret.as_ref()))
+            }
+            Err(refusal) => Report::Refused(refusal),
+        };
+        let response = respond(&report);
+        (self.on_request)(report);
+        response
+    }
+
+    /// The whole body, never more than `max_body` of it in memory.
+    async fn read_body(&self, body: Incoming) -> Result<Bytes, Refusal> {
+        let limit = self.limits.max_body;
+        let declared = body.size_hint().lower();
+        if declared > limit {
+            return Err(Refusal::TooLarge {
+                limit,
+                declared: Some(declared),
+            });
+        }
+        let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+        match tokio::time::timeout(self.limits.body_timeout, limited.collect()).await {
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e)) if e.is::<LengthLimitError>() => Err(Refusal::TooLarge {
+                limit,
+                declared: None,
+            }),
+            Ok(Err(e)) => Err(Refusal::Broken(e.to_string())),
+            Err(_) => Err(Refusal::TooSlow {
+                limit: self.limits.body_timeout,
+            }),
+        }
+    }
+}
+
+/// 200 with an empty body, or the refusal's status with its reason; a refused request's
+/// body is left unread, so the connection cannot carry another request.
+fn respond(report: &Report) -> Response<Full<Bytes>> {
+    let builder = Response::builder().status(report.status());
+    let response = match report {
+        Report::Received(_) => builder.body(Full::new(Bytes::new())),
+        Report::Refused(refusal) => builder
+            .header(CONNECTION, "close")
+            .header(CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(Full::new(Bytes::from(format!("{refusal}\n")))),
+    };
+    response.expect("a status and fixed headers make a valid response")
 }
