@@ -114,9 +114,13 @@ pub async fn run(config: Validated, once: bool, shutdown: CancellationToken) -> 
             decoder: Decoder::new(c.schema, &c.event_types),
             budget: budget.clone(),
             stats,
-            dead_letters: Arc::new(DeadLetters::new(data_dir.dead_letter(name))),
+            dead_letters: Arc::new(DeadLetters::new(
+                data_dir.dead_letter(name),
+                c.dead_letter_max_bytes,
+            )),
             acks: subscriptions.into_acks(),
             spill_path: data_dir.spill(name),
+            once,
         };
         let stop = stop.clone();
         let task = tasks.sinks.spawn(async move {

@@ -1,12 +1,21 @@
 //! Dead letters: `data_dir/dead-letter/<sink>.jsonl`, one JSON line per rejected event or
 //! bad input line, with the time, where it came from, why, and the event or raw line
-//! (invalid UTF-8 kept as base64, so nothing is lost in the record).
+//! (in base64 when it is not valid UTF-8, or when base64 is shorter than JSON's escapes,
+//! so nothing is lost in the record and control characters do not grow it sixfold).
 //!
-//! Records are appended as they come and fsynced by [`DeadLetters::sync`], which the sink
-//! calls before it acknowledges the file offsets past them.
+//! A dead letter counts as a delivery only once it is on the disk: [`DeadLetters::append`]
+//! writes whole records in one `write` and fsyncs them before it returns, and the sink
+//! acknowledges the lines' positions only after that. When the write fails (a full disk, a
+//! directory in the way), the file is cut back to its last whole record and the error
+//! returned, for the sink to retry. A tail torn by a crash in the middle of a write is cut
+//! off when the file is opened, so that records are never glued to a torn one.
+//!
+//! Once the file holds `dead_letter_max_bytes`, records keep only the first KiB of their
+//! line ([`KEPT_PAST_CAP`]) and say how many bytes they left out.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -15,6 +24,9 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::source::file::checkpoint::write_atomically;
+
+/// How much of a line a record keeps once the file holds `dead_letter_max_bytes`.
+pub const KEPT_PAST_CAP: usize = 1024;
 
 /// One dead letter, as written.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -29,15 +41,22 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
     pub reason: String,
-    /// The line or encoded event, when it is valid UTF-8.
+    /// The line or encoded event, when it is valid UTF-8 (and not mostly control
+    /// characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line: Option<String>,
-    /// The line in base64, when it is not valid UTF-8.
+    /// The line in base64, when it is not valid UTF-8, or when that is shorter than `line`
+    /// would be with its escapes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub line_base64: Option<String>,
-    /// Set when only the start of the line is kept (it was longer than `max_line_bytes`).
+    /// The whole line's length, set when only its start is kept (it was longer than
+    /// `max_line_bytes`, or the file had reached `dead_letter_max_bytes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncated_from_bytes: Option<u64>,
+    /// Set when the file had reached `dead_letter_max_bytes`: how many bytes of the line
+    /// this record leaves out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped_bytes: Option<u64>,
     /// Whether `line` is an event a webhook rejected (and `replay` may send again).
     #[serde(default)]
     pub replayable: bool,
@@ -46,11 +65,8 @@ pub struct Record {
 impl Record {
     pub fn new(sink: &str, reason: String, raw: &[u8]) -> Self {
         let (line, line_base64) = match std::str::from_utf8(raw) {
-            Ok(text) => (Some(text.to_owned()), None),
-            Err(_) => (
-                None,
-                Some(base64::engine::general_purpose::STANDARD.encode(raw)),
-            ),
+            Ok(text) if escaped_len(text) <= base64_len(raw.len()) => (Some(text.to_owned()), None),
+            _ => (None, Some(base64_engine().encode(raw))),
         };
         Record {
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
@@ -61,28 +77,88 @@ impl Record {
             line,
             line_base64,
             truncated_from_bytes: None,
+            dropped_bytes: None,
             replayable: false,
         }
     }
+
+    /// Keeps only the first `keep` bytes of the line (cut at a character boundary in
+    /// `line`), noting the whole length and what was left out.
+    fn keep_start(&mut self, keep: usize) {
+        let (full, kept) = match (&mut self.line, &mut self.line_base64) {
+            (Some(text), _) => {
+                let cut = (0..=keep.min(text.len()))
+                    .rev()
+                    .find(|&i| text.is_char_boundary(i))
+                    .unwrap_or(0);
+                let full = text.len();
+                text.truncate(cut);
+                (full, cut)
+            }
+            (None, Some(b64)) => {
+                let Ok(mut raw) = base64_engine().decode(b64.as_bytes()) else {
+                    return; // written by hand: left as it is
+                };
+                let full = raw.len();
+                raw.truncate(keep);
+                *b64 = base64_engine().encode(&raw);
+                (full, raw.len())
+            }
+            (None, None) => return,
+        };
+        if kept < full {
+            let whole = self.truncated_from_bytes.unwrap_or(full as u64);
+            self.truncated_from_bytes = Some(whole);
+            self.dropped_bytes = Some(whole - kept as u64);
+        }
+    }
+}
+
+fn base64_engine() -> &'static base64::engine::GeneralPurpose {
+    &base64::engine::general_purpose::STANDARD
+}
+
+/// The length of `text` as a JSON string's content: `"`, `\` and control characters are
+/// escaped (`\u0001` for most control characters: six bytes for one).
+fn escaped_len(text: &str) -> usize {
+    text.bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum()
+}
+
+fn base64_len(n: usize) -> usize {
+    n.div_ceil(3) * 4
 }
 
 /// A sink's dead-letter file, opened on first use.
 #[derive(Debug)]
 pub struct DeadLetters {
     path: PathBuf,
+    max_bytes: u64,
     state: Mutex<State>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    file: Option<BufWriter<File>>,
-    unsynced: bool,
+    file: Option<File>,
+    /// The file's length up to its last durable record, once opened: what a failed write
+    /// is cut back to.
+    durable_len: Option<u64>,
+    /// The cap was reached and said so (once).
+    cap_logged: bool,
 }
 
 impl DeadLetters {
-    pub fn new(path: PathBuf) -> Self {
+    /// The dead letters at `path`; records past `max_bytes` keep only the start of their
+    /// line.
+    pub fn new(path: PathBuf, max_bytes: u64) -> Self {
         DeadLetters {
             path,
+            max_bytes,
             state: Mutex::default(),
         }
     }
@@ -91,32 +167,96 @@ impl DeadLetters {
         &self.path
     }
 
-    /// Appends `record` (durable after the next [`DeadLetters::sync`]).
-    pub fn write(&self, record: &Record) -> io::Result<()> {
+    /// Appends `records` and fsyncs them: when this returns Ok, they are on the disk.
+    ///
+    /// They go out in one `write`, each record whole with its newline. On an error, what
+    /// part of them reached the file is cut off again (best effort; the next open cuts it
+    /// otherwise), so that a retry writes them whole, once. Blocks: call it from a
+    /// blocking thread.
+    pub fn append(&self, records: &mut [Record]) -> io::Result<()> {
         let mut state = self.state.lock().expect("dead letter lock");
         if state.file.is_none() {
-            let file = crate::data_dir::open_append(&self.path)?;
-            state.file = Some(BufWriter::new(file));
+            let (file, len) = self.open(state.durable_len)?;
+            state.file = Some(file);
+            state.durable_len = Some(len);
+        }
+        let len = state.durable_len.expect("set when opened");
+        let mut text = Vec::new();
+        for record in records.iter_mut() {
+            if len + text.len() as u64 >= self.max_bytes {
+                if !state.cap_logged {
+                    state.cap_logged = true;
+                    tracing::warn!(path = %self.path.display(), max_bytes = self.max_bytes, "the dead-letter file reached dead_letter_max_bytes: from now on records keep only the first {KEPT_PAST_CAP} bytes of their line (`dropped_bytes` says how many were left out)");
+                }
+                record.keep_start(KEPT_PAST_CAP);
+            }
+            serde_json::to_writer(&mut text, record)?;
+            text.push(b'\n');
         }
         let file = state.file.as_mut().expect("opened above");
-        serde_json::to_writer(&mut *file, record)?;
-        file.write_all(b"\n")?;
-        state.unsynced = true;
-        Ok(())
+        match file.write_all(&text).and_then(|()| file.sync_data()) {
+            Ok(()) => {
+                state.durable_len = Some(len + text.len() as u64);
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(file) = state.file.take() {
+                    let _ = file.set_len(len);
+                }
+                Err(e)
+            }
+        }
     }
 
-    /// Flushes and fsyncs what was written since the last call.
-    pub fn sync(&self) -> io::Result<()> {
-        let mut state = self.state.lock().expect("dead letter lock");
-        if !state.unsynced {
-            return Ok(());
+    /// Opens the file for appending and makes it end with a whole record: past
+    /// `durable_len` (what an earlier failed write left), or past its last newline (a
+    /// tail torn by a crash), it is cut. Returns the file and its length.
+    fn open(&self, durable_len: Option<u64>) -> io::Result<(File, u64)> {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if !meta.file_type().is_file() && !meta.file_type().is_symlink() => {
+                return Err(io::Error::other(format!(
+                    "{} is not a regular file (move it away)",
+                    self.path.display()
+                )))
+            }
+            _ => {}
         }
-        let file = state.file.as_mut().expect("written before");
-        file.flush()?;
-        file.get_ref().sync_data()?;
-        state.unsynced = false;
-        Ok(())
+        let file = crate::data_dir::open_append(&self.path)?;
+        let len = file.metadata()?.len();
+        let whole = match durable_len {
+            Some(durable) if durable <= len => durable,
+            _ => len_to_last_newline(&self.path, len)?,
+        };
+        if whole < len {
+            file.set_len(whole)?;
+            tracing::warn!(path = %self.path.display(), bytes = len - whole, "cut a torn record off the end of the dead-letter file (its line was not acknowledged, so it is dead-lettered again)");
+        }
+        file.sync_all()?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok((file, whole))
     }
+}
+
+/// The length of the file at `path` (`len` bytes) up to its last newline; 0 without one.
+fn len_to_last_newline(path: &Path, len: u64) -> io::Result<u64> {
+    if len == 0 {
+        return Ok(0);
+    }
+    let file = crate::data_dir::open_read(path)?;
+    let mut buf = vec![0; 64 * 1024];
+    let mut end = len;
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(at) = memchr::memrchr(b'\n', chunk) {
+            return Ok(start + at as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
 }
 
 /// One non-blank line of a dead-letter file.
@@ -172,6 +312,46 @@ pub fn rewrite<'a>(path: &Path, lines: impl Iterator<Item = &'a Line>) -> io::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn past_the_cap_a_line_keeps_its_first_kib_cut_at_a_character() {
+        let text = format!("a{}", "é".repeat(1000)); // 2001 bytes; 'é' is two
+        let mut record = Record::new("w", "why".into(), text.as_bytes());
+        record.keep_start(KEPT_PAST_CAP);
+        let kept = record.line.as_deref().unwrap();
+        assert_eq!(kept.len(), 1023, "cut inside a character");
+        assert!(text.starts_with(kept));
+        assert_eq!(record.truncated_from_bytes, Some(2001));
+        assert_eq!(record.dropped_bytes, Some(2001 - 1023));
+
+        let raw = [0xff_u8; 3000];
+        let mut record = Record::new("w", "why".into(), &raw);
+        record.keep_start(KEPT_PAST_CAP);
+        let kept = base64_engine().decode(record.line_base64.unwrap()).unwrap();
+        assert_eq!(kept, &raw[..1024]);
+        assert_eq!(record.dropped_bytes, Some(3000 - 1024));
+    }
+
+    #[test]
+    fn text_is_kept_as_text_unless_its_escapes_outgrow_base64() {
+        let quoted = Record::new("w", "why".into(), br#"{"a":"b\n"}"#);
+        assert!(quoted.line.is_some() && quoted.line_base64.is_none());
+        let control = Record::new("w", "why".into(), &[1; 30]);
+        assert!(control.line.is_none() && control.line_base64.is_some());
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_before_records_are_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.jsonl");
+        let whole = serde_json::to_string(&Record::new("w", "old".into(), b"x")).unwrap() + "\n";
+        std::fs::write(&path, format!("{whole}{{\"time\":\"2026-")).unwrap();
+        let letters = DeadLetters::new(path.clone(), u64::MAX);
+        let mut new = [Record::new("w", "new".into(), b"y")];
+        letters.append(&mut new).unwrap();
+        let expected = whole + &serde_json::to_string(&new[0]).unwrap() + "\n";
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), expected);
+    }
 
     #[test]
     fn corrupt_lines_are_kept_byte_for_byte_among_records() {

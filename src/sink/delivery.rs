@@ -1,10 +1,10 @@
 //! A sink's loop: decode -> batch -> post -> acknowledge.
 //!
 //! Overview. A decode task turns the sources' blocks into [`Item`]s (bad lines are
-//! dead-lettered there). The items flow through [`batches`] (`chunks_timeout` behind the
-//! retry lane) into [`Sink::handle`], which posts each batch and then:
-//! - on 2xx, acknowledges the batch: dead letters are fsynced, file offsets move, the
-//!   lines leave the memory budget;
+//! dead-lettered there, on the disk before the block goes on). The items flow through
+//! [`batches`] (`chunks_timeout` behind the retry lane) into [`Sink::handle`], which posts
+//! each batch and then:
+//! - on 2xx, acknowledges the batch: file offsets move, the lines leave the memory budget;
 //! - on 413 or a permanent 4xx, splits the batch and sends the halves, down to the single
 //!   events the endpoint rejects, which are dead-lettered;
 //! - on anything retryable, waits a backoff and puts the batch back on the retry lane,
@@ -14,8 +14,15 @@
 //! delivered, or until the shutdown grace period ends. Then events from files are left
 //! for the next run (their offsets never moved) and events from TCP or stdin are spilled
 //! to `data_dir/spill/<sink>.jsonl`, to be sent first on the next start.
+//!
+//! A dead letter is a delivery only once it is on the disk ([`DeadLetterWriter`]): until
+//! it is, the line's position is not acknowledged, and the write is retried with backoff
+//! while the line holds its place in the memory budget (so a dead-letter file that stays
+//! unwritable stops the sources: back-pressure, nothing lost). At shutdown after the grace
+//! period, or with `--once` after `shutdown_timeout`, it is given up: the line and the
+//! rest of its file stay there for the next run, counted as not delivered.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::Arc;
@@ -49,6 +56,9 @@ pub struct SinkParts {
     /// Per input ([`Block::input`]): the source's acknowledgement handle, for file sources.
     pub acks: Vec<Option<AckHandle>>,
     pub spill_path: PathBuf,
+    /// `run --once`: a dead letter that cannot be written is given up after
+    /// `shutdown_timeout` instead of being retried until it is written.
+    pub once: bool,
 }
 
 /// Runs the sink until its input ends and everything is delivered, dead-lettered, or
@@ -58,17 +68,20 @@ pub async fn run(
     input: mpsc::Receiver<Block>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let (mut sink, decoder) = Sink::new(parts, shutdown);
+    let (mut sink, decoder) = Sink::new(parts, shutdown.clone());
 
     let (tx, rx) = mpsc::channel(8);
     let decode = tokio::spawn(decode_blocks(
-        sink.name.clone(),
-        decoder,
+        Decode {
+            name: sink.name.clone(),
+            decoder,
+            budget: sink.budget.clone(),
+            stats: sink.stats.clone(),
+            writer: sink.writer.clone_for_decode(),
+            grace: Grace::new(shutdown, sink.delivery.shutdown_timeout),
+        },
         input,
         tx,
-        sink.budget.clone(),
-        sink.stats.clone(),
-        sink.dead_letters.clone(),
     ));
     let items = ReceiverStream::new(rx).flat_map(futures::stream::iter);
     let mut batched = pin!(batches(
@@ -161,8 +174,11 @@ struct Sink {
     delivery: Delivery,
     budget: Arc<Budget>,
     stats: Arc<Stats>,
-    dead_letters: Arc<DeadLetters>,
+    writer: DeadLetterWriter,
     acks: Vec<Option<AckHandle>>,
+    /// Files whose offsets stay where they are for the rest of the run, by (input, file):
+    /// a dead letter of theirs could not be written.
+    left_in_files: HashSet<(usize, u64)>,
     spill_path: PathBuf,
     lane: RetryLane,
     grace: Grace,
@@ -202,17 +218,20 @@ impl Sink {
             dead_letters,
             acks,
             spill_path,
+            once,
         } = parts;
         let grace = Grace::new(shutdown, delivery.shutdown_timeout);
         let retries = Retries::new(&delivery);
+        let writer = DeadLetterWriter::new(&name, dead_letters, &delivery, once);
         let mut sink = Sink {
             name,
             poster,
             delivery,
             budget,
             stats,
-            dead_letters,
+            writer,
             acks,
+            left_in_files: HashSet::new(),
             spill_path,
             lane: RetryLane::default(),
             grace,
@@ -283,7 +302,7 @@ impl Sink {
                     failure.detail
                 );
                 tracing::error!(sink = %self.name, events = count_events(&failure.rest), "{reason}; dead-lettering the batch");
-                self.reject_all(failure.rest, &reason);
+                self.reject_all(failure.rest, &reason).await;
                 return None;
             }
         };
@@ -343,7 +362,7 @@ impl Sink {
                 Decision::Split | Decision::Reject if events == 1 => {
                     let reason = format!("endpoint rejected the event: {}", outcome.detail);
                     tracing::warn!(sink = %self.name, "{reason}; dead-lettering it");
-                    self.reject_all(part, &reason);
+                    self.reject_all(part, &reason).await;
                 }
                 Decision::Split | Decision::Reject => {
                     tracing::info!(sink = %self.name, events, "{}; sending the batch in two halves", outcome.detail);
@@ -356,32 +375,38 @@ impl Sink {
         Ok(())
     }
 
-    /// Dead-letters every event of `items` with `reason`, then acknowledges them.
-    fn reject_all(&mut self, items: Vec<Item>, reason: &str) {
-        for event in items.iter().filter_map(|i| i.event.as_ref()) {
-            let mut record = Record::new(&self.name, reason.to_owned(), event);
-            record.replayable = true;
-            if let Err(e) = self.dead_letters.write(&record) {
-                tracing::error!(sink = %self.name, path = %self.dead_letters.path().display(), error = %e, "cannot write dead letter");
-            }
-            Stats::add(&self.stats.rejected, 1);
+    /// Dead-letters every event of `items` with `reason`, then acknowledges them; or,
+    /// when the dead letters could not be written (given up at shutdown or with
+    /// `--once`), leaves them as not delivered: those from files stay there, with the rest
+    /// of their files, and the others are spilled.
+    async fn reject_all(&mut self, items: Vec<Item>, reason: &str) {
+        let records: Vec<Record> = items
+            .iter()
+            .filter_map(|i| i.event.as_ref())
+            .map(|event| {
+                let mut record = Record::new(&self.name, reason.to_owned(), event);
+                record.replayable = true;
+                record
+            })
+            .collect();
+        let n = records.len() as u64;
+        if self.writer.write(records, &mut self.grace).await {
+            Stats::add(&self.stats.rejected, n);
+            self.resolve(&items);
+            return;
         }
-        self.resolve(&items);
+        let files = items
+            .iter()
+            .filter_map(|i| i.ack)
+            .map(|a| (a.input, a.file));
+        self.left_in_files.extend(files);
+        self.give_up(items);
     }
 
-    /// `items` were delivered or dead-lettered: make the dead letters durable, then move
+    /// `items` were delivered or dead-lettered (their dead letters are on the disk): move
     /// the file offsets and free the budget.
     fn resolve(&mut self, items: &[Item]) {
-        let durable = match self.dead_letters.sync() {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(sink = %self.name, error = %e, "cannot fsync dead letters; file offsets stay where they are");
-                false
-            }
-        };
-        if durable {
-            self.acknowledge(items);
-        }
+        self.acknowledge(items);
         self.release(items.len());
     }
 
@@ -393,7 +418,8 @@ impl Sink {
     fn acknowledge(&mut self, items: &[Item]) {
         let mut touched: Vec<Arc<Checkpointer>> = Vec::new();
         let mut pending: Option<Ack> = None;
-        for ack in items.iter().filter_map(|i| i.ack) {
+        let acks = items.iter().filter_map(|i| i.ack);
+        for ack in acks.filter(|a| !self.left_in_files.contains(&(a.input, a.file))) {
             if let Some(p) = pending.filter(|p| (p.input, p.file) != (ack.input, ack.file)) {
                 self.ack(p, &mut touched);
             }
@@ -484,9 +510,6 @@ impl Sink {
 
     /// Writes what TCP and stdin sources gave that could not be delivered.
     fn finish(&mut self) {
-        if let Err(e) = self.dead_letters.sync() {
-            tracing::error!(sink = %self.name, error = %e, "cannot fsync dead letters");
-        }
         if self.abandoned.is_empty() {
             if self.spilled_left == 0 {
                 let _ = std::fs::remove_file(&self.spill_path);
@@ -561,58 +584,228 @@ impl BadLineLog {
     }
 }
 
-/// Decodes blocks into items; bad lines are counted, logged and dead-lettered here.
-async fn decode_blocks(
+/// What the decode task needs besides its input and output.
+struct Decode {
     name: String,
-    mut decoder: Decoder,
-    mut input: mpsc::Receiver<Block>,
-    output: mpsc::Sender<Vec<Item>>,
+    decoder: Decoder,
     budget: Arc<Budget>,
     stats: Arc<Stats>,
-    dead_letters: Arc<DeadLetters>,
+    writer: DeadLetterWriter,
+    grace: Grace,
+}
+
+/// Decodes blocks into items; bad lines are counted, logged and dead-lettered here.
+///
+/// A block's dead letters are on the disk before its items go on, so that no position
+/// past a bad line is acknowledged before its dead letter is written. While they cannot
+/// be written, the block waits (holding its budget). When the write is given up, the
+/// block's lines from the first bad one on, and every later line of that file, are left
+/// in the file for the next run.
+async fn decode_blocks(
+    mut d: Decode,
+    mut input: mpsc::Receiver<Block>,
+    output: mpsc::Sender<Vec<Item>>,
 ) {
     let mut log = BadLineLog::new();
+    let mut left_in_files: HashSet<(usize, u64)> = HashSet::new();
     while let Some(block) = input.recv().await {
-        let mut items = Vec::with_capacity(block.lines.len());
-        for line in &block.lines {
-            let ack = block.file.map(|file| Ack {
-                input: block.input,
-                file,
-                offset: line.end,
-            });
-            let decoded = match (&line.problem, line.oversized) {
-                (Some(problem), _) => Err(Invalid(problem.clone())),
-                (None, Some(len)) => Err(event::explain(
-                    &line.bytes,
-                    Invalid(format!("line of {len} bytes is longer than max_line_bytes")),
-                )),
-                (None, None) => decoder.decode(&line.bytes, &block.envelope),
-            };
-            let event = match decoded {
-                Ok(Decoded::Event(bytes)) => Some(bytes),
-                Ok(Decoded::Filtered | Decoded::Empty) => None,
-                Err(invalid) => {
-                    let location = location(&block, line.number, line.end, block.file.is_some());
-                    log.log(&name, &location, &invalid.0);
-                    let mut record = Record::new(&name, invalid.0, &line.bytes);
-                    record.source = Some(block.source_name.to_string());
-                    record.location = Some(location);
-                    record.truncated_from_bytes = line.oversized;
-                    if let Err(e) = dead_letters.write(&record) {
-                        tracing::error!(sink = %name, error = %e, "cannot write dead letter");
-                    }
-                    Stats::add(&stats.rejected, 1);
-                    None
-                }
-            };
-            if event.is_some() || ack.is_some() {
-                items.push(Item { event, ack });
-            } else {
-                budget.release(1);
-            }
+        let file = block.file.map(|f| (block.input, f));
+        let left_in_file = file.is_some_and(|f| left_in_files.contains(&f));
+        let (mut items, records, first_bad) = decode_block(&mut d, &block, &mut log, left_in_file);
+        let bad = records.len() as u64;
+        // Items from `keep` on are left in their file; `bad` of them are bad lines.
+        let keep = if left_in_file {
+            0
+        } else if records.is_empty() || d.writer.write(records, &mut d.grace).await {
+            Stats::add(&d.stats.rejected, bad);
+            items.len()
+        } else if let (Some(file), Some(at)) = (file, first_bad) {
+            left_in_files.insert(file);
+            tracing::warn!(sink = %d.name, file = %block.origin, "the dead letters of bad lines were not written: from the first of them on, the file's lines stay in it for the next run");
+            at
+        } else {
+            Stats::add(&d.stats.not_delivered, bad);
+            tracing::error!(sink = %d.name, origin = %block.origin, lines = bad, "bad lines lost: their dead letters were not written and they cannot be read again");
+            items.len()
+        };
+        if keep < items.len() {
+            let left = items.split_off(keep);
+            let events = count_events(&left) as u64;
+            Stats::add(&d.stats.not_delivered, events + bad);
+            d.budget.release(left.len());
         }
         if !items.is_empty() && output.send(items).await.is_err() {
             return;
+        }
+    }
+}
+
+/// A block's items, the dead letters of its bad lines, and the index in the items of the
+/// first bad line from a file. Lines that become no item leave the budget here.
+fn decode_block(
+    d: &mut Decode,
+    block: &Block,
+    log: &mut BadLineLog,
+    quiet: bool,
+) -> (Vec<Item>, Vec<Record>, Option<usize>) {
+    let mut items = Vec::with_capacity(block.lines.len());
+    let mut records = Vec::new();
+    let mut first_bad = None;
+    for line in &block.lines {
+        let ack = block.file.map(|file| Ack {
+            input: block.input,
+            file,
+            offset: line.end,
+        });
+        let decoded = match (&line.problem, line.oversized) {
+            (Some(problem), _) => Err(Invalid(problem.clone())),
+            (None, Some(len)) => Err(event::explain(
+                &line.bytes,
+                Invalid(format!("line of {len} bytes is longer than max_line_bytes")),
+            )),
+            (None, None) => d.decoder.decode(&line.bytes, &block.envelope),
+        };
+        let event = match decoded {
+            Ok(Decoded::Event(bytes)) => Some(bytes),
+            Ok(Decoded::Filtered | Decoded::Empty) => None,
+            Err(invalid) => {
+                let location = location(block, line.number, line.end, block.file.is_some());
+                if !quiet {
+                    log.log(&d.name, &location, &invalid.0);
+                }
+                let mut record = Record::new(&d.name, invalid.0, &line.bytes);
+                record.source = Some(block.source_name.to_string());
+                record.location = Some(location);
+                record.truncated_from_bytes = line.oversized;
+                records.push(record);
+                if ack.is_some() {
+                    first_bad.get_or_insert(items.len());
+                }
+                None
+            }
+        };
+        if event.is_some() || ack.is_some() {
+            items.push(Item { event, ack });
+        } else {
+            d.budget.release(1);
+        }
+    }
+    (items, records, first_bad)
+}
+
+/// Writes a sink's dead letters, retrying while that fails.
+#[derive(Debug)]
+struct DeadLetterWriter {
+    sink: String,
+    file: Arc<DeadLetters>,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    /// With `--once`: how long a failing write is retried before it is given up.
+    once_limit: Option<Duration>,
+    /// A write was given up and none has succeeded since: the next failure gives up at once
+    /// (each waiting `once_limit` would make `--once` last that long per block).
+    broken: bool,
+}
+
+impl DeadLetterWriter {
+    fn new(sink: &str, file: Arc<DeadLetters>, delivery: &Delivery, once: bool) -> Self {
+        DeadLetterWriter {
+            sink: sink.to_owned(),
+            file,
+            initial_backoff: delivery.retry_initial_backoff,
+            max_backoff: delivery.retry_max_backoff,
+            once_limit: once.then_some(delivery.shutdown_timeout),
+            broken: false,
+        }
+    }
+
+    /// Another writer to the same file, for the decode task.
+    fn clone_for_decode(&self) -> Self {
+        DeadLetterWriter {
+            sink: self.sink.clone(),
+            file: self.file.clone(),
+            broken: false,
+            ..*self
+        }
+    }
+
+    /// Puts `records` on the disk; true once they are. While that fails, logs why and
+    /// retries with backoff (`retry_initial_backoff` doubling up to `retry_max_backoff`).
+    /// Gives up (false) after the grace period at shutdown, or with `--once` after
+    /// `shutdown_timeout`.
+    async fn write(&mut self, mut records: Vec<Record>, grace: &mut Grace) -> bool {
+        let started = Instant::now();
+        let mut delay = self.initial_backoff;
+        let mut log = FailureLog::default();
+        loop {
+            let file = self.file.clone();
+            let (back, written) = tokio::task::spawn_blocking(move || {
+                let written = file.append(&mut records);
+                (records, written)
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            records = back;
+            let error = match written {
+                Ok(()) => {
+                    self.broken = false;
+                    log.recovered(&self.sink);
+                    return true;
+                }
+                Err(e) => e,
+            };
+            let out_of_time = self.once_limit.is_some_and(|l| started.elapsed() >= l);
+            if self.broken || out_of_time || grace.expired() {
+                self.broken = true;
+                tracing::error!(sink = %self.sink, path = %self.file.path().display(), records = records.len(), error = %error, "cannot write dead letters; giving up: their lines are not delivered");
+                return false;
+            }
+            log.failed(&self.sink, self.file.path(), &error, delay);
+            grace.sleep(delay).await;
+            delay = (delay * 2).min(self.max_backoff);
+        }
+    }
+}
+
+/// Logs failed dead-letter writes without flooding: the first, then one a minute.
+#[derive(Default)]
+struct FailureLog {
+    failures: u64,
+    last: Option<Instant>,
+}
+
+impl FailureLog {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn failed(
+        &mut self,
+        sink: &str,
+        path: &std::path::Path,
+        error: &std::io::Error,
+        delay: Duration,
+    ) {
+        self.failures += 1;
+        if self.last.is_some_and(|at| at.elapsed() < Self::EVERY) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        tracing::error!(
+            sink,
+            path = %path.display(),
+            error = %error,
+            failures = self.failures,
+            retry_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
+            "cannot write dead letters; will retry (their lines' positions do not move, and reading stops once the memory budget is full)"
+        );
+    }
+
+    fn recovered(&self, sink: &str) {
+        if self.failures > 0 {
+            tracing::info!(
+                sink,
+                failures = self.failures,
+                "dead letters written after failed attempts"
+            );
         }
     }
 }

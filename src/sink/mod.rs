@@ -18,8 +18,9 @@ pub struct Stats {
     pub failed_requests: AtomicU64,
     /// Bad input lines and events the endpoint rejected, all dead-lettered.
     pub rejected: AtomicU64,
-    /// Events neither delivered nor dead-lettered when the sink stopped (they stay in
-    /// their files, or were spilled to `data_dir/spill`).
+    /// Events and bad lines neither delivered nor dead-lettered when the sink stopped
+    /// (they stay in their files, or were spilled to `data_dir/spill`; a bad line from TCP
+    /// or stdin whose dead letter could not be written is lost).
     pub not_delivered: AtomicU64,
 }
 

@@ -50,6 +50,10 @@ fn default_shutdown_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
 }
 
+fn default_dead_letter_max_bytes() -> u64 {
+    1 << 30
+}
+
 /// The statuses retried by default: the endpoint is busy or broken (408, 429, 5xx), or
 /// misconfigured in a way the operator can fix without losing data (401, 403, 404).
 pub fn default_retry_on_status() -> Vec<u16> {
@@ -196,6 +200,10 @@ pub struct WebhookConfig {
     /// At shutdown, how long to keep trying to deliver. Default "30s".
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: HumanDuration,
+    /// Once the dead-letter file holds this many bytes, records keep only the first KiB of
+    /// their line. Default 1 GiB.
+    #[serde(default = "default_dead_letter_max_bytes")]
+    pub dead_letter_max_bytes: u64,
 }
 
 const EXAMPLE: &str = r#"[sinks.webhook]
