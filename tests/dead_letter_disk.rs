@@ -141,7 +141,7 @@ fn the_sink_retries_the_dead_letter_until_it_can_be_written() {
     std::fs::create_dir(&path).unwrap();
 
     let proc = Proc::spawn(run_cmd(&config));
-    let failing = proc.wait_stderr("cannot write dead letters", WAIT);
+    let failing = proc.wait_stderr("cannot write dead letter", WAIT);
     assert!(failing.is_some(), "{}", proc.stderr_now());
     std::fs::remove_dir(&path).unwrap();
     let delivered = hook.wait_until(WAIT, |t| t.has_all(20));
@@ -206,7 +206,6 @@ fn records_are_never_glued_to_a_torn_tail() {
 
     let out = run_once(&config);
     out.assert_code(2);
-    assert!(out.stderr.contains("cut a torn record"), "{out}");
     let text = std::fs::read_to_string(&path).unwrap();
     let after = text
         .strip_prefix(&before)
@@ -221,6 +220,7 @@ fn records_are_never_glued_to_a_torn_tail() {
         (&json!("bad one"), &json!("bad two"))
     );
     assert!(text.ends_with('\n'));
+    assert!(out.stderr.contains("cut a torn record"), "{out}");
 }
 
 #[test]
