@@ -608,6 +608,7 @@ async fn decode_blocks(
 ) {
     let mut log = BadLineLog::new();
     let mut left_in_files: HashSet<(usize, u64)> = HashSet::new();
+    let mut lost_before = false;
     while let Some(block) = input.recv().await {
         let file = block.file.map(|f| (block.input, f));
         let left_in_file = file.is_some_and(|f| left_in_files.contains(&f));
@@ -625,7 +626,9 @@ async fn decode_blocks(
             at
         } else {
             Stats::add(&d.stats.not_delivered, bad);
-            tracing::error!(sink = %d.name, origin = %block.origin, lines = bad, "bad lines lost: their dead letters were not written and they cannot be read again");
+            if !std::mem::replace(&mut lost_before, true) {
+                tracing::error!(sink = %d.name, origin = %block.origin, lines = bad, "bad lines lost: their dead letters were not written and they cannot be read again (later ones are counted in events_not_delivered)");
+            }
             items.len()
         };
         if keep < items.len() {
@@ -756,8 +759,10 @@ impl DeadLetterWriter {
             };
             let out_of_time = self.once_limit.is_some_and(|l| started.elapsed() >= l);
             if self.broken || out_of_time || grace.expired() {
+                if !self.broken {
+                    tracing::error!(sink = %self.sink, path = %self.file.path().display(), error = %error, "cannot write dead letters; giving up until one can be written: their lines are not delivered");
+                }
                 self.broken = true;
-                tracing::error!(sink = %self.sink, path = %self.file.path().display(), records = records.len(), error = %error, "cannot write dead letters; giving up: their lines are not delivered");
                 return false;
             }
             log.failed(&self.sink, self.file.path(), &error, delay);
