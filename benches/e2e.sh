@@ -22,7 +22,7 @@
 #   LAT_RATE [1000] LAT_SECS [10]    latency probe: events/s appended, for how long
 #   IDLE_FILES [100] IDLE_SECS [10]  idle check: quiet files tailed, seconds measured
 #   KEEP [0]           1 keeps the work folder (configs, logs, events) for inspection
-#   BUILD [1]          0 uses the binaries already built (target/release, benches/tools/target)
+#   BUILD [1]          0 uses the binaries already built (target/release/flaghook, target/release/fhbench)
 #   FLAGHOOK_BIN [target/release/flaghook]  the flaghook binary measured
 #
 # All traffic stays on 127.0.0.1; every process started here is stopped on exit.
@@ -52,7 +52,7 @@ case "$MODE" in
 esac
 
 FLAGHOOK=${FLAGHOOK_BIN:-$ROOT/target/release/flaghook}
-FHB=$ROOT/benches/tools/target/release/fhbench
+FHB=$ROOT/target/release/fhbench
 export FLAGHOOK_BENCH_SECRET=${FLAGHOOK_BENCH_SECRET:-bench-secret-$$-$RANDOM}
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -147,7 +147,8 @@ build() {
   (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
   [ -x "$FLAGHOOK" ] || die "$FLAGHOOK not found after the build"
   log "building the bench tools (benches/tools)"
-  cargo build --release --quiet --manifest-path "$ROOT/benches/tools/Cargo.toml" || die "building benches/tools failed"
+  (cd "$ROOT" && cargo build --release --quiet -p flaghook-bench-tools) || die "building benches/tools failed"
+  [ -x "$FHB" ] || die "$FHB not found after the build"
   FLAGHOOK_VERSION=$("$FLAGHOOK" --version 2>/dev/null || echo "flaghook (version unknown)")
 }
 
