@@ -10,7 +10,8 @@
 //! - [`data_dir`]: its layout, and how its files are opened (no symlinks, `0600`).
 //! - [`source`]: [`source::file`] (tail, with [`source::file::checkpoint`]),
 //!   [`source::tcp`], [`source::stdin`]; [`source::lines`] splits bytes into lines;
-//!   the [`source::Budget`] bounds memory.
+//!   the [`source::Budget`] bounds memory; `source::connections` holds the connection
+//!   slots of the sources that accept connections (idle timeout, eviction).
 //! - [`event`]: the types between stages; decoding lines into events.
 //! - [`batch`]: `chunks_timeout` over a sink's input and its retry lane.
 //! - [`sink::delivery`]: a sink's loop (post, retry, split, dead-letter, acknowledge);

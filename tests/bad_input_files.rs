@@ -327,3 +327,93 @@ flush_interval = "100ms"
     assert_eq!(dead.len(), 1, "{dead:#?}");
     assert_eq!(dead[0]["location"], fifo.to_str().unwrap(), "{dead:#?}");
 }
+
+/// Regression: flaghook (often root) followed a symlink that a user put in a tailed folder
+/// to a file that user cannot read, and sent that file to the webhook. Such a link, or a
+/// chain through one, is now reported and dead-lettered once, and not read; links owned by
+/// root or by the file's owner are followed as before.
+#[test]
+fn a_symlink_to_a_file_its_owner_cannot_read_is_not_followed() {
+    use std::os::unix::fs::{chown, lchown, symlink};
+
+    if !is_root() {
+        println!("note: not running as root, which giving files and links to another user needs; skipping the symlink test");
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let hook = Hook::accepting();
+    let ws = Workspace::new();
+    let private = |name: &str, ids| {
+        let path = ws.write(&format!("private/{name}"), small_lines(ids));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    };
+    ws.write("in/good.json", small_lines(0..10));
+    // Root's secret, through nobody's link, and through root's link to nobody's link.
+    let secret = private("secret.json", 100..105);
+    let stolen = ws.path("in/stolen.json");
+    symlink(&secret, &stolen).unwrap();
+    lchown(&stolen, Some(NOBODY), Some(NOBODY)).unwrap();
+    let hop = ws.path("private/hop.json");
+    symlink(&secret, &hop).unwrap();
+    lchown(&hop, Some(NOBODY), Some(NOBODY)).unwrap();
+    let chained = ws.path("in/chained.json");
+    symlink(&hop, &chained).unwrap();
+    // Followed: root's link to root's file, nobody's link to nobody's file.
+    symlink(private("root.json", 200..205), ws.path("in/root-link.json")).unwrap();
+    let own = private("own.json", 300..305);
+    chown(&own, Some(NOBODY), Some(NOBODY)).unwrap();
+    let own_link = ws.path("in/own-link.json");
+    symlink(&own, &own_link).unwrap();
+    lchown(&own_link, Some(NOBODY), Some(NOBODY)).unwrap();
+    let config = ws.config(&format!(
+        r#"[sources.files]
+type = "file"
+include = [{glob}]
+
+[sinks.webhook]
+type = "webhook"
+inputs = ["files"]
+endpoint_url = {url}
+flush_interval = "100ms"
+"#,
+        glob = toml_str(ws.path("in/*.json")),
+        url = toml_str(hook.url()),
+    ));
+
+    let out = Proc::spawn(run_once_cmd(&config)).wait_timeout(Duration::from_secs(20));
+    let arrived = |ids: std::ops::Range<u64>| {
+        hook.with(|t| {
+            ids.filter(|&id| t.counts.get(id as usize).is_some_and(|&c| c > 0))
+                .count()
+        })
+    };
+    assert_eq!(arrived(100..105), 0, "the secret was sent:\n{out}");
+    out.assert_code(2);
+    assert_eq!(
+        (arrived(0..10), arrived(200..205), arrived(300..305)),
+        (10, 5, 5),
+        "{out}"
+    );
+    assert_eq!(out.summary().events_rejected, 2, "{out}");
+    let mut dead = dead_letters(&ws.data_dir(), "webhook");
+    dead.sort_by_key(|d| d["location"].as_str().unwrap().to_owned());
+    assert_eq!(dead.len(), 2, "{dead:#?}");
+    let reason = |i: usize| dead[i]["reason"].as_str().unwrap().to_owned();
+    assert_eq!(dead[0]["location"], chained.to_str().unwrap(), "{dead:#?}");
+    assert!(
+        reason(0).contains(&format!("leads through the symlink {}", hop.display())),
+        "{dead:#?}"
+    );
+    assert_eq!(dead[1]["location"], stolen.to_str().unwrap(), "{dead:#?}");
+    assert!(
+        reason(1).contains("is a symlink owned by uid 65534 to a file that user cannot read"),
+        "{dead:#?}"
+    );
+    let logged = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("not following it") && !l.contains("bad line rejected"))
+        .count();
+    assert_eq!(logged, 2, "each logged once by the source:\n{out}");
+}

@@ -270,6 +270,14 @@ fn malformed_tcp_address() {
     assert_config_error(&format!("{source}\n{SINK}"), &["address"]);
 }
 
+#[test]
+fn zero_tcp_idle_timeout() {
+    let source =
+        "[sources.in]\ntype = \"tcp\"\naddress = \"127.0.0.1:9000\"\nidle_timeout = \"0s\"\n";
+    let out = assert_config_error(&format!("{source}\n{SINK}"), &["sources.in.idle_timeout"]);
+    assert!(out.stderr.contains("idle_timeout = \"5m\""), "{out}");
+}
+
 /// Names become file names in data_dir: a name that could leave it, or hold a `/`, is
 /// refused before anything is written.
 #[test]

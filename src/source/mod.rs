@@ -10,6 +10,7 @@
 //! waits for the budget. What its shippers already sent is read (see [`pump`]) and held
 //! past the cap, so that it reaches the sinks, and their spill, instead of being dropped.
 
+pub(crate) mod connections;
 pub mod file;
 pub mod lines;
 pub mod stdin;

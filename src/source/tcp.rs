@@ -4,23 +4,29 @@
 //! Back-pressure is TCP's own: a connection is read only when the sinks have room, so a
 //! slow endpoint fills the kernel buffers and the shipper slows down.
 //!
+//! Connections hold [`ConnectionSlots`]: one silent for `idle_timeout` is closed, and a
+//! connection that arrives while all `max_connections` are taken is served by closing the
+//! one idle longest, so idle sockets cannot lock a shipper out. A connection the source is
+//! not reading because of back-pressure is not idle.
+//!
 //! What sits in those buffers was already acknowledged to the shipper by the kernel, so at
 //! shutdown the source stops accepting and then reads it (see [`super::pump`]): from the
-//! open connections, and from those the kernel had accepted that wait in the listen
-//! backlog. Closing them unread would drop it.
+//! open connections, from the one accepted that waited for a slot, and from those the
+//! kernel had accepted that wait in the listen backlog. Closing them unread would drop it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::connections::{CloseReason, ConnectionSlots, Slot};
 use super::{pump, Output};
-use crate::config::socket_addr;
+use crate::config::{socket_addr, HumanDuration};
 use crate::event::{envelope_fields, Block};
 
 fn default_max_line_bytes() -> usize {
@@ -29,6 +35,10 @@ fn default_max_line_bytes() -> usize {
 
 fn default_max_connections() -> usize {
     256
+}
+
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
 }
 
 /// `[sources.NAME] type = "tcp"`.
@@ -40,9 +50,13 @@ pub struct TcpConfig {
     /// Lines longer than this are rejected as bad input. Default 102400.
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: usize,
-    /// Connections served at once; more wait to be accepted. Default 256.
+    /// Connections served at once. Default 256. A new connection beyond them is served by
+    /// closing the one idle longest; while all are active, it waits.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed. Default "5m".
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
     /// The envelope field that holds the event, when a shipper wraps it.
     /// Default: `message` (Vector), then `log` (Fluent Bit).
     #[serde(default)]
@@ -58,6 +72,9 @@ impl TcpConfig {
         if self.max_connections == 0 {
             bail!("`{key}.max_connections` must be at least 1 (example: max_connections = 256)");
         }
+        if self.idle_timeout.0.is_zero() {
+            bail!("`{key}.idle_timeout` must be above zero (example: idle_timeout = \"5m\")");
+        }
         Ok(())
     }
 }
@@ -72,6 +89,9 @@ pub async fn bind(name: &str, config: &TcpConfig) -> Result<TcpListener> {
 
 /// Serves connections until shutdown. With `once`, stops after the first connections have
 /// all closed.
+///
+/// A connection is accepted, then waits for a slot (which may close an idle one); the next
+/// is not accepted before it has one, so at most one accepted connection waits.
 pub async fn run(
     name: &str,
     config: &TcpConfig,
@@ -80,7 +100,7 @@ pub async fn run(
     shutdown: CancellationToken,
     once: bool,
 ) {
-    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let slots = ConnectionSlots::new(config.max_connections, config.idle_timeout.0);
     let mut connections = Connections {
         tasks: JoinSet::new(),
         name: Arc::from(name),
@@ -89,26 +109,30 @@ pub async fn run(
         shutdown: &shutdown,
     };
     let mut accepted_any = false;
+    let mut waiting_for_slot: Option<(TcpStream, SocketAddr)> = None;
     loop {
-        if once && accepted_any && connections.tasks.is_empty() {
+        if once && accepted_any && connections.tasks.is_empty() && waiting_for_slot.is_none() {
             break;
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(done) = connections.tasks.join_next(), if !connections.tasks.is_empty() => {
                 propagate_panic(done);
-                continue;
             }
-            accepted = accept(&listener, &slots) => {
-                let Some((stream, peer, slot)) = accepted else { continue };
-                accepted_any = true;
-                connections.serve(stream, peer, Some(slot));
+            accepted = accept(&listener), if waiting_for_slot.is_none() => {
+                accepted_any |= accepted.is_some();
+                waiting_for_slot = accepted;
+            }
+            slot = slots.acquire(), if waiting_for_slot.is_some() => {
+                let (stream, peer) = waiting_for_slot.take().expect("checked by the guard");
+                connections.serve(stream, peer, slot);
             }
         }
     }
     if shutdown.is_cancelled() {
-        for (stream, peer) in backlog(listener, config.max_connections) {
-            connections.serve(stream, peer, None);
+        let waiting = waiting_for_slot.into_iter();
+        for (stream, peer) in waiting.chain(backlog(listener, config.max_connections)) {
+            connections.serve(stream, peer, slots.extra());
         }
     }
     // Connections read what their shippers already sent and hand it on.
@@ -137,8 +161,9 @@ struct Connections<'a> {
 }
 
 impl Connections<'_> {
-    /// Reads `stream` until it closes or shutdown; `slot` counts it in `max_connections`.
-    fn serve(&mut self, stream: TcpStream, peer: SocketAddr, slot: Option<OwnedSemaphorePermit>) {
+    /// Reads `stream` until it closes, is closed for idleness, or shutdown; `slot` is its
+    /// place among the source's connections.
+    fn serve(&mut self, stream: TcpStream, peer: SocketAddr, slot: Slot) {
         let template = Block {
             source_name: self.name.clone(),
             origin: Arc::from(format!("tcp {peer}")),
@@ -149,13 +174,47 @@ impl Connections<'_> {
         };
         let (output, shutdown) = (self.output.clone(), self.shutdown.clone());
         let max = self.config.max_line_bytes;
+        let limits = Limits::of(self.config);
         self.tasks.spawn(async move {
             tracing::debug!(%peer, "connection opened");
-            if let Err(e) = pump(stream, max, template, &output, &shutdown).await {
+            let mut stream = slot.track(stream);
+            if let Err(e) = pump(&mut stream, max, template, &output, &shutdown).await {
                 tracing::warn!(%peer, error = %e, "connection failed");
             }
-            drop(slot);
+            limits.log_close(stream.closed(), peer);
         });
+    }
+}
+
+/// What a connection task needs of the config to say why it closed a connection.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    idle_timeout: Duration,
+    max_connections: usize,
+}
+
+impl Limits {
+    fn of(config: &TcpConfig) -> Self {
+        Limits {
+            idle_timeout: config.idle_timeout.0,
+            max_connections: config.max_connections,
+        }
+    }
+
+    fn log_close(self, reason: Option<CloseReason>, peer: SocketAddr) {
+        match reason {
+            Some(CloseReason::IdleTimeout) => tracing::info!(
+                %peer,
+                "closed the connection: nothing received for {} (idle_timeout)",
+                humantime::format_duration(self.idle_timeout)
+            ),
+            Some(CloseReason::Evicted) => tracing::info!(
+                %peer,
+                "closed the connection, idle the longest, to serve a new one: all {} (max_connections) were taken",
+                self.max_connections
+            ),
+            None => tracing::debug!(%peer, "connection closed"),
+        }
     }
 }
 
@@ -189,16 +248,12 @@ fn backlog(listener: TcpListener, max: usize) -> Vec<(TcpStream, SocketAddr)> {
     waiting
 }
 
-async fn accept(
-    listener: &TcpListener,
-    slots: &Arc<Semaphore>,
-) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
-    let slot = slots.clone().acquire_owned().await.ok()?;
+async fn accept(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
     match listener.accept().await {
-        Ok((stream, peer)) => Some((stream, peer, slot)),
+        Ok(accepted) => Some(accepted),
         Err(e) => {
             tracing::warn!(error = %e, "accept failed");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
             None
         }
     }

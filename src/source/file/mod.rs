@@ -9,12 +9,15 @@
 //! truncated or replaced: it is read again from 0 as a new generation. A file that no
 //! glob matches any more (renamed away or deleted) is read to its end, then closed. When
 //! a pass reads nothing, the loop waits for an inotify event in the watched folders (see
-//! [`watcher`]), or `poll_interval` when they cannot be watched: no busy loop.
+//! [`watcher`]), or `poll_interval` when they cannot be watched: no busy loop. A match
+//! that leads through a symlink whose owner could not read the file is not read (see
+//! `symlink`): it is reported like a directory or a FIFO.
 //!
 //! Lines carry their end offset; the sinks acknowledge them to the [`Checkpointer`],
 //! and only acknowledged offsets are saved.
 
 pub mod checkpoint;
+mod symlink;
 pub mod watcher;
 
 use std::collections::{HashMap, HashSet};
@@ -35,6 +38,7 @@ use bytes::Bytes;
 
 use crate::event::{envelope_fields, Block, Line};
 use checkpoint::{Checkpointer, Fingerprint, HEAD_BYTES};
+use symlink::Links;
 
 /// Where to start in a file that has no checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -300,11 +304,20 @@ impl Tail<'_> {
     }
 
     fn open(&mut self, path: PathBuf, startup: bool) {
-        let opened = File::open(&path).and_then(|file| Ok((Fingerprint::of(&file)?, file)));
-        let (fingerprint, file) = match opened {
-            Ok(ok) => ok,
+        let opened = File::open(&path).and_then(|file| Ok((symlink::check(&path, &file)?, file)));
+        let file = match opened {
+            Ok((Links::Trusted, file)) => file,
+            Ok((Links::Untrusted(why), _)) => return self.report(&path, &why),
+            Ok((Links::Moved, _)) => return, // the next scan sees where it went
             Err(e) => {
                 self.report(&path, &format!("cannot open: {e}; will try again"));
+                return;
+            }
+        };
+        let fingerprint = match Fingerprint::of(&file) {
+            Ok(fingerprint) => fingerprint,
+            Err(e) => {
+                self.report(&path, &format!("cannot read: {e}; will try again"));
                 return;
             }
         };
