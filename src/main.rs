@@ -400,7 +400,7 @@ async fn demo() -> Result<u8> {
     let mut secret = None;
     for sink in config.sinks.values_mut() {
         let SinkConfig::Webhook(w) = sink;
-        w.endpoint_url = url.clone();
+        w.endpoint_url = url.clone().into();
         secret = w.signing_secret().cloned();
     }
     println!("flaghook demo: pipelines/quickstart.toml -> receiver at {url}");
