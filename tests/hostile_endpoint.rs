@@ -23,31 +23,40 @@ fn pipeline(ws: &Workspace, url: &str, events: u64, extra: &str) -> std::path::P
     ws.file_pipeline(small_lines(0..events), url, extra)
 }
 
+/// Delivers 10 events to an endpoint whose first answer is 503 with `retry_after`, with
+/// `retry_max_backoff = "200ms"`.
+fn deliver_after_503_with_retry_after(retry_after: &'static str) {
+    let hook = Hook::start(move |seen| match seen.index {
+        0 => Answer::status(503).header("Retry-After", retry_after),
+        _ => Answer::ok(),
+    });
+    let ws = Workspace::new();
+    let config = pipeline(
+        &ws,
+        &hook.url(),
+        10,
+        "flush_interval = \"50ms\"\nretry_initial_backoff = \"50ms\"\nretry_max_backoff = \"200ms\"",
+    );
+    let out = run_once(&config);
+    out.assert_code(0);
+    assert_eq!(out.summary().events_delivered, 10, "{out}");
+    hook.with(|t| {
+        assert!(t.has_all(10), "missing {:?}", t.missing(10));
+        assert_eq!(t.failed_requests, 1);
+    });
+}
+
 /// Issue: `Retry-After: 9223372036854775807` panicked the sink task ("overflow when adding
-/// duration to instant"), and a far-future HTTP date made it wait for millennia. Both
-/// are now honoured up to `retry_max_backoff`, and delivery goes on.
+/// duration to instant"). It is honoured up to `retry_max_backoff`, and delivery goes on.
 #[test]
 fn a_huge_retry_after_waits_retry_max_backoff_and_delivery_goes_on() {
-    for retry_after in ["9223372036854775807", "Fri, 31 Dec 9999 23:59:59 GMT"] {
-        let hook = Hook::start(move |seen| match seen.index {
-            0 => Answer::status(503).header("Retry-After", retry_after),
-            _ => Answer::ok(),
-        });
-        let ws = Workspace::new();
-        let config = pipeline(
-            &ws,
-            &hook.url(),
-            10,
-            "flush_interval = \"50ms\"\nretry_initial_backoff = \"50ms\"\nretry_max_backoff = \"200ms\"",
-        );
-        let out = run_once(&config);
-        out.assert_code(0);
-        assert_eq!(out.summary().events_delivered, 10, "{retry_after}: {out}");
-        hook.with(|t| {
-            assert!(t.has_all(10), "{retry_after}: missing {:?}", t.missing(10));
-            assert_eq!(t.failed_requests, 1, "{retry_after}");
-        });
-    }
+    deliver_after_503_with_retry_after("9223372036854775807");
+}
+
+/// Issue: a far-future HTTP date in `Retry-After` made the sink wait for millennia.
+#[test]
+fn a_far_future_retry_after_date_waits_retry_max_backoff() {
+    deliver_after_503_with_retry_after("Fri, 31 Dec 9999 23:59:59 GMT");
 }
 
 /// Issue: a 2xx whose body trickled timed out and the batch was sent again and again. The
@@ -104,7 +113,9 @@ fn a_request_on_a_connection_the_endpoint_closed_is_sent_again_at_once() {
 }
 
 /// The same with a server that closes every connection right after its response (without
-/// `Connection: close`), whichever way the close and the next request cross.
+/// `Connection: close`). Not a regression test (it passes before the fix too): on loopback
+/// the close arrives with the response, hyper sees it and never reuses the connection.
+/// It checks that real behaviour: every event arrives, nothing waits for a retry.
 #[test]
 fn a_server_that_closes_after_each_response_gets_every_event_without_a_retry() {
     let server = RawServer::start(Behaviour::CloseAfterResponse);

@@ -433,8 +433,14 @@ impl fmt::Debug for Endpoint {
 /// Parses and checks `endpoint_url` (at `key`, the sink's key): http or https, with a host.
 /// A user and password in it become the `Authorization` header, as curl and browsers do.
 pub fn endpoint(key: &str, url: &EndpointUrl) -> Result<Endpoint> {
+    // A URL with credentials is not shown at all: had it come from the environment, its
+    // rest would be a part of an environment value, which `EnvValues::hide` cannot find.
+    let shown = match without_credentials(&url.0) {
+        std::borrow::Cow::Borrowed(as_written) => format!(" = {as_written:?}"),
+        std::borrow::Cow::Owned(_) => " (not shown: it has a user or password)".to_owned(),
+    };
     let problem = |why: &str| {
-        anyhow!("`{key}.endpoint_url` = {:?} {why} (example: endpoint_url = \"https://collector.example/hook\")", url.to_string())
+        anyhow!("`{key}.endpoint_url`{shown} {why} (example: endpoint_url = \"https://collector.example/hook\")")
     };
     let uri: Uri = url.0.parse().map_err(|_| problem("is not a valid URL"))?;
     match uri.scheme_str() {
@@ -1107,7 +1113,8 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("ftp://***@x") && !err.contains("hunter2"),
+            err.contains("`k.endpoint_url` (not shown: it has a user or password) must start")
+                && !err.contains("hunter2"),
             "{err}"
         );
     }
