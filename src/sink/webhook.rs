@@ -644,6 +644,8 @@ pub struct Outcome {
 
 /// Builds and sends GO Feature Flag's request.
 pub struct Poster {
+    /// The sink's name, for logs.
+    sink: String,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     uri: Uri,
     headers: HeaderMap,
@@ -737,6 +739,7 @@ impl Poster {
         }
         let prefix = format!(r#"{{"meta":{},"events":["#, meta_json(&config.meta));
         Ok(Poster {
+            sink: name.to_owned(),
             client,
             uri,
             headers,
@@ -768,6 +771,7 @@ impl Poster {
         let result = match attempt().await {
             Attempt::Closed(detail) => {
                 tracing::debug!(
+                    sink = %self.sink,
                     "{detail}: the endpoint closed the connection; sending again at once"
                 );
                 attempt().await
