@@ -140,17 +140,78 @@ impl fmt::Debug for HumanDuration {
     }
 }
 
+impl HumanDuration {
+    /// The longest duration any key takes. Each key has its own, lower bound too (see
+    /// [`check_duration`]); this one keeps every deadline computed from a config value
+    /// far from overflowing, whatever key a later change adds.
+    pub const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+}
+
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
-            .map(HumanDuration)
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "invalid duration {text:?} ({e}); write it like \"500ms\", \"10s\" or \"1m\""
-                ))
-            })
+        match humantime::parse_duration(&text) {
+            Ok(duration) if duration <= HumanDuration::MAX => Ok(HumanDuration(duration)),
+            Ok(_) => Err(serde::de::Error::custom(format!(
+                "duration {text:?} is too long: at most \"365days\"; write it like \"500ms\", \"10s\" or \"1m\""
+            ))),
+            Err(e) => Err(serde::de::Error::custom(format!(
+                "invalid duration {text:?} ({e}); write it like \"500ms\", \"10s\" or \"1m\""
+            ))),
+        }
     }
+}
+
+/// Checks that the duration at `key` (its full name) is above zero and at most `max`.
+/// `example` is the key's setting as it would be written (`flush_interval = "60s"`). The
+/// value is not shown: it may have come from the environment.
+pub fn check_duration(key: &str, value: Duration, max: Duration, example: &str) -> Result<()> {
+    if value.is_zero() {
+        bail!("`{key}` must be above zero (example: {example})");
+    }
+    if value > max {
+        bail!(
+            "`{key}` is too long: at most {} (example: {example})",
+            humantime::format_duration(max)
+        );
+    }
+    Ok(())
+}
+
+/// Checks that the count at `key` (its full name) is in `range`; see [`check_duration`].
+pub fn check_count(
+    key: &str,
+    value: usize,
+    range: std::ops::RangeInclusive<usize>,
+    example: &str,
+) -> Result<()> {
+    if value < *range.start() {
+        bail!(
+            "`{key}` must be at least {} (example: {example})",
+            range.start()
+        );
+    }
+    if value > *range.end() {
+        bail!(
+            "`{key}` = {value} is too large: at most {} (example: {example})",
+            range.end()
+        );
+    }
+    Ok(())
+}
+
+/// The longest line a source takes (`max_line_bytes`): a line is held whole in memory
+/// until its newline, so this bounds what one connection or file can make flaghook hold.
+pub const MAX_LINE_BYTES: usize = 64 << 20;
+
+/// Checks a source's `max_line_bytes` (`key` is the source's full key).
+pub fn check_max_line_bytes(key: &str, value: usize) -> Result<()> {
+    check_count(
+        &format!("{key}.max_line_bytes"),
+        value,
+        1..=MAX_LINE_BYTES,
+        "max_line_bytes = 102400",
+    )
 }
 
 /// A config that passed every check, ready to run.
@@ -541,7 +602,7 @@ impl Validated {
             let SinkConfig::Webhook(c) = sink;
             out.push_str(&format!(
                 "sink {name}: webhook {} <- [{}], schema {}, batches of up to {} events every {}, {}\n",
-                c.endpoint_url,
+                c.endpoint_url, // Display hides a user and password
                 c.inputs.join(", "),
                 c.schema.as_str(),
                 c.max_event_in_memory,

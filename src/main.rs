@@ -105,10 +105,10 @@ struct ReceiveLimits {
     #[arg(long, value_name = "SIZE", default_value = "10MiB", value_parser = parse_size)]
     max_body: u64,
     /// Time a client has to send a request's headers, from connecting or from the previous
-    /// response (500ms, 10s, 1m); then the connection is closed.
+    /// response (500ms, 10s, 1m; at most 1h); then the connection is closed.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_timeout)]
     header_timeout: Duration,
-    /// Time a client has to send a request's body once its headers are in; then 408.
+    /// Time a client has to send a request's body once its headers are in (at most 1h); then 408.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
     body_timeout: Duration,
     /// Connections served at once; further clients wait in the listen backlog until one
@@ -161,8 +161,11 @@ fn parse_size(text: &str) -> std::result::Result<u64, String> {
 
 /// A duration above zero, written like 500ms, 10s or 1m.
 fn parse_timeout(text: &str) -> std::result::Result<Duration, String> {
+    // hyper adds the header timeout to an `Instant`: a huge one panicked every connection.
+    const MAX: Duration = Duration::from_secs(3600);
     match humantime::parse_duration(text) {
         Ok(d) if d.is_zero() => Err("must be above zero".into()),
+        Ok(d) if d > MAX => Err("must be at most 1h, e.g. 10s or 1m".into()),
         Ok(d) => Ok(d),
         Err(e) => Err(format!(
             "invalid duration {text:?} ({e}); write it like 500ms, 10s or 1m"
@@ -400,7 +403,7 @@ async fn demo() -> Result<u8> {
     let mut secret = None;
     for sink in config.sinks.values_mut() {
         let SinkConfig::Webhook(w) = sink;
-        w.endpoint_url = url.clone();
+        w.endpoint_url = url.clone().into();
         secret = w.signing_secret().cloned();
     }
     println!("flaghook demo: pipelines/quickstart.toml -> receiver at {url}");

@@ -253,7 +253,8 @@ timeout = "1s""#,
     }
 }
 
-/// A `Retry-After` on a retryable answer is honoured before the batch goes out again.
+/// A `Retry-After` on a retryable answer is honoured before the batch goes out again, up
+/// to `retry_max_backoff` (tests/hostile_endpoint.rs: a longer one is capped).
 #[test]
 fn retry_after_is_honoured() {
     let server = TestServer::scripted(
@@ -267,7 +268,7 @@ fn retry_after_is_honoured() {
         &server.url(),
         r#"flush_interval = "100ms"
 retry_initial_backoff = "50ms"
-retry_max_backoff = "100ms""#,
+retry_max_backoff = "2s""#,
     );
     let out = run_once(&config);
     out.assert_code(0);

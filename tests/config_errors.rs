@@ -299,3 +299,117 @@ fn names_that_are_not_file_names() {
     let ok = SINK.replace("[sinks.webhook]", "[sinks.Hook_2-b]");
     validate(&ws.config(&format!("{SOURCE}\n{ok}"))).assert_code(0);
 }
+
+/// Hostile-input issue: huge durations and sizes passed `validate` and then broke the run
+/// (`max_event_in_memory = 2^62` panicked the sink, `flush_interval = "500000000000years"`
+/// lost events). Each is now refused with its full key and an example.
+#[test]
+fn huge_durations_and_sizes_are_refused_naming_the_key() {
+    let huge = "4611686018427387904"; // 2^62
+    let sink_cases = [
+        (
+            format!("max_event_in_memory = {huge}"),
+            "max_event_in_memory",
+            "max_event_in_memory = 100000",
+        ),
+        (
+            "buffer_max_events = 5000000000".to_owned(),
+            "buffer_max_events",
+            "buffer_max_events = ",
+        ),
+        (
+            "flush_interval = \"500000000000years\"".to_owned(),
+            "flush_interval",
+            "\"60s\"",
+        ),
+        (
+            "flush_interval = \"30days\"".to_owned(),
+            "flush_interval",
+            "flush_interval = \"60s\"",
+        ),
+        (
+            "timeout = \"2h\"".to_owned(),
+            "timeout",
+            "timeout = \"10s\"",
+        ),
+        (
+            "retry_initial_backoff = \"30days\"".to_owned(),
+            "retry_initial_backoff",
+            "retry_initial_backoff = \"1s\"",
+        ),
+        (
+            "retry_max_backoff = \"30days\"".to_owned(),
+            "retry_max_backoff",
+            "retry_max_backoff = \"60s\"",
+        ),
+        (
+            "shutdown_timeout = \"30days\"".to_owned(),
+            "shutdown_timeout",
+            "shutdown_timeout = \"30s\"",
+        ),
+        (
+            "retry_max_duration = \"1000years\"".to_owned(),
+            "retry_max_duration",
+            "\"60s\"",
+        ),
+    ];
+    for (line, key, example) in &sink_cases {
+        let out = assert_config_error(
+            &format!("{SOURCE}\n{SINK}{line}\n"),
+            &[&format!("`sinks.webhook.{key}`")],
+        );
+        assert!(out.stderr.contains(example), "{line}: no example:\n{out}");
+    }
+    let tcp = "[sources.in]\ntype = \"tcp\"\naddress = \"127.0.0.1:0\"\n";
+    let stdin = "[sources.in]\ntype = \"stdin\"\n";
+    let source_cases = [
+        (
+            format!("{SOURCE}max_line_bytes = {huge}\n"),
+            "max_line_bytes",
+            "max_line_bytes = 102400",
+        ),
+        (
+            format!("{SOURCE}poll_interval = \"2h\"\n"),
+            "poll_interval",
+            "poll_interval = \"50ms\"",
+        ),
+        (
+            format!("{SOURCE}glob_interval = \"2h\"\n"),
+            "glob_interval",
+            "glob_interval = \"1s\"",
+        ),
+        (
+            format!("{tcp}max_connections = 4294967296\n"),
+            "max_connections",
+            "max_connections = 256",
+        ),
+        (
+            format!("{tcp}max_line_bytes = {huge}\n"),
+            "max_line_bytes",
+            "max_line_bytes = 102400",
+        ),
+        (
+            format!("{stdin}max_line_bytes = {huge}\n"),
+            "max_line_bytes",
+            "max_line_bytes = 102400",
+        ),
+    ];
+    for (source, key, example) in &source_cases {
+        let out = assert_config_error(
+            &format!("{source}\n{SINK}"),
+            &[&format!("`sources.in.{key}`")],
+        );
+        assert!(out.stderr.contains(example), "{source}: no example:\n{out}");
+    }
+}
+
+/// The largest values within the bounds are taken.
+#[test]
+fn durations_and_sizes_at_their_bounds_are_valid() {
+    let ws = Workspace::new();
+    let sink = "max_event_in_memory = 1000000\nbuffer_max_events = 10000000\nflush_interval = \"1day\"\ntimeout = \"1h\"\nretry_initial_backoff = \"1day\"\nretry_max_backoff = \"1day\"\nshutdown_timeout = \"1day\"\nretry_max_duration = \"365days\"\n";
+    let source = format!(
+        "{SOURCE}max_line_bytes = 67108864\npoll_interval = \"1h\"\nglob_interval = \"1h\"\n"
+    );
+    validate(&ws.config(&format!("{source}\n{SINK}{sink}"))).assert_code(0);
+}

@@ -304,6 +304,9 @@ fn receive_rejects_a_bad_limit_naming_the_flag_with_an_example() {
         ("--max-body", "0", "above zero"),
         ("--header-timeout", "soon", "10s"),
         ("--body-timeout", "0s", "above zero"),
+        // Hostile-input issue: a huge timeout overflowed `Instant` on every connection.
+        ("--header-timeout", "500000000000years", "at most 1h"),
+        ("--body-timeout", "2h", "at most 1h"),
         ("--max-connections", "0", "1.."),
     ] {
         let out = run_args(&["receive", "--listen", "127.0.0.1:0", flag, value]);

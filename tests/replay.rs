@@ -186,6 +186,7 @@ fn a_corrupt_line_is_kept_as_it_is_and_the_other_records_are_replayed() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{torn}\n"));
 }
 
+/// `Retry-After` is honoured up to `retry_max_backoff`, as in the sink.
 #[test]
 fn replay_honours_retry_after_and_resends_the_batch_not_each_event() {
     let server = TestServer::scripted(
@@ -193,7 +194,11 @@ fn replay_honours_retry_after_and_resends_the_batch_not_each_event() {
         Reply::ok(),
     );
     let ws = Workspace::new();
-    let config = config(&ws, &server.url(), "");
+    let config = ws.file_pipeline(
+        "",
+        &server.url(),
+        "retry_initial_backoff = \"50ms\"\nretry_max_backoff = \"2s\"",
+    );
     let events = feature_events(0, 5);
     let records: Vec<String> = events.iter().map(|e| refused(e).to_string()).collect();
     let path = write_dead_letters(&ws.data_dir(), &records);
@@ -388,4 +393,27 @@ fn a_second_run_on_the_same_data_dir_exits_1_naming_the_first_pid() {
     assert_eq!(run.wait().code, None, "not killed");
     run_once(&config).assert_code(0);
     hook.with(|t| assert!(t.has_all(5) && t.counts.len() == 5));
+}
+
+/// Hostile-input issue: a huge `Retry-After` stalled the sink; replay shares its policy, so
+/// it too waits at most `retry_max_backoff` (here 100ms) and delivers.
+#[test]
+fn replay_waits_at_most_retry_max_backoff_after_a_huge_retry_after() {
+    let server = TestServer::scripted(
+        vec![Reply::status(503).header("Retry-After", "9223372036854775807")],
+        Reply::ok(),
+    );
+    let ws = Workspace::new();
+    let config = config(&ws, &server.url(), "");
+    let events = feature_events(0, 3);
+    let records: Vec<String> = events.iter().map(|e| refused(e).to_string()).collect();
+    write_dead_letters(&ws.data_dir(), &records);
+
+    let out = replay(&config);
+    out.assert_code(0);
+    assert_counts(
+        &out,
+        "records=3 delivered=3 rejected=0 skipped=0 remaining=0",
+    );
+    assert_eq!(server.delivered(), events);
 }

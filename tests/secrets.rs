@@ -371,3 +371,112 @@ fn delivery_errors_never_show_the_secret() {
     assert_eq!(out.code, Some(1), "{out}");
     assert!(out.stderr.contains("/proc/${FH_SECRET}"), "{out}");
 }
+
+/// The password of the credentials test, as written in the URL (percent-encoded) and as
+/// sent.
+const URL_PASSWORD: &str = "pa%24%24-URLPASS-w%40rd";
+const SENT_PASSWORD: &str = "pa$$-URLPASS-w@rd";
+
+/// Hostile-input issue: `https://user:pass@host/` was neither sent as Basic auth nor kept
+/// out of `validate`'s summary and the logs. Now the endpoint gets `Authorization: Basic`
+/// with the percent-decoded user and password, the request line has no credentials, and
+/// no output at any log level, nor any file in data_dir, shows the password in any form.
+#[test]
+fn credentials_in_endpoint_url_are_sent_as_basic_auth_and_never_shown() {
+    let server = TestServer::scripted(vec![Reply::status(500)], Reply::ok());
+    let ws = Workspace::new();
+    let with_credentials =
+        |url: &str| url.replacen("://", &format!("://flag%20hook:{URL_PASSWORD}@"), 1);
+    let closed = format!("http://127.0.0.1:{}/hook", free_port());
+    let input = ws.write("events.json", jsonl(&feature_events(0, 3)));
+    let config = ws.config(&format!(
+        r#"[sources.in]
+type = "file"
+include = [{input}]
+
+[sinks.webhook]
+type = "webhook"
+inputs = ["in"]
+endpoint_url = {url}
+retry_initial_backoff = "20ms"
+retry_max_backoff = "40ms"
+flush_interval = "50ms"
+
+[sinks.closed]
+type = "webhook"
+inputs = ["in"]
+endpoint_url = {closed}
+retry_initial_backoff = "20ms"
+retry_max_backoff = "40ms"
+flush_interval = "50ms"
+retry_max_duration = "300ms"
+"#,
+        input = toml_str(&input),
+        url = toml_str(with_credentials(&server.url())),
+        closed = toml_str(with_credentials(&closed)),
+    ));
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("flag hook:{SENT_PASSWORD}"));
+    let hidden = [
+        "URLPASS".to_owned(),
+        URL_PASSWORD.to_owned(),
+        SENT_PASSWORD.to_owned(),
+        basic.clone(),
+    ];
+    let assert_hidden = |what: &str, text: &str| {
+        for form in &hidden {
+            assert!(
+                !text.contains(form),
+                "{what} shows the password ({form:?}):\n{text}"
+            );
+        }
+    };
+
+    let checked = validate(&config);
+    checked.assert_code(0);
+    assert!(
+        checked.stdout.contains("http://***@127.0.0.1:"),
+        "{checked}"
+    );
+    assert_hidden("validate", &format!("{}{}", checked.stdout, checked.stderr));
+
+    let mut cmd = run_once_cmd(&config);
+    cmd.args(["--log-level", "trace"]);
+    let out = Proc::spawn(cmd).wait();
+    assert_eq!(out.summary().events_delivered, 3, "{out}");
+    assert_hidden(
+        "run --once at log level trace",
+        &format!("{}{}", out.stdout, out.stderr),
+    );
+    for entry in walk(&ws.data_dir()) {
+        let text = String::from_utf8_lossy(&std::fs::read(&entry).unwrap()).into_owned();
+        assert_hidden(&entry.display().to_string(), &text);
+    }
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2, "{out}");
+    for r in &requests {
+        assert_eq!(r.path, "/hook");
+        assert_eq!(
+            r.header_values("authorization"),
+            [format!("Basic {basic}").as_str()]
+        );
+    }
+}
+
+/// Credentials in the URL and an `Authorization` header are one too many: a config error
+/// naming both keys, without the password.
+#[test]
+fn credentials_in_endpoint_url_and_an_authorization_header_conflict() {
+    let ws = Workspace::new();
+    let config = ws.config(&format!(
+        "{SOURCE}\n[sinks.webhook]\ntype = \"webhook\"\ninputs = [\"in\"]\nendpoint_url = \"http://u:{URL_PASSWORD}@127.0.0.1:9/hook\"\nheaders = {{ authorization = \"Bearer x\" }}\n"
+    ));
+    let out = validate(&config);
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("`sinks.webhook.endpoint_url`")
+            && out.stderr.contains("`sinks.webhook.headers.authorization`"),
+        "{out}"
+    );
+    assert!(!out.stderr.contains("URLPASS"), "{out}");
+}

@@ -308,7 +308,7 @@ impl Sink {
         };
         // However soon the batch is taken again (full, or straight from the lane once the
         // input ended), it is not re-sent before a flush interval: no hot loop.
-        self.not_before = Some(Instant::now() + delay.max(self.delivery.flush_interval));
+        self.not_before = Some(instant_after(delay.max(self.delivery.flush_interval)));
         tracing::warn!(
             sink = %self.name,
             events = count_events(&failure.rest),
@@ -825,6 +825,15 @@ fn location(block: &Block, number: u64, end: u64, is_file: bool) -> String {
     }
 }
 
+/// `delay` from now. Config durations and delays are bounded (at most a year), so this
+/// never saturates in practice; it only keeps a bad value from panicking the sink.
+fn instant_after(delay: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(delay)
+        .or_else(|| now.checked_add(crate::config::HumanDuration::MAX))
+        .unwrap_or(now)
+}
+
 /// Tracks the shutdown grace period.
 #[derive(Debug)]
 struct Grace {
@@ -845,7 +854,7 @@ impl Grace {
     /// When delivery must stop, once shutdown was asked.
     fn deadline(&mut self) -> Option<Instant> {
         if self.deadline.is_none() && self.token.is_cancelled() {
-            self.deadline = Some(Instant::now() + self.timeout);
+            self.deadline = Some(instant_after(self.timeout));
         }
         self.deadline
     }
@@ -858,15 +867,15 @@ impl Grace {
     /// (so that pending events get a prompt attempt). Returns false when the deadline
     /// has passed.
     async fn sleep(&mut self, delay: Duration) -> bool {
-        let until = tokio::time::Instant::now() + delay;
-        if self.deadline().is_none() {
+        // `tokio::time::sleep` takes any duration (one too long to represent is "never").
+        let Some(deadline) = self.deadline() else {
             tokio::select! {
-                _ = tokio::time::sleep_until(until) => return true,
+                _ = tokio::time::sleep(delay) => return true,
                 _ = self.token.cancelled() => return true,
             }
-        }
-        let deadline = tokio::time::Instant::from_std(self.deadline().expect("cancelled"));
-        tokio::time::sleep_until(until.min(deadline)).await;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(delay.min(left)).await;
         !self.expired()
     }
 }

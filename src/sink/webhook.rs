@@ -13,8 +13,12 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
-use hyper::{Method, Request, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER,
+    USER_AGENT,
+};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -22,7 +26,7 @@ use rand::Rng;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
-use crate::config::HumanDuration;
+use crate::config::{check_count, check_duration, HumanDuration};
 use crate::event::{EventType, Schema};
 
 fn default_flush_interval() -> HumanDuration {
@@ -53,6 +57,17 @@ fn default_shutdown_timeout() -> HumanDuration {
 fn default_dead_letter_max_bytes() -> u64 {
     1 << 30
 }
+
+/// The largest `max_event_in_memory`: each batch reserves room for this many events, and
+/// one request carries them all.
+const MAX_BATCH_EVENTS: usize = 1_000_000;
+/// The largest `buffer_max_events`: about 1 KB of memory each, and a semaphore permit each
+/// (a semaphore takes at most `u32::MAX` at once).
+const MAX_BUFFER_EVENTS: usize = 10_000_000;
+/// The longest `flush_interval`, backoffs and `shutdown_timeout`.
+const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// The longest request `timeout`.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The statuses retried by default: the endpoint is busy or broken (408, 429, 5xx), or
 /// misconfigured in a way the operator can fix without losing data (401, 403, 404).
@@ -120,6 +135,63 @@ fn secret_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     }
 }
 
+/// `endpoint_url` as written. A user and password in it (`https://user:pass@host/hook`)
+/// are sent as Basic auth (see [`endpoint`]) and never shown: `Display` and `Debug` print
+/// `***` in their place.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct EndpointUrl(String);
+
+impl From<String> for EndpointUrl {
+    fn from(url: String) -> Self {
+        EndpointUrl(url)
+    }
+}
+
+impl fmt::Display for EndpointUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&without_credentials(&self.0))
+    }
+}
+
+impl fmt::Debug for EndpointUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", without_credentials(&self.0))
+    }
+}
+
+/// `url` with its user and password replaced by `***`. When `url` does not parse, where
+/// its authority ends is not known: everything up to its last `@` is hidden.
+fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
+    let parsed = url
+        .parse::<Uri>()
+        .ok()
+        .filter(|uri| uri.authority().is_none_or(|a| !bad_port(a.as_str())));
+    let userinfo_end = match parsed.as_ref().and_then(Uri::authority) {
+        Some(authority) => authority.as_str().rfind('@').map(|at| {
+            let start = url.find(authority.as_str()).unwrap_or(0);
+            (start, start + at)
+        }),
+        None if parsed.is_some() => None,
+        None => url
+            .rfind('@')
+            .map(|at| (url.find("://").map_or(0, |i| i + 3).min(at), at)),
+    };
+    match userinfo_end {
+        Some((start, at)) => format!("{}***{}", &url[..start], &url[at..]).into(),
+        None => url.into(),
+    }
+}
+
+/// Whether `authority` ends in a port that is not a number: what a `/` left unescaped in a
+/// password (`user:pa/ss@host`) makes of a URL, cut after `user:pa`.
+fn bad_port(authority: &str) -> bool {
+    let after_host = authority.rsplit(']').next().unwrap_or(authority);
+    after_host
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.is_empty() && port.parse::<u16>().is_err())
+}
+
 /// A header value may be written as one string or a list of strings.
 #[derive(Clone, Deserialize)]
 #[serde(untagged)]
@@ -149,8 +221,9 @@ impl fmt::Debug for HeaderValues {
 pub struct WebhookConfig {
     /// Sources this sink reads. Required.
     pub inputs: Vec<String>,
-    /// Where to POST: an http or https URL. Required.
-    pub endpoint_url: String,
+    /// Where to POST: an http or https URL. Required. `user:password@` in it is sent as
+    /// Basic auth.
+    pub endpoint_url: EndpointUrl,
     /// Signs each body with `X-Hub-Signature-256` when set: the text's UTF-8 bytes.
     #[serde(default, deserialize_with = "secret_text")]
     pub secret: Option<Secret>,
@@ -213,38 +286,26 @@ endpoint_url = "https://collector.example/hook""#;
 
 impl WebhookConfig {
     pub fn validate(&self, key: &str) -> Result<()> {
-        endpoint_uri(key, &self.endpoint_url)?;
+        let endpoint = endpoint(key, &self.endpoint_url)?;
         if self.inputs.is_empty() {
             bail!("`{key}.inputs` is empty: name the sources this sink reads\n{EXAMPLE}");
         }
-        if self.max_event_in_memory == 0 {
-            bail!("`{key}.max_event_in_memory` must be at least 1 (example: max_event_in_memory = 100000)");
-        }
-        if self
-            .buffer_max_events
-            .is_some_and(|b| b < self.max_event_in_memory)
-        {
-            bail!("`{key}.buffer_max_events` must be at least `max_event_in_memory` (example: buffer_max_events = {})", 2 * self.max_event_in_memory);
-        }
-        if self.flush_interval.0.is_zero() || self.timeout.0.is_zero() {
-            bail!("`{key}.flush_interval` and `{key}.timeout` must be above zero (example: flush_interval = \"60s\")");
-        }
-        if self.retry_initial_backoff.0.is_zero()
-            || self.retry_max_backoff.0 < self.retry_initial_backoff.0
-        {
-            bail!("`{key}.retry_initial_backoff` must be above zero and at most `retry_max_backoff` (example: retry_initial_backoff = \"1s\")");
-        }
+        self.validate_sizes(key)?;
+        self.validate_durations(key)?;
         for (name, value) in &self.meta {
             if !value.is_str() {
                 bail!("`{key}.meta.{name}` must be a string, got {value} (example: meta = {{ {name} = \"value\" }})");
             }
         }
         for (name, values) in &self.headers {
-            HeaderName::from_bytes(name.as_bytes()).map_err(|_| anyhow!("`{key}.headers` has an invalid header name {name:?} (example: headers = {{ Authorization = [\"Bearer token\"] }})"))?;
+            let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| anyhow!("`{key}.headers` has an invalid header name {name:?} (example: headers = {{ Authorization = [\"Bearer token\"] }})"))?;
             for v in values.values() {
                 HeaderValue::from_str(v).map_err(|_| {
                     anyhow!("`{key}.headers.{name}` has a value that is not a valid header value")
                 })?;
+            }
+            if header == AUTHORIZATION && endpoint.authorization.is_some() {
+                bail!("`{key}.endpoint_url` has a user and password, and `{key}.headers.{name}` is set too: give the credentials once, in the URL (sent as Basic auth) or in the header (example: endpoint_url = \"https://collector.example/hook\" with headers = {{ Authorization = \"Basic ${{WEBHOOK_BASIC}}\" }})");
             }
         }
         self.validate_secret(key)?;
@@ -257,6 +318,73 @@ impl WebhookConfig {
             .find(|s| !(100..=599).contains(*s))
         {
             bail!("`{key}.retry_on_status` has {s}, which is not an HTTP status (example: retry_on_status = [408, 429, 503])");
+        }
+        Ok(())
+    }
+
+    /// Batch and buffer sizes: at least 1 event, and at most what fits memory and a
+    /// semaphore's permits.
+    fn validate_sizes(&self, key: &str) -> Result<()> {
+        check_count(
+            &format!("{key}.max_event_in_memory"),
+            self.max_event_in_memory,
+            1..=MAX_BATCH_EVENTS,
+            "max_event_in_memory = 100000",
+        )?;
+        let Some(buffer) = self.buffer_max_events else {
+            return Ok(());
+        };
+        if buffer < self.max_event_in_memory {
+            bail!("`{key}.buffer_max_events` must be at least `max_event_in_memory` (example: buffer_max_events = {})", 2 * self.max_event_in_memory);
+        }
+        check_count(
+            &format!("{key}.buffer_max_events"),
+            buffer,
+            1..=MAX_BUFFER_EVENTS,
+            "buffer_max_events = 200000",
+        )
+    }
+
+    /// Every duration is above zero (but `shutdown_timeout`, which may be) and bounded, so
+    /// that no deadline computed from one can overflow.
+    fn validate_durations(&self, key: &str) -> Result<()> {
+        let durations = [
+            (
+                "flush_interval",
+                self.flush_interval,
+                MAX_INTERVAL,
+                "\"60s\"",
+            ),
+            ("timeout", self.timeout, MAX_TIMEOUT, "\"10s\""),
+            (
+                "retry_initial_backoff",
+                self.retry_initial_backoff,
+                MAX_INTERVAL,
+                "\"1s\"",
+            ),
+            (
+                "retry_max_backoff",
+                self.retry_max_backoff,
+                MAX_INTERVAL,
+                "\"60s\"",
+            ),
+        ];
+        for (name, value, max, example) in durations {
+            check_duration(
+                &format!("{key}.{name}"),
+                value.0,
+                max,
+                &format!("{name} = {example}"),
+            )?;
+        }
+        if self.retry_max_backoff.0 < self.retry_initial_backoff.0 {
+            bail!("`{key}.retry_initial_backoff` must be at most `retry_max_backoff` (example: retry_initial_backoff = \"1s\")");
+        }
+        if self.shutdown_timeout.0 > MAX_INTERVAL {
+            bail!(
+                "`{key}.shutdown_timeout` is too long: at most {} (example: shutdown_timeout = \"30s\")",
+                humantime::format_duration(MAX_INTERVAL)
+            );
         }
         Ok(())
     }
@@ -293,12 +421,36 @@ impl WebhookConfig {
     }
 }
 
-/// Parses and checks `endpoint_url`: http or https, with a host.
-pub fn endpoint_uri(key: &str, url: &str) -> Result<Uri> {
-    let problem = |why: &str| {
-        anyhow!("`{key}.endpoint_url` = {url:?} {why} (example: endpoint_url = \"https://collector.example/hook\")")
+/// `endpoint_url`, parsed: where requests go, and the credentials it carried.
+pub struct Endpoint {
+    /// The URL without its user and password.
+    pub uri: Uri,
+    /// `Basic base64(user:password)`, from the URL's percent-decoded user and password.
+    pub authorization: Option<HeaderValue>,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("uri", &self.uri)
+            .field("basic_auth", &self.authorization.is_some())
+            .finish()
+    }
+}
+
+/// Parses and checks `endpoint_url` (at `key`, the sink's key): http or https, with a host.
+/// A user and password in it become the `Authorization` header, as curl and browsers do.
+pub fn endpoint(key: &str, url: &EndpointUrl) -> Result<Endpoint> {
+    // A URL with credentials is not shown at all: had it come from the environment, its
+    // rest would be a part of an environment value, which `EnvValues::hide` cannot find.
+    let shown = match without_credentials(&url.0) {
+        std::borrow::Cow::Borrowed(as_written) => format!(" = {as_written:?}"),
+        std::borrow::Cow::Owned(_) => " (not shown: it has a user or password)".to_owned(),
     };
-    let uri: Uri = url.parse().map_err(|_| problem("is not a valid URL"))?;
+    let problem = |why: &str| {
+        anyhow!("`{key}.endpoint_url`{shown} {why} (example: endpoint_url = \"https://collector.example/hook\")")
+    };
+    let uri: Uri = url.0.parse().map_err(|_| problem("is not a valid URL"))?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
         _ => return Err(problem("must start with http:// or https://")),
@@ -306,7 +458,61 @@ pub fn endpoint_uri(key: &str, url: &str) -> Result<Uri> {
     if uri.host().is_none_or(str::is_empty) {
         return Err(problem("has no host"));
     }
-    Ok(uri)
+    if uri.authority().is_some_and(|a| bad_port(a.as_str())) {
+        return Err(problem(
+            "has a port that is not a number (in a password, write `/` as `%2F`)",
+        ));
+    }
+    let authority = uri
+        .authority()
+        .expect("a URL with a host")
+        .as_str()
+        .to_owned();
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return Ok(Endpoint {
+            uri,
+            authorization: None,
+        });
+    };
+    let mut parts = uri.into_parts();
+    parts.authority = Some(host.parse().map_err(|_| problem("has no host"))?);
+    let uri = Uri::from_parts(parts).map_err(|_| problem("is not a valid URL"))?;
+    let authorization = basic_auth(userinfo).ok_or_else(|| problem("has a user or password that is not valid percent-encoding: write `%` as `%25` and `@` as `%40`"))?;
+    Ok(Endpoint {
+        uri,
+        authorization: (!userinfo.is_empty()).then_some(authorization),
+    })
+}
+
+/// `Basic base64(user:password)` for a URL's `user:password` (percent-encoded, as URLs
+/// carry them), marked sensitive; `None` when they do not decode.
+fn basic_auth(userinfo: &str) -> Option<HeaderValue> {
+    use base64::Engine;
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let mut credentials = percent_decode(user)?;
+    credentials.push(b':');
+    credentials.extend(percent_decode(password)?);
+    let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// `%XX` escapes replaced by their bytes; `None` for a `%` not followed by two hex digits.
+fn percent_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        if byte == b'%' {
+            let escape = tail.get(..2)?;
+            out.extend(hex::decode(escape).ok()?);
+            rest = &tail[2..];
+        } else {
+            out.push(byte);
+            rest = tail;
+        }
+    }
+    Some(out)
 }
 
 /// What to do after a request.
@@ -314,7 +520,8 @@ pub fn endpoint_uri(key: &str, url: &str) -> Result<Uri> {
 pub enum Decision {
     /// 2xx: the events are delivered.
     Delivered,
-    /// Send the same events again later (at least `after`, when the endpoint said so).
+    /// Send the same events again later (after `after`, when the endpoint said so, up to
+    /// `retry_max_backoff`).
     Retry { after: Option<Duration> },
     /// 413: the batch is too large; send each half.
     Split,
@@ -330,7 +537,10 @@ pub enum Decision {
 ///   `Retry-After`.
 /// - 413: split the batch in two.
 /// - Any other 4xx or 5xx: reject (bisect to the events at fault, dead-letter them).
-/// - Anything else (1xx, 3xx: a misconfigured endpoint): retry.
+/// - Anything else: retry. A 3xx is not followed (the signed body is for the URL the
+///   operator configured, and a POST must not silently move): it means `endpoint_url` is
+///   out of date, which the operator fixes without losing events. The warning of each
+///   failed attempt names the status and the `Location` (see [`Poster::post`]).
 ///
 /// Transport errors and timeouts are retried too; they never reach this function.
 pub fn decide(status: StatusCode, retry_after: Option<Duration>, retry_on: &[u16]) -> Decision {
@@ -411,7 +621,8 @@ impl Retries {
         self.failing_since = None;
     }
 
-    /// A request failed and may be retried; `after` is its `Retry-After`.
+    /// A request failed and may be retried; `after` is its `Retry-After`, honoured up to
+    /// `retry_max_backoff`: an endpoint cannot stop delivery with a huge one.
     pub fn failed(&mut self, after: Option<Duration>) -> NextTry {
         let since = *self
             .failing_since
@@ -421,7 +632,10 @@ impl Retries {
                 return NextTry::GiveUp(max);
             }
         }
-        let delay = after.unwrap_or_else(|| backoff(self.attempt, self.initial, self.max));
+        let delay = match after {
+            Some(after) => after.min(self.max),
+            None => backoff(self.attempt, self.initial, self.max),
+        };
         self.attempt = self.attempt.saturating_add(1);
         NextTry::After(delay)
     }
@@ -438,6 +652,8 @@ pub struct Outcome {
 
 /// Builds and sends GO Feature Flag's request.
 pub struct Poster {
+    /// The sink's name, for logs.
+    sink: String,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     uri: Uri,
     headers: HeaderMap,
@@ -474,7 +690,8 @@ pub fn meta_json(meta: &BTreeMap<String, toml::Value>) -> String {
 
 impl Poster {
     pub fn new(name: &str, config: &WebhookConfig) -> Result<Self> {
-        let uri = endpoint_uri(&format!("sinks.{name}"), &config.endpoint_url)?;
+        let Endpoint { uri, authorization } =
+            endpoint(&format!("sinks.{name}"), &config.endpoint_url)?;
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.enforce_http(false);
@@ -502,8 +719,8 @@ impl Poster {
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
         let mut headers = HeaderMap::new();
-        for (name, values) in &config.headers {
-            let header = HeaderName::from_bytes(name.as_bytes()).expect("validated");
+        for (header_name, values) in &config.headers {
+            let header = HeaderName::from_bytes(header_name.as_bytes()).expect("validated");
             if header == CONTENT_TYPE {
                 tracing::warn!(
                     sink = name,
@@ -512,8 +729,14 @@ impl Poster {
                 continue;
             }
             for v in values.values() {
-                headers.append(header.clone(), HeaderValue::from_str(v).expect("validated"));
+                // Sensitive: hyper's `Debug` shows no value of the user's headers.
+                let mut value = HeaderValue::from_str(v).expect("validated");
+                value.set_sensitive(true);
+                headers.append(header.clone(), value);
             }
+        }
+        if let Some(authorization) = authorization {
+            headers.insert(AUTHORIZATION, authorization);
         }
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if !headers.contains_key(USER_AGENT) {
@@ -524,6 +747,7 @@ impl Poster {
         }
         let prefix = format!(r#"{{"meta":{},"events":["#, meta_json(&config.meta));
         Ok(Poster {
+            sink: name.to_owned(),
             client,
             uri,
             headers,
@@ -545,38 +769,65 @@ impl Poster {
     }
 
     /// POSTs a prepared body and decides what happens to its events.
+    ///
+    /// A request whose connection closed before any response is sent once more at once:
+    /// an endpoint that closes a kept-alive connection just as the next request goes out
+    /// has not refused anything, and the next connection is a fresh one (the failed one
+    /// left the pool). Any other failure is for the caller's backoff.
     pub async fn post(&self, signed: Signed) -> Outcome {
-        let Signed { body, signature } = signed;
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(self.uri.clone());
-        *request.headers_mut().expect("fresh builder") = self.headers.clone();
-        if let Some(signature) = signature {
-            request = request.header("X-Hub-Signature-256", signature);
-        }
-        let request = request.body(Full::new(body)).expect("valid request");
-        match tokio::time::timeout(self.timeout, self.exchange(request)).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(e)) => Outcome {
+        let attempt = || self.attempt(self.request(&signed));
+        let result = match attempt().await {
+            Attempt::Closed(detail) => {
+                tracing::debug!(
+                    sink = %self.sink,
+                    "{detail}: the endpoint closed the connection; sending again at once"
+                );
+                attempt().await
+            }
+            other => other,
+        };
+        match result {
+            Attempt::Answered(outcome) => outcome,
+            Attempt::Closed(detail) | Attempt::Failed(detail) => Outcome {
                 decision: Decision::Retry { after: None },
-                detail: format!("request failed: {e:#}"),
-            },
-            Err(_) => Outcome {
-                decision: Decision::Retry { after: None },
-                detail: format!(
-                    "no response within {}",
-                    humantime::format_duration(self.timeout)
-                ),
+                detail,
             },
         }
     }
 
-    async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<Outcome> {
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| anyhow!(error_chain(&e)))?;
+    fn request(&self, signed: &Signed) -> Request<Full<Bytes>> {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(self.uri.clone());
+        *request.headers_mut().expect("fresh builder") = self.headers.clone();
+        if let Some(signature) = &signed.signature {
+            request = request.header("X-Hub-Signature-256", signature);
+        }
+        request
+            .body(Full::new(signed.body.clone()))
+            .expect("valid request")
+    }
+
+    /// One request: its response's status decides, within `timeout`.
+    async fn attempt(&self, request: Request<Full<Bytes>>) -> Attempt {
+        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => Attempt::Answered(self.answer(response).await),
+            Ok(Err(e)) if closed_before_response(&e) => {
+                Attempt::Closed(format!("request failed: {}", error_chain(&e)))
+            }
+            Ok(Err(e)) => Attempt::Failed(format!("request failed: {}", error_chain(&e))),
+            Err(_) => Attempt::Failed(format!(
+                "no response within {}",
+                humantime::format_duration(self.timeout)
+            )),
+        }
+    }
+
+    /// The decision is the status's. The body is read only to reuse the connection (a
+    /// 2xx) or to quote it (anything else), and only a bounded prefix of it for a bounded
+    /// time: a body that trickles or never ends is dropped with its connection, and a 2xx
+    /// stays a delivery.
+    async fn answer(&self, response: Response<Incoming>) -> Outcome {
         let status = response.status();
         let retry_after = response
             .headers()
@@ -584,25 +835,95 @@ impl Poster {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
         let decision = decide(status, retry_after, &self.retry_on);
-        // Read (a bounded part of) the body: the connection is reused only once its body is read.
-        let mut body = response.into_body();
-        let mut excerpt = Vec::new();
-        let limit = if status.is_success() { 64 * 1024 } else { 1024 };
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame?.into_data() {
-                let room = limit - excerpt.len();
-                excerpt.extend_from_slice(&data[..data.len().min(room)]);
-                if excerpt.len() >= limit {
+        let redirect = status
+            .is_redirection()
+            .then(|| redirect_note(response.headers().get(LOCATION)));
+        let limit = if status.is_success() {
+            OK_BODY_LIMIT
+        } else {
+            EXCERPT_LIMIT
+        };
+        let prefix = read_prefix(response.into_body(), limit, BODY_WAIT).await;
+        let text = String::from_utf8_lossy(&prefix[..prefix.len().min(EXCERPT_LIMIT)]);
+        let detail = match redirect {
+            Some(note) => format!("status {status}, {note}: {text}"),
+            None => format!("status {status}: {text}"),
+        };
+        Outcome { decision, detail }
+    }
+}
+
+/// How much of a 2xx body is read (to reuse its connection); a longer one is dropped.
+const OK_BODY_LIMIT: usize = 64 * 1024;
+/// How much of any other body is read and quoted in logs and dead letters.
+const EXCERPT_LIMIT: usize = 1024;
+/// The longest wait for a body once the status is in.
+const BODY_WAIT: Duration = Duration::from_secs(1);
+
+/// How one request ended.
+enum Attempt {
+    /// A response (its status decides).
+    Answered(Outcome),
+    /// The connection closed before any response: see [`closed_before_response`].
+    Closed(String),
+    /// No response: the connection could not be made, or the timeout passed.
+    Failed(String),
+}
+
+/// Whether a request failed on a connection that closed (or was reset) before its
+/// response: what a kept-alive connection does when the endpoint closed it. hyper's own
+/// retry (`retry_canceled_requests`) covers only a request not yet written when the
+/// close is seen; this covers one written into a connection the endpoint just closed.
+fn closed_before_response(e: &hyper_util::client::legacy::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    if e.is_connect() {
+        return false;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if matches!(io.kind(), BrokenPipe | ConnectionAborted | ConnectionReset) {
+                return true;
+            }
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// For a 3xx: where it points (without credentials), and that flaghook does not follow it.
+fn redirect_note(location: Option<&HeaderValue>) -> String {
+    const NOT_FOLLOWED: &str = "not followed: set endpoint_url to the endpoint's current URL";
+    match location.map(|l| l.to_str()) {
+        Some(Ok(url)) if url.len() <= 512 => {
+            format!("redirect to {} {NOT_FOLLOWED}", without_credentials(url))
+        }
+        Some(_) => format!("redirect (to a Location not shown) {NOT_FOLLOWED}"),
+        None => format!("redirect without a Location, {NOT_FOLLOWED}"),
+    }
+}
+
+/// Up to `limit` bytes of `body`, read for at most `wait`; a read error ends it too.
+async fn read_prefix(mut body: Incoming, limit: usize, wait: Duration) -> Vec<u8> {
+    let mut prefix = Vec::new();
+    let read = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                let room = limit - prefix.len();
+                prefix.extend_from_slice(&data[..data.len().min(room)]);
+                if prefix.len() >= limit {
                     break;
                 }
             }
         }
-        let text = String::from_utf8_lossy(&excerpt[..excerpt.len().min(1024)]).into_owned();
-        Ok(Outcome {
-            decision,
-            detail: format!("status {status}: {text}"),
-        })
-    }
+    };
+    let _ = tokio::time::timeout(wait, read).await;
+    prefix
 }
 
 /// A request body and its `X-Hub-Signature-256` value (when a secret is set).
@@ -734,21 +1055,98 @@ mod tests {
             shutdown_timeout: ms(100),
         });
         assert_eq!(retries.failed(None), NextTry::After(ms(10)));
-        assert_eq!(retries.failed(Some(ms(7000))), NextTry::After(ms(7000)));
+        // Retry-After is honoured up to retry_max_backoff.
+        assert_eq!(retries.failed(Some(ms(7000))), NextTry::After(ms(10)));
         std::thread::sleep(ms(40));
         assert_eq!(retries.failed(None), NextTry::GiveUp(ms(30)));
         retries.succeeded();
         assert_eq!(retries.failed(None), NextTry::After(ms(10)));
     }
 
+    fn url(text: &str) -> EndpointUrl {
+        EndpointUrl(text.to_owned())
+    }
+
     #[test]
     fn endpoint_checks() {
-        assert!(endpoint_uri("k", "https://x.example/hook").is_ok());
-        assert!(endpoint_uri("k", "http://127.0.0.1:8080").is_ok());
+        assert!(endpoint("k", &url("https://x.example/hook")).is_ok());
+        assert!(endpoint("k", &url("http://127.0.0.1:8080")).is_ok());
         for bad in ["ftp://x", "not a url", "http://", "/just/a/path", ""] {
-            let err = endpoint_uri("sinks.w", bad).unwrap_err().to_string();
+            let err = endpoint("sinks.w", &url(bad)).unwrap_err().to_string();
             assert!(err.contains("sinks.w.endpoint_url"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn credentials_in_the_url_become_basic_auth_and_leave_the_url() {
+        let e = endpoint("k", &url("https://us%40er:p%3Ass@x.example:8443/hook?a=1")).unwrap();
+        assert_eq!(e.uri.to_string(), "https://x.example:8443/hook?a=1");
+        // base64("us@er:p:ss")
+        assert_eq!(
+            e.authorization.unwrap().to_str().unwrap(),
+            "Basic dXNAZXI6cDpzcw=="
+        );
+        let e = endpoint("k", &url("http://user@[::1]:8080/")).unwrap();
+        assert_eq!(e.uri.to_string(), "http://[::1]:8080/");
+        assert_eq!(e.authorization.unwrap().to_str().unwrap(), "Basic dXNlcjo=");
+        assert!(endpoint("k", &url("http://x.example/a@b"))
+            .unwrap()
+            .authorization
+            .is_none());
+        let err = endpoint("sinks.w", &url("http://u:p%zzsecret@x/"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sinks.w.endpoint_url") && !err.contains("secret"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn urls_are_shown_without_credentials() {
+        for (written, shown) in [
+            (
+                "https://u:hunter2@x.example/hook",
+                "https://***@x.example/hook",
+            ),
+            ("http://hunter2@127.0.0.1:1/", "http://***@127.0.0.1:1/"),
+            ("http://x.example/a@b", "http://x.example/a@b"),
+            ("ftp://u:hunter2@x", "ftp://***@x"),
+            ("http://u:hun/ter2@x/", "http://***@x/"),
+            ("u:hunter2@x y", "***@x y"),
+        ] {
+            assert_eq!(url(written).to_string(), shown);
+            assert_eq!(format!("{:?}", url(written)), format!("{shown:?}"));
+            if let Err(e) = endpoint("k", &url(written)) {
+                assert!(!format!("{e:#}").contains("hunter2"), "{e:#}");
+            }
+        }
+        let err = endpoint("k", &url("ftp://u:hunter2@x"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`k.endpoint_url` (not shown: it has a user or password) must start")
+                && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn retry_after_is_capped_by_retry_max_backoff() {
+        let ms = Duration::from_millis;
+        let mut retries = Retries::new(&Delivery {
+            max_events: 1,
+            flush_interval: ms(100),
+            retry_initial_backoff: ms(10),
+            retry_max_backoff: ms(500),
+            retry_max_duration: None,
+            shutdown_timeout: ms(100),
+        });
+        let huge = parse_retry_after("9223372036854775807");
+        assert_eq!(retries.failed(huge), NextTry::After(ms(500)));
+        let far = parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT");
+        assert_eq!(retries.failed(far), NextTry::After(ms(500)));
+        assert_eq!(retries.failed(Some(ms(200))), NextTry::After(ms(200)));
     }
 
     /// Reads a sink table as config.rs does: parsed first, then deserialized.
@@ -766,13 +1164,20 @@ mod tests {
             "secret_hex = \"68756e74657232\"",
             "secret_base64 = \"aHVudGVyMg==\"",
         ] {
-            let config = webhook(&format!(
+            let mut config = webhook(&format!(
                 "{secret}\nheaders = {{ Authorization = \"Bearer tok3n\" }}"
             ))
             .unwrap();
+            config.endpoint_url = url("http://u:pa55w0rd@127.0.0.1:1/");
             assert_eq!(config.signing_secret().unwrap().expose(), b"hunter2");
             let shown = format!("{config:?}");
-            for hidden in ["hunter2", "68756e74657232", "aHVudGVyMg", "tok3n"] {
+            for hidden in [
+                "hunter2",
+                "68756e74657232",
+                "aHVudGVyMg",
+                "tok3n",
+                "pa55w0rd",
+            ] {
                 assert!(!shown.contains(hidden), "{shown}");
             }
         }

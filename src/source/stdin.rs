@@ -5,11 +5,12 @@
 
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{pump, Output};
+use crate::config::check_max_line_bytes;
 use crate::event::{envelope_fields, Block};
 
 fn default_max_line_bytes() -> usize {
@@ -31,10 +32,7 @@ pub struct StdinConfig {
 
 impl StdinConfig {
     pub fn validate(&self, key: &str) -> Result<()> {
-        if self.max_line_bytes == 0 {
-            bail!("`{key}.max_line_bytes` must be at least 1 (example: max_line_bytes = 102400)");
-        }
-        Ok(())
+        check_max_line_bytes(key, self.max_line_bytes)
     }
 }
 

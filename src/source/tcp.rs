@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -26,12 +26,20 @@ use tokio_util::sync::CancellationToken;
 
 use super::connections::{CloseReason, ConnectionSlots, Slot};
 use super::{pump, Output};
-use crate::config::{socket_addr, HumanDuration};
+use crate::config::{
+    check_count, check_duration, check_max_line_bytes, socket_addr, HumanDuration,
+};
 use crate::event::{envelope_fields, Block};
 
 fn default_max_line_bytes() -> usize {
     102_400
 }
+
+/// The most `max_connections`: each is a file descriptor, and far more than one process
+/// serves in practice.
+const MAX_CONNECTIONS: usize = 65_536;
+/// The longest `idle_timeout`.
+const MAX_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 fn default_max_connections() -> usize {
     256
@@ -66,16 +74,20 @@ pub struct TcpConfig {
 impl TcpConfig {
     pub fn validate(&self, key: &str) -> Result<()> {
         socket_addr(&format!("{key}.address"), &self.address)?;
-        if self.max_line_bytes == 0 {
-            bail!("`{key}.max_line_bytes` must be at least 1 (example: max_line_bytes = 102400)");
-        }
-        if self.max_connections == 0 {
-            bail!("`{key}.max_connections` must be at least 1 (example: max_connections = 256)");
-        }
-        if self.idle_timeout.0.is_zero() {
-            bail!("`{key}.idle_timeout` must be above zero (example: idle_timeout = \"5m\")");
-        }
-        Ok(())
+        check_max_line_bytes(key, self.max_line_bytes)?;
+        // A semaphore holds the connection slots: it takes at most `u32::MAX` at once.
+        check_count(
+            &format!("{key}.max_connections"),
+            self.max_connections,
+            1..=MAX_CONNECTIONS,
+            "max_connections = 256",
+        )?;
+        check_duration(
+            &format!("{key}.idle_timeout"),
+            self.idle_timeout.0,
+            MAX_IDLE_TIMEOUT,
+            "idle_timeout = \"5m\"",
+        )
     }
 }
 

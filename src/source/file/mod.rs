@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::lines::LineSplitter;
 use super::Output;
-use crate::config::HumanDuration;
+use crate::config::{check_duration, check_max_line_bytes, HumanDuration};
 use bytes::Bytes;
 
 use crate::event::{envelope_fields, Block, Line};
@@ -60,6 +60,10 @@ fn default_poll_interval() -> HumanDuration {
 fn default_glob_interval() -> HumanDuration {
     HumanDuration(Duration::from_secs(1))
 }
+
+/// The longest `poll_interval` and `glob_interval`: a file source that looks less often
+/// than hourly is not tailing.
+const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// `[sources.NAME] type = "file"`.
 #[derive(Debug, Deserialize)]
@@ -101,13 +105,19 @@ impl FileConfig {
                 }
             }
         }
-        if self.max_line_bytes == 0 {
-            bail!("`{key}.max_line_bytes` must be at least 1 (example: max_line_bytes = 102400)");
-        }
-        if self.poll_interval.0.is_zero() || self.glob_interval.0.is_zero() {
-            bail!("`{key}.poll_interval` and `{key}.glob_interval` must be above zero (example: poll_interval = \"50ms\")");
-        }
-        Ok(())
+        check_max_line_bytes(key, self.max_line_bytes)?;
+        check_duration(
+            &format!("{key}.poll_interval"),
+            self.poll_interval.0,
+            MAX_INTERVAL,
+            "poll_interval = \"50ms\"",
+        )?;
+        check_duration(
+            &format!("{key}.glob_interval"),
+            self.glob_interval.0,
+            MAX_INTERVAL,
+            "glob_interval = \"1s\"",
+        )
     }
 }
 
