@@ -153,6 +153,61 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// A byte count: digits, optionally followed by B, KiB, MiB or GiB.
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "unknown unit in {text:?}; write it like 1048576, 512KiB or 10MiB"
+            ))
+        }
+    };
+    match digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+    {
+        Some(0) => Err("must be above zero".into()),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!(
+            "invalid size {text:?}; write it like 1048576, 512KiB or 10MiB"
+        )),
+    }
+}
+
+/// A byte count: a number of bytes, or a string with a unit (`"64MiB"`, see [`parse_size`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Bytes(u64),
+            Text(String),
+        }
+        let bytes = match Written::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "must be a number of bytes or a size like \"64MiB\" (B, KiB, MiB or GiB)",
+            )
+        })? {
+            Written::Bytes(0) => Err("must be above zero".to_owned()),
+            Written::Bytes(n) => Ok(n),
+            Written::Text(text) => parse_size(&text),
+        };
+        bytes.map(ByteSize).map_err(serde::de::Error::custom)
+    }
+}
+
 /// A config that passed every check, ready to run.
 #[derive(Debug)]
 pub struct Validated {

@@ -67,6 +67,9 @@ pub struct Line {
 pub struct Item {
     pub event: Option<Bytes>,
     pub ack: Option<Ack>,
+    /// Bytes of the sink's memory budget the item holds: its line's length (see
+    /// [`crate::source::Budget`]); 0 without an event.
+    pub held: usize,
 }
 
 /// The event format a sink accepts.

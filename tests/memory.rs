@@ -23,7 +23,7 @@ const MIB: u64 = 1024;
 /// Events appended to a file one `write` at a time.
 const TRICKLED: u64 = 3000;
 /// Events sent on a TCP connection one `write` at a time.
-const TRICKLED_TCP: u64 = 20_000;
+const TRICKLED_TCP: u64 = 30_000;
 
 /// Writes `feature_event(id)` (GO Feature Flag's own encoding, which flaghook sends without
 /// a copy) for every id of `ids`, one `write` per event with a pause of `pause` after each,
