@@ -55,10 +55,18 @@ impl RetryLane {
         self.0.len.store(queue.len(), Ordering::Release);
     }
 
-    /// Takes up to `max` items, oldest first.
-    pub fn take(&self, max: usize) -> Vec<Item> {
+    /// Takes a batch (one item at least), oldest first.
+    pub fn take(&self, limits: Limits) -> Vec<Item> {
         let mut items = self.0.items.lock().expect("retry lane lock");
-        let n = items.len().min(max);
+        let mut bytes = 0;
+        let n = items
+            .iter()
+            .take(limits.events)
+            .position(|i| {
+                bytes += i.held;
+                bytes >= limits.bytes
+            })
+            .map_or(items.len().min(limits.events), |last| last + 1);
         let taken = items.drain(..n).collect();
         self.0.len.store(items.len(), Ordering::Release);
         taken
@@ -164,8 +172,7 @@ impl<S: Stream<Item = Item> + Unpin> Stream for Batches<S> {
                     }
                     this.bytes += item.held;
                     this.pending.push(item);
-                    if this.pending.len() >= this.limits.events || this.bytes >= this.limits.bytes
-                    {
+                    if this.pending.len() >= this.limits.events || this.bytes >= this.limits.bytes {
                         return Poll::Ready(Some(this.take()));
                     }
                 }
@@ -299,6 +306,21 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::ZERO, "not held for the interval");
         assert_eq!(numbers(&out.next().await.unwrap()), ["4"]);
         assert!(start.elapsed() >= Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_lane_gives_batches_within_the_limits() {
+        let lane = RetryLane::default();
+        lane.push_back([1, 22, 4444, 5, 6, 7].map(item).to_vec());
+        let limits = Limits {
+            events: 2,
+            bytes: 3,
+        };
+        assert_eq!(numbers(&lane.take(limits)), ["1", "22"], "3 bytes");
+        assert_eq!(numbers(&lane.take(limits)), ["4444"], "one at least");
+        assert_eq!(numbers(&lane.take(limits)), ["5", "6"], "2 events");
+        assert_eq!(numbers(&lane.take(limits)), ["7"]);
+        assert!(lane.take(limits).is_empty());
     }
 
     #[tokio::test(start_paused = true)]

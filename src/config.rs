@@ -153,8 +153,16 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
-/// A byte count: digits, optionally followed by B, KiB, MiB or GiB.
+/// A byte count above zero: digits, optionally followed by B, KiB, MiB or GiB.
 pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    match parse_bytes(text)? {
+        0 => Err("must be above zero".into()),
+        bytes => Ok(bytes),
+    }
+}
+
+/// A byte count: digits, optionally followed by B, KiB, MiB or GiB.
+fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
@@ -175,7 +183,6 @@ pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(scale))
     {
-        Some(0) => Err("must be above zero".into()),
         Some(bytes) => Ok(bytes),
         None => Err(format!(
             "invalid size {text:?}; write it like 1048576, 512KiB or 10MiB"
@@ -195,16 +202,20 @@ impl<'de> Deserialize<'de> for ByteSize {
             Bytes(u64),
             Text(String),
         }
-        let bytes = match Written::deserialize(d).map_err(|_| {
-            serde::de::Error::custom(
-                "must be a number of bytes or a size like \"64MiB\" (B, KiB, MiB or GiB)",
-            )
-        })? {
-            Written::Bytes(0) => Err("must be above zero".to_owned()),
-            Written::Bytes(n) => Ok(n),
-            Written::Text(text) => parse_size(&text),
+        const HOW: &str = "a number of bytes or a size like \"64MiB\" (B, KiB, MiB or GiB)";
+        let written = Written::deserialize(d)
+            .map_err(|_| serde::de::Error::custom(format!("must be {HOW}")))?;
+        let bytes = match written {
+            Written::Bytes(n) => n,
+            Written::Text(text) => parse_bytes(&text)
+                .map_err(|_| serde::de::Error::custom(format!("is not a size: write {HOW}")))?,
         };
-        bytes.map(ByteSize).map_err(serde::de::Error::custom)
+        if bytes == 0 {
+            return Err(serde::de::Error::custom(format!(
+                "must be above zero: write {HOW}"
+            )));
+        }
+        Ok(ByteSize(bytes))
     }
 }
 

@@ -147,9 +147,11 @@ impl Decoder {
     }
 
     /// Room in the scratch buffer for an event of about `len` bytes, taken a chunk at a time.
+    /// A large event gets a chunk of about its own size (re-encoding may add a few fields):
+    /// every event split off a chunk keeps all of it alive.
     fn make_room(&mut self, len: usize) {
         if self.arena.capacity() - self.arena.len() < len + 64 {
-            self.arena.reserve(ARENA_CHUNK.max(len * 2));
+            self.arena.reserve(ARENA_CHUNK.max(len + len / 8 + 256));
         }
     }
 

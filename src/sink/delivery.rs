@@ -75,14 +75,10 @@ pub async fn run(
         sink.dead_letters.clone(),
     ));
     let items = ReceiverStream::new(rx).flat_map(futures::stream::iter);
-    let limits = Limits {
-        events: sink.delivery.max_events,
-        bytes: max_batch_bytes(sink.budget.cap().bytes),
-    };
     let mut batched = pin!(batches(
         items,
         sink.lane.clone(),
-        limits,
+        sink.limits(),
         sink.delivery.flush_interval
     ));
     send_batches(&mut sink, batched.as_mut()).await;
@@ -239,11 +235,19 @@ impl Sink {
         (sink, decoder)
     }
 
+    /// When a batch is full: `max_event_in_memory` events, or half the byte budget.
+    fn limits(&self) -> Limits {
+        Limits {
+            events: self.delivery.max_events,
+            bytes: max_batch_bytes(self.budget.cap().bytes),
+        }
+    }
+
     /// The input has ended: retries what is left on the lane until it is delivered, or
     /// until the shutdown grace period ends.
     async fn drain_lane(&mut self) {
         loop {
-            let batch = self.lane.take(self.delivery.max_events);
+            let batch = self.lane.take(self.limits());
             if batch.is_empty() {
                 break;
             }

@@ -114,7 +114,10 @@ impl Spill {
             let Lines::Left { reader, next } = &mut self.lines else {
                 break;
             };
-            let line = match next.take().map_or_else(|| read_line(reader), |l| Ok(Some(l))) {
+            let line = match next
+                .take()
+                .map_or_else(|| read_line(reader), |l| Ok(Some(l)))
+            {
                 Ok(Some(line)) => line,
                 Ok(None) => {
                     self.lines = Lines::Loaded;
@@ -237,10 +240,7 @@ pub fn finish(path: &Path, spill: Option<Spill>, newer: &[Bytes]) -> io::Result<
     Ok(written)
 }
 
-fn write_new(
-    path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-) -> io::Result<()> {
+fn write_new(path: &Path, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }

@@ -130,7 +130,10 @@ impl LineSplitter {
             None if line.len() > self.max_line_bytes => {
                 // A copy: a slice would keep the whole line's buffer alive.
                 let keep = line.len().min(OVERSIZED_EXCERPT);
-                (Bytes::copy_from_slice(&line[..keep]), Some(line.len() as u64))
+                (
+                    Bytes::copy_from_slice(&line[..keep]),
+                    Some(line.len() as u64),
+                )
             }
             None => (line, None),
         };

@@ -350,7 +350,7 @@ impl Output {
                 cap - max_batch_bytes(cap)
             })
             .min()
-            .unwrap_or(1)
+            .unwrap_or(MAX_REQUEST)
             .clamp(1, MAX_REQUEST);
         Output {
             sinks,
