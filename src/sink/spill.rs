@@ -110,10 +110,7 @@ impl Spill {
     /// Loads the lines that fit the room.
     fn load(&mut self, budget: &Budget) -> Vec<Item> {
         let mut items = Vec::new();
-        loop {
-            let Lines::Left { reader, next } = &mut self.lines else {
-                break;
-            };
+        while let Lines::Left { reader, next } = &mut self.lines {
             let line = match next
                 .take()
                 .map_or_else(|| read_line(reader), |l| Ok(Some(l)))
