@@ -34,10 +34,7 @@ fn trickle(out: &mut impl Write, ids: std::ops::Range<u64>, pause: Duration) {
         out.write_all(format!("{}\n", feature_event(id as usize)).as_bytes())
             .unwrap();
         out.flush().unwrap();
-        let until = std::time::Instant::now() + pause;
-        while std::time::Instant::now() < until {
-            std::hint::spin_loop();
-        }
+        std::thread::sleep(pause);
     }
 }
 
