@@ -72,6 +72,10 @@ impl Spill {
         };
         spill.room = budget.reserve_free();
         let loaded = spill.refill(budget, true);
+        if spill.done() {
+            spill.remove(); // no event in it
+            return None;
+        }
         let more = if spill.all_loaded() {
             ""
         } else {
@@ -273,4 +277,69 @@ fn copy_lines(reader: &mut BufReader<File>, w: &mut dyn Write) -> io::Result<usi
         lines += 1;
     }
     Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spill_file(lines: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("webhook.jsonl");
+        std::fs::write(&path, lines).unwrap();
+        (dir, path)
+    }
+
+    fn events(items: &[Item]) -> Vec<&[u8]> {
+        items
+            .iter()
+            .map(|i| &i.event.as_ref().unwrap()[..])
+            .collect()
+    }
+
+    fn cost(events: usize, bytes: usize) -> Cost {
+        Cost { events, bytes }
+    }
+
+    #[test]
+    fn lines_load_as_delivered_events_make_room_and_the_rest_stays_in_the_file() {
+        let (_dir, path) = spill_file("aaa\nbbb\n\nc\ndd");
+        let budget = Budget::new(10, 5);
+        let (mut spill, first) = Spill::open("webhook", &path, &budget).unwrap();
+        assert_eq!(events(&first), [b"aaa"], "bbb does not fit beside it");
+        assert_eq!(budget.peak(), cost(1, 3));
+        assert_eq!(
+            budget.reserve_free(),
+            cost(0, 0),
+            "the rest is kept for the file"
+        );
+
+        let next = spill.release(1, cost(1, 3), &budget, true);
+        assert_eq!(events(&next), [&b"bbb"[..], b"c"], "dd does not fit");
+
+        // Shutdown: both are given up.
+        assert_eq!(spill.abandon(&next), 2);
+        spill.release(2, cost(2, 4), &budget, false);
+        assert_eq!(budget.reserve_free(), cost(10, 5), "the room went back");
+        let newer = [Bytes::from_static(b"n1")];
+        let written = finish(&path, Some(spill), &newer).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"bbb\nc\ndd\nn1\n");
+        assert_eq!((written.events, written.never_loaded), (4, 1));
+    }
+
+    #[test]
+    fn a_spill_file_whose_events_are_all_delivered_is_removed() {
+        let (_dir, path) = spill_file("a\nb\n");
+        let budget = Budget::new(10, 100);
+        let (mut spill, first) = Spill::open("webhook", &path, &budget).unwrap();
+        assert_eq!(first.len(), 2);
+        let free = budget.reserve_free();
+        assert_eq!(free, cost(8, 98), "all loaded: the rest went back");
+        budget.give_back(free);
+        assert!(!spill.done());
+        spill.release(2, cost(2, 2), &budget, true);
+        assert!(spill.done());
+        assert!(finish(&path, Some(spill), &[]).is_ok());
+        assert!(!path.exists());
+    }
 }
