@@ -1,15 +1,21 @@
-//! The batching stage: `chunks_timeout` over a sink's decoded input, with a retry lane.
+//! The batching stage: chunks by size and time over a sink's decoded input, with a retry
+//! lane.
 //!
-//! A batch goes out when `max_event_in_memory` items are pending or when `flush_interval`
-//! has passed since the first pending one, whichever comes first
-//! (`tokio_stream::StreamExt::chunks_timeout`). A failed batch is put back on the
-//! [`RetryLane`], which the stream drains before taking newer input, so order is kept:
-//! no event goes out after one that entered later.
+//! A batch goes out when `max_event_in_memory` items are pending, when their lines reach
+//! `max_bytes` (half the sink's byte budget, see [`crate::source::max_batch_bytes`]), or
+//! when `flush_interval` has passed since the first pending one, whichever comes first:
+//! `tokio_stream::StreamExt::chunks_timeout`, with the bytes counted too. Without the byte
+//! trigger, large events would fill the byte budget before a batch filled, and every batch
+//! would wait for `flush_interval`. A failed batch is put back on the [`RetryLane`], which
+//! the stream drains before taking newer input, so order is kept: no event goes out after
+//! one that entered later.
 //!
 //! The lane is filled only while the sink is not polling the batcher (between two
-//! batches), so the batcher never waits on it: no waker is needed.
+//! batches), or while the batcher waits for input that cannot come before the sink acts
+//! (events loaded from the spill file, see `sink::delivery`), so no waker is needed.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,7 +23,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
-use tokio_stream::StreamExt;
+use tokio::time::Sleep;
 
 use crate::event::Item;
 
@@ -42,10 +48,25 @@ impl RetryLane {
         self.0.len.store(items.len(), Ordering::Release);
     }
 
-    /// Takes up to `max` items, oldest first.
-    pub fn take(&self, max: usize) -> Vec<Item> {
+    /// Puts items after everything waiting (events loaded from the spill file).
+    pub fn push_back(&self, items: Vec<Item>) {
+        let mut queue = self.0.items.lock().expect("retry lane lock");
+        queue.extend(items);
+        self.0.len.store(queue.len(), Ordering::Release);
+    }
+
+    /// Takes a batch (one item at least), oldest first.
+    pub fn take(&self, limits: Limits) -> Vec<Item> {
         let mut items = self.0.items.lock().expect("retry lane lock");
-        let n = items.len().min(max);
+        let mut bytes = 0;
+        let n = items
+            .iter()
+            .take(limits.events)
+            .position(|i| {
+                bytes += i.held;
+                bytes >= limits.bytes
+            })
+            .map_or(items.len().min(limits.events), |last| last + 1);
         let taken = items.drain(..n).collect();
         self.0.len.store(items.len(), Ordering::Release);
         taken
@@ -92,24 +113,126 @@ impl<S: Stream<Item = Item> + Unpin> Stream for RetriesFirst<S> {
 pub fn batches<S>(
     input: S,
     lane: RetryLane,
-    max_events: usize,
+    limits: Limits,
     flush_interval: Duration,
 ) -> impl Stream<Item = Vec<Item>>
 where
     S: Stream<Item = Item> + Unpin,
 {
-    RetriesFirst { lane, input }.chunks_timeout(max_events, flush_interval)
+    Batches {
+        input: Some(RetriesFirst { lane, input }),
+        limits,
+        flush_interval,
+        pending: Vec::new(),
+        bytes: 0,
+        deadline: None,
+    }
+}
+
+/// When a batch is full.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Items (`max_event_in_memory`).
+    pub events: usize,
+    /// Bytes held by the items ([`Item::held`]).
+    pub bytes: usize,
+}
+
+/// `chunks_timeout`, counting bytes too.
+struct Batches<S> {
+    /// None once the input ended.
+    input: Option<RetriesFirst<S>>,
+    limits: Limits,
+    flush_interval: Duration,
+    pending: Vec<Item>,
+    /// Bytes held by `pending`.
+    bytes: usize,
+    /// Set while items are pending: when they go out, full or not.
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> Batches<S> {
+    fn take(&mut self) -> Vec<Item> {
+        self.bytes = 0;
+        self.deadline = None;
+        std::mem::take(&mut self.pending)
+    }
+}
+
+impl<S: Stream<Item = Item> + Unpin> Stream for Batches<S> {
+    type Item = Vec<Item>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Vec<Item>>> {
+        let this = &mut *self;
+        while let Some(input) = this.input.as_mut() {
+            match Pin::new(input).poll_next(cx) {
+                Poll::Ready(Some(item)) => {
+                    if this.pending.is_empty() {
+                        this.deadline = Some(Box::pin(tokio::time::sleep(this.flush_interval)));
+                    }
+                    this.bytes += item.held;
+                    this.pending.push(item);
+                    if this.pending.len() >= this.limits.events || this.bytes >= this.limits.bytes {
+                        return Poll::Ready(Some(this.take()));
+                    }
+                }
+                Poll::Ready(None) => {
+                    this.input = None;
+                    if !this.pending.is_empty() {
+                        return Poll::Ready(Some(this.take()));
+                    }
+                }
+                Poll::Pending => break,
+            }
+        }
+        if this.input.is_none() {
+            return Poll::Ready(None);
+        }
+        let due = this
+            .deadline
+            .as_mut()
+            .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+        if due {
+            Poll::Ready(Some(this.take()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// The lower bound counts the pending batch, as `chunks_timeout`'s does: the sink asks
+    /// it whether items are waiting (see `sink::delivery::send_batches`).
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let pending = usize::from(!self.pending.is_empty());
+        let (lower, upper) = self
+            .input
+            .as_ref()
+            .map_or((0, Some(0)), |i| i.input.size_hint());
+        (
+            (lower / self.limits.events).saturating_add(pending),
+            upper.and_then(|u| u.checked_add(pending)),
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use tokio_stream::StreamExt;
 
     fn item(n: u64) -> Item {
+        let event = Bytes::from(n.to_string());
         Item {
-            event: Some(Bytes::from(n.to_string())),
+            held: event.len(),
+            event: Some(event),
             ack: None,
+        }
+    }
+
+    fn events(n: usize) -> Limits {
+        Limits {
+            events: n,
+            bytes: usize::MAX,
         }
     }
 
@@ -126,7 +249,7 @@ mod tests {
         let mut out = Box::pin(batches(
             tokio_stream::wrappers::ReceiverStream::new(rx),
             RetryLane::default(),
-            3,
+            events(3),
             Duration::from_secs(60),
         ));
         for n in 0..4 {
@@ -146,7 +269,7 @@ mod tests {
         let out = batches(
             tokio_stream::wrappers::ReceiverStream::new(rx),
             RetryLane::default(),
-            3,
+            events(3),
             Duration::from_secs(1),
         );
         let mut out = Box::pin(out);
@@ -164,13 +287,50 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_batch_goes_out_once_its_bytes_reach_the_limit() {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut out = Box::pin(batches(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            RetryLane::default(),
+            Limits {
+                events: 100,
+                bytes: 5,
+            },
+            Duration::from_secs(60),
+        ));
+        for n in [1, 22, 333, 4] {
+            tx.send(item(n)).await.unwrap();
+        }
+        let start = tokio::time::Instant::now();
+        assert_eq!(numbers(&out.next().await.unwrap()), ["1", "22", "333"]);
+        assert_eq!(start.elapsed(), Duration::ZERO, "not held for the interval");
+        assert_eq!(numbers(&out.next().await.unwrap()), ["4"]);
+        assert!(start.elapsed() >= Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_lane_gives_batches_within_the_limits() {
+        let lane = RetryLane::default();
+        lane.push_back([1, 22, 4444, 5, 6, 7].map(item).to_vec());
+        let limits = Limits {
+            events: 2,
+            bytes: 3,
+        };
+        assert_eq!(numbers(&lane.take(limits)), ["1", "22"], "3 bytes");
+        assert_eq!(numbers(&lane.take(limits)), ["4444"], "one at least");
+        assert_eq!(numbers(&lane.take(limits)), ["5", "6"], "2 events");
+        assert_eq!(numbers(&lane.take(limits)), ["7"]);
+        assert!(lane.take(limits).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn retried_items_go_out_before_newer_ones() {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let lane = RetryLane::default();
         let mut out = Box::pin(batches(
             tokio_stream::wrappers::ReceiverStream::new(rx),
             lane.clone(),
-            2,
+            events(2),
             Duration::from_secs(1),
         ));
         for n in 0..4 {

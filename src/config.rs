@@ -214,6 +214,72 @@ pub fn check_max_line_bytes(key: &str, value: usize) -> Result<()> {
     )
 }
 
+/// A byte count above zero: digits, optionally followed by B, KiB, MiB or GiB.
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    match parse_bytes(text)? {
+        0 => Err("must be above zero".into()),
+        bytes => Ok(bytes),
+    }
+}
+
+/// A byte count: digits, optionally followed by B, KiB, MiB or GiB.
+fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "unknown unit in {text:?}; write it like 1048576, 512KiB or 10MiB"
+            ))
+        }
+    };
+    match digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+    {
+        Some(bytes) => Ok(bytes),
+        None => Err(format!(
+            "invalid size {text:?}; write it like 1048576, 512KiB or 10MiB"
+        )),
+    }
+}
+
+/// A byte count: a number of bytes, or a string with a unit (`"64MiB"`, see [`parse_size`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Bytes(u64),
+            Text(String),
+        }
+        const HOW: &str = "a number of bytes or a size like \"64MiB\" (B, KiB, MiB or GiB)";
+        let written = Written::deserialize(d)
+            .map_err(|_| serde::de::Error::custom(format!("must be {HOW}")))?;
+        let bytes = match written {
+            Written::Bytes(n) => n,
+            Written::Text(text) => parse_bytes(&text)
+                .map_err(|_| serde::de::Error::custom(format!("is not a size: write {HOW}")))?,
+        };
+        if bytes == 0 {
+            return Err(serde::de::Error::custom(format!(
+                "must be above zero: write {HOW}"
+            )));
+        }
+        Ok(ByteSize(bytes))
+    }
+}
+
 /// A config that passed every check, ready to run.
 #[derive(Debug)]
 pub struct Validated {

@@ -122,14 +122,23 @@ pub fn create_new(path: &Path) -> io::Result<File> {
 /// fsync of the folder. A crash leaves the old content or the new, never a mix; a symlink
 /// at `path` is replaced, not followed.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomically_with(path, |w| w.write_all(bytes))
+}
+
+/// [`write_atomically`], with the content written by `write` (buffered).
+pub fn write_atomically_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     // A temp file left by a crash (or planted: unlink does not follow links).
     match fs::remove_file(&tmp) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let mut file = create_new(&tmp)?;
-    file.write_all(bytes)?;
+    let mut file = io::BufWriter::with_capacity(64 * 1024, create_new(&tmp)?);
+    write(&mut file)?;
+    let file = file.into_inner().map_err(io::IntoInnerError::into_error)?;
     file.sync_all()?;
     fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {

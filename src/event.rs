@@ -67,6 +67,9 @@ pub struct Line {
 pub struct Item {
     pub event: Option<Bytes>,
     pub ack: Option<Ack>,
+    /// Bytes of the sink's memory budget the item holds: its line's length (see
+    /// [`crate::source::Budget`]); 0 without an event.
+    pub held: usize,
 }
 
 /// The event format a sink accepts.
@@ -144,9 +147,11 @@ impl Decoder {
     }
 
     /// Room in the scratch buffer for an event of about `len` bytes, taken a chunk at a time.
+    /// A large event gets a chunk of about its own size (re-encoding may add a few fields):
+    /// every event split off a chunk keeps all of it alive.
     fn make_room(&mut self, len: usize) {
         if self.arena.capacity() - self.arena.len() < len + 64 {
-            self.arena.reserve(ARENA_CHUNK.max(len * 2));
+            self.arena.reserve(ARENA_CHUNK.max(len + len / 8 + 256));
         }
     }
 

@@ -10,13 +10,13 @@
 //! - [`data_dir`]: its layout, and how its files are opened (no symlinks, `0600`).
 //! - [`source`]: [`source::file`] (tail, with [`source::file::checkpoint`]),
 //!   [`source::tcp`], [`source::stdin`]; [`source::lines`] splits bytes into lines;
-//!   the [`source::Budget`] bounds memory; `source::connections` holds the connection
-//!   slots of the sources that accept connections (idle timeout, eviction).
+//!   the [`source::Budget`] bounds memory, in events and bytes; `source::connections` holds
+//!   the connection slots of the sources that accept connections (idle timeout, eviction).
 //! - [`event`]: the types between stages; decoding lines into events.
-//! - [`batch`]: `chunks_timeout` over a sink's input and its retry lane.
+//! - [`batch`]: batches by events, bytes and time over a sink's input, and its retry lane.
 //! - [`sink::delivery`]: a sink's loop (post, retry, split, dead-letter, acknowledge);
 //!   [`sink::webhook`]: the request and the retry policy; [`sink::deadletter`]: the
-//!   dead-letter file.
+//!   dead-letter file; [`sink::spill`]: the spill file, loaded within the memory budget.
 //! - [`lock`]: the advisory lock that gives one process a data_dir.
 //! - [`sign`]: the `X-Hub-Signature-256` signature.
 //! - [`receiver`]: a signature-checking receiver, for `receive` and `demo`.

@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use flaghook::config::{self, SinkConfig};
+use flaghook::config::{self, parse_size, SinkConfig};
 use flaghook::receiver::{self, Report};
 use flaghook::sink::webhook::Secret;
 use flaghook::{sign, topology};
@@ -126,36 +126,6 @@ impl From<ReceiveLimits> for receiver::Limits {
             body_timeout: args.body_timeout,
             max_connections: args.max_connections as usize,
         }
-    }
-}
-
-/// A byte count: digits, optionally followed by B, KiB, MiB or GiB.
-fn parse_size(text: &str) -> std::result::Result<u64, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let scale: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "unknown unit in {text:?}; write it like 1048576, 512KiB or 10MiB"
-            ))
-        }
-    };
-    match digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(scale))
-    {
-        Some(0) => Err("must be above zero".into()),
-        Some(bytes) => Ok(bytes),
-        None => Err(format!(
-            "invalid size {text:?}; write it like 1048576, 512KiB or 10MiB"
-        )),
     }
 }
 

@@ -20,6 +20,7 @@ use crate::event::Decoder;
 use crate::lock::lock_data_dir;
 use crate::sink::deadletter::DeadLetters;
 use crate::sink::delivery::{self, SinkParts};
+use crate::sink::spill::Spill;
 use crate::sink::webhook::{Delivery, Poster};
 use crate::sink::Stats;
 use crate::source::file::checkpoint::Checkpointer;
@@ -95,7 +96,10 @@ pub async fn run(config: Validated, once: bool, shutdown: CancellationToken) -> 
     let mut all_stats = Vec::new();
     for (name, sink) in &config.sinks {
         let SinkConfig::Webhook(c) = sink;
-        let budget = Arc::new(Budget::new(c.buffer_max_events()));
+        let budget = Arc::new(Budget::new(c.buffer_max_events(), c.buffer_max_bytes()));
+        // Before any source may take from the budget: the spilled events go first.
+        let spill_path = data_dir.spill(name);
+        let spill = Spill::open(name, &spill_path, &budget);
         let (tx, rx) = mpsc::channel(16);
         let mut subscriptions = Subscriptions::new(tx, budget.clone(), c.max_event_in_memory);
         for input in &c.inputs {
@@ -119,7 +123,8 @@ pub async fn run(config: Validated, once: bool, shutdown: CancellationToken) -> 
                 c.dead_letter_max_bytes,
             )),
             acks: subscriptions.into_acks(),
-            spill_path: data_dir.spill(name),
+            spill_path,
+            spill,
             once,
         };
         let stop = stop.clone();
@@ -206,7 +211,7 @@ pub async fn run(config: Validated, once: bool, shutdown: CancellationToken) -> 
         summary.requests += Stats::get(&stats.requests);
         summary.events_rejected += Stats::get(&stats.rejected);
         summary.events_not_delivered += Stats::get(&stats.not_delivered);
-        summary.peak_events_in_memory = summary.peak_events_in_memory.max(budget.peak());
+        summary.peak_events_in_memory = summary.peak_events_in_memory.max(budget.peak().events);
     }
     Ok(summary)
 }

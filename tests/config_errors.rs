@@ -246,6 +246,25 @@ fn malformed_duration() {
 }
 
 #[test]
+fn malformed_buffer_max_bytes() {
+    for value in ["\"64MB\"", "\"lots\"", "0", "-1", "true"] {
+        let out = assert_config_error(
+            &format!("{SOURCE}\n{SINK}buffer_max_bytes = {value}\n"),
+            &["sinks.webhook.buffer_max_bytes"],
+        );
+        assert!(
+            message_before_example(&out.stderr).contains("\"64MiB\""),
+            "no example of a size for {value}:\n{out}"
+        );
+    }
+    for value in ["\"64MiB\"", "1048576", "\"512KiB\""] {
+        let ws = Workspace::new();
+        let config = ws.config(&format!("{SOURCE}\n{SINK}buffer_max_bytes = {value}\n"));
+        validate(&config).assert_code(0);
+    }
+}
+
+#[test]
 fn unknown_read_from() {
     let source = format!("{SOURCE}read_from = \"middle\"\n");
     assert_config_error(&format!("{source}\n{SINK}"), &["read_from"]);

@@ -13,7 +13,8 @@
 //! When the input ends (`--once`, or shutdown), what is left on the lane is retried until
 //! delivered, or until the shutdown grace period ends. Then events from files are left
 //! for the next run (their offsets never moved) and events from TCP or stdin are spilled
-//! to `data_dir/spill/<sink>.jsonl`, to be sent first on the next start.
+//! to `data_dir/spill/<sink>.jsonl`, to be sent first on the next start, within the memory
+//! budget (see [`super::spill`]).
 //!
 //! A dead letter is a delivery only once it is on the disk ([`DeadLetterWriter`]): until
 //! it is, the line's position is not acknowledged, and the write is retried with backoff
@@ -35,13 +36,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use super::deadletter::{DeadLetters, Record};
+use super::spill::{self, Spill};
 use super::webhook::{Decision, Delivery, NextTry, Poster, Retries, Signed};
 use super::Stats;
-use crate::batch::{batches, RetryLane};
-use crate::data_dir::write_atomically;
+use crate::batch::{batches, Limits, RetryLane};
 use crate::event::{self, Ack, Block, Decoded, Decoder, Invalid, Item};
 use crate::source::file::checkpoint::{AckHandle, Checkpointer};
-use crate::source::{gathers_ahead, Budget};
+use crate::source::{gathers_ahead, max_batch_bytes, Budget, Cost};
 
 /// Everything a sink needs to run.
 #[derive(Debug)]
@@ -59,6 +60,9 @@ pub struct SinkParts {
     /// `run --once`: a dead letter that cannot be written is given up after
     /// `shutdown_timeout` instead of being retried until it is written.
     pub once: bool,
+    /// The spill file left by the last shutdown, and the events loaded from it: opened
+    /// before the sources start (see [`Spill::open`]).
+    pub spill: Option<(Spill, Vec<Item>)>,
 }
 
 /// Runs the sink until its input ends and everything is delivered, dead-lettered, or
@@ -87,7 +91,7 @@ pub async fn run(
     let mut batched = pin!(batches(
         items,
         sink.lane.clone(),
-        sink.delivery.max_events,
+        sink.limits(),
         sink.delivery.flush_interval
     ));
     send_batches(&mut sink, batched.as_mut()).await;
@@ -114,7 +118,7 @@ async fn send_batches<S>(sink: &mut Sink, mut batched: std::pin::Pin<&mut S>)
 where
     S: futures::Stream<Item = Vec<Item>>,
 {
-    let prefetch = gathers_ahead(sink.budget.cap(), sink.delivery.max_events);
+    let prefetch = gathers_ahead(sink.budget.cap().events, sink.delivery.max_events);
     let poster = sink.poster.clone();
     let prepare = |batch: Vec<Item>| {
         let signed = poster.prepare(batch.iter().filter_map(|i| i.event.as_ref()));
@@ -180,15 +184,14 @@ struct Sink {
     /// a dead letter of theirs could not be written.
     left_in_files: HashSet<(usize, u64)>,
     spill_path: PathBuf,
+    /// The spill file while it has events not resolved: they go before newer ones.
+    spill: Option<Spill>,
     lane: RetryLane,
     grace: Grace,
     /// Failed attempts in a row and since when: the backoff and `retry_max_duration`.
     retries: Retries,
-    /// Items loaded from the spill file not yet resolved; they sit at the front of the
-    /// lane and hold no budget.
-    spilled_left: usize,
-    /// Items given up at shutdown.
-    abandoned: Vec<Item>,
+    /// Events from TCP and stdin given up at shutdown, for the spill file.
+    abandoned: Vec<Bytes>,
     /// A delivery failed after shutdown was asked.
     failed_at_shutdown: bool,
     /// After a failure: no request before this instant.
@@ -219,11 +222,17 @@ impl Sink {
             acks,
             spill_path,
             once,
+            spill,
         } = parts;
         let grace = Grace::new(shutdown, delivery.shutdown_timeout);
         let retries = Retries::new(&delivery);
         let writer = DeadLetterWriter::new(&name, dead_letters, &delivery, once);
-        let mut sink = Sink {
+        let lane = RetryLane::default();
+        let spill = spill.map(|(spill, loaded)| {
+            lane.push_back(loaded);
+            spill
+        });
+        let sink = Sink {
             name,
             poster,
             delivery,
@@ -233,24 +242,31 @@ impl Sink {
             acks,
             left_in_files: HashSet::new(),
             spill_path,
-            lane: RetryLane::default(),
+            spill,
+            lane,
             grace,
             retries,
-            spilled_left: 0,
             abandoned: Vec::new(),
             persisting: None,
             not_before: None,
             failed_at_shutdown: false,
         };
-        sink.load_spill();
         (sink, decoder)
+    }
+
+    /// When a batch is full: `max_event_in_memory` events, or half the byte budget.
+    fn limits(&self) -> Limits {
+        Limits {
+            events: self.delivery.max_events,
+            bytes: max_batch_bytes(self.budget.cap().bytes),
+        }
     }
 
     /// The input has ended: retries what is left on the lane until it is delivered, or
     /// until the shutdown grace period ends.
     async fn drain_lane(&mut self) {
         loop {
-            let batch = self.lane.take(self.delivery.max_events);
+            let batch = self.lane.take(self.limits());
             if batch.is_empty() {
                 break;
             }
@@ -407,7 +423,7 @@ impl Sink {
     /// the file offsets and free the budget.
     fn resolve(&mut self, items: &[Item]) {
         self.acknowledge(items);
-        self.release(items.len());
+        self.release(items);
     }
 
     /// Moves offsets: within one file, offsets only grow, so the last of each run of
@@ -462,73 +478,54 @@ impl Sink {
         }
     }
 
-    /// `n` resolved items leave memory; the first ones may be spilled ones (no budget).
-    fn release(&mut self, n: usize) {
-        let from_spill = n.min(self.spilled_left);
-        self.spilled_left -= from_spill;
-        if from_spill > 0 && self.spilled_left == 0 {
-            let _ = std::fs::remove_file(&self.spill_path);
+    /// `items` leave memory. While the spill file has events not loaded yet, the budget
+    /// they free is kept for those (see [`Spill::release`]), and they join the lane.
+    fn release(&mut self, items: &[Item]) {
+        let freed = Cost {
+            events: items.len(),
+            bytes: items.iter().map(|i| i.held).sum(),
+        };
+        let Some(spill) = self.spill.as_mut() else {
+            self.budget.release(freed);
+            return;
+        };
+        let load = self.grace.deadline().is_none();
+        let loaded = spill.release(items.len(), freed, &self.budget, load);
+        self.lane.push_back(loaded);
+        if spill.done() {
+            spill.remove();
+            self.spill = None;
         }
-        self.budget.release(n - from_spill);
     }
 
     /// The grace period is over: keep `items` for the next run.
     fn give_up(&mut self, items: Vec<Item>) {
-        let n = items.len();
         Stats::add(&self.stats.not_delivered, count_events(&items) as u64);
+        let spilled = self.spill.as_mut().map_or(0, |s| s.abandon(&items));
         self.abandoned.extend(
-            items
-                .into_iter()
-                .filter(|i| i.ack.is_none() && i.event.is_some()),
+            items[spilled..]
+                .iter()
+                .filter(|i| i.ack.is_none())
+                .filter_map(|i| i.event.clone()),
         );
-        let from_spill = n.min(self.spilled_left);
-        self.spilled_left -= from_spill;
-        self.budget.release(n - from_spill);
+        self.release(&items);
     }
 
-    fn load_spill(&mut self) {
-        let text = match crate::data_dir::read(&self.spill_path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-            Err(e) => {
-                tracing::error!(sink = %self.name, error = %e, "cannot read the spill file; its events stay in it");
-                return;
-            }
-        };
-        let items: Vec<Item> = text
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| Item {
-                event: Some(Bytes::copy_from_slice(l)),
-                ack: None,
-            })
-            .collect();
-        tracing::info!(sink = %self.name, events = items.len(), path = %self.spill_path.display(), "sending events spilled at the last shutdown first");
-        self.spilled_left = items.len();
-        self.lane.push_front(items);
-    }
-
-    /// Writes what TCP and stdin sources gave that could not be delivered.
+    /// Writes what TCP and stdin sources gave that could not be delivered, after what is
+    /// left of the spill file.
     fn finish(&mut self) {
-        if self.abandoned.is_empty() {
-            if self.spilled_left == 0 {
-                let _ = std::fs::remove_file(&self.spill_path);
+        let peak = self.budget.peak();
+        tracing::info!(sink = %self.name, peak_events_in_memory = peak.events, peak_bytes_in_memory = peak.bytes, "most held in memory at once");
+        let had_spill = self.spill.is_some();
+        match spill::finish(&self.spill_path, self.spill.take(), &self.abandoned) {
+            Ok(written) => {
+                Stats::add(&self.stats.not_delivered, written.never_loaded as u64);
+                if written.events > 0 {
+                    tracing::warn!(sink = %self.name, events = written.events, path = %self.spill_path.display(), "events not delivered before shutdown were spilled; they are sent first at the next start");
+                }
             }
-            return;
-        }
-        let mut text = Vec::new();
-        for event in self.abandoned.iter().filter_map(|i| i.event.as_ref()) {
-            text.extend_from_slice(event);
-            text.push(b'\n');
-        }
-        let written = self
-            .spill_path
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| write_atomically(&self.spill_path, &text));
-        match written {
-            Ok(()) => {
-                tracing::warn!(sink = %self.name, events = self.abandoned.len(), path = %self.spill_path.display(), "events not delivered before shutdown were spilled; they are sent first at the next start")
+            Err(e) if had_spill => {
+                tracing::error!(sink = %self.name, events = self.abandoned.len(), error = %e, "cannot write the spill file: it is kept as it was, and these newer events are lost")
             }
             Err(e) => {
                 tracing::error!(sink = %self.name, events = self.abandoned.len(), error = %e, "cannot write the spill file: these events are lost")
@@ -635,7 +632,10 @@ async fn decode_blocks(
             let left = items.split_off(keep);
             let events = count_events(&left) as u64;
             Stats::add(&d.stats.not_delivered, events + bad);
-            d.budget.release(left.len());
+            d.budget.release(Cost {
+                events: left.len(),
+                bytes: left.iter().map(|i| i.held).sum(),
+            });
         }
         if !items.is_empty() && output.send(items).await.is_err() {
             return;
@@ -687,10 +687,24 @@ fn decode_block(
                 None
             }
         };
-        if event.is_some() || ack.is_some() {
-            items.push(Item { event, ack });
-        } else {
-            d.budget.release(1);
+        // A line without an event holds no bytes; with an acknowledgement to make, it
+        // still holds its place (and its event permit) in line.
+        let bytes = d.budget.line_bytes(line.bytes.len());
+        match (event, ack) {
+            (Some(event), ack) => items.push(Item {
+                event: Some(event),
+                ack,
+                held: bytes,
+            }),
+            (None, Some(ack)) => {
+                items.push(Item {
+                    event: None,
+                    ack: Some(ack),
+                    held: 0,
+                });
+                d.budget.release(Cost { events: 0, bytes });
+            }
+            (None, None) => d.budget.release(Cost { events: 1, bytes }),
         }
     }
     (items, records, first_bad)
@@ -904,6 +918,7 @@ mod tests {
         let item = |e: bool| Item {
             event: e.then(|| Bytes::from_static(b"{}")),
             ack: None,
+            held: 0,
         };
         let (a, b) = halves(vec![
             item(true),

@@ -3,6 +3,7 @@
 pub mod deadletter;
 pub mod delivery;
 pub mod replay;
+pub mod spill;
 pub mod webhook;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -26,7 +26,7 @@ use rand::Rng;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
-use crate::config::{check_count, check_duration, HumanDuration};
+use crate::config::{check_count, check_duration, ByteSize, HumanDuration};
 use crate::event::{EventType, Schema};
 
 fn default_flush_interval() -> HumanDuration {
@@ -34,6 +34,9 @@ fn default_flush_interval() -> HumanDuration {
 }
 fn default_max_event_in_memory() -> usize {
     100_000
+}
+fn default_buffer_max_bytes() -> ByteSize {
+    ByteSize(64 << 20)
 }
 fn default_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
@@ -258,6 +261,10 @@ pub struct WebhookConfig {
     /// Most events held in memory (read, not yet delivered). Default 2 x max_event_in_memory.
     #[serde(default)]
     pub buffer_max_events: Option<usize>,
+    /// Most bytes of lines held in memory: a number or a size like "64MiB". Whichever of
+    /// the two caps is reached first stops the sources. Default "64MiB".
+    #[serde(default = "default_buffer_max_bytes")]
+    pub buffer_max_bytes: ByteSize,
     /// First retry delay; doubles per failed attempt (full jitter). Default "1s".
     #[serde(default = "default_retry_initial_backoff")]
     pub retry_initial_backoff: HumanDuration,
@@ -418,6 +425,10 @@ impl WebhookConfig {
     pub fn buffer_max_events(&self) -> usize {
         self.buffer_max_events
             .unwrap_or(2 * self.max_event_in_memory)
+    }
+
+    pub fn buffer_max_bytes(&self) -> usize {
+        usize::try_from(self.buffer_max_bytes.0).unwrap_or(usize::MAX)
     }
 }
 

@@ -5,8 +5,14 @@
 //! buffered whole: past the limit its bytes are counted and dropped until its newline,
 //! and it comes out as an oversized line holding only its first bytes (for the log and
 //! the dead letter).
+//!
+//! A line that shares the read buffer keeps all of it alive, however little of it the
+//! read filled. So when the complete lines fill less than half of the buffer (a slow
+//! writer: one event per read into a buffer sized for thousands), they are copied out
+//! together into one allocation of their own size, and the read buffer stays free for the
+//! next read. Every line then holds at most about twice its own bytes.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::event::Line;
 
@@ -58,12 +64,17 @@ impl LineSplitter {
 
     /// Moves every complete line now in the buffer into `out`.
     pub fn split(&mut self, out: &mut Vec<Line>) {
-        while let Some(pos) = memchr::memchr(b'\n', &self.buf[self.scanned..]) {
-            let len = self.scanned + pos;
-            let mut line = self.buf.split_to(len + 1);
-            line.truncate(len);
+        if let Some(last) = memchr::memrchr(b'\n', &self.buf[self.scanned..]) {
+            let mut lines = self.take_complete(self.scanned + last + 1);
+            let mut from = self.scanned;
+            while let Some(pos) = memchr::memchr(b'\n', &lines[from..]) {
+                let len = from + pos;
+                let mut line = lines.split_to(len + 1);
+                line.truncate(len);
+                self.emit(line, len as u64 + 1, out);
+                from = 0;
+            }
             self.scanned = 0;
-            self.emit(line.freeze(), len as u64 + 1, out);
         }
         self.scanned = self.buf.len();
         if self.buf.len() > self.max_line_bytes {
@@ -74,7 +85,7 @@ impl LineSplitter {
     /// End of input: the partial last line, if any, becomes a line.
     pub fn finish(&mut self, out: &mut Vec<Line>) {
         if !self.buf.is_empty() || self.oversized.is_some() {
-            let line = self.buf.split().freeze();
+            let line = self.take_complete(self.buf.len());
             let len = line.len() as u64;
             self.scanned = 0;
             self.emit(line, len, out);
@@ -84,6 +95,17 @@ impl LineSplitter {
     /// Forgets buffered bytes and restarts at `offset` (after a truncation).
     pub fn reset(&mut self, offset: u64) {
         *self = LineSplitter::new(self.max_line_bytes, offset);
+    }
+
+    /// Takes the first `n` bytes of the buffer: shared when they fill at least half of it,
+    /// else copied (see the module doc).
+    fn take_complete(&mut self, n: usize) -> Bytes {
+        if n * 2 >= self.buf.capacity() {
+            return self.buf.split_to(n).freeze();
+        }
+        let copy = Bytes::copy_from_slice(&self.buf[..n]);
+        self.buf.advance(n);
+        copy
     }
 
     fn drop_overflow(&mut self) {
@@ -106,8 +128,12 @@ impl LineSplitter {
         let (bytes, oversized) = match self.oversized.take() {
             Some((excerpt, dropped)) => (excerpt, Some(dropped + line.len() as u64)),
             None if line.len() > self.max_line_bytes => {
+                // A copy: a slice would keep the whole line's buffer alive.
                 let keep = line.len().min(OVERSIZED_EXCERPT);
-                (line.slice(..keep), Some(line.len() as u64))
+                (
+                    Bytes::copy_from_slice(&line[..keep]),
+                    Some(line.len() as u64),
+                )
             }
             None => (line, None),
         };
@@ -153,6 +179,43 @@ mod tests {
             (&out[0].bytes[..], out[0].number, out[0].end),
             (&b"f"[..], 4, 19)
         );
+    }
+
+    /// Whether `line` lies in the `len` bytes from `start`.
+    fn inside(line: &Bytes, start: *const u8, len: usize) -> bool {
+        let at = line.as_ptr() as usize;
+        (start as usize..start as usize + len).contains(&at)
+    }
+
+    #[test]
+    fn lines_of_a_small_read_do_not_keep_the_read_buffer_alive() {
+        let mut s = LineSplitter::new(100, 0);
+        s.buffer().reserve(64 * 1024);
+        let (start, capacity) = (s.buffer().as_ptr(), s.buffer().capacity());
+        let out = feed(&mut s, b"ab\ncd\nef");
+        assert_eq!(
+            out.iter().map(|l| &l.bytes[..]).collect::<Vec<_>>(),
+            vec![&b"ab"[..], b"cd"]
+        );
+        assert!(out.iter().all(|l| !inside(&l.bytes, start, capacity)));
+        assert_eq!(out[1].end, 6);
+        // Nothing else holds the read buffer: the next read reuses it (its partial line
+        // moves to the front to make room).
+        s.buffer().reserve(capacity - 4);
+        assert_eq!(s.buffer().as_ptr(), start);
+        let out = feed(&mut s, b"\n");
+        assert_eq!((&out[0].bytes[..], out[0].end), (&b"ef"[..], 9));
+    }
+
+    #[test]
+    fn lines_that_fill_the_read_buffer_share_it() {
+        let mut s = LineSplitter::new(100, 0);
+        let data = b"ab\ncd\nef".repeat(1000);
+        s.buffer().reserve(data.len());
+        let (start, capacity) = (s.buffer().as_ptr(), s.buffer().capacity());
+        let out = feed(&mut s, &data);
+        assert_eq!(out.len(), 2000);
+        assert!(out.iter().all(|l| inside(&l.bytes, start, capacity)));
     }
 
     #[test]
