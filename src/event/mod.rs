@@ -8,7 +8,8 @@
 //! everything before it was delivered.
 //!
 //! # Layout
-//! - this module: the types between stages ([`Block`], [`Line`], [`Item`], [`Ack`]) and
+//! - this module: the types between stages ([`Block`], [`Line`], [`LineKind`], [`Item`],
+//!   [`Ack`]) and
 //!   what decoding says ([`Decoded`], [`Invalid`]).
 //! - `decode`: the [`Decoder`], line -> event; shippers' envelopes ([`envelope_fields`]).
 //! - `canonical`: the fast path, a scanner for lines already in GO Feature Flag's encoding.
@@ -61,20 +62,37 @@ pub struct Block {
     pub lines: Vec<Line>,
 }
 
-/// One line without its terminator (`\n`, `\r\n`).
+/// One line without its terminator (`\n`, `\r\n`), or what stands for a place that could
+/// not be read at all.
 #[derive(Debug, Clone)]
 pub struct Line {
+    /// The line; only its start when [`LineKind::Oversized`], empty when
+    /// [`LineKind::Unreadable`].
     pub bytes: Bytes,
-    /// 1-based line number in its origin.
-    pub number: u64,
-    /// Byte offset just past the line's terminator.
-    pub end: u64,
-    /// Set when the line was rejected before decoding (longer than `max_line_bytes`);
-    /// `bytes` then holds only its start.
-    pub oversized: Option<u64>,
-    /// Set for a place that could not be read at all (a directory, an unreadable file):
-    /// the line stands for it, so that it is counted and dead-lettered like a bad line.
-    pub problem: Option<String>,
+    pub kind: LineKind,
+}
+
+/// What a [`Line`] is. `number` is the line's 1-based number in its origin, `end` the byte
+/// offset just past its terminator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineKind {
+    /// A line read whole, to decode.
+    Text { number: u64, end: u64 },
+    /// A line of `len` bytes, longer than `max_line_bytes`: rejected before decoding.
+    Oversized { number: u64, end: u64, len: u64 },
+    /// A place that could not be read at all (a directory, an unreadable file): it has no
+    /// lines, and stands as one so that it is counted and dead-lettered like a bad line.
+    Unreadable { reason: String },
+}
+
+impl Line {
+    /// The byte offset just past the line's terminator; none for an unreadable place.
+    pub(crate) fn end(&self) -> Option<u64> {
+        match self.kind {
+            LineKind::Text { end, .. } | LineKind::Oversized { end, .. } => Some(end),
+            LineKind::Unreadable { .. } => None,
+        }
+    }
 }
 
 /// What a sink batches: an encoded event, or only a position to acknowledge.
