@@ -11,7 +11,7 @@
 use super::EventType;
 
 /// The line's kind when it is a complete, valid event in GO Feature Flag's encoding.
-pub fn check(line: &[u8]) -> Option<EventType> {
+pub(super) fn check(line: &[u8]) -> Option<EventType> {
     let mut s = Scanner { b: line, at: 0 };
     let kind = if s.eat(br#"{"kind":"feature""#) {
         EventType::Feature

@@ -8,7 +8,7 @@
 
 /// A format that flaghook does not read, seen in a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Foreign {
+pub(super) enum Foreign {
     /// GO Feature Flag's `csv` exporter format.
     GoffCsv,
     /// GO Feature Flag's `parquet` exporter format.
@@ -21,7 +21,7 @@ pub(crate) enum Foreign {
 
 impl Foreign {
     /// The format `line` clearly is, if any.
-    pub(crate) fn recognise(line: &[u8]) -> Option<Foreign> {
+    pub(super) fn recognise(line: &[u8]) -> Option<Foreign> {
         if is_parquet(line) {
             Some(Foreign::Parquet)
         } else if is_fluent_bit_msgpack(line) {
@@ -36,7 +36,7 @@ impl Foreign {
     }
 
     /// What the line looks like and what to change.
-    pub(crate) fn advice(self) -> &'static str {
+    pub(super) fn advice(self) -> &'static str {
         match self {
             Foreign::GoffCsv => {
                 "looks like GO Feature Flag's CSV format (`;`-separated fields), not JSON \

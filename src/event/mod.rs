@@ -116,7 +116,7 @@ pub enum Schema {
 }
 
 impl Schema {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Schema::Goff => "goff",
             Schema::Any => "any",
