@@ -9,8 +9,7 @@
 //!
 //! # Layout
 //! - this module: the types between stages ([`Block`], [`Line`], [`LineKind`], [`Item`],
-//!   [`Ack`]) and
-//!   what decoding says ([`Decoded`], [`Invalid`]).
+//!   [`Ack`]) and what decoding says ([`Decoded`], [`Invalid`]).
 //! - `decode`: the [`Decoder`], line -> event; shippers' envelopes ([`envelope_fields`]).
 //! - `canonical`: the fast path, a scanner for lines already in GO Feature Flag's encoding.
 //! - `goff`: the fields read from a line (a serde visitor) and GO Feature Flag's encoding.
