@@ -8,9 +8,10 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use serde_json::value::RawValue;
 
+use super::foreign::explain;
 use super::goff::Fields;
 use super::json::compact;
-use super::{canonical, foreign, invalid, Decoded, EventType, Invalid, Schema};
+use super::{canonical, invalid, Decoded, EventType, Invalid, Schema};
 
 /// Decodes lines for one sink.
 #[derive(Debug)]
@@ -124,15 +125,6 @@ impl Decoder {
             return Ok(Decoded::Event(whole.slice(..line.len())));
         }
         Ok(Decoded::Event(self.arena.split().freeze()))
-    }
-}
-
-/// The reason a line is not an event, led by what to change when the line is clearly
-/// another format (CSV, parquet, syslog, msgpack). Only for lines that failed to decode.
-pub(crate) fn explain(line: &[u8], why: Invalid) -> Invalid {
-    match foreign::Foreign::recognise(line) {
-        Some(format) => invalid(format!("{}; {why}", format.advice())),
-        None => why,
     }
 }
 

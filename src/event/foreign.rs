@@ -6,9 +6,20 @@
 //! header, a msgpack record header, `;`-separated fields), and the reason says "looks like",
 //! followed by the decode error itself.
 
+use super::{invalid, Invalid};
+
+/// The reason a line is not an event, led by what to change when the line is clearly
+/// another format (CSV, parquet, syslog, msgpack). Only for lines that failed to decode.
+pub(crate) fn explain(line: &[u8], why: Invalid) -> Invalid {
+    match Foreign::recognise(line) {
+        Some(format) => invalid(format!("{}; {why}", format.advice())),
+        None => why,
+    }
+}
+
 /// A format that flaghook does not read, seen in a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Foreign {
+enum Foreign {
     /// GO Feature Flag's `csv` exporter format.
     GoffCsv,
     /// GO Feature Flag's `parquet` exporter format.
@@ -21,7 +32,7 @@ pub(super) enum Foreign {
 
 impl Foreign {
     /// The format `line` clearly is, if any.
-    pub(super) fn recognise(line: &[u8]) -> Option<Foreign> {
+    fn recognise(line: &[u8]) -> Option<Foreign> {
         if is_parquet(line) {
             Some(Foreign::Parquet)
         } else if is_fluent_bit_msgpack(line) {
@@ -36,7 +47,7 @@ impl Foreign {
     }
 
     /// What the line looks like and what to change.
-    pub(super) fn advice(self) -> &'static str {
+    fn advice(self) -> &'static str {
         match self {
             Foreign::GoffCsv => {
                 "looks like GO Feature Flag's CSV format (`;`-separated fields), not JSON \

@@ -4,6 +4,7 @@ use bytes::{BufMut, BytesMut};
 
 use super::{invalid, Invalid};
 
+/// The start of `text` (at most 40 bytes), to quote in a reason.
 pub(super) fn excerpt(text: &str) -> String {
     let mut end = text.len().min(40);
     while !text.is_char_boundary(end) {
@@ -16,6 +17,7 @@ pub(super) fn excerpt(text: &str) -> String {
     }
 }
 
+/// The reason for a line serde_json could not parse: truncated, or not valid JSON.
 pub(super) fn json_error(e: serde_json::Error) -> Invalid {
     let what = match e.classify() {
         serde_json::error::Category::Eof => "truncated JSON",

@@ -14,7 +14,8 @@
 //! - `canonical`: the fast path, a scanner for lines already in GO Feature Flag's encoding.
 //! - `goff`: the fields read from a line (a serde visitor) and GO Feature Flag's encoding.
 //! - `json`: [`compact`], and the short reasons JSON errors give.
-//! - `foreign`: other formats (CSV, parquet, syslog, msgpack) recognised in rejected lines.
+//! - `foreign`: other formats (CSV, parquet, syslog, msgpack) recognised in rejected lines,
+//!   to `explain` what to change.
 
 mod canonical;
 mod decode;
@@ -29,8 +30,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub(crate) use decode::explain;
 pub use decode::{envelope_fields, Decoder};
+pub(crate) use foreign::explain;
 pub use json::compact;
 
 /// A file position that is acknowledged once every sink has delivered what precedes it.
