@@ -630,6 +630,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::LineKind;
 
     fn cost(events: usize, bytes: usize) -> Cost {
         Cost { events, bytes }
@@ -687,10 +688,10 @@ mod tests {
         let budget = Budget::new(10, 100);
         let line = Line {
             bytes: bytes::Bytes::from(vec![b'x'; 1000]),
-            number: 1,
-            end: 1001,
-            oversized: None,
-            problem: None,
+            kind: LineKind::Text {
+                number: 1,
+                end: 1001,
+            },
         };
         let big = budget.cost(&[line]);
         assert_eq!(big, cost(1, 100));

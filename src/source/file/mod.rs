@@ -36,7 +36,7 @@ use super::Output;
 use crate::config::{check_duration, check_max_line_bytes, HumanDuration};
 use bytes::Bytes;
 
-use crate::event::{envelope_fields, Block, Line};
+use crate::event::{envelope_fields, Block, Line, LineKind};
 use checkpoint::{Checkpointer, Fingerprint, HEAD_BYTES};
 use symlink::Links;
 
@@ -511,10 +511,9 @@ impl Tail<'_> {
         if self.warn_once(path, what) {
             let line = Line {
                 bytes: Bytes::new(),
-                number: 0,
-                end: 0,
-                oversized: None,
-                problem: Some(what.to_owned()),
+                kind: LineKind::Unreadable {
+                    reason: what.to_owned(),
+                },
             };
             self.problems.push(Block {
                 source_name: Arc::from(self.source.name.as_str()),
