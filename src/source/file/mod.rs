@@ -192,7 +192,7 @@ impl FileSource {
     /// globbing, opening, fingerprinting and reading are file-system calls that may block
     /// (a slow disk, a network mount), and an async worker they held would stall the sinks'
     /// requests. The thread enters the async world only to hand blocks to the sinks,
-    /// waiting on their budgets ([`Link::send`]).
+    /// waiting on their budgets (`Link::send`).
     pub async fn run(self, output: Output, shutdown: CancellationToken, once: bool) {
         let link = Link {
             runtime: tokio::runtime::Handle::current(),
