@@ -93,9 +93,7 @@ impl TcpConfig {
 
 /// Binds the listening socket (done before anything runs, so a taken port fails start-up).
 pub async fn bind(name: &str, config: &TcpConfig) -> Result<TcpListener> {
-    let (key, address) = (format!("sources.{name}.address"), config.address.clone());
-    // A host name is looked up (DNS, /etc/hosts), which blocks: not on an async worker.
-    let addr = tokio::task::spawn_blocking(move || socket_addr(&key, &address)).await??;
+    let addr = socket_addr(&format!("sources.{name}.address"), &config.address)?;
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("source `{name}`: cannot listen on {addr}"))
