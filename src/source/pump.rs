@@ -1,0 +1,155 @@
+//! Reading a stream that cannot be read again (a TCP connection, stdin) into blocks, and
+//! the drain at shutdown.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::lines::LineSplitter;
+use super::{Closed, Output};
+use crate::event::{Block, Line};
+
+/// How long a connection (or stdin) may stay silent before the drain at shutdown counts it
+/// idle: everything its shipper had sent has then been read.
+const DRAIN_IDLE: Duration = Duration::from_millis(150);
+
+/// The longest the drain at shutdown reads, for a shipper that never goes idle. A
+/// receive queue holds a few megabytes at most and is read in milliseconds; this bound
+/// only stops a shipper that keeps sending from keeping flaghook running (and growing).
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+const READ_SIZE: usize = 128 * 1024;
+
+/// Reads `reader` to its end, sending its lines in blocks. Used by the sources whose input
+/// cannot be read again (TCP, stdin): nothing carries an acknowledgement.
+///
+/// At shutdown, what the shipper already sent is still read: it sits in the kernel's
+/// buffers, already acknowledged to the shipper, and closing unread would drop it. The
+/// drain reads until the input is idle for [`DRAIN_IDLE`], ends, or [`DRAIN_LIMIT`] passes,
+/// and its lines no longer wait for the budget (see [`Output::send_or_overdraw`]); the
+/// sinks deliver them or spill them with the rest. A block still waiting to go out when
+/// shutdown comes goes on while the drain reads, so neither waits for the other.
+pub async fn pump<R>(
+    mut reader: R,
+    max_line_bytes: usize,
+    template: Block,
+    output: &Output,
+    shutdown: &CancellationToken,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+{
+    let mut splitter = LineSplitter::new(max_line_bytes, 0);
+    loop {
+        splitter.buffer().reserve(READ_SIZE);
+        let n = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                let nothing_pending = async { Ok(()) };
+                return drain_and_hand_on(reader, splitter, &template, output, shutdown, nothing_pending).await;
+            }
+            n = reader.read_buf(splitter.buffer()) => n?,
+        };
+        let mut lines = Vec::new();
+        if n == 0 {
+            splitter.finish(&mut lines);
+        } else {
+            splitter.split(&mut lines);
+        }
+        let block = Block {
+            lines,
+            ..template.clone()
+        };
+        let send = output.send_or_overdraw(block, shutdown);
+        tokio::pin!(send);
+        let sent = tokio::select! {
+            biased;
+            sent = &mut send => sent,
+            _ = shutdown.cancelled() => {
+                return drain_and_hand_on(reader, splitter, &template, output, shutdown, send).await;
+            }
+        };
+        if sent.is_err() || n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Shutdown: drains `reader` while `pending` (the block going out, if any) finishes, then
+/// hands on the drained lines after it.
+async fn drain_and_hand_on<R>(
+    mut reader: R,
+    mut splitter: LineSplitter,
+    template: &Block,
+    output: &Output,
+    shutdown: &CancellationToken,
+    pending: impl std::future::Future<Output = Result<(), Closed>>,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+{
+    let (sent, (lines, end)) = tokio::join!(pending, drain(&mut reader, &mut splitter));
+    let read = lines.len();
+    if sent.is_ok() && read > 0 {
+        let block = Block {
+            lines,
+            ..template.clone()
+        };
+        // The sinks spill what they cannot deliver; a send fails only once they are gone.
+        let _ = output.send_or_overdraw(block, shutdown).await;
+    }
+    let end = end?;
+    tracing::debug!(origin = %template.origin, lines = read, ?end, "read at shutdown what was already sent");
+    if end == Drained::Limit {
+        tracing::warn!(
+            origin = %template.origin,
+            "not idle after {} of reading at shutdown; what it sends from now on is not read",
+            humantime::format_duration(DRAIN_LIMIT)
+        );
+    }
+    Ok(())
+}
+
+/// How the drain at shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    /// The input ended (EOF).
+    End,
+    /// Nothing came for [`DRAIN_IDLE`].
+    Idle,
+    /// [`DRAIN_LIMIT`] passed before the input was idle.
+    Limit,
+}
+
+/// Reads what is left in `reader` (see [`pump`]) into lines. The partial last line, if any,
+/// becomes a line, as at the end of input: a shipper's last line without its newline is
+/// still a line, and one cut short is dead-lettered as bad input, never silently lost.
+/// On a read error, the lines read before it are returned with it.
+async fn drain<R>(
+    reader: &mut R,
+    splitter: &mut LineSplitter,
+) -> (Vec<Line>, std::io::Result<Drained>)
+where
+    R: AsyncRead + Unpin,
+{
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    let mut lines = Vec::new();
+    let end = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Ok(Drained::Limit);
+        }
+        splitter.buffer().reserve(READ_SIZE);
+        match tokio::time::timeout(DRAIN_IDLE.min(left), reader.read_buf(splitter.buffer())).await {
+            Ok(Ok(0)) => break Ok(Drained::End),
+            Ok(Ok(_)) => splitter.split(&mut lines),
+            Ok(Err(e)) => break Err(e),
+            Err(_) if left <= DRAIN_IDLE => break Ok(Drained::Limit),
+            Err(_) => break Ok(Drained::Idle),
+        }
+    };
+    splitter.finish(&mut lines);
+    (lines, end)
+}
