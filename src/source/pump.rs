@@ -27,7 +27,7 @@ const READ_SIZE: usize = 128 * 1024;
 ///
 /// At shutdown, what the shipper already sent is still read: it sits in the kernel's
 /// buffers, already acknowledged to the shipper, and closing unread would drop it. The
-/// drain reads until the input is idle for [`DRAIN_IDLE`], ends, or [`DRAIN_LIMIT`] passes,
+/// drain reads until the input is idle for `DRAIN_IDLE`, ends, or `DRAIN_LIMIT` passes,
 /// and its lines no longer wait for the budget (see [`Output::send_or_overdraw`]); the
 /// sinks deliver them or spill them with the rest. A block still waiting to go out when
 /// shutdown comes goes on while the drain reads, so neither waits for the other.

@@ -4,7 +4,7 @@
 //! Back-pressure is TCP's own: a connection is read only when the sinks have room, so a
 //! slow endpoint fills the kernel buffers and the shipper slows down.
 //!
-//! Connections hold [`ConnectionSlots`]: one silent for `idle_timeout` is closed, and a
+//! Connections hold `ConnectionSlots`: one silent for `idle_timeout` is closed, and a
 //! connection that arrives while all `max_connections` are taken is served by closing the
 //! one idle longest, so idle sockets cannot lock a shipper out. A connection the source is
 //! not reading because of back-pressure is not idle.
