@@ -22,12 +22,12 @@
 //! - [`receiver`]: a signature-checking receiver, for `receive` and `demo`.
 //! - [`failpoint`]: fault injection for tests (debug builds only).
 
-pub mod batch;
+pub(crate) mod batch;
 pub mod config;
-pub mod data_dir;
+pub(crate) mod data_dir;
 pub mod event;
-pub mod failpoint;
-pub mod lock;
+pub(crate) mod failpoint;
+pub(crate) mod lock;
 pub mod receiver;
 pub mod sign;
 pub mod sink;

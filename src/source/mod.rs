@@ -13,12 +13,12 @@
 
 mod budget;
 pub(crate) mod connections;
-pub mod file;
+pub(crate) mod file;
 pub mod lines;
 mod output;
 mod pump;
-pub mod stdin;
-pub mod tcp;
+pub(crate) mod stdin;
+pub(crate) mod tcp;
 
 pub use budget::{gathers_ahead, max_batch_bytes, Budget, Cost};
 pub use output::{Closed, Output, SinkInput, Subscriptions};
