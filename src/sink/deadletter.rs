@@ -17,13 +17,15 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::source::file::checkpoint::write_atomically;
+use super::webhook::config::Delivery;
+use super::webhook::retry::Grace;
+use crate::data_dir::write_atomically;
 
 /// How much of a line a record keeps once the file holds `dead_letter_max_bytes`.
 pub const KEPT_PAST_CAP: usize = 1024;
@@ -307,6 +309,125 @@ pub fn rewrite<'a>(path: &Path, lines: impl Iterator<Item = &'a Line>) -> io::Re
         text.push(b'\n');
     }
     write_atomically(path, &text)
+}
+
+/// Writes a sink's dead letters, retrying while that fails.
+#[derive(Debug)]
+pub(crate) struct DeadLetterWriter {
+    sink: String,
+    file: Arc<DeadLetters>,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    /// With `--once`: how long a failing write is retried before it is given up.
+    once_limit: Option<Duration>,
+    /// A write was given up and none has succeeded since: the next failure gives up at once
+    /// (each waiting `once_limit` would make `--once` last that long per block).
+    broken: bool,
+}
+
+impl DeadLetterWriter {
+    pub(crate) fn new(sink: &str, file: Arc<DeadLetters>, delivery: &Delivery, once: bool) -> Self {
+        DeadLetterWriter {
+            sink: sink.to_owned(),
+            file,
+            initial_backoff: delivery.retry_initial_backoff,
+            max_backoff: delivery.retry_max_backoff,
+            once_limit: once.then_some(delivery.shutdown_timeout),
+            broken: false,
+        }
+    }
+
+    /// Another writer to the same file, for the decode task.
+    pub(crate) fn clone_for_decode(&self) -> Self {
+        DeadLetterWriter {
+            sink: self.sink.clone(),
+            file: self.file.clone(),
+            broken: false,
+            ..*self
+        }
+    }
+
+    /// Puts `records` on the disk; true once they are. While that fails, logs why and
+    /// retries with backoff (`retry_initial_backoff` doubling up to `retry_max_backoff`).
+    /// Gives up (false) after the grace period at shutdown, or with `--once` after
+    /// `shutdown_timeout`.
+    pub(crate) async fn write(&mut self, mut records: Vec<Record>, grace: &mut Grace) -> bool {
+        let started = Instant::now();
+        let mut delay = self.initial_backoff;
+        let mut log = FailureLog::default();
+        loop {
+            let file = self.file.clone();
+            let (back, written) = tokio::task::spawn_blocking(move || {
+                let written = file.append(&mut records);
+                (records, written)
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            records = back;
+            let error = match written {
+                Ok(()) => {
+                    self.broken = false;
+                    log.recovered(&self.sink);
+                    return true;
+                }
+                Err(e) => e,
+            };
+            let out_of_time = self.once_limit.is_some_and(|l| started.elapsed() >= l);
+            if self.broken || out_of_time || grace.expired() {
+                if !self.broken {
+                    tracing::error!(sink = %self.sink, path = %self.file.path().display(), error = %error, "cannot write dead letters; giving up until one can be written: their lines are not delivered");
+                }
+                self.broken = true;
+                return false;
+            }
+            log.failed(&self.sink, self.file.path(), &error, delay);
+            grace.sleep(delay).await;
+            delay = (delay * 2).min(self.max_backoff);
+        }
+    }
+}
+
+/// Logs failed dead-letter writes without flooding: the first, then one a minute.
+#[derive(Default)]
+struct FailureLog {
+    failures: u64,
+    last: Option<Instant>,
+}
+
+impl FailureLog {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn failed(
+        &mut self,
+        sink: &str,
+        path: &std::path::Path,
+        error: &std::io::Error,
+        delay: Duration,
+    ) {
+        self.failures += 1;
+        if self.last.is_some_and(|at| at.elapsed() < Self::EVERY) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        tracing::error!(
+            sink,
+            path = %path.display(),
+            error = %error,
+            failures = self.failures,
+            retry_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
+            "cannot write dead letters; will retry (their lines' positions do not move, and reading stops once the memory budget is full)"
+        );
+    }
+
+    fn recovered(&self, sink: &str) {
+        if self.failures > 0 {
+            tracing::info!(
+                sink,
+                failures = self.failures,
+                "dead letters written after failed attempts"
+            );
+        }
+    }
 }
 
 #[cfg(test)]
