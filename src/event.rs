@@ -2,7 +2,7 @@
 //!
 //! A source reads raw lines and hands them on in [`Block`]s (one read's worth of lines,
 //! no copy per line). Each sink decodes a block with its own [`Decoder`] (schema, event
-//! types, envelope field) into [`Item`]s: an encoded event, or a marker for a line that
+//! types, envelope field) into `Item`s: an encoded event, or a marker for a line that
 //! carried no event (bad input, filtered out). Markers keep their file position so that
 //! acknowledgements stay in order: a file offset moves past a bad line only after
 //! everything before it was delivered.

@@ -28,44 +28,44 @@ use super::webhook::retry::Grace;
 use crate::data_dir::write_atomically;
 
 /// How much of a line a record keeps once the file holds `dead_letter_max_bytes`.
-pub const KEPT_PAST_CAP: usize = 1024;
+pub(crate) const KEPT_PAST_CAP: usize = 1024;
 
 /// One dead letter, as written.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Record {
+pub(crate) struct Record {
     /// RFC 3339 time of writing.
-    pub time: String,
-    pub sink: String,
+    pub(crate) time: String,
+    pub(crate) sink: String,
     /// The source's name, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
+    pub(crate) source: Option<String>,
     /// A file path, `tcp <peer>` or `stdin`, with the line number and end offset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub location: Option<String>,
-    pub reason: String,
+    pub(crate) location: Option<String>,
+    pub(crate) reason: String,
     /// The line or encoded event, when it is valid UTF-8 (and not mostly control
     /// characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub line: Option<String>,
+    pub(crate) line: Option<String>,
     /// The line in base64, when it is not valid UTF-8, or when that is shorter than `line`
     /// would be with its escapes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub line_base64: Option<String>,
+    pub(crate) line_base64: Option<String>,
     /// The whole line's length, set when only its start is kept (it was longer than
     /// `max_line_bytes`, or the file had reached `dead_letter_max_bytes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub truncated_from_bytes: Option<u64>,
+    pub(crate) truncated_from_bytes: Option<u64>,
     /// Set when the file had reached `dead_letter_max_bytes`: how many bytes of the line
     /// this record leaves out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dropped_bytes: Option<u64>,
+    pub(crate) dropped_bytes: Option<u64>,
     /// Whether `line` is an event a webhook rejected (and `replay` may send again).
     #[serde(default)]
-    pub replayable: bool,
+    pub(crate) replayable: bool,
 }
 
 impl Record {
-    pub fn new(sink: &str, reason: String, raw: &[u8]) -> Self {
+    pub(crate) fn new(sink: &str, reason: String, raw: &[u8]) -> Self {
         let (line, line_base64) = match std::str::from_utf8(raw) {
             Ok(text) if escaped_len(text) <= base64_len(raw.len()) => (Some(text.to_owned()), None),
             _ => (None, Some(base64_engine().encode(raw))),
@@ -138,7 +138,7 @@ fn base64_len(n: usize) -> usize {
 
 /// A sink's dead-letter file, opened on first use.
 #[derive(Debug)]
-pub struct DeadLetters {
+pub(crate) struct DeadLetters {
     path: PathBuf,
     max_bytes: u64,
     state: Mutex<State>,
@@ -157,7 +157,7 @@ struct State {
 impl DeadLetters {
     /// The dead letters at `path`; records past `max_bytes` keep only the start of their
     /// line.
-    pub fn new(path: PathBuf, max_bytes: u64) -> Self {
+    pub(crate) fn new(path: PathBuf, max_bytes: u64) -> Self {
         DeadLetters {
             path,
             max_bytes,
@@ -165,7 +165,7 @@ impl DeadLetters {
         }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -175,7 +175,7 @@ impl DeadLetters {
     /// part of them reached the file is cut off again (best effort; the next open cuts it
     /// otherwise), so that a retry writes them whole, once. Blocks: call it from a
     /// blocking thread.
-    pub fn append(&self, records: &mut [Record]) -> io::Result<()> {
+    pub(crate) fn append(&self, records: &mut [Record]) -> io::Result<()> {
         let mut state = self.state.lock().expect("dead letter lock");
         if state.file.is_none() {
             let (file, len) = self.open(state.durable_len)?;
@@ -263,7 +263,7 @@ fn len_to_last_newline(path: &Path, len: u64) -> io::Result<u64> {
 
 /// One non-blank line of a dead-letter file.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Line {
+pub(crate) enum Line {
     Record(Record),
     /// Not a record: torn by a crash while it was written, or broken by an edit. Kept as
     /// it is, for someone to look at.
@@ -275,7 +275,7 @@ pub enum Line {
 
 /// Reads every non-blank line of a dead-letter file, with its line number (from 1); none
 /// when the file does not exist.
-pub fn read_lines(path: &Path) -> io::Result<Vec<(usize, Line)>> {
+pub(crate) fn read_lines(path: &Path) -> io::Result<Vec<(usize, Line)>> {
     let bytes = match crate::data_dir::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -299,7 +299,7 @@ pub fn read_lines(path: &Path) -> io::Result<Vec<(usize, Line)>> {
 
 /// Replaces the file by `lines`, atomically: a crash leaves either the old file or the
 /// new one.
-pub fn rewrite<'a>(path: &Path, lines: impl Iterator<Item = &'a Line>) -> io::Result<()> {
+pub(crate) fn rewrite<'a>(path: &Path, lines: impl Iterator<Item = &'a Line>) -> io::Result<()> {
     let mut text = Vec::new();
     for line in lines {
         match line {

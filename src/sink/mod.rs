@@ -1,6 +1,6 @@
 //! Sinks take the sources' lines and deliver them: [`webhook`] is the sink, as one
-//! pipeline; [`decode`] is its first stage; [`ack`] moves file checkpoints once events are
-//! delivered; [`deadletter`] and [`spill`] keep what is not delivered; [`replay`] sends
+//! pipeline; `decode` is its first stage; `ack` moves file checkpoints once events are
+//! delivered; `deadletter` and `spill` keep what is not delivered; `replay` sends
 //! dead letters again.
 
 pub(crate) mod ack;

@@ -9,13 +9,12 @@
 //! corrupt) and remaining (sent, but still failing when `retry_max_duration` ran out or
 //! replay was stopped, or not tried before the stop).
 //!
-//! Sending follows the sink's policy: batches of `max_event_in_memory`, [`decide`] on each
-//! response, the sink's backoff and `Retry-After` through [`RetryPolicy`], and a refused batch
+//! Sending follows the sink's policy: batches of `max_event_in_memory`, `decide` on each
+//! response, the sink's backoff and `Retry-After` through `RetryPolicy`, and a refused batch
 //! cut in halves down to the events at fault. Replay holds the data_dir lock, so it never
 //! runs beside the pipeline that appends to the same file; the file is rewritten once, at
 //! the end (a crash before that re-sends on the next replay: at least once).
 //!
-//! [`decide`]: super::webhook::retry::decide
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};

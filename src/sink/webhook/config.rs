@@ -127,7 +127,7 @@ fn secret_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 }
 
 /// `endpoint_url` as written. A user and password in it (`https://user:pass@host/hook`)
-/// are sent as Basic auth (see [`endpoint`]) and never shown: `Display` and `Debug` print
+/// are sent as Basic auth (see `endpoint`) and never shown: `Display` and `Debug` print
 /// `***` in their place.
 #[derive(Clone, Deserialize)]
 #[serde(transparent)]

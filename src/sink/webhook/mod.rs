@@ -2,36 +2,35 @@
 //!
 //! ```text
 //! blocks -> decode -> chunks_timeout -> re-inject -> build and sign -> post -> decide
-//!           (task)    (events, bytes,    ^ failed                             |
-//!                      flush_interval)   | batches first                      |
-//!                                        +------------ retry <---------------+
-//!                                                      2xx: acknowledge <-----+
-//!                                     413, 4xx: split; dead-letter the rest <-+
+//!          (a task)                        ^                                    |
+//!                                          +-------- failed: retry <------------+
+//!                                                    2xx: acknowledge <---------+
+//!                                   413, 4xx: split, dead-letter the rejected <-+
 //! ```
 //!
-//! - **decode** ([`super::decode`], its own task, so that decoding runs beside posting):
+//! - **decode** (`super::decode`, its own task, so that decoding runs beside posting):
 //!   the sources' blocks become items; bad lines are dead-lettered there.
-//! - **chunks_timeout** ([`crate::batch`]): a batch goes out when `max_event_in_memory`
+//! - **chunks_timeout** (`crate::batch`): a batch goes out when `max_event_in_memory`
 //!   events are pending, when their lines reach half the byte budget, or `flush_interval`
 //!   after the first.
-//! - **re-inject** ([`Reinject`]): failed batches go back into the stream ahead of
+//! - **re-inject** (`Reinject`): failed batches go back into the stream ahead of
 //!   everything newer, so order is kept; so do the events of the spill file, at start.
-//! - **build and sign** ([`request`]): while one batch is in flight, the next one is
+//! - **build and sign** (`request`): while one batch is in flight, the next one is
 //!   gathered and signed, ready when the response comes (one request in flight at a time).
-//! - **post** ([`client`]) and **decide** ([`retry::decide`]): on 2xx the batch is
+//! - **post** (`client`) and **decide** (`retry::decide`): on 2xx the batch is
 //!   acknowledged (file offsets move, the lines leave the memory budget); on 413 or a
 //!   permanent 4xx it is split in halves, down to the single events the endpoint
 //!   rejects, which are dead-lettered; on anything retryable it is re-injected, and
-//!   [`RetryPolicy`] says when it goes out again, or that it is given up (shutdown,
+//!   `RetryPolicy` says when it goes out again, or that it is given up (shutdown,
 //!   `retry_max_duration`).
 //!
 //! When the input ends (`--once`, or shutdown), what is re-injected is retried until
 //! delivered, or until the shutdown grace period ends. Then events from files are left
 //! for the next run (their offsets never moved) and events from TCP or stdin are spilled
 //! to `data_dir/spill/<sink>.jsonl`, to be sent first on the next start, within the memory
-//! budget (see [`super::spill`]).
+//! budget (see `super::spill`).
 //!
-//! A dead letter is a delivery only once it is on the disk ([`DeadLetterWriter`]): until
+//! A dead letter is a delivery only once it is on the disk (`DeadLetterWriter`): until
 //! it is, the line's position is not acknowledged, and the write is retried with backoff
 //! while the line holds its place in the memory budget (so a dead-letter file that stays
 //! unwritable stops the sources: back-pressure, nothing lost). At shutdown after the grace

@@ -90,10 +90,11 @@ pub(crate) fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duratio
 ///   `flush_interval`): however soon it is taken again, a failing endpoint is not hammered.
 /// - Requests that keep failing for `retry_max_duration` give up: the batch is
 ///   dead-lettered (the sink) or stays in the file (replay). A 2xx starts the count over.
-/// - At shutdown, every batch gets a prompt attempt (no backoff) within the grace period
+/// - When shutdown is asked, every batch gets a prompt attempt within the grace period
 ///   (`shutdown_timeout`). Once one has failed at shutdown, batches read from files are
 ///   left there (their offsets did not move; the next start reads them again), while
-///   events from TCP or stdin are retried until the grace period ends, then spilled.
+///   events from TCP or stdin are retried (after their delay, without the floor) until
+///   the grace period ends, then spilled.
 #[derive(Debug)]
 pub(crate) struct RetryPolicy {
     initial: Duration,
@@ -105,11 +106,21 @@ pub(crate) struct RetryPolicy {
     attempt: u32,
     /// Since when requests fail, for `retry_max_duration`.
     failing_since: Option<Instant>,
-    /// After a failure: no request before this instant.
-    not_before: Option<Instant>,
+    /// After a failure: no request before this.
+    not_before: Option<Wait>,
     grace: Grace,
     /// A request failed after shutdown was asked.
     failed_at_shutdown: bool,
+}
+
+/// The wait after a failure.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// Set while running: until this instant (the delay, and at least the floor). Dropped
+    /// when shutdown is asked: every batch then gets a prompt attempt.
+    Running(Instant),
+    /// Set at shutdown: until this instant (the delay), cut at the end of the grace period.
+    Shutdown(Instant),
 }
 
 /// Whether a batch goes out now.
@@ -165,12 +176,14 @@ impl RetryPolicy {
     /// shutdown is asked), then says whether a batch (`from_files`: every event of it can
     /// be read again from its file) goes out or is given up.
     pub(crate) async fn turn(&mut self, from_files: bool) -> Turn {
-        if let Some(at) = self.not_before.take() {
-            if !self.grace.started() {
-                self.grace
-                    .sleep(at.saturating_duration_since(Instant::now()))
-                    .await;
-            }
+        let until = match self.not_before.take() {
+            Some(Wait::Running(at)) if !self.grace.started() => Some(at),
+            Some(Wait::Shutdown(at)) => Some(at),
+            _ => None,
+        };
+        if let Some(at) = until {
+            let wait = at.saturating_duration_since(Instant::now());
+            self.grace.sleep(wait).await;
         }
         if self.grace.expired() || (self.failed_at_shutdown && from_files) {
             Turn::GiveUp
@@ -206,7 +219,11 @@ impl RetryPolicy {
             None => backoff(self.attempt, self.initial, self.max),
         };
         self.attempt = self.attempt.saturating_add(1);
-        self.not_before = Some(instant_after(now, delay.max(self.floor)));
+        self.not_before = Some(if self.grace.started() {
+            Wait::Shutdown(instant_after(now, delay))
+        } else {
+            Wait::Running(instant_after(now, delay.max(self.floor)))
+        });
         Next::Retry(delay)
     }
 
@@ -398,8 +415,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn shutdown_cuts_the_wait_short_and_the_grace_period_ends_delivery() {
         let shutdown = CancellationToken::new();
-        let mut policy = RetryPolicy::for_sink(&delivery(ms(10), None), shutdown.clone());
-        policy.failed(None, false);
+        let mut policy = RetryPolicy::for_sink(&delivery(ms(500), None), shutdown.clone());
+        policy.failed(Some(ms(500)), false);
         let stop = shutdown.clone();
         tokio::spawn(async move {
             tokio::time::sleep(ms(50)).await;
@@ -408,20 +425,26 @@ mod tests {
         assert_eq!(
             timed_turn(&mut policy, false).await,
             (ms(50), Turn::Send),
-            "a prompt attempt at shutdown"
+            "a prompt attempt when shutdown is asked"
         );
         assert_eq!(
-            policy.failed(None, false),
-            Next::Retry(ms(10)),
+            policy.failed(Some(ms(30)), false),
+            Next::Retry(ms(30)),
             "TCP and stdin events are retried at shutdown"
         );
         assert_eq!(
             timed_turn(&mut policy, false).await,
-            (ms(0), Turn::Send),
-            "no backoff at shutdown"
+            (ms(30), Turn::Send),
+            "after their delay (not the floor): no hot loop"
         );
-        tokio::time::advance(ms(1000)).await;
-        assert_eq!(timed_turn(&mut policy, false).await, (ms(0), Turn::GiveUp));
+        policy.failed(Some(ms(500)), false);
+        assert_eq!(timed_turn(&mut policy, false).await, (ms(500), Turn::Send));
+        policy.failed(Some(ms(500)), false);
+        assert_eq!(
+            timed_turn(&mut policy, false).await,
+            (ms(470), Turn::GiveUp),
+            "the wait ends with the grace period (1s after shutdown)"
+        );
     }
 
     #[tokio::test(start_paused = true)]

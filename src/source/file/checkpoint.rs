@@ -242,7 +242,7 @@ impl Checkpointer {
     }
 
     /// Writes the file if anything changed since the last write. Only the
-    /// [`CheckpointWriter`] calls it while the pipeline runs.
+    /// `CheckpointWriter` calls it while the pipeline runs.
     pub fn write_if_dirty(&self) -> io::Result<()> {
         let saved = {
             let mut state = self.state.lock().expect("checkpoint lock");
