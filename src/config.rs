@@ -1,11 +1,13 @@
-//! The TOML model, in Vector's shape: `[sources.NAME]` and `[sinks.NAME]` tables.
+//! The config file's shape, `${VAR}` expansion, and the leaf value types the stages share.
 //!
-//! Loading happens in two phases, as in Vector (`validate` then `build`): [`load`] parses
-//! the file, expands `${VAR}` in its string values, reads it strictly
-//! (`deny_unknown_fields`) and then [`Config::validate`]s it into ready-to-run values.
-//! Everything a config can get wrong is found here, with a message that names the key and
-//! shows a correct example, and never a value that came from the environment; nothing on
-//! the hot path fails because of config.
+//! Loading has two phases, as in Vector and ripgrep: [`load`] reads the file into its
+//! shape ([`Loaded`]: `data_dir` and the `[sources.NAME]` / `[sinks.NAME]` tables, with
+//! `${VAR}` expanded in string values), then each stage turns its own table, once, into a
+//! spec of parsed values (`crate::topology::Plan::build`). This module knows no stage: the
+//! stages own their config structs and import the leaf types from here.
+//!
+//! Every error names its key and is shown with a correct example ([`Loaded::explain`]),
+//! never with a value that came from the environment.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -16,11 +18,6 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
-
-use crate::sink::webhook::WebhookConfig;
-use crate::source::file::FileConfig;
-use crate::source::stdin::StdinConfig;
-use crate::source::tcp::TcpConfig;
 
 /// A complete, correct config, shown after every config error.
 pub const EXAMPLE: &str = r#"data_dir = "/var/lib/flaghook"          # optional
@@ -61,46 +58,12 @@ pub struct Config {
     pub sinks: BTreeMap<String, toml::Table>,
 }
 
-/// One `[sources.NAME]` table; `type` picks the kind.
-#[derive(Debug)]
-pub enum SourceConfig {
-    File(FileConfig),
-    Tcp(TcpConfig),
-    Stdin(StdinConfig),
-}
-
-/// One `[sinks.NAME]` table; `type` picks the kind.
-#[derive(Debug)]
-pub enum SinkConfig {
-    Webhook(WebhookConfig),
-}
-
-impl SourceConfig {
-    fn from_table(key: &str, table: toml::Table) -> Result<Self> {
-        let (kind, table) = split_type(key, table, "\"file\", \"tcp\" or \"stdin\"")?;
-        match kind.as_str() {
-            "file" => typed(key, table).map(SourceConfig::File),
-            "tcp" => typed(key, table).map(SourceConfig::Tcp),
-            "stdin" => typed(key, table).map(SourceConfig::Stdin),
-            other => bail!(
-                "`{key}.type` = {other:?} is not a source type: use \"file\", \"tcp\" or \"stdin\""
-            ),
-        }
-    }
-}
-
-impl SinkConfig {
-    fn from_table(key: &str, table: toml::Table) -> Result<Self> {
-        let (kind, table) = split_type(key, table, "\"webhook\"")?;
-        match kind.as_str() {
-            "webhook" => typed(key, table).map(SinkConfig::Webhook),
-            other => bail!("`{key}.type` = {other:?} is not a sink type: use \"webhook\""),
-        }
-    }
-}
-
-/// Takes the `type` key out of a table.
-fn split_type(key: &str, mut table: toml::Table, kinds: &str) -> Result<(String, toml::Table)> {
+/// Takes the `type` key out of a stage's table (at `key`); `kinds` lists the valid ones.
+pub(crate) fn split_type(
+    key: &str,
+    mut table: toml::Table,
+    kinds: &str,
+) -> Result<(String, toml::Table)> {
     match table.remove("type") {
         Some(toml::Value::String(kind)) => Ok((kind, table)),
         Some(other) => bail!("`{key}.type` must be a string ({kinds}), got {other}"),
@@ -109,7 +72,7 @@ fn split_type(key: &str, mut table: toml::Table, kinds: &str) -> Result<(String,
 }
 
 /// Reads `table` (at `key`, `""` for the whole file) into `T`; an error names the full key.
-fn typed<T: serde::de::DeserializeOwned>(key: &str, table: toml::Table) -> Result<T> {
+pub(crate) fn typed<T: serde::de::DeserializeOwned>(key: &str, table: toml::Table) -> Result<T> {
     serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -120,14 +83,6 @@ fn typed<T: serde::de::DeserializeOwned>(key: &str, table: toml::Table) -> Resul
             (key, path) => anyhow!("`{key}.{path}`: {inner}"),
         }
     })
-}
-
-impl SinkConfig {
-    pub fn inputs(&self) -> &[String] {
-        match self {
-            SinkConfig::Webhook(w) => &w.inputs,
-        }
-    }
 }
 
 /// A duration written the human way: `"100ms"`, `"10s"`, `"1m"`.
@@ -280,19 +235,37 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-/// A config that passed every check, ready to run.
+/// The config file as written: its shape, with `${VAR}` expanded and names checked. The
+/// stages' tables are turned into specs by `crate::topology::Plan::build`.
 #[derive(Debug)]
-pub struct Validated {
+pub struct Loaded {
     pub path: PathBuf,
+    /// `data_dir`, made absolute (relative to the config file's folder).
     pub data_dir: PathBuf,
-    pub sources: BTreeMap<String, SourceConfig>,
-    pub sinks: BTreeMap<String, SinkConfig>,
+    /// `[sources.NAME]` tables.
+    pub sources: BTreeMap<String, toml::Table>,
+    /// `[sinks.NAME]` tables.
+    pub sinks: BTreeMap<String, toml::Table>,
     /// What came from the environment, to hide from later errors.
     pub env: EnvValues,
 }
 
-/// Reads, parses, substitutes and validates the config at `path`.
-pub fn load(path: &Path) -> Result<Validated> {
+impl Loaded {
+    /// The folder relative paths in the config are relative to.
+    pub fn base(&self) -> PathBuf {
+        config_dir(&self.path)
+    }
+
+    /// A config error as it is shown: the file, the message (values from the environment
+    /// hidden), and a correct example.
+    pub fn explain(&self, e: anyhow::Error) -> anyhow::Error {
+        let e = with_example(self.env.hide_error(&e));
+        anyhow!("config file {}: {e:#}", self.path.display())
+    }
+}
+
+/// Reads the config at `path` into its shape.
+pub fn load(path: &Path) -> Result<Loaded> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     parse(&text, path).map_err(|e| anyhow!("config file {}: {e:#}", path.display()))
@@ -303,17 +276,26 @@ pub fn load(path: &Path) -> Result<Validated> {
 /// The TOML is parsed before `${NAME}` is expanded, so an environment value is taken
 /// literally whatever it holds (quotes, backslashes, newlines), and a parse error can only
 /// show the file's own text. Errors after the expansion pass through [`EnvValues::hide`].
-pub fn parse(text: &str, path: &Path) -> Result<Validated> {
+pub fn parse(text: &str, path: &Path) -> Result<Loaded> {
     let mut table: toml::Table = toml::from_str(text)
         .map_err(|e| anyhow!("{}\n{}", e.message(), located(text, e.span())))
         .map_err(with_example)?;
     let env = substitute_env(&mut table, |name| std::env::var_os(name)).map_err(with_example)?;
-    let mut validated = typed::<Config>("", table)
-        .and_then(|config| config.validate(path))
-        .map_err(|e| env.hide_error(&e))
-        .map_err(with_example)?;
-    validated.env = env;
-    Ok(validated)
+    let config = typed::<Config>("", table)
+        .and_then(|config| config.checked())
+        .map_err(|e| with_example(env.hide_error(&e)))?;
+    let data_dir = match config.data_dir {
+        Some(dir) if dir.is_relative() => config_dir(path).join(dir),
+        Some(dir) => dir,
+        None => config_dir(path).join("flaghook-data"),
+    };
+    Ok(Loaded {
+        path: path.to_owned(),
+        data_dir,
+        sources: config.sources,
+        sinks: config.sinks,
+        env,
+    })
 }
 
 fn with_example(e: anyhow::Error) -> anyhow::Error {
@@ -510,30 +492,22 @@ fn substitute_string(
 }
 
 impl Config {
-    /// Every cross-key check; each error names the key.
-    fn validate(self, path: &Path) -> Result<Validated> {
+    /// The checks on the file's shape: there are sources and sinks, with names that can
+    /// name files.
+    fn checked(self) -> Result<Config> {
+        if self.sources.is_empty() {
+            bail!("no sources: declare at least one `[sources.NAME]` table");
+        }
+        if self.sinks.is_empty() {
+            bail!("no sinks: declare at least one `[sinks.NAME]` table");
+        }
         for name in self.sources.keys() {
             check_name("sources", name)?;
         }
         for name in self.sinks.keys() {
             check_name("sinks", name)?;
         }
-        let mut sources = BTreeMap::new();
-        for (name, table) in self.sources {
-            let source = SourceConfig::from_table(&format!("sources.{name}"), table)?;
-            sources.insert(name, source);
-        }
-        let mut sinks = BTreeMap::new();
-        for (name, table) in self.sinks {
-            let sink = SinkConfig::from_table(&format!("sinks.{name}"), table)?;
-            sinks.insert(name, sink);
-        }
-        Checked {
-            data_dir: self.data_dir,
-            sources,
-            sinks,
-        }
-        .validate(path)
+        Ok(self)
     }
 }
 
@@ -559,75 +533,6 @@ fn check_name(table: &str, name: &str) -> Result<()> {
     )
 }
 
-/// A config whose tables were read into their kinds.
-struct Checked {
-    data_dir: Option<PathBuf>,
-    sources: BTreeMap<String, SourceConfig>,
-    sinks: BTreeMap<String, SinkConfig>,
-}
-
-impl Checked {
-    fn validate(self, path: &Path) -> Result<Validated> {
-        if self.sources.is_empty() {
-            bail!("no sources: declare at least one `[sources.NAME]` table");
-        }
-        if self.sinks.is_empty() {
-            bail!("no sinks: declare at least one `[sinks.NAME]` table");
-        }
-        for (name, source) in &self.sources {
-            let key = format!("sources.{name}");
-            match source {
-                SourceConfig::File(c) => c.validate(&key)?,
-                SourceConfig::Tcp(c) => c.validate(&key)?,
-                SourceConfig::Stdin(c) => c.validate(&key)?,
-            }
-        }
-        for (name, sink) in &self.sinks {
-            let key = format!("sinks.{name}");
-            match sink {
-                SinkConfig::Webhook(c) => c.validate(&key)?,
-            }
-            for (i, input) in sink.inputs().iter().enumerate() {
-                if sink.inputs()[..i].contains(input) {
-                    bail!(
-                        "`{key}.inputs` names `{input}` twice: each source is read once per sink (example: inputs = [\"{input}\"])"
-                    );
-                }
-                if !self.sources.contains_key(input) {
-                    bail!(
-                        "`{key}.inputs` names `{input}`, which is not a declared source (declared: {})",
-                        self.sources.keys().cloned().collect::<Vec<_>>().join(", ")
-                    );
-                }
-            }
-        }
-        for name in self.sources.keys() {
-            if !self.sinks.values().any(|s| s.inputs().contains(name)) {
-                bail!("source `sources.{name}` is read by no sink: add \"{name}\" to a sink's `inputs`");
-            }
-        }
-        let stdin_sources = self
-            .sources
-            .values()
-            .filter(|s| matches!(s, SourceConfig::Stdin(_)));
-        if stdin_sources.count() > 1 {
-            bail!("more than one `type = \"stdin\"` source: stdin can be read only once");
-        }
-        let data_dir = match self.data_dir {
-            Some(dir) if dir.is_relative() => config_dir(path).join(dir),
-            Some(dir) => dir,
-            None => config_dir(path).join("flaghook-data"),
-        };
-        Ok(Validated {
-            path: path.to_owned(),
-            data_dir,
-            sources: self.sources,
-            sinks: self.sinks,
-            env: EnvValues::default(),
-        })
-    }
-}
-
 fn config_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
@@ -646,38 +551,6 @@ pub fn socket_addr(key: &str, address: &str) -> Result<SocketAddr> {
                 "`{key}` = {address:?} is not a `host:port` address (example: \"127.0.0.1:9000\")"
             )
         })
-}
-
-impl Validated {
-    /// A short description of the topology, for `flaghook validate`.
-    pub fn summary(&self) -> String {
-        let mut out = format!(
-            "config {} is valid\ndata_dir: {}\n",
-            self.path.display(),
-            self.data_dir.display()
-        );
-        for (name, source) in &self.sources {
-            let what = match source {
-                SourceConfig::File(c) => format!("file, include {:?}", c.include),
-                SourceConfig::Tcp(c) => format!("tcp, listening on {}", c.address),
-                SourceConfig::Stdin(_) => "stdin".to_owned(),
-            };
-            out.push_str(&format!("source {name}: {what}\n"));
-        }
-        for (name, sink) in &self.sinks {
-            let SinkConfig::Webhook(c) = sink;
-            out.push_str(&format!(
-                "sink {name}: webhook {} <- [{}], schema {}, batches of up to {} events every {}, {}\n",
-                c.endpoint_url, // Display hides a user and password
-                c.inputs.join(", "),
-                c.schema.as_str(),
-                c.max_event_in_memory,
-                humantime::format_duration(c.flush_interval.0),
-                if c.signing_secret().is_some() { "signed" } else { "unsigned" },
-            ));
-        }
-        out
-    }
 }
 
 #[cfg(test)]

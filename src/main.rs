@@ -12,9 +12,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use flaghook::config::{self, parse_size, SinkConfig};
+use flaghook::config::{self, parse_size};
 use flaghook::receiver::{self, Report};
 use flaghook::sink::webhook::Secret;
+use flaghook::sink::SinkSpec;
+use flaghook::topology::Plan;
 use flaghook::{sign, topology};
 
 #[derive(Parser)]
@@ -203,15 +205,19 @@ fn init_logs(level: Option<&str>, format: LogFormat) {
 
 fn dispatch(command: Command) -> Result<u8> {
     match command {
-        Command::Run { config, once } => block_on(run(&config, once)),
+        // The plan is built before the runtime starts: it resolves addresses, which blocks.
+        Command::Run { config, once } => {
+            let plan = Plan::load(&config)?;
+            block_on(run(plan, once))
+        }
         Command::Validate { config } => {
-            let validated = config::load(&config)?;
-            print!("{}", validated.summary());
+            print!("{}", Plan::load(&config)?.summary());
             Ok(0)
         }
-        Command::Demo => block_on(demo()),
+        Command::Demo => demo(),
         Command::DeadLetter(DeadLetterCommand::Replay { config, sink }) => {
-            block_on(replay(&config, &sink))
+            let plan = Plan::load(&config)?;
+            block_on(replay(plan, &config, &sink))
         }
         Command::Receive {
             listen,
@@ -302,8 +308,7 @@ fn cancel_on_signal(token: CancellationToken, what_now: &'static str) -> Result<
 
 const PIPELINE_STOPS: &str = "sources stop, pending events are flushed";
 
-async fn run(path: &Path, once: bool) -> Result<u8> {
-    let config = config::load(path)?;
+async fn run(config: Plan, once: bool) -> Result<u8> {
     let env = config.env.clone();
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone(), PIPELINE_STOPS)?;
@@ -316,9 +321,8 @@ async fn run(path: &Path, once: bool) -> Result<u8> {
     Ok(if once { summary.exit_code() as u8 } else { 0 })
 }
 
-async fn replay(path: &Path, sink: &str) -> Result<u8> {
-    let config = config::load(path)?;
-    let Some(SinkConfig::Webhook(webhook)) = config.sinks.get(sink) else {
+async fn replay(config: Plan, path: &Path, sink: &str) -> Result<u8> {
+    let Some(SinkSpec::Webhook(webhook)) = config.sinks.get(sink) else {
         bail!(
             "no sink `{sink}` in {} (sinks: {})",
             path.display(),
@@ -360,22 +364,38 @@ const SAMPLE_NAME: &str = "flag-variation-quickstart.json";
 const SAMPLE: &str = include_str!("../pipelines/samples/flag-variation-quickstart.json");
 
 /// Runs the quick start pipeline, as shipped, against a receiver on a free loopback port.
-async fn demo() -> Result<u8> {
+fn demo() -> Result<u8> {
     let dir = std::env::temp_dir().join(format!("flaghook-demo-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("samples"))?;
     std::fs::write(dir.join("samples").join(SAMPLE_NAME), SAMPLE)?;
     let config_path = dir.join("quickstart.toml");
     std::fs::write(&config_path, QUICKSTART)?;
-    let mut config = config::load(&config_path)?;
 
-    let listener = receiver::bind("127.0.0.1:0".parse()?).await?;
+    // The receiver's port is known before the config is read, so the config is pointed
+    // at it as written input, and checked once like any other.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
     let url = format!("http://{}/hook", listener.local_addr()?);
-    let mut secret = None;
-    for sink in config.sinks.values_mut() {
-        let SinkConfig::Webhook(w) = sink;
-        w.endpoint_url = url.clone().into();
-        secret = w.signing_secret().cloned();
+    let mut loaded = config::load(&config_path)?;
+    for table in loaded.sinks.values_mut() {
+        table.insert("endpoint_url".into(), toml::Value::String(url.clone()));
     }
+    let plan = Plan::build(loaded)?;
+    let secret = plan.sinks.values().find_map(|sink| {
+        let SinkSpec::Webhook(w) = sink;
+        w.signing_secret().cloned()
+    });
+    block_on(demo_run(plan, listener, url, secret, dir))
+}
+
+async fn demo_run(
+    config: Plan,
+    listener: std::net::TcpListener,
+    url: String,
+    secret: Option<Secret>,
+    dir: PathBuf,
+) -> Result<u8> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     println!("flaghook demo: pipelines/quickstart.toml -> receiver at {url}");
     let got = Arc::new(Mutex::new(Vec::new()));
     let stop_receiver = CancellationToken::new();

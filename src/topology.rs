@@ -1,11 +1,14 @@
 //! Wires sources -> decode/batch -> sinks, and owns the shutdown order.
 //!
+//! A [`Plan`] is the config made ready to run: each stage's table turned into its spec,
+//! and the checks between stages (inputs exist, each named once, every source read).
+//!
 //! Order at the end: sources stop (input ends, or shutdown) -> each sink flushes its last
 //! partial batch and drains its retries (within its grace period at shutdown) -> the
 //! checkpoints are written last, so they hold every acknowledgement.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
@@ -13,17 +16,112 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{SinkConfig, SourceConfig, Validated};
+use crate::config::{self, EnvValues, Loaded};
 use crate::data_dir::DataDir;
 use crate::event::Decoder;
 use crate::lock::lock_data_dir;
 use crate::sink::deadletter::DeadLetters;
 use crate::sink::spill::Spill;
 use crate::sink::webhook::{self, Delivery, Poster, SinkParts};
+use crate::sink::SinkSpec;
 use crate::sink::Stats;
 use crate::source::file::checkpoint::{CheckpointWriter, Checkpointer};
 use crate::source::file::FileSource;
-use crate::source::{self, Budget, Output, SinkInput, Subscriptions};
+use crate::source::{self, Budget, Output, SinkInput, SourceSpec, Subscriptions};
+
+/// A config ready to run: every stage's spec, checked against the others.
+#[derive(Debug)]
+pub struct Plan {
+    pub path: PathBuf,
+    pub data_dir: PathBuf,
+    pub sources: BTreeMap<String, SourceSpec>,
+    pub sinks: BTreeMap<String, SinkSpec>,
+    /// What came from the environment, to hide from later errors.
+    pub env: EnvValues,
+}
+
+impl Plan {
+    /// Reads the config at `path` and builds its plan.
+    pub fn load(path: &Path) -> Result<Plan> {
+        Plan::build(config::load(path)?)
+    }
+
+    /// Turns each table into its stage's spec, then checks the wiring; an error names
+    /// the key and shows an example.
+    pub fn build(loaded: Loaded) -> Result<Plan> {
+        let checked = Plan::checked(&loaded);
+        let (sources, sinks) = checked.map_err(|e| loaded.explain(e))?;
+        Ok(Plan {
+            path: loaded.path,
+            data_dir: loaded.data_dir,
+            sources,
+            sinks,
+            env: loaded.env,
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn checked(
+        loaded: &Loaded,
+    ) -> Result<(BTreeMap<String, SourceSpec>, BTreeMap<String, SinkSpec>)> {
+        let base = loaded.base();
+        let mut sources = BTreeMap::new();
+        for (name, table) in &loaded.sources {
+            let key = format!("sources.{name}");
+            sources.insert(
+                name.clone(),
+                SourceSpec::from_table(&key, table.clone(), &base)?,
+            );
+        }
+        let mut sinks = BTreeMap::new();
+        for (name, table) in &loaded.sinks {
+            let key = format!("sinks.{name}");
+            let sink = SinkSpec::from_table(&key, table.clone())?;
+            for (i, input) in sink.inputs().iter().enumerate() {
+                if sink.inputs()[..i].contains(input) {
+                    bail!(
+                        "`{key}.inputs` names `{input}` twice: each source is read once per sink (example: inputs = [\"{input}\"])"
+                    );
+                }
+                if !sources.contains_key(input) {
+                    bail!(
+                        "`{key}.inputs` names `{input}`, which is not a declared source (declared: {})",
+                        sources.keys().cloned().collect::<Vec<_>>().join(", ")
+                    );
+                }
+            }
+            sinks.insert(name.clone(), sink);
+        }
+        for name in sources.keys() {
+            if !sinks.values().any(|s| s.inputs().contains(name)) {
+                bail!("source `sources.{name}` is read by no sink: add \"{name}\" to a sink's `inputs`");
+            }
+        }
+        let stdin = sources
+            .values()
+            .filter(|s| matches!(s, SourceSpec::Stdin(_)));
+        if stdin.count() > 1 {
+            bail!("more than one `type = \"stdin\"` source: stdin can be read only once");
+        }
+        Ok((sources, sinks))
+    }
+
+    /// A short description of the topology, for `flaghook validate`.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "config {} is valid\ndata_dir: {}\n",
+            self.path.display(),
+            self.data_dir.display()
+        );
+        for (name, source) in &self.sources {
+            out.push_str(&format!("source {name}: {}\n", source.describe()));
+        }
+        for (name, sink) in &self.sinks {
+            out.push_str(&format!("sink {name}: {}\n", sink.describe()));
+        }
+        out
+    }
+}
 
 /// What a run did, summed over sinks.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -62,24 +160,19 @@ impl Summary {
 /// A task that panics does not go unnoticed: the other tasks are stopped as at shutdown
 /// (a stopped sink releases the sources waiting on its memory budget), and the run ends
 /// with an error naming the task, never with a summary.
-pub async fn run(config: Validated, once: bool, shutdown: CancellationToken) -> Result<Summary> {
+pub async fn run(config: Plan, once: bool, shutdown: CancellationToken) -> Result<Summary> {
     let data_dir = DataDir::prepare(&config.data_dir)?;
     let _lock = lock_data_dir(
         data_dir.root(),
         "one flaghook runs per data_dir (stop that one, or give this config its own `data_dir`)",
     )?;
-    let base = config
-        .path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
     let stop = shutdown.child_token();
 
     // Each file source's checkpointer; every sink that reads the source subscribes to it.
     let checkpointers: BTreeMap<&str, Arc<Checkpointer>> = config
         .sources
         .iter()
-        .filter(|(_, source)| matches!(source, SourceConfig::File(_)))
+        .filter(|(_, source)| matches!(source, SourceSpec::File(_)))
         .map(|(name, _)| {
             let path = data_dir.checkpoint(name);
             (name.as_str(), Arc::new(Checkpointer::load(path)))
@@ -92,7 +185,7 @@ pub async fn run(config: Validated, once: bool, shutdown: CancellationToken) -> 
     let mut tasks = Tasks::default();
     let mut all_stats = Vec::new();
     for (name, sink) in &config.sinks {
-        let SinkConfig::Webhook(c) = sink;
+        let SinkSpec::Webhook(c) = sink;
         let budget = Arc::new(Budget::new(c.buffer_max_events(), c.buffer_max_bytes()));
         // Before any source may take from the budget: the spilled events go first.
         let spill_path = data_dir.spill(name);
@@ -139,12 +232,12 @@ pub async fn run(config: Validated, once: bool, shutdown: CancellationToken) -> 
         let stop = stop.clone();
         let name = name.clone();
         match source {
-            SourceConfig::File(c) => {
+            SourceSpec::File(c) => {
                 let cp = checkpointers[name.as_str()].clone();
-                let file = FileSource::new(&name, c, &base, cp);
+                let file = FileSource::new(&name, c, cp);
                 tasks.sources.spawn(file.run(output, stop, once));
             }
-            SourceConfig::Tcp(c) => {
+            SourceSpec::Tcp(c) => {
                 let listener = source::tcp::bind(&name, c).await?;
                 tracing::info!(source = %name, address = %listener.local_addr()?, "listening");
                 let c = c.clone();
@@ -152,7 +245,7 @@ pub async fn run(config: Validated, once: bool, shutdown: CancellationToken) -> 
                     source::tcp::run(&name, &c, listener, output, stop, once).await
                 });
             }
-            SourceConfig::Stdin(c) => {
+            SourceSpec::Stdin(c) => {
                 let c = c.clone();
                 tasks
                     .sources

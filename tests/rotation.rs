@@ -152,7 +152,9 @@ retry_max_backoff = "100ms"
 
     fn start(&mut self) {
         let text = std::fs::read_to_string(&self.config).unwrap();
-        let validated = flaghook::config::parse(&text, &self.config).expect("valid config");
+        let validated = flaghook::config::parse(&text, &self.config)
+            .and_then(flaghook::topology::Plan::build)
+            .expect("valid config");
         let token = CancellationToken::new();
         let handle = self
             .rt

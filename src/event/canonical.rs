@@ -11,7 +11,7 @@
 use super::EventType;
 
 /// The line's kind when it is a complete, valid event in GO Feature Flag's encoding.
-pub fn check(line: &[u8]) -> Option<EventType> {
+pub(super) fn check(line: &[u8]) -> Option<EventType> {
     let mut s = Scanner { b: line, at: 0 };
     let kind = if s.eat(br#"{"kind":"feature""#) {
         EventType::Feature
@@ -226,6 +226,275 @@ impl Scanner<'_> {
                 return Some(());
             }
             self.expect(b",")?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use crate::event::fixtures::*;
+    use crate::event::{canonical, envelope_fields, Decoded, EventType};
+
+    proptest::proptest! {
+        /// The fast path (a line already in GO Feature Flag's encoding is sent as it is)
+        /// gives exactly what the encoder gives, for lines that are almost canonical too.
+        #[test]
+        fn fast_path_agrees_with_the_encoder(
+            parts in proptest::collection::vec(0usize..12, 0..12),
+            shuffle in proptest::bool::ANY,
+            context in 0usize..3,
+            default in 0usize..4,
+            metadata in 0usize..4,
+            value in 0usize..4,
+            tracking in proptest::bool::ANY,
+            details in 0usize..4,
+        ) {
+            let context = [None, Some(r#""""#), Some(r#""user""#)][context];
+            let default = [r#"false"#, r#"true"#, r#"null"#, r#""no""#][default];
+            let metadata = [None, Some("{}"), Some(r#"{"a":1}"#), Some(r#"{"a": 1}"#)][metadata];
+            let value = [r#""Y O""#, r#"{"x":[1,2]}"#, r#"{"x": [1, 2]}"#, "null"][value];
+            let mut fields: Vec<(String, String)> = vec![("kind".into(), if tracking { r#""tracking""# } else { r#""feature""# }.into())];
+            if let Some(c) = context { fields.push(("contextKind".into(), c.into())); }
+            fields.push(("userKey".into(), r#""ABCD""#.into()));
+            fields.push(("creationDate".into(), "1617970547".into()));
+            fields.push(("key".into(), r#""k""#.into()));
+            if tracking {
+                // Never omitted by GO Feature Flag; `null` for a nil map.
+                fields.push(("evaluationContext".into(), value.replace(r#""Y O""#, "{}")));
+                let details = [r#"{"e":"1"}"#, "null", "{}", r#"{ "e" : null }"#][details];
+                fields.push(("trackingEventDetails".into(), details.into()));
+            } else {
+                fields.push(("variation".into(), r#""Default""#.into()));
+                fields.push(("value".into(), value.into()));
+                fields.push(("default".into(), default.into()));
+                fields.push(("version".into(), r#""""#.into()));
+                fields.push(("source".into(), r#""SERVER""#.into()));
+                if let Some(m) = metadata { fields.push(("metadata".into(), m.into())); }
+            }
+            if shuffle {
+                for (i, p) in parts.iter().enumerate() {
+                    let (a, b) = (i % fields.len(), p % fields.len());
+                    fields.swap(a, b);
+                }
+            }
+            let line = format!("{{{}}}", fields.iter().map(|(k, v)| format!(r#""{k}":{v}"#)).collect::<Vec<_>>().join(","));
+            let fast = match goff().decode(&Bytes::from(line.clone()), &envelope_fields(None)) {
+                Ok(Decoded::Event(b)) => Ok(String::from_utf8(b.to_vec()).unwrap()),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e),
+            };
+            proptest::prop_assert_eq!(fast, encoded(&line), "{}", line);
+        }
+    }
+
+    /// A JSON value as Go holds it after `json.Unmarshal` into `interface{}`.
+    #[derive(Debug, Clone)]
+    enum GoValue {
+        Null,
+        Bool(bool),
+        Number(f64),
+        String(String),
+        Array(Vec<GoValue>),
+        Object(std::collections::BTreeMap<String, GoValue>),
+    }
+
+    /// A string as Go's `encoding/json` writes it: HTML characters, U+2028/U+2029 and control
+    /// characters escaped, everything else as UTF-8.
+    fn go_string(s: &str) -> String {
+        let mut out = String::from('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                    out.push_str(&format!("\\u{:04x}", c as u32))
+                }
+                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    /// `json.Marshal` of a value: compact, map keys sorted.
+    fn go_json(v: &GoValue) -> String {
+        match v {
+            GoValue::Null => "null".into(),
+            GoValue::Bool(b) => b.to_string(),
+            // Exponents as Go writes them too: `1e+21`, `1e-7`.
+            GoValue::Number(n) if n.fract() == 0.0 && n.abs() < 1e21 => format!("{n:.0}"),
+            GoValue::Number(n) => serde_json::to_string(n).unwrap(),
+            GoValue::String(s) => go_string(s),
+            GoValue::Array(items) => {
+                let items: Vec<_> = items.iter().map(go_json).collect();
+                format!("[{}]", items.join(","))
+            }
+            GoValue::Object(map) => go_map(map),
+        }
+    }
+
+    fn go_map(map: &std::collections::BTreeMap<String, GoValue>) -> String {
+        let fields: Vec<_> = map
+            .iter()
+            .map(|(k, v)| format!("{}:{}", go_string(k), go_json(v)))
+            .collect();
+        format!("{{{}}}", fields.join(","))
+    }
+
+    /// A nil map is `null`, as `json.Marshal` writes it.
+    fn go_nullable_map(map: &Option<std::collections::BTreeMap<String, GoValue>>) -> String {
+        map.as_ref().map_or_else(|| "null".into(), go_map)
+    }
+
+    fn go_text() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::prop_oneof![
+            "[a-zA-Z0-9 _-]{0,8}",
+            "[\"\\\\<>&/\\x00-\\x1f\u{7f}\u{e9}\u{2028}\u{2029}\u{1f600}]{0,6}",
+            ".{0,6}",
+        ]
+    }
+
+    fn go_value() -> impl proptest::strategy::Strategy<Value = GoValue> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(GoValue::Null),
+            any::<bool>().prop_map(GoValue::Bool),
+            any::<i32>().prop_map(|n| GoValue::Number(n.into())),
+            (-1e30f64..1e30).prop_map(GoValue::Number),
+            go_text().prop_map(GoValue::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(GoValue::Array),
+                proptest::collection::btree_map(go_text(), inner, 0..4).prop_map(GoValue::Object),
+            ]
+        })
+    }
+
+    fn go_map_strategy(
+    ) -> impl proptest::strategy::Strategy<Value = Option<std::collections::BTreeMap<String, GoValue>>>
+    {
+        proptest::option::of(proptest::collection::btree_map(go_text(), go_value(), 0..4))
+    }
+
+    proptest::proptest! {
+        /// Events as GO Feature Flag's structs marshal them (`contextKind` and `metadata`
+        /// omitted when empty, the two tracking maps never omitted and `null` when nil) take
+        /// the fast path and come out exactly as they went in, as the encoder writes them.
+        #[test]
+        fn goff_encoded_events_come_out_as_they_went_in(
+            tracking in proptest::bool::ANY,
+            context_kind in proptest::prop_oneof![
+                proptest::strategy::Just(String::new()),
+                proptest::strategy::Just("user".to_owned()),
+                proptest::strategy::Just("anonymousUser".to_owned()),
+                go_text(),
+            ],
+            user_key in go_text(),
+            creation_date in proptest::num::i64::ANY,
+            key in go_text(),
+            variation in go_text(),
+            value in go_value(),
+            default in proptest::bool::ANY,
+            version in go_text(),
+            source in go_text(),
+            metadata in go_map_strategy(),
+            evaluation_context in go_map_strategy(),
+            details in go_map_strategy(),
+        ) {
+            let mut line = format!(r#"{{"kind":"{}""#, if tracking { "tracking" } else { "feature" });
+            if !context_kind.is_empty() {
+                line += &format!(r#","contextKind":{}"#, go_string(&context_kind));
+            }
+            line += &format!(
+                r#","userKey":{},"creationDate":{creation_date},"key":{}"#,
+                go_string(&user_key),
+                go_string(&key)
+            );
+            if tracking {
+                line += &format!(
+                    r#","evaluationContext":{},"trackingEventDetails":{}"#,
+                    go_nullable_map(&evaluation_context),
+                    go_nullable_map(&details)
+                );
+            } else {
+                line += &format!(
+                    r#","variation":{},"value":{},"default":{default},"version":{},"source":{}"#,
+                    go_string(&variation),
+                    go_json(&value),
+                    go_string(&version),
+                    go_string(&source)
+                );
+                if let Some(m) = metadata.as_ref().filter(|m| !m.is_empty()) {
+                    line += &format!(r#","metadata":{}"#, go_map(m));
+                }
+            }
+            line.push('}');
+            let kind = if tracking { EventType::Tracking } else { EventType::Feature };
+            proptest::prop_assert_eq!(canonical::check(line.as_bytes()), Some(kind), "{}", line);
+            let general = encoded(&line);
+            proptest::prop_assert_eq!(general.as_deref(), Ok(line.as_str()));
+            let got = goff().decode(&Bytes::from(line.clone()), &envelope_fields(None));
+            proptest::prop_assert_eq!(got, Ok(Decoded::Event(Bytes::from(line))));
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the fast path accepts, the general path accepts too and encodes to the
+        /// very same bytes: random edits of canonical lines, near the JSON syntax.
+        #[test]
+        fn fast_path_accepts_only_what_the_encoder_reproduces(
+            base in 0usize..3,
+            edits in proptest::collection::vec((0usize..400, 0usize..40, 0usize..3), 1..4),
+        ) {
+            let bases = [E1, TRACK, r#"{"kind":"feature","userKey":"A\"B\u00e9","creationDate":-5,"key":"k","variation":"v","value":[1.5e3,{"a":null},"x"],"default":true,"version":"1","source":"S","metadata":{"m":[true,false,0]}}"#];
+            let alphabet = b"{}[]\",:\\0123456789-.eE+uatrfln \t\x01ZD8";
+            let mut line = bases[base].as_bytes().to_vec();
+            for (at, c, op) in edits {
+                let at = at % (line.len() + 1);
+                let c = alphabet[c % alphabet.len()];
+                match op {
+                    0 if at < line.len() => line[at] = c,
+                    1 => line.insert(at, c),
+                    _ if at < line.len() => { line.remove(at); }
+                    _ => {}
+                }
+            }
+            if canonical::check(&line).is_some() {
+                let text = std::str::from_utf8(&line).unwrap();
+                let general = encoded(text);
+                proptest::prop_assert_eq!(general.as_deref(), Ok(text), "{}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn canonical_lines_are_recognised() {
+        let track_nulls = TRACK
+            .replace(r#"{"targetingKey":"ABCD","toto":123}"#, "null")
+            .replace(r#"{"event":"123"}"#, "null");
+        for line in [E1, TRACK, &track_nulls] {
+            assert!(canonical::check(line.as_bytes()).is_some(), "{line}");
+        }
+        let not = [
+            E1.replace("false", "null"),
+            E1.replace(r#""anonymousUser""#, r#""""#),
+            E1.replace(":1617970547", ":01617970547"),
+            E1.replace(r#""YO""#, r#""\ud800""#),
+            E1.replace(r#""YO""#, r#""Y\u+0aO""#),
+            E1.replace(r#""version":"""#, r#""version":null"#),
+            E1.replace(r#""SERVER"}"#, r#""SERVER","metadata":null}"#),
+            TRACK.replace(r#"{"event":"123"}"#, "nul"),
+            format!("{E1} "),
+        ];
+        for line in not {
+            assert!(canonical::check(line.as_bytes()).is_none(), "{line}");
         }
     }
 }

@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::deadletter::{DeadLetterWriter, Record};
 use super::webhook::retry::Grace;
 use super::{count_events, Stats};
-use crate::event::{self, Ack, Block, Decoded, Decoder, Invalid, Item, Origin};
+use crate::event::{self, Ack, Block, Decoded, Decoder, Invalid, Item, LineKind, Origin};
 use crate::source::{Budget, Cost};
 
 /// Starts decoding `input`; returns the items, in order, and the task.
@@ -102,31 +102,33 @@ fn decode_block(
     let mut records = Vec::new();
     let mut first_bad = None;
     for line in &block.lines {
-        let ack = block.file.map(|file| Ack {
+        let ack = block.file.zip(line.end()).map(|(file, offset)| Ack {
             input: block.input,
             file,
-            offset: line.end,
+            offset,
         });
-        let decoded = match (&line.problem, line.oversized) {
-            (Some(problem), _) => Err(Invalid(problem.clone())),
-            (None, Some(len)) => Err(event::explain(
+        let decoded = match &line.kind {
+            LineKind::Text { .. } => d.decoder.decode(&line.bytes, &block.envelope),
+            LineKind::Oversized { len, .. } => Err(event::explain(
                 &line.bytes,
                 Invalid(format!("line of {len} bytes is longer than max_line_bytes")),
             )),
-            (None, None) => d.decoder.decode(&line.bytes, &block.envelope),
+            LineKind::Unreadable { reason } => Err(Invalid(reason.clone())),
         };
         let event = match decoded {
             Ok(Decoded::Event(bytes)) => Some(bytes),
             Ok(Decoded::Filtered | Decoded::Empty) => None,
             Err(invalid) => {
-                let location = location(block, line.number, line.end, block.file.is_some());
+                let location = location(block, &line.kind);
                 if !quiet {
                     log.log(&d.name, &location, &invalid.0);
                 }
                 let mut record = Record::new(&d.name, invalid.0, &line.bytes);
                 record.source = Some(block.source_name.to_string());
                 record.location = Some(location);
-                record.truncated_from_bytes = line.oversized;
+                if let LineKind::Oversized { len, .. } = line.kind {
+                    record.truncated_from_bytes = Some(len);
+                }
                 records.push(record);
                 if ack.is_some() {
                     first_bad.get_or_insert(items.len());
@@ -191,12 +193,14 @@ impl BadLineLog {
     }
 }
 
-fn location(block: &Block, number: u64, end: u64, is_file: bool) -> String {
-    if number == 0 {
-        block.origin.to_string()
-    } else if is_file {
-        format!("{} line {number} (ends at byte {end})", block.origin)
-    } else {
-        format!("{} line {number}", block.origin)
+fn location(block: &Block, kind: &LineKind) -> String {
+    match *kind {
+        LineKind::Unreadable { .. } => block.origin.to_string(),
+        LineKind::Text { number, end } | LineKind::Oversized { number, end, .. } => {
+            match block.file {
+                Some(_) => format!("{} line {number} (ends at byte {end})", block.origin),
+                None => format!("{} line {number}", block.origin),
+            }
+        }
     }
 }

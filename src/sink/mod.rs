@@ -12,7 +12,56 @@ pub mod webhook;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use anyhow::{bail, Result};
+
+use crate::config::{split_type, typed};
 use crate::event::Item;
+
+/// One `[sinks.NAME]` table, checked: `type` picks the kind.
+#[derive(Debug)]
+pub enum SinkSpec {
+    Webhook(webhook::WebhookConfig),
+}
+
+impl SinkSpec {
+    /// Reads and checks the table at `key` (`sinks.NAME`).
+    pub fn from_table(key: &str, table: toml::Table) -> Result<Self> {
+        let (kind, table) = split_type(key, table, "\"webhook\"")?;
+        match kind.as_str() {
+            "webhook" => {
+                let config: webhook::WebhookConfig = typed(key, table)?;
+                config.validate(key)?;
+                Ok(SinkSpec::Webhook(config))
+            }
+            other => bail!("`{key}.type` = {other:?} is not a sink type: use \"webhook\""),
+        }
+    }
+
+    /// The sources it reads.
+    pub fn inputs(&self) -> &[String] {
+        match self {
+            SinkSpec::Webhook(w) => &w.inputs,
+        }
+    }
+
+    /// One line for `flaghook validate`.
+    pub fn describe(&self) -> String {
+        let SinkSpec::Webhook(c) = self;
+        format!(
+            "webhook {} <- [{}], schema {}, batches of up to {} events every {}, {}",
+            c.endpoint_url, // Display hides a user and password
+            c.inputs.join(", "),
+            c.schema.as_str(),
+            c.max_event_in_memory,
+            humantime::format_duration(c.flush_interval.0),
+            if c.signing_secret().is_some() {
+                "signed"
+            } else {
+                "unsigned"
+            },
+        )
+    }
+}
 
 /// What a sink did, for the `--once` summary and the logs.
 #[derive(Debug, Default)]

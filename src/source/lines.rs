@@ -14,7 +14,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::event::Line;
+use crate::event::{Line, LineKind};
 
 /// How much of an oversized line is kept, to show in logs and dead letters.
 pub const OVERSIZED_EXCERPT: usize = 1024;
@@ -137,13 +137,12 @@ impl LineSplitter {
             }
             None => (line, None),
         };
-        out.push(Line {
-            bytes,
-            number,
-            end: self.offset,
-            oversized,
-            problem: None,
-        });
+        let end = self.offset;
+        let kind = match oversized {
+            None => LineKind::Text { number, end },
+            Some(len) => LineKind::Oversized { number, end, len },
+        };
+        out.push(Line { bytes, kind });
     }
 }
 
@@ -164,20 +163,20 @@ mod tests {
         let a = feed(&mut s, b"ab\ncd");
         assert_eq!(a.len(), 1);
         assert_eq!(
-            (&a[0].bytes[..], a[0].number, a[0].end),
-            (&b"ab"[..], 1, 13)
+            (&a[0].bytes[..], &a[0].kind),
+            (&b"ab"[..], &LineKind::Text { number: 1, end: 13 })
         );
         let b = feed(&mut s, b"e\n\nf");
         assert_eq!(
             b.iter().map(|l| &l.bytes[..]).collect::<Vec<_>>(),
             vec![&b"cde"[..], b""]
         );
-        assert_eq!(b[1].end, 18);
+        assert_eq!(b[1].end(), Some(18));
         let mut out = Vec::new();
         s.finish(&mut out);
         assert_eq!(
-            (&out[0].bytes[..], out[0].number, out[0].end),
-            (&b"f"[..], 4, 19)
+            (&out[0].bytes[..], &out[0].kind),
+            (&b"f"[..], &LineKind::Text { number: 4, end: 19 })
         );
     }
 
@@ -198,13 +197,13 @@ mod tests {
             vec![&b"ab"[..], b"cd"]
         );
         assert!(out.iter().all(|l| !inside(&l.bytes, start, capacity)));
-        assert_eq!(out[1].end, 6);
+        assert_eq!(out[1].end(), Some(6));
         // Nothing else holds the read buffer: the next read reuses it (its partial line
         // moves to the front to make room).
         s.buffer().reserve(capacity - 4);
         assert_eq!(s.buffer().as_ptr(), start);
         let out = feed(&mut s, b"\n");
-        assert_eq!((&out[0].bytes[..], out[0].end), (&b"ef"[..], 9));
+        assert_eq!((&out[0].bytes[..], out[0].end()), (&b"ef"[..], Some(9)));
     }
 
     #[test]
@@ -226,12 +225,24 @@ mod tests {
         assert!(feed(&mut s, &[b'x'; 100]).is_empty());
         let out = feed(&mut s, b"yz\nok\n");
         assert_eq!(out.len(), 2);
-        assert_eq!(out[0].oversized, Some(112));
-        assert_eq!(&out[0].bytes[..], b"0123456789");
-        assert_eq!(out[0].end, 113);
         assert_eq!(
-            (&out[1].bytes[..], out[1].oversized, out[1].end),
-            (&b"ok"[..], None, 116)
+            out[0].kind,
+            LineKind::Oversized {
+                number: 1,
+                end: 113,
+                len: 112
+            }
+        );
+        assert_eq!(&out[0].bytes[..], b"0123456789");
+        assert_eq!(
+            (&out[1].bytes[..], &out[1].kind),
+            (
+                &b"ok"[..],
+                &LineKind::Text {
+                    number: 2,
+                    end: 116
+                }
+            )
         );
     }
 }

@@ -32,6 +32,48 @@ use crate::event::{Block, Line};
 use file::checkpoint::AckHandle;
 use lines::LineSplitter;
 
+/// One `[sources.NAME]` table, parsed: `type` picks the kind, whose config turns into its
+/// spec once, at start-up.
+#[derive(Debug)]
+pub enum SourceSpec {
+    File(file::FileSpec),
+    Tcp(tcp::TcpSpec),
+    Stdin(stdin::StdinSpec),
+}
+
+impl SourceSpec {
+    /// Reads the table at `key` (`sources.NAME`); relative paths are relative to `base`.
+    pub fn from_table(
+        key: &str,
+        table: toml::Table,
+        base: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        use crate::config::{split_type, typed};
+        let kinds = "\"file\", \"tcp\" or \"stdin\"";
+        let (kind, table) = split_type(key, table, kinds)?;
+        Ok(match kind.as_str() {
+            "file" => SourceSpec::File(typed::<file::FileConfig>(key, table)?.build(key, base)?),
+            "tcp" => SourceSpec::Tcp(typed::<tcp::TcpConfig>(key, table)?.build(key)?),
+            "stdin" => SourceSpec::Stdin(typed::<stdin::StdinConfig>(key, table)?.build(key)?),
+            other => anyhow::bail!("`{key}.type` = {other:?} is not a source type: use {kinds}"),
+        })
+    }
+
+    /// One line for `flaghook validate`.
+    pub fn describe(&self) -> String {
+        match self {
+            SourceSpec::File(f) => format!("file, include {:?}", f.include),
+            SourceSpec::Tcp(t) => format!("tcp, listening on {}", t.address),
+            SourceSpec::Stdin(_) => "stdin".to_owned(),
+        }
+    }
+}
+
+/// The default `max_line_bytes` of every source: longer lines are rejected as bad input.
+pub(crate) fn default_max_line_bytes() -> usize {
+    102_400
+}
+
 /// What lines cost in a sink's [`Budget`]: one per line, and their bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cost {
@@ -588,6 +630,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::LineKind;
 
     fn cost(events: usize, bytes: usize) -> Cost {
         Cost { events, bytes }
@@ -645,10 +688,10 @@ mod tests {
         let budget = Budget::new(10, 100);
         let line = Line {
             bytes: bytes::Bytes::from(vec![b'x'; 1000]),
-            number: 1,
-            end: 1001,
-            oversized: None,
-            problem: None,
+            kind: LineKind::Text {
+                number: 1,
+                end: 1001,
+            },
         };
         let big = budget.cost(&[line]);
         assert_eq!(big, cost(1, 100));

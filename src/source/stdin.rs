@@ -13,16 +13,12 @@ use super::{pump, Output};
 use crate::config::check_max_line_bytes;
 use crate::event::{envelope_fields, Block};
 
-fn default_max_line_bytes() -> usize {
-    102_400
-}
-
 /// `[sources.NAME] type = "stdin"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StdinConfig {
     /// Lines longer than this are rejected as bad input. Default 102400.
-    #[serde(default = "default_max_line_bytes")]
+    #[serde(default = "super::default_max_line_bytes")]
     pub max_line_bytes: usize,
     /// The envelope field that holds the event, when a shipper wraps it.
     /// Default: `message` (Vector), then `log` (Fluent Bit).
@@ -30,20 +26,32 @@ pub struct StdinConfig {
     pub field: Option<String>,
 }
 
+/// The stdin source's settings, parsed.
+#[derive(Debug, Clone)]
+pub struct StdinSpec {
+    pub max_line_bytes: usize,
+    pub envelope: Arc<[String]>,
+}
+
 impl StdinConfig {
-    pub fn validate(&self, key: &str) -> Result<()> {
-        check_max_line_bytes(key, self.max_line_bytes)
+    /// Checks every key (at `key`, the source's).
+    pub fn build(self, key: &str) -> Result<StdinSpec> {
+        check_max_line_bytes(key, self.max_line_bytes)?;
+        Ok(StdinSpec {
+            max_line_bytes: self.max_line_bytes,
+            envelope: envelope_fields(self.field.as_deref()),
+        })
     }
 }
 
 /// Reads stdin to EOF (or until shutdown, then what was already written).
-pub async fn run(name: &str, config: &StdinConfig, output: Output, shutdown: CancellationToken) {
+pub async fn run(name: &str, config: &StdinSpec, output: Output, shutdown: CancellationToken) {
     let template = Block {
         source_name: Arc::from(name),
         origin: Arc::from("stdin"),
         file: None,
         input: 0,
-        envelope: envelope_fields(config.field.as_deref()),
+        envelope: config.envelope.clone(),
         lines: Vec::new(),
     };
     let stdin = tokio::io::stdin();

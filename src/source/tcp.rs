@@ -31,10 +31,6 @@ use crate::config::{
 };
 use crate::event::{envelope_fields, Block};
 
-fn default_max_line_bytes() -> usize {
-    102_400
-}
-
 /// The most `max_connections`: each is a file descriptor, and far more than one process
 /// serves in practice.
 const MAX_CONNECTIONS: usize = 65_536;
@@ -56,7 +52,7 @@ pub struct TcpConfig {
     /// `host:port` to listen on, e.g. "127.0.0.1:9000".
     pub address: String,
     /// Lines longer than this are rejected as bad input. Default 102400.
-    #[serde(default = "default_max_line_bytes")]
+    #[serde(default = "super::default_max_line_bytes")]
     pub max_line_bytes: usize,
     /// Connections served at once. Default 256. A new connection beyond them is served by
     /// closing the one idle longest; while all are active, it waits.
@@ -71,9 +67,31 @@ pub struct TcpConfig {
     pub field: Option<String>,
 }
 
+/// A TCP source's settings, parsed: the address resolved.
+#[derive(Debug, Clone)]
+pub struct TcpSpec {
+    pub address: SocketAddr,
+    pub max_line_bytes: usize,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub envelope: Arc<[String]>,
+}
+
 impl TcpConfig {
-    pub fn validate(&self, key: &str) -> Result<()> {
-        socket_addr(&format!("{key}.address"), &self.address)?;
+    /// Checks every key (at `key`, the source's) and resolves the address. Done at start-up,
+    /// before the runtime runs anything: a name lookup blocks.
+    pub fn build(self, key: &str) -> Result<TcpSpec> {
+        self.validate(key)?;
+        Ok(TcpSpec {
+            address: socket_addr(&format!("{key}.address"), &self.address)?,
+            max_line_bytes: self.max_line_bytes,
+            max_connections: self.max_connections,
+            idle_timeout: self.idle_timeout.0,
+            envelope: envelope_fields(self.field.as_deref()),
+        })
+    }
+
+    fn validate(&self, key: &str) -> Result<()> {
         check_max_line_bytes(key, self.max_line_bytes)?;
         // A semaphore holds the connection slots: it takes at most `u32::MAX` at once.
         check_count(
@@ -92,8 +110,8 @@ impl TcpConfig {
 }
 
 /// Binds the listening socket (done before anything runs, so a taken port fails start-up).
-pub async fn bind(name: &str, config: &TcpConfig) -> Result<TcpListener> {
-    let addr = socket_addr(&format!("sources.{name}.address"), &config.address)?;
+pub async fn bind(name: &str, config: &TcpSpec) -> Result<TcpListener> {
+    let addr = config.address;
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("source `{name}`: cannot listen on {addr}"))
@@ -106,13 +124,13 @@ pub async fn bind(name: &str, config: &TcpConfig) -> Result<TcpListener> {
 /// is not accepted before it has one, so at most one accepted connection waits.
 pub async fn run(
     name: &str,
-    config: &TcpConfig,
+    config: &TcpSpec,
     listener: TcpListener,
     output: Output,
     shutdown: CancellationToken,
     once: bool,
 ) {
-    let slots = ConnectionSlots::new(config.max_connections, config.idle_timeout.0);
+    let slots = ConnectionSlots::new(config.max_connections, config.idle_timeout);
     let mut connections = Connections {
         tasks: JoinSet::new(),
         name: Arc::from(name),
@@ -167,7 +185,7 @@ fn propagate_panic(done: Result<(), tokio::task::JoinError>) {
 struct Connections<'a> {
     tasks: JoinSet<()>,
     name: Arc<str>,
-    config: &'a TcpConfig,
+    config: &'a TcpSpec,
     output: &'a Output,
     shutdown: &'a CancellationToken,
 }
@@ -181,7 +199,7 @@ impl Connections<'_> {
             origin: Arc::from(format!("tcp {peer}")),
             file: None,
             input: 0,
-            envelope: envelope_fields(self.config.field.as_deref()),
+            envelope: self.config.envelope.clone(),
             lines: Vec::new(),
         };
         let (output, shutdown) = (self.output.clone(), self.shutdown.clone());
@@ -206,9 +224,9 @@ struct Limits {
 }
 
 impl Limits {
-    fn of(config: &TcpConfig) -> Self {
+    fn of(config: &TcpSpec) -> Self {
         Limits {
-            idle_timeout: config.idle_timeout.0,
+            idle_timeout: config.idle_timeout,
             max_connections: config.max_connections,
         }
     }

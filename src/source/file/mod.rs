@@ -36,7 +36,7 @@ use super::Output;
 use crate::config::{check_duration, check_max_line_bytes, HumanDuration};
 use bytes::Bytes;
 
-use crate::event::{envelope_fields, Block, Line};
+use crate::event::{envelope_fields, Block, Line, LineKind};
 use checkpoint::{Checkpointer, Fingerprint, HEAD_BYTES};
 use symlink::Links;
 
@@ -50,9 +50,6 @@ pub enum ReadFrom {
 
 fn default_read_from() -> ReadFrom {
     ReadFrom::Beginning
-}
-fn default_max_line_bytes() -> usize {
-    102_400
 }
 fn default_poll_interval() -> HumanDuration {
     HumanDuration(Duration::from_millis(50))
@@ -79,7 +76,7 @@ pub struct FileConfig {
     #[serde(default = "default_read_from")]
     pub read_from: ReadFrom,
     /// Lines longer than this are rejected as bad input. Default 102400.
-    #[serde(default = "default_max_line_bytes")]
+    #[serde(default = "super::default_max_line_bytes")]
     pub max_line_bytes: usize,
     /// The envelope field that holds the event, when a shipper wraps it.
     /// Default: `message` (Vector), then `log` (Fluent Bit).
@@ -93,8 +90,49 @@ pub struct FileConfig {
     pub glob_interval: HumanDuration,
 }
 
+/// A file source's settings, parsed: absolute globs, compiled excludes.
+#[derive(Debug)]
+pub struct FileSpec {
+    pub include: Vec<String>,
+    pub exclude: Vec<glob::Pattern>,
+    pub read_from: ReadFrom,
+    pub max_line_bytes: usize,
+    pub envelope: Arc<[String]>,
+    pub poll_interval: Duration,
+    pub glob_interval: Duration,
+}
+
 impl FileConfig {
-    pub fn validate(&self, key: &str) -> Result<()> {
+    /// Checks every key (at `key`, the source's) and parses the settings; relative globs
+    /// are made absolute against `base`, the config file's folder.
+    pub fn build(self, key: &str, base: &Path) -> Result<FileSpec> {
+        self.validate(key)?;
+        let absolute = |p: &String| {
+            if Path::new(p).is_absolute() {
+                p.clone()
+            } else {
+                base.join(p).to_string_lossy().into_owned()
+            }
+        };
+        let mut exclude = Vec::with_capacity(self.exclude.len());
+        for p in &self.exclude {
+            let pattern = glob::Pattern::new(&absolute(p)).map_err(|e| {
+                anyhow::anyhow!("`{key}.exclude` has an invalid glob {p:?}: {e} (example: \"/var/log/goff/*.json\")")
+            })?;
+            exclude.push(pattern);
+        }
+        Ok(FileSpec {
+            include: self.include.iter().map(absolute).collect(),
+            exclude,
+            read_from: self.read_from,
+            max_line_bytes: self.max_line_bytes,
+            envelope: envelope_fields(self.field.as_deref()),
+            poll_interval: self.poll_interval.0,
+            glob_interval: self.glob_interval.0,
+        })
+    }
+
+    fn validate(&self, key: &str) -> Result<()> {
         if self.include.is_empty() {
             bail!("`{key}.include` is empty: list at least one glob (example: include = [\"/var/log/goff/flag-variation-*.json\"])");
         }
@@ -154,33 +192,16 @@ pub struct FileSource {
 }
 
 impl FileSource {
-    /// `base` is the config file's folder, for relative globs.
-    pub fn new(
-        name: &str,
-        config: &FileConfig,
-        base: &Path,
-        checkpointer: Arc<Checkpointer>,
-    ) -> Self {
-        let absolute = |p: &String| {
-            if Path::new(p).is_absolute() {
-                p.clone()
-            } else {
-                base.join(p).to_string_lossy().into_owned()
-            }
-        };
+    pub fn new(name: &str, spec: &FileSpec, checkpointer: Arc<Checkpointer>) -> Self {
         FileSource {
             name: name.to_owned(),
-            include: config.include.iter().map(absolute).collect(),
-            exclude: config
-                .exclude
-                .iter()
-                .map(|p| glob::Pattern::new(&absolute(p)).expect("validated"))
-                .collect(),
-            read_from: config.read_from,
-            max_line_bytes: config.max_line_bytes,
-            envelope: envelope_fields(config.field.as_deref()),
-            poll_interval: config.poll_interval.0,
-            glob_interval: config.glob_interval.0,
+            include: spec.include.clone(),
+            exclude: spec.exclude.clone(),
+            read_from: spec.read_from,
+            max_line_bytes: spec.max_line_bytes,
+            envelope: spec.envelope.clone(),
+            poll_interval: spec.poll_interval,
+            glob_interval: spec.glob_interval,
             checkpointer,
         }
     }
@@ -490,10 +511,9 @@ impl Tail<'_> {
         if self.warn_once(path, what) {
             let line = Line {
                 bytes: Bytes::new(),
-                number: 0,
-                end: 0,
-                oversized: None,
-                problem: Some(what.to_owned()),
+                kind: LineKind::Unreadable {
+                    reason: what.to_owned(),
+                },
             };
             self.problems.push(Block {
                 source_name: Arc::from(self.source.name.as_str()),

@@ -1,0 +1,257 @@
+//! Decoding one line into an event: the fast path for GO Feature Flag's own encoding, a
+//! shipper's envelope unwrapped, then the general path (compacted for `any`, re-encoded in
+//! GO Feature Flag's order for `goff`).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use serde_json::value::RawValue;
+
+use super::foreign::explain;
+use super::goff::Fields;
+use super::json::compact;
+use super::{canonical, invalid, Decoded, EventType, Invalid, Schema};
+
+/// Decodes lines for one sink.
+#[derive(Debug)]
+pub struct Decoder {
+    schema: Schema,
+    send_feature: bool,
+    send_tracking: bool,
+    /// Encoded events are split off this buffer: one allocation per many events.
+    arena: BytesMut,
+}
+
+/// Below glibc's mmap threshold, so that chunks are reused rather than mapped anew.
+const ARENA_CHUNK: usize = 64 * 1024;
+
+impl Decoder {
+    pub fn new(schema: Schema, event_types: &[EventType]) -> Self {
+        Decoder {
+            schema,
+            send_feature: event_types.contains(&EventType::Feature),
+            send_tracking: event_types.contains(&EventType::Tracking),
+            arena: BytesMut::new(),
+        }
+    }
+
+    /// Room in the scratch buffer for an event of about `len` bytes, taken a chunk at a time.
+    /// A large event gets a chunk of about its own size (re-encoding may add a few fields):
+    /// every event split off a chunk keeps all of it alive.
+    fn make_room(&mut self, len: usize) {
+        if self.arena.capacity() - self.arena.len() < len + 64 {
+            self.arena.reserve(ARENA_CHUNK.max(len + len / 8 + 256));
+        }
+    }
+
+    fn wants(&self, kind: EventType) -> bool {
+        match kind {
+            EventType::Feature => self.send_feature,
+            EventType::Tracking => self.send_tracking,
+        }
+    }
+
+    /// Decodes one line (without its terminator). `envelope_fields` name the fields that
+    /// may wrap the event when it has no `kind` (see [`envelope_fields`]).
+    ///
+    /// An event that comes out exactly as it went in (GO Feature Flag's own encoding) is
+    /// not copied: the result shares `whole`'s buffer.
+    pub fn decode(
+        &mut self,
+        whole: &Bytes,
+        envelope_fields: &[String],
+    ) -> Result<Decoded, Invalid> {
+        let line: &[u8] = whole.strip_suffix(b"\r").unwrap_or(whole);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Decoded::Empty);
+        }
+        let text = std::str::from_utf8(line).map_err(|e| {
+            explain(
+                line,
+                invalid(format!("not valid UTF-8 (at byte {})", e.valid_up_to())),
+            )
+        })?;
+        if self.schema == Schema::Goff {
+            if let Some(kind) = canonical::check(line) {
+                // Already in GO Feature Flag's encoding: the line is the event.
+                return Ok(if self.wants(kind) {
+                    Decoded::Event(whole.slice(..line.len()))
+                } else {
+                    Decoded::Filtered
+                });
+            }
+        }
+        let outer = Fields::parse(text, envelope_fields).map_err(|e| explain(line, e))?;
+        let inner_text = match (outer.kind, outer.envelope) {
+            (None, Some(raw)) => Some(envelope_inner(raw)?),
+            _ => None,
+        };
+        if let (Some(t), Schema::Goff) = (&inner_text, self.schema) {
+            if let Some(kind) = canonical::check(t.as_bytes()) {
+                // A shipper's envelope around an event in GO Feature Flag's encoding.
+                if !self.wants(kind) {
+                    return Ok(Decoded::Filtered);
+                }
+                self.make_room(t.len());
+                self.arena.extend_from_slice(t.as_bytes());
+                return Ok(Decoded::Event(self.arena.split().freeze()));
+            }
+        }
+        let inner = match &inner_text {
+            Some(t) => Some(Fields::parse(t, &[])?),
+            None => None,
+        };
+        let (fields, json) = match (&inner, &inner_text) {
+            (Some(f), Some(t)) => (f, t.as_ref()),
+            _ => (&outer, text),
+        };
+        self.make_room(json.len());
+        match self.schema {
+            Schema::Any => compact(json.as_bytes(), &mut self.arena),
+            Schema::Goff => {
+                let kind = fields.kind()?;
+                if !self.wants(kind) {
+                    return Ok(Decoded::Filtered);
+                }
+                if let Err(e) = fields.encode_goff(kind, &mut self.arena) {
+                    self.arena.clear();
+                    return Err(e);
+                }
+            }
+        }
+        if self.arena[..] == *line {
+            self.arena.clear();
+            return Ok(Decoded::Event(whole.slice(..line.len())));
+        }
+        Ok(Decoded::Event(self.arena.split().freeze()))
+    }
+}
+
+/// The fields a shipper wraps a line in, in order of preference: the source's `field`
+/// when set, else Vector's `message` and Fluent Bit's `log`.
+pub fn envelope_fields(field: Option<&str>) -> Arc<[String]> {
+    match field {
+        Some(f) => Arc::from(vec![f.to_owned()]),
+        None => Arc::from(vec!["message".to_owned(), "log".to_owned()]),
+    }
+}
+
+/// The object held by an envelope field: a string holding JSON (Vector's `message`,
+/// Fluent Bit's `log`), or the object itself.
+fn envelope_inner(raw: &RawValue) -> Result<Cow<'_, str>, Invalid> {
+    let text = raw.get();
+    if text.starts_with('{') {
+        return Ok(Cow::Borrowed(text));
+    }
+    let inner: Cow<'_, str> = serde_json::from_str(text).map_err(|_| {
+        invalid("has no `kind` and its envelope field is not a string or an object")
+    })?;
+    if !inner.trim_start().starts_with('{') {
+        return Err(invalid(
+            "has no `kind` and its envelope field does not hold a JSON object",
+        ));
+    }
+    Ok(inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::fixtures::*;
+
+    #[test]
+    fn goff_compact_events_come_out_byte_identical() {
+        let mut d = goff();
+        assert_eq!(ok(&mut d, E1), E1);
+        assert_eq!(ok(&mut d, TRACK), TRACK);
+        let with_meta = r#"{"kind":"feature","contextKind":"anonymousUser","userKey":"ABCD","creationDate":1617970547,"key":"random-key","variation":"Default","value":{"bool":true,"float":1.23,"int":1,"string":"string"},"default":false,"version":"","source":"","metadata":{"metadata1":"metadata1","metadata2":24,"metadata3":true}}"#;
+        assert_eq!(ok(&mut d, with_meta), with_meta);
+    }
+
+    #[test]
+    fn unwraps_vector_and_fluent_bit_envelopes() {
+        let mut d = goff();
+        let inner = serde_json::to_string(E1).unwrap();
+        let vector =
+            format!(r#"{{"host":"h","message":{inner},"source_type":"file","timestamp":"t"}}"#);
+        assert_eq!(ok(&mut d, &vector), E1);
+        let fluent = format!(r#"{{"date":1700000000.5,"log":{inner}}}"#);
+        assert_eq!(ok(&mut d, &fluent), E1);
+        let mut custom = goff();
+        let line = format!(r#"{{"payload":{E1}}}"#);
+        let got = custom
+            .decode(&Bytes::from(line), &envelope_fields(Some("payload")))
+            .unwrap();
+        assert_eq!(got, Decoded::Event(Bytes::from(E1)));
+    }
+
+    #[test]
+    fn rejects_bad_lines_with_a_reason() {
+        let mut d = goff();
+        let cases: &[(&[u8], &str)] = &[
+            (b"\xff\xfe{}", "UTF-8"),
+            (b"not json", "JSON"),
+            (b"[1,2]", "not a JSON object"),
+            (b"}{", "JSON"),
+            (
+                br#"{"kind":"feature","userKey":"a","creationDate":1}"#,
+                "`key`",
+            ),
+            (
+                br#"{"kind":"feature","userKey":"a","key":"k","creationDate":"1"}"#,
+                "creationDate",
+            ),
+            (
+                br#"{"kind":"other","userKey":"a","key":"k","creationDate":1}"#,
+                "kind",
+            ),
+            (
+                br#"{"kind":"feature","userKey":"a","key":"k","creationDate":1} x"#,
+                "JSON",
+            ),
+            (b"{\"a\":\"\0\"}", "JSON"),
+        ];
+        for (line, needle) in cases {
+            let err = decode(&mut d, line).unwrap_err();
+            assert!(
+                err.0.contains(needle) && !err.0.contains("looks like"),
+                "{:?}: {err}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        let deep = "[".repeat(100_000);
+        assert!(decode(&mut d, format!("{{\"a\":{deep}").as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_rejected_event_leaves_nothing_behind() {
+        let mut d = goff();
+        let bad = r#"{"kind":"feature","userKey":"a","creationDate":1,"key":"k","default":"yes"}"#;
+        assert!(decode(&mut d, bad.as_bytes()).is_err());
+        let reordered =
+            E1.replacen(r#""kind":"feature","#, "", 1)
+                .replacen('{', r#"{"kind":"feature","#, 1);
+        assert_eq!(ok(&mut d, &reordered), E1);
+        let with_extra = format!(r#"{{"host":"h",{}"#, &E1[1..]);
+        assert_eq!(ok(&mut d, &with_extra), E1);
+    }
+
+    #[test]
+    fn event_types_filter_and_crlf() {
+        let mut d = Decoder::new(Schema::Goff, &[EventType::Feature]);
+        assert_eq!(decode(&mut d, TRACK.as_bytes()), Ok(Decoded::Filtered));
+        assert_eq!(ok(&mut d, &format!("{E1}\r")), E1);
+        assert_eq!(decode(&mut d, b"  \r"), Ok(Decoded::Empty));
+    }
+
+    #[test]
+    fn schema_any_sends_any_object_compacted() {
+        let mut d = Decoder::new(Schema::Any, &[]);
+        assert_eq!(
+            ok(&mut d, r#"{ "a" : [1, 2], "b": "x y" }"#),
+            r#"{"a":[1,2],"b":"x y"}"#
+        );
+        assert!(decode(&mut d, b"42").is_err());
+    }
+}

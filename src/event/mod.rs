@@ -1,0 +1,209 @@
+//! What flows between stages, and decoding lines into events.
+//!
+//! A source reads raw lines and hands them on in [`Block`]s (one read's worth of lines,
+//! no copy per line). Each sink decodes a block with its own [`Decoder`] (schema, event
+//! types, envelope field) into `Item`s: an encoded event, or a marker for a line that
+//! carried no event (bad input, filtered out). Markers keep their file position so that
+//! acknowledgements stay in order: a file offset moves past a bad line only after
+//! everything before it was delivered.
+//!
+//! # Layout
+//! - this module: the types between stages ([`Block`], [`Line`], [`LineKind`], `Item`,
+//!   [`Ack`]) and what decoding says ([`Decoded`], [`Invalid`]).
+//! - `decode`: the [`Decoder`], line -> event; shippers' envelopes ([`envelope_fields`]).
+//! - `canonical`: the fast path, a scanner for lines already in GO Feature Flag's encoding.
+//! - `goff`: the fields read from a line (a serde visitor) and GO Feature Flag's encoding.
+//! - `json`: [`compact`], and the short reasons JSON errors give.
+//! - `foreign`: other formats (CSV, parquet, syslog, msgpack) recognised in rejected lines,
+//!   to `explain` what to change.
+
+mod canonical;
+mod decode;
+#[cfg(test)]
+mod fixtures;
+mod foreign;
+mod goff;
+mod json;
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use decode::{envelope_fields, Decoder};
+pub(crate) use foreign::explain;
+pub use json::compact;
+
+/// A file position that is acknowledged once every sink has delivered what precedes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// Which of the sink's inputs the line came through (see [`Block::input`]).
+    pub input: usize,
+    /// The tailed file, as the source numbers them.
+    pub file: u64,
+    /// Byte offset just past the line.
+    pub offset: u64,
+}
+
+/// Lines from one place (a file, a connection, stdin), in order.
+#[derive(Debug, Clone)]
+pub struct Block {
+    /// The source's name in the config.
+    pub source_name: Arc<str>,
+    /// Where the lines come from: a path, a peer address, `stdin`.
+    pub origin: Arc<str>,
+    /// For file sources: the file, as the source numbers them, to build [`Ack`]s.
+    pub file: Option<u64>,
+    /// Which of the receiving sink's inputs this block came through; set by
+    /// [`crate::source::Output`] for each sink, so the sink finds its acknowledgement handle.
+    pub input: usize,
+    /// Fields that may wrap an event (see [`envelope_fields`]).
+    pub envelope: Arc<[String]>,
+    pub lines: Vec<Line>,
+}
+
+/// One line without its terminator (`\n`, `\r\n`), or what stands for a place that could
+/// not be read at all.
+#[derive(Debug, Clone)]
+pub struct Line {
+    /// The line; only its start when [`LineKind::Oversized`], empty when
+    /// [`LineKind::Unreadable`].
+    pub bytes: Bytes,
+    pub kind: LineKind,
+}
+
+/// What a [`Line`] is. `number` is the line's 1-based number in its origin, `end` the byte
+/// offset just past its terminator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineKind {
+    /// A line read whole, to decode.
+    Text { number: u64, end: u64 },
+    /// A line of `len` bytes, longer than `max_line_bytes`: rejected before decoding.
+    Oversized { number: u64, end: u64, len: u64 },
+    /// A place that could not be read at all (a directory, an unreadable file): it has no
+    /// lines, and stands as one so that it is counted and dead-lettered like a bad line.
+    Unreadable { reason: String },
+}
+
+impl Line {
+    /// The byte offset just past the line's terminator; none for an unreadable place.
+    pub(crate) fn end(&self) -> Option<u64> {
+        match self.kind {
+            LineKind::Text { end, .. } | LineKind::Oversized { end, .. } => Some(end),
+            LineKind::Unreadable { .. } => None,
+        }
+    }
+}
+
+/// What a sink batches: an encoded event, or only a position to acknowledge.
+///
+/// Each item holds one event permit of the sink's memory budget (see
+/// [`crate::source::Budget`]), so that positions keep their place in line: a file offset
+/// moves past a line that carried no event only after everything before it was delivered.
+#[derive(Debug, Clone)]
+pub(crate) enum Item {
+    Event {
+        event: Bytes,
+        /// Where the event is found again if it is not delivered in this run.
+        origin: Origin,
+        /// Bytes of the budget it holds: its line's length.
+        held: usize,
+    },
+    /// A line from a file that carried no event (bad, filtered out, blank): its position.
+    /// It holds no bytes of the budget.
+    Position(Ack),
+}
+
+/// Where an event comes from, which says what becomes of it when it is not delivered in
+/// this run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A line of a tailed file, at this position: the file keeps it until it is
+    /// acknowledged.
+    File(Ack),
+    /// A line from TCP or stdin, which nothing else keeps: spilled at shutdown.
+    Stream,
+    /// A line of the spill file (see `sink::spill`).
+    Spill,
+}
+
+impl Item {
+    /// The encoded event, if the item carries one.
+    pub(crate) fn event(&self) -> Option<&Bytes> {
+        match self {
+            Item::Event { event, .. } => Some(event),
+            Item::Position(_) => None,
+        }
+    }
+
+    /// The file position to acknowledge once the item is delivered or dead-lettered.
+    pub(crate) fn ack(&self) -> Option<Ack> {
+        match self {
+            Item::Event {
+                origin: Origin::File(ack),
+                ..
+            }
+            | Item::Position(ack) => Some(*ack),
+            Item::Event { .. } => None,
+        }
+    }
+
+    /// Bytes of the budget the item holds.
+    pub(crate) fn held(&self) -> usize {
+        match self {
+            Item::Event { held, .. } => *held,
+            Item::Position(_) => 0,
+        }
+    }
+}
+
+/// The event format a sink accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schema {
+    /// GO Feature Flag feature and tracking events, re-encoded in GO Feature Flag's order.
+    Goff,
+    /// Any JSON object, sent as it came (compacted).
+    Any,
+}
+
+impl Schema {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Schema::Goff => "goff",
+            Schema::Any => "any",
+        }
+    }
+}
+
+/// GO Feature Flag's two event kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    Feature,
+    Tracking,
+}
+
+/// Why a line is not an event. Shown in logs and dead letters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid(pub String);
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn invalid(reason: impl Into<String>) -> Invalid {
+    Invalid(reason.into())
+}
+
+/// What decoding one line gives.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Event(Bytes),
+    /// A valid event of a kind this sink does not send.
+    Filtered,
+    /// A blank line: nothing to send, nothing wrong.
+    Empty,
+}
