@@ -11,7 +11,8 @@
 //! a pass reads nothing, the loop waits for an inotify event in the watched folders (see
 //! [`watcher`]), or `poll_interval` when they cannot be watched: no busy loop. A match
 //! that leads through a symlink whose owner could not read the file is not read (see
-//! `symlink`): it is reported like a directory or a FIFO.
+//! `symlink`): it is reported like a directory or a FIFO. The loop runs on a thread of the
+//! source's own, never on an async worker (see [`FileSource::run`]).
 //!
 //! Lines carry their end offset; the sinks acknowledge them to the [`Checkpointer`],
 //! and only acknowledged offsets are saved.
@@ -32,7 +33,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::lines::LineSplitter;
-use super::Output;
+use super::{Closed, Output};
 use crate::config::{check_duration, check_max_line_bytes, HumanDuration};
 use bytes::Bytes;
 
@@ -207,15 +208,52 @@ impl FileSource {
     }
 
     /// Tails until shutdown; with `once`, until every matched file was read to its end.
+    ///
+    /// The tail loop runs on a blocking thread of its own, as Vector's file server does:
+    /// globbing, opening, fingerprinting and reading are file-system calls that may block
+    /// (a slow disk, a network mount), and an async worker they held would stall the sinks'
+    /// requests. The thread enters the async world only to hand blocks to the sinks,
+    /// waiting on their budgets (`Link::send`).
     pub async fn run(self, output: Output, shutdown: CancellationToken, once: bool) {
+        let link = Link {
+            runtime: tokio::runtime::Handle::current(),
+            output,
+            stop: shutdown.child_token(),
+        };
+        let nudge = watcher::Nudge::default();
+        // Also when this task is dropped unfinished (a failed start-up aborts it).
+        let _stop_thread = StopThread {
+            stop: link.stop.clone(),
+            nudge: nudge.clone(),
+        };
+        let mut thread = tokio::task::spawn_blocking({
+            let nudge = nudge.clone();
+            move || self.tail(&link, nudge, once)
+        });
+        let ended = tokio::select! {
+            ended = &mut thread => ended,
+            _ = shutdown.cancelled() => {
+                nudge.nudge(); // out of its wait, to see the shutdown
+                thread.await
+            }
+        };
+        if let Err(e) = ended {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+    }
+
+    /// The tail loop (see the module's overview); on the source's own thread.
+    fn tail(&self, link: &Link, nudge: watcher::Nudge, once: bool) {
         let mut tail = Tail {
-            source: &self,
+            source: self,
             files: Vec::new(),
             next_id: 1,
             warned: HashSet::new(),
             problems: Vec::new(),
         };
-        let wakeup = watcher::Wakeup::new(&self.name, &self.include);
+        let wakeup = watcher::Wakeup::new(&self.name, &self.include, nudge);
         // With inotify, polling is only a safety net (for changes it cannot see).
         let idle_wait = if wakeup.watching() {
             self.glob_interval.max(self.poll_interval)
@@ -224,42 +262,69 @@ impl FileSource {
         };
         tail.scan(true);
         let mut last_scan = Instant::now();
-        loop {
-            if shutdown.is_cancelled() {
-                break;
-            }
+        while !link.stop.is_cancelled() {
             if last_scan.elapsed() >= self.glob_interval {
                 tail.scan(false);
                 last_scan = Instant::now();
             }
             let (mut blocks, read_any) = tail.read_pass();
             blocks.append(&mut tail.problems);
-            for block in blocks {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return,
-                    sent = output.send(block) => if sent.is_err() { return },
-                }
+            if link.send(blocks).is_err() {
+                return;
             }
             tail.release_drained();
             if once && !read_any {
-                let rest = tail.finish_all();
-                for block in rest {
-                    if output.send(block).await.is_err() {
-                        return;
-                    }
+                if link.send(tail.finish_all()).is_ok() {
+                    tracing::info!(source = %self.name, "every matched file was read to its end");
                 }
-                tracing::info!(source = %self.name, "every matched file was read to its end");
                 return;
             }
             if !read_any {
                 let until_scan = self.glob_interval.saturating_sub(last_scan.elapsed());
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = wakeup.wait(idle_wait.min(until_scan)) => {}
-                }
+                wakeup.wait(idle_wait.min(until_scan));
             }
         }
+    }
+}
+
+/// The tail thread's way into the async world.
+struct Link {
+    runtime: tokio::runtime::Handle,
+    output: Output,
+    /// Cancelled at shutdown, or when the source's task ends.
+    stop: CancellationToken,
+}
+
+impl Link {
+    /// Hands `blocks`, in order, to every sink, blocking the thread while a sink's budget
+    /// has no room. Fails at shutdown, or once every sink is gone.
+    fn send(&self, blocks: Vec<Block>) -> Result<(), Closed> {
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        self.runtime.block_on(async {
+            for block in blocks {
+                tokio::select! {
+                    biased;
+                    _ = self.stop.cancelled() => return Err(Closed),
+                    sent = self.output.send(block) => sent?,
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Stops the tail thread when dropped: out of a wait, and before its next send or pass.
+struct StopThread {
+    stop: CancellationToken,
+    nudge: watcher::Nudge,
+}
+
+impl Drop for StopThread {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.nudge.nudge();
     }
 }
 
@@ -524,5 +589,49 @@ impl Tail<'_> {
                 lines: vec![line],
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{Budget, Subscriptions};
+    use tokio::sync::mpsc;
+
+    /// The runtime of `#[tokio::test]` has one thread, the test's: while the test blocks
+    /// it, a tail loop on an async worker could not run at all.
+    #[tokio::test]
+    async fn files_are_read_while_every_async_worker_is_blocked() {
+        let dir = tempfile::tempdir().unwrap();
+        let config: FileConfig = toml::from_str(r#"include = ["logs/*.log"]"#).unwrap();
+        std::fs::create_dir(dir.path().join("logs")).unwrap();
+        let checkpointer = Arc::new(Checkpointer::load(dir.path().join("checkpoint.json")));
+        let source = FileSource::new("files", &config, dir.path(), checkpointer);
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut subscriptions = Subscriptions::new(tx, Arc::new(Budget::new(1000, 1 << 20)), 100);
+        let output = Output::new(vec![subscriptions.subscribe(None)]);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(source.run(output, shutdown.clone(), false));
+        // The source starts and finds nothing to read.
+        tokio::task::yield_now().await;
+
+        std::fs::write(dir.path().join("logs/a.log"), "{\"n\":1}\n").unwrap();
+        let mut received = None;
+        for _ in 0..1000 {
+            match rx.try_recv() {
+                Ok(block) => {
+                    received = Some(block);
+                    break;
+                }
+                // Blocks the runtime's only thread: no `.await`.
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        let block = received.expect("the new line was not read within 10 s");
+        assert_eq!(block.lines.len(), 1);
+        assert_eq!(&block.lines[0].bytes[..], b"{\"n\":1}");
+
+        shutdown.cancel();
+        task.await.unwrap();
     }
 }

@@ -2,30 +2,54 @@
 //! include globs point into, so that an idle tail costs nothing and new lines are read as
 //! soon as they are written. When a folder cannot be watched (it does not exist yet, or
 //! the inotify limits are reached), the loop falls back to polling.
+//!
+//! The tail loop runs on a thread of its own, so it waits here without the async runtime:
+//! on a [`Nudge`], which inotify's thread and the source's shutdown both give.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use notify::{EventKind, RecursiveMode, Watcher};
-use tokio::sync::Notify;
 
-/// Notifies the tail loop of changes in the watched folders.
+/// Ends the tail loop's current wait, or its next one if it is not waiting: a nudge given
+/// while the loop reads is kept, so a change is never missed between a read and a wait.
+#[derive(Debug, Clone, Default)]
+pub struct Nudge(Arc<(Mutex<bool>, Condvar)>);
+
+impl Nudge {
+    pub fn nudge(&self) {
+        let (nudged, wake) = &*self.0;
+        *nudged.lock().expect("nudge lock") = true;
+        wake.notify_one();
+    }
+
+    /// Blocks until nudged, or at most `timeout`.
+    fn wait(&self, timeout: Duration) {
+        let (nudged, wake) = &*self.0;
+        let guard = nudged.lock().expect("nudge lock");
+        let (mut nudged, _) = wake
+            .wait_timeout_while(guard, timeout, |nudged| !*nudged)
+            .expect("nudge lock");
+        *nudged = false;
+    }
+}
+
+/// Nudges the tail loop on changes in the watched folders.
 pub struct Wakeup {
-    notify: Arc<Notify>,
+    nudge: Nudge,
     /// Kept alive for as long as the loop runs; `None` when nothing could be watched.
     watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl Wakeup {
-    /// Watches the folder of every include pattern.
-    pub fn new(source: &str, include: &[String]) -> Self {
-        let notify = Arc::new(Notify::new());
-        let waker = notify.clone();
+    /// Watches the folder of every include pattern; changes give `nudge`.
+    pub fn new(source: &str, include: &[String], nudge: Nudge) -> Self {
+        let waker = nudge.clone();
         let handler = move |event: notify::Result<notify::Event>| {
             // Opening a file or listing a folder (our own reads and globs) is no news.
             if matches!(event, Ok(ref e) if !matches!(e.kind, EventKind::Access(_))) {
-                waker.notify_one();
+                waker.nudge();
             }
         };
         let mut watcher = match notify::recommended_watcher(handler) {
@@ -33,7 +57,7 @@ impl Wakeup {
             Err(e) => {
                 tracing::info!(source, error = %e, "cannot watch files; polling instead");
                 return Wakeup {
-                    notify,
+                    nudge,
                     watcher: None,
                 };
             }
@@ -49,7 +73,7 @@ impl Wakeup {
             }
         }
         let watcher = (watched == include.len()).then_some(watcher);
-        Wakeup { notify, watcher }
+        Wakeup { nudge, watcher }
     }
 
     /// Whether every include folder is watched (else the caller polls).
@@ -57,9 +81,9 @@ impl Wakeup {
         self.watcher.is_some()
     }
 
-    /// Waits for a change, or at most `timeout`.
-    pub async fn wait(&self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
+    /// Blocks until a change (or another nudge), or at most `timeout`.
+    pub fn wait(&self, timeout: Duration) {
+        self.nudge.wait(timeout);
     }
 }
 
