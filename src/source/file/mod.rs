@@ -606,7 +606,8 @@ mod tests {
         let config: FileConfig = toml::from_str(r#"include = ["logs/*.log"]"#).unwrap();
         std::fs::create_dir(dir.path().join("logs")).unwrap();
         let checkpointer = Arc::new(Checkpointer::load(dir.path().join("checkpoint.json")));
-        let source = FileSource::new("files", &config, dir.path(), checkpointer);
+        let spec = config.build("sources.files", dir.path()).unwrap();
+        let source = FileSource::new("files", &spec, checkpointer);
         let (tx, mut rx) = mpsc::channel(16);
         let mut subscriptions = Subscriptions::new(tx, Arc::new(Budget::new(1000, 1 << 20)), 100);
         let output = Output::new(vec![subscriptions.subscribe(None)]);
