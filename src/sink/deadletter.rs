@@ -7,7 +7,7 @@
 //! writes whole records in one `write` and fsyncs them before it returns, and the sink
 //! acknowledges the lines' positions only after that. When the write fails (a full disk, a
 //! directory in the way), the file is cut back to its last whole record and the error
-//! returned, for the sink to retry. A tail torn by a crash in the middle of a write is cut
+//! returned, for the sink to retry ([`DeadLetterWriter`]). A tail torn by a crash in the middle of a write is cut
 //! off when the file is opened, so that records are never glued to a torn one.
 //!
 //! Once the file holds `dead_letter_max_bytes`, records keep only the first KiB of their
