@@ -20,8 +20,6 @@ use tokio::sync::oneshot;
 
 use serde::{Deserialize, Serialize};
 
-/// Kept here for the callers that wrote checkpoints' way; see [`crate::data_dir`].
-pub use crate::data_dir::write_atomically;
 use sha2::{Digest, Sha256};
 
 /// The first bytes of a file that identify it, with its device and inode. Small files are
