@@ -16,11 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
-
 use serde::{Deserialize, Serialize};
-
 use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
 
 /// The first bytes of a file that identify it, with its device and inode. Small files are
 /// fingerprinted too (over the bytes they have), so a short file replaced by another is
