@@ -388,4 +388,28 @@ mod tests {
         let again = Checkpointer::load(cp_path);
         assert_eq!(again.resume_offset(&File::open(&log).unwrap(), &log), None);
     }
+
+    /// A sink's request is answered once the write is on the disk; the last write comes
+    /// once every `Persist` is gone.
+    #[tokio::test]
+    async fn the_writer_saves_on_request_and_last_when_every_sink_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.log");
+        fs::write(&log, b"one\ntwo\n").unwrap();
+        let file = File::open(&log).unwrap();
+        let cp_path = dir.path().join("cp.json");
+        let cp = Arc::new(Checkpointer::load(cp_path.clone()));
+        let reader = cp.subscribe();
+        cp.register(1, Fingerprint::of(&file).unwrap(), &log, 0);
+        let (writer, persist) = CheckpointWriter::spawn(vec![cp.clone()]).unwrap();
+        let saved = || Checkpointer::load(cp_path.clone()).resume_offset(&file, &log);
+
+        reader.ack(1, 4);
+        persist.request().await.unwrap();
+        assert_eq!(saved(), Some(4));
+        reader.ack(1, 8);
+        drop(persist);
+        writer.finish().await.unwrap();
+        assert_eq!(saved(), Some(8));
+    }
 }
