@@ -1,126 +1,56 @@
-//! The batching stage: chunks by size and time over a sink's decoded input, with a retry
-//! lane.
+//! The batching stage of a sink: [`chunks_timeout`] over its decoded input, counting bytes
+//! too, and [`Reinject`], which puts failed batches back into the stream ahead of newer
+//! ones.
 //!
 //! A batch goes out when `max_event_in_memory` items are pending, when their lines reach
 //! `max_bytes` (half the sink's byte budget, see [`crate::source::max_batch_bytes`]), or
-//! when `flush_interval` has passed since the first pending one, whichever comes first:
-//! `tokio_stream::StreamExt::chunks_timeout`, with the bytes counted too. Without the byte
-//! trigger, large events would fill the byte budget before a batch filled, and every batch
-//! would wait for `flush_interval`. A failed batch is put back on the [`RetryLane`], which
-//! the stream drains before taking newer input, so order is kept: no event goes out after
-//! one that entered later.
-//!
-//! The lane is filled only while the sink is not polling the batcher (between two
-//! batches), or while the batcher waits for input that cannot come before the sink acts
-//! (events loaded from the spill file, see `sink::delivery`), so no waker is needed.
+//! when `flush_interval` has passed since the first pending one, whichever comes first.
+//! That is `tokio_stream::StreamExt::chunks_timeout` with a byte trigger added; where the
+//! byte limit does not bind, the two give the same batches at the same moments (a property
+//! test below holds this). Without the byte trigger, large events would fill the byte
+//! budget before a batch filled, and every batch would wait for `flush_interval`:
+//! `chunks_timeout` takes no weight, so the trigger cannot be layered on top of it.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::Stream;
+use futures::stream::Fuse;
+use futures::{Stream, StreamExt};
 use tokio::time::Sleep;
 
 use crate::event::Item;
 
-/// Failed items waiting to go out again, oldest first.
-#[derive(Debug, Clone, Default)]
-pub struct RetryLane(Arc<Lane>);
-
-#[derive(Debug, Default)]
-struct Lane {
-    items: Mutex<VecDeque<Item>>,
-    /// `items.len()`, readable without the lock: the batcher asks for every item.
-    len: AtomicUsize,
+/// When a batch is full.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Items (`max_event_in_memory`).
+    pub(crate) events: usize,
+    /// Bytes held by the items ([`Item::held`]).
+    pub(crate) bytes: usize,
 }
 
-impl RetryLane {
-    /// Puts a failed batch back in front of everything still waiting.
-    pub fn push_front(&self, batch: Vec<Item>) {
-        let mut items = self.0.items.lock().expect("retry lane lock");
-        for item in batch.into_iter().rev() {
-            items.push_front(item);
-        }
-        self.0.len.store(items.len(), Ordering::Release);
-    }
-
-    /// Puts items after everything waiting (events loaded from the spill file).
-    pub fn push_back(&self, items: Vec<Item>) {
-        let mut queue = self.0.items.lock().expect("retry lane lock");
-        queue.extend(items);
-        self.0.len.store(queue.len(), Ordering::Release);
-    }
-
-    /// Takes a batch (one item at least), oldest first.
-    pub fn take(&self, limits: Limits) -> Vec<Item> {
-        let mut items = self.0.items.lock().expect("retry lane lock");
-        let mut bytes = 0;
-        let n = items
-            .iter()
-            .take(limits.events)
-            .position(|i| {
-                bytes += i.held;
-                bytes >= limits.bytes
-            })
-            .map_or(items.len().min(limits.events), |last| last + 1);
-        let taken = items.drain(..n).collect();
-        self.0.len.store(items.len(), Ordering::Release);
-        taken
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len.load(Ordering::Acquire)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn pop(&self) -> Option<Item> {
-        if self.is_empty() {
-            return None;
-        }
-        let mut items = self.0.items.lock().expect("retry lane lock");
-        let item = items.pop_front();
-        self.0.len.store(items.len(), Ordering::Release);
-        item
+impl Limits {
+    /// Whether a batch of `items` holding `bytes` goes out as it is.
+    fn reached(&self, items: usize, bytes: usize) -> bool {
+        items >= self.events || bytes >= self.bytes
     }
 }
 
-/// Items from the retry lane first, then from the input.
-struct RetriesFirst<S> {
-    lane: RetryLane,
-    input: S,
+fn bytes(batch: &[Item]) -> usize {
+    batch.iter().map(Item::held).sum()
 }
 
-impl<S: Stream<Item = Item> + Unpin> Stream for RetriesFirst<S> {
-    type Item = Item;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
-        if let Some(item) = self.lane.pop() {
-            return Poll::Ready(Some(item));
-        }
-        Pin::new(&mut self.input).poll_next(cx)
-    }
-}
-
-/// Batches `input` (after the retry lane) by size and time. The stream ends when the input
-/// ends; what is still on the lane then is for the caller to drain.
-pub fn batches<S>(
-    input: S,
-    lane: RetryLane,
-    limits: Limits,
-    flush_interval: Duration,
-) -> impl Stream<Item = Vec<Item>>
+/// Batches `input` by size, bytes and time. The stream ends when the input ends, after
+/// the last partial batch.
+pub(crate) fn chunks_timeout<S>(input: S, limits: Limits, flush_interval: Duration) -> Batches<S>
 where
     S: Stream<Item = Item> + Unpin,
 {
     Batches {
-        input: Some(RetriesFirst { lane, input }),
+        input: Some(input),
         limits,
         flush_interval,
         pending: Vec::new(),
@@ -129,19 +59,10 @@ where
     }
 }
 
-/// When a batch is full.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Items (`max_event_in_memory`).
-    pub events: usize,
-    /// Bytes held by the items ([`Item::held`]).
-    pub bytes: usize,
-}
-
-/// `chunks_timeout`, counting bytes too.
-struct Batches<S> {
+/// The stream of [`chunks_timeout`].
+pub(crate) struct Batches<S> {
     /// None once the input ended.
-    input: Option<RetriesFirst<S>>,
+    input: Option<S>,
     limits: Limits,
     flush_interval: Duration,
     pending: Vec<Item>,
@@ -170,9 +91,9 @@ impl<S: Stream<Item = Item> + Unpin> Stream for Batches<S> {
                     if this.pending.is_empty() {
                         this.deadline = Some(Box::pin(tokio::time::sleep(this.flush_interval)));
                     }
-                    this.bytes += item.held;
+                    this.bytes += item.held();
                     this.pending.push(item);
-                    if this.pending.len() >= this.limits.events || this.bytes >= this.limits.bytes {
+                    if this.limits.reached(this.pending.len(), this.bytes) {
                         return Poll::Ready(Some(this.take()));
                     }
                 }
@@ -198,34 +119,104 @@ impl<S: Stream<Item = Item> + Unpin> Stream for Batches<S> {
             Poll::Pending
         }
     }
+}
 
-    /// The lower bound counts the pending batch, as `chunks_timeout`'s does: the sink asks
-    /// it whether items are waiting (see `sink::delivery::send_batches`).
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let pending = usize::from(!self.pending.is_empty());
-        let (lower, upper) = self
-            .input
-            .as_ref()
-            .map_or((0, Some(0)), |i| i.input.size_hint());
-        (
-            (lower / self.limits.events).saturating_add(pending),
-            upper.and_then(|u| u.checked_add(pending)),
-        )
+/// A stream of batches with failed ones put back in front.
+///
+/// The sink takes a batch, and (while it is in flight) at most the next one. When the
+/// first fails, it re-injects both, the failed one last so that it comes out first:
+/// everything still inside `input` entered later than both, so serving the re-injected
+/// batches first keeps the order, and no event goes out after one that entered later.
+/// Events loaded from the spill file join at the back of the re-injected ones
+/// ([`Reinject::push_back`]): while lines are left in the spill file, its reserve keeps
+/// the sources from adding anything newer (see `sink::spill`).
+///
+/// The queue is filled only by the owner between two polls, so no waker is needed; once
+/// `input` has ended the stream still gives what is re-injected, and ends when both are
+/// empty.
+pub(crate) struct Reinject<S> {
+    input: Fuse<S>,
+    queue: VecDeque<Vec<Item>>,
+    /// Adjacent re-injected batches are joined up to these.
+    limits: Limits,
+}
+
+impl<S: Stream<Item = Vec<Item>> + Unpin> Reinject<S> {
+    pub(crate) fn new(input: S, limits: Limits) -> Self {
+        Reinject {
+            input: input.fuse(),
+            queue: VecDeque::new(),
+            limits,
+        }
+    }
+
+    /// Puts `batch` back before everything: it is older than anything the stream holds.
+    /// It joins the batch in front when both fit in one.
+    pub(crate) fn push_front(&mut self, mut batch: Vec<Item>) {
+        match self.queue.front_mut() {
+            Some(front)
+                if batch.len() + front.len() <= self.limits.events
+                    && bytes(&batch) + bytes(front) <= self.limits.bytes =>
+            {
+                batch.append(front);
+                *front = batch;
+            }
+            _ => self.queue.push_front(batch),
+        }
+    }
+
+    /// Puts `items` after the re-injected batches, in batches cut at the limits.
+    pub(crate) fn push_back(&mut self, items: Vec<Item>) {
+        if items.is_empty() {
+            return;
+        }
+        let mut batch = match self.queue.pop_back() {
+            Some(last) if !self.limits.reached(last.len(), bytes(&last)) => last,
+            Some(last) => {
+                self.queue.push_back(last);
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        let mut held = bytes(&batch);
+        for item in items {
+            held += item.held();
+            batch.push(item);
+            if self.limits.reached(batch.len(), held) {
+                self.queue.push_back(std::mem::take(&mut batch));
+                held = 0;
+            }
+        }
+        if !batch.is_empty() {
+            self.queue.push_back(batch);
+        }
+    }
+}
+
+impl<S: Stream<Item = Vec<Item>> + Unpin> Stream for Reinject<S> {
+    type Item = Vec<Item>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Vec<Item>>> {
+        if let Some(batch) = self.queue.pop_front() {
+            return Poll::Ready(Some(batch));
+        }
+        Pin::new(&mut self.input).poll_next(cx)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Origin;
     use bytes::Bytes;
-    use tokio_stream::StreamExt;
+    use tokio_stream::wrappers::ReceiverStream;
 
     fn item(n: u64) -> Item {
         let event = Bytes::from(n.to_string());
-        Item {
+        Item::Event {
             held: event.len(),
-            event: Some(event),
-            ack: None,
+            event,
+            origin: Origin::Stream,
         }
     }
 
@@ -239,19 +230,14 @@ mod tests {
     fn numbers(batch: &[Item]) -> Vec<String> {
         batch
             .iter()
-            .map(|i| String::from_utf8(i.event.clone().unwrap().to_vec()).unwrap())
+            .map(|i| String::from_utf8(i.event().unwrap().to_vec()).unwrap())
             .collect()
     }
 
     #[tokio::test(start_paused = true)]
     async fn size_then_interval_trigger() {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let mut out = Box::pin(batches(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            RetryLane::default(),
-            events(3),
-            Duration::from_secs(60),
-        ));
+        let mut out = chunks_timeout(ReceiverStream::new(rx), events(3), Duration::from_secs(60));
         for n in 0..4 {
             tx.send(item(n)).await.unwrap();
         }
@@ -261,43 +247,14 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_secs(60));
     }
 
-    /// The sink relies on this to know whether the batcher holds newer items when a batch
-    /// fails (see `sink::delivery::send_batches`).
-    #[tokio::test(start_paused = true)]
-    async fn size_hint_tells_whether_items_are_pending() {
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let out = batches(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            RetryLane::default(),
-            events(3),
-            Duration::from_secs(1),
-        );
-        let mut out = Box::pin(out);
-        assert_eq!(out.size_hint().0, 0);
-        tx.send(item(0)).await.unwrap();
-        let poll = futures::poll!(std::pin::pin!(out.next()));
-        assert!(poll.is_pending(), "one item of three, before the interval");
-        assert_eq!(
-            out.size_hint().0,
-            1,
-            "a pending item shows in the lower bound"
-        );
-        assert_eq!(numbers(&out.next().await.unwrap()), ["0"]);
-        assert_eq!(out.size_hint().0, 0);
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_batch_goes_out_once_its_bytes_reach_the_limit() {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let mut out = Box::pin(batches(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            RetryLane::default(),
-            Limits {
-                events: 100,
-                bytes: 5,
-            },
-            Duration::from_secs(60),
-        ));
+        let limits = Limits {
+            events: 100,
+            bytes: 5,
+        };
+        let mut out = chunks_timeout(ReceiverStream::new(rx), limits, Duration::from_secs(60));
         for n in [1, 22, 333, 4] {
             tx.send(item(n)).await.unwrap();
         }
@@ -308,38 +265,119 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_secs(60));
     }
 
+    /// Spilled events join the back in batches within the limits.
     #[test]
-    fn the_lane_gives_batches_within_the_limits() {
-        let lane = RetryLane::default();
-        lane.push_back([1, 22, 4444, 5, 6, 7].map(item).to_vec());
-        let limits = Limits {
-            events: 2,
-            bytes: 3,
-        };
-        assert_eq!(numbers(&lane.take(limits)), ["1", "22"], "3 bytes");
-        assert_eq!(numbers(&lane.take(limits)), ["4444"], "one at least");
-        assert_eq!(numbers(&lane.take(limits)), ["5", "6"], "2 events");
-        assert_eq!(numbers(&lane.take(limits)), ["7"]);
-        assert!(lane.take(limits).is_empty());
+    fn pushed_back_items_come_in_batches_within_the_limits() {
+        let mut out = Reinject::new(
+            futures::stream::empty(),
+            Limits {
+                events: 2,
+                bytes: 3,
+            },
+        );
+        out.push_back([1, 22, 4444, 5].map(item).to_vec());
+        out.push_back([6, 7].map(item).to_vec());
+        let batches: Vec<_> = futures::executor::block_on_stream(out).collect();
+        let batches: Vec<_> = batches.iter().map(|b| numbers(b)).collect();
+        assert_eq!(
+            batches,
+            [vec!["1", "22"], vec!["4444"], vec!["5", "6"], vec!["7"]],
+            "3 bytes; one at least; 2 events"
+        );
     }
 
     #[tokio::test(start_paused = true)]
-    async fn retried_items_go_out_before_newer_ones() {
+    async fn reinjected_batches_go_out_before_newer_ones() {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let lane = RetryLane::default();
-        let mut out = Box::pin(batches(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            lane.clone(),
-            events(2),
-            Duration::from_secs(1),
-        ));
-        for n in 0..4 {
+        let limits = events(2);
+        let batches = chunks_timeout(ReceiverStream::new(rx), limits, Duration::from_secs(1));
+        let mut out = Reinject::new(batches, limits);
+        for n in 0..5 {
             tx.send(item(n)).await.unwrap();
         }
         let failed = out.next().await.unwrap();
+        let prefetched = out.next().await.unwrap();
         assert_eq!(numbers(&failed), ["0", "1"]);
-        lane.push_front(failed);
+        out.push_front(prefetched);
+        out.push_front(failed);
         assert_eq!(numbers(&out.next().await.unwrap()), ["0", "1"]);
         assert_eq!(numbers(&out.next().await.unwrap()), ["2", "3"]);
+        drop(tx);
+        assert_eq!(numbers(&out.next().await.unwrap()), ["4"]);
+        assert!(out.next().await.is_none());
+    }
+
+    /// Once the input ended, what is re-injected still comes out.
+    #[tokio::test(start_paused = true)]
+    async fn reinjected_batches_join_up_to_the_limits_and_outlive_the_input() {
+        let mut out = Reinject::new(futures::stream::empty(), events(3));
+        assert!(out.next().await.is_none());
+        out.push_front(vec![item(2)]);
+        out.push_front(vec![item(0), item(1)]);
+        out.push_front(vec![item(9)]);
+        assert_eq!(numbers(&out.next().await.unwrap()), ["9"]);
+        assert_eq!(numbers(&out.next().await.unwrap()), ["0", "1", "2"]);
+        assert!(out.next().await.is_none());
+    }
+
+    mod same_as_tokio_stream {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// When `input` comes (after a gap of tens of ms, so many items), what the stream
+        /// gives and when: (ms since the start, the numbers in the batch).
+        type Schedule = Vec<(u64, usize)>;
+        type Given = Vec<(u128, Vec<String>)>;
+
+        /// Runs `batch` on paused time over a channel fed along `schedule`.
+        fn run<B, S>(schedule: &Schedule, batch: B) -> Given
+        where
+            B: FnOnce(ReceiverStream<Item>) -> S,
+            S: Stream<Item = Vec<Item>>,
+        {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let (tx, rx) = tokio::sync::mpsc::channel(1024);
+                let schedule = schedule.clone();
+                tokio::spawn(async move {
+                    let mut n = 0;
+                    for (gap, count) in schedule {
+                        tokio::time::sleep(Duration::from_millis(gap * 10)).await;
+                        for _ in 0..count {
+                            tx.send(item(n)).await.unwrap();
+                            n += 1;
+                        }
+                    }
+                });
+                let start = tokio::time::Instant::now();
+                let out = std::pin::pin!(batch(ReceiverStream::new(rx)));
+                out.map(|b| (start.elapsed().as_millis(), numbers(&b)))
+                    .collect()
+                    .await
+            })
+        }
+
+        proptest! {
+            /// Flush intervals end between the 10 ms steps of the input, so that no timer
+            /// and no send fall on the same instant.
+            #[test]
+            fn when_bytes_do_not_bind(
+                schedule in prop::collection::vec((0u64..8, 0usize..6), 0..12),
+                max_events in 1usize..6,
+                flush_steps in 0u64..6,
+            ) {
+                let flush = Duration::from_millis(flush_steps * 10 + 5);
+                let limits = Limits { events: max_events, bytes: usize::MAX };
+                let ours = run(&schedule, |input| chunks_timeout(input, limits, flush));
+                let theirs = run(&schedule, |input| {
+                    tokio_stream::StreamExt::chunks_timeout(input, max_events, flush)
+                });
+                prop_assert_eq!(ours, theirs);
+            }
+        }
     }
 }

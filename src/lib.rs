@@ -13,10 +13,14 @@
 //!   the [`source::Budget`] bounds memory, in events and bytes; `source::connections` holds
 //!   the connection slots of the sources that accept connections (idle timeout, eviction).
 //! - [`event`]: the types between stages; decoding lines into events.
-//! - [`batch`]: batches by events, bytes and time over a sink's input, and its retry lane.
-//! - [`sink::delivery`]: a sink's loop (post, retry, split, dead-letter, acknowledge);
-//!   [`sink::webhook`]: the request and the retry policy; [`sink::deadletter`]: the
-//!   dead-letter file; [`sink::spill`]: the spill file, loaded within the memory budget.
+//! - `batch`: batches by events, bytes and time over a sink's input (`chunks_timeout`),
+//!   and `Reinject`, which puts failed batches back in front.
+//! - [`sink::webhook`]: the sink as one pipeline (decode -> batch -> build and sign -> post
+//!   -> decide -> acknowledge or re-inject), with its rooms `config`, `request`, `client`
+//!   and `retry` (`decide` and the `RetryPolicy`); `sink::decode` its decode stage,
+//!   `sink::ack` its acknowledgements, `sink::deadletter` the dead-letter file,
+//!   `sink::spill` the spill file, loaded within the memory budget, and [`sink::replay`]
+//!   `dead-letter replay`.
 //! - [`lock`]: the advisory lock that gives one process a data_dir.
 //! - [`sign`]: the `X-Hub-Signature-256` signature.
 //! - [`receiver`]: a signature-checking receiver, for `receive` and `demo`.

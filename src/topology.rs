@@ -10,7 +10,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Result};
 use tokio::sync::mpsc;
@@ -22,12 +21,11 @@ use crate::data_dir::DataDir;
 use crate::event::Decoder;
 use crate::lock::lock_data_dir;
 use crate::sink::deadletter::DeadLetters;
-use crate::sink::delivery::{self, SinkParts};
 use crate::sink::spill::Spill;
-use crate::sink::webhook::{Delivery, Poster};
+use crate::sink::webhook::{self, Delivery, Poster, SinkParts};
 use crate::sink::SinkSpec;
 use crate::sink::Stats;
-use crate::source::file::checkpoint::Checkpointer;
+use crate::source::file::checkpoint::{CheckpointWriter, Checkpointer};
 use crate::source::file::FileSource;
 use crate::source::{self, Budget, Output, SinkInput, SourceSpec, Subscriptions};
 
@@ -157,9 +155,6 @@ impl Summary {
     }
 }
 
-/// How often checkpoints are written while something changed.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-
 /// Runs every pipeline of `config` until the sources end (`once`) or `shutdown` fires.
 ///
 /// A task that panics does not go unnoticed: the other tasks are stopped as at shutdown
@@ -183,6 +178,8 @@ pub async fn run(config: Plan, once: bool, shutdown: CancellationToken) -> Resul
             (name.as_str(), Arc::new(Checkpointer::load(path)))
         })
         .collect();
+    let (checkpoint_writer, persist) =
+        CheckpointWriter::spawn(checkpointers.values().cloned().collect())?;
 
     let mut outputs: BTreeMap<&str, Vec<SinkInput>> = BTreeMap::new();
     let mut tasks = Tasks::default();
@@ -216,6 +213,7 @@ pub async fn run(config: Plan, once: bool, shutdown: CancellationToken) -> Resul
                 c.dead_letter_max_bytes,
             )),
             acks: subscriptions.into_acks(),
+            checkpoints: persist.clone(),
             spill_path,
             spill,
             once,
@@ -224,7 +222,7 @@ pub async fn run(config: Plan, once: bool, shutdown: CancellationToken) -> Resul
         let task = tasks.sinks.spawn(async move {
             // Closed however the sink ends, a panic included, so no source waits on it.
             let _closed = CloseOnDrop(budget);
-            delivery::run(parts, rx, stop).await
+            webhook::run(parts, rx, stop).await
         });
         tasks.names.insert(task.id(), format!("sink `{name}`"));
     }
@@ -256,17 +254,8 @@ pub async fn run(config: Plan, once: bool, shutdown: CancellationToken) -> Resul
         }
     }
 
-    let checkpointers: Vec<Arc<Checkpointer>> = checkpointers.into_values().collect();
-    let writer = {
-        let checkpointers = checkpointers.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
-            loop {
-                tick.tick().await;
-                write_checkpoints(&checkpointers);
-            }
-        })
-    };
+    // The checkpoint writer's last write comes once every sink has finished.
+    drop(persist);
     let mut failures = Vec::new();
     while let Some(done) = tasks.sources.join_next().await {
         if let Err(e) = done {
@@ -283,12 +272,8 @@ pub async fn run(config: Plan, once: bool, shutdown: CancellationToken) -> Resul
         failures.push(failure);
         stop.cancel();
     }
-    if writer.is_finished() {
-        if let Err(e) = writer.await {
-            failures.push(format!("the checkpoint writer {}", panic_message(e)));
-        }
-    } else {
-        writer.abort();
+    if let Err(payload) = checkpoint_writer.finish().await {
+        failures.push(format!("the checkpoint writer {}", panic_text(payload)));
     }
     if !failures.is_empty() {
         bail!(
@@ -296,7 +281,6 @@ pub async fn run(config: Plan, once: bool, shutdown: CancellationToken) -> Resul
             failures.join("; ")
         );
     }
-    write_checkpoints(&checkpointers);
 
     let mut summary = Summary::default();
     for (stats, budget) in &all_stats {
@@ -337,19 +321,14 @@ fn panic_message(e: tokio::task::JoinError) -> String {
     if !e.is_panic() {
         return "was cancelled".to_owned();
     }
-    let payload = e.into_panic();
+    panic_text(e.into_panic())
+}
+
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
     let message = payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".to_owned());
     format!("panicked: {message}")
-}
-
-fn write_checkpoints(checkpointers: &[Arc<Checkpointer>]) {
-    for cp in checkpointers {
-        if let Err(e) = cp.write_if_dirty() {
-            tracing::error!(error = %e, "cannot write checkpoint; will try again");
-        }
-    }
 }

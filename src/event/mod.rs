@@ -2,13 +2,13 @@
 //!
 //! A source reads raw lines and hands them on in [`Block`]s (one read's worth of lines,
 //! no copy per line). Each sink decodes a block with its own [`Decoder`] (schema, event
-//! types, envelope field) into [`Item`]s: an encoded event, or a marker for a line that
+//! types, envelope field) into `Item`s: an encoded event, or a marker for a line that
 //! carried no event (bad input, filtered out). Markers keep their file position so that
 //! acknowledgements stay in order: a file offset moves past a bad line only after
 //! everything before it was delivered.
 //!
 //! # Layout
-//! - this module: the types between stages ([`Block`], [`Line`], [`LineKind`], [`Item`],
+//! - this module: the types between stages ([`Block`], [`Line`], [`LineKind`], `Item`,
 //!   [`Ack`]) and what decoding says ([`Decoded`], [`Invalid`]).
 //! - `decode`: the [`Decoder`], line -> event; shippers' envelopes ([`envelope_fields`]).
 //! - `canonical`: the fast path, a scanner for lines already in GO Feature Flag's encoding.
@@ -96,13 +96,65 @@ impl Line {
 }
 
 /// What a sink batches: an encoded event, or only a position to acknowledge.
+///
+/// Each item holds one event permit of the sink's memory budget (see
+/// [`crate::source::Budget`]), so that positions keep their place in line: a file offset
+/// moves past a line that carried no event only after everything before it was delivered.
 #[derive(Debug, Clone)]
-pub struct Item {
-    pub event: Option<Bytes>,
-    pub ack: Option<Ack>,
-    /// Bytes of the sink's memory budget the item holds: its line's length (see
-    /// [`crate::source::Budget`]); 0 without an event.
-    pub held: usize,
+pub(crate) enum Item {
+    Event {
+        event: Bytes,
+        /// Where the event is found again if it is not delivered in this run.
+        origin: Origin,
+        /// Bytes of the budget it holds: its line's length.
+        held: usize,
+    },
+    /// A line from a file that carried no event (bad, filtered out, blank): its position.
+    /// It holds no bytes of the budget.
+    Position(Ack),
+}
+
+/// Where an event comes from, which says what becomes of it when it is not delivered in
+/// this run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A line of a tailed file, at this position: the file keeps it until it is
+    /// acknowledged.
+    File(Ack),
+    /// A line from TCP or stdin, which nothing else keeps: spilled at shutdown.
+    Stream,
+    /// A line of the spill file (see `sink::spill`).
+    Spill,
+}
+
+impl Item {
+    /// The encoded event, if the item carries one.
+    pub(crate) fn event(&self) -> Option<&Bytes> {
+        match self {
+            Item::Event { event, .. } => Some(event),
+            Item::Position(_) => None,
+        }
+    }
+
+    /// The file position to acknowledge once the item is delivered or dead-lettered.
+    pub(crate) fn ack(&self) -> Option<Ack> {
+        match self {
+            Item::Event {
+                origin: Origin::File(ack),
+                ..
+            }
+            | Item::Position(ack) => Some(*ack),
+            Item::Event { .. } => None,
+        }
+    }
+
+    /// Bytes of the budget the item holds.
+    pub(crate) fn held(&self) -> usize {
+        match self {
+            Item::Event { held, .. } => *held,
+            Item::Position(_) => 0,
+        }
+    }
 }
 
 /// The event format a sink accepts.

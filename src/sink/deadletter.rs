@@ -7,7 +7,7 @@
 //! writes whole records in one `write` and fsyncs them before it returns, and the sink
 //! acknowledges the lines' positions only after that. When the write fails (a full disk, a
 //! directory in the way), the file is cut back to its last whole record and the error
-//! returned, for the sink to retry. A tail torn by a crash in the middle of a write is cut
+//! returned, for the sink to retry ([`DeadLetterWriter`]). A tail torn by a crash in the middle of a write is cut
 //! off when the file is opened, so that records are never glued to a torn one.
 //!
 //! Once the file holds `dead_letter_max_bytes`, records keep only the first KiB of their
@@ -17,53 +17,55 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::source::file::checkpoint::write_atomically;
+use super::webhook::config::Delivery;
+use super::webhook::retry::Grace;
+use crate::data_dir::write_atomically;
 
 /// How much of a line a record keeps once the file holds `dead_letter_max_bytes`.
-pub const KEPT_PAST_CAP: usize = 1024;
+pub(crate) const KEPT_PAST_CAP: usize = 1024;
 
 /// One dead letter, as written.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Record {
+pub(crate) struct Record {
     /// RFC 3339 time of writing.
-    pub time: String,
-    pub sink: String,
+    pub(crate) time: String,
+    pub(crate) sink: String,
     /// The source's name, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
+    pub(crate) source: Option<String>,
     /// A file path, `tcp <peer>` or `stdin`, with the line number and end offset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub location: Option<String>,
-    pub reason: String,
+    pub(crate) location: Option<String>,
+    pub(crate) reason: String,
     /// The line or encoded event, when it is valid UTF-8 (and not mostly control
     /// characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub line: Option<String>,
+    pub(crate) line: Option<String>,
     /// The line in base64, when it is not valid UTF-8, or when that is shorter than `line`
     /// would be with its escapes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub line_base64: Option<String>,
+    pub(crate) line_base64: Option<String>,
     /// The whole line's length, set when only its start is kept (it was longer than
     /// `max_line_bytes`, or the file had reached `dead_letter_max_bytes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub truncated_from_bytes: Option<u64>,
+    pub(crate) truncated_from_bytes: Option<u64>,
     /// Set when the file had reached `dead_letter_max_bytes`: how many bytes of the line
     /// this record leaves out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dropped_bytes: Option<u64>,
+    pub(crate) dropped_bytes: Option<u64>,
     /// Whether `line` is an event a webhook rejected (and `replay` may send again).
     #[serde(default)]
-    pub replayable: bool,
+    pub(crate) replayable: bool,
 }
 
 impl Record {
-    pub fn new(sink: &str, reason: String, raw: &[u8]) -> Self {
+    pub(crate) fn new(sink: &str, reason: String, raw: &[u8]) -> Self {
         let (line, line_base64) = match std::str::from_utf8(raw) {
             Ok(text) if escaped_len(text) <= base64_len(raw.len()) => (Some(text.to_owned()), None),
             _ => (None, Some(base64_engine().encode(raw))),
@@ -136,7 +138,7 @@ fn base64_len(n: usize) -> usize {
 
 /// A sink's dead-letter file, opened on first use.
 #[derive(Debug)]
-pub struct DeadLetters {
+pub(crate) struct DeadLetters {
     path: PathBuf,
     max_bytes: u64,
     state: Mutex<State>,
@@ -155,7 +157,7 @@ struct State {
 impl DeadLetters {
     /// The dead letters at `path`; records past `max_bytes` keep only the start of their
     /// line.
-    pub fn new(path: PathBuf, max_bytes: u64) -> Self {
+    pub(crate) fn new(path: PathBuf, max_bytes: u64) -> Self {
         DeadLetters {
             path,
             max_bytes,
@@ -163,7 +165,7 @@ impl DeadLetters {
         }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -173,7 +175,7 @@ impl DeadLetters {
     /// part of them reached the file is cut off again (best effort; the next open cuts it
     /// otherwise), so that a retry writes them whole, once. Blocks: call it from a
     /// blocking thread.
-    pub fn append(&self, records: &mut [Record]) -> io::Result<()> {
+    pub(crate) fn append(&self, records: &mut [Record]) -> io::Result<()> {
         let mut state = self.state.lock().expect("dead letter lock");
         if state.file.is_none() {
             let (file, len) = self.open(state.durable_len)?;
@@ -261,7 +263,7 @@ fn len_to_last_newline(path: &Path, len: u64) -> io::Result<u64> {
 
 /// One non-blank line of a dead-letter file.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Line {
+pub(crate) enum Line {
     Record(Record),
     /// Not a record: torn by a crash while it was written, or broken by an edit. Kept as
     /// it is, for someone to look at.
@@ -273,7 +275,7 @@ pub enum Line {
 
 /// Reads every non-blank line of a dead-letter file, with its line number (from 1); none
 /// when the file does not exist.
-pub fn read_lines(path: &Path) -> io::Result<Vec<(usize, Line)>> {
+pub(crate) fn read_lines(path: &Path) -> io::Result<Vec<(usize, Line)>> {
     let bytes = match crate::data_dir::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -297,7 +299,7 @@ pub fn read_lines(path: &Path) -> io::Result<Vec<(usize, Line)>> {
 
 /// Replaces the file by `lines`, atomically: a crash leaves either the old file or the
 /// new one.
-pub fn rewrite<'a>(path: &Path, lines: impl Iterator<Item = &'a Line>) -> io::Result<()> {
+pub(crate) fn rewrite<'a>(path: &Path, lines: impl Iterator<Item = &'a Line>) -> io::Result<()> {
     let mut text = Vec::new();
     for line in lines {
         match line {
@@ -307,6 +309,125 @@ pub fn rewrite<'a>(path: &Path, lines: impl Iterator<Item = &'a Line>) -> io::Re
         text.push(b'\n');
     }
     write_atomically(path, &text)
+}
+
+/// Writes a sink's dead letters, retrying while that fails.
+#[derive(Debug)]
+pub(crate) struct DeadLetterWriter {
+    sink: String,
+    file: Arc<DeadLetters>,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    /// With `--once`: how long a failing write is retried before it is given up.
+    once_limit: Option<Duration>,
+    /// A write was given up and none has succeeded since: the next failure gives up at once
+    /// (each waiting `once_limit` would make `--once` last that long per block).
+    broken: bool,
+}
+
+impl DeadLetterWriter {
+    pub(crate) fn new(sink: &str, file: Arc<DeadLetters>, delivery: &Delivery, once: bool) -> Self {
+        DeadLetterWriter {
+            sink: sink.to_owned(),
+            file,
+            initial_backoff: delivery.retry_initial_backoff,
+            max_backoff: delivery.retry_max_backoff,
+            once_limit: once.then_some(delivery.shutdown_timeout),
+            broken: false,
+        }
+    }
+
+    /// Another writer to the same file, for the decode task.
+    pub(crate) fn clone_for_decode(&self) -> Self {
+        DeadLetterWriter {
+            sink: self.sink.clone(),
+            file: self.file.clone(),
+            broken: false,
+            ..*self
+        }
+    }
+
+    /// Puts `records` on the disk; true once they are. While that fails, logs why and
+    /// retries with backoff (`retry_initial_backoff` doubling up to `retry_max_backoff`).
+    /// Gives up (false) after the grace period at shutdown, or with `--once` after
+    /// `shutdown_timeout`.
+    pub(crate) async fn write(&mut self, mut records: Vec<Record>, grace: &mut Grace) -> bool {
+        let started = Instant::now();
+        let mut delay = self.initial_backoff;
+        let mut log = FailureLog::default();
+        loop {
+            let file = self.file.clone();
+            let (back, written) = tokio::task::spawn_blocking(move || {
+                let written = file.append(&mut records);
+                (records, written)
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            records = back;
+            let error = match written {
+                Ok(()) => {
+                    self.broken = false;
+                    log.recovered(&self.sink);
+                    return true;
+                }
+                Err(e) => e,
+            };
+            let out_of_time = self.once_limit.is_some_and(|l| started.elapsed() >= l);
+            if self.broken || out_of_time || grace.expired() {
+                if !self.broken {
+                    tracing::error!(sink = %self.sink, path = %self.file.path().display(), error = %error, "cannot write dead letters; giving up until one can be written: their lines are not delivered");
+                }
+                self.broken = true;
+                return false;
+            }
+            log.failed(&self.sink, self.file.path(), &error, delay);
+            grace.sleep(delay).await;
+            delay = (delay * 2).min(self.max_backoff);
+        }
+    }
+}
+
+/// Logs failed dead-letter writes without flooding: the first, then one a minute.
+#[derive(Default)]
+struct FailureLog {
+    failures: u64,
+    last: Option<Instant>,
+}
+
+impl FailureLog {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn failed(
+        &mut self,
+        sink: &str,
+        path: &std::path::Path,
+        error: &std::io::Error,
+        delay: Duration,
+    ) {
+        self.failures += 1;
+        if self.last.is_some_and(|at| at.elapsed() < Self::EVERY) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        tracing::error!(
+            sink,
+            path = %path.display(),
+            error = %error,
+            failures = self.failures,
+            retry_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
+            "cannot write dead letters; will retry (their lines' positions do not move, and reading stops once the memory budget is full)"
+        );
+    }
+
+    fn recovered(&self, sink: &str) {
+        if self.failures > 0 {
+            tracing::info!(
+                sink,
+                failures = self.failures,
+                "dead letters written after failed attempts"
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,13 @@
-//! Sinks take decoded, batched events and deliver them.
+//! Sinks take the sources' lines and deliver them: [`webhook`] is the sink, as one
+//! pipeline; `decode` is its first stage; `ack` moves file checkpoints once events are
+//! delivered; `deadletter` and `spill` keep what is not delivered; `replay` sends
+//! dead letters again.
 
-pub mod deadletter;
-pub mod delivery;
+pub(crate) mod ack;
+pub(crate) mod deadletter;
+pub(crate) mod decode;
 pub mod replay;
-pub mod spill;
+pub(crate) mod spill;
 pub mod webhook;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{bail, Result};
 
 use crate::config::{split_type, typed};
+use crate::event::Item;
 
 /// One `[sinks.NAME]` table, checked: `type` picks the kind.
 #[derive(Debug)]
@@ -60,27 +65,30 @@ impl SinkSpec {
 
 /// What a sink did, for the `--once` summary and the logs.
 #[derive(Debug, Default)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// Events the endpoint accepted (2xx).
-    pub delivered: AtomicU64,
+    pub(crate) delivered: AtomicU64,
     /// Requests that got a 2xx.
-    pub requests: AtomicU64,
-    /// Requests that failed (status or transport) and were retried.
-    pub failed_requests: AtomicU64,
+    pub(crate) requests: AtomicU64,
     /// Bad input lines and events the endpoint rejected, all dead-lettered.
-    pub rejected: AtomicU64,
+    pub(crate) rejected: AtomicU64,
     /// Events and bad lines neither delivered nor dead-lettered when the sink stopped
     /// (they stay in their files, or were spilled to `data_dir/spill`; a bad line from TCP
     /// or stdin whose dead letter could not be written is lost).
-    pub not_delivered: AtomicU64,
+    pub(crate) not_delivered: AtomicU64,
 }
 
 impl Stats {
-    pub fn add(counter: &AtomicU64, n: u64) {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn get(counter: &AtomicU64) -> u64 {
+    pub(crate) fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
+}
+
+/// The events among `items` (the rest are positions).
+pub(crate) fn count_events(items: &[Item]) -> usize {
+    items.iter().filter(|i| i.event().is_some()).count()
 }

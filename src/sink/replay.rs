@@ -9,13 +9,12 @@
 //! corrupt) and remaining (sent, but still failing when `retry_max_duration` ran out or
 //! replay was stopped, or not tried before the stop).
 //!
-//! Sending follows the sink's policy: batches of `max_event_in_memory`, [`decide`] on each
-//! response, the sink's backoff and `Retry-After` through [`Retries`], and a refused batch
+//! Sending follows the sink's policy: batches of `max_event_in_memory`, `decide` on each
+//! response, the sink's backoff and `Retry-After` through `RetryPolicy`, and a refused batch
 //! cut in halves down to the events at fault. Replay holds the data_dir lock, so it never
 //! runs beside the pipeline that appends to the same file; the file is rewritten once, at
 //! the end (a crash before that re-sends on the next replay: at least once).
 //!
-//! [`decide`]: super::webhook::decide
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -27,7 +26,8 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::deadletter::{read_lines, rewrite, Line, Record};
-use super::webhook::{Decision, Delivery, NextTry, Poster, Retries, WebhookConfig};
+use super::webhook::retry::{Decision, Next, RetryPolicy, Turn};
+use super::webhook::{Delivery, Poster, WebhookConfig};
 use crate::event::{envelope_fields, Decoded, Decoder, EventType};
 use crate::lock::lock_data_dir;
 
@@ -101,15 +101,13 @@ pub async fn replay(
 
     let mut sender = Sender {
         poster: Poster::new(name, config)?,
-        retries: Retries::new(&Delivery::from(config)),
-        floor: config.retry_initial_backoff.0,
+        retry: RetryPolicy::for_replay(&Delivery::from(config), stop.clone()),
         name,
-        stop,
         lines: &mut lines,
         fates: &mut fates,
     };
     for chunk in events.chunks(config.max_event_in_memory) {
-        if sender.stop.is_cancelled() {
+        if stop.is_cancelled() {
             break;
         }
         sender.send(chunk.to_vec()).await;
@@ -225,11 +223,9 @@ fn kinds(types: &[EventType]) -> String {
 /// Posts events of the file and records what became of each line.
 struct Sender<'a> {
     poster: Poster,
-    retries: Retries,
-    /// No retry sooner than this, even after `Retry-After: 0` (no hot loop).
-    floor: Duration,
+    /// Replay's: `stop` ends it at once.
+    retry: RetryPolicy,
     name: &'a str,
-    stop: CancellationToken,
     lines: &'a mut [Line],
     fates: &'a mut [Fate],
 }
@@ -240,28 +236,32 @@ type Pending = (usize, Bytes);
 impl Sender<'_> {
     /// Delivers `batch` as the sink would: retried on a retryable failure, cut in halves
     /// on 413 or a permanent 4xx down to the single events the endpoint rejects.
+    ///
+    /// The records are in the dead-letter file, which keeps them (as a file source's
+    /// lines): for the retry policy, they are "from files".
     async fn send(&mut self, batch: Vec<Pending>) {
         let mut parts = VecDeque::from([batch]);
         while let Some(part) = parts.pop_front() {
-            if self.stop.is_cancelled() {
-                return;
+            if self.retry.turn(true).await == Turn::GiveUp {
+                return; // stopped
             }
             let signed = self.poster.prepare(part.iter().map(|(_, e)| e));
             let outcome = self.poster.post(signed).await;
             match outcome.decision {
                 Decision::Delivered => {
-                    self.retries.succeeded();
+                    self.retry.succeeded();
                     self.settle(&part, Fate::Delivered, None);
                 }
                 Decision::Retry { after } => {
                     let reason = format!("replay failed: {}", outcome.detail);
                     self.settle(&part, Fate::Remaining, Some(&reason));
-                    let delay = match self.retries.failed(after) {
-                        NextTry::After(delay) => delay.max(self.floor),
-                        NextTry::GiveUp(max) => {
+                    let delay = match self.retry.failed(after, true) {
+                        Next::Retry(delay) => delay,
+                        Next::OutOfTime(max) => {
                             self.give_up(part, parts, max, &outcome.detail);
                             return;
                         }
+                        Next::StayInFiles => return, // stopped
                     };
                     tracing::warn!(
                         sink = self.name,
@@ -271,9 +271,6 @@ impl Sender<'_> {
                         outcome.detail
                     );
                     parts.push_front(part);
-                    if self.stopped_during(delay).await {
-                        return;
-                    }
                 }
                 Decision::Split | Decision::Reject if part.len() == 1 => {
                     let reason = format!("endpoint rejected the event: {}", outcome.detail);
@@ -320,14 +317,6 @@ impl Sender<'_> {
             if let (Some(reason), Line::Record(record)) = (reason, &mut self.lines[*index]) {
                 record.reason = reason.to_owned();
             }
-        }
-    }
-
-    /// Sleeps `delay`; true when `stop` fired first.
-    async fn stopped_during(&self, delay: Duration) -> bool {
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => false,
-            _ = self.stop.cancelled() => true,
         }
     }
 }

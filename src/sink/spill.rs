@@ -5,9 +5,9 @@
 //! It is loaded within the sink's memory budget, however large it grew. At start, before
 //! any source runs, the sink reserves its whole free budget ([`Budget::reserve_free`]) and
 //! loads the lines that fit. While lines are left in the file, the budget that delivered
-//! events free stays reserved for them ([`Spill::release`]): the spilled events keep going
-//! first and the sources wait. Once every line is loaded, the reservation goes back to the
-//! budget.
+//! events free stays reserved for them ([`Spill::release`]) until the sink loads the next
+//! lines ([`Spill::load`]): the spilled events keep going first and the sources wait. Once
+//! every line is loaded, the reservation goes back to the budget.
 //!
 //! The file is never changed while flaghook runs, so a crash sends it again from its start
 //! (duplicates, never losses). It is removed once every event in it was delivered or
@@ -21,12 +21,12 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use crate::data_dir;
-use crate::event::Item;
+use crate::event::{Item, Origin};
 use crate::source::{Budget, Cost};
 
 /// A spill file being loaded.
 #[derive(Debug)]
-pub struct Spill {
+pub(crate) struct Spill {
     path: PathBuf,
     lines: Lines,
     /// Budget reserved for the lines not loaded yet.
@@ -54,7 +54,7 @@ enum Lines {
 impl Spill {
     /// Opens the spill file at `path`, if any, and loads what fits `budget`, which no source
     /// may have taken from yet. Returns the spill and the events loaded.
-    pub fn open(sink: &str, path: &Path, budget: &Budget) -> Option<(Spill, Vec<Item>)> {
+    pub(crate) fn open(sink: &str, path: &Path, budget: &Budget) -> Option<(Spill, Vec<Item>)> {
         let reader = match data_dir::open_read(path) {
             Ok(file) => BufReader::new(file),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
@@ -71,7 +71,7 @@ impl Spill {
             abandoned: Vec::new(),
         };
         spill.room = budget.reserve_free();
-        let loaded = spill.refill(budget, true);
+        let loaded = spill.load(budget);
         if spill.done() {
             spill.remove(); // no event in it
             return None;
@@ -85,34 +85,38 @@ impl Spill {
         Some((spill, loaded))
     }
 
-    /// `resolved` items left memory, freeing `freed`, which no longer holds anything: the
-    /// spilled events among them are resolved (they come first), and the budget freed is
-    /// kept for the lines not loaded yet. With `load`, the lines that fit now are loaded
-    /// and returned; without it (at shutdown), or once every line is loaded, the budget
-    /// goes back.
-    pub fn release(
+    /// `items` left memory (delivered, dead-lettered or given up), freeing `freed`, which
+    /// no longer holds anything: the spilled events among them are resolved, and the
+    /// budget freed is kept for the lines not loaded yet. At shutdown (no more loading), or
+    /// once every line is loaded, it goes back.
+    pub(crate) fn release(
         &mut self,
-        resolved: usize,
+        items: &[Item],
         freed: Cost,
         budget: &Budget,
-        load: bool,
-    ) -> Vec<Item> {
-        self.unresolved -= resolved.min(self.unresolved);
+        shutting_down: bool,
+    ) {
+        let spilled = items.iter().filter(|i| is_spilled(i)).count();
+        self.unresolved -= spilled.min(self.unresolved);
         budget.unhold(freed);
         self.room += freed;
-        self.refill(budget, load)
+        if shutting_down || self.all_loaded() {
+            budget.give_back(std::mem::take(&mut self.room));
+        }
     }
 
-    fn refill(&mut self, budget: &Budget, load: bool) -> Vec<Item> {
-        let loaded = if load { self.load(budget) } else { Vec::new() };
-        if !load || self.all_loaded() {
+    /// Loads the lines that fit the budget kept for them; once every line is loaded, the
+    /// rest of it goes back.
+    pub(crate) fn load(&mut self, budget: &Budget) -> Vec<Item> {
+        let loaded = self.load_fitting(budget);
+        if self.all_loaded() {
             budget.give_back(std::mem::take(&mut self.room));
         }
         loaded
     }
 
     /// Loads the lines that fit the room.
-    fn load(&mut self, budget: &Budget) -> Vec<Item> {
+    fn load_fitting(&mut self, budget: &Budget) -> Vec<Item> {
         let mut items = Vec::new();
         while let Lines::Left { reader, next } = &mut self.lines {
             let line = match next
@@ -140,9 +144,9 @@ impl Spill {
             }
             self.room -= cost;
             budget.hold(cost);
-            items.push(Item {
-                event: Some(line),
-                ack: None,
+            items.push(Item::Event {
+                event: line,
+                origin: Origin::Spill,
                 held: cost.bytes,
             });
         }
@@ -155,24 +159,37 @@ impl Spill {
         !matches!(self.lines, Lines::Left { .. })
     }
 
-    /// At shutdown: `items`, given up, begin with the spilled events not resolved yet;
-    /// keeps those for [`finish`] and returns how many there were.
-    pub fn abandon(&mut self, items: &[Item]) -> usize {
-        let spilled = items.len().min(self.unresolved);
-        self.abandoned
-            .extend(items[..spilled].iter().filter_map(|i| i.event.clone()));
-        spilled
+    /// At shutdown: `items` are given up; keeps their spilled events for [`finish`] and
+    /// returns how many there were.
+    pub(crate) fn abandon(&mut self, items: &[Item]) -> usize {
+        let before = self.abandoned.len();
+        let spilled = items
+            .iter()
+            .filter(|i| is_spilled(i))
+            .filter_map(Item::event);
+        self.abandoned.extend(spilled.cloned());
+        self.abandoned.len() - before
     }
 
     /// Every event of the file was loaded and delivered or dead-lettered: the file can go.
-    pub fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         matches!(self.lines, Lines::Loaded) && self.unresolved == 0 && self.abandoned.is_empty()
     }
 
     /// Removes the file, once [`Spill::done`].
-    pub fn remove(&self) {
+    pub(crate) fn remove(&self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+fn is_spilled(item: &Item) -> bool {
+    matches!(
+        item,
+        Item::Event {
+            origin: Origin::Spill,
+            ..
+        }
+    )
 }
 
 /// The next non-empty line, without its newline.
@@ -194,17 +211,17 @@ fn read_line(reader: &mut BufReader<File>) -> io::Result<Option<Bytes>> {
 
 /// What [`finish`] wrote.
 #[derive(Debug, Default)]
-pub struct Written {
+pub(crate) struct Written {
     /// Events in the file.
-    pub events: usize,
+    pub(crate) events: usize,
     /// Of them, lines of the old file that were never loaded.
-    pub never_loaded: usize,
+    pub(crate) never_loaded: usize,
 }
 
 /// At shutdown: replaces the spill file at `path` with what is left of `spill` (the file
 /// this run loaded, if any) and then `newer`, the events from sources given up; removes it
 /// when nothing is left.
-pub fn finish(path: &Path, spill: Option<Spill>, newer: &[Bytes]) -> io::Result<Written> {
+pub(crate) fn finish(path: &Path, spill: Option<Spill>, newer: &[Bytes]) -> io::Result<Written> {
     let mut written = Written::default();
     let Some(spill) = spill else {
         if !newer.is_empty() {
@@ -291,10 +308,7 @@ mod tests {
     }
 
     fn events(items: &[Item]) -> Vec<&[u8]> {
-        items
-            .iter()
-            .map(|i| &i.event.as_ref().unwrap()[..])
-            .collect()
+        items.iter().map(|i| &i.event().unwrap()[..]).collect()
     }
 
     fn cost(events: usize, bytes: usize) -> Cost {
@@ -314,12 +328,13 @@ mod tests {
             "the rest is kept for the file"
         );
 
-        let next = spill.release(1, cost(1, 3), &budget, true);
+        spill.release(&first, cost(1, 3), &budget, false);
+        let next = spill.load(&budget);
         assert_eq!(events(&next), [&b"bbb"[..], b"c"], "dd does not fit");
 
         // Shutdown: both are given up.
         assert_eq!(spill.abandon(&next), 2);
-        spill.release(2, cost(2, 4), &budget, false);
+        spill.release(&next, cost(2, 4), &budget, true);
         assert_eq!(budget.reserve_free(), cost(10, 5), "the room went back");
         let newer = [Bytes::from_static(b"n1")];
         let written = finish(&path, Some(spill), &newer).unwrap();
@@ -337,7 +352,8 @@ mod tests {
         assert_eq!(free, cost(8, 98), "all loaded: the rest went back");
         budget.give_back(free);
         assert!(!spill.done());
-        spill.release(2, cost(2, 2), &budget, true);
+        spill.release(&first, cost(2, 2), &budget, false);
+        assert!(spill.load(&budget).is_empty());
         assert!(spill.done());
         assert!(finish(&path, Some(spill), &[]).is_ok());
         assert!(!path.exists());

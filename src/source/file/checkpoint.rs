@@ -13,13 +13,12 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-
-/// Kept here for the callers that wrote checkpoints' way; see [`crate::data_dir`].
-pub use crate::data_dir::write_atomically;
 use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
 
 /// The first bytes of a file that identify it, with its device and inode. Small files are
 /// fingerprinted too (over the bytes they have), so a short file replaced by another is
@@ -90,8 +89,6 @@ pub struct Checkpointer {
     /// What was on disk at start, by (device, inode).
     loaded: HashMap<(u64, u64), Saved>,
     state: Mutex<State>,
-    /// Held while writing, so that two writers never share the temp file.
-    writing: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -115,10 +112,6 @@ impl AckHandle {
     /// This sink delivered or dead-lettered everything of file `id` before `offset`.
     pub fn ack(&self, id: u64, offset: u64) {
         self.checkpointer.ack(id, self.slot, offset);
-    }
-
-    pub fn checkpointer(&self) -> &Arc<Checkpointer> {
-        &self.checkpointer
     }
 }
 
@@ -159,7 +152,6 @@ impl Checkpointer {
             path,
             loaded,
             state: Mutex::default(),
-            writing: Mutex::default(),
         }
     }
 
@@ -245,9 +237,9 @@ impl Checkpointer {
             .map(|t| t.acked.iter().copied().min().unwrap_or(0))
     }
 
-    /// Writes the file if anything changed since the last write.
+    /// Writes the file if anything changed since the last write. Only the
+    /// `CheckpointWriter` calls it while the pipeline runs.
     pub fn write_if_dirty(&self) -> io::Result<()> {
-        let _writing = self.writing.lock().expect("checkpoint write lock");
         let saved = {
             let mut state = self.state.lock().expect("checkpoint lock");
             if !state.dirty {
@@ -272,6 +264,77 @@ impl Checkpointer {
             self.state.lock().expect("checkpoint lock").dirty = true;
         }
         result
+    }
+}
+
+/// How often checkpoints are written while something changed and no sink asked.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// The one writer of checkpoint files: a thread that writes every checkpoint that changed
+/// when a sink asks (after it acknowledged a batch: see [`Persist`]), at least once a second
+/// while something changed (files found, moved or forgotten by the sources), and a last
+/// time once every [`Persist`] is gone, that is, after every sink has finished.
+#[derive(Debug)]
+pub(crate) struct CheckpointWriter(std::thread::JoinHandle<()>);
+
+/// A sink's way to ask the [`CheckpointWriter`] for a write.
+#[derive(Debug, Clone)]
+pub(crate) struct Persist(std_mpsc::Sender<oneshot::Sender<()>>);
+
+impl Persist {
+    /// Asks for every checkpoint that changed to be written; the answer comes once they
+    /// were (or the write failed, which is logged and tried again later).
+    pub(crate) fn request(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        // The writer outlives every `Persist`; if it panicked, `rx` tells.
+        let _ = self.0.send(tx);
+        rx
+    }
+}
+
+impl CheckpointWriter {
+    pub(crate) fn spawn(checkpointers: Vec<Arc<Checkpointer>>) -> io::Result<(Self, Persist)> {
+        let (tx, rx) = std_mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("checkpoints".to_owned())
+            .spawn(move || write_loop(&checkpointers, &rx))?;
+        Ok((CheckpointWriter(thread), Persist(tx)))
+    }
+
+    /// Waits for the last write, which comes once every [`Persist`] is dropped. Err: the
+    /// thread panicked, with the panic's payload.
+    pub(crate) async fn finish(self) -> std::thread::Result<()> {
+        tokio::task::spawn_blocking(move || self.0.join())
+            .await
+            .unwrap_or_else(|e| Err(Box::new(e.to_string())))
+    }
+}
+
+fn write_loop(
+    checkpointers: &[Arc<Checkpointer>],
+    requests: &std_mpsc::Receiver<oneshot::Sender<()>>,
+) {
+    loop {
+        let first = match requests.recv_timeout(CHECKPOINT_EVERY) {
+            Ok(reply) => Some(reply),
+            Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        // One write answers every request that came meanwhile.
+        let waiting: Vec<_> = first.into_iter().chain(requests.try_iter()).collect();
+        write_all(checkpointers);
+        for reply in waiting {
+            let _ = reply.send(());
+        }
+    }
+    write_all(checkpointers);
+}
+
+fn write_all(checkpointers: &[Arc<Checkpointer>]) {
+    for cp in checkpointers {
+        if let Err(e) = cp.write_if_dirty() {
+            tracing::error!(error = %e, "cannot write checkpoint; will try again");
+        }
     }
 }
 
@@ -324,5 +387,29 @@ mod tests {
         fs::write(&log, b"uno\ndos\n").unwrap();
         let again = Checkpointer::load(cp_path);
         assert_eq!(again.resume_offset(&File::open(&log).unwrap(), &log), None);
+    }
+
+    /// A sink's request is answered once the write is on the disk; the last write comes
+    /// once every `Persist` is gone.
+    #[tokio::test]
+    async fn the_writer_saves_on_request_and_last_when_every_sink_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.log");
+        fs::write(&log, b"one\ntwo\n").unwrap();
+        let file = File::open(&log).unwrap();
+        let cp_path = dir.path().join("cp.json");
+        let cp = Arc::new(Checkpointer::load(cp_path.clone()));
+        let reader = cp.subscribe();
+        cp.register(1, Fingerprint::of(&file).unwrap(), &log, 0);
+        let (writer, persist) = CheckpointWriter::spawn(vec![cp.clone()]).unwrap();
+        let saved = || Checkpointer::load(cp_path.clone()).resume_offset(&file, &log);
+
+        reader.ack(1, 4);
+        persist.request().await.unwrap();
+        assert_eq!(saved(), Some(4));
+        reader.ack(1, 8);
+        drop(persist);
+        writer.finish().await.unwrap();
+        assert_eq!(saved(), Some(8));
     }
 }

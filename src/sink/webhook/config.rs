@@ -1,28 +1,16 @@
-//! The webhook sink: GO Feature Flag's webhook exporter request, with delivery that
-//! neither loses events nor hammers a failing endpoint.
+//! The webhook sink's settings, `[sinks.NAME] type = "webhook"`: read and checked at
+//! start-up, with messages that name the key and show a correct example.
 //!
-//! The request is exactly GO Feature Flag's: `POST`, `Content-Type: application/json`,
-//! the user's headers, body `{"meta":{...},"events":[...]}` compact, and
-//! `X-Hub-Signature-256: sha256=<hex>` over the exact body bytes when a secret is set.
-//! [`decide`] is the one place that maps a response to what happens next.
+//! [`endpoint`] parses `endpoint_url` (credentials in it become Basic auth and never
+//! show); [`Delivery`] holds what the delivery loop needs.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
-use bytes::{BufMut, Bytes, BytesMut};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::header::{
-    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION, RETRY_AFTER,
-    USER_AGENT,
-};
-use hyper::{Method, Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use rand::Rng;
+use anyhow::{anyhow, bail, Result};
+use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use hyper::Uri;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
@@ -74,7 +62,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The statuses retried by default: the endpoint is busy or broken (408, 429, 5xx), or
 /// misconfigured in a way the operator can fix without losing data (401, 403, 404).
-pub fn default_retry_on_status() -> Vec<u16> {
+pub(crate) fn default_retry_on_status() -> Vec<u16> {
     let mut statuses = vec![401, 403, 404, 408, 429];
     statuses.extend(500..=599);
     statuses
@@ -139,7 +127,7 @@ fn secret_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 }
 
 /// `endpoint_url` as written. A user and password in it (`https://user:pass@host/hook`)
-/// are sent as Basic auth (see [`endpoint`]) and never shown: `Display` and `Debug` print
+/// are sent as Basic auth (see `endpoint`) and never shown: `Display` and `Debug` print
 /// `***` in their place.
 #[derive(Clone, Deserialize)]
 #[serde(transparent)]
@@ -165,7 +153,7 @@ impl fmt::Debug for EndpointUrl {
 
 /// `url` with its user and password replaced by `***`. When `url` does not parse, where
 /// its authority ends is not known: everything up to its last `@` is hidden.
-fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
     let parsed = url
         .parse::<Uri>()
         .ok()
@@ -433,11 +421,11 @@ impl WebhookConfig {
 }
 
 /// `endpoint_url`, parsed: where requests go, and the credentials it carried.
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// The URL without its user and password.
-    pub uri: Uri,
+    pub(crate) uri: Uri,
     /// `Basic base64(user:password)`, from the URL's percent-decoded user and password.
-    pub authorization: Option<HeaderValue>,
+    pub(crate) authorization: Option<HeaderValue>,
 }
 
 impl fmt::Debug for Endpoint {
@@ -451,7 +439,7 @@ impl fmt::Debug for Endpoint {
 
 /// Parses and checks `endpoint_url` (at `key`, the sink's key): http or https, with a host.
 /// A user and password in it become the `Authorization` header, as curl and browsers do.
-pub fn endpoint(key: &str, url: &EndpointUrl) -> Result<Endpoint> {
+pub(crate) fn endpoint(key: &str, url: &EndpointUrl) -> Result<Endpoint> {
     // A URL with credentials is not shown at all: had it come from the environment, its
     // rest would be a part of an environment value, which `EnvValues::hide` cannot find.
     let shown = match without_credentials(&url.0) {
@@ -526,469 +514,15 @@ fn percent_decode(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// What to do after a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// 2xx: the events are delivered.
-    Delivered,
-    /// Send the same events again later (after `after`, when the endpoint said so, up to
-    /// `retry_max_backoff`).
-    Retry { after: Option<Duration> },
-    /// 413: the batch is too large; send each half.
-    Split,
-    /// A 4xx that will not change: find the events the endpoint rejects (bisect) and
-    /// dead-letter them; deliver the rest.
-    Reject,
-}
-
-/// The retry policy, in one place.
-///
-/// - 2xx: delivered.
-/// - A status in `retry_on` (default 401, 403, 404, 408, 429, 5xx): retry, honouring
-///   `Retry-After`.
-/// - 413: split the batch in two.
-/// - Any other 4xx or 5xx: reject (bisect to the events at fault, dead-letter them).
-/// - Anything else: retry. A 3xx is not followed (the signed body is for the URL the
-///   operator configured, and a POST must not silently move): it means `endpoint_url` is
-///   out of date, which the operator fixes without losing events. The warning of each
-///   failed attempt names the status and the `Location` (see [`Poster::post`]).
-///
-/// Transport errors and timeouts are retried too; they never reach this function.
-pub fn decide(status: StatusCode, retry_after: Option<Duration>, retry_on: &[u16]) -> Decision {
-    let code = status.as_u16();
-    if status.is_success() {
-        Decision::Delivered
-    } else if retry_on.contains(&code) {
-        Decision::Retry { after: retry_after }
-    } else if code == 413 {
-        Decision::Split
-    } else if status.is_client_error() || status.is_server_error() {
-        Decision::Reject
-    } else {
-        Decision::Retry { after: retry_after }
-    }
-}
-
-/// `Retry-After` as seconds or as an HTTP date.
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
-/// Exponential backoff with full jitter: attempt `n` waits a random time in
-/// `[initial, min(max, initial * 2^n)]`. The floor at `initial` keeps a failing endpoint
-/// from being hit in a tight loop.
-pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
-    let ceiling = initial.saturating_mul(1u32 << attempt.min(20)).min(max);
-    if ceiling <= initial {
-        return initial;
-    }
-    rand::thread_rng().gen_range(initial..=ceiling)
-}
-
-/// The retry clock of one sink, shared by the delivery loop and `dead-letter replay`:
-/// failed attempts in a row (for the backoff) and when they began (for
-/// `retry_max_duration`).
-#[derive(Debug)]
-pub struct Retries {
-    initial: Duration,
-    max: Duration,
-    max_duration: Option<Duration>,
-    attempt: u32,
-    failing_since: Option<std::time::Instant>,
-}
-
-/// What to do after a request that may be retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NextTry {
-    /// Send again after this delay (`Retry-After` when the endpoint gave one, else the
-    /// backoff).
-    After(Duration),
-    /// Requests have failed for longer than `retry_max_duration` (the value): dead-letter.
-    GiveUp(Duration),
-}
-
-impl Retries {
-    pub fn new(delivery: &Delivery) -> Self {
-        Retries {
-            initial: delivery.retry_initial_backoff,
-            max: delivery.retry_max_backoff,
-            max_duration: delivery.retry_max_duration,
-            attempt: 0,
-            failing_since: None,
-        }
-    }
-
-    /// A request got a 2xx: the next failure starts a new run of failures.
-    pub fn succeeded(&mut self) {
-        self.attempt = 0;
-        self.failing_since = None;
-    }
-
-    /// A request failed and may be retried; `after` is its `Retry-After`, honoured up to
-    /// `retry_max_backoff`: an endpoint cannot stop delivery with a huge one.
-    pub fn failed(&mut self, after: Option<Duration>) -> NextTry {
-        let since = *self
-            .failing_since
-            .get_or_insert_with(std::time::Instant::now);
-        if let Some(max) = self.max_duration {
-            if since.elapsed() >= max {
-                return NextTry::GiveUp(max);
-            }
-        }
-        let delay = match after {
-            Some(after) => after.min(self.max),
-            None => backoff(self.attempt, self.initial, self.max),
-        };
-        self.attempt = self.attempt.saturating_add(1);
-        NextTry::After(delay)
-    }
-}
-
-/// The result of one POST.
-#[derive(Debug)]
-pub struct Outcome {
-    pub decision: Decision,
-    /// For logs and dead letters: the status and the start of the response body, or
-    /// the transport error.
-    pub detail: String,
-}
-
-/// Builds and sends GO Feature Flag's request.
-pub struct Poster {
-    /// The sink's name, for logs.
-    sink: String,
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
-    uri: Uri,
-    headers: HeaderMap,
-    /// `{"meta":{...},"events":[`
-    prefix: Bytes,
-    secret: Option<Secret>,
-    timeout: Duration,
-    retry_on: Vec<u16>,
-}
-
-impl fmt::Debug for Poster {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Poster")
-            .field("uri", &self.uri)
-            .field("signed", &self.secret.is_some())
-            .finish()
-    }
-}
-
-/// The `meta` object: the user's strings, plus `hostname` unless set.
-pub fn meta_json(meta: &BTreeMap<String, toml::Value>) -> String {
-    let mut map: BTreeMap<&str, String> = meta
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or_default().to_owned()))
-        .collect();
-    if !map.contains_key("hostname") {
-        let host = hostname::get()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        map.insert("hostname", host);
-    }
-    serde_json::to_string(&map).expect("strings serialize")
-}
-
-impl Poster {
-    pub fn new(name: &str, config: &WebhookConfig) -> Result<Self> {
-        let Endpoint { uri, authorization } =
-            endpoint(&format!("sinks.{name}"), &config.endpoint_url)?;
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let connector = match builder.with_native_roots() {
-            Ok(b) => b.https_or_http().enable_http1().wrap_connector(http),
-            Err(e) if uri.scheme_str() == Some("https") => {
-                return Err(anyhow!(e)).context(format!(
-                    "sink `{name}`: cannot load the platform's root certificates for https"
-                ));
-            }
-            Err(_) => {
-                let tls = rustls::ClientConfig::builder()
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls)
-                    .https_or_http()
-                    .enable_http1()
-                    .wrap_connector(http)
-            }
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
-        let mut headers = HeaderMap::new();
-        for (header_name, values) in &config.headers {
-            let header = HeaderName::from_bytes(header_name.as_bytes()).expect("validated");
-            if header == CONTENT_TYPE {
-                tracing::warn!(
-                    sink = name,
-                    "`headers` sets Content-Type, which is always application/json; ignoring it"
-                );
-                continue;
-            }
-            for v in values.values() {
-                // Sensitive: hyper's `Debug` shows no value of the user's headers.
-                let mut value = HeaderValue::from_str(v).expect("validated");
-                value.set_sensitive(true);
-                headers.append(header.clone(), value);
-            }
-        }
-        if let Some(authorization) = authorization {
-            headers.insert(AUTHORIZATION, authorization);
-        }
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if !headers.contains_key(USER_AGENT) {
-            headers.insert(
-                USER_AGENT,
-                HeaderValue::from_static(concat!("flaghook/", env!("CARGO_PKG_VERSION"))),
-            );
-        }
-        let prefix = format!(r#"{{"meta":{},"events":["#, meta_json(&config.meta));
-        Ok(Poster {
-            sink: name.to_owned(),
-            client,
-            uri,
-            headers,
-            prefix: Bytes::from(prefix),
-            secret: config.signing_secret().cloned(),
-            timeout: config.timeout.0,
-            retry_on: config.retry_on_status.clone(),
-        })
-    }
-
-    /// The exact body for `events` (already encoded JSON objects), and its signature.
-    pub fn prepare<'a>(&self, events: impl Iterator<Item = &'a Bytes> + Clone) -> Signed {
-        let body = body(&self.prefix, events);
-        let signature = self
-            .secret
-            .as_ref()
-            .map(|s| crate::sign::signature(s.expose(), &body));
-        Signed { body, signature }
-    }
-
-    /// POSTs a prepared body and decides what happens to its events.
-    ///
-    /// A request whose connection closed before any response is sent once more at once:
-    /// an endpoint that closes a kept-alive connection just as the next request goes out
-    /// has not refused anything, and the next connection is a fresh one (the failed one
-    /// left the pool). Any other failure is for the caller's backoff.
-    pub async fn post(&self, signed: Signed) -> Outcome {
-        let attempt = || self.attempt(self.request(&signed));
-        let result = match attempt().await {
-            Attempt::Closed(detail) => {
-                tracing::debug!(
-                    sink = %self.sink,
-                    "{detail}: the endpoint closed the connection; sending again at once"
-                );
-                attempt().await
-            }
-            other => other,
-        };
-        match result {
-            Attempt::Answered(outcome) => outcome,
-            Attempt::Closed(detail) | Attempt::Failed(detail) => Outcome {
-                decision: Decision::Retry { after: None },
-                detail,
-            },
-        }
-    }
-
-    fn request(&self, signed: &Signed) -> Request<Full<Bytes>> {
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(self.uri.clone());
-        *request.headers_mut().expect("fresh builder") = self.headers.clone();
-        if let Some(signature) = &signed.signature {
-            request = request.header("X-Hub-Signature-256", signature);
-        }
-        request
-            .body(Full::new(signed.body.clone()))
-            .expect("valid request")
-    }
-
-    /// One request: its response's status decides, within `timeout`.
-    async fn attempt(&self, request: Request<Full<Bytes>>) -> Attempt {
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
-            Ok(Ok(response)) => Attempt::Answered(self.answer(response).await),
-            Ok(Err(e)) if closed_before_response(&e) => {
-                Attempt::Closed(format!("request failed: {}", error_chain(&e)))
-            }
-            Ok(Err(e)) => Attempt::Failed(format!("request failed: {}", error_chain(&e))),
-            Err(_) => Attempt::Failed(format!(
-                "no response within {}",
-                humantime::format_duration(self.timeout)
-            )),
-        }
-    }
-
-    /// The decision is the status's. The body is read only to reuse the connection (a
-    /// 2xx) or to quote it (anything else), and only a bounded prefix of it for a bounded
-    /// time: a body that trickles or never ends is dropped with its connection, and a 2xx
-    /// stays a delivery.
-    async fn answer(&self, response: Response<Incoming>) -> Outcome {
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
-        let decision = decide(status, retry_after, &self.retry_on);
-        let redirect = status
-            .is_redirection()
-            .then(|| redirect_note(response.headers().get(LOCATION)));
-        let limit = if status.is_success() {
-            OK_BODY_LIMIT
-        } else {
-            EXCERPT_LIMIT
-        };
-        let prefix = read_prefix(response.into_body(), limit, BODY_WAIT).await;
-        let text = String::from_utf8_lossy(&prefix[..prefix.len().min(EXCERPT_LIMIT)]);
-        let detail = match redirect {
-            Some(note) => format!("status {status}, {note}: {text}"),
-            None => format!("status {status}: {text}"),
-        };
-        Outcome { decision, detail }
-    }
-}
-
-/// How much of a 2xx body is read (to reuse its connection); a longer one is dropped.
-const OK_BODY_LIMIT: usize = 64 * 1024;
-/// How much of any other body is read and quoted in logs and dead letters.
-const EXCERPT_LIMIT: usize = 1024;
-/// The longest wait for a body once the status is in.
-const BODY_WAIT: Duration = Duration::from_secs(1);
-
-/// How one request ended.
-enum Attempt {
-    /// A response (its status decides).
-    Answered(Outcome),
-    /// The connection closed before any response: see [`closed_before_response`].
-    Closed(String),
-    /// No response: the connection could not be made, or the timeout passed.
-    Failed(String),
-}
-
-/// Whether a request failed on a connection that closed (or was reset) before its
-/// response: what a kept-alive connection does when the endpoint closed it. hyper's own
-/// retry (`retry_canceled_requests`) covers only a request not yet written when the
-/// close is seen; this covers one written into a connection the endpoint just closed.
-fn closed_before_response(e: &hyper_util::client::legacy::Error) -> bool {
-    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
-    if e.is_connect() {
-        return false;
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            if h.is_incomplete_message() || h.is_canceled() {
-                return true;
-            }
-        }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if matches!(io.kind(), BrokenPipe | ConnectionAborted | ConnectionReset) {
-                return true;
-            }
-        }
-        source = s.source();
-    }
-    false
-}
-
-/// For a 3xx: where it points (without credentials), and that flaghook does not follow it.
-fn redirect_note(location: Option<&HeaderValue>) -> String {
-    const NOT_FOLLOWED: &str = "not followed: set endpoint_url to the endpoint's current URL";
-    match location.map(|l| l.to_str()) {
-        Some(Ok(url)) if url.len() <= 512 => {
-            format!("redirect to {} {NOT_FOLLOWED}", without_credentials(url))
-        }
-        Some(_) => format!("redirect (to a Location not shown) {NOT_FOLLOWED}"),
-        None => format!("redirect without a Location, {NOT_FOLLOWED}"),
-    }
-}
-
-/// Up to `limit` bytes of `body`, read for at most `wait`; a read error ends it too.
-async fn read_prefix(mut body: Incoming, limit: usize, wait: Duration) -> Vec<u8> {
-    let mut prefix = Vec::new();
-    let read = async {
-        while let Some(Ok(frame)) = body.frame().await {
-            if let Ok(data) = frame.into_data() {
-                let room = limit - prefix.len();
-                prefix.extend_from_slice(&data[..data.len().min(room)]);
-                if prefix.len() >= limit {
-                    break;
-                }
-            }
-        }
-    };
-    let _ = tokio::time::timeout(wait, read).await;
-    prefix
-}
-
-/// A request body and its `X-Hub-Signature-256` value (when a secret is set).
-pub struct Signed {
-    pub body: Bytes,
-    pub signature: Option<String>,
-}
-
-impl fmt::Debug for Signed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Signed({} bytes, signed: {})",
-            self.body.len(),
-            self.signature.is_some()
-        )
-    }
-}
-
-/// `prefix` (`{"meta":{...},"events":[`), the events separated by commas, then `]}`.
-pub fn body<'a>(prefix: &[u8], events: impl Iterator<Item = &'a Bytes> + Clone) -> Bytes {
-    let len: usize = events.clone().map(|e| e.len() + 1).sum();
-    let mut body = BytesMut::with_capacity(prefix.len() + len + 2);
-    body.put_slice(prefix);
-    for (i, e) in events.enumerate() {
-        if i > 0 {
-            body.put_u8(b',');
-        }
-        body.put_slice(e);
-    }
-    body.put_slice(b"]}");
-    body.freeze()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 /// The webhook sink's settings that the delivery loop needs.
 #[derive(Debug, Clone)]
-pub struct Delivery {
-    pub max_events: usize,
-    pub flush_interval: Duration,
-    pub retry_initial_backoff: Duration,
-    pub retry_max_backoff: Duration,
-    pub retry_max_duration: Option<Duration>,
-    pub shutdown_timeout: Duration,
+pub(crate) struct Delivery {
+    pub(crate) max_events: usize,
+    pub(crate) flush_interval: Duration,
+    pub(crate) retry_initial_backoff: Duration,
+    pub(crate) retry_max_backoff: Duration,
+    pub(crate) retry_max_duration: Option<Duration>,
+    pub(crate) shutdown_timeout: Duration,
 }
 
 impl From<&WebhookConfig> for Delivery {
@@ -1007,72 +541,6 @@ impl From<&WebhookConfig> for Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_policy() {
-        let retry_on = default_retry_on_status();
-        let d = |code: u16| decide(StatusCode::from_u16(code).unwrap(), None, &retry_on);
-        assert_eq!(d(200), Decision::Delivered);
-        assert_eq!(d(204), Decision::Delivered);
-        for code in [401, 403, 404, 408, 429, 500, 502, 503, 504] {
-            assert_eq!(d(code), Decision::Retry { after: None }, "{code}");
-        }
-        assert_eq!(d(413), Decision::Split);
-        for code in [400, 405, 409, 410, 422] {
-            assert_eq!(d(code), Decision::Reject, "{code}");
-        }
-        assert_eq!(d(302), Decision::Retry { after: None });
-        assert_eq!(
-            decide(StatusCode::INTERNAL_SERVER_ERROR, None, &[503]),
-            Decision::Reject
-        );
-    }
-
-    #[test]
-    fn retry_after_seconds_and_dates() {
-        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
-        let later = std::time::SystemTime::now() + Duration::from_secs(30);
-        let d = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
-        assert!(
-            d > Duration::from_secs(27) && d <= Duration::from_secs(30),
-            "{d:?}"
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon"), None);
-    }
-
-    #[test]
-    fn backoff_grows_within_bounds() {
-        let (initial, max) = (Duration::from_millis(100), Duration::from_secs(2));
-        for attempt in 0..30 {
-            let d = backoff(attempt, initial, max);
-            assert!(d >= initial && d <= max, "{attempt}: {d:?}");
-        }
-        assert_eq!(backoff(0, initial, max), initial);
-    }
-
-    #[test]
-    fn retries_give_up_after_retry_max_duration_and_start_over_after_a_success() {
-        let ms = Duration::from_millis;
-        let mut retries = Retries::new(&Delivery {
-            max_events: 1,
-            flush_interval: ms(100),
-            retry_initial_backoff: ms(10),
-            retry_max_backoff: ms(10),
-            retry_max_duration: Some(ms(30)),
-            shutdown_timeout: ms(100),
-        });
-        assert_eq!(retries.failed(None), NextTry::After(ms(10)));
-        // Retry-After is honoured up to retry_max_backoff.
-        assert_eq!(retries.failed(Some(ms(7000))), NextTry::After(ms(10)));
-        std::thread::sleep(ms(40));
-        assert_eq!(retries.failed(None), NextTry::GiveUp(ms(30)));
-        retries.succeeded();
-        assert_eq!(retries.failed(None), NextTry::After(ms(10)));
-    }
 
     fn url(text: &str) -> EndpointUrl {
         EndpointUrl(text.to_owned())
@@ -1140,24 +608,6 @@ mod tests {
                 && !err.contains("hunter2"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn retry_after_is_capped_by_retry_max_backoff() {
-        let ms = Duration::from_millis;
-        let mut retries = Retries::new(&Delivery {
-            max_events: 1,
-            flush_interval: ms(100),
-            retry_initial_backoff: ms(10),
-            retry_max_backoff: ms(500),
-            retry_max_duration: None,
-            shutdown_timeout: ms(100),
-        });
-        let huge = parse_retry_after("9223372036854775807");
-        assert_eq!(retries.failed(huge), NextTry::After(ms(500)));
-        let far = parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT");
-        assert_eq!(retries.failed(far), NextTry::After(ms(500)));
-        assert_eq!(retries.failed(Some(ms(200))), NextTry::After(ms(200)));
     }
 
     /// Reads a sink table as config.rs does: parsed first, then deserialized.

@@ -1,0 +1,206 @@
+//! A sink's decode stage: the sources' blocks become [`Item`]s, in a task of its own so
+//! that decoding runs beside posting. Bad lines are counted, logged and dead-lettered
+//! here.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::deadletter::{DeadLetterWriter, Record};
+use super::webhook::retry::Grace;
+use super::{count_events, Stats};
+use crate::event::{self, Ack, Block, Decoded, Decoder, Invalid, Item, LineKind, Origin};
+use crate::source::{Budget, Cost};
+
+/// Starts decoding `input`; returns the items, in order, and the task.
+pub(crate) fn spawn(
+    d: Decode,
+    input: mpsc::Receiver<Block>,
+) -> (impl Stream<Item = Item> + Unpin, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(8);
+    let task = tokio::spawn(decode_blocks(d, input, tx));
+    let items = ReceiverStream::new(rx).flat_map(futures::stream::iter);
+    (items, task)
+}
+
+/// What the decode task needs besides its input and output.
+pub(crate) struct Decode {
+    pub(crate) name: String,
+    pub(crate) decoder: Decoder,
+    pub(crate) budget: Arc<Budget>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) writer: DeadLetterWriter,
+    pub(crate) grace: Grace,
+}
+
+/// Decodes blocks into items; bad lines are counted, logged and dead-lettered here.
+///
+/// A block's dead letters are on the disk before its items go on, so that no position
+/// past a bad line is acknowledged before its dead letter is written. While they cannot
+/// be written, the block waits (holding its budget). When the write is given up, the
+/// block's lines from the first bad one on, and every later line of that file, are left
+/// in the file for the next run.
+async fn decode_blocks(
+    mut d: Decode,
+    mut input: mpsc::Receiver<Block>,
+    output: mpsc::Sender<Vec<Item>>,
+) {
+    let mut log = BadLineLog::new();
+    let mut left_in_files: HashSet<(usize, u64)> = HashSet::new();
+    let mut lost_before = false;
+    while let Some(block) = input.recv().await {
+        let file = block.file.map(|f| (block.input, f));
+        let left_in_file = file.is_some_and(|f| left_in_files.contains(&f));
+        let (mut items, records, first_bad) = decode_block(&mut d, &block, &mut log, left_in_file);
+        let bad = records.len() as u64;
+        // Items from `keep` on are left in their file; `bad` of them are bad lines.
+        let keep = if left_in_file {
+            0
+        } else if records.is_empty() || d.writer.write(records, &mut d.grace).await {
+            Stats::add(&d.stats.rejected, bad);
+            items.len()
+        } else if let (Some(file), Some(at)) = (file, first_bad) {
+            left_in_files.insert(file);
+            tracing::warn!(sink = %d.name, file = %block.origin, "the dead letters of bad lines were not written: from the first of them on, the file's lines stay in it for the next run");
+            at
+        } else {
+            Stats::add(&d.stats.not_delivered, bad);
+            if !std::mem::replace(&mut lost_before, true) {
+                tracing::error!(sink = %d.name, origin = %block.origin, lines = bad, "bad lines lost: their dead letters were not written and they cannot be read again (later ones are counted in events_not_delivered)");
+            }
+            items.len()
+        };
+        if keep < items.len() {
+            let left = items.split_off(keep);
+            let events = count_events(&left) as u64;
+            Stats::add(&d.stats.not_delivered, events + bad);
+            d.budget.release(Cost {
+                events: left.len(),
+                bytes: left.iter().map(Item::held).sum(),
+            });
+        }
+        if !items.is_empty() && output.send(items).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A block's items, the dead letters of its bad lines, and the index in the items of the
+/// first bad line from a file. Lines that become no item leave the budget here.
+fn decode_block(
+    d: &mut Decode,
+    block: &Block,
+    log: &mut BadLineLog,
+    quiet: bool,
+) -> (Vec<Item>, Vec<Record>, Option<usize>) {
+    let mut items = Vec::with_capacity(block.lines.len());
+    let mut records = Vec::new();
+    let mut first_bad = None;
+    for line in &block.lines {
+        let ack = block.file.zip(line.end()).map(|(file, offset)| Ack {
+            input: block.input,
+            file,
+            offset,
+        });
+        let decoded = match &line.kind {
+            LineKind::Text { .. } => d.decoder.decode(&line.bytes, &block.envelope),
+            LineKind::Oversized { len, .. } => Err(event::explain(
+                &line.bytes,
+                Invalid(format!("line of {len} bytes is longer than max_line_bytes")),
+            )),
+            LineKind::Unreadable { reason } => Err(Invalid(reason.clone())),
+        };
+        let event = match decoded {
+            Ok(Decoded::Event(bytes)) => Some(bytes),
+            Ok(Decoded::Filtered | Decoded::Empty) => None,
+            Err(invalid) => {
+                let location = location(block, &line.kind);
+                if !quiet {
+                    log.log(&d.name, &location, &invalid.0);
+                }
+                let mut record = Record::new(&d.name, invalid.0, &line.bytes);
+                record.source = Some(block.source_name.to_string());
+                record.location = Some(location);
+                if let LineKind::Oversized { len, .. } = line.kind {
+                    record.truncated_from_bytes = Some(len);
+                }
+                records.push(record);
+                if ack.is_some() {
+                    first_bad.get_or_insert(items.len());
+                }
+                None
+            }
+        };
+        // A line without an event holds no bytes; with an acknowledgement to make, it
+        // still holds its place (and its event permit) in line.
+        let bytes = d.budget.line_bytes(line.bytes.len());
+        match (event, ack) {
+            (Some(event), ack) => items.push(Item::Event {
+                event,
+                origin: ack.map_or(Origin::Stream, Origin::File),
+                held: bytes,
+            }),
+            (None, Some(ack)) => {
+                items.push(Item::Position(ack));
+                d.budget.release(Cost { events: 0, bytes });
+            }
+            (None, None) => d.budget.release(Cost { events: 1, bytes }),
+        }
+    }
+    (items, records, first_bad)
+}
+
+/// Logs bad lines without flooding: the first few of every minute, then a count.
+struct BadLineLog {
+    window_start: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl BadLineLog {
+    const PER_MINUTE: u32 = 10;
+
+    fn new() -> Self {
+        BadLineLog {
+            window_start: Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    fn log(&mut self, sink: &str, location: &str, reason: &str) {
+        if self.window_start.elapsed() >= Duration::from_secs(60) {
+            if self.suppressed > 0 {
+                tracing::warn!(
+                    sink,
+                    suppressed = self.suppressed,
+                    "more bad lines were rejected than logged (all are in the dead-letter file)"
+                );
+            }
+            *self = BadLineLog::new();
+        }
+        if self.logged < Self::PER_MINUTE {
+            self.logged += 1;
+            tracing::warn!(sink, location, "bad line rejected: {reason}");
+        } else {
+            self.suppressed += 1;
+        }
+    }
+}
+
+fn location(block: &Block, kind: &LineKind) -> String {
+    match *kind {
+        LineKind::Unreadable { .. } => block.origin.to_string(),
+        LineKind::Text { number, end } | LineKind::Oversized { number, end, .. } => {
+            match block.file {
+                Some(_) => format!("{} line {number} (ends at byte {end})", block.origin),
+                None => format!("{} line {number}", block.origin),
+            }
+        }
+    }
+}

@@ -1,0 +1,490 @@
+//! The webhook sink, as one pipeline:
+//!
+//! ```text
+//! blocks -> decode -> chunks_timeout -> re-inject -> build and sign -> post -> decide
+//!          (a task)                        ^                                    |
+//!                                          +-------- failed: retry <------------+
+//!                                                    2xx: acknowledge <---------+
+//!                                   413, 4xx: split, dead-letter the rejected <-+
+//! ```
+//!
+//! - **decode** (`super::decode`, its own task, so that decoding runs beside posting):
+//!   the sources' blocks become items; bad lines are dead-lettered there.
+//! - **chunks_timeout** (`crate::batch`): a batch goes out when `max_event_in_memory`
+//!   events are pending, when their lines reach half the byte budget, or `flush_interval`
+//!   after the first.
+//! - **re-inject** (`Reinject`): failed batches go back into the stream ahead of
+//!   everything newer, so order is kept; so do the events of the spill file, at start.
+//! - **build and sign** (`request`): while one batch is in flight, the next one is
+//!   gathered and signed, ready when the response comes (one request in flight at a time).
+//! - **post** (`client`) and **decide** (`retry::decide`): on 2xx the batch is
+//!   acknowledged (file offsets move, the lines leave the memory budget); on 413 or a
+//!   permanent 4xx it is split in halves, down to the single events the endpoint
+//!   rejects, which are dead-lettered; on anything retryable it is re-injected, and
+//!   `RetryPolicy` says when it goes out again, or that it is given up (shutdown,
+//!   `retry_max_duration`).
+//!
+//! When the input ends (`--once`, or shutdown), what is re-injected is retried until
+//! delivered, or until the shutdown grace period ends. Then events from files are left
+//! for the next run (their offsets never moved) and events from TCP or stdin are spilled
+//! to `data_dir/spill/<sink>.jsonl`, to be sent first on the next start, within the memory
+//! budget (see `super::spill`).
+//!
+//! A dead letter is a delivery only once it is on the disk (`DeadLetterWriter`): until
+//! it is, the line's position is not acknowledged, and the write is retried with backoff
+//! while the line holds its place in the memory budget (so a dead-letter file that stays
+//! unwritable stops the sources: back-pressure, nothing lost). At shutdown after the grace
+//! period, or with `--once` after `shutdown_timeout`, it is given up: the line and the
+//! rest of its file stay there for the next run, counted as not delivered.
+
+pub(crate) mod client;
+pub(crate) mod config;
+pub(crate) mod request;
+pub(crate) mod retry;
+
+pub(crate) use client::Poster;
+pub(crate) use config::Delivery;
+pub use config::{EndpointUrl, HeaderValues, Secret, WebhookConfig};
+pub use request::body;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::ack::Acknowledger;
+use super::deadletter::{DeadLetterWriter, DeadLetters, Record};
+use super::decode::{self, Decode};
+use super::spill::{self, Spill};
+use super::{count_events, Stats};
+use crate::batch::{chunks_timeout, Limits, Reinject};
+use crate::event::{Block, Decoder, Item, Origin};
+use crate::source::file::checkpoint::{AckHandle, Persist};
+use crate::source::{gathers_ahead, max_batch_bytes, Budget, Cost};
+use request::Signed;
+use retry::{Decision, Grace, Next, RetryPolicy, Turn};
+
+/// Everything a sink needs to run.
+#[derive(Debug)]
+pub(crate) struct SinkParts {
+    pub(crate) name: String,
+    pub(crate) poster: Arc<Poster>,
+    pub(crate) delivery: Delivery,
+    pub(crate) decoder: Decoder,
+    pub(crate) budget: Arc<Budget>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) dead_letters: Arc<DeadLetters>,
+    /// Per input ([`Block::input`]): the source's acknowledgement handle, for file sources.
+    pub(crate) acks: Vec<Option<AckHandle>>,
+    /// Saves the checkpoints the sink moved.
+    pub(crate) checkpoints: Persist,
+    pub(crate) spill_path: PathBuf,
+    /// `run --once`: a dead letter that cannot be written is given up after
+    /// `shutdown_timeout` instead of being retried until it is written.
+    pub(crate) once: bool,
+    /// The spill file left by the last shutdown, and the events loaded from it: opened
+    /// before the sources start (see [`Spill::open`]).
+    pub(crate) spill: Option<(Spill, Vec<Item>)>,
+}
+
+/// Runs the sink until its input ends and everything is delivered, dead-lettered, or
+/// (after the shutdown grace period) left for the next run.
+pub(crate) async fn run(
+    parts: SinkParts,
+    input: mpsc::Receiver<Block>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let limits = Limits {
+        events: parts.delivery.max_events,
+        bytes: max_batch_bytes(parts.budget.cap().bytes),
+    };
+    // Gathering the next batch while a failed one still holds its budget needs room for
+    // both: the sources cut their blocks to fit (see `source::Output`); with a smaller
+    // budget, batches are gathered one at a time.
+    let ahead = gathers_ahead(parts.budget.cap().events, limits.events);
+    let flush_interval = parts.delivery.flush_interval;
+    let (mut sink, decode, spilled) = Sink::new(parts, shutdown);
+    let poster = sink.poster.clone();
+    let sign = |items: Vec<Item>| {
+        let signed = poster.prepare(items.iter().filter_map(Item::event));
+        Prepared { items, signed }
+    };
+
+    // blocks -> decode -> chunks_timeout -> re-inject (the spill file's events first)
+    let (items, decoding) = decode::spawn(decode, input);
+    let mut batches = Reinject::new(chunks_timeout(items, limits, flush_interval), limits);
+    batches.push_back(spilled);
+
+    // -> build and sign -> post -> decide -> acknowledge, or re-inject
+    let mut next = batches.next().await.map(sign);
+    while let Some(batch) = next {
+        let (handled, fetched) = if ahead {
+            overlap(sink.handle(batch), batches.next().map(|b| b.map(sign))).await
+        } else {
+            (sink.handle(batch).await, None)
+        };
+        // `None` also when the input had ended: something may have been re-injected since.
+        let mut fetched = fetched.flatten();
+        if let Handled::Retry(failed) = handled {
+            // The batch taken meanwhile entered after the failed one: it goes back behind.
+            if let Some(newer) = fetched.take() {
+                batches.push_front(newer.items);
+            }
+            batches.push_front(failed);
+        }
+        batches.push_back(sink.load_spill());
+        next = match fetched {
+            Some(prepared) => Some(prepared),
+            None => batches.next().await.map(sign),
+        };
+    }
+
+    sink.finish().await;
+    if let Err(e) = decoding.await {
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+    Ok(())
+}
+
+/// Runs `handle` to its end while `fetch` gathers (at most) the next batch.
+async fn overlap<H: Future, F: Future>(handle: H, fetch: F) -> (H::Output, Option<F::Output>) {
+    tokio::pin!(handle, fetch);
+    let mut fetched = None;
+    loop {
+        tokio::select! {
+            handled = &mut handle => return (handled, fetched),
+            next = &mut fetch, if fetched.is_none() => fetched = Some(next),
+        }
+    }
+}
+
+/// A batch and its request body, built and signed.
+struct Prepared {
+    items: Vec<Item>,
+    signed: Signed,
+}
+
+/// What became of a batch.
+enum Handled {
+    /// Delivered, dead-lettered, or left for the next run.
+    Settled,
+    /// Its request failed: it goes back into the stream, and out again when the
+    /// [`RetryPolicy`] says.
+    Retry(Vec<Item>),
+}
+
+/// A batch (what is left of it) whose request failed and may be retried.
+struct Failure {
+    rest: Vec<Item>,
+    /// `Retry-After`.
+    after: Option<Duration>,
+    detail: String,
+}
+
+/// The part of a sink past the batcher: posting, deciding, acknowledging.
+struct Sink {
+    name: String,
+    poster: Arc<Poster>,
+    budget: Arc<Budget>,
+    stats: Arc<Stats>,
+    retry: RetryPolicy,
+    writer: DeadLetterWriter,
+    acks: Acknowledger,
+    spill_path: PathBuf,
+    /// The spill file while it has events not resolved: they go before newer ones.
+    spill: Option<Spill>,
+    /// Events from TCP and stdin given up at shutdown, for the spill file.
+    abandoned: Vec<Bytes>,
+}
+
+impl Sink {
+    /// The sink, the settings of its decode task, and the events loaded from the spill
+    /// file.
+    fn new(parts: SinkParts, shutdown: CancellationToken) -> (Sink, Decode, Vec<Item>) {
+        let SinkParts {
+            name,
+            poster,
+            delivery,
+            decoder,
+            budget,
+            stats,
+            dead_letters,
+            acks,
+            checkpoints,
+            spill_path,
+            once,
+            spill,
+        } = parts;
+        let writer = DeadLetterWriter::new(&name, dead_letters, &delivery, once);
+        let decode = Decode {
+            name: name.clone(),
+            decoder,
+            budget: budget.clone(),
+            stats: stats.clone(),
+            writer: writer.clone_for_decode(),
+            grace: Grace::new(shutdown.clone(), delivery.shutdown_timeout),
+        };
+        let (spill, spilled) = spill.unzip();
+        let sink = Sink {
+            name,
+            poster,
+            budget,
+            stats,
+            retry: RetryPolicy::for_sink(&delivery, shutdown),
+            writer,
+            acks: Acknowledger::new(acks, checkpoints),
+            spill_path,
+            spill,
+            abandoned: Vec::new(),
+        };
+        (sink, decode, spilled.unwrap_or_default())
+    }
+
+    /// Sends `batch` when the retry policy says (post -> decide -> acknowledge, split,
+    /// dead-letter), or gives it up; or hands it back, failed, to be re-injected.
+    async fn handle(&mut self, batch: Prepared) -> Handled {
+        crate::failpoint::hit("sink-handle");
+        if self.retry.turn(from_files(&batch.items)).await == Turn::GiveUp {
+            self.give_up(batch.items);
+            return Handled::Settled;
+        }
+        let Err(failure) = self.deliver(batch).await else {
+            self.retry.succeeded();
+            return Handled::Settled;
+        };
+        let events = count_events(&failure.rest);
+        match self.retry.failed(failure.after, from_files(&failure.rest)) {
+            Next::Retry(delay) => {
+                let retry_in = Duration::from_millis(delay.as_millis() as u64);
+                tracing::warn!(sink = %self.name, events, retry_in = %humantime::format_duration(retry_in), "delivery failed ({}); will retry", failure.detail);
+                Handled::Retry(failure.rest)
+            }
+            Next::StayInFiles => {
+                tracing::warn!(sink = %self.name, events, "delivery failed at shutdown ({}); the events stay in their files for the next start", failure.detail);
+                self.give_up(failure.rest);
+                Handled::Settled
+            }
+            Next::OutOfTime(max) => {
+                let max = humantime::format_duration(max);
+                let reason = format!("still failing after {max}: {}", failure.detail);
+                tracing::error!(sink = %self.name, events, "{reason}; dead-lettering the batch");
+                self.reject_all(failure.rest, &reason).await;
+                Handled::Settled
+            }
+        }
+    }
+
+    /// Posts `batch`, splitting it on 413 and bisecting it on a permanent 4xx; each part
+    /// delivered or dead-lettered is acknowledged at once. Returns what is left when a
+    /// request fails and may be retried.
+    async fn deliver(&mut self, batch: Prepared) -> Result<(), Failure> {
+        // The prepared body is the whole batch's: only the first part can use it.
+        let mut signed = Some(batch.signed);
+        let mut parts = VecDeque::from([batch.items]);
+        while let Some(part) = parts.pop_front() {
+            let events = count_events(&part);
+            if events == 0 {
+                self.resolve(&part);
+                continue;
+            }
+            let signed = signed
+                .take()
+                .unwrap_or_else(|| self.poster.prepare(part.iter().filter_map(Item::event)));
+            // A crash re-sends at most the batch in flight.
+            self.acks.persisted().await;
+            let outcome = self.poster.post(signed).await;
+            match outcome.decision {
+                Decision::Delivered => {
+                    Stats::add(&self.stats.delivered, events as u64);
+                    Stats::add(&self.stats.requests, 1);
+                    self.resolve(&part);
+                }
+                Decision::Retry { after } => {
+                    let mut rest = part;
+                    rest.extend(parts.into_iter().flatten());
+                    let detail = outcome.detail;
+                    return Err(Failure {
+                        rest,
+                        after,
+                        detail,
+                    });
+                }
+                Decision::Split | Decision::Reject if events == 1 => {
+                    let reason = format!("endpoint rejected the event: {}", outcome.detail);
+                    tracing::warn!(sink = %self.name, "{reason}; dead-lettering it");
+                    self.reject_all(part, &reason).await;
+                }
+                Decision::Split | Decision::Reject => {
+                    tracing::info!(sink = %self.name, events, "{}; sending the batch in two halves", outcome.detail);
+                    let (a, b) = halves(part);
+                    parts.push_front(b);
+                    parts.push_front(a);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Dead-letters every event of `items` with `reason`, then acknowledges them; or,
+    /// when the dead letters could not be written (given up at shutdown or with
+    /// `--once`), leaves them as not delivered: those from files stay there, with the rest
+    /// of their files, and the others are spilled.
+    async fn reject_all(&mut self, items: Vec<Item>, reason: &str) {
+        let records: Vec<Record> = items
+            .iter()
+            .filter_map(Item::event)
+            .map(|event| {
+                let mut record = Record::new(&self.name, reason.to_owned(), event);
+                record.replayable = true;
+                record
+            })
+            .collect();
+        let n = records.len() as u64;
+        if self.writer.write(records, self.retry.grace()).await {
+            Stats::add(&self.stats.rejected, n);
+            self.resolve(&items);
+            return;
+        }
+        self.acks.leave_in_files(&items);
+        self.give_up(items);
+    }
+
+    /// `items` were delivered or dead-lettered (their dead letters are on the disk): move
+    /// the file offsets and free the budget.
+    fn resolve(&mut self, items: &[Item]) {
+        self.acks.acknowledge(items);
+        self.release(items);
+    }
+
+    /// `items` leave memory. While the spill file has lines not loaded yet, the budget
+    /// they free is kept for those (see [`Spill::release`]).
+    fn release(&mut self, items: &[Item]) {
+        let freed = Cost {
+            events: items.len(),
+            bytes: items.iter().map(Item::held).sum(),
+        };
+        match self.spill.as_mut() {
+            Some(spill) => spill.release(items, freed, &self.budget, self.retry.shutting_down()),
+            None => self.budget.release(freed),
+        }
+    }
+
+    /// The lines of the spill file that fit the budget now (none at shutdown). Removes the
+    /// file once each of its events was delivered or dead-lettered.
+    fn load_spill(&mut self) -> Vec<Item> {
+        let Some(spill) = self.spill.as_mut() else {
+            return Vec::new();
+        };
+        let loaded = if self.retry.shutting_down() {
+            Vec::new()
+        } else {
+            spill.load(&self.budget)
+        };
+        if spill.done() {
+            spill.remove();
+            self.spill = None;
+        }
+        loaded
+    }
+
+    /// Keeps `items` for the next run: events from files stay there (their offsets did
+    /// not move), the others go to the spill file.
+    fn give_up(&mut self, items: Vec<Item>) {
+        Stats::add(&self.stats.not_delivered, count_events(&items) as u64);
+        if let Some(spill) = self.spill.as_mut() {
+            spill.abandon(&items);
+        }
+        let from_streams = items.iter().filter_map(|item| match item {
+            Item::Event {
+                event,
+                origin: Origin::Stream,
+                ..
+            } => Some(event.clone()),
+            _ => None,
+        });
+        self.abandoned.extend(from_streams);
+        self.release(&items);
+    }
+
+    /// The input has ended and every batch is settled: waits for the last checkpoint
+    /// write, then writes what TCP and stdin sources gave that could not be delivered,
+    /// after what is left of the spill file.
+    async fn finish(mut self) {
+        self.acks.persisted().await;
+        let peak = self.budget.peak();
+        tracing::info!(sink = %self.name, peak_events_in_memory = peak.events, peak_bytes_in_memory = peak.bytes, "most held in memory at once");
+        let had_spill = self.spill.is_some();
+        match spill::finish(&self.spill_path, self.spill.take(), &self.abandoned) {
+            Ok(written) => {
+                Stats::add(&self.stats.not_delivered, written.never_loaded as u64);
+                if written.events > 0 {
+                    tracing::warn!(sink = %self.name, events = written.events, path = %self.spill_path.display(), "events not delivered before shutdown were spilled; they are sent first at the next start");
+                }
+            }
+            Err(e) if had_spill => {
+                tracing::error!(sink = %self.name, events = self.abandoned.len(), error = %e, "cannot write the spill file: it is kept as it was, and these newer events are lost")
+            }
+            Err(e) => {
+                tracing::error!(sink = %self.name, events = self.abandoned.len(), error = %e, "cannot write the spill file: these events are lost")
+            }
+        }
+    }
+}
+
+/// Whether every item can be read again from its file.
+fn from_files(items: &[Item]) -> bool {
+    items.iter().all(|i| i.ack().is_some())
+}
+
+/// Splits `items` into two halves with about the same number of events.
+fn halves(mut items: Vec<Item>) -> (Vec<Item>, Vec<Item>) {
+    let events = count_events(&items);
+    let mut seen = 0;
+    let cut = items
+        .iter()
+        .position(|i| {
+            seen += usize::from(i.event().is_some());
+            seen > events / 2
+        })
+        .unwrap_or(items.len());
+    let second = items.split_off(cut);
+    (items, second)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Ack;
+
+    #[test]
+    fn halves_split_events_evenly() {
+        let item = |e: bool| match e {
+            true => Item::Event {
+                event: Bytes::from_static(b"{}"),
+                origin: Origin::Stream,
+                held: 0,
+            },
+            false => Item::Position(Ack {
+                input: 0,
+                file: 0,
+                offset: 0,
+            }),
+        };
+        let (a, b) = halves(vec![
+            item(true),
+            item(false),
+            item(true),
+            item(true),
+            item(true),
+        ]);
+        assert_eq!((a.len(), b.len()), (3, 2));
+    }
+}
