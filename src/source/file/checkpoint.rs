@@ -228,7 +228,8 @@ impl Checkpointer {
         }
     }
 
-    /// The offset every reader acknowledged for `id` (for tests and logs).
+    /// The offset every reader acknowledged for `id` (for tests).
+    #[cfg(test)]
     pub fn committed(&self, id: u64) -> Option<u64> {
         let state = self.state.lock().expect("checkpoint lock");
         state
