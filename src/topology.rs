@@ -22,7 +22,7 @@ use crate::event::Decoder;
 use crate::lock::lock_data_dir;
 use crate::sink::deadletter::DeadLetters;
 use crate::sink::spill::Spill;
-use crate::sink::webhook::{self, Delivery, Poster, SinkParts};
+use crate::sink::webhook::{self, Poster, SinkParts};
 use crate::sink::SinkSpec;
 use crate::sink::Stats;
 use crate::source::file::checkpoint::{CheckpointWriter, Checkpointer};
@@ -186,12 +186,12 @@ pub async fn run(config: Plan, once: bool, shutdown: CancellationToken) -> Resul
     let mut all_stats = Vec::new();
     for (name, sink) in &config.sinks {
         let SinkSpec::Webhook(c) = sink;
-        let budget = Arc::new(Budget::new(c.buffer_max_events(), c.buffer_max_bytes()));
+        let budget = Arc::new(Budget::new(c.buffer_max_events, c.buffer_max_bytes));
         // Before any source may take from the budget: the spilled events go first.
         let spill_path = data_dir.spill(name);
         let spill = Spill::open(name, &spill_path, &budget);
         let (tx, rx) = mpsc::channel(16);
-        let mut subscriptions = Subscriptions::new(tx, budget.clone(), c.max_event_in_memory);
+        let mut subscriptions = Subscriptions::new(tx, budget.clone(), c.max_events());
         for input in &c.inputs {
             let ack = checkpointers.get(input.as_str()).map(|cp| cp.subscribe());
             outputs
@@ -204,7 +204,7 @@ pub async fn run(config: Plan, once: bool, shutdown: CancellationToken) -> Resul
         let parts = SinkParts {
             name: name.clone(),
             poster: Arc::new(Poster::new(name, c)?),
-            delivery: Delivery::from(c),
+            delivery: c.delivery.clone(),
             decoder: Decoder::new(c.schema, &c.event_types),
             budget: budget.clone(),
             stats,

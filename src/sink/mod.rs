@@ -20,7 +20,7 @@ use crate::event::Item;
 /// One `[sinks.NAME]` table, checked: `type` picks the kind.
 #[derive(Debug)]
 pub enum SinkSpec {
-    Webhook(webhook::WebhookConfig),
+    Webhook(webhook::WebhookSpec),
 }
 
 impl SinkSpec {
@@ -30,8 +30,7 @@ impl SinkSpec {
         match kind.as_str() {
             "webhook" => {
                 let config: webhook::WebhookConfig = typed(key, table)?;
-                config.validate(key)?;
-                Ok(SinkSpec::Webhook(config))
+                Ok(SinkSpec::Webhook(config.build(key)?))
             }
             other => bail!("`{key}.type` = {other:?} is not a sink type: use \"webhook\""),
         }
@@ -49,11 +48,11 @@ impl SinkSpec {
         let SinkSpec::Webhook(c) = self;
         format!(
             "webhook {} <- [{}], schema {}, batches of up to {} events every {}, {}",
-            c.endpoint_url, // Display hides a user and password
+            c.endpoint_shown,
             c.inputs.join(", "),
             c.schema.as_str(),
-            c.max_event_in_memory,
-            humantime::format_duration(c.flush_interval.0),
+            c.max_events(),
+            humantime::format_duration(c.flush_interval()),
             if c.signing_secret().is_some() {
                 "signed"
             } else {

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::deadletter::{read_lines, rewrite, Line, Record};
 use super::webhook::retry::{Decision, Next, RetryPolicy, Turn};
-use super::webhook::{Delivery, Poster, WebhookConfig};
+use super::webhook::{Poster, WebhookSpec};
 use crate::event::{envelope_fields, Decoded, Decoder, EventType};
 use crate::lock::lock_data_dir;
 
@@ -83,7 +83,7 @@ enum Fate {
 /// delivered or rejected, or the sink's `retry_max_duration` runs out, or `stop` fires.
 pub async fn replay(
     name: &str,
-    config: &WebhookConfig,
+    config: &WebhookSpec,
     data_dir: &Path,
     stop: CancellationToken,
 ) -> Result<Replayed> {
@@ -101,12 +101,12 @@ pub async fn replay(
 
     let mut sender = Sender {
         poster: Poster::new(name, config)?,
-        retry: RetryPolicy::for_replay(&Delivery::from(config), stop.clone()),
+        retry: RetryPolicy::for_replay(&config.delivery, stop.clone()),
         name,
         lines: &mut lines,
         fates: &mut fates,
     };
-    for chunk in events.chunks(config.max_event_in_memory) {
+    for chunk in events.chunks(config.max_events()) {
         if stop.is_cancelled() {
             break;
         }
@@ -142,7 +142,7 @@ fn classify(
     lines: &mut [Line],
     numbers: &[usize],
     name: &str,
-    config: &WebhookConfig,
+    config: &WebhookSpec,
     file: &Path,
 ) -> (Vec<Fate>, Vec<Pending>) {
     let mut fates = Vec::with_capacity(lines.len());
@@ -172,7 +172,7 @@ fn classify(
 fn sendable(
     line: &Line,
     name: &str,
-    config: &WebhookConfig,
+    config: &WebhookSpec,
     decoder: &mut Decoder,
 ) -> Result<Bytes, String> {
     let record = match line {

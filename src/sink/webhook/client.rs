@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::config::{endpoint, without_credentials, WebhookConfig};
+use super::config::{without_credentials, WebhookSpec};
 use super::request::{Signed, Template};
 use super::retry::{decide, parse_retry_after, Decision};
 
@@ -46,18 +46,17 @@ impl fmt::Debug for Poster {
 }
 
 impl Poster {
-    pub(crate) fn new(name: &str, config: &WebhookConfig) -> Result<Self> {
-        let endpoint = endpoint(&format!("sinks.{name}"), &config.endpoint_url)?;
-        let https = endpoint.uri.scheme_str() == Some("https");
+    pub(crate) fn new(name: &str, spec: &WebhookSpec) -> Result<Self> {
+        let https = spec.template.is_https();
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector(name, https)?);
         Ok(Poster {
             sink: name.to_owned(),
             client,
-            template: Template::new(name, config, endpoint),
-            timeout: config.timeout.0,
-            retry_on: config.retry_on_status.clone(),
+            template: spec.template.clone(),
+            timeout: spec.timeout,
+            retry_on: spec.retry_on.clone(),
         })
     }
 

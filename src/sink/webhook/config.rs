@@ -1,19 +1,22 @@
 //! The webhook sink's settings, `[sinks.NAME] type = "webhook"`: read and checked at
 //! start-up, with messages that name the key and show a correct example.
 //!
-//! [`endpoint`] parses `endpoint_url` (credentials in it become Basic auth and never
-//! show); [`Delivery`] holds what the delivery loop needs.
+//! [`WebhookConfig::build`] turns the table, once, into a [`WebhookSpec`] of parsed values
+//! (the request's URI, headers and body prefix, the delivery settings); nothing after it
+//! parses again. [`endpoint`] parses `endpoint_url` (credentials in it become Basic auth
+//! and never show); `Delivery` holds what the delivery loop needs.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
-use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::Uri;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
+use super::request::Template;
 use crate::config::{check_count, check_duration, ByteSize, HumanDuration};
 use crate::event::{EventType, Schema};
 
@@ -279,8 +282,68 @@ type = "webhook"
 inputs = ["goff_files"]
 endpoint_url = "https://collector.example/hook""#;
 
+/// A webhook sink's settings, parsed: made once by [`WebhookConfig::build`].
+#[derive(Debug)]
+pub struct WebhookSpec {
+    /// The sources it reads.
+    pub inputs: Vec<String>,
+    /// `endpoint_url` as it may be shown: without a user and password.
+    pub endpoint_shown: String,
+    /// Every request's URI, headers, body prefix and signing key.
+    pub(crate) template: Template,
+    pub(crate) delivery: Delivery,
+    /// How long a request may wait for its response's status.
+    pub(crate) timeout: Duration,
+    /// The statuses retried (see `retry::decide`).
+    pub(crate) retry_on: Vec<u16>,
+    pub schema: Schema,
+    pub event_types: Vec<EventType>,
+    pub buffer_max_events: usize,
+    pub buffer_max_bytes: usize,
+    pub dead_letter_max_bytes: u64,
+}
+
+impl WebhookSpec {
+    /// The HMAC key, when requests are signed.
+    pub fn signing_secret(&self) -> Option<&Secret> {
+        self.template.secret()
+    }
+
+    /// `max_event_in_memory`: the batch trigger and the largest batch.
+    pub fn max_events(&self) -> usize {
+        self.delivery.max_events
+    }
+
+    pub fn flush_interval(&self) -> Duration {
+        self.delivery.flush_interval
+    }
+}
+
 impl WebhookConfig {
-    pub fn validate(&self, key: &str) -> Result<()> {
+    /// Checks every key (at `key`, the sink's) and parses the settings.
+    pub fn build(self, key: &str) -> Result<WebhookSpec> {
+        let (endpoint, headers) = self.validate(key)?;
+        let endpoint_shown = self.endpoint_url.to_string();
+        let secret = self.signing_secret().cloned();
+        let template = Template::new(&self.meta, headers, endpoint, secret);
+        Ok(WebhookSpec {
+            delivery: Delivery::from(&self),
+            buffer_max_events: self.buffer_max_events(),
+            buffer_max_bytes: self.buffer_max_bytes(),
+            timeout: self.timeout.0,
+            retry_on: self.retry_on_status,
+            inputs: self.inputs,
+            endpoint_shown,
+            template,
+            schema: self.schema,
+            event_types: self.event_types,
+            dead_letter_max_bytes: self.dead_letter_max_bytes,
+        })
+    }
+
+    /// Every check; gives the parsed endpoint and the user's headers (values marked
+    /// sensitive, `Content-Type` left out: it is always `application/json`).
+    fn validate(&self, key: &str) -> Result<(Endpoint, HeaderMap)> {
         let endpoint = endpoint(key, &self.endpoint_url)?;
         if self.inputs.is_empty() {
             bail!("`{key}.inputs` is empty: name the sources this sink reads\n{EXAMPLE}");
@@ -292,12 +355,23 @@ impl WebhookConfig {
                 bail!("`{key}.meta.{name}` must be a string, got {value} (example: meta = {{ {name} = \"value\" }})");
             }
         }
+        let mut headers = HeaderMap::new();
         for (name, values) in &self.headers {
             let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| anyhow!("`{key}.headers` has an invalid header name {name:?} (example: headers = {{ Authorization = [\"Bearer token\"] }})"))?;
             for v in values.values() {
-                HeaderValue::from_str(v).map_err(|_| {
+                let mut value = HeaderValue::from_str(v).map_err(|_| {
                     anyhow!("`{key}.headers.{name}` has a value that is not a valid header value")
                 })?;
+                // Sensitive: hyper's `Debug` shows no value of the user's headers.
+                value.set_sensitive(true);
+                if header == CONTENT_TYPE {
+                    tracing::warn!(
+                        key,
+                        "`headers` sets Content-Type, which is always application/json; ignoring it"
+                    );
+                } else {
+                    headers.append(header.clone(), value);
+                }
             }
             if header == AUTHORIZATION && endpoint.authorization.is_some() {
                 bail!("`{key}.endpoint_url` has a user and password, and `{key}.headers.{name}` is set too: give the credentials once, in the URL (sent as Basic auth) or in the header (example: endpoint_url = \"https://collector.example/hook\" with headers = {{ Authorization = \"Basic ${{WEBHOOK_BASIC}}\" }})");
@@ -314,7 +388,7 @@ impl WebhookConfig {
         {
             bail!("`{key}.retry_on_status` has {s}, which is not an HTTP status (example: retry_on_status = [408, 429, 503])");
         }
-        Ok(())
+        Ok((endpoint, headers))
     }
 
     /// Batch and buffer sizes: at least 1 event, and at most what fits memory and a
@@ -403,19 +477,19 @@ impl WebhookConfig {
     }
 
     /// The key that signs requests, whichever way it was written.
-    pub fn signing_secret(&self) -> Option<&Secret> {
+    fn signing_secret(&self) -> Option<&Secret> {
         self.secret
             .as_ref()
             .or(self.secret_hex.as_ref())
             .or(self.secret_base64.as_ref())
     }
 
-    pub fn buffer_max_events(&self) -> usize {
+    fn buffer_max_events(&self) -> usize {
         self.buffer_max_events
             .unwrap_or(2 * self.max_event_in_memory)
     }
 
-    pub fn buffer_max_bytes(&self) -> usize {
+    fn buffer_max_bytes(&self) -> usize {
         usize::try_from(self.buffer_max_bytes.0).unwrap_or(usize::MAX)
     }
 }

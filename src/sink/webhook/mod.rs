@@ -44,7 +44,7 @@ pub(crate) mod retry;
 
 pub(crate) use client::Poster;
 pub(crate) use config::Delivery;
-pub use config::{EndpointUrl, HeaderValues, Secret, WebhookConfig};
+pub use config::{EndpointUrl, HeaderValues, Secret, WebhookConfig, WebhookSpec};
 pub use request::body;
 
 use std::collections::VecDeque;

@@ -7,13 +7,14 @@ use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::Full;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use hyper::{Method, Request, Uri};
 
-use super::config::{Endpoint, Secret, WebhookConfig};
+use super::config::{Endpoint, Secret};
 
 /// What every request of a sink shares: where it goes, its headers, the start of its body
 /// and the key that signs it.
+#[derive(Clone)]
 pub(crate) struct Template {
     uri: Uri,
     headers: HeaderMap,
@@ -32,15 +33,28 @@ impl fmt::Debug for Template {
 }
 
 impl Template {
-    /// Sink `name`'s requests to `endpoint` (parsed from `config.endpoint_url`).
-    pub(crate) fn new(name: &str, config: &WebhookConfig, endpoint: Endpoint) -> Self {
-        let prefix = format!(r#"{{"meta":{},"events":["#, meta_json(&config.meta));
+    /// Requests to `endpoint`, with `meta` and the user's `headers`.
+    pub(crate) fn new(
+        meta: &BTreeMap<String, toml::Value>,
+        headers: HeaderMap,
+        endpoint: Endpoint,
+        secret: Option<Secret>,
+    ) -> Self {
+        let prefix = format!(r#"{{"meta":{},"events":["#, meta_json(meta));
         Template {
             uri: endpoint.uri,
-            headers: headers(name, config, endpoint.authorization),
+            headers: with_ours(headers, endpoint.authorization),
             prefix: Bytes::from(prefix),
-            secret: config.signing_secret().cloned(),
+            secret,
         }
+    }
+
+    pub(crate) fn is_https(&self) -> bool {
+        self.uri.scheme_str() == Some("https")
+    }
+
+    pub(crate) fn secret(&self) -> Option<&Secret> {
+        self.secret.as_ref()
     }
 
     /// The exact body for `events` (already encoded JSON objects), and its signature.
@@ -67,26 +81,9 @@ impl Template {
     }
 }
 
-/// The user's headers (values marked sensitive), the credentials of the URL, then
-/// `Content-Type` and, unless set, `User-Agent`.
-fn headers(name: &str, config: &WebhookConfig, authorization: Option<HeaderValue>) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    for (header_name, values) in &config.headers {
-        let header = HeaderName::from_bytes(header_name.as_bytes()).expect("validated");
-        if header == CONTENT_TYPE {
-            tracing::warn!(
-                sink = name,
-                "`headers` sets Content-Type, which is always application/json; ignoring it"
-            );
-            continue;
-        }
-        for v in values.values() {
-            // Sensitive: hyper's `Debug` shows no value of the user's headers.
-            let mut value = HeaderValue::from_str(v).expect("validated");
-            value.set_sensitive(true);
-            headers.append(header.clone(), value);
-        }
-    }
+/// The user's headers, then the credentials of the URL, `Content-Type` and, unless set,
+/// `User-Agent`.
+fn with_ours(mut headers: HeaderMap, authorization: Option<HeaderValue>) -> HeaderMap {
     if let Some(authorization) = authorization {
         headers.insert(AUTHORIZATION, authorization);
     }
