@@ -177,10 +177,21 @@ pub fn load(path: &Path) -> Result<Validated> {
 /// literally whatever it holds (quotes, backslashes, newlines), and a parse error can only
 /// show the file's own text. Errors after the expansion pass through [`EnvValues::hide`].
 pub fn parse(text: &str, path: &Path) -> Result<Validated> {
+    parse_with_env(text, path, |name| std::env::var_os(name))
+}
+
+/// [`parse`] with `${NAME}` looked up by `lookup`, for the config fuzz target
+/// (`fuzz/fuzz_targets/config.rs`), which gives it a fixed environment holding secrets.
+#[doc(hidden)]
+pub fn parse_with_env(
+    text: &str,
+    path: &Path,
+    lookup: impl Fn(&str) -> Option<OsString>,
+) -> Result<Validated> {
     let mut table: toml::Table = toml::from_str(text)
         .map_err(|e| anyhow!("{}\n{}", e.message(), located(text, e.span())))
         .map_err(with_example)?;
-    let env = substitute_env(&mut table, |name| std::env::var_os(name)).map_err(with_example)?;
+    let env = substitute_env(&mut table, lookup).map_err(with_example)?;
     let mut validated = typed::<Config>("", table)
         .and_then(|config| config.validate(path))
         .map_err(|e| env.hide_error(&e))
