@@ -147,9 +147,25 @@ impl<'de> Deserialize<'de> for HumanDuration {
             .map(HumanDuration)
             .map_err(|e| {
                 serde::de::Error::custom(format!(
-                    "invalid duration {text:?} ({e}); write it like \"500ms\", \"10s\" or \"1m\""
+                    "invalid duration {text:?} ({}); write it like \"500ms\", \"10s\" or \"1m\"",
+                    duration_problem(&e)
                 ))
             })
+    }
+}
+
+/// What is wrong with a duration, without quoting a piece of it or pointing into it
+/// (humantime's own message does both): the text may hold a value from the environment,
+/// which [`EnvValues::hide`] can only hide whole.
+fn duration_problem(e: &humantime::DurationError) -> &'static str {
+    use humantime::DurationError as E;
+    match e {
+        E::UnknownUnit { unit, .. } if unit.is_empty() => "a number without its unit",
+        E::UnknownUnit { .. } => "an unknown unit; units: ns, us, ms, s, m, h, d",
+        E::NumberExpected(_) => "a unit without its number",
+        E::InvalidCharacter(_) => "a character other than a letter, a digit or a space",
+        E::NumberOverflow => "too large, or finer than a nanosecond",
+        E::Empty => "empty",
     }
 }
 
@@ -677,6 +693,26 @@ n = 5
             err.contains("line 2") && !err.contains("literal-secret-1234"),
             "{err}"
         );
+    }
+
+    /// Found by the config fuzz target: humantime's message quoted the unit it did not know,
+    /// a piece of the string that `hide` could not find whole.
+    #[test]
+    fn a_duration_error_shows_no_piece_of_an_environment_value() {
+        let lookup = |n: &str| (n == "TWO_WORDS").then(|| OsString::from("hunter two-2"));
+        for duration in ["1${TWO_WORDS}", "${TWO_WORDS}", "5 ${TWO_WORDS}"] {
+            let text = format!(
+                "[sources.s]\ntype = \"stdin\"\n[sinks.w]\ntype = \"webhook\"\ninputs = [\"s\"]\nendpoint_url = \"http://127.0.0.1:9/\"\nflush_interval = \"{duration}\"\n"
+            );
+            let err = parse_with_env(&text, Path::new("f.toml"), lookup).unwrap_err();
+            let err = format!("{err:#}");
+            assert!(
+                err.contains("`sinks.w.flush_interval`: invalid duration")
+                    && !err.contains("hunter")
+                    && !err.contains("two"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
