@@ -111,9 +111,25 @@ impl<'de> Deserialize<'de> for HumanDuration {
                 "duration {text:?} is too long: at most \"365days\"; write it like \"500ms\", \"10s\" or \"1m\""
             ))),
             Err(e) => Err(serde::de::Error::custom(format!(
-                "invalid duration {text:?} ({e}); write it like \"500ms\", \"10s\" or \"1m\""
+                "invalid duration {text:?} ({}); write it like \"500ms\", \"10s\" or \"1m\"",
+                duration_problem(&e)
             ))),
         }
+    }
+}
+
+/// What is wrong with a duration, without quoting a piece of it or pointing into it
+/// (humantime's own message does both): the text may hold a value from the environment,
+/// which [`EnvValues::hide`] can only hide whole.
+fn duration_problem(e: &humantime::DurationError) -> &'static str {
+    use humantime::DurationError as E;
+    match e {
+        E::UnknownUnit { unit, .. } if unit.is_empty() => "a number without its unit",
+        E::UnknownUnit { .. } => "an unknown unit; units: ns, us, ms, s, m, h, d",
+        E::NumberExpected(_) => "a unit without its number",
+        E::InvalidCharacter(_) => "a character other than a letter, a digit or a space",
+        E::NumberOverflow => "too large, or finer than a nanosecond",
+        E::Empty => "empty",
     }
 }
 
@@ -277,10 +293,21 @@ pub fn load(path: &Path) -> Result<Loaded> {
 /// literally whatever it holds (quotes, backslashes, newlines), and a parse error can only
 /// show the file's own text. Errors after the expansion pass through [`EnvValues::hide`].
 pub fn parse(text: &str, path: &Path) -> Result<Loaded> {
+    parse_with_env(text, path, |name| std::env::var_os(name))
+}
+
+/// [`parse`] with `${NAME}` looked up by `lookup`, for the config fuzz target
+/// (`fuzz/fuzz_targets/config.rs`), which gives it a fixed environment holding secrets.
+#[doc(hidden)]
+pub fn parse_with_env(
+    text: &str,
+    path: &Path,
+    lookup: impl Fn(&str) -> Option<OsString>,
+) -> Result<Loaded> {
     let mut table: toml::Table = toml::from_str(text)
         .map_err(|e| anyhow!("{}\n{}", e.message(), located(text, e.span())))
         .map_err(with_example)?;
-    let env = substitute_env(&mut table, |name| std::env::var_os(name)).map_err(with_example)?;
+    let env = substitute_env(&mut table, lookup).map_err(with_example)?;
     let config = typed::<Config>("", table)
         .and_then(|config| config.checked())
         .map_err(|e| with_example(env.hide_error(&e)))?;
@@ -666,6 +693,28 @@ n = 5
             err.contains("line 2") && !err.contains("literal-secret-1234"),
             "{err}"
         );
+    }
+
+    /// Found by the config fuzz target: humantime's message quoted the unit it did not know,
+    /// a piece of the string that `hide` could not find whole.
+    #[test]
+    fn a_duration_error_shows_no_piece_of_an_environment_value() {
+        let lookup = |n: &str| (n == "TWO_WORDS").then(|| OsString::from("hunter two-2"));
+        for duration in ["1${TWO_WORDS}", "${TWO_WORDS}", "5 ${TWO_WORDS}"] {
+            let text = format!(
+                "[sources.s]\ntype = \"stdin\"\n[sinks.w]\ntype = \"webhook\"\ninputs = [\"s\"]\nendpoint_url = \"http://127.0.0.1:9/\"\nflush_interval = \"{duration}\"\n"
+            );
+            let err = parse_with_env(&text, Path::new("f.toml"), lookup)
+                .and_then(crate::topology::Plan::build)
+                .unwrap_err();
+            let err = format!("{err:#}");
+            assert!(
+                err.contains("`sinks.w.flush_interval`: invalid duration")
+                    && !err.contains("hunter")
+                    && !err.contains("two"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

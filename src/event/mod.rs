@@ -19,6 +19,28 @@
 
 mod canonical;
 mod decode;
+/// The fast path and the general encoder, each alone, for the differential fuzz target
+/// (`fuzz/fuzz_targets/decode_line.rs`). Not part of flaghook's API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use bytes::{Bytes, BytesMut};
+
+    use super::{canonical, goff, EventType, Invalid};
+
+    /// The fast path's verdict: `Some(kind)` when `line` is taken as it is.
+    pub fn canonical_kind(line: &[u8]) -> Option<EventType> {
+        canonical::check(line)
+    }
+
+    /// What the general path encodes `line` (one JSON object, no envelope) to, for `goff`.
+    pub fn encode_goff(line: &str) -> Result<Bytes, Invalid> {
+        let fields = goff::Fields::parse(line, &[])?;
+        let mut out = BytesMut::new();
+        fields.encode_goff(fields.kind()?, &mut out)?;
+        Ok(out.freeze())
+    }
+}
+
 #[cfg(test)]
 mod fixtures;
 mod foreign;
