@@ -5,26 +5,20 @@
 //! acknowledge.
 //!
 //! # Layout
-//! - [`config`]: the TOML model, validated once into ready-to-run values.
-//! - [`topology`]: wires sources to sinks; owns the shutdown order.
-//! - [`data_dir`]: its layout, and how its files are opened (no symlinks, `0600`).
-//! - [`source`]: [`source::file`] (tail, with [`source::file::checkpoint`]),
-//!   [`source::tcp`], [`source::stdin`]; [`source::lines`] splits bytes into lines;
-//!   the [`source::Budget`] bounds memory, in events and bytes; `source::connections` holds
-//!   the connection slots of the sources that accept connections (idle timeout, eviction).
+//! - [`config`]: the file's shape, `${VAR}`, leaf value types; imports no stage.
+//! - [`topology`]: the [`topology::Plan`] (every stage's spec, the wiring checked) and
+//!   `run`, which wires sources to sinks and owns the shutdown order.
+//! - `data_dir`, `lock`: the paths under `data_dir`, how its files are opened, one
+//!   process per `data_dir`.
+//! - [`source`]: the contract ([`source::Output`], the memory [`source::Budget`]), the
+//!   file tail (with its checkpoints), tcp, stdin; [`source::lines`] splits lines.
 //! - [`event`]: the types between stages; decoding lines into events.
-//! - `batch`: batches by events, bytes and time over a sink's input (`chunks_timeout`),
-//!   and `Reinject`, which puts failed batches back in front.
-//! - [`sink::webhook`]: the sink as one pipeline (decode -> batch -> build and sign -> post
-//!   -> decide -> acknowledge or re-inject), with its rooms `config`, `request`, `client`
-//!   and `retry` (`decide` and the `RetryPolicy`); `sink::decode` its decode stage,
-//!   `sink::ack` its acknowledgements, `sink::deadletter` the dead-letter file,
-//!   `sink::spill` the spill file, loaded within the memory budget, and [`sink::replay`]
-//!   `dead-letter replay`.
-//! - [`lock`]: the advisory lock that gives one process a data_dir.
+//! - `batch`: `chunks_timeout` (counting bytes too) and the re-injection of failed batches.
+//! - [`sink`]: [`sink::webhook`] (the pipeline, its config, request, client and retry
+//!   policy), and what sinks share: decode, acknowledge, dead letters, spill, replay.
 //! - [`sign`]: the `X-Hub-Signature-256` signature.
 //! - [`receiver`]: a signature-checking receiver, for `receive` and `demo`.
-//! - [`failpoint`]: fault injection for tests (debug builds only).
+//! - `failpoint`: fault injection for tests (debug builds only).
 
 pub(crate) mod batch;
 pub mod config;
