@@ -24,6 +24,12 @@
 #   KEEP [0]           1 keeps the work folder (configs, logs, events) for inspection
 #   BUILD [1]          0 uses the binaries already built (target/release/flaghook, target/release/fhbench)
 #   FLAGHOOK_BIN [target/release/flaghook]  the flaghook binary measured
+#   BASELINE_BIN [unset]  another flaghook binary (e.g. one built from an older commit): every
+#                      flaghook run (file, tcp, memory) is then made with both, taking turns in
+#                      each repetition (baseline, then current), and the output shows both with
+#                      the ratio current / baseline of events/s, CPU s and peak RSS. The memory
+#                      runs are then repeated RUNS times (median and range) rather than once;
+#                      latency and idle measure the current binary only.
 #
 # All traffic stays on 127.0.0.1; every process started here is stopped on exit.
 # Needs: cargo, GNU time (/usr/bin/time, installed when missing), syslog-ng-core and
@@ -44,6 +50,7 @@ IDLE_FILES=${IDLE_FILES:-100}
 IDLE_SECS=${IDLE_SECS:-10}
 KEEP=${KEEP:-0}
 BUILD=${BUILD:-1}
+BASELINE=${BASELINE_BIN:-}
 
 case "$MODE" in
   all|throughput|receiver|memory|latency|idle) ;;
@@ -52,6 +59,10 @@ case "$MODE" in
 esac
 
 FLAGHOOK=${FLAGHOOK_BIN:-$ROOT/target/release/flaghook}
+if [ -n "$BASELINE" ]; then
+  [ -x "$BASELINE" ] || { echo "e2e: error: BASELINE_BIN=$BASELINE is not an executable file" >&2; exit 64; }
+  BASELINE=$(cd "$(dirname "$BASELINE")" && pwd)/$(basename "$BASELINE")
+fi
 FHB=$ROOT/target/release/fhbench
 export FLAGHOOK_BENCH_SECRET=${FLAGHOOK_BENCH_SECRET:-bench-secret-$$-$RANDOM}
 CLK_TCK=$(getconf CLK_TCK)
@@ -141,6 +152,7 @@ build() {
   if [ "$BUILD" = 0 ]; then
     [ -x "$FLAGHOOK" ] && [ -x "$FHB" ] || die "BUILD=0 but $FLAGHOOK or $FHB is missing"
     FLAGHOOK_VERSION=$("$FLAGHOOK" --version 2>/dev/null || echo "flaghook (version unknown)")
+    baseline_version
     return
   fi
   log "building flaghook (release)"
@@ -150,6 +162,13 @@ build() {
   (cd "$ROOT" && cargo build --release --quiet -p flaghook-bench-tools) || die "building benches/tools failed"
   [ -x "$FHB" ] || die "$FHB not found after the build"
   FLAGHOOK_VERSION=$("$FLAGHOOK" --version 2>/dev/null || echo "flaghook (version unknown)")
+  baseline_version
+}
+
+# With BASELINE_BIN: the line naming both binaries (printed above the tables).
+baseline_version() {
+  [ -n "$BASELINE" ] || return 0
+  BINARIES_LINE="current: $FLAGHOOK ($FLAGHOOK_VERSION); baseline: $BASELINE ($("$BASELINE" --version 2>/dev/null || echo "version unknown"))"
 }
 
 generate() {
@@ -268,27 +287,31 @@ check_flaghook_run() { # label dir rc
   fi
 }
 
-run_flaghook_file() { # run-number [label]
-  local dir=$WORK/flaghook-file-$1 label=${2:-flaghook file} t0 t1
+# The label names the results (spaces as dashes: "flaghook file" -> results/flaghook-file.tsv)
+# and the run's folder; the binary is $FLAGHOOK unless given (the baseline's, with BASELINE_BIN).
+run_flaghook_file() { # run-number [label [binary]]
+  local label=${2:-flaghook file} bin=${3:-$FLAGHOOK} t0 t1
+  local dir=$WORK/${label// /-}-$1
   flaghook_config file "$dir"
   reset_main
   t0=$(now_ns)
   bg timeout -k 5 "$RUN_TIMEOUT" /usr/bin/time -o "$dir/time" -f '%e %U %S %M' \
-    "$FLAGHOOK" run --once --config "$dir/flaghook.toml" >"$dir/stdout" 2>"$dir/stderr"
+    "$bin" run --once --config "$dir/flaghook.toml" >"$dir/stdout" 2>"$dir/stderr"
   wait_rc "$BG_PID"
   t1=$(now_ns)
   read_stats "$RECV_ADDR_main"
   finish_flaghook_run "$label" "$dir" "$WAIT_RC" "$t0" "$t1"
 }
 
-run_flaghook_tcp() { # run-number
-  local dir=$WORK/flaghook-tcp-$1 t0 t1 port fh_pid sender_rc
+run_flaghook_tcp() { # run-number [label [binary]]
+  local label=${2:-flaghook tcp} bin=${3:-$FLAGHOOK} t0 t1 port fh_pid sender_rc
+  local dir=$WORK/${label// /-}-$1
   port=$("$FHB" freeport)
   flaghook_config tcp "$dir" "$port"
   reset_main
   t0=$(now_ns)
   bg timeout -k 5 "$RUN_TIMEOUT" /usr/bin/time -o "$dir/time" -f '%e %U %S %M' \
-    "$FLAGHOOK" run --once --config "$dir/flaghook.toml" >"$dir/stdout" 2>"$dir/stderr"
+    "$bin" run --once --config "$dir/flaghook.toml" >"$dir/stdout" 2>"$dir/stderr"
   fh_pid=$BG_PID
   # the sender retries connecting until flaghook listens, streams the file, then closes
   bg timeout -k 5 "$RUN_TIMEOUT" "$FHB" send --addr "127.0.0.1:$port" --input "$EVENTS" \
@@ -300,7 +323,7 @@ run_flaghook_tcp() { # run-number
   t1=$(now_ns)
   [ "$sender_rc" = 0 ] || { warn "the TCP sender failed (status $sender_rc):"; cat "$dir/sender.log" >&2; }
   read_stats "$RECV_ADDR_main"
-  finish_flaghook_run "flaghook tcp" "$dir" "$WAIT_RC" "$t0" "$t1"
+  finish_flaghook_run "$label" "$dir" "$WAIT_RC" "$t0" "$t1"
 }
 
 finish_flaghook_run() { # label dir rc t0 t1
@@ -427,17 +450,27 @@ print_table() {
   echo "flaghook end-to-end benchmark: $N events (${GEN_INFO##*avg_bytes=} bytes avg), $BATCH events per request, $RUNS runs each"
   echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'); $(uname -sr)"
   echo "$FLAGHOOK_VERSION; ${SYSLOG_NG_VERSION:-syslog-ng not run}"
+  [ -z "$BASELINE" ] || echo "$BINARIES_LINE"
   printf '%s' "$RECV_CHECK"
   echo
   # shellcheck disable=SC2059
   printf "$TABLE_FORMAT" "tool" "events/s: median (min-max)" "CPU s" "peak RSS MiB" "events received" "signatures verified"
+  [ -z "$BASELINE" ] || table_row baseline-file "baseline file->webhook"
   table_row flaghook-file "flaghook file->webhook"
+  [ -z "$BASELINE" ] || table_row baseline-tcp "baseline tcp->webhook"
   table_row flaghook-tcp "flaghook tcp->webhook"
   table_row syslog-ng "syslog-ng file->http"
   echo
   echo "events/s = events received / wall time (flaghook: process start to exit of run --once;"
   echo "syslog-ng: process start to the arrival of its last event). CPU s = user+sys of the tool"
   echo "(median); peak RSS = max over the runs. syslog-ng cannot sign: its requests go unsigned."
+  if [ -n "$BASELINE" ]; then
+    echo
+    echo "current / baseline (the figures of the table; paired = each run of the current binary over the"
+    echo "baseline's run just before it, min-max; within 5% = events/s >= 0.95x and peak RSS <= 1.05x):"
+    compare_row baseline-file flaghook-file "file->webhook" max
+    compare_row baseline-tcp flaghook-tcp "tcp->webhook" max
+  fi
   if [ -n "${MEDIAN_syslog_ng:-}" ] && [ "${MEDIAN_syslog_ng%.*}" -gt 0 ]; then
     [ -n "${MEDIAN_flaghook_file:-}" ] && awk -v a="$MEDIAN_flaghook_file" -v b="$MEDIAN_syslog_ng" \
       'BEGIN {printf "ratio flaghook file / syslog-ng: %.2fx\n", a / b}'
@@ -458,6 +491,34 @@ print_table() {
   fi
 }
 
+# One line "current / baseline" for two result files of runs that took turns (line k of each is
+# repetition k). rss: "max" (the throughput table's figure) or "median" (the memory runs').
+compare_row() { # baseline-key current-key label max|median
+  local fb=$WORK/results/$1.tsv fc=$WORK/results/$2.tsv label=$3 how=$4
+  [ -s "$fb" ] && [ -s "$fc" ] || return 0
+  local okb okc nb nc
+  nb=$(wc -l <"$fb"); nc=$(wc -l <"$fc")
+  okb=$(col 10 "$fb" | awk '{s += $1} END {print s + 0}'); okc=$(col 10 "$fc" | awk '{s += $1} END {print s + 0}')
+  if [ "$okb" != "$nb" ] || [ "$okc" != "$nc" ]; then
+    printf '  %-16s not compared: a run FAILED (baseline %s of %s ok, current %s of %s ok)\n' "$label" "$okb" "$nb" "$okc" "$nc"
+    return 0
+  fi
+  local rb rc cb cc mb mc rate_r cpu_r rss_r pr pm
+  rb=$(median $(col 1 "$fb")); rc=$(median $(col 1 "$fc"))
+  cb=$(median $(col 2 "$fb")); cc=$(median $(col 2 "$fc"))
+  if [ "$how" = max ]; then mb=$(maximum $(col 3 "$fb")); mc=$(maximum $(col 3 "$fc"))
+  else mb=$(median $(col 3 "$fb")); mc=$(median $(col 3 "$fc")); fi
+  rate_r=$(awk -v a="$rc" -v b="$rb" 'BEGIN {printf "%.3f", (b > 0 ? a / b : 0)}')
+  cpu_r=$(awk -v a="$cc" -v b="$cb" 'BEGIN {printf "%.3f", (b > 0 ? a / b : 0)}')
+  rss_r=$(awk -v a="$mc" -v b="$mb" 'BEGIN {printf "%.3f", (b > 0 ? a / b : 0)}')
+  pr=$(paste "$fb" "$fc" | awk '$1 > 0 {print $11 / $1}')
+  pm=$(paste "$fb" "$fc" | awk '$3 > 0 {print $13 / $3}')
+  # shellcheck disable=SC2086
+  printf '  %-16s events/s %sx (paired %.3f-%.3f)  CPU s %sx  peak RSS %sx (paired %.3f-%.3f)  within 5%%: events/s %s, peak RSS %s\n' \
+    "$label" "$rate_r" "$(minimum $pr)" "$(maximum $pr)" "$cpu_r" "$rss_r" "$(minimum $pm)" "$(maximum $pm)" \
+    "$(awk -v r="$rate_r" 'BEGIN {print (r >= 0.95 ? "yes" : "NO")}')" "$(awk -v r="$rss_r" 'BEGIN {print (r <= 1.05 ? "yes" : "NO")}')"
+}
+
 target() { # label value threshold
   [ -n "$2" ] || return 0
   if [ "${2%.*}" -ge "$3" ]; then printf '  met     %s (%s)\n' "$1" "$2"
@@ -474,7 +535,10 @@ throughput() {
   for i in $(seq "$RUNS"); do
     # the tools take turns, so that a noisy moment on the machine does not hit one tool only
     log "run $i of $RUNS"
+    # with BASELINE_BIN, each flaghook run is preceded by the same run of the baseline binary
+    if wants file && [ -n "$BASELINE" ] && ok_so_far baseline-file; then run_flaghook_file "$i" "baseline file" "$BASELINE"; fi
     if wants file && ok_so_far flaghook-file; then run_flaghook_file "$i"; fi
+    if wants tcp && [ -n "$BASELINE" ] && ok_so_far baseline-tcp; then run_flaghook_tcp "$i" "baseline tcp" "$BASELINE"; fi
     if wants tcp && ok_so_far flaghook-tcp; then run_flaghook_tcp "$i"; fi
     if need_syslog_ng && ok_so_far syslog-ng; then run_syslog_ng "$i"; fi
   done
@@ -486,13 +550,26 @@ throughput() {
 
 memory() {
   mkdir -p "$WORK/results"
-  local b f rss_small="" rss_big=""
+  local b f i reps=1 rss_small="" rss_big=""
+  [ -z "$BASELINE" ] || reps=$RUNS # with a baseline, repeated: the two binaries are compared
   MEM_LINES=""
   for b in 10000 100000; do
     local BATCH=$b # read by flaghook_config
-    log "memory: flaghook file -> webhook, max_event_in_memory = $b"
-    run_flaghook_file "mem-$b" "flaghook batch-$b"
+    for i in $(seq "$reps"); do
+      log "memory: flaghook file -> webhook, max_event_in_memory = $b$([ -z "$BASELINE" ] || echo ", run $i of $reps (baseline, then current)")"
+      if [ -n "$BASELINE" ] && ok_so_far "baseline-batch-$b"; then run_flaghook_file "mem-$i" "baseline batch-$b" "$BASELINE"; fi
+      if ok_so_far "flaghook-batch-$b"; then run_flaghook_file "mem-$i" "flaghook batch-$b"; fi
+    done
     f=$WORK/results/flaghook-batch-$b.tsv
+    if [ -n "$BASELINE" ]; then
+      MEM_LINES+=$(mem_line "$b" baseline "$WORK/results/baseline-batch-$b.tsv")$'\n'
+      MEM_LINES+=$(mem_line "$b" current "$f")$'\n'
+      MEM_LINES+=$(compare_row "baseline-batch-$b" "flaghook-batch-$b" "batch $b" median)$'\n'
+      [ "$(col 10 "$f" | awk '{s += $1} END {print s + 0}')" = "$(wc -l <"$f")" ] || continue
+      local rss; rss=$(median $(col 3 "$f"))
+      [ "$b" = 10000 ] && rss_small=$rss || rss_big=$rss
+      continue
+    fi
     [ "$(tail -1 "$f" | awk '{print $10}')" = 1 ] || continue
     local rss; rss=$(tail -1 "$f" | awk '{print $3}')
     [ "$b" = 10000 ] && rss_small=$rss || rss_big=$rss
@@ -500,12 +577,29 @@ memory() {
   done
   echo
   echo "memory (file -> webhook, $(commas "$N") events of ${GEN_INFO##*avg_bytes=} bytes avg):"
+  [ -z "$BASELINE" ] || echo "$BINARIES_LINE; $reps runs each, taking turns; median (min-max)"
   printf '%s' "$MEM_LINES"
   if [ -n "$rss_small" ] && [ -n "$rss_big" ]; then
     awk -v a="$rss_small" -v b="$rss_big" -v ev="${GEN_INFO##*avg_bytes=}" 'BEGIN {
       printf "  growth: %.1f MiB for 90,000 more events per batch (%.0f bytes per extra event held; one batch of 90,000 events is %.1f MiB of JSON)\n",
         (b - a) / 1024, (b - a) * 1024 / 90000, 90000 * ev / 1048576 }'
   fi
+}
+
+# With BASELINE_BIN: one binary's memory runs at one batch size, median (min-max) of the runs.
+mem_line() { # batch who results-file
+  local b=$1 who=$2 f=$3 runs okc
+  [ -s "$f" ] || { printf '  max_event_in_memory = %-6s %-8s no run made' "$b" "$who"; return 0; }
+  runs=$(wc -l <"$f"); okc=$(col 10 "$f" | awk '{s += $1} END {print s + 0}')
+  # shellcheck disable=SC2046
+  printf '  max_event_in_memory = %-6s %-8s peak RSS %s MiB (%s-%s), %s events/s (%s-%s), CPU %ss, %s requests%s' \
+    "$b" "$who" \
+    "$(awk -v k="$(median $(col 3 "$f"))" 'BEGIN {printf "%.1f", k / 1024}')" \
+    "$(awk -v k="$(minimum $(col 3 "$f"))" 'BEGIN {printf "%.1f", k / 1024}')" \
+    "$(awk -v k="$(maximum $(col 3 "$f"))" 'BEGIN {printf "%.1f", k / 1024}')" \
+    "$(commas "$(printf '%.0f' "$(median $(col 1 "$f"))")")" "$(commas "$(minimum $(col 1 "$f"))")" "$(commas "$(maximum $(col 1 "$f"))")" \
+    "$(printf '%.2f' "$(median $(col 2 "$f"))")" "$(maximum $(col 5 "$f"))" \
+    "$([ "$okc" = "$runs" ] || echo "  [$(( runs - okc )) of $runs runs FAILED]")"
 }
 
 # ------------------------------------------------------------------------------------------------
