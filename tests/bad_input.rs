@@ -1,13 +1,11 @@
 //! Bad input lines: every kind is counted and skipped, good lines around them all arrive, and
 //! nothing crashes or stalls a pipeline.
 
-mod dutil;
-mod util;
+mod harness;
 
 use std::io::Write;
 
-use dutil::dead_letters;
-use util::*;
+use harness::*;
 
 /// Every kind of bad line from the issue, each between good events.
 fn bad_lines() -> Vec<(&'static str, Vec<u8>)> {
@@ -77,7 +75,7 @@ fn mixed_input() -> (Vec<u8>, Vec<String>, usize) {
 
 #[test]
 fn bad_lines_of_every_kind_are_counted_and_good_ones_delivered() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let (data, good, n_bad) = mixed_input();
     let input = ws.write("events.json", &data);
@@ -116,7 +114,7 @@ endpoint_url = {url}
 /// happens to add up).
 #[test]
 fn each_bad_line_kind_alone_is_rejected() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     for (what, line) in bad_lines() {
         let ws = Workspace::new();
         let mut data = line.clone();
@@ -153,7 +151,7 @@ endpoint_url = {url}
 /// connection goes on, later good lines arrive.
 #[test]
 fn bad_lines_over_tcp_do_not_stall_the_connection() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let addr = format!("127.0.0.1:{}", free_port());
     let config = ws.config(&format!(
@@ -198,7 +196,7 @@ flush_interval = "200ms"
 /// Deterministic random garbage lines between good events never crash or stall the pipeline.
 #[test]
 fn random_garbage_lines_never_stall_the_pipeline() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut next = move || {
@@ -242,7 +240,7 @@ fn random_garbage_lines_never_stall_the_pipeline() {
 /// With --once a partial last line (no final newline) is a line at end of input.
 #[test]
 fn partial_last_line_is_an_event_at_eof_with_once() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let events = feature_events(0, 3);
     let data = format!("{}\n{}\n{}", events[0], events[1], events[2]);
@@ -255,7 +253,7 @@ fn partial_last_line_is_an_event_at_eof_with_once() {
 /// With `schema = "any"` a line must still be a JSON object.
 #[test]
 fn schema_any_rejects_non_objects() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let lines = [
         r#"{"a":1}"#,
@@ -275,7 +273,7 @@ fn schema_any_rejects_non_objects() {
 /// Bad lines on stdin are counted too.
 #[test]
 fn bad_lines_on_stdin_are_counted() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let config = ws.config(&format!(
         r#"[sources.piped]
@@ -317,7 +315,7 @@ fn peak_rss(pid: u32) -> u64 {
 #[test]
 fn overlong_line_is_not_buffered_whole() {
     const LINE: usize = 160 << 20;
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let addr = format!("127.0.0.1:{}", free_port());
     let config = ws.config(&format!(
@@ -368,7 +366,7 @@ flush_interval = "100ms"
 /// names the fix (also in the log line), and the good lines around them are delivered.
 #[test]
 fn csv_and_syslog_lines_are_dead_lettered_with_the_fix() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let csv = ws.write(
         "flag-variation-web-1.csv",
@@ -434,7 +432,7 @@ endpoint_url = {url}
 /// that names `Format json_lines`; JSON lines on another connection are delivered.
 #[test]
 fn fluent_bit_msgpack_over_tcp_is_dead_lettered_with_the_fix() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let addr = format!("127.0.0.1:{}", free_port());
     let config = ws.config(&format!(

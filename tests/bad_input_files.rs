@@ -3,16 +3,14 @@
 //! matched by one file source. Nothing crashes or stalls; good events all arrive once;
 //! every bad line (and the unusable paths) is counted and dead-lettered with its location.
 
-mod dutil;
-mod util;
+mod harness;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use dutil::*;
-use util::*;
+use harness::*;
 
 /// One bad line expected in the dead letters: file name, line number (0 for a whole path).
 struct Expected {
@@ -31,7 +29,7 @@ fn lines(parts: &[&[u8]]) -> Vec<u8> {
 
 #[test]
 fn bad_files_and_lines_are_counted_and_dead_lettered_with_their_location() {
-    let hook = Hook::accepting();
+    let hook = Endpoint::start();
     let ws = Workspace::new();
     let mut expected = Vec::new();
     let mut good: Vec<u64> = (0..20).collect();
@@ -212,7 +210,7 @@ fn check_kept_bytes(e: &Expected, record: &Value) {
 fn an_unreadable_file_is_reported_once_and_read_when_it_becomes_readable() {
     use std::os::unix::process::CommandExt;
 
-    let hook = Hook::accepting();
+    let hook = Endpoint::start();
     let ws = Workspace::new();
     ws.write("in/good.json", small_lines(0..10));
     let locked = ws.write("in/locked.json", small_lines(700..705));
@@ -297,7 +295,7 @@ fn can_run_as_nobody() -> bool {
 /// event of any file delivered, SIGTERM ignored). It is now skipped like a directory.
 #[test]
 fn a_fifo_matching_include_does_not_stall_the_source() {
-    let hook = Hook::accepting();
+    let hook = Endpoint::start();
     let ws = Workspace::new();
     ws.write("in/good.json", small_lines(0..10));
     let fifo = ws.path("in/pipe.json");
@@ -341,7 +339,7 @@ fn a_symlink_to_a_file_its_owner_cannot_read_is_not_followed() {
         return;
     }
     const NOBODY: u32 = 65534;
-    let hook = Hook::accepting();
+    let hook = Endpoint::start();
     let ws = Workspace::new();
     let private = |name: &str, ids| {
         let path = ws.write(&format!("private/{name}"), small_lines(ids));

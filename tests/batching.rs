@@ -1,17 +1,17 @@
 //! Batching triggers (size, interval), retries (order, exactly once, backoff, Retry-After,
 //! timeouts), permanent failures (dead letter) and the flush on shutdown.
 
-mod util;
+mod harness;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use util::*;
+use harness::*;
 
 /// `max_event_in_memory = 3`, 10 events -> requests of 3, 3, 3 and 1, in order.
 #[test]
 fn size_trigger_splits_10_events_into_3_3_3_1() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let events = feature_events(0, 10);
     let config = ws.file_pipeline(
@@ -43,7 +43,7 @@ flush_interval = "60s""#,
 /// since they came, without the size trigger; a later event goes in a later request.
 #[test]
 fn interval_trigger_sends_partial_batch_after_flush_interval() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let addr = format!("127.0.0.1:{}", free_port());
     let config = ws.config(&format!(
@@ -102,7 +102,7 @@ max_event_in_memory = 100
 /// order and nothing stalls.
 #[test]
 fn smallest_budget_retries_in_order_without_stalling() {
-    let server = TestServer::scripted(
+    let server = Endpoint::scripted(
         vec![Reply::status(500), Reply::ok(), Reply::status(503)],
         Reply::ok(),
     );
@@ -132,7 +132,7 @@ retry_max_backoff = "100ms""#,
 /// exactly once, in order.
 #[test]
 fn two_failures_then_success_delivers_every_event_once_in_order() {
-    let server = TestServer::scripted(vec![Reply::status(500), Reply::status(500)], Reply::ok());
+    let server = Endpoint::scripted(vec![Reply::status(500), Reply::status(500)], Reply::ok());
     let ws = Workspace::new();
     let events = feature_events(0, 5);
     let config = ws.file_pipeline(
@@ -169,7 +169,7 @@ retry_max_backoff = "200ms""#,
 /// ever carries more than `max_event_in_memory` events (GO Feature Flag's batches grow).
 #[test]
 fn retried_batches_keep_order_and_never_exceed_max_event_in_memory() {
-    let server = TestServer::scripted(
+    let server = Endpoint::scripted(
         vec![
             Reply::status(500),
             Reply::status(503),
@@ -219,7 +219,7 @@ fn failed_batch_is_not_resent_before_flush_interval_while_running() {
 }
 
 fn assert_no_resend_before_flush_interval(once: bool) {
-    let server = TestServer::scripted(vec![], Reply::status(500));
+    let server = Endpoint::scripted(vec![], Reply::status(500));
     let ws = Workspace::new();
     let config = ws.file_pipeline(
         jsonl(&feature_events(0, 2)),
@@ -257,7 +257,7 @@ timeout = "1s""#,
 /// to `retry_max_backoff` (tests/hostile_endpoint.rs: a longer one is capped).
 #[test]
 fn retry_after_is_honoured() {
-    let server = TestServer::scripted(
+    let server = Endpoint::scripted(
         vec![Reply::status(503).header("Retry-After", "1")],
         Reply::ok(),
     );
@@ -286,7 +286,7 @@ retry_max_backoff = "2s""#,
 /// A request slower than `timeout` counts as failed and its batch is sent again.
 #[test]
 fn request_timeout_counts_as_failure_and_is_retried() {
-    let server = TestServer::scripted(vec![Reply::ok().delay(Duration::from_secs(5))], Reply::ok());
+    let server = Endpoint::scripted(vec![Reply::ok().delay(Duration::from_secs(5))], Reply::ok());
     let ws = Workspace::new();
     let events = feature_events(0, 3);
     let config = ws.file_pipeline(
@@ -317,7 +317,7 @@ retry_max_backoff = "100ms""#,
 /// bisect the batch to find the events the endpoint refuses, but never re-sends a batch as is.
 #[test]
 fn permanent_4xx_is_dead_lettered_not_retried() {
-    let server = TestServer::scripted(vec![], Reply::status(400));
+    let server = Endpoint::scripted(vec![], Reply::status(400));
     let ws = Workspace::new();
     let events = feature_events(0, 3);
     let config = ws.file_pipeline(
@@ -368,7 +368,7 @@ retry_initial_backoff = "50ms""#,
 /// order; the refused one is dead-lettered, never delivered; nothing is lost.
 #[test]
 fn poison_event_does_not_block_the_others() {
-    let server = TestServer::with_responder(|req| {
+    let server = Endpoint::with_responder(|req| {
         if req.body_str().contains("\"user-2\"") {
             Reply::status(400)
         } else {
@@ -433,7 +433,7 @@ fn dead_letters(ws: &Workspace, sink: &str, out: &Output) -> String {
 /// (long before flush_interval), and the process exits.
 #[test]
 fn sigterm_flushes_the_last_partial_batch() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let addr = format!("127.0.0.1:{}", free_port());
     let config = ws.config(&format!(
@@ -472,7 +472,7 @@ timeout = "5s"
 /// SIGINT behaves as SIGTERM.
 #[test]
 fn sigint_flushes_the_last_partial_batch() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let input = ws.write("events.json", jsonl(&feature_events(0, 3)));
     let config = ws.config(&format!(

@@ -1,15 +1,15 @@
 //! The command line: --help/--version, `run --once` exit codes and summary, `validate`,
 //! `demo`, `sign`/`verify`, `receive`, log format and secrecy.
 
-mod util;
+mod harness;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Stdio;
 use std::time::Duration;
 
+use harness::*;
 use serde_json::{json, Value};
-use util::*;
 
 #[test]
 fn version_flag_prints_the_version() {
@@ -50,7 +50,7 @@ fn unknown_subcommand_fails() {
 
 #[test]
 fn once_exits_0_when_every_event_is_delivered() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let config = ws.file_pipeline(jsonl(&feature_events(0, 7)), &server.url(), "");
     let out = run_once(&config);
@@ -78,7 +78,7 @@ fn once_exits_0_when_every_event_is_delivered() {
 
 #[test]
 fn once_with_empty_input_exits_0_without_requests() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let config = ws.file_pipeline("", &server.url(), "");
     let out = run_once(&config);
@@ -97,7 +97,7 @@ fn once_with_empty_input_exits_0_without_requests() {
 
 #[test]
 fn once_exits_2_when_some_lines_are_bad() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let data = format!("{}\nnot json\n{}\n", feature_event(0), feature_event(1));
     let config = ws.file_pipeline(data, &server.url(), "");
@@ -118,7 +118,7 @@ fn once_exits_2_when_some_lines_are_bad() {
 /// The endpoint never accepts; SIGTERM stops the run: exit 3, events counted as not delivered.
 #[test]
 fn once_exits_3_when_the_endpoint_never_accepts_and_sigterm_stops_it() {
-    let server = TestServer::scripted(vec![], Reply::status(503));
+    let server = Endpoint::scripted(vec![], Reply::status(503));
     let ws = Workspace::new();
     let config = ws.file_pipeline(
         jsonl(&feature_events(0, 4)),
@@ -487,7 +487,7 @@ max_event_in_memory = 3"#,
 
 #[test]
 fn log_format_json_writes_json_lines_to_stderr() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let data = format!("{}\nnot json\n", feature_event(0));
     let config = ws.file_pipeline(data, &server.url(), "");
@@ -512,7 +512,7 @@ fn log_format_json_writes_json_lines_to_stderr() {
 
 #[test]
 fn secret_never_appears_in_logs() {
-    let server = TestServer::scripted(vec![Reply::status(500)], Reply::ok());
+    let server = Endpoint::scripted(vec![Reply::status(500)], Reply::ok());
     let ws = Workspace::new();
     let secret = "TOPSECRET-7f3a9c-do-not-log";
     let data = format!("{}\nnot json\n", feature_event(0));
@@ -540,7 +540,7 @@ retry_initial_backoff = "50ms""#
 
 #[test]
 fn log_level_flag_is_accepted_after_the_subcommand() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let config = ws.file_pipeline(jsonl(&[feature_event(0)]), &server.url(), "");
     let mut cmd = flaghook(&["run", "--config"]);

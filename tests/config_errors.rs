@@ -1,10 +1,10 @@
 //! Config errors: each gives exit 1 and a message naming the key (and the file); `${VAR}`
 //! substitution and `$$` (secrets from the environment: tests/secrets.rs).
 
-mod util;
+mod harness;
 
+use harness::*;
 use serde_json::json;
-use util::*;
 
 const SOURCE: &str = r#"[sources.in]
 type = "file"
@@ -179,7 +179,7 @@ fn toml_syntax_error_is_an_error() {
 /// `run` does every check `validate` does, before it starts: exit 1 and nothing sent.
 #[test]
 fn run_refuses_a_bad_config_before_sending() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let config = ws.file_pipeline(
         jsonl(&feature_events(0, 3)),
@@ -199,7 +199,7 @@ fn run_refuses_a_bad_config_before_sending() {
 /// `${VAR}` is replaced in string values; `$$` is a literal `$` (and stops substitution).
 #[test]
 fn env_var_substitution_and_dollar_escape() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let input = ws.write("events.json", jsonl(&[feature_event(0)]));
     let config = ws.config(&format!(

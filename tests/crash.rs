@@ -6,16 +6,14 @@
 //! The random choices come from one seed, printed at the start; set `FLAGHOOK_TEST_SEED`
 //! to replay a run.
 
-mod dutil;
-mod util;
+mod harness;
 
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use dutil::*;
-use util::*;
+use harness::*;
 
 const EVENTS: u64 = 200_000;
 const MAX_EVENT_IN_MEMORY: u64 = 1_000;
@@ -34,18 +32,19 @@ fn seed() -> u64 {
 }
 
 /// An endpoint that fails one request in eight with a 500 and answers one in six slowly.
-fn flaky_endpoint(seed: u64) -> Hook {
+fn flaky_endpoint(seed: u64) -> Endpoint {
     let mut rng = StdRng::seed_from_u64(seed);
-    Hook::start(move |_| {
+    Endpoint::with_responder(move |_| {
         let roll: f64 = rng.gen();
         if roll < 0.125 {
-            Answer::status(500)
+            Reply::status(500)
         } else if roll < 0.29 {
-            Answer::ok().delay(Duration::from_millis(rng.gen_range(100..400)))
+            Reply::ok().delay(Duration::from_millis(rng.gen_range(100..400)))
         } else {
-            Answer::ok()
+            Reply::ok()
         }
     })
+    .count_only()
 }
 
 #[test]
@@ -82,7 +81,7 @@ shutdown_timeout = "2s"
         let proc = Proc::spawn(run_cmd(&config));
         let after = Duration::from_millis(rng.gen_range(200..2500));
         std::thread::sleep(after);
-        sigkill(&proc);
+        proc.sigkill();
         let out = proc.wait_timeout(Duration::from_secs(10));
         assert_eq!(
             out.code, None,

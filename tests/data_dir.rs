@@ -1,15 +1,15 @@
 //! data_dir holds user keys and payloads: its files are private, and a symlink planted in
 //! it is never followed (not to read another file as events, not to overwrite one).
 
-mod util;
+mod harness;
 
 use std::os::unix::fs::{symlink, PermissionsExt};
 
-use util::*;
+use harness::*;
 
 #[test]
 fn a_spill_file_that_is_a_symlink_is_not_read_as_events() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let config = ws.file_pipeline(jsonl(&feature_events(0, 2)), &server.url(), "");
     // Lines another user's file holds, planted as this sink's spill file.
@@ -31,7 +31,7 @@ fn a_spill_file_that_is_a_symlink_is_not_read_as_events() {
 
 #[test]
 fn the_write_probe_does_not_truncate_a_linked_file() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let config = ws.file_pipeline(jsonl(&feature_events(0, 1)), &server.url(), "");
     let victim = ws.write("victim.txt", "precious\n");
@@ -43,7 +43,7 @@ fn the_write_probe_does_not_truncate_a_linked_file() {
 
 #[test]
 fn data_dir_is_private_whatever_the_umask() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let mut lines = jsonl(&feature_events(0, 2));
     lines.push_str("not json\n");

@@ -5,15 +5,13 @@
 //! record, a torn tail is cut at start, and past `dead_letter_max_bytes` records keep the
 //! first KiB of their line.
 
-mod dutil;
-mod util;
+mod harness;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
-use dutil::*;
+use harness::*;
 use serde_json::{json, Value};
-use util::*;
 
 const BAD: &str = "this is not json";
 
@@ -48,7 +46,7 @@ fn dead_letter_file(ws: &Workspace) -> PathBuf {
 /// After a run that could not write the dead letter: fix nothing else, run again, and the
 /// bad line is dead-lettered and every event delivered.
 #[track_caller]
-fn rerun_delivers_everything(ws: &Workspace, config: &Path, hook: &Hook, input: &str) {
+fn rerun_delivers_everything(ws: &Workspace, config: &Path, hook: &Endpoint, input: &str) {
     let out = run_once(config);
     out.assert_code(2);
     let dead = dead_letters(&ws.data_dir(), "webhook");
@@ -60,7 +58,7 @@ fn rerun_delivers_everything(ws: &Workspace, config: &Path, hook: &Hook, input: 
 
 #[test]
 fn an_unwritable_dead_letter_file_keeps_the_bad_line_in_its_file() {
-    let hook = Hook::accepting();
+    let hook = Endpoint::start();
     let ws = Workspace::new();
     let (input, bad_at) = input_with_bad_line();
     let config = ws.file_pipeline(&input, &hook.url(), SINK);
@@ -107,7 +105,7 @@ fn with_file_size_limit(mut cmd: std::process::Command, limit: u64) -> std::proc
 
 #[test]
 fn a_full_disk_leaves_no_torn_record_and_the_bad_line_in_its_file() {
-    let hook = Hook::accepting();
+    let hook = Endpoint::start();
     let ws = Workspace::new();
     let (input, bad_at) = input_with_bad_line();
     let config = ws.file_pipeline(&input, &hook.url(), SINK);
@@ -133,7 +131,7 @@ fn a_full_disk_leaves_no_torn_record_and_the_bad_line_in_its_file() {
 
 #[test]
 fn the_sink_retries_the_dead_letter_until_it_can_be_written() {
-    let hook = Hook::accepting();
+    let hook = Endpoint::start();
     let ws = Workspace::new();
     let (input, _) = input_with_bad_line();
     let config = ws.file_pipeline(&input, &hook.url(), SINK);
@@ -157,11 +155,11 @@ fn the_sink_retries_the_dead_letter_until_it_can_be_written() {
 
 #[test]
 fn an_event_the_endpoint_rejects_stays_in_its_file_when_its_dead_letter_cannot_be_written() {
-    let hook = Hook::start(|seen| {
+    let hook = Endpoint::with_responder(|seen| {
         if seen.contains("\"userKey\":\"poison\"") {
-            Answer::status(400)
+            Reply::status(400)
         } else {
-            Answer::ok()
+            Reply::ok()
         }
     });
     let ws = Workspace::new();
@@ -189,7 +187,7 @@ fn an_event_the_endpoint_rejects_stays_in_its_file_when_its_dead_letter_cannot_b
 
 #[test]
 fn records_are_never_glued_to_a_torn_tail() {
-    let hook = Hook::accepting();
+    let hook = Endpoint::start();
     let ws = Workspace::new();
     let input = format!(
         "{}bad one\n{}bad two\n",
@@ -226,7 +224,7 @@ fn records_are_never_glued_to_a_torn_tail() {
 #[test]
 fn past_dead_letter_max_bytes_records_keep_the_first_kib_of_their_line() {
     const LONG: usize = 5000;
-    let hook = Hook::accepting();
+    let hook = Endpoint::start();
     let ws = Workspace::new();
     let long_line = |i: usize| format!("not json {i} {}", "x".repeat(LONG - 11));
     let mut input: String = (0..4).map(|i| long_line(i) + "\n").collect();
@@ -256,7 +254,7 @@ fn past_dead_letter_max_bytes_records_keep_the_first_kib_of_their_line() {
 
 #[test]
 fn a_line_of_control_characters_is_kept_in_base64_not_escaped_sixfold() {
-    let hook = Hook::accepting();
+    let hook = Endpoint::start();
     let ws = Workspace::new();
     let line = "\u{1}".repeat(3000);
     let config = ws.file_pipeline(format!("{line}\n"), &hook.url(), SINK);

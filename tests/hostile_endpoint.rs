@@ -5,8 +5,7 @@
 //! Where hyper's server cannot misbehave on purpose, [`RawServer`] speaks HTTP/1.1 over a
 //! plain loopback socket.
 
-mod dutil;
-mod util;
+mod harness;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,8 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use dutil::*;
-use util::*;
+use harness::*;
 
 /// A file pipeline of `events` small events to `url`, with `extra` sink settings.
 fn pipeline(ws: &Workspace, url: &str, events: u64, extra: &str) -> std::path::PathBuf {
@@ -26,9 +24,9 @@ fn pipeline(ws: &Workspace, url: &str, events: u64, extra: &str) -> std::path::P
 /// Delivers 10 events to an endpoint whose first answer is 503 with `retry_after`, with
 /// `retry_max_backoff = "200ms"`.
 fn deliver_after_503_with_retry_after(retry_after: &'static str) {
-    let hook = Hook::start(move |seen| match seen.index {
-        0 => Answer::status(503).header("Retry-After", retry_after),
-        _ => Answer::ok(),
+    let hook = Endpoint::with_responder(move |seen| match seen.index {
+        0 => Reply::status(503).header("Retry-After", retry_after),
+        _ => Reply::ok(),
     });
     let ws = Workspace::new();
     let config = pipeline(
@@ -137,13 +135,13 @@ fn a_server_that_closes_after_each_response_gets_every_event_without_a_retry() {
 /// warning names the status and where it points, without credentials.
 #[test]
 fn a_redirect_is_not_followed_and_its_warning_names_the_location() {
-    let elsewhere = Hook::accepting();
+    let elsewhere = Endpoint::start();
     let moved = format!("{}?moved=1", elsewhere.url());
     let with_password = elsewhere.url().replace("://", "://u:REDIRPASS@");
-    let hook = Hook::start(move |seen| match seen.index {
-        0 => Answer::status(302).header("Location", &moved),
-        1 => Answer::status(308).header("Location", &with_password),
-        _ => Answer::ok(),
+    let hook = Endpoint::with_responder(move |seen| match seen.index {
+        0 => Reply::status(302).header("Location", &moved),
+        1 => Reply::status(308).header("Location", &with_password),
+        _ => Reply::ok(),
     });
     let ws = Workspace::new();
     let config = pipeline(

@@ -6,8 +6,7 @@
 //! mark `VmHWM`, which no sampling can miss). The bounds are several times what flaghook
 //! needs and several times below what the unbounded behaviour reached.
 
-mod dutil;
-mod util;
+mod harness;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,8 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dutil::*;
-use util::*;
+use harness::*;
 
 const MIB: u64 = 1024;
 
@@ -55,7 +53,7 @@ max_event_in_memory = {n}
 
 /// Runs `proc` until `hook` has every event of `0..n`, then stops it; returns its peak
 /// resident memory in KiB.
-fn peak_once_delivered(proc: Proc, hook: &Hook, n: u64) -> u64 {
+fn peak_once_delivered(proc: Proc, hook: &Endpoint, n: u64) -> u64 {
     let complete = hook.wait_until(WAIT, |t| t.has_all(n));
     let peak = peak_rss_kib(proc.pid()).expect("VmHWM");
     proc.sigterm();
@@ -69,7 +67,7 @@ fn peak_once_delivered(proc: Proc, hook: &Hook, n: u64) -> u64 {
 #[test]
 fn a_slow_file_writer_costs_each_event_only_its_own_bytes() {
     let ws = Workspace::new();
-    let hook = Hook::accepting();
+    let hook = Endpoint::start();
     let input = ws.write("events.json", "");
     let config = ws.config(&format!(
         "[sources.in]\ntype = \"file\"\ninclude = [{}]\n\n{}",
@@ -102,7 +100,7 @@ fn a_slow_file_writer_costs_each_event_only_its_own_bytes() {
 #[test]
 fn a_slow_tcp_shipper_costs_each_event_only_its_own_bytes() {
     let ws = Workspace::new();
-    let hook = Hook::accepting();
+    let hook = Endpoint::start();
     let address = format!("127.0.0.1:{}", free_port());
     let config = ws.config(&format!(
         "[sources.in]\ntype = \"tcp\"\naddress = {}\n\n{}",
@@ -139,15 +137,16 @@ fn large_event(id: u64) -> String {
 }
 
 /// An endpoint that answers 503 until `up` is set.
-fn down_until(up: &Arc<AtomicBool>) -> Hook {
+fn down_until(up: &Arc<AtomicBool>) -> Endpoint {
     let up = up.clone();
-    Hook::start(move |_| {
+    Endpoint::with_responder(move |_| {
         if up.load(Ordering::Relaxed) {
-            Answer::ok()
+            Reply::ok()
         } else {
-            Answer::status(503)
+            Reply::status(503)
         }
     })
+    .count_only()
 }
 
 #[test]
@@ -207,7 +206,7 @@ struct Peak {
     rss_kib: u64,
 }
 
-fn peak_once_delivered_with_summary(proc: Proc, hook: &Hook, n: u64) -> Peak {
+fn peak_once_delivered_with_summary(proc: Proc, hook: &Endpoint, n: u64) -> Peak {
     let complete = hook.wait_until(Duration::from_secs(60), |t| t.has_all(n));
     let rss_kib = peak_rss_kib(proc.pid()).expect("VmHWM");
     proc.sigterm();
@@ -216,7 +215,7 @@ fn peak_once_delivered_with_summary(proc: Proc, hook: &Hook, n: u64) -> Peak {
     assert!(complete, "not every event arrived:\n{out}");
     assert_eq!(out.summary().events_delivered, n, "{out}");
     Peak {
-        events: summary_value(&out, "peak_events_in_memory"),
+        events: out.summary_value("peak_events_in_memory"),
         rss_kib,
     }
 }
@@ -310,7 +309,7 @@ const NEWER: u64 = 5;
 fn a_spill_file_loaded_in_parts_keeps_every_event_across_restarts() {
     let ws = Workspace::new();
     let spill = write_spill(&ws);
-    let down = Hook::start(|_| Answer::status(503));
+    let down = Endpoint::with_responder(|_| Reply::status(503)).count_only();
     let mut sent = SPILLED;
     for _ in 0..3 {
         let (config, address) = spill_pipeline(&ws, &down.url());
@@ -339,20 +338,14 @@ fn a_spill_file_loaded_in_parts_keeps_every_event_across_restarts() {
         assert_eq!(out.summary().events_not_delivered, sent, "{out}");
     }
 
-    let hook = Hook::accepting();
-    hook.keep_bodies();
+    let hook = Endpoint::start();
     let proc = Proc::spawn(run_cmd(&spill_pipeline(&ws, &hook.url()).0));
     let complete = hook.wait_until(Duration::from_secs(60), |t| t.has_all(sent));
     proc.sigterm();
     let out = proc.wait_timeout(Duration::from_secs(20));
     out.assert_code(0);
     assert!(complete, "not every spilled event arrived:\n{out}");
-    let delivered: Vec<u64> = hook.with(|t| {
-        t.bodies
-            .iter()
-            .flat_map(|(_, body)| event_ids(body).0)
-            .collect()
-    });
+    let delivered: Vec<u64> = hook.requests().iter().flat_map(|r| r.ids.clone()).collect();
     assert_eq!(
         delivered,
         (0..sent).collect::<Vec<_>>(),

@@ -3,14 +3,12 @@
 //! checkpoint waits for both: it does not move past what the failing sink delivered, so
 //! once that endpoint recovers, it gets every event.
 
-mod dutil;
-mod util;
+mod harness;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use dutil::*;
-use util::*;
+use harness::*;
 
 const EVENTS: u64 = 1_000;
 
@@ -23,8 +21,8 @@ fn saved_offset(data_dir: &Path) -> Option<u64> {
 
 #[test]
 fn a_failing_sink_does_not_stop_the_other_and_holds_the_checkpoint() {
-    let good = Hook::accepting();
-    let failing = Hook::start(|_| Answer::status(503));
+    let good = Endpoint::start();
+    let failing = Endpoint::with_responder(|_| Reply::status(503));
     let ws = Workspace::new();
     let input = ws.path("events.json");
     write_small_events(&input, 0..EVENTS);
@@ -88,7 +86,7 @@ shutdown_timeout = "1s"
 
     // The endpoint recovers: the failing sink gets everything; the healthy one gets it
     // again (at least once, not exactly once), and only now does the offset move.
-    failing.set_responder(|_| Answer::ok());
+    failing.set_responder(|_| Reply::ok());
     let out = run_once(&config);
     out.assert_code(0);
     assert_eq!(out.summary().events_delivered, 2 * EVENTS, "{out}");

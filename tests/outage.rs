@@ -3,15 +3,13 @@
 //! time (the `peak_events_in_memory` counter, and the process's resident memory as an
 //! independent check) and everything must be delivered at the end.
 
-mod dutil;
-mod util;
+mod harness;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dutil::*;
-use util::*;
+use harness::*;
 
 const FILES: u64 = 4;
 const PER_FILE: u64 = 250_000;
@@ -62,18 +60,19 @@ retry_max_backoff = "300ms"
     std::thread::sleep(Duration::from_secs(1));
 
     // Phase 2: the endpoint is up but unavailable, then healthy.
-    let hook = Hook::on(port.open(), |seen| {
+    let hook = Endpoint::on(port.open(), |seen| {
         if seen.index < UNAVAILABLE {
-            Answer::status(503).header("Retry-After", "1")
+            Reply::status(503).header("Retry-After", "1")
         } else {
-            Answer::ok()
+            Reply::ok()
         }
-    });
+    })
+    .count_only();
     let out = proc.wait_timeout(Duration::from_secs(120));
     let max_rss_kib = rss.stop();
 
     out.assert_code(0);
-    let peak = summary_value(&out, "peak_events_in_memory");
+    let peak = out.summary_value("peak_events_in_memory");
     println!(
         "peak_events_in_memory={peak} (cap {BUFFER_MAX_EVENTS}); largest resident memory {} MiB",
         max_rss_kib / 1024

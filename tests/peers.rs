@@ -1,13 +1,13 @@
 //! flaghook chained after real shippers installed from a registry. A missing peer skips the
 //! test on a developer's machine and fails it in CI (`CI` set), where `.ci/run` installs it.
 
-mod util;
+mod harness;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use util::*;
+use harness::*;
 
 /// The peer's binary, or None (and a note) when it is not installed outside CI.
 fn peer(binary: &str, package: &str) -> Option<String> {
@@ -46,7 +46,7 @@ fn syslog_ng_network_with_msg_template() {
     let Some(syslog_ng) = peer("syslog-ng", "syslog-ng-core") else {
         return;
     };
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let port = free_port();
     let config = ws.config(&format!(

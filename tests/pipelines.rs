@@ -1,11 +1,11 @@
 //! Every example in `pipelines/` validates with `flaghook validate`.
 
-mod util;
+mod harness;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use util::*;
+use harness::*;
 
 /// The examples the issue asks for.
 const REQUIRED: &[&str] = &[

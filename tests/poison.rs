@@ -3,13 +3,11 @@
 //! start of the response; a 413 splits the batch until it fits; `dead-letter replay`
 //! delivers the dead letters once the endpoint accepts them.
 
-mod dutil;
-mod util;
+mod harness;
 
 use std::path::PathBuf;
 
-use dutil::*;
-use util::*;
+use harness::*;
 
 const GOOD: u64 = 200;
 /// Positions (after how many good events) of the events the endpoint rejects.
@@ -34,16 +32,16 @@ fn input_with_poison(extra: &str) -> String {
 }
 
 /// The response to a body holding a poison event: 400 with a 3 KiB body.
-fn rejection() -> Answer {
-    Answer::status(400).body(format!("event refused: userKey poison{}", "x".repeat(3000)))
+fn rejection() -> Reply {
+    Reply::status(400).body(format!("event refused: userKey poison{}", "x".repeat(3000)))
 }
 
-fn rejecting_poison() -> Hook {
-    Hook::start(|seen| {
+fn rejecting_poison() -> Endpoint {
+    Endpoint::with_responder(|seen| {
         if seen.contains("\"userKey\":\"poison") {
             rejection()
         } else {
-            Answer::ok()
+            Reply::ok()
         }
     })
 }
@@ -105,11 +103,11 @@ fn a_rejected_event_is_dead_lettered_alone_and_the_rest_delivered() {
 #[test]
 fn payload_too_large_splits_the_batch_until_it_fits() {
     const LIMIT: usize = 10;
-    let hook = Hook::start(|seen| {
-        if seen.events() > LIMIT {
-            Answer::status(413)
+    let hook = Endpoint::with_responder(|seen| {
+        if seen.event_count() > LIMIT {
+            Reply::status(413)
         } else {
-            Answer::ok()
+            Reply::ok()
         }
     });
     let ws = Workspace::new();
@@ -156,7 +154,7 @@ fn replay_delivers_dead_letters_once_the_endpoint_accepts_them() {
     assert_eq!(hook.with(|t| t.foreign_delivered), 0);
 
     // The endpoint was fixed.
-    hook.set_responder(|_| Answer::ok());
+    hook.set_responder(|_| Reply::ok());
     let out = replay();
     out.assert_code(2);
     assert!(

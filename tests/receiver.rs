@@ -2,7 +2,7 @@
 //! `--max-body`, headers or bodies that trickle in, more connections than it may hold,
 //! and running out of file descriptors. Each test drives the real binary over loopback.
 
-mod util;
+mod harness;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use harness::*;
 use serde_json::{json, Value};
-use util::*;
 
 /// Starts `flaghook receive` on a free port with `args`; returns it and its address.
 fn start_receiver(args: &[&str]) -> (Proc, String) {

@@ -5,8 +5,7 @@
 //! the records, and refuses to run beside a pipeline on the same data_dir; nor do two
 //! pipelines share one data_dir.
 
-mod dutil;
-mod util;
+mod harness;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,8 +13,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use dutil::*;
-use util::*;
+use harness::*;
 
 /// A dead letter as the sink writes it for an event the endpoint refused.
 fn refused(event: &str) -> Value {
@@ -98,7 +96,7 @@ fn assert_counts(out: &Output, expected: &str) {
 
 #[test]
 fn replay_keeps_a_tracking_event_that_event_types_filters_out() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let config = config(&ws, &server.url(), "event_types = [\"feature\"]");
     let tracking = tracking_event(1);
@@ -130,7 +128,7 @@ fn replay_keeps_a_tracking_event_that_event_types_filters_out() {
 
 #[test]
 fn replay_keeps_a_record_whose_line_base64_does_not_decode() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let config = config(&ws, &server.url(), "");
     let mut bad = refused("");
@@ -158,7 +156,7 @@ fn replay_keeps_a_record_whose_line_base64_does_not_decode() {
 
 #[test]
 fn a_corrupt_line_is_kept_as_it_is_and_the_other_records_are_replayed() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let config = config(&ws, &server.url(), "");
     let torn = r#"{"time":"2026-01-01T00:00:00.000Z","sink":"webh"#;
@@ -189,7 +187,7 @@ fn a_corrupt_line_is_kept_as_it_is_and_the_other_records_are_replayed() {
 /// `Retry-After` is honoured up to `retry_max_backoff`, as in the sink.
 #[test]
 fn replay_honours_retry_after_and_resends_the_batch_not_each_event() {
-    let server = TestServer::scripted(
+    let server = Endpoint::scripted(
         vec![Reply::status(503).header("Retry-After", "1")],
         Reply::ok(),
     );
@@ -223,11 +221,11 @@ fn replay_honours_retry_after_and_resends_the_batch_not_each_event() {
 #[test]
 fn replay_bisects_to_the_event_the_endpoint_rejects_and_delivers_the_rest() {
     const GOOD: u64 = 16;
-    let hook = Hook::start(|seen| {
+    let hook = Endpoint::with_responder(|seen| {
         if seen.contains("\"userKey\":\"poison\"") {
-            Answer::status(400).body("poison refused")
+            Reply::status(400).body("poison refused")
         } else {
-            Answer::ok()
+            Reply::ok()
         }
     });
     let ws = Workspace::new();
@@ -268,7 +266,7 @@ fn replay_bisects_to_the_event_the_endpoint_rejects_and_delivers_the_rest() {
 
 #[test]
 fn replay_keeps_what_still_fails_after_retry_max_duration() {
-    let hook = Hook::start(|_| Answer::status(503));
+    let hook = Endpoint::with_responder(|_| Reply::status(503));
     let ws = Workspace::new();
     let config = config(&ws, &hook.url(), "retry_max_duration = \"300ms\"");
     let records: Vec<String> = (0..3)
@@ -296,7 +294,7 @@ fn replay_keeps_what_still_fails_after_retry_max_duration() {
 
 #[test]
 fn sigint_stops_a_replay_that_keeps_failing_and_keeps_every_record() {
-    let hook = Hook::start(|_| Answer::status(503));
+    let hook = Endpoint::with_responder(|_| Reply::status(503));
     let ws = Workspace::new();
     let config = config(&ws, &hook.url(), "");
     let records: Vec<String> = (0..3)
@@ -324,7 +322,7 @@ fn sigint_stops_a_replay_that_keeps_failing_and_keeps_every_record() {
 
 /// Starts `run` (continuous) over 3 events and waits until they are delivered: by then it
 /// holds the data_dir.
-fn running_pipeline(ws: &Workspace, hook: &Hook) -> (Proc, PathBuf) {
+fn running_pipeline(ws: &Workspace, hook: &Endpoint) -> (Proc, PathBuf) {
     let config = ws.file_pipeline(small_lines(0..3), &hook.url(), "flush_interval = \"100ms\"");
     let run = Proc::spawn(run_cmd(&config));
     assert!(
@@ -337,7 +335,7 @@ fn running_pipeline(ws: &Workspace, hook: &Hook) -> (Proc, PathBuf) {
 
 #[test]
 fn replay_is_refused_while_a_pipeline_uses_the_data_dir() {
-    let hook = Hook::accepting();
+    let hook = Endpoint::start();
     let ws = Workspace::new();
     let (run, config) = running_pipeline(&ws, &hook);
     let path = write_dead_letters(&ws.data_dir(), &[refused(&small_event(7)).to_string()]);
@@ -370,7 +368,7 @@ fn replay_is_refused_while_a_pipeline_uses_the_data_dir() {
 
 #[test]
 fn a_second_run_on_the_same_data_dir_exits_1_naming_the_first_pid() {
-    let hook = Hook::accepting();
+    let hook = Endpoint::start();
     let ws = Workspace::new();
     let (run, config) = running_pipeline(&ws, &hook);
     ws.append("events.json", small_lines(3..5));
@@ -389,7 +387,7 @@ fn a_second_run_on_the_same_data_dir_exits_1_naming_the_first_pid() {
 
     // The lock dies with its process, even killed: the next run starts.
     assert!(hook.wait_until(WAIT, |t| t.has_all(5)));
-    sigkill(&run);
+    run.sigkill();
     assert_eq!(run.wait().code, None, "not killed");
     run_once(&config).assert_code(0);
     hook.with(|t| assert!(t.has_all(5) && t.counts.len() == 5));
@@ -399,7 +397,7 @@ fn a_second_run_on_the_same_data_dir_exits_1_naming_the_first_pid() {
 /// it too waits at most `retry_max_backoff` (here 100ms) and delivers.
 #[test]
 fn replay_waits_at_most_retry_max_backoff_after_a_huge_retry_after() {
-    let server = TestServer::scripted(
+    let server = Endpoint::scripted(
         vec![Reply::status(503).header("Retry-After", "9223372036854775807")],
         Reply::ok(),
     );

@@ -3,17 +3,15 @@
 //! holds other content is read from its start; a file renamed while flaghook was stopped
 //! is recognised.
 
-mod dutil;
-mod util;
+mod harness;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use dutil::*;
-use util::*;
+use harness::*;
 
 /// A file source over `logs/*.json` feeding sink `webhook` at `hook`.
-fn pipeline(ws: &Workspace, hook: &Hook) -> PathBuf {
+fn pipeline(ws: &Workspace, hook: &Endpoint) -> PathBuf {
     std::fs::create_dir_all(ws.path("logs")).unwrap();
     ws.config(&format!(
         r#"[sources.goff]
@@ -42,7 +40,7 @@ fn run_delivering(config: &std::path::Path, delivered: u64) -> Output {
 }
 
 /// How often each id of `ids` arrived.
-fn counts(hook: &Hook, ids: std::ops::Range<u64>) -> Vec<u32> {
+fn counts(hook: &Endpoint, ids: std::ops::Range<u64>) -> Vec<u32> {
     hook.with(|t| {
         ids.map(|id| t.counts.get(id as usize).copied().unwrap_or(0))
             .collect()
@@ -51,7 +49,7 @@ fn counts(hook: &Hook, ids: std::ops::Range<u64>) -> Vec<u32> {
 
 #[test]
 fn checkpoints_resume_exactly_after_each_run() {
-    let hook = Hook::accepting();
+    let hook = Endpoint::start();
     let ws = Workspace::new();
     let config = pipeline(&ws, &hook);
     let log = ws.path("logs/a.json");
@@ -76,7 +74,7 @@ fn checkpoints_resume_exactly_after_each_run() {
 
 #[test]
 fn a_file_renamed_while_stopped_resumes_under_its_new_name() {
-    let hook = Hook::accepting();
+    let hook = Endpoint::start();
     let ws = Workspace::new();
     let config = pipeline(&ws, &hook);
     write_small_events(&ws.path("logs/current.json"), 0..60);
@@ -98,7 +96,7 @@ fn damaged_checkpoint_files_are_reported_and_the_files_read_again() {
         ("unknown version", br#"{"version":99,"files":[]}"#),
     ];
     for (what, bytes) in damaged {
-        let hook = Hook::accepting();
+        let hook = Endpoint::start();
         let ws = Workspace::new();
         let config = pipeline(&ws, &hook);
         write_small_events(&ws.path("logs/a.json"), 0..30);
@@ -124,7 +122,7 @@ fn damaged_checkpoint_files_are_reported_and_the_files_read_again() {
 
 #[test]
 fn same_inode_with_other_content_is_read_from_the_start() {
-    let hook = Hook::accepting();
+    let hook = Endpoint::start();
     let ws = Workspace::new();
     let config = pipeline(&ws, &hook);
     let log = ws.path("logs/a.json");
@@ -154,7 +152,7 @@ fn same_inode_with_other_content_is_read_from_the_start() {
 
 #[test]
 fn a_deleted_file_replaced_by_a_new_one_is_read_from_the_start() {
-    let hook = Hook::accepting();
+    let hook = Endpoint::start();
     let ws = Workspace::new();
     let config = pipeline(&ws, &hook);
     let log = ws.path("logs/a.json");

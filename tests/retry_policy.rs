@@ -2,11 +2,9 @@
 //! or a URL without losing data), `retry_max_duration` turns endless failure into dead
 //! letters, and an unusable data_dir stops flaghook at start-up with a message that says so.
 
-mod dutil;
-mod util;
+mod harness;
 
-use dutil::*;
-use util::*;
+use harness::*;
 
 fn pipeline(ws: &Workspace, url: &str, events: u64, extra: &str) -> std::path::PathBuf {
     ws.file_pipeline(
@@ -20,11 +18,11 @@ fn pipeline(ws: &Workspace, url: &str, events: u64, extra: &str) -> std::path::P
 
 #[test]
 fn auth_and_not_found_answers_are_retried_with_a_warning_naming_the_status() {
-    let hook = Hook::start(|seen| match seen.index {
-        0 => Answer::status(401),
-        1 => Answer::status(403),
-        2 => Answer::status(404),
-        _ => Answer::ok(),
+    let hook = Endpoint::with_responder(|seen| match seen.index {
+        0 => Reply::status(401),
+        1 => Reply::status(403),
+        2 => Reply::status(404),
+        _ => Reply::ok(),
     });
     let ws = Workspace::new();
     let config = pipeline(&ws, &hook.url(), 25, "");
@@ -50,7 +48,7 @@ fn auth_and_not_found_answers_are_retried_with_a_warning_naming_the_status() {
 
 #[test]
 fn retry_max_duration_dead_letters_what_keeps_failing() {
-    let hook = Hook::start(|_| Answer::status(503));
+    let hook = Endpoint::with_responder(|_| Reply::status(503));
     let ws = Workspace::new();
     let config = pipeline(&ws, &hook.url(), 25, "retry_max_duration = \"300ms\"\n");
 
@@ -94,7 +92,7 @@ fn summary_nothing() -> Summary {
 
 #[test]
 fn an_unusable_data_dir_is_a_start_up_error_that_says_so() {
-    let hook = Hook::accepting();
+    let hook = Endpoint::start();
     let ws = Workspace::new();
     ws.write("not-a-folder", "a regular file");
     let input = ws.write("events.json", small_lines(0..3));

@@ -16,8 +16,7 @@
 //!   found again after a restart (README, "Not promised"): a restart first waits until
 //!   such files were delivered.
 
-mod dutil;
-mod util;
+mod harness;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -28,8 +27,7 @@ use proptest::test_runner::Config;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use dutil::*;
-use util::*;
+use harness::*;
 
 /// Files the writer appends to: `f0.log`, `f1.log`.
 const LIVE: usize = 2;
@@ -93,7 +91,7 @@ fn op() -> impl Strategy<Value = Op> {
 /// Fields drop in order: the runtime (and the pipeline) before the endpoint and the files.
 struct Rig {
     rt: tokio::runtime::Runtime,
-    hook: Hook,
+    hook: Endpoint,
     ws: Workspace,
     config: PathBuf,
     running: Option<(
@@ -111,7 +109,7 @@ impl Rig {
     fn new() -> Self {
         let ws = Workspace::new();
         std::fs::create_dir_all(ws.path("logs/away")).unwrap();
-        let hook = Hook::accepting();
+        let hook = Endpoint::start();
         let config = ws.config(&format!(
             r#"[sources.logs]
 type = "file"

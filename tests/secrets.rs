@@ -3,15 +3,15 @@
 //! come as `secret_hex` / `secret_base64`; and no output ever shows a secret or a value
 //! that came from the environment.
 
-mod util;
+mod harness;
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 
 use base64::Engine;
+use harness::*;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use util::*;
 
 /// `sha256=<hex HMAC-SHA256(key, body)>`, for keys that are not text.
 fn signature_of(key: &[u8], body: &[u8]) -> String {
@@ -22,7 +22,7 @@ fn signature_of(key: &[u8], body: &[u8]) -> String {
 
 /// Delivers one event with `sink_extra` in the sink and `env` set; returns the one request.
 fn deliver_one(sink_extra: &str, env: &[(&str, OsString)]) -> Recorded {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let config = ws.file_pipeline(jsonl(&[feature_event(0)]), &server.url(), sink_extra);
     let mut cmd = run_once_cmd(&config);
@@ -342,7 +342,7 @@ fn delivery_errors_never_show_the_secret() {
     let closed = format!("http://127.0.0.1:{}/hook", free_port());
     for format in ["text", "json"] {
         let refusing =
-            TestServer::scripted(vec![Reply::status(401), Reply::status(500)], Reply::ok());
+            Endpoint::scripted(vec![Reply::status(401), Reply::status(500)], Reply::ok());
         let body = two_sinks(&input, &refusing.url(), &closed);
         let args = ["--log-level", "trace", "--log-format", format, "run"];
         let out = run_with_secret(&args, &body);
@@ -383,7 +383,7 @@ const SENT_PASSWORD: &str = "pa$$-URLPASS-w@rd";
 /// no output at any log level, nor any file in data_dir, shows the password in any form.
 #[test]
 fn credentials_in_endpoint_url_are_sent_as_basic_auth_and_never_shown() {
-    let server = TestServer::scripted(vec![Reply::status(500)], Reply::ok());
+    let server = Endpoint::scripted(vec![Reply::status(500)], Reply::ok());
     let ws = Workspace::new();
     let with_credentials =
         |url: &str| url.replacen("://", &format!("://flag%20hook:{URL_PASSWORD}@"), 1);

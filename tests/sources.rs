@@ -1,7 +1,7 @@
 //! Sources: TCP (shipper envelopes, split writes, concurrent connections), stdin and files
 //! (globs, tailing, partial lines, read_from).
 
-mod util;
+mod harness;
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use util::*;
+use harness::*;
 
 /// A TCP source `tcp` on a free port feeding sink `webhook`; returns (config, address).
 fn tcp_pipeline(
@@ -52,7 +52,7 @@ fn send_once_over_tcp(config: &Path, addr: &str, data: &[u8]) -> Output {
 /// Vector's own fields (keys sorted, as Vector writes them).
 #[test]
 fn vector_envelope_over_tcp() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let (config, addr) = tcp_pipeline(&ws, &server.url(), "", "");
     let events = vec![feature_event(0), tracking_event(1), KAT_EVENT_2.to_string()];
@@ -77,7 +77,7 @@ fn vector_envelope_over_tcp() {
 /// as a float.
 #[test]
 fn fluent_bit_envelope_over_tcp() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let (config, addr) = tcp_pipeline(&ws, &server.url(), "", "");
     let events = vec![feature_event(0), feature_event(1), tracking_event(2)];
@@ -94,7 +94,7 @@ fn fluent_bit_envelope_over_tcp() {
 /// Envelopes and bare events may be mixed on one connection.
 #[test]
 fn envelopes_and_bare_events_mix_on_one_connection() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let (config, addr) = tcp_pipeline(&ws, &server.url(), "", "");
     let events = feature_events(0, 3);
@@ -114,7 +114,7 @@ fn envelopes_and_bare_events_mix_on_one_connection() {
 /// A source may name the envelope field explicitly with `field = "payload"`.
 #[test]
 fn source_field_names_the_envelope_field() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let events = feature_events(0, 3);
     let lines: Vec<String> = events
@@ -149,7 +149,7 @@ endpoint_url = {url}
 /// A line split across TCP writes (even inside a multi-byte UTF-8 character) is one event.
 #[test]
 fn lines_split_across_tcp_writes() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let (config, addr) = tcp_pipeline(&ws, &server.url(), "", "");
     let unicode = r#"{"kind":"feature","contextKind":"user","userKey":"h\u00e9llo-✓-ユーザー","creationDate":1700000000,"key":"flag-é","variation":"on","value":"✓✓✓","default":false,"version":"","source":"SERVER"}"#;
@@ -183,7 +183,7 @@ fn lines_split_across_tcp_writes() {
 /// Two connections at once: every event arrives, each connection's events in its order.
 #[test]
 fn two_concurrent_connections() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let (config, addr) = tcp_pipeline(&ws, &server.url(), "", "");
     let a_events = feature_events(0, 20);
@@ -227,7 +227,7 @@ fn two_concurrent_connections() {
 /// Connections opened one after another while running are all read.
 #[test]
 fn tcp_source_accepts_sequential_connections() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let (config, addr) = tcp_pipeline(&ws, &server.url(), "", "");
     let mut cmd = flaghook(&["run", "--config"]);
@@ -248,7 +248,7 @@ fn tcp_source_accepts_sequential_connections() {
 /// A stdin source reads to EOF with --once.
 #[test]
 fn stdin_source() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let config = ws.config(&format!(
         r#"[sources.piped]
@@ -288,7 +288,7 @@ max_event_in_memory = 4
 /// Include globs pick files, exclude globs drop some; each file's events keep their order.
 #[test]
 fn file_source_include_and_exclude_globs() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let a = feature_events(0, 3);
     let b = feature_events(10, 3);
@@ -335,7 +335,7 @@ endpoint_url = {url}
 /// event until its newline arrives.
 #[test]
 fn file_source_tails_appended_lines_and_waits_for_newline() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let config = ws.file_pipeline(
         jsonl(&feature_events(0, 2)),
@@ -367,7 +367,7 @@ fn file_source_tails_appended_lines_and_waits_for_newline() {
 /// `read_from = "end"` skips what the file held at start and delivers what is appended.
 #[test]
 fn file_source_read_from_end_skips_existing_lines() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let input = ws.write("events.json", jsonl(&feature_events(0, 3)));
     let config = ws.config(&format!(
@@ -403,7 +403,7 @@ flush_interval = "100ms"
 /// A file source and a TCP source feeding one sink: everything from both arrives.
 #[test]
 fn sink_reads_several_sources() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let file_events = feature_events(0, 3);
     let tcp_events = feature_events(100, 3);

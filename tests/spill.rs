@@ -2,8 +2,7 @@
 //! within `shutdown_timeout` are written to `data_dir/spill/<sink>.jsonl`, and the next
 //! start sends them first, then removes the file.
 
-mod dutil;
-mod util;
+mod harness;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,8 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dutil::*;
-use util::*;
+use harness::*;
 
 const SPILLED: u64 = 300;
 const LATER: u64 = 100;
@@ -64,14 +62,12 @@ fn send(address: &str, proc: &Proc, ids: std::ops::Range<u64>) {
 }
 
 /// Ids of the events of each 2xx-answered request, in arrival order.
-fn delivered_in_order(hook: &Hook) -> Vec<u64> {
-    hook.with(|t| {
-        t.bodies
-            .iter()
-            .filter(|(status, _)| (200..300).contains(status))
-            .flat_map(|(_, body)| event_ids(body).0)
-            .collect()
-    })
+fn delivered_in_order(hook: &Endpoint) -> Vec<u64> {
+    hook.requests()
+        .iter()
+        .filter(|r| r.is_success())
+        .flat_map(|r| r.ids.clone())
+        .collect()
 }
 
 fn spilled_ids(path: &Path) -> Vec<u64> {
@@ -108,8 +104,7 @@ fn undelivered_tcp_events_are_spilled_at_shutdown_and_sent_first_at_the_next_sta
     assert_eq!(spilled_ids(&spill), (0..SPILLED).collect::<Vec<_>>());
 
     // Next start, the endpoint is up (same data_dir and sink; the URL changed).
-    let hook = Hook::accepting();
-    hook.keep_bodies();
+    let hook = Endpoint::start();
     let config = tcp_pipeline(&ws, &address, &hook.url());
     let proc = Proc::spawn(run_cmd(&config));
     send(&address, &proc, SPILLED..SPILLED + LATER);
@@ -249,7 +244,7 @@ fn events_a_tcp_shipper_already_sent_are_not_dropped_at_shutdown() {
     out.assert_code(0);
     assert_all_spilled(&ws, &filled, &out);
 
-    let hook = Hook::accepting();
+    let hook = Endpoint::start();
     let proc = Proc::spawn(run_cmd(&tcp_pipeline(&ws, &address, &hook.url())));
     let complete = hook.wait_until(WAIT, |t| t.has_all(filled.events()));
     proc.sigterm();

@@ -2,16 +2,14 @@
 //! send nothing must not hold `max_connections` slots for ever, while a connection that
 //! flaghook itself stops reading (back-pressure) is never taken for an idle one.
 
-mod dutil;
-mod util;
+mod harness;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use dutil::*;
-use util::*;
+use harness::*;
 
 /// A TCP source `tcp` (with `source_extra`) on a free port feeding sink `webhook` (with
 /// `sink_extra`); returns (config, address).
@@ -60,7 +58,7 @@ fn closed_by_flaghook(conn: &mut TcpStream, within: Duration) -> bool {
 /// the one idle longest is closed to serve it (`idle_timeout` left at its 5 minutes).
 #[test]
 fn idle_connections_holding_every_slot_do_not_lock_out_a_shipper() {
-    let hook = Hook::accepting();
+    let hook = Endpoint::start();
     let ws = Workspace::new();
     let (config, addr) = tcp_pipeline(&ws, &hook.url(), "max_connections = 4", "");
     let proc = Proc::spawn(run_cmd(&config));
@@ -94,7 +92,7 @@ fn idle_connections_holding_every_slot_do_not_lock_out_a_shipper() {
 
 #[test]
 fn a_silent_connection_is_closed_after_idle_timeout_and_an_active_one_is_not() {
-    let hook = Hook::accepting();
+    let hook = Endpoint::start();
     let ws = Workspace::new();
     let (config, addr) = tcp_pipeline(&ws, &hook.url(), "idle_timeout = \"1s\"", "");
     let proc = Proc::spawn(run_cmd(&config));
@@ -138,11 +136,11 @@ fn a_connection_held_by_back_pressure_is_not_closed_as_idle() {
     const BURST: u64 = 5000;
     let start = Instant::now();
     let refuse_for = Duration::from_secs(3);
-    let hook = Hook::start(move |_| {
+    let hook = Endpoint::with_responder(move |_| {
         if start.elapsed() < refuse_for {
-            Answer::status(503)
+            Reply::status(503)
         } else {
-            Answer::ok()
+            Reply::ok()
         }
     });
     let ws = Workspace::new();

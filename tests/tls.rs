@@ -5,7 +5,7 @@
 //! The certificates (ECDSA P-256, valid until 2126) were made once with openssl: a CA, and a
 //! leaf for `IP:127.0.0.1, DNS:flaghook.test` signed by it; plus an unrelated CA.
 
-mod util;
+mod harness;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use harness::*;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use util::*;
 
 const CA_PEM: &str = "-----BEGIN CERTIFICATE-----
 MIIBnjCCAUOgAwIBAgIUenueUnj6tv/emcHxHlZHq7obRWkwCgYIKoZIzj0EAwIw

@@ -1,15 +1,15 @@
 //! The request on the wire: GO Feature Flag's exact webhook format, signature, headers, meta,
 //! and how events are re-encoded per schema.
 
-mod util;
+mod harness;
 
+use harness::*;
 use serde_json::json;
-use util::*;
 
 /// The known-answer vector from GO Feature Flag's own test: byte-identical body and signature.
 #[test]
 fn known_answer_vector_body_and_signature() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let config = ws.file_pipeline(
         jsonl(&[KAT_EVENT_1, KAT_EVENT_2]),
@@ -34,7 +34,7 @@ meta = { hostname = "hostname" }"#,
 
 #[test]
 fn request_is_post_to_the_configured_path_and_query() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let url = format!("http://{}/collector/v1?token=abc", server.addr());
     let config = ws.file_pipeline(jsonl(&[feature_event(0)]), &url, "");
@@ -48,7 +48,7 @@ fn request_is_post_to_the_configured_path_and_query() {
 
 #[test]
 fn signature_covers_exact_body_bytes_with_any_secret() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let secret = "s3cr\u{e9}t with spaces & symbols";
     let config = ws.file_pipeline(
@@ -69,7 +69,7 @@ fn signature_covers_exact_body_bytes_with_any_secret() {
 
 #[test]
 fn no_signature_header_without_secret() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let config = ws.file_pipeline(jsonl(&[feature_event(0)]), &server.url(), "");
     run_once(&config).assert_code(0);
@@ -86,7 +86,7 @@ fn no_signature_header_without_secret() {
 
 #[test]
 fn body_is_compact_meta_first_without_trailing_newline() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let events = feature_events(0, 2);
     let config = ws.file_pipeline(
@@ -107,7 +107,7 @@ fn body_is_compact_meta_first_without_trailing_newline() {
 
 #[test]
 fn user_headers_are_sent_with_every_value() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let config = ws.file_pipeline(
         jsonl(&[feature_event(0)]),
@@ -126,7 +126,7 @@ fn user_headers_are_sent_with_every_value() {
 
 #[test]
 fn content_type_is_json_and_not_overridable() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let config = ws.file_pipeline(
         jsonl(&[feature_event(0)]),
@@ -146,7 +146,7 @@ fn content_type_is_json_and_not_overridable() {
 
 #[test]
 fn user_agent_is_flaghook_version() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let config = ws.file_pipeline(jsonl(&[feature_event(0)]), &server.url(), "");
     run_once(&config).assert_code(0);
@@ -161,7 +161,7 @@ fn user_agent_is_flaghook_version() {
 
 #[test]
 fn hostname_meta_is_added_when_unset() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let config = ws.file_pipeline(
         jsonl(&[feature_event(0)]),
@@ -180,7 +180,7 @@ fn hostname_meta_is_added_when_unset() {
 
 #[test]
 fn hostname_meta_is_added_without_any_meta() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let config = ws.file_pipeline(jsonl(&[feature_event(0)]), &server.url(), "");
     run_once(&config).assert_code(0);
@@ -192,7 +192,7 @@ fn hostname_meta_is_added_without_any_meta() {
 
 #[test]
 fn hostname_meta_is_kept_when_set() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let config = ws.file_pipeline(
         jsonl(&[feature_event(0)]),
@@ -213,7 +213,7 @@ fn hostname_meta_is_kept_when_set() {
 /// nested values, metadata, and tracking events.
 #[test]
 fn goff_compact_events_are_byte_identical() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let events = vec![
         r#"{"kind":"feature","contextKind":"anonymousUser","userKey":"ABCD","creationDate":1617970547,"key":"random-key","variation":"Default","value":{"bool":true,"float":1.23,"int":1,"string":"string"},"default":false,"version":"","source":"","metadata":{"metadata1":"metadata1","metadata2":24,"metadata3":true}}"#.to_string(),
@@ -233,7 +233,7 @@ fn goff_compact_events_are_byte_identical() {
 /// they came, byte for byte in the request body.
 #[test]
 fn tracking_events_with_null_maps_are_byte_identical() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let events = [
         r#"{"kind":"tracking","contextKind":"user","userKey":"u1","creationDate":1700000000,"key":"checkout","evaluationContext":null,"trackingEventDetails":null}"#,
@@ -261,7 +261,7 @@ fn tracking_events_with_null_maps_are_byte_identical() {
 /// A shipper's fields beside the event (Vector's host/timestamp/source_type) are dropped.
 #[test]
 fn extra_shipper_fields_are_dropped_with_schema_goff() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let input = r#"{"host":"web-1","kind":"feature","contextKind":"user","userKey":"u1","creationDate":1700000000,"key":"flag","variation":"on","value":true,"default":false,"version":"v1","source":"SERVER","source_type":"socket","timestamp":"2024-01-01T00:00:00Z","extra":{"x":1}}"#;
     let expected = r#"{"kind":"feature","contextKind":"user","userKey":"u1","creationDate":1700000000,"key":"flag","variation":"on","value":true,"default":false,"version":"v1","source":"SERVER"}"#;
@@ -275,7 +275,7 @@ fn extra_shipper_fields_are_dropped_with_schema_goff() {
 /// compact; nested values are kept as they came (key order included), compacted.
 #[test]
 fn out_of_order_fields_are_reordered_and_compacted() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let feature_in = r#"{ "source": "SERVER", "version": "2", "default": false, "value": { "z": 1, "a": [1, 2, {"m" : null}] }, "variation": "on", "key": "flag", "creationDate": 1700000001, "userKey": "u1", "contextKind": "user", "kind": "feature", "metadata": { "b": "x", "a": 2 } }"#;
     let feature_out = r#"{"kind":"feature","contextKind":"user","userKey":"u1","creationDate":1700000001,"key":"flag","variation":"on","value":{"z":1,"a":[1,2,{"m":null}]},"default":false,"version":"2","source":"SERVER","metadata":{"b":"x","a":2}}"#;
@@ -290,7 +290,7 @@ fn out_of_order_fields_are_reordered_and_compacted() {
 /// `contextKind` and `metadata` are omitted when empty, as GO Feature Flag's omitempty does.
 #[test]
 fn empty_context_kind_and_metadata_are_omitted() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let input = r#"{"kind":"feature","contextKind":"","userKey":"u","creationDate":1700000000,"key":"k","variation":"on","value":1,"default":false,"version":"","source":"SERVER","metadata":{}}"#;
     let expected = r#"{"kind":"feature","userKey":"u","creationDate":1700000000,"key":"k","variation":"on","value":1,"default":false,"version":"","source":"SERVER"}"#;
@@ -304,9 +304,9 @@ fn empty_context_kind_and_metadata_are_omitted() {
 /// several sinks reading one source each get every event they select.
 #[test]
 fn tracking_events_and_event_types_filtering() {
-    let features_srv = TestServer::start();
-    let tracking_srv = TestServer::start();
-    let all_srv = TestServer::start();
+    let features_srv = Endpoint::start();
+    let tracking_srv = Endpoint::start();
+    let all_srv = Endpoint::start();
     let ws = Workspace::new();
     let mut events = Vec::new();
     let mut features = Vec::new();
@@ -361,8 +361,8 @@ endpoint_url = {a}
 
 #[test]
 fn several_sinks_reading_one_source_each_get_every_event() {
-    let a = TestServer::start();
-    let b = TestServer::start();
+    let a = Endpoint::start();
+    let b = Endpoint::start();
     let ws = Workspace::new();
     let events = feature_events(0, 5);
     let input = ws.write("events.json", jsonl(&events));
@@ -406,7 +406,7 @@ max_event_in_memory = 2
 /// `schema = "any"`: any JSON object is sent as it came, compacted (key order kept).
 #[test]
 fn schema_any_passes_arbitrary_objects_compacted() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let lines = [
         r#"{ "msg": "hello", "level": "info", "n": 1 }"#,
@@ -441,7 +441,7 @@ secret = "k""#,
 /// Requests of one sink reuse a keep-alive connection instead of one connection each.
 #[test]
 fn requests_reuse_keep_alive_connections() {
-    let server = TestServer::start();
+    let server = Endpoint::start();
     let ws = Workspace::new();
     let config = ws.file_pipeline(
         jsonl(&feature_events(0, 12)),

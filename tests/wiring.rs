@@ -1,11 +1,11 @@
 //! The topology's wiring: each sink reads a source once, through a handle the source gave
 //! it, and no task fails unnoticed.
 
-mod util;
+mod harness;
 
 use std::process::Command;
 
-use util::*;
+use harness::*;
 
 /// Three feature events, one per line, numbered from `start`.
 fn events_from(start: usize) -> String {
@@ -50,8 +50,8 @@ endpoint_url = "http://127.0.0.1:9/hook"
 /// event once, and each checkpoint ends at the end of its file.
 #[test]
 fn sinks_sharing_sources_each_get_every_event_once() {
-    let a = TestServer::start();
-    let b = TestServer::start();
+    let a = Endpoint::start();
+    let b = Endpoint::start();
     let ws = Workspace::new();
     let one = ws.write("one.json", events());
     let two = ws.write("two.json", events_from(3));
@@ -104,7 +104,7 @@ flush_interval = "50ms"
 #[test]
 fn a_panicking_task_ends_the_run_with_an_error() {
     for (failpoint, task) in [("sink-handle", "sink `webhook`"), ("source-send", "source")] {
-        let server = TestServer::start();
+        let server = Endpoint::start();
         let ws = Workspace::new();
         let config = ws.file_pipeline(events(), &server.url(), "flush_interval = \"50ms\"");
         let mut cmd: Command = run_once_cmd(&config);

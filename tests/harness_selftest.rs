@@ -1,16 +1,16 @@
 //! Self-tests of the test harness (no flaghook involved): the recording server really records
 //! what arrives and really answers from its script, so the other tests' checks mean something.
 
-mod util;
+mod harness;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use util::*;
+use harness::*;
 
 /// Sends one raw HTTP/1.1 request and returns the whole response text.
-fn raw_request(server: &TestServer, head_extra: &str, body: &[u8]) -> String {
+fn raw_request(server: &Endpoint, head_extra: &str, body: &[u8]) -> String {
     let mut s = TcpStream::connect(server.addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let head = format!(
@@ -26,7 +26,7 @@ fn raw_request(server: &TestServer, head_extra: &str, body: &[u8]) -> String {
 
 #[test]
 fn server_records_requests_and_follows_its_script() {
-    let server = TestServer::scripted(
+    let server = Endpoint::scripted(
         vec![
             Reply::status(500),
             Reply::status(503).header("Retry-After", "7"),
