@@ -187,10 +187,13 @@ pub fn delivered_events(requests: &[Recorded]) -> Vec<String> {
 /// many events had a `userKey` without a numeric tail.
 pub fn event_ids(body: &[u8]) -> (Vec<u64>, usize) {
     const KEY: &[u8] = br#""userKey":""#;
+    // One searcher per body: building one per event cost a sixth of the CPU time of the
+    // million-event outage test.
+    let finder = memchr::memmem::Finder::new(KEY);
     let mut ids = Vec::new();
     let mut foreign = 0;
     let mut rest = body;
-    while let Some(at) = memchr::memmem::find(rest, KEY) {
+    while let Some(at) = finder.find(rest) {
         rest = &rest[at + KEY.len()..];
         let end = memchr::memchr(b'"', rest).unwrap_or(rest.len());
         let value = &rest[..end];
