@@ -189,10 +189,17 @@ retry_max_backoff = "100ms"
         let n = self.next_id;
         if !self.hook.wait_until(WAIT_DELIVERY, |t| t.has_all(n)) {
             let missing = self.hook.with(|t| t.missing(n));
+            let ended = self.running.as_ref().is_some_and(|(_, h)| h.is_finished());
             panic!(
-                "{} of {n} events never arrived: {:?}",
+                "{} of {n} events never arrived: {:?}{}; checkpoint: {:?}",
                 missing.len(),
-                &missing[..missing.len().min(20)]
+                &missing[..missing.len().min(20)],
+                if ended {
+                    " (the pipeline has ended)"
+                } else {
+                    ""
+                },
+                checkpoint_files(&self.ws.data_dir(), "logs"),
             );
         }
     }
@@ -341,22 +348,58 @@ impl Drop for Rig {
     }
 }
 
-proptest! {
-    #![proptest_config(Config {
-        // FLAGHOOK_ROTATION_CASES=100 for a longer hunt.
-        cases: std::env::var("FLAGHOOK_ROTATION_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(16),
+/// The cases are spread over [`PARTS`] tests, which run in parallel: a case spends its time
+/// waiting on the pipeline (flush interval, checkpoint ticks, restarts), not computing. Each
+/// part draws its own random cases.
+const PARTS: u32 = 4;
+
+fn config() -> Config {
+    // FLAGHOOK_ROTATION_CASES=100 for a longer hunt (over all the parts).
+    let cases: u32 = std::env::var("FLAGHOOK_ROTATION_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(16);
+    Config {
+        cases: cases.div_ceil(PARTS),
         // Each shrink step of a failing case may wait out a timeout: keep it short.
         max_shrink_iters: 6,
         failure_persistence: None,
         ..Config::default()
-    })]
+    }
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    proptest::collection::vec(op(), 4..22)
+}
+
+fn tailing_matches_the_model(ops: &[Op]) {
+    let mut rig = Rig::new();
+    for op in ops {
+        rig.apply(op);
+    }
+    rig.check();
+}
+
+proptest! {
+    #![proptest_config(config())]
 
     #[test]
-    fn tailing_matches_the_model(ops in proptest::collection::vec(op(), 4..22)) {
-        let mut rig = Rig::new();
-        for op in &ops {
-            rig.apply(op);
-        }
-        rig.check();
+    fn tailing_matches_the_model_1(ops in ops()) {
+        tailing_matches_the_model(&ops);
+    }
+
+    #[test]
+    fn tailing_matches_the_model_2(ops in ops()) {
+        tailing_matches_the_model(&ops);
+    }
+
+    #[test]
+    fn tailing_matches_the_model_3(ops in ops()) {
+        tailing_matches_the_model(&ops);
+    }
+
+    #[test]
+    fn tailing_matches_the_model_4(ops in ops()) {
+        tailing_matches_the_model(&ops);
     }
 }
