@@ -386,8 +386,12 @@ flush_interval = "100ms"
     let mut cmd = flaghook(&["run", "--config"]);
     cmd.arg(&config);
     let proc = Proc::spawn(cmd);
-    // No start-up signal to wait for: give the source time to open the file at its end.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The source logs the file with its offset once it has it open at its end.
+    assert!(
+        proc.wait_stderr("tailing file", WAIT).is_some(),
+        "the source never opened the file:\n{}",
+        proc.stderr_now()
+    );
     ws.append("events.json", jsonl(&feature_events(3, 2)));
     let got = server.wait_for_delivered(2, WAIT);
     std::thread::sleep(Duration::from_millis(300));
