@@ -1,5 +1,5 @@
 //! Config errors: each gives exit 1 and a message naming the key (and the file); `${VAR}`
-//! substitution and `$$` (secrets from the environment: tests/secrets.rs).
+//! substitution and `$$` (secrets from the environment: tests/cli/secrets.rs).
 
 use crate::harness::*;
 use serde_json::json;

@@ -252,7 +252,7 @@ timeout = "1s""#,
 }
 
 /// A `Retry-After` on a retryable answer is honoured before the batch goes out again, up
-/// to `retry_max_backoff` (tests/hostile_endpoint.rs: a longer one is capped).
+/// to `retry_max_backoff` (tests/delivery/hostile_endpoint.rs: a longer one is capped).
 #[test]
 fn retry_after_is_honoured() {
     let server = Endpoint::scripted(
