@@ -1,5 +1,6 @@
-//! Self-tests of the test harness (no flaghook involved): the recording server really records
-//! what arrives and really answers from its script, so the other tests' checks mean something.
+//! Self-tests of the test harness (no flaghook involved): the endpoint really records what
+//! arrives, really answers from its script or responder and counts events by id, so the
+//! other tests' checks mean something.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -61,6 +62,52 @@ fn server_records_requests_and_follows_its_script() {
     assert!(reqs[0].at <= reqs[1].at && reqs[1].at <= reqs[2].at);
     // Only the 2xx request counts as delivered.
     assert!(server.delivered().is_empty());
+}
+
+#[test]
+fn endpoint_counts_events_by_id_and_answers_from_its_responder() {
+    let server = Endpoint::with_responder(|req| {
+        if req.index == 1 || req.contains("poison") {
+            Reply::status(503).body("later")
+        } else {
+            Reply::ok()
+        }
+    })
+    .count_only();
+    let body = |ids: std::ops::Range<u64>, extra: &str| {
+        let events: Vec<String> = ids.map(small_event).collect();
+        format!(r#"{{"meta":{{}},"events":[{}{extra}]}}"#, events.join(","))
+    };
+    let r0 = raw_request(&server, "", body(0..3, "").as_bytes());
+    let r1 = raw_request(&server, "", body(3..5, "").as_bytes());
+    let r2 = raw_request(&server, "", body(2..5, r#",{"userKey":"x"}"#).as_bytes());
+    let r3 = raw_request(&server, "", br#"{"events":[{"userKey":"poison"}]}"#);
+    assert!(r0.starts_with("HTTP/1.1 200"), "{r0}");
+    assert!(
+        r1.starts_with("HTTP/1.1 503") && r1.ends_with("later"),
+        "{r1}"
+    );
+    assert!(r2.starts_with("HTTP/1.1 200"), "{r2}");
+    assert!(r3.starts_with("HTTP/1.1 503"), "{r3}");
+    server.with(|t| {
+        // Only 2xx-answered events count: 0..3, then 2..5 and one without a numeric id.
+        assert_eq!(t.counts, vec![1, 1, 2, 1, 1]);
+        assert!(t.has_all(5) && !t.has_all(6));
+        assert_eq!(t.missing(7), vec![5, 6]);
+        assert_eq!((t.distinct(), t.duplicates()), (5, 1));
+        assert_eq!(t.duplicated_ids(), vec![2]);
+        assert_eq!((t.delivered, t.foreign_delivered), (7, 1));
+        assert_eq!((t.ok_requests, t.failed_requests), (2, 2));
+        assert_eq!(t.max_batch, 4);
+    });
+    // A count-only endpoint keeps no requests, and says so rather than return none.
+    let kept = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.requests()));
+    assert!(kept.is_err());
+    assert_eq!(
+        server.with(|t| t.ok_requests),
+        2,
+        "the endpoint still works"
+    );
 }
 
 #[test]

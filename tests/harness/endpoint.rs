@@ -406,9 +406,15 @@ impl Endpoint {
     /// A snapshot of every request so far, in arrival order.
     #[track_caller]
     pub fn requests(&self) -> Vec<Recorded> {
-        let state = self.shared.0.lock().unwrap();
-        assert!(state.keep_requests, "this endpoint keeps counts only");
-        state.requests.clone()
+        self.assert_keeps_requests();
+        self.shared.0.lock().unwrap().requests.clone()
+    }
+
+    /// Panics (without poisoning the lock) when the endpoint keeps counts only.
+    #[track_caller]
+    fn assert_keeps_requests(&self) {
+        let keeps = self.shared.0.lock().unwrap().keep_requests;
+        assert!(keeps, "this endpoint keeps counts only");
     }
 
     /// Reads the tally under the lock.
@@ -428,10 +434,7 @@ impl Endpoint {
         timeout: Duration,
         pred: impl Fn(&[Recorded]) -> bool,
     ) -> Vec<Recorded> {
-        assert!(
-            self.shared.0.lock().unwrap().keep_requests,
-            "this endpoint keeps counts only"
-        );
+        self.assert_keeps_requests();
         let _ = self.wait(timeout, |state| pred(&state.requests));
         self.requests()
     }
