@@ -1,0 +1,12 @@
+//! What survives: SIGKILL at random moments, a long outage with a million events waiting,
+//! restarts and checkpoints, the spill file at shutdown, memory bounds, data_dir's privacy.
+
+#[path = "../harness/mod.rs"]
+mod harness;
+
+mod crash;
+mod data_dir;
+mod memory;
+mod outage;
+mod restart;
+mod spill;

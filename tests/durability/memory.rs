@@ -1,0 +1,353 @@
+//! Memory stays bounded by bytes, not only by events: hostile but ordinary input (a writer
+//! that appends one event at a time, large events, a large spill file) must not make the
+//! resident memory of the real binary grow past what its budgets allow.
+//!
+//! Each test reads the process's resident memory from `/proc/<pid>/status` (the high-water
+//! mark `VmHWM`, which no sampling can miss). The bounds are several times what flaghook
+//! needs and several times below what the unbounded behaviour reached.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::harness::*;
+
+const MIB: u64 = 1024;
+
+/// Events appended to a file one `write` at a time.
+const TRICKLED: u64 = 3000;
+/// Events sent on a TCP connection one `write` at a time.
+const TRICKLED_TCP: u64 = 30_000;
+
+/// Writes `feature_event(id)` (GO Feature Flag's own encoding, which flaghook sends without
+/// a copy) for every id of `ids`, one `write` per event with a pause of `pause` after each,
+/// as GO Feature Flag's file exporter and slow shippers do: flaghook reads them one or a
+/// few at a time.
+fn trickle(out: &mut impl Write, ids: std::ops::Range<u64>, pause: Duration) {
+    for id in ids {
+        out.write_all(format!("{}\n", feature_event(id as usize)).as_bytes())
+            .unwrap();
+        out.flush().unwrap();
+        std::thread::sleep(pause);
+    }
+}
+
+/// A sink that gathers every trickled event in one batch: with a healthy endpoint, they are
+/// all held in memory until the last one is read.
+fn holding_sink(url: &str, n: u64) -> String {
+    format!(
+        r#"[sinks.webhook]
+type = "webhook"
+inputs = ["in"]
+endpoint_url = {url}
+flush_interval = "1h"
+max_event_in_memory = {n}
+"#,
+        url = toml_str(url)
+    )
+}
+
+/// Runs `proc` until `hook` has every event of `0..n`, then stops it; returns its peak
+/// resident memory in KiB.
+fn peak_once_delivered(proc: Proc, hook: &Endpoint, n: u64) -> u64 {
+    let complete = hook.wait_until(WAIT, |t| t.has_all(n));
+    let peak = peak_rss_kib(proc.pid()).expect("VmHWM");
+    proc.sigterm();
+    let out = proc.wait_timeout(Duration::from_secs(20));
+    out.assert_code(0);
+    assert!(complete, "not every event arrived:\n{out}");
+    assert_eq!(out.summary().events_delivered, n, "{out}");
+    peak
+}
+
+#[test]
+fn a_slow_file_writer_costs_each_event_only_its_own_bytes() {
+    let ws = Workspace::new();
+    let hook = Endpoint::start();
+    let input = ws.write("events.json", "");
+    let config = ws.config(&format!(
+        "[sources.in]\ntype = \"file\"\ninclude = [{}]\n\n{}",
+        toml_str(&input),
+        holding_sink(&hook.url(), TRICKLED)
+    ));
+    let proc = Proc::spawn(run_cmd(&config));
+    assert!(
+        proc.wait_stderr("tailing file", WAIT).is_some(),
+        "{}",
+        proc.stderr_now()
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&input)
+        .unwrap();
+    trickle(&mut file, 0..TRICKLED, Duration::from_millis(1));
+
+    let peak = peak_once_delivered(proc, &hook, TRICKLED);
+    println!("peak resident memory {} MiB", peak / MIB);
+    // 3 000 events of ~200 bytes. A read buffer pinned per event (256 KiB each) was about
+    // 635 MiB here.
+    assert!(
+        peak < 100 * MIB,
+        "holding {TRICKLED} trickled events took {} MiB of resident memory",
+        peak / MIB
+    );
+}
+
+#[test]
+fn a_slow_tcp_shipper_costs_each_event_only_its_own_bytes() {
+    let ws = Workspace::new();
+    let hook = Endpoint::start();
+    let address = format!("127.0.0.1:{}", free_port());
+    let config = ws.config(&format!(
+        "[sources.in]\ntype = \"tcp\"\naddress = {}\n\n{}",
+        toml_str(&address),
+        holding_sink(&hook.url(), TRICKLED_TCP)
+    ));
+    let proc = Proc::spawn(run_cmd(&config));
+    let mut conn = connect(&address, &proc);
+    trickle(&mut conn, 0..TRICKLED_TCP, Duration::from_micros(100));
+
+    let peak = peak_once_delivered(proc, &hook, TRICKLED_TCP);
+    println!("peak resident memory {} MiB", peak / MIB);
+    // A read buffer pinned per event (128 KiB each, of which the first page is touched)
+    // was about 106 MiB here.
+    assert!(
+        peak < 64 * MIB,
+        "holding {TRICKLED_TCP} trickled events took {} MiB of resident memory",
+        peak / MIB
+    );
+}
+
+/// Events of [`LARGE_BYTES`] each.
+const LARGE: u64 = 1000;
+const LARGE_BYTES: usize = 100_000;
+const BUFFER_MAX_BYTES: u64 = 8 << 20;
+
+/// `small_event(id)` padded with a `value` to exactly `LARGE_BYTES`.
+fn large_event(id: u64) -> String {
+    let head = format!(
+        r#"{{"kind":"feature","key":"k","userKey":"u{id}","creationDate":1700000000,"value":""#
+    );
+    let pad = LARGE_BYTES - head.len() - 2;
+    format!("{head}{}\"}}", "x".repeat(pad))
+}
+
+/// An endpoint that answers 503 until `up` is set.
+fn down_until(up: &Arc<AtomicBool>) -> Endpoint {
+    let up = up.clone();
+    Endpoint::with_responder(move |_| {
+        if up.load(Ordering::Relaxed) {
+            Reply::ok()
+        } else {
+            Reply::status(503)
+        }
+    })
+    .count_only()
+}
+
+#[test]
+fn large_events_are_held_up_to_buffer_max_bytes_not_buffer_max_events() {
+    let ws = Workspace::new();
+    let mut text = String::with_capacity(LARGE as usize * (LARGE_BYTES + 1));
+    for id in 0..LARGE {
+        text.push_str(&large_event(id));
+        text.push('\n');
+    }
+    let up = Arc::new(AtomicBool::new(false));
+    let hook = down_until(&up);
+    let config = ws.file_pipeline(
+        text,
+        &hook.url(),
+        &format!(
+            r#"flush_interval = "100ms"
+retry_initial_backoff = "50ms"
+retry_max_backoff = "200ms"
+buffer_max_bytes = {BUFFER_MAX_BYTES}"#
+        ),
+    );
+    let proc = Proc::spawn(run_cmd(&config));
+    // The endpoint is down: the sources fill the budget, then wait.
+    assert!(
+        hook.wait_until(WAIT, |t| t.failed_requests >= 5),
+        "{}",
+        proc.stderr_now()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    up.store(true, Ordering::Relaxed);
+
+    let peak = peak_once_delivered_with_summary(proc, &hook, LARGE);
+    println!(
+        "peak_events_in_memory={} peak resident memory {} MiB",
+        peak.events,
+        peak.rss_kib / MIB
+    );
+    let most = BUFFER_MAX_BYTES / LARGE_BYTES as u64;
+    assert!(
+        peak.events <= most,
+        "held {} events of {LARGE_BYTES} bytes: more than buffer_max_bytes = {BUFFER_MAX_BYTES} allows ({most})",
+        peak.events
+    );
+    // The 100 MB of events, held whole under the default buffer_max_events, took 234 MiB
+    // of resident memory; with this cap, about 40 MiB.
+    assert!(
+        peak.rss_kib < 64 * MIB,
+        "resident memory reached {} MiB with buffer_max_bytes = 8 MiB",
+        peak.rss_kib / MIB
+    );
+    hook.with(|t| assert_eq!(t.duplicates(), 0, "no crash, yet events arrived twice"));
+}
+
+struct Peak {
+    events: u64,
+    rss_kib: u64,
+}
+
+fn peak_once_delivered_with_summary(proc: Proc, hook: &Endpoint, n: u64) -> Peak {
+    let complete = hook.wait_until(Duration::from_secs(60), |t| t.has_all(n));
+    let rss_kib = peak_rss_kib(proc.pid()).expect("VmHWM");
+    proc.sigterm();
+    let out = proc.wait_timeout(Duration::from_secs(20));
+    out.assert_code(0);
+    assert!(complete, "not every event arrived:\n{out}");
+    assert_eq!(out.summary().events_delivered, n, "{out}");
+    Peak {
+        events: out.summary_value("peak_events_in_memory"),
+        rss_kib,
+    }
+}
+
+/// Events in the spill file of the spill tests, of [`LARGE_BYTES`] each.
+const SPILLED: u64 = 500;
+
+/// A TCP source to a sink that holds at most 10 events; returns the config and the
+/// source's address.
+fn spill_pipeline(ws: &Workspace, url: &str) -> (PathBuf, String) {
+    let address = format!("127.0.0.1:{}", free_port());
+    let config = ws.config(&format!(
+        r#"[sources.in]
+type = "tcp"
+address = {address}
+
+[sinks.webhook]
+type = "webhook"
+inputs = ["in"]
+endpoint_url = {url}
+flush_interval = "100ms"
+max_event_in_memory = 10
+buffer_max_events = 10
+retry_initial_backoff = "50ms"
+retry_max_backoff = "200ms"
+shutdown_timeout = "1s"
+"#,
+        address = toml_str(&address),
+        url = toml_str(url),
+    ));
+    (config, address)
+}
+
+/// Writes a spill file of `large_event(id)` for `0..SPILLED`, as a last shutdown left it.
+fn write_spill(ws: &Workspace) -> PathBuf {
+    let path = spill_path(&ws.data_dir(), "webhook");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    for id in 0..SPILLED {
+        writeln!(w, "{}", large_event(id)).unwrap();
+    }
+    w.flush().unwrap();
+    path
+}
+
+fn spilled_ids(path: &Path) -> Vec<u64> {
+    let text = std::fs::read(path).unwrap();
+    let (ids, foreign) = event_ids(&text);
+    assert_eq!(foreign, 0);
+    ids
+}
+
+#[test]
+fn a_spill_file_is_loaded_within_the_memory_budget() {
+    let ws = Workspace::new();
+    let spill = write_spill(&ws);
+    let up = Arc::new(AtomicBool::new(false));
+    let hook = down_until(&up);
+    let proc = Proc::spawn(run_cmd(&spill_pipeline(&ws, &hook.url()).0));
+    assert!(
+        hook.wait_until(WAIT, |t| t.failed_requests >= 3),
+        "{}",
+        proc.stderr_now()
+    );
+    up.store(true, Ordering::Relaxed);
+
+    let peak = peak_once_delivered_with_summary(proc, &hook, SPILLED);
+    println!(
+        "peak_events_in_memory={} peak resident memory {} MiB",
+        peak.events,
+        peak.rss_kib / MIB
+    );
+    assert!(!spill.exists(), "the spill file was not removed");
+    hook.with(|t| {
+        assert_eq!(t.duplicates(), 0, "events arrived twice");
+        assert!(t.max_batch <= 10);
+    });
+    assert!(peak.events <= 10, "held {} events", peak.events);
+    // The 50 MB file, loaded whole, took 111 MiB; within the budget, about 22 MiB.
+    assert!(
+        peak.rss_kib < 40 * MIB,
+        "resident memory reached {} MiB for a sink that holds 10 events of 100 KB",
+        peak.rss_kib / MIB
+    );
+}
+
+/// Events a shipper sends in each run of the test below.
+const NEWER: u64 = 5;
+
+#[test]
+fn a_spill_file_loaded_in_parts_keeps_every_event_across_restarts() {
+    let ws = Workspace::new();
+    let spill = write_spill(&ws);
+    let down = Endpoint::with_responder(|_| Reply::status(503)).count_only();
+    let mut sent = SPILLED;
+    for _ in 0..3 {
+        let (config, address) = spill_pipeline(&ws, &down.url());
+        let proc = Proc::spawn(run_cmd(&config));
+        // Newer events wait while the spilled ones hold the budget; they are read at the
+        // stop and spilled after them.
+        let mut conn = connect(&address, &proc);
+        for id in sent..sent + NEWER {
+            writeln!(conn, "{}", large_event(id)).unwrap();
+        }
+        sent += NEWER;
+        let before = down.with(|t| t.failed_requests);
+        assert!(
+            down.wait_until(WAIT, |t| t.failed_requests >= before + 2),
+            "{}",
+            proc.stderr_now()
+        );
+        proc.sigterm();
+        let out = proc.wait_timeout(Duration::from_secs(20));
+        out.assert_code(0);
+        assert_eq!(
+            spilled_ids(&spill),
+            (0..sent).collect::<Vec<_>>(),
+            "the spill file after a stop holds every event once, in order:\n{out}"
+        );
+        assert_eq!(out.summary().events_not_delivered, sent, "{out}");
+    }
+
+    let hook = Endpoint::start();
+    let proc = Proc::spawn(run_cmd(&spill_pipeline(&ws, &hook.url()).0));
+    let complete = hook.wait_until(Duration::from_secs(60), |t| t.has_all(sent));
+    proc.sigterm();
+    let out = proc.wait_timeout(Duration::from_secs(20));
+    out.assert_code(0);
+    assert!(complete, "not every spilled event arrived:\n{out}");
+    let delivered: Vec<u64> = hook.requests().iter().flat_map(|r| r.ids.clone()).collect();
+    assert_eq!(
+        delivered,
+        (0..sent).collect::<Vec<_>>(),
+        "each once, in order"
+    );
+    assert!(!spill.exists(), "the spill file was not removed:\n{out}");
+}
