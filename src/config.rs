@@ -329,7 +329,7 @@ fn with_example(e: anyhow::Error) -> anyhow::Error {
     anyhow!("{e:#}\n\nA correct example:\n{EXAMPLE}")
 }
 
-/// "at line N: <that line>" for a parse error's span, so the key is easy to find. A line
+/// `at line N: <that line>` for a parse error's span, so the key is easy to find. A line
 /// that mentions a secret is not shown: it may hold one, written literally. An error at a
 /// `${` says where `${NAME}` works.
 fn located(text: &str, span: Option<std::ops::Range<usize>>) -> String {

@@ -10,7 +10,7 @@
 //!   `run`, which wires sources to sinks and owns the shutdown order.
 //! - `data_dir`, `lock`: the paths under `data_dir`, how its files are opened, one
 //!   process per `data_dir`.
-//! - [`source`]: the contract ([`source::Output`], the memory [`source::Budget`]), the
+//! - [`source`]: the contract (`Output`, the memory `Budget`), the
 //!   file tail (with its checkpoints), tcp, stdin; [`source::lines`] splits lines.
 //! - [`event`]: the types between stages; decoding lines into events.
 //! - `batch`: `chunks_timeout` (counting bytes too) and the re-injection of failed batches.

@@ -316,7 +316,7 @@ impl Drop for CloseOnDrop {
     }
 }
 
-/// "panicked: <message>" or "was cancelled", for a task that did not return.
+/// `panicked: <message>` or `was cancelled`, for a task that did not return.
 fn panic_message(e: tokio::task::JoinError) -> String {
     if !e.is_panic() {
         return "was cancelled".to_owned();

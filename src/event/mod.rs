@@ -77,7 +77,7 @@ pub struct Block {
     /// For file sources: the file, as the source numbers them, to build [`Ack`]s.
     pub file: Option<u64>,
     /// Which of the receiving sink's inputs this block came through; set by
-    /// [`crate::source::Output`] for each sink, so the sink finds its acknowledgement handle.
+    /// `source::Output` for each sink, so the sink finds its acknowledgement handle.
     pub input: usize,
     /// Fields that may wrap an event (see [`envelope_fields`]).
     pub envelope: Arc<[String]>,

@@ -1,14 +1,14 @@
 //! Sources read lines and hand them to every sink that reads them.
 //!
-//! The contract is small: a source gets an [`Output`] and a shutdown token, reads until
-//! its input ends or shutdown is asked, and returns. Back-pressure is the [`Budget`]:
+//! The contract is small: a source gets an `Output` and a shutdown token, reads until
+//! its input ends or shutdown is asked, and returns. Back-pressure is the `Budget`:
 //! before a block of lines enters a sink, the source takes from that sink's budget one
 //! permit per line and one per byte; the sink gives them back once the lines are delivered
 //! or dead-lettered. So a sink that cannot deliver stops its sources instead of growing
 //! without bound.
 //!
 //! One exception, at shutdown: input that cannot be read again (TCP, stdin) no longer
-//! waits for the budget. What its shippers already sent is read (see [`pump`]) and held
+//! waits for the budget. What its shippers already sent is read (see `pump`) and held
 //! past the cap, so that it reaches the sinks, and their spill, instead of being dropped.
 
 mod budget;
@@ -20,9 +20,9 @@ mod pump;
 pub(crate) mod stdin;
 pub(crate) mod tcp;
 
-pub use budget::{gathers_ahead, max_batch_bytes, Budget, Cost};
-pub use output::{Closed, Output, SinkInput, Subscriptions};
-pub use pump::pump;
+pub(crate) use budget::{gathers_ahead, max_batch_bytes, Budget, Cost};
+pub(crate) use output::{Closed, Output, SinkInput, Subscriptions};
+pub(crate) use pump::pump;
 
 /// One `[sources.NAME]` table, parsed: `type` picks the kind, whose config turns into its
 /// spec once, at start-up.

@@ -1,7 +1,7 @@
 //! `type = "stdin"`: newline-delimited JSON on standard input, read to its end.
 //!
 //! At shutdown, what a shipper already wrote into the pipe is read too (see
-//! [`super::pump`]): the writer was told it was written, and it would be dropped unread.
+//! [`super::pump()`]): the writer was told it was written, and it would be dropped unread.
 
 use std::sync::Arc;
 

@@ -10,7 +10,7 @@
 //! not reading because of back-pressure is not idle.
 //!
 //! What sits in those buffers was already acknowledged to the shipper by the kernel, so at
-//! shutdown the source stops accepting and then reads it (see [`super::pump`]): from the
+//! shutdown the source stops accepting and then reads it (see [`super::pump()`]): from the
 //! open connections, from the one accepted that waited for a slot, and from those the
 //! kernel had accepted that wait in the listen backlog. Closing them unread would drop it.
 
