@@ -105,6 +105,18 @@ struct Rig {
 
 impl Rig {
     fn new() -> Self {
+        let mut rig = Rig::stopped("100ms");
+        rig.start();
+        rig
+    }
+
+    /// The rig with the pipeline not started yet, globbing every `glob_interval`.
+    fn stopped(glob_interval: &str) -> Self {
+        // RUST_LOG=flaghook=debug shows where an event went (files opened at which offset).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let ws = Workspace::new();
         std::fs::create_dir_all(ws.path("logs/away")).unwrap();
         let hook = Endpoint::start();
@@ -113,7 +125,7 @@ impl Rig {
 type = "file"
 include = [{glob}]
 poll_interval = "20ms"
-glob_interval = "100ms"
+glob_interval = "{glob_interval}"
 
 [sinks.webhook]
 type = "webhook"
@@ -132,7 +144,7 @@ retry_max_backoff = "100ms"
             .enable_all()
             .build()
             .unwrap();
-        let mut rig = Rig {
+        Rig {
             ws,
             hook,
             config,
@@ -141,9 +153,7 @@ retry_max_backoff = "100ms"
             next_id: 0,
             generation: 0,
             renamed_away: false,
-        };
-        rig.start();
-        rig
+        }
     }
 
     fn start(&mut self) {
@@ -404,4 +414,70 @@ proptest! {
     fn tailing_matches_the_model_4(ops in ops()) {
         tailing_matches_the_model(&ops);
     }
+}
+
+/// A case the property test found ("1 of 54 events never arrived: [38]"), replayed as is.
+/// f0's second generation starts with half a line (a `WriteSplit`) and is saved at the
+/// restart with a fingerprint over those few bytes, the same in every event; later files
+/// created after deletions may get its inode back (ext4 reuses them), start with the same
+/// bytes, and were resumed at its saved offset. Timing-dependent: it failed about once in
+/// N runs before the fix; [`a_fingerprint_covers_every_byte_its_checkpoint_skips`] is the
+/// deterministic form.
+#[test]
+fn replay_event_skipped_in_a_file_that_reused_an_inode() {
+    use Op::*;
+    tailing_matches_the_model(&[
+        Write { file: 0, n: 3 },
+        Delete { file: 0 },
+        Write { file: 1, n: 8 },
+        WriteSplit { file: 0 },
+        Write { file: 1, n: 8 },
+        WriteSplit { file: 0 },
+        Restart,
+        NewFile { n: 1 },
+        RenameRotate { file: 1 },
+        Write { file: 0, n: 2 },
+        Delete { file: 0 },
+        Write { file: 1, n: 13 },
+        WriteSplit { file: 1 },
+        Delete { file: 1 },
+        Write { file: 0, n: 16 },
+    ]);
+}
+
+/// A file first seen holding half a line is fingerprinted over those bytes (the start of
+/// every event); the checkpoint of its acknowledged lines must not be kept with that short
+/// fingerprint, or other content at the same inode (rewritten while flaghook is stopped,
+/// or a new file reusing the inode) would match it and its first lines be skipped.
+#[test]
+fn a_fingerprint_covers_every_byte_its_checkpoint_skips() {
+    // No glob pass after the one at start-up: only reading may grow the fingerprint.
+    let mut rig = Rig::stopped("1h");
+    let path = rig.live(0);
+    let first = format!("{}\n", small_event(0));
+    let (a, b) = first.split_at(first.len() / 2);
+    append(&path, a);
+    rig.next_id = 1;
+    rig.start();
+    rig.wait_saved(&path, 0, "the file was found at start-up");
+    append(&path, b);
+    rig.write(&path, 2);
+    rig.settle();
+    let size = std::fs::metadata(&path).unwrap().len();
+    rig.wait_saved(&path, size, "delivered");
+    rig.stop();
+
+    // Same inode, new events of the same length: the first bytes differ from the saved
+    // ones only past the middle of the first line.
+    let ino = std::fs::metadata(&path).unwrap().ino();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    rig.write(&path, 4);
+    assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino);
+    rig.start();
+    rig.check();
 }

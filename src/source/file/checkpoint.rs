@@ -86,8 +86,9 @@ const VERSION: u32 = 1;
 #[derive(Debug)]
 pub struct Checkpointer {
     path: PathBuf,
-    /// What was on disk at start, by (device, inode).
-    loaded: HashMap<(u64, u64), Saved>,
+    /// What was on disk at start, by (device, inode); an entry is taken by the first file
+    /// opened at its inode (see [`Checkpointer::resume_offset`]).
+    loaded: Mutex<HashMap<(u64, u64), Saved>>,
     state: Mutex<State>,
 }
 
@@ -150,7 +151,7 @@ impl Checkpointer {
             .collect();
         Checkpointer {
             path,
-            loaded,
+            loaded: Mutex::new(loaded),
             state: Mutex::default(),
         }
     }
@@ -168,10 +169,21 @@ impl Checkpointer {
     }
 
     /// The saved position for `file`, if one was saved for this very content.
+    ///
+    /// The entry is used once: the file opened at its inode either is the saved file or
+    /// shows that it is gone, and a later file that gets the inode back is new. A saved
+    /// fingerprint that does not cover every byte before the offset (up to [`HEAD_BYTES`])
+    /// cannot tell this content from other content starting alike: the file is read from
+    /// the start (again, rather than skipping lines that may be new).
     pub fn resume_offset(&self, file: &File, path: &Path) -> Option<u64> {
         let meta = file.metadata().ok()?;
-        let saved = self.loaded.get(&(meta.dev(), meta.ino()))?;
-        let same = saved.fingerprint.matches(file).unwrap_or(false);
+        let saved = self
+            .loaded
+            .lock()
+            .expect("checkpoint lock")
+            .remove(&(meta.dev(), meta.ino()))?;
+        let covered = saved.fingerprint.head_len >= saved.offset.min(HEAD_BYTES);
+        let same = covered && saved.fingerprint.matches(file).unwrap_or(false);
         if same && saved.offset <= meta.len() {
             return Some(saved.offset);
         }
@@ -179,7 +191,8 @@ impl Checkpointer {
             path = %path.display(),
             saved_offset = saved.offset,
             size = meta.len(),
-            "file was replaced or truncated since its checkpoint; reading it from the start"
+            fingerprinted = saved.fingerprint.head_len,
+            "file was replaced or truncated since its checkpoint, or its checkpoint cannot tell; reading it from the start"
         );
         None
     }
@@ -370,7 +383,11 @@ mod tests {
         let cp_path = dir.path().join("cp.json");
         for garbage in [&b""[..], b"{not json", b"\0\0\0"] {
             fs::write(&cp_path, garbage).unwrap();
-            assert!(Checkpointer::load(cp_path.clone()).loaded.is_empty());
+            assert!(Checkpointer::load(cp_path.clone())
+                .loaded
+                .lock()
+                .unwrap()
+                .is_empty());
         }
         let log = dir.path().join("a.log");
         fs::write(&log, b"one\ntwo\n").unwrap();
@@ -388,6 +405,40 @@ mod tests {
         fs::write(&log, b"uno\ndos\n").unwrap();
         let again = Checkpointer::load(cp_path);
         assert_eq!(again.resume_offset(&File::open(&log).unwrap(), &log), None);
+    }
+
+    /// A saved offset is resumed only where the saved fingerprint covers every byte before
+    /// it, and only once: a later file at the same inode is new.
+    #[test]
+    fn an_offset_past_its_fingerprint_or_used_once_is_not_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp_path = dir.path().join("cp.json");
+        let log = dir.path().join("a.log");
+        fs::write(&log, b"{\"us").unwrap();
+        let file = File::open(&log).unwrap();
+        let cp = Arc::new(Checkpointer::load(cp_path.clone()));
+        let reader = cp.subscribe();
+        let short = Fingerprint::of(&file).unwrap();
+        fs::write(&log, b"{\"user\":1}\n").unwrap();
+        cp.register(1, short, &log, 0);
+        reader.ack(1, 11);
+        cp.write_if_dirty().unwrap();
+        let again = Checkpointer::load(cp_path.clone());
+        assert_eq!(
+            again.resume_offset(&file, &log),
+            None,
+            "4 bytes cannot vouch for 11"
+        );
+
+        cp.refresh(1, Fingerprint::of(&file).unwrap(), &log);
+        cp.write_if_dirty().unwrap();
+        let again = Checkpointer::load(cp_path);
+        assert_eq!(again.resume_offset(&file, &log), Some(11));
+        assert_eq!(
+            again.resume_offset(&file, &log),
+            None,
+            "taken by the first file"
+        );
     }
 
     /// A sink's request is answered once the write is on the disk; the last write comes

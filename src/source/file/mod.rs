@@ -451,11 +451,28 @@ impl Tail<'_> {
             self.restart(i);
             return;
         }
-        if f.fingerprint.head_len < HEAD_BYTES && f.pos > f.fingerprint.head_len {
-            if let Ok(fp) = Fingerprint::of(&f.file) {
-                f.fingerprint = fp;
-                self.source.checkpointer.refresh(f.id, fp, &f.path);
-            }
+        self.grow_fingerprint(i);
+    }
+
+    /// Takes a short fingerprint again over the bytes read since (up to [`HEAD_BYTES`]).
+    ///
+    /// Called after every read, before its lines are handed on: a checkpoint must never
+    /// hold an offset past the bytes its fingerprint covers. A file first seen holding
+    /// half a line is fingerprinted over bytes every event starts with; saved with that
+    /// fingerprint, its offset would be resumed in other content at the same inode (a
+    /// reused inode, a file rewritten while flaghook was stopped), skipping its first lines.
+    fn grow_fingerprint(&mut self, i: usize) {
+        let f = &mut self.files[i];
+        if f.fingerprint.head_len >= HEAD_BYTES || f.pos <= f.fingerprint.head_len {
+            return;
+        }
+        // Replaced content is the next glob pass's to notice (`check_identity`).
+        if !f.fingerprint.matches(&f.file).unwrap_or(false) {
+            return;
+        }
+        if let Ok(fp) = Fingerprint::of(&f.file) {
+            f.fingerprint = fp;
+            self.source.checkpointer.refresh(f.id, fp, &f.path);
         }
     }
 
@@ -492,7 +509,10 @@ impl Tail<'_> {
                         read_any = true;
                     }
                 }
-                Ok(_) => read_any = true,
+                Ok(_) => {
+                    read_any = true;
+                    self.grow_fingerprint(i);
+                }
                 Err(e) => {
                     let f = &mut self.files[i];
                     f.at_eof = true;
