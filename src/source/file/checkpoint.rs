@@ -3,6 +3,8 @@
 //! Invariant: the offset saved for a file is one up to which every line was delivered (2xx)
 //! or dead-lettered by **every** sink reading the source. Offsets never move on reading,
 //! only on acknowledgement, so a crash at any moment re-reads at most what was in flight.
+//! And the fingerprint saved with an offset covers every byte before it (up to
+//! [`HEAD_BYTES`]): the tail takes it again after each read, before the lines go out.
 //!
 //! The file (`data_dir/checkpoints/<source>.json`) is written atomically: a temp file,
 //! fsync, rename, fsync of the folder. A corrupt or empty file is reported and treated as
