@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use serde::Deserialize;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::lines::LineSplitter;
@@ -163,6 +164,10 @@ impl FileConfig {
 /// Read size per file per pass.
 const READ_SIZE: usize = 256 * 1024;
 
+/// Blocks the tail thread may have read ahead of the sinks' budgets (each at most
+/// [`READ_SIZE`] bytes of lines, from one pass over one file).
+const READ_AHEAD: usize = 4;
+
 /// One open file.
 struct Tailed {
     /// Changes when the file is truncated or replaced (a new generation).
@@ -212,17 +217,19 @@ impl FileSource {
     /// The tail loop runs on a blocking thread of its own, as Vector's file server does:
     /// globbing, opening, fingerprinting and reading are file-system calls that may block
     /// (a slow disk, a network mount), and an async worker they held would stall the sinks'
-    /// requests. The thread enters the async world only to hand blocks to the sinks,
-    /// waiting on their budgets (`Link::send`).
+    /// requests. The thread hands its blocks to this task through a short queue
+    /// ([`READ_AHEAD`] blocks), and this task hands them to the sinks, waiting on their
+    /// budgets: the thread reads ahead while a request is in flight, and the sinks' next
+    /// blocks are handed on within the runtime, without waking a thread for each one.
     pub async fn run(self, output: Output, shutdown: CancellationToken, once: bool) {
+        let (tx, rx) = mpsc::channel(READ_AHEAD);
         let link = Link {
-            runtime: tokio::runtime::Handle::current(),
-            output,
+            blocks: tx,
             stop: shutdown.child_token(),
         };
         let nudge = watcher::Nudge::default();
         // Also when this task is dropped unfinished (a failed start-up aborts it).
-        let _stop_thread = StopThread {
+        let stop_thread = StopThread {
             stop: link.stop.clone(),
             nudge: nudge.clone(),
         };
@@ -230,13 +237,22 @@ impl FileSource {
             let nudge = nudge.clone();
             move || self.tail(&link, nudge, once)
         });
-        let ended = tokio::select! {
-            ended = &mut thread => ended,
-            _ = shutdown.cancelled() => {
-                nudge.nudge(); // out of its wait, to see the shutdown
-                thread.await
+        let tailed = async {
+            tokio::select! {
+                ended = &mut thread => ended,
+                _ = shutdown.cancelled() => {
+                    nudge.nudge(); // out of its wait, to see the shutdown
+                    thread.await
+                }
             }
         };
+        let handed_on = async {
+            hand_on(rx, &output, &stop_thread.stop).await;
+            // Every sink is gone, or the thread ended: it stops too (out of its wait).
+            stop_thread.stop.cancel();
+            stop_thread.nudge.nudge();
+        };
+        let (ended, ()) = tokio::join!(tailed, handed_on);
         if let Err(e) = ended {
             if e.is_panic() {
                 std::panic::resume_unwind(e.into_panic());
@@ -287,31 +303,37 @@ impl FileSource {
     }
 }
 
-/// The tail thread's way into the async world.
+/// The tail thread's way into the async world: the queue [`FileSource::run`] drains.
 struct Link {
-    runtime: tokio::runtime::Handle,
-    output: Output,
+    blocks: mpsc::Sender<Block>,
     /// Cancelled at shutdown, or when the source's task ends.
     stop: CancellationToken,
 }
 
 impl Link {
-    /// Hands `blocks`, in order, to every sink, blocking the thread while a sink's budget
-    /// has no room. Fails at shutdown, or once every sink is gone.
+    /// Queues `blocks`, in order, for the sinks, blocking the thread while the queue is
+    /// full (a sink's budget has no room). Fails at shutdown, or once every sink is gone.
     fn send(&self, blocks: Vec<Block>) -> Result<(), Closed> {
-        if blocks.is_empty() {
-            return Ok(());
-        }
-        self.runtime.block_on(async {
-            for block in blocks {
-                tokio::select! {
-                    biased;
-                    _ = self.stop.cancelled() => return Err(Closed),
-                    sent = self.output.send(block) => sent?,
-                }
+        for block in blocks {
+            if self.stop.is_cancelled() {
+                return Err(Closed);
             }
-            Ok(())
-        })
+            self.blocks.blocking_send(block).map_err(|_| Closed)?;
+        }
+        Ok(())
+    }
+}
+
+/// Hands the tail thread's blocks to the sinks, in order, until the thread ends (its
+/// queue is closed and empty), shutdown, or every sink is gone. Blocks left in the queue
+/// were not acknowledged: their lines are read again at the next start.
+async fn hand_on(mut blocks: mpsc::Receiver<Block>, output: &Output, stop: &CancellationToken) {
+    while let Some(block) = blocks.recv().await {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            sent = output.send(block) => if sent.is_err() { return },
+        }
     }
 }
 
@@ -619,7 +641,8 @@ mod tests {
     use tokio::sync::mpsc;
 
     /// The runtime of `#[tokio::test]` has one thread, the test's: while the test blocks
-    /// it, a tail loop on an async worker could not run at all.
+    /// it, a tail loop on an async worker could not run at all. The file is found, opened
+    /// and read meanwhile; its lines reach the sink once the runtime runs again.
     #[tokio::test]
     async fn files_are_read_while_every_async_worker_is_blocked() {
         let dir = tempfile::tempdir().unwrap();
@@ -627,7 +650,7 @@ mod tests {
         std::fs::create_dir(dir.path().join("logs")).unwrap();
         let checkpointer = Arc::new(Checkpointer::load(dir.path().join("checkpoint.json")));
         let spec = config.build("sources.files", dir.path()).unwrap();
-        let source = FileSource::new("files", &spec, checkpointer);
+        let source = FileSource::new("files", &spec, checkpointer.clone());
         let (tx, mut rx) = mpsc::channel(16);
         let mut subscriptions = Subscriptions::new(tx, Arc::new(Budget::new(1000, 1 << 20)), 100);
         let output = Output::new(vec![subscriptions.subscribe(None)]);
@@ -637,18 +660,17 @@ mod tests {
         tokio::task::yield_now().await;
 
         std::fs::write(dir.path().join("logs/a.log"), "{\"n\":1}\n").unwrap();
-        let mut received = None;
-        for _ in 0..1000 {
-            match rx.try_recv() {
-                Ok(block) => {
-                    received = Some(block);
-                    break;
-                }
-                // Blocks the runtime's only thread: no `.await`.
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
-        let block = received.expect("the new line was not read within 10 s");
+        // Blocks the runtime's only thread (no `.await`) until the file was opened (the
+        // first file is number 1).
+        let opened = (0..1000).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            checkpointer.committed(1).is_some()
+        });
+        assert!(opened, "the new file was not opened within 10 s");
+        let block = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the new line was not read within 10 s")
+            .expect("the source is running");
         assert_eq!(block.lines.len(), 1);
         assert_eq!(&block.lines[0].bytes[..], b"{\"n\":1}");
 
