@@ -316,6 +316,16 @@ impl Drop for CloseOnDrop {
     }
 }
 
+/// Re-raises the panic of a task a stage awaited, so that it reaches the topology (which
+/// ends the run with its message) instead of being dropped with the `JoinError`.
+pub(crate) fn propagate_panic(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+}
+
 /// `panicked: <message>` or `was cancelled`, for a task that did not return.
 fn panic_message(e: tokio::task::JoinError) -> String {
     if !e.is_panic() {

@@ -30,6 +30,7 @@ use crate::config::{
     check_count, check_duration, check_max_line_bytes, socket_addr, HumanDuration,
 };
 use crate::event::{envelope_fields, Block};
+use crate::topology::propagate_panic;
 
 /// The most `max_connections`: each is a file descriptor, and far more than one process
 /// serves in practice.
@@ -168,16 +169,6 @@ pub async fn run(
     // Connections read what their shippers already sent and hand it on.
     while let Some(done) = connections.tasks.join_next().await {
         propagate_panic(done);
-    }
-}
-
-/// A connection task that panicked takes the source down with it, so that the topology
-/// reports it instead of the run ending as if nothing happened.
-fn propagate_panic(done: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = done {
-        if e.is_panic() {
-            std::panic::resume_unwind(e.into_panic());
-        }
     }
 }
 

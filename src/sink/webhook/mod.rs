@@ -146,11 +146,7 @@ pub(crate) async fn run(
     }
 
     sink.finish().await;
-    if let Err(e) = decoding.await {
-        if e.is_panic() {
-            std::panic::resume_unwind(e.into_panic());
-        }
-    }
+    crate::topology::propagate_panic(decoding.await);
     Ok(())
 }
 

@@ -253,11 +253,7 @@ impl FileSource {
             stop_thread.nudge.nudge();
         };
         let (ended, ()) = tokio::join!(tailed, handed_on);
-        if let Err(e) = ended {
-            if e.is_panic() {
-                std::panic::resume_unwind(e.into_panic());
-            }
-        }
+        crate::topology::propagate_panic(ended);
     }
 
     /// The tail loop (see the module's overview); on the source's own thread.
