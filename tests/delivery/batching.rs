@@ -353,7 +353,7 @@ retry_initial_backoff = "50ms""#,
         },
         "{out}"
     );
-    let text = dead_letters(&ws, "webhook", &out);
+    let text = dead_letter_text(&ws, "webhook", &out);
     for i in 0..3 {
         assert!(
             text.contains(&format!("user-{i}")),
@@ -400,7 +400,7 @@ retry_initial_backoff = "50ms""#,
         "every event is delivered or dead-lettered:\n{out}"
     );
     assert_eq!(s.events_not_delivered, 0, "{out}");
-    let text = dead_letters(&ws, "webhook", &out);
+    let text = dead_letter_text(&ws, "webhook", &out);
     assert!(text.contains("user-2"), "{text}");
     for e in &delivered {
         let key = e
@@ -418,11 +418,8 @@ retry_initial_backoff = "50ms""#,
 }
 
 /// The text of `data_dir/dead-letter/<sink>.jsonl`.
-fn dead_letters(ws: &Workspace, sink: &str, out: &Output) -> String {
-    let path = ws
-        .data_dir()
-        .join("dead-letter")
-        .join(format!("{sink}.jsonl"));
+fn dead_letter_text(ws: &Workspace, sink: &str, out: &Output) -> String {
+    let path = dead_letter_path(&ws.data_dir(), sink);
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("no dead letter file {}: {e}\n{out}", path.display()))
 }
@@ -450,8 +447,7 @@ timeout = "5s"
         addr = toml_str(&addr),
         url = toml_str(server.url()),
     ));
-    let mut cmd = flaghook(&["run", "--config"]);
-    cmd.arg(&config);
+    let cmd = run_cmd(&config);
     let proc = Proc::spawn(cmd);
     let mut conn = connect(&addr, &proc);
     conn.write_all(jsonl(&feature_events(0, 2)).as_bytes())
@@ -487,8 +483,7 @@ flush_interval = "60s"
         input = toml_str(&input),
         url = toml_str(server.url()),
     ));
-    let mut cmd = flaghook(&["run", "--config"]);
-    cmd.arg(&config);
+    let cmd = run_cmd(&config);
     let proc = Proc::spawn(cmd);
     std::thread::sleep(Duration::from_millis(1000));
     assert!(server.requests().is_empty(), "sent before flush_interval");

@@ -77,6 +77,33 @@ endpoint_url = {url}
             url = toml_str(url),
         ))
     }
+
+    /// A TCP source `tcp` (with `source_extra`) on a free loopback port feeding webhook
+    /// sink `webhook` to `url` (with `sink_extra`); returns the config and the address.
+    pub fn tcp_pipeline(
+        &self,
+        url: &str,
+        source_extra: &str,
+        sink_extra: &str,
+    ) -> (PathBuf, String) {
+        let addr = format!("127.0.0.1:{}", super::free_port());
+        let config = self.config(&format!(
+            r#"[sources.tcp]
+type = "tcp"
+address = {addr}
+{source_extra}
+
+[sinks.webhook]
+type = "webhook"
+inputs = ["tcp"]
+endpoint_url = {url}
+{sink_extra}
+"#,
+            addr = toml_str(&addr),
+            url = toml_str(url),
+        ));
+        (config, addr)
+    }
 }
 
 /// A TOML basic string holding `s` (path or text), quoted and escaped.

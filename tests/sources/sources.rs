@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -15,25 +15,12 @@ fn tcp_pipeline(
     url: &str,
     source_extra: &str,
     sink_extra: &str,
-) -> (std::path::PathBuf, String) {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let config = ws.config(&format!(
-        r#"[sources.tcp]
-type = "tcp"
-address = {addr}
-{source_extra}
-
-[sinks.webhook]
-type = "webhook"
-inputs = ["tcp"]
-endpoint_url = {url}
-flush_interval = "200ms"
-{sink_extra}
-"#,
-        addr = toml_str(&addr),
-        url = toml_str(url),
-    ));
-    (config, addr)
+) -> (PathBuf, String) {
+    ws.tcp_pipeline(
+        url,
+        source_extra,
+        &format!("flush_interval = \"200ms\"\n{sink_extra}"),
+    )
 }
 
 /// Runs `--once` over a TCP source, sends `data` on one connection, closes it, and returns

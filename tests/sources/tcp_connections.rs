@@ -17,24 +17,11 @@ fn tcp_pipeline(
     source_extra: &str,
     sink_extra: &str,
 ) -> (PathBuf, String) {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let config = ws.config(&format!(
-        r#"[sources.tcp]
-type = "tcp"
-address = {addr}
-{source_extra}
-
-[sinks.webhook]
-type = "webhook"
-inputs = ["tcp"]
-endpoint_url = {url}
-flush_interval = "100ms"
-{sink_extra}
-"#,
-        addr = toml_str(&addr),
-        url = toml_str(url),
-    ));
-    (config, addr)
+    ws.tcp_pipeline(
+        url,
+        source_extra,
+        &format!("flush_interval = \"100ms\"\n{sink_extra}"),
+    )
 }
 
 /// Whether flaghook closed `conn`: a read returns 0 (or the connection was reset) within
@@ -170,7 +157,10 @@ fn a_connection_held_by_back_pressure_is_not_closed_as_idle() {
     proc.sigterm();
     let out = proc.wait_timeout(Duration::from_secs(20));
     out.assert_code(0);
-    assert!(start.elapsed() > refuse_for);
+    assert!(
+        hook.with(|t| t.failed_requests > 0),
+        "the endpoint never refused: no back-pressure was tested"
+    );
     assert!(!closed, "the connection was closed:\n{out}");
     assert!(!out.stderr.contains("idle_timeout"), "{out}");
     assert!(
