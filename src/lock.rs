@@ -12,7 +12,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -26,12 +26,16 @@ pub struct DataDirLock {
 /// Locks `dir` (created when missing), or fails with "data_dir DIR in use by pid N: `hint`"
 /// when another process holds it.
 pub fn lock_data_dir(dir: &Path, hint: &str) -> Result<DataDirLock> {
-    std::fs::create_dir_all(dir).with_context(|| {
-        format!(
-            "data_dir {} is not writable (set `data_dir` to a folder flaghook may write)",
-            dir.display()
-        )
-    })?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| {
+            format!(
+                "data_dir {} is not writable (set `data_dir` to a folder flaghook may write)",
+                dir.display()
+            )
+        })?;
     let path = dir.join("lock");
     // O_NOFOLLOW: a symlink planted at `lock` must not make flaghook truncate another file.
     let mut file = OpenOptions::new()

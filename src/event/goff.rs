@@ -53,7 +53,8 @@ impl<'a> Fields<'a> {
             r#""feature""# => Ok(EventType::Feature),
             r#""tracking""# => Ok(EventType::Tracking),
             other => Err(invalid(format!(
-                "field `kind` is {other}; expected \"feature\" or \"tracking\""
+                "field `kind` is {}; expected \"feature\" or \"tracking\"",
+                excerpt(other)
             ))),
         }
     }
@@ -68,7 +69,7 @@ impl<'a> Fields<'a> {
         if creation_date.get().parse::<i64>().is_err() {
             return Err(invalid(format!(
                 "field `creationDate` must be an integer (Unix seconds), got {}",
-                creation_date.get()
+                excerpt(creation_date.get())
             )));
         }
         let context_kind = optional_string(self.context_kind, "contextKind")?;
@@ -97,7 +98,8 @@ impl<'a> Fields<'a> {
             Some(b @ ("true" | "false")) => b,
             Some(other) => {
                 return Err(invalid(format!(
-                    "field `default` must be a boolean, got {other}"
+                    "field `default` must be a boolean, got {}",
+                    excerpt(other)
                 )))
             }
         };

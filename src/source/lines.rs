@@ -74,7 +74,6 @@ impl LineSplitter {
                 self.emit(line, len as u64 + 1, out);
                 from = 0;
             }
-            self.scanned = 0;
         }
         self.scanned = self.buf.len();
         if self.buf.len() > self.max_line_bytes {

@@ -50,7 +50,20 @@ where
                 let nothing_pending = async { Ok(()) };
                 return drain_and_hand_on(reader, splitter, &template, output, shutdown, nothing_pending).await;
             }
-            n = reader.read_buf(splitter.buffer()) => n?,
+            n = reader.read_buf(splitter.buffer()) => match n {
+                Ok(n) => n,
+                Err(e) => {
+                    // The partial last line is a line, as at the end of input: a line cut
+                    // short is dead-lettered, never dropped without a trace.
+                    let mut lines = Vec::new();
+                    splitter.finish(&mut lines);
+                    let block = Block { lines, ..template.clone() };
+                    if !block.lines.is_empty() {
+                        let _ = output.send_or_overdraw(block, shutdown).await;
+                    }
+                    return Err(e);
+                }
+            },
         };
         let mut lines = Vec::new();
         if n == 0 {

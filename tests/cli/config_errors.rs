@@ -430,3 +430,12 @@ fn durations_and_sizes_at_their_bounds_are_valid() {
     );
     validate(&ws.config(&format!("{source}\n{SINK}{sink}"))).assert_code(0);
 }
+
+/// `retry_max_duration = "0s"` would dead-letter every event at its first failure.
+#[test]
+fn zero_retry_max_duration() {
+    assert_config_error(
+        &format!("{SOURCE}\n{SINK}retry_max_duration = \"0s\"\n"),
+        &["retry_max_duration"],
+    );
+}

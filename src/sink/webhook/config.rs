@@ -352,7 +352,7 @@ impl WebhookConfig {
         self.validate_durations(key)?;
         for (name, value) in &self.meta {
             if !value.is_str() {
-                bail!("`{key}.meta.{name}` must be a string, got {value} (example: meta = {{ {name} = \"value\" }})");
+                bail!("`{key}.meta.{name}` must be a string, got a {} (example: meta = {{ {name} = \"value\" }})", value.type_str());
             }
         }
         let mut headers = HeaderMap::new();
@@ -444,6 +444,14 @@ impl WebhookConfig {
                 value.0,
                 max,
                 &format!("{name} = {example}"),
+            )?;
+        }
+        if let Some(max) = self.retry_max_duration {
+            check_duration(
+                &format!("{key}.retry_max_duration"),
+                max.0,
+                HumanDuration::MAX,
+                "retry_max_duration = \"24h\"",
             )?;
         }
         if self.retry_max_backoff.0 < self.retry_initial_backoff.0 {

@@ -349,7 +349,6 @@ impl Sink {
             self.resolve(&items);
             return;
         }
-        self.acks.leave_in_files(&items);
         self.give_up(items);
     }
 
@@ -392,8 +391,10 @@ impl Sink {
     }
 
     /// Keeps `items` for the next run: events from files stay there (their offsets did
-    /// not move), the others go to the spill file.
+    /// not move, and no later batch of the same files moves them for the rest of the run),
+    /// the others go to the spill file.
     fn give_up(&mut self, items: Vec<Item>) {
+        self.acks.leave_in_files(&items);
         Stats::add(&self.stats.not_delivered, count_events(&items) as u64);
         if let Some(spill) = self.spill.as_mut() {
             spill.abandon(&items);
