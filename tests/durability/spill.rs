@@ -381,3 +381,83 @@ fn set_nonblocking(pipe: &std::process::ChildStdin) {
         assert!(flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0);
     }
 }
+
+/// A sink reads a file and a TCP source. At shutdown, a batch of file events fails and is
+/// left in its file; a later batch mixing more lines of that file with TCP events is then
+/// delivered. Its acknowledgement must not move the file's offset past the failed lines:
+/// the next start sends them.
+#[test]
+fn a_file_batch_given_up_at_shutdown_stays_in_its_file_when_a_later_batch_is_delivered() {
+    // File events are users 0..15, TCP events users 200..205. The endpoint refuses any
+    // request without a TCP event, so the file-only batch fails and the mixed one passes.
+    let hook = Endpoint::with_responder(|r: &Recorded| {
+        if r.body_str().contains("\"userKey\":\"user-20") {
+            Reply::ok()
+        } else {
+            Reply::status(503)
+        }
+    });
+    let ws = Workspace::new();
+    let input = ws.write("events.json", jsonl(&feature_events(0, 10)));
+    let address = format!("127.0.0.1:{}", free_port());
+    let config = ws.config(&format!(
+        r#"[sources.files]
+type = "file"
+include = [{input}]
+
+[sources.tcp]
+type = "tcp"
+address = {address}
+
+[sinks.webhook]
+type = "webhook"
+inputs = ["files", "tcp"]
+endpoint_url = {url}
+flush_interval = "100ms"
+max_event_in_memory = 10
+retry_initial_backoff = "50ms"
+retry_max_backoff = "100ms"
+shutdown_timeout = "2s"
+"#,
+        input = toml_str(&input),
+        address = toml_str(&address),
+        url = toml_str(hook.url()),
+    ));
+    let proc = Proc::spawn(run_cmd(&config));
+    assert!(
+        hook.wait_until(WAIT, |t| t.failed_requests > 0),
+        "the file batch was never sent:\n{}",
+        proc.stderr_now()
+    );
+    // Newer lines of the same file, and TCP events, batched behind the failing one.
+    ws.append("events.json", jsonl(&feature_events(10, 5)));
+    let mut conn = connect(&address, &proc);
+    conn.write_all(jsonl(&feature_events(200, 5)).as_bytes())
+        .unwrap();
+    drop(conn);
+    std::thread::sleep(Duration::from_millis(500));
+    proc.sigterm();
+    let out = proc.wait_timeout(Duration::from_secs(20));
+    assert!(!out.timed_out, "{out}");
+
+    // The next start, with an endpoint that takes everything: every file event arrives.
+    hook.set_responder(|_| Reply::ok());
+    let proc = Proc::spawn(run_cmd(&config));
+    let all_file_events =
+        |delivered: &[String]| feature_events(0, 15).iter().all(|e| delivered.contains(e));
+    let deadline = Instant::now() + WAIT;
+    while !all_file_events(&hook.delivered()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    proc.sigterm();
+    let out2 = proc.wait_timeout(Duration::from_secs(20));
+    let delivered = hook.delivered();
+    let missing: Vec<String> = feature_events(0, 15)
+        .into_iter()
+        .filter(|e| !delivered.contains(e))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "file events lost: {missing:?}\nfirst run:\n{out}\nsecond run:\n{out2}"
+    );
+}
