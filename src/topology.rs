@@ -256,18 +256,20 @@ pub async fn run(config: Plan, once: bool, shutdown: CancellationToken) -> Resul
 
     // The checkpoint writer's last write comes once every sink has finished.
     drop(persist);
+    // Sources and sinks are watched together: a sink that fails while the sources run
+    // (a TCP source never ends by itself) stops the others at once.
     let mut failures = Vec::new();
-    while let Some(done) = tasks.sources.join_next().await {
-        if let Err(e) = done {
-            failures.push(format!("a source task {}", panic_message(e)));
-            stop.cancel();
-        }
-    }
-    while let Some(done) = tasks.sinks.join_next_with_id().await {
-        let failure = match done {
-            Ok((_, Ok(()))) => continue,
-            Ok((id, Err(e))) => format!("{}: {e:#}", tasks.name(id)),
-            Err(e) => format!("{} {}", tasks.name(e.id()), panic_message(e)),
+    while !tasks.sources.is_empty() || !tasks.sinks.is_empty() {
+        let failure = tokio::select! {
+            Some(done) = tasks.sources.join_next() => match done {
+                Ok(()) => continue,
+                Err(e) => format!("a source task {}", panic_message(e)),
+            },
+            Some(done) = tasks.sinks.join_next_with_id() => match done {
+                Ok((_, Ok(()))) => continue,
+                Ok((id, Err(e))) => format!("{}: {e:#}", tasks.name(id)),
+                Err(e) => format!("{} {}", tasks.name(e.id()), panic_message(e)),
+            },
         };
         failures.push(failure);
         stop.cancel();

@@ -116,3 +116,27 @@ fn a_panicking_task_ends_the_run_with_an_error() {
         assert!(!out.stdout.contains("summary"), "{failpoint}: {out}");
     }
 }
+
+/// A sink that fails while its source cannot end by itself (TCP, no `--once`) still ends
+/// the run at once, with exit 1: the failure is seen while the sources run.
+#[test]
+fn a_sink_that_panics_beside_a_tcp_source_ends_the_run() {
+    let server = Endpoint::start();
+    let ws = Workspace::new();
+    let (config, addr) = ws.tcp_pipeline(&server.url(), "", "flush_interval = \"50ms\"");
+    let mut cmd = run_cmd(&config);
+    cmd.env("FLAGHOOK_FAILPOINT", "sink-handle");
+    let proc = Proc::spawn(cmd);
+    let mut conn = connect(&addr, &proc);
+    std::io::Write::write_all(&mut conn, events().as_bytes()).unwrap();
+    let out = proc.wait_timeout(std::time::Duration::from_secs(10));
+    assert!(
+        !out.timed_out,
+        "the run did not end after the sink failed:\n{out}"
+    );
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("sink `webhook`") && out.stderr.contains("panicked"),
+        "{out}"
+    );
+}
