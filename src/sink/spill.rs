@@ -224,7 +224,17 @@ pub(crate) struct Written {
 pub(crate) fn finish(path: &Path, spill: Option<Spill>, newer: &[Bytes]) -> io::Result<Written> {
     let mut written = Written::default();
     let Some(spill) = spill else {
-        if !newer.is_empty() {
+        if newer.is_empty() {
+            return Ok(written);
+        }
+        // A regular file here is one that could not be read at start: it keeps its lines,
+        // and the newer events go after them. (A planted symlink is replaced, not followed.)
+        let unread = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file());
+        if unread {
+            let mut file = data_dir::open_append(path)?;
+            write_events(&mut file, newer, &mut written)?;
+            file.sync_all()?;
+        } else {
             write_new(path, |w| write_events(w, newer, &mut written))?;
         }
         return Ok(written);
@@ -305,6 +315,19 @@ mod tests {
         let path = dir.path().join("webhook.jsonl");
         std::fs::write(&path, lines).unwrap();
         (dir, path)
+    }
+
+    /// A spill file that could not be read at start is not replaced at shutdown: the newer
+    /// events go after its lines.
+    #[test]
+    fn a_spill_file_not_read_at_start_keeps_its_lines() {
+        let (_dir, path) = spill_file("{\"old\":1}\n");
+        let newer = [Bytes::from_static(b"{\"new\":2}")];
+        finish(&path, None, &newer).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"old\":1}\n{\"new\":2}\n"
+        );
     }
 
     fn events(items: &[Item]) -> Vec<&[u8]> {
