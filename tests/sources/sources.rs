@@ -436,3 +436,32 @@ flush_interval = "100ms"
     assert_eq!(of(&file_events), file_events);
     assert_eq!(of(&tcp_events), tcp_events);
 }
+
+/// A file matched twice, by its name and through a symlink (`latest.json` pointing at the
+/// current file is common), is read once: every event is delivered once.
+#[test]
+fn a_file_matched_through_a_symlink_too_is_read_once() {
+    let server = Endpoint::start();
+    let ws = Workspace::new();
+    let events = feature_events(0, 5);
+    let file = ws.write("logs/a.json", jsonl(&events));
+    std::os::unix::fs::symlink(&file, ws.path("logs/latest.json")).unwrap();
+    let config = ws.config(&format!(
+        r#"[sources.files]
+type = "file"
+include = [{glob}]
+
+[sinks.webhook]
+type = "webhook"
+inputs = ["files"]
+endpoint_url = {url}
+flush_interval = "50ms"
+"#,
+        glob = toml_str(ws.path("logs/*.json")),
+        url = toml_str(server.url()),
+    ));
+    run_once(&config).assert_code(0);
+    let mut got = server.delivered();
+    got.sort();
+    assert_eq!(got, events, "each event once");
+}

@@ -383,7 +383,13 @@ impl Tail<'_> {
                 );
                 continue;
             }
-            match by_inode.get(&(meta.dev(), meta.ino())) {
+            let key = (meta.dev(), meta.ino());
+            match by_inode.get(&key) {
+                Some(&i) if self.files[i].seen => {
+                    // Another path to a file already matched (a symlink or hard link):
+                    // the file is read once.
+                    tracing::debug!(path = %path.display(), file = %self.files[i].path.display(), "matches a file already tailed; reading it once");
+                }
                 Some(&i) => {
                     let f = &mut self.files[i];
                     f.seen = true;
@@ -392,7 +398,13 @@ impl Tail<'_> {
                         f.path = path;
                     }
                 }
-                None => self.open(path, startup),
+                None => {
+                    let before = self.files.len();
+                    self.open(path, startup);
+                    if self.files.len() > before {
+                        by_inode.insert(key, before);
+                    }
+                }
             }
         }
         for i in 0..self.files.len() {
