@@ -40,7 +40,7 @@ impl Limits {
 }
 
 fn bytes(batch: &[Item]) -> usize {
-    batch.iter().map(Item::held).sum()
+    crate::source::Cost::of(batch).bytes
 }
 
 /// Batches `input` by size, bytes and time. The stream ends when the input ends, after

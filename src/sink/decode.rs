@@ -79,10 +79,7 @@ async fn decode_blocks(
             let left = items.split_off(keep);
             let events = count_events(&left) as u64;
             Stats::add(&d.stats.not_delivered, events + bad);
-            d.budget.release(Cost {
-                events: left.len(),
-                bytes: left.iter().map(Item::held).sum(),
-            });
+            d.budget.release(Cost::of(&left));
         }
         if !items.is_empty() && output.send(items).await.is_err() {
             return;

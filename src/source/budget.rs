@@ -17,6 +17,14 @@ pub struct Cost {
 }
 
 impl Cost {
+    /// What `items` hold in a budget: one event permit each, and their bytes.
+    pub fn of(items: &[crate::event::Item]) -> Cost {
+        Cost {
+            events: items.len(),
+            bytes: items.iter().map(crate::event::Item::held).sum(),
+        }
+    }
+
     /// Whether `self` has room for `other` in both counts.
     pub fn covers(&self, other: Cost) -> bool {
         self.events >= other.events && self.bytes >= other.bytes

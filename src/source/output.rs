@@ -142,10 +142,18 @@ impl Output {
         mut block: Block,
         stop: Option<&CancellationToken>,
     ) -> Result<(), Closed> {
-        while !block.lines.is_empty() {
-            let rest = block.lines.split_off(self.block_len(&block.lines));
+        if block.lines.is_empty() {
+            return Ok(());
+        }
+        if self.block_len(&block.lines) >= block.lines.len() {
+            return self.send_part(block, stop).await;
+        }
+        // Cut in parts: the header is cloned without the lines, each line moved once.
+        let mut rest = std::mem::take(&mut block.lines);
+        while !rest.is_empty() {
+            let tail = rest.split_off(self.block_len(&rest));
             let part = Block {
-                lines: std::mem::replace(&mut block.lines, rest),
+                lines: std::mem::replace(&mut rest, tail),
                 ..block.clone()
             };
             self.send_part(part, stop).await?;

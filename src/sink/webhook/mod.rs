@@ -362,10 +362,7 @@ impl Sink {
     /// `items` leave memory. While the spill file has lines not loaded yet, the budget
     /// they free is kept for those (see [`Spill::release`]).
     fn release(&mut self, items: &[Item]) {
-        let freed = Cost {
-            events: items.len(),
-            bytes: items.iter().map(Item::held).sum(),
-        };
+        let freed = Cost::of(items);
         match self.spill.as_mut() {
             Some(spill) => spill.release(items, freed, &self.budget, self.retry.shutting_down()),
             None => self.budget.release(freed),
