@@ -164,7 +164,10 @@ enum DeadLetterCommand {
 fn main() -> ExitCode {
     bound_allocator_growth();
     let cli = Cli::parse();
-    init_logs(cli.log_level.as_deref(), cli.log_format);
+    if let Err(e) = init_logs(cli.log_level.as_deref(), cli.log_format) {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(1);
+    }
     match dispatch(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -187,10 +190,12 @@ fn bound_allocator_growth() {
     }
 }
 
-fn init_logs(level: Option<&str>, format: LogFormat) {
+fn init_logs(level: Option<&str>, format: LogFormat) -> Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
-        Some(l) => EnvFilter::new(l),
+        Some(l) => EnvFilter::try_new(l).map_err(|e| {
+            anyhow::anyhow!("--log-level {l:?} is not a level or filter ({e}); example: --log-level debug, or --log-level flaghook=trace")
+        })?,
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
     let builder = tracing_subscriber::fmt()
@@ -201,6 +206,7 @@ fn init_logs(level: Option<&str>, format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    Ok(())
 }
 
 fn dispatch(command: Command) -> Result<u8> {

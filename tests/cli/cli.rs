@@ -548,3 +548,18 @@ fn log_level_flag_is_accepted_after_the_subcommand() {
     out.assert_code(0);
     assert_eq!(server.delivered(), vec![feature_event(0)]);
 }
+
+/// A `--log-level` that does not parse is an error naming the flag, not silently dropped.
+#[test]
+fn a_bad_log_level_is_an_error() {
+    let config = manifest_dir().join("pipelines/quickstart.toml");
+    let out = run_args(&[
+        "--log-level",
+        "foo=bar=baz",
+        "validate",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    out.assert_code(1);
+    assert!(out.stderr.contains("--log-level"), "{out}");
+}

@@ -439,3 +439,18 @@ fn zero_retry_max_duration() {
         &["retry_max_duration"],
     );
 }
+
+/// `dead_letter_max_bytes = 0` would cut every dead-lettered line to its first KiB; sizes
+/// are written as for `buffer_max_bytes`.
+#[test]
+fn zero_dead_letter_max_bytes() {
+    assert_config_error(
+        &format!("{SOURCE}\n{SINK}dead_letter_max_bytes = 0\n"),
+        &["dead_letter_max_bytes"],
+    );
+    let ws = Workspace::new();
+    let config = ws.config(&format!(
+        "{SOURCE}\n{SINK}dead_letter_max_bytes = \"1GiB\"\n"
+    ));
+    validate(&config).assert_code(0);
+}

@@ -48,8 +48,8 @@ fn default_shutdown_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
 }
 
-fn default_dead_letter_max_bytes() -> u64 {
-    1 << 30
+fn default_dead_letter_max_bytes() -> ByteSize {
+    ByteSize(1 << 30)
 }
 
 /// The largest `max_event_in_memory`: each batch reserves room for this many events, and
@@ -274,7 +274,7 @@ pub struct WebhookConfig {
     /// Once the dead-letter file holds this many bytes, records keep only the first KiB of
     /// their line. Default 1 GiB.
     #[serde(default = "default_dead_letter_max_bytes")]
-    pub dead_letter_max_bytes: u64,
+    pub dead_letter_max_bytes: ByteSize,
 }
 
 const EXAMPLE: &str = r#"[sinks.webhook]
@@ -337,7 +337,7 @@ impl WebhookConfig {
             template,
             schema: self.schema,
             event_types: self.event_types,
-            dead_letter_max_bytes: self.dead_letter_max_bytes,
+            dead_letter_max_bytes: self.dead_letter_max_bytes.0,
         })
     }
 
