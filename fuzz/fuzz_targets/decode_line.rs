@@ -10,13 +10,15 @@
 //! - decoding an event again gives the same bytes (the encoder is idempotent);
 //! - the fast path agrees with the general encoder: a line it takes as it is, the encoder
 //!   writes back byte for byte;
+//! - the envelope fast path agrees with the general path: the event it unwraps from a
+//!   shipper's envelope is the one the general path unwraps and encodes;
 //! - the event-type filter only filters: a sink that sends one kind gets the same event
 //!   as one that sends both, or `Filtered`; `any` accepts whatever `goff` accepts;
 //! - a blank line, and only a blank line, is `Empty`; every refusal gives a reason.
 #![no_main]
 
 use bytes::Bytes;
-use flaghook::event::fuzzing::{canonical_kind, encode_goff};
+use flaghook::event::fuzzing::{canonical_kind, encode_goff, envelope_event, envelope_general};
 use flaghook::event::{envelope_fields, Decoded, Decoder, EventType, Schema};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
@@ -47,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
         start = end + 1;
         fast_path_agrees(&line);
         for envelope in &envelopes {
+            envelope_path_agrees(&line, envelope);
             let results: Vec<_> = decoders
                 .iter_mut()
                 .map(|(_, _, d)| d.decode(&line, envelope))
@@ -68,6 +71,20 @@ fn newlines(data: &[u8]) -> impl Iterator<Item = usize> + '_ {
 
 /// Differential: what the fast path takes as it is, the general encoder reproduces. As in
 /// `Decoder::decode`, the fast path sees only UTF-8 text without its `\r`.
+fn envelope_path_agrees(line: &[u8], envelope: &[String]) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Ok(text) = std::str::from_utf8(line) else {
+        return;
+    };
+    if let Some(event) = envelope_event(line, envelope) {
+        assert_eq!(
+            envelope_general(text, envelope),
+            Some(event),
+            "the general path (left) unwraps another event than the envelope fast path"
+        );
+    }
+}
+
 fn fast_path_agrees(line: &[u8]) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let Ok(text) = std::str::from_utf8(line) else {

@@ -68,17 +68,17 @@ pub(super) fn check(line: &[u8]) -> Option<EventType> {
 /// serde_json's default nesting limit; deeper lines go the general way (and fail there).
 const MAX_DEPTH: usize = 100;
 
-struct Scanner<'a> {
-    b: &'a [u8],
-    at: usize,
+pub(super) struct Scanner<'a> {
+    pub(super) b: &'a [u8],
+    pub(super) at: usize,
 }
 
 impl Scanner<'_> {
-    fn peek(&self) -> Option<u8> {
+    pub(super) fn peek(&self) -> Option<u8> {
         self.b.get(self.at).copied()
     }
 
-    fn eat(&mut self, token: &[u8]) -> bool {
+    pub(super) fn eat(&mut self, token: &[u8]) -> bool {
         let found = self.b[self.at..].starts_with(token);
         if found {
             self.at += token.len();
@@ -86,12 +86,12 @@ impl Scanner<'_> {
         found
     }
 
-    fn expect(&mut self, token: &[u8]) -> Option<()> {
+    pub(super) fn expect(&mut self, token: &[u8]) -> Option<()> {
         self.eat(token).then_some(())
     }
 
     /// A string token. Bytes >= 0x80 were checked as UTF-8 by the caller.
-    fn string(&mut self) -> Option<()> {
+    pub(super) fn string(&mut self) -> Option<()> {
         self.expect(b"\"")?;
         loop {
             let rest = &self.b[self.at..];
@@ -173,7 +173,7 @@ impl Scanner<'_> {
     }
 
     /// Any compact JSON value.
-    fn value(&mut self, depth: usize) -> Option<()> {
+    pub(super) fn value(&mut self, depth: usize) -> Option<()> {
         match self.peek()? {
             b'"' => self.string(),
             b'{' => self.object(depth),

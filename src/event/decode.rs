@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use super::foreign::explain;
 use super::goff::Fields;
 use super::json::compact;
-use super::{canonical, invalid, Decoded, EventType, Invalid, Schema};
+use super::{canonical, envelope, invalid, Decoded, EventType, Invalid, Schema};
 
 /// Decodes lines for one sink.
 #[derive(Debug)]
@@ -81,6 +81,15 @@ impl Decoder {
                     Decoded::Filtered
                 });
             }
+            self.make_room(line.len());
+            if let Some(kind) = envelope::unwrap(line, envelope_fields, &mut self.arena) {
+                // A shipper's envelope around an event in GO Feature Flag's encoding.
+                if !self.wants(kind) {
+                    self.arena.clear();
+                    return Ok(Decoded::Filtered);
+                }
+                return Ok(Decoded::Event(self.arena.split().freeze()));
+            }
         }
         let outer = Fields::parse(text, envelope_fields).map_err(|e| explain(line, e))?;
         let inner_text = match (outer.kind, outer.envelope) {
@@ -139,7 +148,7 @@ pub fn envelope_fields(field: Option<&str>) -> Arc<[String]> {
 
 /// The object held by an envelope field: a string holding JSON (Vector's `message`,
 /// Fluent Bit's `log`), or the object itself.
-fn envelope_inner(raw: &RawValue) -> Result<Cow<'_, str>, Invalid> {
+pub(super) fn envelope_inner(raw: &RawValue) -> Result<Cow<'_, str>, Invalid> {
     let text = raw.get();
     if text.starts_with('{') {
         return Ok(Cow::Borrowed(text));

@@ -12,6 +12,7 @@
 //!   [`Ack`]) and what decoding says ([`Decoded`], [`Invalid`]).
 //! - `decode`: the [`Decoder`], line -> event; shippers' envelopes ([`envelope_fields`]).
 //! - `canonical`: the fast path, a scanner for lines already in GO Feature Flag's encoding.
+//! - `envelope`: the fast path for shippers' envelopes around such lines (Vector, Fluent Bit).
 //! - `goff`: the fields read from a line (a serde visitor) and GO Feature Flag's encoding.
 //! - `json`: [`compact`], and the short reasons JSON errors give.
 //! - `foreign`: other formats (CSV, parquet, syslog, msgpack) recognised in rejected lines,
@@ -19,13 +20,14 @@
 
 mod canonical;
 mod decode;
+mod envelope;
 /// The fast path and the general encoder, each alone, for the differential fuzz target
 /// (`fuzz/fuzz_targets/decode_line.rs`). Not part of flaghook's API.
 #[doc(hidden)]
 pub mod fuzzing {
     use bytes::{Bytes, BytesMut};
 
-    use super::{canonical, goff, EventType, Invalid};
+    use super::{canonical, decode, envelope, goff, EventType, Invalid};
 
     /// The fast path's verdict: `Some(kind)` when `line` is taken as it is.
     pub fn canonical_kind(line: &[u8]) -> Option<EventType> {
@@ -38,6 +40,23 @@ pub mod fuzzing {
         let mut out = BytesMut::new();
         fields.encode_goff(fields.kind()?, &mut out)?;
         Ok(out.freeze())
+    }
+
+    /// The envelope fast path's event: `Some` when it takes `line` (valid UTF-8).
+    pub fn envelope_event(line: &[u8], envelope_fields: &[String]) -> Option<Bytes> {
+        let mut out = BytesMut::new();
+        envelope::unwrap(line, envelope_fields, &mut out).map(|_| out.freeze())
+    }
+
+    /// What the general path makes of `line` as an envelope: the event it holds, encoded
+    /// for `goff`, or `None` when `line` is no envelope or its event is refused.
+    pub fn envelope_general(line: &str, envelope_fields: &[String]) -> Option<Bytes> {
+        let outer = goff::Fields::parse(line, envelope_fields).ok()?;
+        if outer.kind.is_some() {
+            return None;
+        }
+        let inner = decode::envelope_inner(outer.envelope?).ok()?;
+        encode_goff(&inner).ok()
     }
 }
 

@@ -1,0 +1,257 @@
+//! A fast path for shippers' envelopes: Vector's `{"host":..,"message":"<event as a JSON
+//! string>",..}` and Fluent Bit's `{"date":..,"log":".."}`, around an event in GO Feature
+//! Flag's encoding.
+//!
+//! The general path parses the outer object with serde, unescapes the envelope field into a
+//! string, and then checks it; here one pass over the outer object finds the field, its
+//! value is unescaped straight into the sink's buffer, and the canonical scanner checks it
+//! there. [`unwrap`] says `Some(kind)` only where the general path would take the same
+//! branch and give the same bytes: keys with escapes, a `kind` in the outer object,
+//! whitespace, `\u` surrogates, deep nesting and anything else unusual get `None` and go the
+//! general way. It is property-tested against the general path.
+
+use bytes::{BufMut, BytesMut};
+
+use super::canonical::{self, Scanner};
+use super::EventType;
+
+/// Appends the event wrapped in `line`'s envelope field (the first of `envelope_fields`
+/// present, by preference) to `out` and says its kind, when that event is in GO Feature
+/// Flag's encoding. On `None`, `out` is as it was.
+pub(super) fn unwrap(
+    line: &[u8],
+    envelope_fields: &[String],
+    out: &mut BytesMut,
+) -> Option<EventType> {
+    let value = envelope_value(line, envelope_fields)?;
+    let start = out.len();
+    let copied = match value[0] {
+        b'"' => unescape(&value[1..value.len() - 1], out),
+        b'{' => {
+            out.extend_from_slice(value);
+            Some(())
+        }
+        _ => None,
+    };
+    let kind = copied.and_then(|()| canonical::check(&out[start..]));
+    if kind.is_none() {
+        out.truncate(start);
+    }
+    kind
+}
+
+/// The raw value of the preferred envelope field of a compact JSON object without `kind`.
+fn envelope_value<'a>(line: &'a [u8], envelope_fields: &[String]) -> Option<&'a [u8]> {
+    let mut s = Scanner { b: line, at: 0 };
+    s.expect(b"{")?;
+    let mut best: Option<(usize, &[u8])> = None;
+    if !s.eat(b"}") {
+        loop {
+            let key = plain_key(&mut s)?;
+            s.expect(b":")?;
+            if key == b"kind" {
+                return None; // the object is the event itself, not an envelope
+            }
+            let start = s.at;
+            s.value(1)?;
+            let rank = envelope_fields.iter().position(|f| f.as_bytes() == key);
+            if let Some(rank) = rank.filter(|&r| best.is_none_or(|(b, _)| r < b)) {
+                best = Some((rank, &line[start..s.at]));
+            }
+            if s.eat(b"}") {
+                break;
+            }
+            s.expect(b",")?;
+        }
+    }
+    if s.at != line.len() {
+        return None;
+    }
+    best.map(|(_, value)| value)
+}
+
+/// An object key without escapes (a key with escapes is left to the general path, which
+/// reads it unescaped).
+fn plain_key<'a>(s: &mut Scanner<'a>) -> Option<&'a [u8]> {
+    let b = s.b;
+    let start = s.at + 1;
+    s.string()?;
+    let key = &b[start..s.at - 1];
+    (!key.contains(&b'\\')).then_some(key)
+}
+
+/// Appends the text of a JSON string's contents (already checked by the scanner).
+fn unescape(raw: &[u8], out: &mut BytesMut) -> Option<()> {
+    let mut rest = raw;
+    while let Some(i) = rest.iter().position(|&c| c == b'\\') {
+        out.extend_from_slice(&rest[..i]);
+        let plain = match *rest.get(i + 1)? {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'/' => b'/',
+            b'b' => 0x08,
+            b'f' => 0x0c,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'u' => {
+                let hex = std::str::from_utf8(rest.get(i + 2..i + 6)?).ok()?;
+                // A surrogate is no `char`: left to the general path.
+                let c = char::from_u32(u32::from_str_radix(hex, 16).ok()?)?;
+                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                rest = &rest[i + 6..];
+                continue;
+            }
+            _ => return None,
+        };
+        out.put_u8(plain);
+        rest = &rest[i + 2..];
+    }
+    out.extend_from_slice(rest);
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+
+    use super::unwrap;
+    use crate::event::envelope_fields;
+    use crate::event::fixtures::*;
+
+    fn general(line: &str, fields: &[String]) -> Option<String> {
+        let event = crate::event::fuzzing::envelope_general(line, fields)?;
+        Some(String::from_utf8(event.to_vec()).unwrap())
+    }
+
+    fn fast(line: &[u8], fields: &[String]) -> Option<String> {
+        let mut out = BytesMut::from(&b"before"[..]);
+        let kind = unwrap(line, fields, &mut out);
+        let Some(event) = out.strip_prefix(b"before") else {
+            panic!("the bytes already in the buffer were changed")
+        };
+        assert_eq!(kind.is_some(), !event.is_empty(), "a miss leaves nothing");
+        kind.map(|_| String::from_utf8(event.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn unwraps_what_vector_and_fluent_bit_send() {
+        let fields = envelope_fields(None);
+        let message = serde_json::to_string(E1).unwrap();
+        let vector = format!(
+            r#"{{"file":"/var/log/a.json","host":"h","message":{message},"source_type":"file","timestamp":"2026-11-29T12:00:00.1Z"}}"#
+        );
+        assert_eq!(fast(vector.as_bytes(), &fields).as_deref(), Some(E1));
+        let fluent = format!(
+            r#"{{"date":1700000000.5,"log":{}}}"#,
+            serde_json::to_string(TRACK).unwrap()
+        );
+        assert_eq!(fast(fluent.as_bytes(), &fields).as_deref(), Some(TRACK));
+        // `message` is preferred over `log`, wherever each is.
+        let both = format!(r#"{{"log":"x","message":{message}}}"#);
+        assert_eq!(fast(both.as_bytes(), &fields).as_deref(), Some(E1));
+        let object = format!(r#"{{"payload":{E1}}}"#);
+        let payload = envelope_fields(Some("payload"));
+        assert_eq!(fast(object.as_bytes(), &payload).as_deref(), Some(E1));
+    }
+
+    #[test]
+    fn leaves_the_unusual_to_the_general_path() {
+        let fields = envelope_fields(None);
+        let message = serde_json::to_string(E1).unwrap();
+        let cases = [
+            format!(r#"{{"kind":"x","message":{message}}}"#),
+            format!(r#"{{"mess\u0061ge":{message}}}"#),
+            format!(r#"{{ "message":{message}}}"#),
+            format!(r#"{{"message":{message}}} "#),
+            format!(
+                r#"{{"message":{}}}"#,
+                serde_json::to_string(&format!(" {E1}")).unwrap()
+            ),
+            format!(
+                r#"{{"message":{}}}"#,
+                message.replace(r#"\"YO\""#, r#"\"\\ud83d\\ude00\""#)
+            ),
+            r#"{"message":"{}"}"#.to_owned(),
+            r#"{"message":42}"#.to_owned(),
+            r#"{"host":"h"}"#.to_owned(),
+        ];
+        for line in cases {
+            assert_eq!(fast(line.as_bytes(), &fields), None, "{line}");
+        }
+    }
+
+    fn envelope_strategy() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let inner = prop_oneof![
+            Just(E1.to_owned()),
+            Just(TRACK.to_owned()),
+            Just(E1.replace(r#""YO""#, r#""a\"b\\c/\u00e9\n<>é""#)),
+            Just(E1.replace(r#""YO""#, r#"{"a":[1,-2.5e3,null,true],"b":"\t"}"#)),
+        ];
+        let extra = prop_oneof![
+            Just(r#""host":"h""#.to_owned()),
+            Just(r#""file":"/var/log/\"q\".json""#.to_owned()),
+            Just(r#""timestamp":"2026-11-29T12:00:00Z""#.to_owned()),
+            Just(r#""date":1700000000.25"#.to_owned()),
+            Just(r#""log":"not the event""#.to_owned()),
+            Just(r#""nested":{"a":[{"b":null}],"c":"\u00e9"}"#.to_owned()),
+        ];
+        (
+            inner,
+            proptest::bool::ANY,
+            proptest::collection::vec(extra, 0..4),
+            0usize..5,
+        )
+            .prop_map(|(inner, as_object, mut fields, at)| {
+                let value = if as_object {
+                    inner
+                } else {
+                    serde_json::to_string(&inner).unwrap()
+                };
+                let at = at.min(fields.len());
+                fields.insert(at, format!(r#""message":{value}"#));
+                format!("{{{}}}", fields.join(","))
+            })
+    }
+
+    proptest::proptest! {
+        /// Envelopes as shippers write them are taken by the fast path, with exactly the
+        /// bytes the general path gives.
+        #[test]
+        fn shippers_envelopes_agree_with_the_general_path(line in envelope_strategy()) {
+            let fields = envelope_fields(None);
+            let got = fast(line.as_bytes(), &fields);
+            proptest::prop_assert!(got.is_some(), "{}", line);
+            proptest::prop_assert_eq!(got, general(&line, &fields), "{}", line);
+        }
+
+        /// Whatever the fast path takes, the general path takes too and gives the same
+        /// bytes: random edits of envelopes, near the JSON syntax.
+        #[test]
+        fn fast_path_takes_only_what_the_general_path_gives(
+            line in envelope_strategy(),
+            edits in proptest::collection::vec((0usize..600, 0usize..40, 0usize..3), 1..4),
+        ) {
+            let alphabet = b"{}[]\",:\\0123456789-.eE+uatrfln \t\x01ZD8k";
+            let mut line = line.into_bytes();
+            for (at, c, op) in edits {
+                let at = at % (line.len() + 1);
+                let c = alphabet[c % alphabet.len()];
+                match op {
+                    0 if at < line.len() => line[at] = c,
+                    1 => line.insert(at, c),
+                    _ if at < line.len() => { line.remove(at); }
+                    _ => {}
+                }
+            }
+            // The decoder checks UTF-8 before any path.
+            let fields = envelope_fields(None);
+            if let Ok(text) = std::str::from_utf8(&line) {
+                if let Some(got) = fast(&line, &fields) {
+                    proptest::prop_assert_eq!(Some(got), general(text, &fields), "{}", text);
+                }
+            }
+        }
+    }
+}
