@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use super::foreign::explain;
 use super::goff::Fields;
 use super::json::compact;
-use super::{canonical, envelope, invalid, Decoded, EventType, Invalid, Schema};
+use super::{any, canonical, envelope, invalid, Decoded, EventType, Invalid, Schema};
 
 /// Decodes lines for one sink.
 #[derive(Debug)]
@@ -90,7 +90,22 @@ impl Decoder {
                 }
                 return Ok(Decoded::Event(self.arena.split().freeze()));
             }
+        } else if any::is_compact_object(line, envelope_fields) {
+            return Ok(Decoded::Event(whole.slice(..line.len())));
         }
+        self.decode_general(whole, text, envelope_fields)
+    }
+
+    /// The general path: the line parsed by serde, a shipper's envelope unwrapped, the
+    /// event compacted (`any`) or encoded in GO Feature Flag's order (`goff`). `text` is
+    /// `whole` without its `\r`, checked as UTF-8.
+    pub(super) fn decode_general(
+        &mut self,
+        whole: &Bytes,
+        text: &str,
+        envelope_fields: &[String],
+    ) -> Result<Decoded, Invalid> {
+        let line = text.as_bytes();
         let outer = Fields::parse(text, envelope_fields).map_err(|e| explain(line, e))?;
         let inner_text = match (outer.kind, outer.envelope) {
             (None, Some(raw)) => Some(envelope_inner(raw)?),

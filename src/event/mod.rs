@@ -13,11 +13,13 @@
 //! - `decode`: the [`Decoder`], line -> event; shippers' envelopes ([`envelope_fields`]).
 //! - `canonical`: the fast path, a scanner for lines already in GO Feature Flag's encoding.
 //! - `envelope`: the fast path for shippers' envelopes around such lines (Vector, Fluent Bit).
+//! - `any`: the fast path for `schema = "any"`, a compact object sent as it is.
 //! - `goff`: the fields read from a line (a serde visitor) and GO Feature Flag's encoding.
 //! - `json`: [`compact`], and the short reasons JSON errors give.
 //! - `foreign`: other formats (CSV, parquet, syslog, msgpack) recognised in rejected lines,
 //!   to `explain` what to change.
 
+mod any;
 mod canonical;
 mod decode;
 mod envelope;
