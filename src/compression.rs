@@ -153,7 +153,10 @@ mod tests {
     fn header_values() {
         assert_eq!(Compression::from_header("GZIP"), Some(Compression::Gzip));
         assert_eq!(Compression::from_header("zstd"), Some(Compression::Zstd));
-        assert_eq!(Compression::from_header("identity"), Some(Compression::None));
+        assert_eq!(
+            Compression::from_header("identity"),
+            Some(Compression::None)
+        );
         assert_eq!(Compression::from_header("br"), None);
     }
 }

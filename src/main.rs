@@ -427,11 +427,7 @@ async fn replay(config: Plan, path: &Path, sink: &str) -> Result<u8> {
     Ok(done.exit_code())
 }
 
-async fn receive(
-    listen: SocketAddr,
-    check: Option<Check>,
-    limits: receiver::Limits,
-) -> Result<u8> {
+async fn receive(listen: SocketAddr, check: Option<Check>, limits: receiver::Limits) -> Result<u8> {
     let listener = receiver::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

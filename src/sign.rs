@@ -234,23 +234,36 @@ mod tests {
     #[test]
     fn standard_webhooks_verification_checks_time_then_signature() {
         let key = standard_key(STD_SECRET).unwrap();
-        let tolerance = DEFAULT_TOLERANCE;
         let ts = STD_TS.to_string();
-        let headers = |signature| StandardHeaders {
-            id: STD_ID,
-            timestamp: &ts,
-            signature,
+        let check = |id: &str, timestamp: &str, signature: &str, now: u64| {
+            let headers = StandardHeaders {
+                id,
+                timestamp,
+                signature,
+            };
+            verify_standard(&key, headers, STD_BODY, now, DEFAULT_TOLERANCE)
         };
-        let check = |signature, now| verify_standard(&key, headers(signature), STD_BODY, now, tolerance);
-        assert_eq!(check(STD_SIG, STD_TS), Ok(()));
-        assert_eq!(check(&format!("v1,bm9wZQ== {STD_SIG}"), STD_TS + 300), Ok(()));
-        assert_eq!(check(STD_SIG, STD_TS + 301), Err(Rejected::Stale { age: 301 }));
-        assert_eq!(check(STD_SIG, STD_TS - 301), Err(Rejected::Future { ahead: 301 }));
-        assert_eq!(check("v2,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=", STD_TS), Err(Rejected::Mismatch));
-        let other_id = StandardHeaders { id: "msg_other", ..headers(STD_SIG) };
-        assert_eq!(verify_standard(&key, other_id, STD_BODY, STD_TS, tolerance), Err(Rejected::Mismatch));
-        let bad_time = StandardHeaders { timestamp: "soon", ..headers(STD_SIG) };
-        assert_eq!(verify_standard(&key, bad_time, STD_BODY, STD_TS, tolerance), Err(Rejected::BadTimestamp));
+        assert_eq!(check(STD_ID, &ts, STD_SIG, STD_TS), Ok(()));
+        let two = format!("v1,bm9wZQ== {STD_SIG}");
+        assert_eq!(check(STD_ID, &ts, &two, STD_TS + 300), Ok(()));
+        assert_eq!(
+            check(STD_ID, &ts, STD_SIG, STD_TS + 301),
+            Err(Rejected::Stale { age: 301 })
+        );
+        assert_eq!(
+            check(STD_ID, &ts, STD_SIG, STD_TS - 301),
+            Err(Rejected::Future { ahead: 301 })
+        );
+        let v2 = STD_SIG.replace("v1,", "v2,");
+        assert_eq!(check(STD_ID, &ts, &v2, STD_TS), Err(Rejected::Mismatch));
+        assert_eq!(
+            check("msg_other", &ts, STD_SIG, STD_TS),
+            Err(Rejected::Mismatch)
+        );
+        assert_eq!(
+            check(STD_ID, "soon", STD_SIG, STD_TS),
+            Err(Rejected::BadTimestamp)
+        );
     }
 
     #[test]

@@ -557,7 +557,11 @@ impl WebhookConfig {
             return Ok(Some(Signer::Hub(secret.clone())));
         }
         if self.secret.is_none() {
-            let name = if self.secret_hex.is_some() { "secret_hex" } else { "secret_base64" };
+            let name = if self.secret_hex.is_some() {
+                "secret_hex"
+            } else {
+                "secret_base64"
+            };
             bail!("`{key}.{name}` cannot sign Standard Webhooks requests: {NEEDS}");
         }
         match crate::sign::standard_key(secret.expose()) {

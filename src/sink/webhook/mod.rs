@@ -329,7 +329,11 @@ impl Sink {
 
     /// Puts back a job taken but not sent: a failed one among the retries, a new batch
     /// into the stream, ahead of what is newer. Returns whether the stream got it.
-    fn put_back(&mut self, ready: Ready, batches: &mut Reinject<impl Stream<Item = Vec<Item>> + Unpin>) -> bool {
+    fn put_back(
+        &mut self,
+        ready: Ready,
+        batches: &mut Reinject<impl Stream<Item = Vec<Item>> + Unpin>,
+    ) -> bool {
         match ready.job.seq {
             Some(seq) => {
                 self.retries.insert(seq, ready.job);
@@ -349,7 +353,10 @@ impl Sink {
             return None;
         }
         let id = part.id.get_or_insert_with(MessageId::new);
-        Some(self.poster.prepare(part.items.iter().filter_map(Item::event), id))
+        Some(
+            self.poster
+                .prepare(part.items.iter().filter_map(Item::event), id),
+        )
     }
 
     /// Sends `ready` now, or gives it up (the grace period is over, or it stays in its
@@ -425,7 +432,11 @@ impl Sink {
     /// (`retry_max_duration`).
     async fn failed(&mut self, job: Job, after: Option<Duration>, detail: String) -> Step {
         let seq = job.seq.expect("a job that was sent");
-        let events = job.parts.iter().map(|p| count_events(&p.items)).sum::<usize>();
+        let events = job
+            .parts
+            .iter()
+            .map(|p| count_events(&p.items))
+            .sum::<usize>();
         match self.retry.failed(after, job.from_files()) {
             Next::Retry(delay) => {
                 let retry_in = Duration::from_millis(delay.as_millis() as u64);

@@ -67,9 +67,10 @@ impl Signer {
 }
 
 /// A Standard Webhooks signature is made again when it is older than this when its request
-/// goes out (a retry, or a batch that waited for a slot), so that a receiver's tolerance
-/// (five minutes, usually) never refuses a request because it waited in flaghook.
-const FRESH_FOR: Duration = Duration::from_secs(10);
+/// goes out (a retry after its backoff, or a batch that waited for a slot): the timestamp
+/// says when the request was sent, so that a receiver's tolerance never refuses a request
+/// because it waited in flaghook.
+const FRESH_FOR: Duration = Duration::from_secs(1);
 
 impl Template {
     /// Requests to `endpoint`, with `meta` and the user's `headers`.
@@ -134,14 +135,23 @@ impl Template {
             (Some(Stamp::Hub(signature)), _) => {
                 request = request.header("X-Hub-Signature-256", signature);
             }
-            (Some(Stamp::Standard { timestamp, signature }), Some(signer)) => {
+            (
+                Some(Stamp::Standard {
+                    timestamp,
+                    signature,
+                }),
+                Some(signer),
+            ) => {
                 let now = unix_now();
                 let (timestamp, signature) = if now.abs_diff(*timestamp) <= FRESH_FOR.as_secs() {
                     (*timestamp, signature.clone())
                 } else {
                     let key = signer.key().expose();
                     let id = signed.id.as_str();
-                    (now, crate::sign::standard_signature(key, id, now, &signed.body))
+                    (
+                        now,
+                        crate::sign::standard_signature(key, id, now, &signed.body),
+                    )
                 };
                 request = request
                     .header("webhook-id", signed.id.as_str())
