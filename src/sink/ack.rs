@@ -189,3 +189,60 @@ impl InOrder {
         self.acks.persisted().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::event::Origin;
+    use crate::source::file::checkpoint::{Checkpointer, CheckpointWriter, Fingerprint};
+
+    /// An event of file 1 whose line ends at `offset`.
+    fn line(offset: u64) -> Item {
+        Item::Event {
+            event: Bytes::from_static(b"{}"),
+            origin: Origin::File(Ack {
+                input: 0,
+                file: 1,
+                offset,
+            }),
+            held: 2,
+        }
+    }
+
+    /// Three batches in flight, answered out of order: the checkpoint moves only over the
+    /// batches delivered from the first on, and a batch left for the next run stops it for
+    /// good.
+    #[test]
+    fn positions_move_in_the_order_batches_were_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.log");
+        std::fs::write(&log, b"0123456789").unwrap();
+        let cp = Arc::new(Checkpointer::load(dir.path().join("cp.json")));
+        let handle = cp.subscribe();
+        let file = std::fs::File::open(&log).unwrap();
+        cp.register(1, Fingerprint::of(&file).unwrap(), &log, 0);
+        let (_writer, persist) = CheckpointWriter::spawn(vec![cp.clone()]).unwrap();
+        let mut acks = InOrder::new(Acknowledger::new(vec![Some(handle)], persist));
+        let (a, b, c, d) = (acks.open(), acks.open(), acks.open(), acks.open());
+
+        acks.acknowledge(c, &[line(6)]);
+        acks.settle(c);
+        acks.acknowledge(b, &[line(4)]);
+        assert_eq!(cp.committed(1), Some(0), "nothing before batch a is delivered");
+        acks.acknowledge(a, &[line(1)]);
+        assert_eq!(cp.committed(1), Some(1), "a, the oldest, moves at once");
+        acks.acknowledge(a, &[line(2)]);
+        acks.settle(a);
+        assert_eq!(cp.committed(1), Some(4), "then b's half, which came meanwhile");
+        acks.leave_in_files(b, &[line(5)]);
+        acks.settle(b);
+        assert_eq!(cp.committed(1), Some(4), "b left a line for the next run: c waits");
+        acks.acknowledge(d, &[line(8)]);
+        acks.settle(d);
+        assert_eq!(cp.committed(1), Some(4), "and so does everything after it");
+    }
+}
