@@ -198,7 +198,7 @@ mod tests {
 
     use super::*;
     use crate::event::Origin;
-    use crate::source::file::checkpoint::{Checkpointer, CheckpointWriter, Fingerprint};
+    use crate::source::file::checkpoint::{CheckpointWriter, Checkpointer, Fingerprint};
 
     /// An event of file 1 whose line ends at `offset`.
     fn line(offset: u64) -> Item {
@@ -232,15 +232,27 @@ mod tests {
         acks.acknowledge(c, &[line(6)]);
         acks.settle(c);
         acks.acknowledge(b, &[line(4)]);
-        assert_eq!(cp.committed(1), Some(0), "nothing before batch a is delivered");
+        assert_eq!(
+            cp.committed(1),
+            Some(0),
+            "nothing before batch a is delivered"
+        );
         acks.acknowledge(a, &[line(1)]);
         assert_eq!(cp.committed(1), Some(1), "a, the oldest, moves at once");
         acks.acknowledge(a, &[line(2)]);
         acks.settle(a);
-        assert_eq!(cp.committed(1), Some(4), "then b's half, which came meanwhile");
+        assert_eq!(
+            cp.committed(1),
+            Some(4),
+            "then b's half, which came meanwhile"
+        );
         acks.leave_in_files(b, &[line(5)]);
         acks.settle(b);
-        assert_eq!(cp.committed(1), Some(4), "b left a line for the next run: c waits");
+        assert_eq!(
+            cp.committed(1),
+            Some(4),
+            "b left a line for the next run: c waits"
+        );
         acks.acknowledge(d, &[line(8)]);
         acks.settle(d);
         assert_eq!(cp.committed(1), Some(4), "and so does everything after it");
