@@ -157,7 +157,7 @@ impl fmt::Display for Refusal {
 /// status it answered: `{"status":200,"events":..}` or `{"status":413,"error":".."}`.
 #[derive(Debug, Clone)]
 pub enum Report {
-    Received(Received),
+    Received(Box<Received>),
     Refused(Refusal),
 }
 
@@ -421,13 +421,13 @@ impl Handler {
             .get(CONTENT_ENCODING)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         let report = match self.read(request.into_body(), encoding.as_deref()).await {
-            Ok((raw, decoded, encoding)) => Report::Received(inspect(
+            Ok((raw, decoded, encoding)) => Report::Received(Box::new(inspect(
                 &raw,
                 &decoded,
                 encoding,
                 &signing,
                 self.check.as_ref(),
-            )),
+            ))),
             Err(refusal) => Report::Refused(refusal),
         };
         let response = respond(&report);

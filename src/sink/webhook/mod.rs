@@ -221,7 +221,7 @@ impl Job {
     }
 
     /// Whether every item can be read again from its file.
-    fn from_files(&self) -> bool {
+    fn all_in_files(&self) -> bool {
         self.items().all(|i| i.ack().is_some())
     }
 
@@ -365,7 +365,7 @@ impl Sink {
         crate::failpoint::hit("sink-handle");
         let Ready { mut job, signed } = ready;
         let seq = *job.seq.get_or_insert_with(|| self.acks.open());
-        if self.retry.verdict(job.from_files()) == Turn::GiveUp {
+        if self.retry.verdict(job.all_in_files()) == Turn::GiveUp {
             self.give_up(seq, job.into_items());
             self.acks.settle(seq);
             return Step::Settled;
@@ -437,7 +437,7 @@ impl Sink {
             .iter()
             .map(|p| count_events(&p.items))
             .sum::<usize>();
-        match self.retry.failed(after, job.from_files()) {
+        match self.retry.failed(after, job.all_in_files()) {
             Next::Retry(delay) => {
                 let retry_in = Duration::from_millis(delay.as_millis() as u64);
                 tracing::warn!(sink = %self.name, events, retry_in = %humantime::format_duration(retry_in), "delivery failed ({detail}); will retry");
