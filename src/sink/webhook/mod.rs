@@ -13,16 +13,19 @@
 //! - **chunks_timeout** (`crate::batch`): a batch goes out when `max_event_in_memory`
 //!   events are pending, when their lines reach half the byte budget, or `flush_interval`
 //!   after the first.
-//! - **re-inject** (`Reinject`): failed batches go back into the stream ahead of
-//!   everything newer, so order is kept; so do the events of the spill file, at start.
-//! - **build and sign** (`request`): while one batch is in flight, the next one is
-//!   gathered and signed, ready when the response comes (one request in flight at a time).
-//! - **post** (`client`) and **decide** (`retry::decide`): on 2xx the batch is
-//!   acknowledged (file offsets move, the lines leave the memory budget); on 413 or a
-//!   permanent 4xx it is split in halves, down to the single events the endpoint
-//!   rejects, which are dead-lettered; on anything retryable it is re-injected, and
-//!   `RetryPolicy` says when it goes out again, or that it is given up (shutdown,
-//!   `retry_max_duration`).
+//! - **re-inject** (`Reinject`): a batch taken but not sent goes back into the stream
+//!   ahead of everything newer; so do the events of the spill file, at start. A batch
+//!   whose request failed waits among the sink's retries and goes out again first, as it
+//!   was (same events, same `webhook-id`).
+//! - **build and sign** (`request`): while requests are in flight, the next batch is
+//!   gathered, built (compressed when set) and signed, ready when a slot frees.
+//! - **post** (`client`, up to `request_concurrency` requests at once) and **decide**
+//!   (`retry::decide`): on 2xx the batch is acknowledged (the lines leave the memory
+//!   budget; file offsets move in the order the batches were first sent, see
+//!   `super::ack::InOrder`); on 413 or a permanent 4xx it is split in halves, down to the
+//!   single events the endpoint rejects, which are dead-lettered; on anything retryable
+//!   it waits for another attempt, and `RetryPolicy` says when it goes out again, or that
+//!   it is given up (shutdown, `retry_max_duration`).
 //!
 //! When the input ends (`--once`, or shutdown), what is re-injected is retried until
 //! delivered, or until the shutdown grace period ends. Then events from files are left
