@@ -15,6 +15,13 @@
 #   N [2000000]        events in the generated file (~190 bytes each)
 #   RUNS [3]           runs of each tool; the table shows the median and the range
 #   BATCH [10000]      events per request (flaghook's max_event_in_memory, syslog-ng's batch-lines)
+#   COMPRESSION [none] flaghook's `compression` (none, gzip, zstd) in every flaghook run; the receiver
+#                      verifies the signature over the bytes sent, then decodes them
+#   REQUEST_CONCURRENCY [1]  flaghook's `request_concurrency` in every flaghook run
+#   RECV_DELAY_MS [0]  the receiver answers each webhook POST this many ms after its body arrived, as a
+#                      remote collector would (20: one request in flight then caps flaghook at
+#                      BATCH x 50 events/s; compare REQUEST_CONCURRENCY=1 and 4); the receiver-alone
+#                      check is skipped then
 #   TOOLS ["file tcp syslog-ng"]  the throughput runs: flaghook's file source, its TCP source,
 #                      syslog-ng (apt-get installed when missing, as root)
 #   SYSLOG_NG_WORKERS [1]  http() workers of syslog-ng
@@ -41,6 +48,9 @@ MODE=${1:-all}
 N=${N:-2000000}
 RUNS=${RUNS:-3}
 BATCH=${BATCH:-10000}
+COMPRESSION=${COMPRESSION:-none}
+REQUEST_CONCURRENCY=${REQUEST_CONCURRENCY:-1}
+RECV_DELAY_MS=${RECV_DELAY_MS:-0}
 TOOLS=${TOOLS:-file tcp syslog-ng}
 SYSLOG_NG_WORKERS=${SYSLOG_NG_WORKERS:-1}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
@@ -51,6 +61,10 @@ IDLE_SECS=${IDLE_SECS:-10}
 KEEP=${KEEP:-0}
 BUILD=${BUILD:-1}
 BASELINE=${BASELINE_BIN:-}
+
+case "$COMPRESSION" in none|gzip|zstd) ;; *) echo "e2e: error: COMPRESSION=$COMPRESSION: use none, gzip or zstd" >&2; exit 64 ;; esac
+[[ "$REQUEST_CONCURRENCY" =~ ^[1-9][0-9]*$ ]] || { echo "e2e: error: REQUEST_CONCURRENCY=$REQUEST_CONCURRENCY: a number from 1" >&2; exit 64; }
+[[ "$RECV_DELAY_MS" =~ ^[0-9]+$ ]] || { echo "e2e: error: RECV_DELAY_MS=$RECV_DELAY_MS: a number of milliseconds" >&2; exit 64; }
 
 case "$MODE" in
   all|throughput|receiver|memory|latency|idle) ;;
@@ -185,7 +199,8 @@ generate() {
 start_receiver() {
   local name=$1; shift
   local port_file=$WORK/receiver-$name.port
-  bg "$FHB" receive --listen 127.0.0.1:0 --secret-env FLAGHOOK_BENCH_SECRET --port-file "$port_file" "$@" \
+  bg "$FHB" receive --listen 127.0.0.1:0 --secret-env FLAGHOOK_BENCH_SECRET --port-file "$port_file" \
+    --delay-ms "$RECV_DELAY_MS" "$@" \
     2>"$WORK/receiver-$name.log"
   for _ in $(seq 100); do [ -s "$port_file" ] && break; sleep 0.05; done
   [ -s "$port_file" ] || { cat "$WORK/receiver-$name.log" >&2; die "the receiver did not start"; }
@@ -261,6 +276,9 @@ max_event_in_memory = $BATCH
 flush_interval = "1s"
 meta = { bench = "e2e" }
 EOF
+    # only when set, so that a BASELINE_BIN that predates these keys still reads the config
+    [ "$COMPRESSION" = none ] || printf 'compression = "%s"\n' "$COMPRESSION"
+    [ "$REQUEST_CONCURRENCY" = 1 ] || printf 'request_concurrency = %s\n' "$REQUEST_CONCURRENCY"
   } >"$dir/flaghook.toml"
 }
 
@@ -450,6 +468,7 @@ print_table() {
   echo "flaghook end-to-end benchmark: $N events (${GEN_INFO##*avg_bytes=} bytes avg), $BATCH events per request, $RUNS runs each"
   echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'); $(uname -sr)"
   echo "$FLAGHOOK_VERSION; ${SYSLOG_NG_VERSION:-syslog-ng not run}"
+  echo "flaghook: compression = \"$COMPRESSION\", request_concurrency = $REQUEST_CONCURRENCY; receiver answers after ${RECV_DELAY_MS} ms"
   [ -z "$BASELINE" ] || echo "$BINARIES_LINE"
   printf '%s' "$RECV_CHECK"
   echo
@@ -707,9 +726,11 @@ case "$MODE" in
   all|throughput|receiver|memory)
     generate
     start_receiver main
-    if [ "$MODE" != memory ]; then
+    if [ "$MODE" != memory ] && [ "$RECV_DELAY_MS" = 0 ]; then
       log "the receiver alone (load check)"
       receiver_check
+    elif [ "$MODE" != memory ]; then
+      log "receiver-alone check skipped: the receiver answers after ${RECV_DELAY_MS} ms (RECV_DELAY_MS)"
     fi
     ;;
 esac

@@ -16,11 +16,13 @@
 //! - `batch`: `chunks_timeout` (counting bytes too) and the re-injection of failed batches.
 //! - [`sink`]: [`sink::webhook`] (the pipeline, its config, request, client and retry
 //!   policy), and what sinks share: decode, acknowledge, dead letters, spill, replay.
-//! - [`sign`]: the `X-Hub-Signature-256` signature.
+//! - [`compression`]: request bodies' `Content-Encoding` (gzip, zstd), both ways.
+//! - [`sign`]: the signatures, `X-Hub-Signature-256` and Standard Webhooks'.
 //! - [`receiver`]: a signature-checking receiver, for `receive` and `demo`.
 //! - `failpoint`: fault injection for tests (debug builds only).
 
 pub(crate) mod batch;
+pub mod compression;
 pub mod config;
 pub(crate) mod data_dir;
 pub mod event;

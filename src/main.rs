@@ -13,7 +13,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use flaghook::config::{self, parse_size};
-use flaghook::receiver::{self, Report};
+use flaghook::receiver::{self, Check, Report};
+use flaghook::sign::Scheme;
 use flaghook::sink::webhook::Secret;
 use flaghook::sink::SinkSpec;
 use flaghook::topology::Plan;
@@ -68,9 +69,12 @@ enum Command {
         /// Address to listen on, e.g. 127.0.0.1:8080.
         #[arg(long)]
         listen: SocketAddr,
-        /// Name of the environment variable holding the secret to verify signatures with.
+        /// Name of the environment variable holding the secret to verify signatures with;
+        /// a request whose signature does not verify is answered 401.
         #[arg(long)]
         secret_env: Option<String>,
+        #[command(flatten)]
+        scheme: SchemeArgs,
         #[command(flatten)]
         limits: ReceiveLimits,
     },
@@ -85,17 +89,46 @@ enum Command {
         /// The body to sign; stdin when absent.
         file: Option<PathBuf>,
     },
-    /// Exit 0 when SIG is the signature of FILE (or stdin), 1 when not.
+    /// Exit 0 when SIG is the signature of FILE (or stdin), 1 when not (or, for Standard
+    /// Webhooks, when its timestamp is outside the tolerance).
     Verify {
-        /// Name of the environment variable holding the secret.
+        /// Name of the environment variable holding the secret (for standard-webhooks:
+        /// whsec_ and the key in base64).
         #[arg(long)]
         secret_env: String,
-        /// The signature, as sent in X-Hub-Signature-256 (sha256=...).
+        /// The signature, as sent in X-Hub-Signature-256 (sha256=...) or, for
+        /// standard-webhooks, in webhook-signature (v1,...).
         #[arg(long)]
         signature: String,
-        /// The body to check; stdin when absent.
+        #[command(flatten)]
+        scheme: SchemeArgs,
+        /// standard-webhooks: the request's webhook-id.
+        #[arg(long, required_if_eq("scheme", "standard-webhooks"))]
+        id: Option<String>,
+        /// standard-webhooks: the request's webhook-timestamp (Unix seconds).
+        #[arg(long, required_if_eq("scheme", "standard-webhooks"))]
+        timestamp: Option<String>,
+        /// The body to check, exactly as received (still compressed, if it was); stdin
+        /// when absent.
         file: Option<PathBuf>,
     },
+}
+
+/// Which signature `receive` and `verify` check.
+#[derive(Args)]
+struct SchemeArgs {
+    /// hub (X-Hub-Signature-256, GO Feature Flag's) or standard-webhooks (webhook-id,
+    /// webhook-timestamp, webhook-signature; the secret is whsec_ and the key in base64).
+    #[arg(long, value_name = "SCHEME", default_value = "hub", value_parser = parse_scheme)]
+    scheme: Scheme,
+    /// standard-webhooks: how far webhook-timestamp may be from now, either way (a replayed
+    /// or delayed request is refused); at most 1h.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_timeout)]
+    tolerance: Duration,
+}
+
+fn parse_scheme(text: &str) -> std::result::Result<Scheme, String> {
+    text.parse()
 }
 
 /// What one client of `receive` may hold, so that it is safe to leave running.
@@ -228,10 +261,14 @@ fn dispatch(command: Command) -> Result<u8> {
         Command::Receive {
             listen,
             secret_env,
+            scheme,
             limits,
         } => {
-            let secret = secret_env.as_deref().map(secret_from_env).transpose()?;
-            block_on(receive(listen, secret, limits.into()))
+            let check = secret_env
+                .as_deref()
+                .map(|name| check_from_env(name, &scheme))
+                .transpose()?;
+            block_on(receive(listen, check, limits.into()))
         }
         Command::Sign { secret_env, file } => {
             let secret = secret_from_env(&secret_env)?;
@@ -244,18 +281,60 @@ fn dispatch(command: Command) -> Result<u8> {
         Command::Verify {
             secret_env,
             signature,
+            scheme,
+            id,
+            timestamp,
             file,
         } => {
-            let secret = secret_from_env(&secret_env)?;
-            if sign::verify(secret.expose(), &read_input(file.as_deref())?, &signature) {
-                println!("ok");
-                Ok(0)
-            } else {
-                eprintln!("mismatch: the signature does not match this body and secret");
-                Ok(1)
+            let check = check_from_env(&secret_env, &scheme)?;
+            let body = read_input(file.as_deref())?;
+            let verdict = match check.scheme {
+                Scheme::Hub if sign::verify(check.key.expose(), &body, &signature) => Ok(()),
+                Scheme::Hub => Err("the signature does not match this body and secret".into()),
+                Scheme::StandardWebhooks => {
+                    let headers = sign::StandardHeaders {
+                        id: id.as_deref().unwrap_or_default(),
+                        timestamp: timestamp.as_deref().unwrap_or_default(),
+                        signature: &signature,
+                    };
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)?
+                        .as_secs();
+                    sign::verify_standard(check.key.expose(), headers, &body, now, check.tolerance)
+                        .map_err(|rejected| rejected.to_string())
+                }
+            };
+            match verdict {
+                Ok(()) => {
+                    println!("ok");
+                    Ok(0)
+                }
+                Err(why) => {
+                    eprintln!("mismatch: {why}");
+                    Ok(1)
+                }
             }
         }
     }
+}
+
+/// How to check signatures, with the secret in the environment variable `name`: for
+/// Standard Webhooks, its `whsec_` form decoded (the error says what is wrong with it,
+/// never what it holds).
+fn check_from_env(name: &str, args: &SchemeArgs) -> Result<Check> {
+    let secret = secret_from_env(name)?;
+    let key = match args.scheme {
+        Scheme::Hub => secret,
+        Scheme::StandardWebhooks => match sign::standard_key(secret.expose()) {
+            Ok(key) => Secret::new(key),
+            Err(why) => bail!("environment variable `{name}` (--secret-env) {why}: with --scheme standard-webhooks it holds whsec_ and the key in base64"),
+        },
+    };
+    Ok(Check {
+        scheme: args.scheme,
+        key,
+        tolerance: args.tolerance,
+    })
 }
 
 /// Runs `job` on a multi-threaded runtime. A blocked read of stdin (tokio reads it on a
@@ -348,11 +427,7 @@ async fn replay(config: Plan, path: &Path, sink: &str) -> Result<u8> {
     Ok(done.exit_code())
 }
 
-async fn receive(
-    listen: SocketAddr,
-    secret: Option<Secret>,
-    limits: receiver::Limits,
-) -> Result<u8> {
+async fn receive(listen: SocketAddr, check: Option<Check>, limits: receiver::Limits) -> Result<u8> {
     let listener = receiver::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -361,7 +436,7 @@ async fn receive(
     cancel_on_signal(shutdown.clone(), PIPELINE_STOPS)?;
     let print =
         Arc::new(|r: Report| println!("{}", serde_json::to_string(&r).expect("serializable")));
-    receiver::serve(listener, secret, limits, print, shutdown).await;
+    receiver::serve(listener, check, limits, print, shutdown).await;
     Ok(0)
 }
 
@@ -387,18 +462,23 @@ fn demo() -> Result<u8> {
         table.insert("endpoint_url".into(), toml::Value::String(url.clone()));
     }
     let plan = Plan::build(loaded)?;
-    let secret = plan.sinks.values().find_map(|sink| {
+    let check = plan.sinks.values().find_map(|sink| {
         let SinkSpec::Webhook(w) = sink;
-        w.signing_secret().cloned()
+        let (scheme, key) = w.signing()?;
+        Some(Check {
+            scheme,
+            key: key.clone(),
+            tolerance: sign::DEFAULT_TOLERANCE,
+        })
     });
-    block_on(demo_run(plan, listener, url, secret, dir))
+    block_on(demo_run(plan, listener, url, check, dir))
 }
 
 async fn demo_run(
     config: Plan,
     listener: std::net::TcpListener,
     url: String,
-    secret: Option<Secret>,
+    check: Option<Check>,
     dir: PathBuf,
 ) -> Result<u8> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -409,7 +489,7 @@ async fn demo_run(
     let on_request = Arc::new(move |r: Report| record.lock().expect("lock").push(r));
     let server = tokio::spawn(receiver::serve(
         listener,
-        secret,
+        check,
         receiver::Limits::default(),
         on_request,
         stop_receiver.clone(),

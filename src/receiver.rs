@@ -1,5 +1,7 @@
 //! A webhook receiver for trying a setup (`flaghook receive`) and for the quick start
-//! (`flaghook demo`): it verifies each request's signature and reports what it got.
+//! (`flaghook demo`): it verifies each request's signature (either scheme, see
+//! [`crate::sign`]), decodes a gzip or zstd body, and reports what it got. A request whose
+//! signature does not verify is answered 401: a sender retries it, and shows the problem.
 //!
 //! It is safe to leave running: [`Limits`] bound what one client can hold (a body's size,
 //! the time to send headers and body) and how many clients are served at once, and the
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Incoming};
-use hyper::header::{CONNECTION, CONTENT_TYPE};
+use hyper::header::{CONNECTION, CONTENT_ENCODING, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -24,7 +26,19 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::compression::{Compression, DecodeError};
+use crate::sign::{Scheme, StandardHeaders};
 use crate::sink::webhook::Secret;
+
+/// How [`serve`] checks signatures.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub scheme: Scheme,
+    /// The HMAC key; for Standard Webhooks, the bytes its `whsec_` form encodes.
+    pub key: Secret,
+    /// Standard Webhooks: how far `webhook-timestamp` may be from now, either way.
+    pub tolerance: Duration,
+}
 
 /// What one client may hold: each bound ends a request or a connection that would
 /// otherwise keep memory, a file descriptor or a task forever.
@@ -58,10 +72,29 @@ impl Default for Limits {
 pub struct Received {
     pub events: usize,
     pub meta: serde_json::Value,
-    /// "verified", "invalid", "missing" (no header), or "unchecked" (no secret given).
+    /// "verified", "invalid", "missing" (no header), "stale" (a Standard Webhooks timestamp
+    /// outside the tolerance), or "unchecked" (no secret given).
     pub signature: &'static str,
+    /// Why the signature did not verify, when it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature_error: Option<String>,
+    /// `webhook-id`, when the request had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_id: Option<String>,
+    /// The body's `Content-Encoding`: "none", "gzip" or "zstd".
+    pub encoding: &'static str,
+    /// The body's bytes as received (what the signature covers).
     pub bytes: usize,
+    /// The body's bytes once decoded.
+    pub decoded_bytes: usize,
     pub first_event: Option<serde_json::Value>,
+}
+
+impl Received {
+    /// Whether the request is accepted: its signature verified, or not checked.
+    pub fn accepted(&self) -> bool {
+        matches!(self.signature, "verified" | "unchecked")
+    }
 }
 
 /// Why a request was answered with an error instead of being read.
@@ -74,6 +107,10 @@ pub enum Refusal {
     TooSlow { limit: Duration },
     /// The body broke off (the client is usually gone and gets no answer).
     Broken(String),
+    /// The body's `Content-Encoding` is not one `receive` decodes.
+    Encoding(String),
+    /// The body is not in its `Content-Encoding`.
+    Undecodable(String),
 }
 
 impl Refusal {
@@ -81,7 +118,8 @@ impl Refusal {
         match self {
             Refusal::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::TooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
-            Refusal::Broken(_) => StatusCode::BAD_REQUEST,
+            Refusal::Broken(_) | Refusal::Undecodable(_) => StatusCode::BAD_REQUEST,
+            Refusal::Encoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 }
@@ -106,6 +144,11 @@ impl fmt::Display for Refusal {
                 humantime::format_duration(*limit)
             ),
             Refusal::Broken(e) => write!(f, "body broke off: {e}"),
+            Refusal::Encoding(e) => write!(
+                f,
+                "Content-Encoding {e:?} is not supported: send none, gzip or zstd"
+            ),
+            Refusal::Undecodable(e) => write!(f, "body is {e}"),
         }
     }
 }
@@ -114,14 +157,15 @@ impl fmt::Display for Refusal {
 /// status it answered: `{"status":200,"events":..}` or `{"status":413,"error":".."}`.
 #[derive(Debug, Clone)]
 pub enum Report {
-    Received(Received),
+    Received(Box<Received>),
     Refused(Refusal),
 }
 
 impl Report {
     pub fn status(&self) -> StatusCode {
         match self {
-            Report::Received(_) => StatusCode::OK,
+            Report::Received(r) if r.accepted() => StatusCode::OK,
+            Report::Received(_) => StatusCode::UNAUTHORIZED,
             Report::Refused(refusal) => refusal.status(),
         }
     }
@@ -157,22 +201,94 @@ impl Serialize for Report {
     }
 }
 
-/// Reads a request body and checks it.
-pub fn inspect(body: &[u8], signature: Option<&str>, secret: Option<&Secret>) -> Received {
-    let signature = match (secret, signature) {
-        (None, _) => "unchecked",
-        (Some(_), None) => "missing",
-        (Some(s), Some(sig)) if crate::sign::verify(s.expose(), body, sig) => "verified",
-        (Some(_), Some(_)) => "invalid",
+/// The headers that say how a request is signed and encoded.
+#[derive(Debug, Clone, Default)]
+pub struct Signing {
+    pub hub: Option<String>,
+    pub webhook_id: Option<String>,
+    pub webhook_timestamp: Option<String>,
+    pub webhook_signature: Option<String>,
+}
+
+impl Signing {
+    fn from_headers(headers: &hyper::HeaderMap) -> Self {
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Signing {
+            hub: get("x-hub-signature-256"),
+            webhook_id: get("webhook-id"),
+            webhook_timestamp: get("webhook-timestamp"),
+            webhook_signature: get("webhook-signature"),
+        }
+    }
+}
+
+/// Checks a request: its signature over `raw` (the bytes received), and what `decoded`
+/// (the body once decoded) holds.
+pub fn inspect(
+    raw: &[u8],
+    decoded: &[u8],
+    encoding: Compression,
+    signing: &Signing,
+    check: Option<&Check>,
+) -> Received {
+    let (signature, signature_error) = match check {
+        None => ("unchecked", None),
+        Some(check) => verify(raw, signing, check),
     };
-    let parsed: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let parsed: serde_json::Value = serde_json::from_slice(decoded).unwrap_or_default();
     let events = parsed.get("events").and_then(|e| e.as_array());
     Received {
         events: events.map_or(0, Vec::len),
         meta: parsed.get("meta").cloned().unwrap_or_default(),
         signature,
-        bytes: body.len(),
+        signature_error,
+        webhook_id: signing.webhook_id.clone(),
+        encoding: encoding.as_str(),
+        bytes: raw.len(),
+        decoded_bytes: decoded.len(),
         first_event: events.and_then(|e| e.first().cloned()),
+    }
+}
+
+/// The verdict on a request's signature, and why it failed.
+fn verify(raw: &[u8], signing: &Signing, check: &Check) -> (&'static str, Option<String>) {
+    let key = check.key.expose();
+    match check.scheme {
+        Scheme::Hub => match &signing.hub {
+            None => ("missing", Some("no X-Hub-Signature-256 header".into())),
+            Some(sig) if crate::sign::verify(key, raw, sig) => ("verified", None),
+            Some(_) => (
+                "invalid",
+                Some("X-Hub-Signature-256 does not match this body and secret".into()),
+            ),
+        },
+        Scheme::StandardWebhooks => {
+            let (Some(id), Some(timestamp), Some(signature)) = (
+                &signing.webhook_id,
+                &signing.webhook_timestamp,
+                &signing.webhook_signature,
+            ) else {
+                let why = "webhook-id, webhook-timestamp and webhook-signature are not all there";
+                return ("missing", Some(why.into()));
+            };
+            let headers = StandardHeaders {
+                id,
+                timestamp,
+                signature,
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            match crate::sign::verify_standard(key, headers, raw, now, check.tolerance) {
+                Ok(()) => ("verified", None),
+                Err(rejected) => (rejected.as_str(), Some(rejected.to_string())),
+            }
+        }
     }
 }
 
@@ -185,13 +301,13 @@ pub fn inspect(body: &[u8], signature: Option<&str>, secret: Option<&Secret>) ->
 /// a core), the loop pauses between attempts (see `AcceptBackoff`).
 pub async fn serve(
     listener: TcpListener,
-    secret: Option<Secret>,
+    check: Option<Check>,
     limits: Limits,
     on_request: Arc<dyn Fn(Report) + Send + Sync>,
     shutdown: CancellationToken,
 ) {
     let handler = Arc::new(Handler {
-        secret,
+        check,
         limits,
         on_request,
     });
@@ -274,7 +390,7 @@ impl AcceptBackoff {
 
 /// What every connection shares.
 struct Handler {
-    secret: Option<Secret>,
+    check: Option<Check>,
     limits: Limits,
     on_request: Arc<dyn Fn(Report) + Send + Sync>,
 }
@@ -299,20 +415,53 @@ impl Handler {
     }
 
     async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        let signature = request
+        let signing = Signing::from_headers(request.headers());
+        let encoding = request
             .headers()
-            .get("x-hub-signature-256")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let report = match self.read_body(request.into_body()).await {
-            Ok(body) => {
-                Report::Received(inspect(&body, signature.as_deref(), self.secret.as_ref()))
-            }
+            .get(CONTENT_ENCODING)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let report = match self.read(request.into_body(), encoding.as_deref()).await {
+            Ok((raw, decoded, encoding)) => Report::Received(Box::new(inspect(
+                &raw,
+                &decoded,
+                encoding,
+                &signing,
+                self.check.as_ref(),
+            ))),
             Err(refusal) => Report::Refused(refusal),
         };
         let response = respond(&report);
         (self.on_request)(report);
         response
+    }
+
+    /// The body as received and decoded (each at most `max_body`), and its encoding.
+    async fn read(
+        &self,
+        body: Incoming,
+        encoding: Option<&str>,
+    ) -> Result<(Bytes, Vec<u8>, Compression), Refusal> {
+        let compression = match encoding.map(Compression::from_header) {
+            None => Compression::None,
+            Some(Some(known)) => known,
+            Some(None) => {
+                let shown: String = encoding.unwrap_or_default().chars().take(64).collect();
+                return Err(Refusal::Encoding(shown));
+            }
+        };
+        let raw = self.read_body(body).await?;
+        let limit = self.limits.max_body;
+        let decoded = match compression {
+            Compression::None => raw.to_vec(),
+            _ => compression.decode(&raw, limit).map_err(|e| match e {
+                DecodeError::TooLarge => Refusal::TooLarge {
+                    limit,
+                    declared: None,
+                },
+                DecodeError::Invalid(why) => Refusal::Undecodable(why),
+            })?,
+        };
+        Ok((raw, decoded, compression))
     }
 
     /// The whole body, never more than `max_body` of it in memory.
@@ -340,12 +489,20 @@ impl Handler {
     }
 }
 
-/// 200 with an empty body, or the refusal's status with its reason; a refused request's
-/// body is left unread, so the connection cannot carry another request.
+/// 200 with an empty body, 401 with why the signature failed, or the refusal's status with
+/// its reason; a refused request's body is left unread, so the connection cannot carry
+/// another request.
 fn respond(report: &Report) -> Response<Full<Bytes>> {
     let builder = Response::builder().status(report.status());
     let response = match report {
-        Report::Received(_) => builder.body(Full::new(Bytes::new())),
+        Report::Received(r) if r.accepted() => builder.body(Full::new(Bytes::new())),
+        Report::Received(r) => builder
+            .header(CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(Full::new(Bytes::from(format!(
+                "signature {}: {}\n",
+                r.signature,
+                r.signature_error.as_deref().unwrap_or_default()
+            )))),
         Report::Refused(refusal) => builder
             .header(CONNECTION, "close")
             .header(CONTENT_TYPE, "text/plain; charset=utf-8")

@@ -1,8 +1,12 @@
 //! A sink's acknowledgements: once items are delivered or dead-lettered, their file
 //! positions move their sources' checkpoints, and the checkpoint writer saves them before
-//! the sink's next request, so a crash re-sends at most the batch in flight.
+//! the sink's next request, so a crash re-sends at most the batches in flight.
+//!
+//! [`InOrder`] keeps them in the order batches were first sent: with several requests in
+//! flight (`request_concurrency`), a batch may be delivered before an earlier one, and its
+//! positions then wait until every earlier batch is settled.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use tokio::sync::oneshot;
 
@@ -31,21 +35,15 @@ impl Acknowledger {
         }
     }
 
-    /// `items` were delivered or dead-lettered (their dead letters are on the disk): moves
-    /// their files' offsets and asks for them to be saved. Within one file offsets only
-    /// grow, so the last item of each run from the same file is enough.
-    pub(crate) fn acknowledge(&mut self, items: &[Item]) {
+    /// The lines up to `acks` (the last of each run from one file, see [`last_per_file`])
+    /// were delivered or dead-lettered (their dead letters are on the disk): moves their
+    /// files' offsets and asks for them to be saved.
+    fn apply(&mut self, acks: &[Ack]) {
         let mut moved = false;
-        let mut pending: Option<Ack> = None;
-        let acks = items.iter().filter_map(Item::ack);
-        for ack in acks.filter(|a| !self.left_in_files.contains(&(a.input, a.file))) {
-            if let Some(p) = pending.filter(|p| (p.input, p.file) != (ack.input, ack.file)) {
-                moved |= self.ack(p);
+        for ack in acks {
+            if !self.left_in_files.contains(&(ack.input, ack.file)) {
+                moved |= self.ack(*ack);
             }
-            pending = Some(ack);
-        }
-        if let Some(p) = pending {
-            moved |= self.ack(p);
         }
         if moved {
             self.persisting = Some(self.persist.request());
@@ -68,13 +66,195 @@ impl Acknowledger {
         }
     }
 
-    /// The dead letters of `items` could not be written: their files' offsets stay where
-    /// they are for the rest of the run (the next start reads the lines again).
-    pub(crate) fn leave_in_files(&mut self, items: &[Item]) {
-        let files = items
-            .iter()
-            .filter_map(Item::ack)
-            .map(|a| (a.input, a.file));
-        self.left_in_files.extend(files);
+    /// The lines of `acks` are left for the next run (given up at shutdown, or their dead
+    /// letters could not be written): their files' offsets stay where they are for the rest
+    /// of the run (the next start reads the lines again).
+    fn leave(&mut self, acks: &[Ack]) {
+        self.left_in_files
+            .extend(acks.iter().map(|a| (a.input, a.file)));
+    }
+}
+
+/// The positions among `items` that matter: within one file offsets only grow, so the last
+/// of each run of items from the same file is enough.
+fn last_per_file(items: &[Item]) -> Vec<Ack> {
+    let mut acks: Vec<Ack> = Vec::new();
+    for ack in items.iter().filter_map(Item::ack) {
+        match acks.last_mut() {
+            Some(last) if (last.input, last.file) == (ack.input, ack.file) => *last = ack,
+            _ => acks.push(ack),
+        }
+    }
+    acks
+}
+
+/// A batch's place in the order of acknowledgements, given when it is first sent.
+pub(crate) type Seq = u64;
+
+/// An [`Acknowledger`] that applies each batch's acknowledgements in the order the batches
+/// were first sent (their [`Seq`]).
+///
+/// Invariant: the acknowledgements of a batch are applied only once every batch sent
+/// before it is settled (delivered, dead-lettered or left for the next run), so a file's
+/// checkpoint advances only over a contiguous prefix of delivered lines, however the
+/// responses of the requests in flight come back. The oldest unsettled batch (`head`)
+/// applies its own at once.
+#[derive(Debug)]
+pub(crate) struct InOrder {
+    acks: Acknowledger,
+    /// The oldest batch not settled.
+    head: Seq,
+    /// The next batch's.
+    next: Seq,
+    /// Batches after `head` that acknowledged something, or settled, before it.
+    later: BTreeMap<Seq, Later>,
+}
+
+#[derive(Debug, Default)]
+struct Later {
+    /// In the order they were asked for.
+    steps: Vec<Step>,
+    settled: bool,
+}
+
+#[derive(Debug)]
+enum Step {
+    Acknowledge(Vec<Ack>),
+    LeaveInFiles(Vec<Ack>),
+}
+
+impl InOrder {
+    pub(crate) fn new(acks: Acknowledger) -> Self {
+        InOrder {
+            acks,
+            head: 0,
+            next: 0,
+            later: BTreeMap::new(),
+        }
+    }
+
+    /// The place of a batch sent for the first time.
+    pub(crate) fn open(&mut self) -> Seq {
+        self.next += 1;
+        self.next - 1
+    }
+
+    /// Batch `seq` delivered or dead-lettered `items`.
+    pub(crate) fn acknowledge(&mut self, seq: Seq, items: &[Item]) {
+        self.step(seq, Step::Acknowledge(last_per_file(items)));
+    }
+
+    /// Batch `seq` leaves `items` (and the rest of their files) for the next run.
+    pub(crate) fn leave_in_files(&mut self, seq: Seq, items: &[Item]) {
+        self.step(seq, Step::LeaveInFiles(last_per_file(items)));
+    }
+
+    fn step(&mut self, seq: Seq, step: Step) {
+        if seq == self.head {
+            self.apply(step);
+        } else {
+            self.later.entry(seq).or_default().steps.push(step);
+        }
+    }
+
+    fn apply(&mut self, step: Step) {
+        match step {
+            Step::Acknowledge(acks) => self.acks.apply(&acks),
+            Step::LeaveInFiles(acks) => self.acks.leave(&acks),
+        }
+    }
+
+    /// Batch `seq` is settled: nothing of it is acknowledged any more. When it is the
+    /// oldest, the batches after it that waited apply theirs, up to the next one not
+    /// settled.
+    pub(crate) fn settle(&mut self, seq: Seq) {
+        if seq != self.head {
+            self.later.entry(seq).or_default().settled = true;
+            return;
+        }
+        self.head += 1;
+        while let Some(later) = self.later.remove(&self.head) {
+            for step in later.steps {
+                self.apply(step);
+            }
+            if !later.settled {
+                break;
+            }
+            self.head += 1;
+        }
+    }
+
+    /// Waits until the last acknowledgement applied is saved.
+    pub(crate) async fn persisted(&mut self) {
+        self.acks.persisted().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::event::Origin;
+    use crate::source::file::checkpoint::{CheckpointWriter, Checkpointer, Fingerprint};
+
+    /// An event of file 1 whose line ends at `offset`.
+    fn line(offset: u64) -> Item {
+        Item::Event {
+            event: Bytes::from_static(b"{}"),
+            origin: Origin::File(Ack {
+                input: 0,
+                file: 1,
+                offset,
+            }),
+            held: 2,
+        }
+    }
+
+    /// Three batches in flight, answered out of order: the checkpoint moves only over the
+    /// batches delivered from the first on, and a batch left for the next run stops it for
+    /// good.
+    #[test]
+    fn positions_move_in_the_order_batches_were_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.log");
+        std::fs::write(&log, b"0123456789").unwrap();
+        let cp = Arc::new(Checkpointer::load(dir.path().join("cp.json")));
+        let handle = cp.subscribe();
+        let file = std::fs::File::open(&log).unwrap();
+        cp.register(1, Fingerprint::of(&file).unwrap(), &log, 0);
+        let (_writer, persist) = CheckpointWriter::spawn(vec![cp.clone()]).unwrap();
+        let mut acks = InOrder::new(Acknowledger::new(vec![Some(handle)], persist));
+        let (a, b, c, d) = (acks.open(), acks.open(), acks.open(), acks.open());
+
+        acks.acknowledge(c, &[line(6)]);
+        acks.settle(c);
+        acks.acknowledge(b, &[line(4)]);
+        assert_eq!(
+            cp.committed(1),
+            Some(0),
+            "nothing before batch a is delivered"
+        );
+        acks.acknowledge(a, &[line(1)]);
+        assert_eq!(cp.committed(1), Some(1), "a, the oldest, moves at once");
+        acks.acknowledge(a, &[line(2)]);
+        acks.settle(a);
+        assert_eq!(
+            cp.committed(1),
+            Some(4),
+            "then b's half, which came meanwhile"
+        );
+        acks.leave_in_files(b, &[line(5)]);
+        acks.settle(b);
+        assert_eq!(
+            cp.committed(1),
+            Some(4),
+            "b left a line for the next run: c waits"
+        );
+        acks.acknowledge(d, &[line(8)]);
+        acks.settle(d);
+        assert_eq!(cp.committed(1), Some(4), "and so does everything after it");
     }
 }

@@ -46,18 +46,20 @@ impl SinkSpec {
     /// One line for `flaghook validate`.
     pub fn describe(&self) -> String {
         let SinkSpec::Webhook(c) = self;
+        let signed = match c.signing() {
+            Some((scheme, _)) => format!("signed ({})", scheme.as_str()),
+            None => "unsigned".to_owned(),
+        };
         format!(
-            "webhook {} <- [{}], schema {}, batches of up to {} events every {}, {}",
+            "webhook {} <- [{}], schema {}, batches of up to {} events every {}, {}, compression {}, {} request(s) in flight",
             c.endpoint_shown,
             c.inputs.join(", "),
             c.schema.as_str(),
             c.max_events(),
             humantime::format_duration(c.flush_interval()),
-            if c.signing_secret().is_some() {
-                "signed"
-            } else {
-                "unsigned"
-            },
+            signed,
+            c.compression().as_str(),
+            c.request_concurrency(),
         )
     }
 }

@@ -26,6 +26,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::deadletter::{read_lines, rewrite, Line, Record};
+use super::webhook::request::MessageId;
 use super::webhook::retry::{Decision, Next, RetryPolicy, Turn};
 use super::webhook::{Poster, WebhookSpec};
 use crate::event::{envelope_fields, Decoded, Decoder, EventType};
@@ -239,13 +240,15 @@ impl Sender<'_> {
     ///
     /// The records are in the dead-letter file, which keeps them (as a file source's
     /// lines): for the retry policy, they are "from files".
+    ///
+    /// A part keeps its `webhook-id` while it is retried; each half gets its own.
     async fn send(&mut self, batch: Vec<Pending>) {
-        let mut parts = VecDeque::from([batch]);
-        while let Some(part) = parts.pop_front() {
+        let mut parts = VecDeque::from([(batch, MessageId::new())]);
+        while let Some((part, id)) = parts.pop_front() {
             if self.retry.turn(true).await == Turn::GiveUp {
                 return; // stopped
             }
-            let signed = self.poster.prepare(part.iter().map(|(_, e)| e));
+            let signed = self.poster.prepare(part.iter().map(|(_, e)| e), &id);
             let outcome = self.poster.post(signed).await;
             match outcome.decision {
                 Decision::Delivered => {
@@ -270,7 +273,7 @@ impl Sender<'_> {
                         "replay: delivery failed ({}); will retry (SIGINT stops; the records stay in the file)",
                         outcome.detail
                     );
-                    parts.push_front(part);
+                    parts.push_front((part, id));
                 }
                 Decision::Split | Decision::Reject if part.len() == 1 => {
                     let reason = format!("endpoint rejected the event: {}", outcome.detail);
@@ -286,8 +289,8 @@ impl Sender<'_> {
                     );
                     let mut first = part;
                     let second = first.split_off(first.len() / 2);
-                    parts.push_front(second);
-                    parts.push_front(first);
+                    parts.push_front((second, MessageId::new()));
+                    parts.push_front((first, MessageId::new()));
                 }
             }
         }
@@ -297,7 +300,7 @@ impl Sender<'_> {
     fn give_up(
         &mut self,
         part: Vec<Pending>,
-        rest: VecDeque<Vec<Pending>>,
+        rest: VecDeque<(Vec<Pending>, MessageId)>,
         max: Duration,
         detail: &str,
     ) {
@@ -306,7 +309,7 @@ impl Sender<'_> {
             humantime::format_duration(max)
         );
         tracing::error!(sink = self.name, "{reason}; the records stay in the file");
-        for part in std::iter::once(part).chain(rest) {
+        for part in std::iter::once(part).chain(rest.into_iter().map(|(part, _)| part)) {
             self.settle(&part, Fate::Remaining, Some(&reason));
         }
     }

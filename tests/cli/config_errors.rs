@@ -454,3 +454,84 @@ fn zero_dead_letter_max_bytes() {
     ));
     validate(&config).assert_code(0);
 }
+
+#[test]
+fn standard_webhooks_needs_a_whsec_secret_in_secret() {
+    let with = |extra: &str| format!("{SOURCE}\n{SINK}signature = \"standard-webhooks\"\n{extra}");
+    for (extra, needle) in [
+        ("", "`sinks.webhook.secret` is not set"),
+        (
+            "secret = \"hunter2hunter2\"",
+            "`sinks.webhook.secret` does not start with `whsec_`",
+        ),
+        (
+            "secret = \"whsec_%%%hunter2\"",
+            "`sinks.webhook.secret` is not base64 after `whsec_`",
+        ),
+        (
+            "secret_hex = \"00ff\"",
+            "`sinks.webhook.secret_hex` cannot sign Standard Webhooks",
+        ),
+    ] {
+        let out = assert_config_error(&with(extra), &[needle]);
+        assert!(
+            out.stderr.contains("whsec_"),
+            "says what it should be:\n{out}"
+        );
+        assert!(!out.stderr.contains("hunter2"), "shows the secret:\n{out}");
+    }
+    let ws = Workspace::new();
+    let ok = ws.config(&with("secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\""));
+    let out = validate(&ok);
+    out.assert_code(0);
+    assert!(out.stdout.contains("signed (standard-webhooks)"), "{out}");
+    assert!(!out.stdout.contains("MfKQ9r8"), "{out}");
+}
+
+#[test]
+fn unknown_signature_scheme_and_compression() {
+    let out = assert_config_error(
+        &format!("{SOURCE}\n{SINK}signature = \"github\"\n"),
+        &[
+            "`sinks.webhook.signature`",
+            "\"hub\" or \"standard-webhooks\"",
+        ],
+    );
+    assert!(out.stderr.contains("example: signature ="), "{out}");
+    let out = assert_config_error(
+        &format!("{SOURCE}\n{SINK}compression = \"br\"\n"),
+        &[
+            "`sinks.webhook.compression`",
+            "\"none\", \"gzip\" or \"zstd\"",
+        ],
+    );
+    assert!(
+        out.stderr.contains("example: compression = \"gzip\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn request_concurrency_out_of_range() {
+    for value in ["0", "65"] {
+        let out = assert_config_error(
+            &format!("{SOURCE}\n{SINK}request_concurrency = {value}\n"),
+            &["`sinks.webhook.request_concurrency`"],
+        );
+        assert!(
+            out.stderr.contains("example: request_concurrency = 4"),
+            "{out}"
+        );
+    }
+    let ws = Workspace::new();
+    let ok = ws.config(&format!(
+        "{SOURCE}\n{SINK}request_concurrency = 8\ncompression = \"zstd\"\n"
+    ));
+    let out = validate(&ok);
+    out.assert_code(0);
+    assert!(
+        out.stdout
+            .contains("compression zstd, 8 request(s) in flight"),
+        "{out}"
+    );
+}

@@ -10,4 +10,5 @@ mod config_errors;
 mod harness_selftest;
 mod pipelines;
 mod receiver;
+mod schemes;
 mod secrets;

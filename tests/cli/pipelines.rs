@@ -45,6 +45,8 @@ fn value_for(name: &str) -> &'static str {
         "http://127.0.0.1:9/hook"
     } else if upper.contains("ADDR") || upper.contains("LISTEN") {
         "127.0.0.1:9000"
+    } else if upper.contains("STANDARD_WEBHOOKS") {
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
     } else {
         "test-value"
     }

@@ -271,6 +271,12 @@ fn config_errors_never_show_the_secret() {
         sink("").replace("http://127.0.0.1:9/hook", "${FH_SECRET}"),
         sink("max_event_in_memory = \"${FH_SECRET}\""),
         sink("schema = \"${FH_SECRET}\""),
+        sink("signature = \"${FH_SECRET}\""),
+        sink("compression = \"${FH_SECRET}\""),
+        // A secret that is not a Standard Webhooks one (`whsec_` and base64).
+        sink("signature = \"standard-webhooks\""),
+        sink("signature = \"standard-webhooks\"")
+            .replace("\"${FH_SECRET}\"", "\"whsec_${FH_SECRET}\""),
         sink("event_types = [\"feature\", \"${FH_SECRET}\"]"),
         sink("").replace("inputs = [\"in\"]", "inputs = [\"in\", \"${FH_SECRET}\"]"),
         // Two secret keys; a secret that is not hex; a secret that is not a string.

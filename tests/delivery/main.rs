@@ -12,6 +12,7 @@ mod multi_sink;
 mod poison;
 mod replay;
 mod retry_policy;
+mod signatures;
 mod tls;
 mod wire;
 mod wiring;

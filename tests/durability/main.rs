@@ -4,6 +4,7 @@
 #[path = "../harness/mod.rs"]
 mod harness;
 
+mod concurrency;
 mod crash;
 mod data_dir;
 mod memory;

@@ -12,6 +12,8 @@
 //!   `data_dir`, and readers of what flaghook leaves in `data_dir` (checkpoints, dead
 //!   letters, spill files).
 //! - [`events`]: event generators, the known-answer vector and HMAC signing.
+//! - [`standard_webhooks`]: the Standard Webhooks reference libraries (PyPI and npm), to
+//!   verify flaghook's requests with code nobody here wrote.
 //!
 //! The endpoint runs on its own thread and runtime, so tests stay plain synchronous
 //! `#[test]`s and run in parallel with each other.
@@ -20,11 +22,13 @@
 pub mod endpoint;
 pub mod events;
 pub mod process;
+pub mod standard_webhooks;
 pub mod workspace;
 
 pub use endpoint::*;
 pub use events::*;
 pub use process::*;
+pub use standard_webhooks::*;
 pub use workspace::*;
 
 use std::time::Duration;

@@ -115,6 +115,8 @@ pub(crate) struct Head {
     pub(crate) close: bool,
     /// `X-Hub-Signature-256`
     pub(crate) signature: Option<String>,
+    /// `Content-Encoding`, lowercase
+    pub(crate) content_encoding: Option<String>,
 }
 
 /// Parses a request head (without its final empty line).
@@ -136,6 +138,7 @@ pub(crate) fn parse_head(head: &[u8]) -> io::Result<Head> {
         expect_continue: false,
         close: version == "HTTP/1.0",
         signature: None,
+        content_encoding: None,
     };
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
@@ -163,6 +166,7 @@ impl Head {
                 }
             }
             "x-hub-signature-256" => self.signature = Some(value.to_string()),
+            "content-encoding" => self.content_encoding = Some(value.to_ascii_lowercase()),
             _ => {}
         }
         Ok(())

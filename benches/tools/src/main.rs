@@ -117,6 +117,7 @@ mod tests {
             "gen --out /tmp/e --n 100 --seed 9",
             "receive --listen 127.0.0.1:0 --secret-env S --port-file /tmp/p",
             "receive --listen 127.0.0.1:0 --secret-env S --port-file /tmp/p --latency",
+            "receive --listen 127.0.0.1:0 --secret-env S --port-file /tmp/p --delay-ms 20",
             "reset --addr 127.0.0.1:1",
             "stats --addr 127.0.0.1:1",
             "load --addr 127.0.0.1:1 --input /tmp/e --secret-env S --batch 10000 --requests 200 --conns 2",

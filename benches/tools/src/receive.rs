@@ -1,8 +1,11 @@
 //! `receive`: the webhook receiver the benchmark delivers to. A hand-rolled HTTP/1.1 keep-alive
 //! server, one thread per connection, `TCP_NODELAY`, each response in one write. For every POST it
-//! verifies `X-Hub-Signature-256` (hashing the body while it arrives), checks the whole body and
-//! counts its events (`scan.rs`; with `--latency`, `count.rs`, which also reads each event's
-//! `metadata.sentAtUs`). `GET /stats` returns the counters as JSON, `POST /reset` zeroes them.
+//! verifies `X-Hub-Signature-256` (hashing the body while it arrives, as sent: compressed when it
+//! came with `Content-Encoding: gzip` or `zstd`, then decoded), checks the whole body and counts
+//! its events (`scan.rs`; with `--latency`, `count.rs`, which also reads each event's
+//! `metadata.sentAtUs`). With `--delay-ms`, each webhook POST is answered that long after its body
+//! arrived, as a remote collector's round trip would. `GET /stats` returns the counters as JSON,
+//! `POST /reset` zeroes them.
 
 use crate::http::{self, ReadBuf};
 use crate::sign::{self, HmacSha256};
@@ -28,6 +31,11 @@ pub(crate) struct ReceiveArgs {
     /// Parse bodies with serde_json and record append -> arrival latencies (`append`'s stamps)
     #[arg(long)]
     latency: bool,
+    /// Answer each webhook POST this many milliseconds after its body arrived (a collector's
+    /// round trip); connections are served by threads of their own, so requests in flight on
+    /// several connections wait at the same time
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
 }
 
 /// The receiver's counters, zeroed by `POST /reset`, read by `GET /stats`.
@@ -110,6 +118,7 @@ struct Server {
     stats: Stats,
     secret: Option<Vec<u8>>,
     latency: bool,
+    delay: std::time::Duration,
 }
 
 /// Serves until killed.
@@ -121,6 +130,7 @@ pub(crate) fn run(args: &ReceiveArgs) -> Result<(), String> {
         stats: Stats::default(),
         secret: sign::secret_from_env(args.secret_env.as_deref())?,
         latency: args.latency,
+        delay: std::time::Duration::from_millis(args.delay_ms),
     });
     server.stats.reset();
     if let Some(pf) = &args.port_file {
@@ -213,17 +223,57 @@ fn respond(server: &Server, head: &http::Head, body: &[u8], mac: Option<HmacSha2
             OK_EMPTY.to_vec()
         }
         ("POST", _) => {
-            handle_webhook(server, body, head.signature.as_deref(), mac);
+            match decode(body, head.content_encoding.as_deref()) {
+                Ok(decoded) => {
+                    handle_webhook(server, body, &decoded, head.signature.as_deref(), mac)
+                }
+                Err(e) => {
+                    server.stats.bad_bodies.fetch_add(1, Relaxed);
+                    eprintln!("receiver: body not decoded ({} bytes): {e}", body.len());
+                }
+            }
+            if !server.delay.is_zero() {
+                thread::sleep(server.delay);
+            }
             OK_EMPTY.to_vec()
         }
         _ => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec(),
     }
 }
 
-/// Checks and counts one webhook body. `mac` has hashed the body when a signature came with it
-/// and the receiver has a secret. Always answered 200: a bad body or signature is counted
-/// (`bad_bodies`, `sig_failed`), and the benchmark fails the run on those counters.
-fn handle_webhook(server: &Server, body: &[u8], signature: Option<&str>, mac: Option<HmacSha256>) {
+/// The body as its `Content-Encoding` says (none, gzip or zstd).
+fn decode<'a>(
+    body: &'a [u8],
+    encoding: Option<&str>,
+) -> Result<std::borrow::Cow<'a, [u8]>, String> {
+    use std::io::Read;
+    match encoding {
+        None | Some("identity") => Ok(body.into()),
+        Some("gzip") => {
+            let mut out = Vec::with_capacity(body.len() * 8);
+            flate2::read::GzDecoder::new(body)
+                .read_to_end(&mut out)
+                .map_err(|e| format!("gzip: {e}"))?;
+            Ok(out.into())
+        }
+        Some("zstd") => zstd::stream::decode_all(body)
+            .map(Into::into)
+            .map_err(|e| format!("zstd: {e}")),
+        Some(other) => Err(format!("Content-Encoding {other:?} is not supported")),
+    }
+}
+
+/// Checks and counts one webhook body: `sent` as it came (the signature covers it), `body`
+/// decoded. `mac` has hashed `sent` when a signature came with it and the receiver has a
+/// secret. Always answered 200: a bad body or signature is counted (`bad_bodies`,
+/// `sig_failed`), and the benchmark fails the run on those counters.
+fn handle_webhook(
+    server: &Server,
+    sent: &[u8],
+    body: &[u8],
+    signature: Option<&str>,
+    mac: Option<HmacSha256>,
+) {
     let st = &server.stats;
     let arrival_ns = crate::gen::now_ns();
     let verified = match (mac, signature) {
@@ -267,7 +317,7 @@ fn handle_webhook(server: &Server, body: &[u8], signature: Option<&str>, mac: Op
     }
     st.requests.fetch_add(1, Relaxed);
     st.events.fetch_add(n, Relaxed);
-    st.bytes.fetch_add(body.len() as u64, Relaxed);
+    st.bytes.fetch_add(sent.len() as u64, Relaxed);
     st.min_batch.fetch_min(n, Relaxed);
     st.max_batch.fetch_max(n, Relaxed);
     let _ = st

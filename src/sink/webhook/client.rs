@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use super::config::{without_credentials, WebhookSpec};
-use super::request::{Signed, Template};
+use super::request::{MessageId, Signed, Template};
 use super::retry::{decide, parse_retry_after, Decision};
 
 /// The result of one POST.
@@ -60,9 +60,14 @@ impl Poster {
         })
     }
 
-    /// The exact body for `events` (already encoded JSON objects), and its signature.
-    pub(crate) fn prepare<'a>(&self, events: impl Iterator<Item = &'a Bytes> + Clone) -> Signed {
-        self.template.sign(events)
+    /// The exact bytes sent for `events` (already encoded JSON objects), and their
+    /// signature; `id` is the batch's.
+    pub(crate) fn prepare<'a>(
+        &self,
+        events: impl Iterator<Item = &'a Bytes> + Clone,
+        id: &MessageId,
+    ) -> Signed {
+        self.template.sign(events, id)
     }
 
     /// POSTs a prepared body and decides what happens to its events.

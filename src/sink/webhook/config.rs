@@ -16,9 +16,11 @@ use hyper::Uri;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
-use super::request::Template;
+use super::request::{Signer, Template};
+use crate::compression::Compression;
 use crate::config::{check_count, check_duration, ByteSize, HumanDuration};
 use crate::event::{EventType, Schema};
+use crate::sign::Scheme;
 
 fn default_flush_interval() -> HumanDuration {
     HumanDuration(Duration::from_secs(60))
@@ -51,6 +53,9 @@ fn default_shutdown_timeout() -> HumanDuration {
 fn default_dead_letter_max_bytes() -> ByteSize {
     ByteSize(1 << 30)
 }
+fn default_request_concurrency() -> usize {
+    1
+}
 
 /// The largest `max_event_in_memory`: each batch reserves room for this many events, and
 /// one request carries them all.
@@ -62,6 +67,8 @@ const MAX_BUFFER_EVENTS: usize = 10_000_000;
 const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// The longest request `timeout`.
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The most requests in flight at once: each holds a connection and a batch.
+const MAX_REQUEST_CONCURRENCY: usize = 64;
 
 /// The statuses retried by default: the endpoint is busy or broken (408, 429, 5xx), or
 /// misconfigured in a way the operator can fix without losing data (401, 403, 404).
@@ -127,6 +134,26 @@ fn secret_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
             "must be a string (example: secret = \"${WEBHOOK_SECRET}\")",
         )),
     }
+}
+
+/// `signature`: `"hub"` or `"standard-webhooks"`.
+fn scheme<'de, D: Deserializer<'de>>(d: D) -> Result<Scheme, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|why| {
+        D::Error::custom(format!(
+            "{text:?} is not a signature scheme: {why} (example: signature = \"standard-webhooks\")"
+        ))
+    })
+}
+
+/// `compression`: `"none"`, `"gzip"` or `"zstd"`.
+fn compression<'de, D: Deserializer<'de>>(d: D) -> Result<Compression, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|why| {
+        D::Error::custom(format!(
+            "{text:?} is not a compression: {why} (example: compression = \"gzip\")"
+        ))
+    })
 }
 
 /// `endpoint_url` as written. A user and password in it (`https://user:pass@host/hook`)
@@ -218,7 +245,8 @@ pub struct WebhookConfig {
     /// Where to POST: an http or https URL. Required. `user:password@` in it is sent as
     /// Basic auth.
     pub endpoint_url: EndpointUrl,
-    /// Signs each body with `X-Hub-Signature-256` when set: the text's UTF-8 bytes.
+    /// Signs each request when set: with `signature = "hub"`, the text's UTF-8 bytes are
+    /// the key; with `"standard-webhooks"`, the text is `whsec_` and the key in base64.
     #[serde(default, deserialize_with = "secret_text")]
     pub secret: Option<Secret>,
     /// The same, for a key that is not text: its bytes in hex. Excludes the other two.
@@ -227,6 +255,18 @@ pub struct WebhookConfig {
     /// The same, for a key that is not text: its bytes in standard base64.
     #[serde(default, deserialize_with = "secret_base64")]
     pub secret_base64: Option<Secret>,
+    /// How requests are signed: "hub" (`X-Hub-Signature-256`, GO Feature Flag's; default)
+    /// or "standard-webhooks" (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
+    #[serde(default, deserialize_with = "scheme")]
+    pub signature: Scheme,
+    /// The body's `Content-Encoding`: "none" (default), "gzip" or "zstd". The signature
+    /// covers the compressed bytes, as sent.
+    #[serde(default, deserialize_with = "compression")]
+    pub compression: Compression,
+    /// Requests in flight at once. Default 1 (batches go out in order); with more,
+    /// acknowledgements still follow the order of the input.
+    #[serde(default = "default_request_concurrency")]
+    pub request_concurrency: usize,
     /// String values sent in `meta`; `hostname` is added unless set.
     #[serde(default)]
     pub meta: BTreeMap<String, toml::Value>,
@@ -249,7 +289,8 @@ pub struct WebhookConfig {
     /// With schema "goff": which kinds to send. Default ["feature", "tracking"].
     #[serde(default = "default_event_types")]
     pub event_types: Vec<EventType>,
-    /// Most events held in memory (read, not yet delivered). Default 2 x max_event_in_memory.
+    /// Most events held in memory (read, not yet delivered). Default
+    /// (request_concurrency + 1) x max_event_in_memory.
     #[serde(default)]
     pub buffer_max_events: Option<usize>,
     /// Most bytes of lines held in memory: a number or a size like "64MiB". Whichever of
@@ -304,9 +345,11 @@ pub struct WebhookSpec {
 }
 
 impl WebhookSpec {
-    /// The HMAC key, when requests are signed.
-    pub fn signing_secret(&self) -> Option<&Secret> {
-        self.template.secret()
+    /// How requests are signed, and the HMAC key (for Standard Webhooks, decoded from its
+    /// `whsec_` form), when they are.
+    pub fn signing(&self) -> Option<(Scheme, &Secret)> {
+        let signer = self.template.signer()?;
+        Some((signer.scheme(), signer.key()))
     }
 
     /// `max_event_in_memory`: the batch trigger and the largest batch.
@@ -317,6 +360,16 @@ impl WebhookSpec {
     pub fn flush_interval(&self) -> Duration {
         self.delivery.flush_interval
     }
+
+    /// How request bodies are encoded.
+    pub fn compression(&self) -> Compression {
+        self.template.compression()
+    }
+
+    /// `request_concurrency`: requests in flight at once.
+    pub fn request_concurrency(&self) -> usize {
+        self.delivery.request_concurrency
+    }
 }
 
 impl WebhookConfig {
@@ -324,8 +377,8 @@ impl WebhookConfig {
     pub fn build(self, key: &str) -> Result<WebhookSpec> {
         let (endpoint, headers) = self.validate(key)?;
         let endpoint_shown = self.endpoint_url.to_string();
-        let secret = self.signing_secret().cloned();
-        let template = Template::new(&self.meta, headers, endpoint, secret);
+        let signer = self.signer(key)?;
+        let template = Template::new(&self.meta, headers, endpoint, self.compression, signer);
         Ok(WebhookSpec {
             delivery: Delivery::from(&self),
             buffer_max_events: self.buffer_max_events(),
@@ -399,6 +452,12 @@ impl WebhookConfig {
             self.max_event_in_memory,
             1..=MAX_BATCH_EVENTS,
             "max_event_in_memory = 100000",
+        )?;
+        check_count(
+            &format!("{key}.request_concurrency"),
+            self.request_concurrency,
+            1..=MAX_REQUEST_CONCURRENCY,
+            "request_concurrency = 4",
         )?;
         let Some(buffer) = self.buffer_max_events else {
             return Ok(());
@@ -484,6 +543,34 @@ impl WebhookConfig {
         }
     }
 
+    /// What signs requests: the secret, whichever way it was written, with the scheme of
+    /// `signature`. A Standard Webhooks key comes as `whsec_<base64>` in `secret`.
+    fn signer(&self, key: &str) -> Result<Option<Signer>> {
+        const NEEDS: &str = "with signature = \"standard-webhooks\", `secret` is `whsec_` and the key in base64, as Standard Webhooks senders give it (example: secret = \"${WEBHOOK_SECRET}\")";
+        let Some(secret) = self.signing_secret() else {
+            if self.signature == Scheme::StandardWebhooks {
+                bail!("`{key}.secret` is not set: {NEEDS}");
+            }
+            return Ok(None);
+        };
+        if self.signature == Scheme::Hub {
+            return Ok(Some(Signer::Hub(secret.clone())));
+        }
+        if self.secret.is_none() {
+            let name = if self.secret_hex.is_some() {
+                "secret_hex"
+            } else {
+                "secret_base64"
+            };
+            bail!("`{key}.{name}` cannot sign Standard Webhooks requests: {NEEDS}");
+        }
+        match crate::sign::standard_key(secret.expose()) {
+            Ok(bytes) => Ok(Some(Signer::StandardWebhooks(Secret(bytes)))),
+            // The reason says what is wrong with it, never what it holds.
+            Err(why) => bail!("`{key}.secret` {why}: {NEEDS}"),
+        }
+    }
+
     /// The key that signs requests, whichever way it was written.
     fn signing_secret(&self) -> Option<&Secret> {
         self.secret
@@ -492,9 +579,12 @@ impl WebhookConfig {
             .or(self.secret_base64.as_ref())
     }
 
+    /// By default, room for a batch in each request slot and the next one gathering.
     fn buffer_max_events(&self) -> usize {
-        self.buffer_max_events
-            .unwrap_or(2 * self.max_event_in_memory)
+        let batches = self.request_concurrency.max(1) + 1;
+        let default = (batches * self.max_event_in_memory)
+            .min(MAX_BUFFER_EVENTS.max(2 * self.max_event_in_memory));
+        self.buffer_max_events.unwrap_or(default)
     }
 
     fn buffer_max_bytes(&self) -> usize {
@@ -605,6 +695,8 @@ pub(crate) struct Delivery {
     pub(crate) retry_max_backoff: Duration,
     pub(crate) retry_max_duration: Option<Duration>,
     pub(crate) shutdown_timeout: Duration,
+    /// Requests in flight at once.
+    pub(crate) request_concurrency: usize,
 }
 
 impl From<&WebhookConfig> for Delivery {
@@ -616,6 +708,7 @@ impl From<&WebhookConfig> for Delivery {
             retry_max_backoff: c.retry_max_backoff.0,
             retry_max_duration: c.retry_max_duration.map(|d| d.0),
             shutdown_timeout: c.shutdown_timeout.0,
+            request_concurrency: c.request_concurrency,
         }
     }
 }

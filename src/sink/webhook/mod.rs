@@ -13,16 +13,19 @@
 //! - **chunks_timeout** (`crate::batch`): a batch goes out when `max_event_in_memory`
 //!   events are pending, when their lines reach half the byte budget, or `flush_interval`
 //!   after the first.
-//! - **re-inject** (`Reinject`): failed batches go back into the stream ahead of
-//!   everything newer, so order is kept; so do the events of the spill file, at start.
-//! - **build and sign** (`request`): while one batch is in flight, the next one is
-//!   gathered and signed, ready when the response comes (one request in flight at a time).
-//! - **post** (`client`) and **decide** (`retry::decide`): on 2xx the batch is
-//!   acknowledged (file offsets move, the lines leave the memory budget); on 413 or a
-//!   permanent 4xx it is split in halves, down to the single events the endpoint
-//!   rejects, which are dead-lettered; on anything retryable it is re-injected, and
-//!   `RetryPolicy` says when it goes out again, or that it is given up (shutdown,
-//!   `retry_max_duration`).
+//! - **re-inject** (`Reinject`): a batch taken but not sent goes back into the stream
+//!   ahead of everything newer; so do the events of the spill file, at start. A batch
+//!   whose request failed waits among the sink's retries and goes out again first, as it
+//!   was (same events, same `webhook-id`).
+//! - **build and sign** (`request`): while requests are in flight, the next batch is
+//!   gathered, built (compressed when set) and signed, ready when a slot frees.
+//! - **post** (`client`, up to `request_concurrency` requests at once) and **decide**
+//!   (`retry::decide`): on 2xx the batch is acknowledged (the lines leave the memory
+//!   budget; file offsets move in the order the batches were first sent, see
+//!   `super::ack::InOrder`); on 413 or a permanent 4xx it is split in halves, down to the
+//!   single events the endpoint rejects, which are dead-lettered; on anything retryable
+//!   it waits for another attempt, and `RetryPolicy` says when it goes out again, or that
+//!   it is given up (shutdown, `retry_max_duration`).
 //!
 //! When the input ends (`--once`, or shutdown), what is re-injected is retried until
 //! delivered, or until the shutdown grace period ends. Then events from files are left
@@ -47,18 +50,21 @@ pub(crate) use config::Delivery;
 pub use config::{EndpointUrl, HeaderValues, Secret, WebhookConfig, WebhookSpec};
 pub use request::body;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, Stream};
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::ack::Acknowledger;
+use super::ack::{Acknowledger, InOrder, Seq};
 use super::deadletter::{DeadLetterWriter, DeadLetters, Record};
 use super::decode::{self, Decode};
 use super::spill::{self, Spill};
@@ -67,7 +73,8 @@ use crate::batch::{chunks_timeout, Limits, Reinject};
 use crate::event::{Block, Decoder, Item, Origin};
 use crate::source::file::checkpoint::{AckHandle, Persist};
 use crate::source::{gathers_ahead, max_batch_bytes, Budget, Cost};
-use request::Signed;
+use client::Outcome;
+use request::{MessageId, Signed};
 use retry::{Decision, Grace, Next, RetryPolicy, Turn};
 
 /// Everything a sink needs to run.
@@ -95,6 +102,13 @@ pub(crate) struct SinkParts {
 
 /// Runs the sink until its input ends and everything is delivered, dead-lettered, or
 /// (after the shutdown grace period) left for the next run.
+///
+/// One loop owns the sink and waits for whichever comes first: a response to one of the
+/// requests in flight (up to `request_concurrency`), the next batch from the stream (taken,
+/// built and signed while requests are in flight, so that it is ready when a slot frees),
+/// or the end of the wait that lets that batch go out (after a failure, the backoff). A
+/// failed batch waits in `Sink::retries` and goes out again, as it was and with the same
+/// id, before anything newer.
 pub(crate) async fn run(
     parts: SinkParts,
     input: mpsc::Receiver<Block>,
@@ -104,45 +118,67 @@ pub(crate) async fn run(
         events: parts.delivery.max_events,
         bytes: max_batch_bytes(parts.budget.cap().bytes),
     };
-    // Gathering the next batch while a failed one still holds its budget needs room for
-    // both: the sources cut their blocks to fit (see `source::Output`); with a smaller
-    // budget, batches are gathered one at a time.
+    // Gathering the next batch while one is in flight (or failed, holding its budget) needs
+    // room for both: the sources cut their blocks to fit (see `source::Output`); with a
+    // smaller budget, batches are gathered one at a time.
     let ahead = gathers_ahead(parts.budget.cap().events, limits.events);
+    let slots = parts.delivery.request_concurrency.max(1);
     let flush_interval = parts.delivery.flush_interval;
     let (mut sink, decode, spilled) = Sink::new(parts, shutdown);
-    let poster = sink.poster.clone();
-    let sign = |items: Vec<Item>| {
-        let signed = poster.prepare(items.iter().filter_map(Item::event));
-        Prepared { items, signed }
-    };
 
     // blocks -> decode -> chunks_timeout -> re-inject (the spill file's events first)
     let (items, decoding) = decode::spawn(decode, input);
     let mut batches = Reinject::new(chunks_timeout(items, limits, flush_interval), limits);
     batches.push_back(spilled);
 
-    // -> build and sign -> post -> decide -> acknowledge, or re-inject
-    let mut next = batches.next().await.map(sign);
-    while let Some(batch) = next {
-        let (handled, fetched) = if ahead {
-            overlap(sink.handle(batch), batches.next().map(|b| b.map(sign))).await
-        } else {
-            (sink.handle(batch).await, None)
-        };
-        // `None` also when the input had ended: something may have been re-injected since.
-        let mut fetched = fetched.flatten();
-        if let Handled::Retry(failed) = handled {
-            // The batch taken meanwhile entered after the failed one: it goes back behind.
-            if let Some(newer) = fetched.take() {
-                batches.push_front(newer.items);
-            }
-            batches.push_front(failed);
+    // -> build and sign -> post (up to `slots` at once) -> decide -> acknowledge, or retry
+    let mut in_flight = FuturesUnordered::new();
+    let mut next: Option<Ready> = None;
+    let mut pause: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+    let mut input_ended = false;
+    loop {
+        if next.is_none() {
+            next = sink.take_retry();
         }
-        batches.push_back(sink.load_spill());
-        next = match fetched {
-            Some(prepared) => Some(prepared),
-            None => batches.next().await.map(sign),
-        };
+        if next.is_none() && in_flight.is_empty() && input_ended {
+            break;
+        }
+        let fetch = next.is_none() && !input_ended && (in_flight.is_empty() || ahead);
+        let start = next.is_some() && in_flight.len() < slots;
+        if start && pause.is_none() {
+            pause = Some(Box::pin(sink.retry.pause()));
+        }
+        tokio::select! {
+            Some(posted) = in_flight.next(), if !in_flight.is_empty() => {
+                match sink.posted(posted).await {
+                    Step::Post(job, signed) => in_flight.push(post(&sink.poster, job, signed)),
+                    Step::Settled => {}
+                    Step::Failed(job) => {
+                        // The batch taken meanwhile entered after the failed one: it goes
+                        // back behind it, and the next wait is the new failure's.
+                        if let Some(ready) = next.take() {
+                            input_ended &= !sink.put_back(ready, &mut batches);
+                        }
+                        sink.retries.insert(job.seq.expect("a job that was sent"), job);
+                        pause = None;
+                    }
+                }
+                let spilled = sink.load_spill();
+                input_ended &= spilled.is_empty();
+                batches.push_back(spilled);
+            }
+            batch = batches.next(), if fetch => match batch {
+                Some(items) => next = Some(sink.ready(Job::fresh(items))),
+                None => input_ended = true,
+            },
+            () = async { pause.as_mut().expect("a pause before each start").await }, if start => {
+                pause = None;
+                let ready = next.take().expect("a batch to start");
+                if let Step::Post(job, signed) = sink.start(ready).await {
+                    in_flight.push(post(&sink.poster, job, signed));
+                }
+            }
+        }
     }
 
     sink.finish().await;
@@ -150,39 +186,74 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// Runs `handle` to its end while `fetch` gathers (at most) the next batch.
-async fn overlap<H: Future, F: Future>(handle: H, fetch: F) -> (H::Output, Option<F::Output>) {
-    tokio::pin!(handle, fetch);
-    let mut fetched = None;
-    loop {
-        tokio::select! {
-            handled = &mut handle => return (handled, fetched),
-            next = &mut fetch, if fetched.is_none() => fetched = Some(next),
+/// One request of `job` (its first part's), as a future that owns what it needs.
+fn post(poster: &Arc<Poster>, job: Job, signed: Signed) -> BoxFuture<'static, Posted> {
+    let poster = poster.clone();
+    Box::pin(async move {
+        let outcome = poster.post(signed).await;
+        Posted { job, outcome }
+    })
+}
+
+/// A batch on its way to the endpoint: sent part by part (the whole batch, or the halves
+/// it was cut into after a 413 or a refusal), in order.
+struct Job {
+    /// Its place in the order of acknowledgements: given when it is first sent.
+    seq: Option<Seq>,
+    /// What is left to send; the first part is the one sent (or about to be).
+    parts: VecDeque<Part>,
+}
+
+/// A part of a batch, and its `webhook-id` once it was sent: a retry sends the same
+/// events with the same id, so that a receiver can tell it from a new batch.
+struct Part {
+    items: Vec<Item>,
+    id: Option<MessageId>,
+}
+
+impl Job {
+    fn fresh(items: Vec<Item>) -> Self {
+        Job {
+            seq: None,
+            parts: VecDeque::from([Part { items, id: None }]),
         }
+    }
+
+    fn items(&self) -> impl Iterator<Item = &Item> {
+        self.parts.iter().flat_map(|p| &p.items)
+    }
+
+    /// Whether every item can be read again from its file.
+    fn all_in_files(&self) -> bool {
+        self.items().all(|i| i.ack().is_some())
+    }
+
+    fn into_items(self) -> Vec<Item> {
+        self.parts.into_iter().flat_map(|p| p.items).collect()
     }
 }
 
-/// A batch and its request body, built and signed.
-struct Prepared {
-    items: Vec<Item>,
-    signed: Signed,
+/// A job whose first part is built and signed (when it has events), ready to go out.
+struct Ready {
+    job: Job,
+    signed: Option<Signed>,
 }
 
-/// What became of a batch.
-enum Handled {
+/// A job back from a request, with what came of it.
+struct Posted {
+    job: Job,
+    outcome: Outcome,
+}
+
+/// What to do with a job after a step.
+enum Step {
+    /// Send its first part (signed).
+    Post(Job, Signed),
     /// Delivered, dead-lettered, or left for the next run.
     Settled,
-    /// Its request failed: it goes back into the stream, and out again when the
+    /// Its request failed: it waits in `Sink::retries`, to go out again when the
     /// [`RetryPolicy`] says.
-    Retry(Vec<Item>),
-}
-
-/// A batch (what is left of it) whose request failed and may be retried.
-struct Failure {
-    rest: Vec<Item>,
-    /// `Retry-After`.
-    after: Option<Duration>,
-    detail: String,
+    Failed(Job),
 }
 
 /// The part of a sink past the batcher: posting, deciding, acknowledging.
@@ -193,7 +264,9 @@ struct Sink {
     stats: Arc<Stats>,
     retry: RetryPolicy,
     writer: DeadLetterWriter,
-    acks: Acknowledger,
+    acks: InOrder,
+    /// Failed jobs, by their place: the oldest goes out first.
+    retries: BTreeMap<Seq, Job>,
     spill_path: PathBuf,
     /// The spill file while it has events not resolved: they go before newer ones.
     spill: Option<Spill>,
@@ -236,7 +309,8 @@ impl Sink {
             stats,
             retry: RetryPolicy::for_sink(&delivery, shutdown),
             writer,
-            acks: Acknowledger::new(acks, checkpoints),
+            acks: InOrder::new(Acknowledger::new(acks, checkpoints)),
+            retries: BTreeMap::new(),
             spill_path,
             spill,
             abandoned: Vec::new(),
@@ -244,96 +318,154 @@ impl Sink {
         (sink, decode, spilled.unwrap_or_default())
     }
 
-    /// Sends `batch` when the retry policy says (post -> decide -> acknowledge, split,
-    /// dead-letter), or gives it up; or hands it back, failed, to be re-injected.
-    async fn handle(&mut self, batch: Prepared) -> Handled {
-        crate::failpoint::hit("sink-handle");
-        if self.retry.turn(from_files(&batch.items)).await == Turn::GiveUp {
-            self.give_up(batch.items);
-            return Handled::Settled;
-        }
-        let Err(failure) = self.deliver(batch).await else {
-            self.retry.succeeded();
-            return Handled::Settled;
-        };
-        let events = count_events(&failure.rest);
-        match self.retry.failed(failure.after, from_files(&failure.rest)) {
-            Next::Retry(delay) => {
-                let retry_in = Duration::from_millis(delay.as_millis() as u64);
-                tracing::warn!(sink = %self.name, events, retry_in = %humantime::format_duration(retry_in), "delivery failed ({}); will retry", failure.detail);
-                Handled::Retry(failure.rest)
+    /// `job` with its first part built and signed.
+    fn ready(&self, mut job: Job) -> Ready {
+        let signed = job.parts.front_mut().and_then(|part| self.sign(part));
+        Ready { job, signed }
+    }
+
+    /// The oldest failed job, ready to go out again.
+    fn take_retry(&mut self) -> Option<Ready> {
+        let (_, job) = self.retries.pop_first()?;
+        Some(self.ready(job))
+    }
+
+    /// Puts back a job taken but not sent: a failed one among the retries, a new batch
+    /// into the stream, ahead of what is newer. Returns whether the stream got it.
+    fn put_back(
+        &mut self,
+        ready: Ready,
+        batches: &mut Reinject<impl Stream<Item = Vec<Item>> + Unpin>,
+    ) -> bool {
+        match ready.job.seq {
+            Some(seq) => {
+                self.retries.insert(seq, ready.job);
+                false
             }
-            Next::StayInFiles => {
-                tracing::warn!(sink = %self.name, events, "delivery failed at shutdown ({}); the events stay in their files for the next start", failure.detail);
-                self.give_up(failure.rest);
-                Handled::Settled
-            }
-            Next::OutOfTime(max) => {
-                let max = humantime::format_duration(max);
-                let reason = format!("still failing after {max}: {}", failure.detail);
-                tracing::error!(sink = %self.name, events, "{reason}; dead-lettering the batch");
-                self.reject_all(failure.rest, &reason).await;
-                Handled::Settled
+            None => {
+                batches.push_front(ready.job.into_items());
+                true
             }
         }
     }
 
-    /// Posts `batch`, splitting it on 413 and bisecting it on a permanent 4xx; each part
-    /// delivered or dead-lettered is acknowledged at once. Returns what is left when a
-    /// request fails and may be retried.
-    async fn deliver(&mut self, batch: Prepared) -> Result<(), Failure> {
-        // The prepared body is the whole batch's: only the first part can use it.
-        let mut signed = Some(batch.signed);
-        let mut parts = VecDeque::from([batch.items]);
-        while let Some(part) = parts.pop_front() {
-            let events = count_events(&part);
-            if events == 0 {
-                self.resolve(&part);
+    /// The part's body and signature, under its id (made now if the part has none yet);
+    /// none when it has no event.
+    fn sign(&self, part: &mut Part) -> Option<Signed> {
+        if count_events(&part.items) == 0 {
+            return None;
+        }
+        let id = part.id.get_or_insert_with(MessageId::new);
+        Some(
+            self.poster
+                .prepare(part.items.iter().filter_map(Item::event), id),
+        )
+    }
+
+    /// Sends `ready` now, or gives it up (the grace period is over, or it stays in its
+    /// files at shutdown). Called once the retry policy's pause is over.
+    async fn start(&mut self, ready: Ready) -> Step {
+        crate::failpoint::hit("sink-handle");
+        let Ready { mut job, signed } = ready;
+        let seq = *job.seq.get_or_insert_with(|| self.acks.open());
+        if self.retry.verdict(job.all_in_files()) == Turn::GiveUp {
+            self.give_up(seq, job.into_items());
+            self.acks.settle(seq);
+            return Step::Settled;
+        }
+        self.advance(job, signed).await
+    }
+
+    /// The job's next request: its first part with events (the parts before it, without
+    /// any, are resolved), signed unless `signed` is that part's already. Settles the job
+    /// when nothing is left.
+    async fn advance(&mut self, mut job: Job, mut signed: Option<Signed>) -> Step {
+        let seq = job.seq.expect("a job that was started");
+        loop {
+            let Some(part) = job.parts.front_mut() else {
+                self.retry.succeeded();
+                self.acks.settle(seq);
+                return Step::Settled;
+            };
+            let Some(ready) = signed.take().or_else(|| self.sign(part)) else {
+                let part = job.parts.pop_front().expect("the front part");
+                self.resolve(seq, &part.items);
                 continue;
-            }
-            let signed = signed
-                .take()
-                .unwrap_or_else(|| self.poster.prepare(part.iter().filter_map(Item::event)));
-            // A crash re-sends at most the batch in flight.
+            };
+            // A crash re-sends at most the batches in flight.
             self.acks.persisted().await;
-            let outcome = self.poster.post(signed).await;
-            match outcome.decision {
-                Decision::Delivered => {
-                    Stats::add(&self.stats.delivered, events as u64);
-                    Stats::add(&self.stats.requests, 1);
-                    self.resolve(&part);
-                }
-                Decision::Retry { after } => {
-                    let mut rest = part;
-                    rest.extend(parts.into_iter().flatten());
-                    let detail = outcome.detail;
-                    return Err(Failure {
-                        rest,
-                        after,
-                        detail,
-                    });
-                }
-                Decision::Split | Decision::Reject if events == 1 => {
-                    let reason = format!("endpoint rejected the event: {}", outcome.detail);
-                    tracing::warn!(sink = %self.name, "{reason}; dead-lettering it");
-                    self.reject_all(part, &reason).await;
-                }
-                Decision::Split | Decision::Reject => {
-                    tracing::info!(sink = %self.name, events, "{}; sending the batch in two halves", outcome.detail);
-                    let (a, b) = halves(part);
-                    parts.push_front(b);
-                    parts.push_front(a);
-                }
+            return Step::Post(job, ready);
+        }
+    }
+
+    /// Decides what comes of a request (post -> decide -> acknowledge, split,
+    /// dead-letter), and what the job does next.
+    async fn posted(&mut self, posted: Posted) -> Step {
+        let Posted { mut job, outcome } = posted;
+        let seq = job.seq.expect("a job that was sent");
+        let part = job.parts.front().expect("the part sent");
+        let events = count_events(&part.items);
+        match outcome.decision {
+            Decision::Delivered => {
+                Stats::add(&self.stats.delivered, events as u64);
+                Stats::add(&self.stats.requests, 1);
+                let part = job.parts.pop_front().expect("the part sent");
+                self.resolve(seq, &part.items);
+            }
+            Decision::Retry { after } => return self.failed(job, after, outcome.detail).await,
+            Decision::Split | Decision::Reject if events == 1 => {
+                let reason = format!("endpoint rejected the event: {}", outcome.detail);
+                tracing::warn!(sink = %self.name, "{reason}; dead-lettering it");
+                let part = job.parts.pop_front().expect("the part sent");
+                self.reject_all(seq, part.items, &reason).await;
+            }
+            Decision::Split | Decision::Reject => {
+                tracing::info!(sink = %self.name, events, "{}; sending the batch in two halves", outcome.detail);
+                let part = job.parts.pop_front().expect("the part sent");
+                let (a, b) = halves(part.items);
+                job.parts.push_front(Part { items: b, id: None });
+                job.parts.push_front(Part { items: a, id: None });
             }
         }
-        Ok(())
+        self.advance(job, None).await
+    }
+
+    /// A request of `job` failed and may be retried: the [`RetryPolicy`] says whether it
+    /// waits for another attempt, stays in its files (shutdown), or is dead-lettered
+    /// (`retry_max_duration`).
+    async fn failed(&mut self, job: Job, after: Option<Duration>, detail: String) -> Step {
+        let seq = job.seq.expect("a job that was sent");
+        let events = job
+            .parts
+            .iter()
+            .map(|p| count_events(&p.items))
+            .sum::<usize>();
+        match self.retry.failed(after, job.all_in_files()) {
+            Next::Retry(delay) => {
+                let retry_in = Duration::from_millis(delay.as_millis() as u64);
+                tracing::warn!(sink = %self.name, events, retry_in = %humantime::format_duration(retry_in), "delivery failed ({detail}); will retry");
+                return Step::Failed(job);
+            }
+            Next::StayInFiles => {
+                tracing::warn!(sink = %self.name, events, "delivery failed at shutdown ({detail}); the events stay in their files for the next start");
+                self.give_up(seq, job.into_items());
+            }
+            Next::OutOfTime(max) => {
+                let max = humantime::format_duration(max);
+                let reason = format!("still failing after {max}: {detail}");
+                tracing::error!(sink = %self.name, events, "{reason}; dead-lettering the batch");
+                self.reject_all(seq, job.into_items(), &reason).await;
+            }
+        }
+        self.acks.settle(seq);
+        Step::Settled
     }
 
     /// Dead-letters every event of `items` with `reason`, then acknowledges them; or,
     /// when the dead letters could not be written (given up at shutdown or with
     /// `--once`), leaves them as not delivered: those from files stay there, with the rest
     /// of their files, and the others are spilled.
-    async fn reject_all(&mut self, items: Vec<Item>, reason: &str) {
+    async fn reject_all(&mut self, seq: Seq, items: Vec<Item>, reason: &str) {
         let records: Vec<Record> = items
             .iter()
             .filter_map(Item::event)
@@ -346,16 +478,16 @@ impl Sink {
         let n = records.len() as u64;
         if self.writer.write(records, self.retry.grace()).await {
             Stats::add(&self.stats.rejected, n);
-            self.resolve(&items);
+            self.resolve(seq, &items);
             return;
         }
-        self.give_up(items);
+        self.give_up(seq, items);
     }
 
-    /// `items` were delivered or dead-lettered (their dead letters are on the disk): move
-    /// the file offsets and free the budget.
-    fn resolve(&mut self, items: &[Item]) {
-        self.acks.acknowledge(items);
+    /// `items` of batch `seq` were delivered or dead-lettered (their dead letters are on
+    /// the disk): move the file offsets (in the order of the batches) and free the budget.
+    fn resolve(&mut self, seq: Seq, items: &[Item]) {
+        self.acks.acknowledge(seq, items);
         self.release(items);
     }
 
@@ -390,8 +522,8 @@ impl Sink {
     /// Keeps `items` for the next run: events from files stay there (their offsets did
     /// not move, and no later batch of the same files moves them for the rest of the run),
     /// the others go to the spill file.
-    fn give_up(&mut self, items: Vec<Item>) {
-        self.acks.leave_in_files(&items);
+    fn give_up(&mut self, seq: Seq, items: Vec<Item>) {
+        self.acks.leave_in_files(seq, &items);
         Stats::add(&self.stats.not_delivered, count_events(&items) as u64);
         if let Some(spill) = self.spill.as_mut() {
             spill.abandon(&items);
@@ -431,11 +563,6 @@ impl Sink {
             }
         }
     }
-}
-
-/// Whether every item can be read again from its file.
-fn from_files(items: &[Item]) -> bool {
-    items.iter().all(|i| i.ack().is_some())
 }
 
 /// Splits `items` into two halves with about the same number of events.

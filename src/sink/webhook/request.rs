@@ -1,36 +1,76 @@
 //! GO Feature Flag's webhook request, exactly: `POST`, `Content-Type: application/json`,
 //! the user's headers, body `{"meta":{...},"events":[...]}` compact, and
 //! `X-Hub-Signature-256: sha256=<hex>` over the exact body bytes when a secret is set.
+//! Beyond GO Feature Flag: the body may be compressed (`Content-Encoding`), and signed the
+//! Standard Webhooks way instead; either signature covers the bytes sent.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::{Duration, SystemTime};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::Full;
-use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use hyper::header::{
+    HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, USER_AGENT,
+};
 use hyper::{Method, Request, Uri};
 
 use super::config::{Endpoint, Secret};
+use crate::compression::Compression;
+use crate::sign::Scheme;
 
-/// What every request of a sink shares: where it goes, its headers, the start of its body
-/// and the key that signs it.
+/// What every request of a sink shares: where it goes, its headers, the start of its body,
+/// how the body is encoded and the key that signs it.
 #[derive(Clone)]
 pub(crate) struct Template {
     uri: Uri,
     headers: HeaderMap,
     /// `{"meta":{...},"events":[`
     prefix: Bytes,
-    secret: Option<Secret>,
+    compression: Compression,
+    signer: Option<Signer>,
 }
 
 impl fmt::Debug for Template {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Template")
             .field("uri", &self.uri)
-            .field("signed", &self.secret.is_some())
+            .field("compression", &self.compression)
+            .field("signed", &self.signer.as_ref().map(Signer::scheme))
             .finish()
     }
 }
+
+/// The key that signs requests, and the scheme it signs with.
+#[derive(Clone, Debug)]
+pub(crate) enum Signer {
+    /// `X-Hub-Signature-256`: HMAC-SHA256 of the body.
+    Hub(Secret),
+    /// Standard Webhooks: the key (decoded from `whsec_...`) signs `id.timestamp.body`.
+    StandardWebhooks(Secret),
+}
+
+impl Signer {
+    pub(crate) fn scheme(&self) -> Scheme {
+        match self {
+            Signer::Hub(_) => Scheme::Hub,
+            Signer::StandardWebhooks(_) => Scheme::StandardWebhooks,
+        }
+    }
+
+    /// The HMAC key.
+    pub(crate) fn key(&self) -> &Secret {
+        match self {
+            Signer::Hub(key) | Signer::StandardWebhooks(key) => key,
+        }
+    }
+}
+
+/// A Standard Webhooks signature is made again when it is older than this when its request
+/// goes out (a retry after its backoff, or a batch that waited for a slot): the timestamp
+/// says when the request was sent, so that a receiver's tolerance never refuses a request
+/// because it waited in flaghook.
+const FRESH_FOR: Duration = Duration::from_secs(1);
 
 impl Template {
     /// Requests to `endpoint`, with `meta` and the user's `headers`.
@@ -38,14 +78,20 @@ impl Template {
         meta: &BTreeMap<String, toml::Value>,
         headers: HeaderMap,
         endpoint: Endpoint,
-        secret: Option<Secret>,
+        compression: Compression,
+        signer: Option<Signer>,
     ) -> Self {
         let prefix = format!(r#"{{"meta":{},"events":["#, meta_json(meta));
+        let mut headers = with_ours(headers, endpoint.authorization);
+        if let Some(encoding) = compression.content_encoding() {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static(encoding));
+        }
         Template {
             uri: endpoint.uri,
-            headers: with_ours(headers, endpoint.authorization),
+            headers,
             prefix: Bytes::from(prefix),
-            secret,
+            compression,
+            signer,
         }
     }
 
@@ -53,18 +99,31 @@ impl Template {
         self.uri.scheme_str() == Some("https")
     }
 
-    pub(crate) fn secret(&self) -> Option<&Secret> {
-        self.secret.as_ref()
+    pub(crate) fn compression(&self) -> Compression {
+        self.compression
     }
 
-    /// The exact body for `events` (already encoded JSON objects), and its signature.
-    pub(crate) fn sign<'a>(&self, events: impl Iterator<Item = &'a Bytes> + Clone) -> Signed {
-        let body = body(&self.prefix, events);
-        let signature = self
-            .secret
-            .as_ref()
-            .map(|s| crate::sign::signature(s.expose(), &body));
-        Signed { body, signature }
+    pub(crate) fn signer(&self) -> Option<&Signer> {
+        self.signer.as_ref()
+    }
+
+    /// The exact bytes sent for `events` (already encoded JSON objects): the body,
+    /// compressed when set, and their signature. `id` is the batch's `webhook-id`.
+    pub(crate) fn sign<'a>(
+        &self,
+        events: impl Iterator<Item = &'a Bytes> + Clone,
+        id: &MessageId,
+    ) -> Signed {
+        let body = self.compression.encode(body(&self.prefix, events));
+        let stamp = self.signer.as_ref().map(|signer| match signer {
+            Signer::Hub(key) => Stamp::Hub(crate::sign::signature(key.expose(), &body)),
+            Signer::StandardWebhooks(key) => standard_stamp(key, id, &body, unix_now()),
+        });
+        Signed {
+            body,
+            id: id.clone(),
+            stamp,
+        }
     }
 
     pub(crate) fn request(&self, signed: &Signed) -> Request<Full<Bytes>> {
@@ -72,13 +131,84 @@ impl Template {
             .method(Method::POST)
             .uri(self.uri.clone());
         *request.headers_mut().expect("fresh builder") = self.headers.clone();
-        if let Some(signature) = &signed.signature {
-            request = request.header("X-Hub-Signature-256", signature);
+        match (&signed.stamp, &self.signer) {
+            (Some(Stamp::Hub(signature)), _) => {
+                request = request.header("X-Hub-Signature-256", signature);
+            }
+            (
+                Some(Stamp::Standard {
+                    timestamp,
+                    signature,
+                }),
+                Some(signer),
+            ) => {
+                let now = unix_now();
+                let (timestamp, signature) = if now.abs_diff(*timestamp) <= FRESH_FOR.as_secs() {
+                    (*timestamp, signature.clone())
+                } else {
+                    let key = signer.key().expose();
+                    let id = signed.id.as_str();
+                    (
+                        now,
+                        crate::sign::standard_signature(key, id, now, &signed.body),
+                    )
+                };
+                request = request
+                    .header("webhook-id", signed.id.as_str())
+                    .header("webhook-timestamp", timestamp.to_string())
+                    .header("webhook-signature", signature);
+            }
+            _ => {}
         }
         request
             .body(Full::new(signed.body.clone()))
             .expect("valid request")
     }
+}
+
+/// A batch's `webhook-id`: made once for a batch (or each half of one that was split) and
+/// kept while it is retried, so that a receiver can tell a retry from a new batch.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct MessageId(String);
+
+impl MessageId {
+    /// A new id: `msg_` and 128 random bits in hex.
+    pub(crate) fn new() -> Self {
+        MessageId(format!("msg_{:032x}", rand::random::<u128>()))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn standard_stamp(key: &Secret, id: &MessageId, body: &[u8], timestamp: u64) -> Stamp {
+    let signature = crate::sign::standard_signature(key.expose(), id.as_str(), timestamp, body);
+    Stamp::Standard {
+        timestamp,
+        signature,
+    }
+}
+
+/// A request's signature headers.
+enum Stamp {
+    /// `X-Hub-Signature-256`.
+    Hub(String),
+    /// `webhook-timestamp` and `webhook-signature` (with the request's `webhook-id`).
+    Standard { timestamp: u64, signature: String },
 }
 
 /// The user's headers, then the credentials of the URL, `Content-Type` and, unless set,
@@ -97,19 +227,21 @@ fn with_ours(mut headers: HeaderMap, authorization: Option<HeaderValue>) -> Head
     headers
 }
 
-/// A request body and its `X-Hub-Signature-256` value (when a secret is set).
+/// The bytes a request sends, its batch's id and their signature (when a secret is set).
 pub(crate) struct Signed {
     body: Bytes,
-    signature: Option<String>,
+    id: MessageId,
+    stamp: Option<Stamp>,
 }
 
 impl fmt::Debug for Signed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "Signed({} bytes, signed: {})",
+            "Signed({} bytes, id {:?}, signed: {})",
             self.body.len(),
-            self.signature.is_some()
+            self.id,
+            self.stamp.is_some()
         )
     }
 }

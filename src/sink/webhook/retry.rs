@@ -3,6 +3,7 @@
 //! in a row and since when, the earliest next request, the shutdown grace period) and the
 //! rules that use it; [`backoff`] and [`parse_retry_after`] give the delays.
 
+use std::future::Future;
 use std::time::Duration;
 
 use hyper::StatusCode;
@@ -176,15 +177,32 @@ impl RetryPolicy {
     /// shutdown is asked), then says whether a batch (`from_files`: every event of it can
     /// be read again from its file) goes out or is given up.
     pub(crate) async fn turn(&mut self, from_files: bool) -> Turn {
+        self.pause().await;
+        self.verdict(from_files)
+    }
+
+    /// The first half of [`RetryPolicy::turn`]: the wait after a failure (one wait per
+    /// failure), as a future that borrows nothing, so that a sink can go on handling the
+    /// responses of other requests in flight while it runs.
+    pub(crate) fn pause(&mut self) -> impl Future<Output = ()> + Send + 'static {
         let until = match self.not_before.take() {
             Some(Wait::Running(at)) if !self.grace.started() => Some(at),
             Some(Wait::Shutdown(at)) => Some(at),
             _ => None,
         };
-        if let Some(at) = until {
+        let sleep = until.map(|at| {
             let wait = at.saturating_duration_since(Instant::now());
-            self.grace.sleep(wait).await;
+            self.grace.sleep_owned(wait)
+        });
+        async move {
+            if let Some(sleep) = sleep {
+                sleep.await;
+            }
         }
+    }
+
+    /// The second half of [`RetryPolicy::turn`], once the pause is over.
+    pub(crate) fn verdict(&mut self, from_files: bool) -> Turn {
         if self.grace.expired() || (self.failed_at_shutdown && from_files) {
             Turn::GiveUp
         } else {
@@ -284,16 +302,25 @@ impl Grace {
     /// Sleeps `delay`, cut short at the deadline; wakes at once when shutdown is asked
     /// (so that pending events get a prompt attempt).
     pub(crate) async fn sleep(&mut self, delay: Duration) {
-        // `tokio::time::sleep` takes any duration (one too long to represent is "never").
-        let Some(deadline) = self.deadline() else {
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.token.cancelled() => {}
-            }
-            return;
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        tokio::time::sleep(delay.min(left)).await;
+        self.sleep_owned(delay).await;
+    }
+
+    /// [`Grace::sleep`] as a future that borrows nothing.
+    fn sleep_owned(&mut self, delay: Duration) -> impl Future<Output = ()> + Send + 'static {
+        let deadline = self.deadline();
+        let token = self.token.clone();
+        async move {
+            // `tokio::time::sleep` takes any duration (one too long to represent is "never").
+            let Some(deadline) = deadline else {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = token.cancelled() => {}
+                }
+                return;
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(delay.min(left)).await;
+        }
     }
 }
 
@@ -360,6 +387,7 @@ mod tests {
             retry_max_backoff: max_backoff,
             retry_max_duration: max_duration,
             shutdown_timeout: ms(1000),
+            request_concurrency: 1,
         }
     }
 
