@@ -14,13 +14,28 @@ use std::time::{Duration, Instant};
 
 use super::{PROC_TIMEOUT, WAIT};
 
-/// A `flaghook` command with `args`, stdin closed and `RUST_LOG=info`.
+/// The variables that send flaghook's requests through a proxy, loopback included.
+pub const PROXY_VARS: [&str; 6] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+/// A `flaghook` command with `args`, stdin closed and `RUST_LOG=info`. The proxy
+/// variables of the test's own environment are removed: requests to the tests' loopback
+/// endpoints go straight, unless a test sets them on its command.
 pub fn flaghook(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flaghook"));
     cmd.args(args)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null());
+    for name in PROXY_VARS {
+        cmd.env_remove(name);
+    }
     cmd
 }
 

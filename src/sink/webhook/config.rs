@@ -8,15 +8,20 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, PROXY_AUTHORIZATION,
+};
 use hyper::Uri;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
+use super::proxy::{self, Proxy, ProxyUrl};
 use super::request::Template;
+use super::tls::{TlsConfig, TlsSpec};
 use crate::config::{check_count, check_duration, ByteSize, HumanDuration};
 use crate::event::{EventType, Schema};
 
@@ -64,9 +69,10 @@ const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The statuses retried by default: the endpoint is busy or broken (408, 429, 5xx), or
-/// misconfigured in a way the operator can fix without losing data (401, 403, 404).
+/// it or the proxy on the way is misconfigured in a way the operator can fix without
+/// losing data (401, 403, 404, 407).
 pub(crate) fn default_retry_on_status() -> Vec<u16> {
-    let mut statuses = vec![401, 403, 404, 408, 429];
+    let mut statuses = vec![401, 403, 404, 407, 408, 429];
     statuses.extend(500..=599);
     statuses
 }
@@ -179,7 +185,7 @@ pub(crate) fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
 
 /// Whether `authority` ends in a port that is not a number: what a `/` left unescaped in a
 /// password (`user:pa/ss@host`) makes of a URL, cut after `user:pa`.
-fn bad_port(authority: &str) -> bool {
+pub(crate) fn bad_port(authority: &str) -> bool {
     let after_host = authority.rsplit(']').next().unwrap_or(authority);
     after_host
         .rsplit_once(':')
@@ -265,7 +271,7 @@ pub struct WebhookConfig {
     /// Dead-letter events still failing after this long. Default: retry forever.
     #[serde(default)]
     pub retry_max_duration: Option<HumanDuration>,
-    /// Statuses that are retried. Default 401, 403, 404, 408, 429 and 500-599.
+    /// Statuses that are retried. Default 401, 403, 404, 407, 408, 429 and 500-599.
     #[serde(default = "default_retry_on_status")]
     pub retry_on_status: Vec<u16>,
     /// At shutdown, how long to keep trying to deliver. Default "30s".
@@ -275,6 +281,14 @@ pub struct WebhookConfig {
     /// their line. Default 1 GiB.
     #[serde(default = "default_dead_letter_max_bytes")]
     pub dead_letter_max_bytes: ByteSize,
+    /// For an https endpoint: the CA certificates trusted, a client certificate, the name
+    /// verified (see `tls.rs`).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// `"none"`, or the `http://[user:password@]host:port` of a proxy. Default: the
+    /// `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` variables (see `proxy.rs`).
+    #[serde(default)]
+    pub proxy: Option<ProxyUrl>,
 }
 
 const EXAMPLE: &str = r#"[sinks.webhook]
@@ -296,6 +310,10 @@ pub struct WebhookSpec {
     pub(crate) timeout: Duration,
     /// The statuses retried (see `retry::decide`).
     pub(crate) retry_on: Vec<u16>,
+    /// For an https endpoint, its TLS settings (`None`: http).
+    pub(crate) tls: Option<TlsSpec>,
+    /// The proxy requests go through, if any.
+    pub(crate) proxy: Option<Proxy>,
     pub schema: Schema,
     pub event_types: Vec<EventType>,
     pub buffer_max_events: usize,
@@ -320,9 +338,26 @@ impl WebhookSpec {
 }
 
 impl WebhookConfig {
-    /// Checks every key (at `key`, the sink's) and parses the settings.
-    pub fn build(self, key: &str) -> Result<WebhookSpec> {
-        let (endpoint, headers) = self.validate(key)?;
+    /// Checks every key (at `key`, the sink's) and parses the settings; the files it names
+    /// are read, relative to `base`.
+    pub fn build(self, key: &str, base: &Path) -> Result<WebhookSpec> {
+        let (endpoint, mut headers) = self.validate(key)?;
+        let tls = self.tls(key, base, &endpoint.uri)?;
+        let proxy = proxy::route(key, &endpoint.uri, self.proxy.as_ref(), |name| {
+            std::env::var_os(name)
+        })?;
+        // A plain http request goes to the proxy whole, its credentials with it; an https
+        // one has them sent in its CONNECT (see `client.rs`).
+        if let (
+            None,
+            Some(Proxy {
+                authorization: Some(auth),
+                ..
+            }),
+        ) = (&tls, &proxy)
+        {
+            headers.insert(PROXY_AUTHORIZATION, auth.clone());
+        }
         let endpoint_shown = self.endpoint_url.to_string();
         let secret = self.signing_secret().cloned();
         let template = Template::new(&self.meta, headers, endpoint, secret);
@@ -332,6 +367,8 @@ impl WebhookConfig {
             buffer_max_bytes: self.buffer_max_bytes(),
             timeout: self.timeout.0,
             retry_on: self.retry_on_status,
+            tls,
+            proxy,
             inputs: self.inputs,
             endpoint_shown,
             template,
@@ -389,6 +426,21 @@ impl WebhookConfig {
             bail!("`{key}.retry_on_status` has {s}, which is not an HTTP status (example: retry_on_status = [408, 429, 503])");
         }
         Ok((endpoint, headers))
+    }
+
+    /// The TLS settings of an https endpoint (defaults when `tls` is not set); `tls` on an
+    /// http endpoint is an error.
+    fn tls(&self, key: &str, base: &Path, endpoint: &Uri) -> Result<Option<TlsSpec>> {
+        if endpoint.scheme_str() != Some("https") {
+            return match self.tls {
+                Some(_) => bail!("`{key}.tls` is set but `{key}.endpoint_url` is http: TLS settings apply to an https endpoint (example: endpoint_url = \"https://collector.example/hook\" with tls.ca_file = \"/etc/flaghook/company-ca.pem\")"),
+                None => Ok(None),
+            };
+        }
+        let default = TlsConfig::default();
+        Ok(Some(
+            self.tls.as_ref().unwrap_or(&default).build(key, base)?,
+        ))
     }
 
     /// Batch and buffer sizes: at least 1 event, and at most what fits memory and a
@@ -567,7 +619,7 @@ pub(crate) fn endpoint(key: &str, url: &EndpointUrl) -> Result<Endpoint> {
 
 /// `Basic base64(user:password)` for a URL's `user:password` (percent-encoded, as URLs
 /// carry them), marked sensitive; `None` when they do not decode.
-fn basic_auth(userinfo: &str) -> Option<HeaderValue> {
+pub(crate) fn basic_auth(userinfo: &str) -> Option<HeaderValue> {
     use base64::Engine;
     let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
     let mut credentials = percent_decode(user)?;

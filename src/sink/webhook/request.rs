@@ -49,10 +49,6 @@ impl Template {
         }
     }
 
-    pub(crate) fn is_https(&self) -> bool {
-        self.uri.scheme_str() == Some("https")
-    }
-
     pub(crate) fn secret(&self) -> Option<&Secret> {
         self.secret.as_ref()
     }
