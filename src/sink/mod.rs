@@ -60,7 +60,7 @@ impl SinkSpec {
             } else {
                 "unsigned"
             },
-        )
+        ) + &c.proxy_note()
     }
 }
 

@@ -184,9 +184,11 @@ pub(crate) fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Whether `authority` ends in a port that is not a number: what a `/` left unescaped in a
-/// password (`user:pa/ss@host`) makes of a URL, cut after `user:pa`.
+/// password (`user:pa/ss@host`) makes of a URL, cut after `user:pa`. A user and password
+/// before an `@` are not a port (`user:pass@host` has none).
 pub(crate) fn bad_port(authority: &str) -> bool {
-    let after_host = authority.rsplit(']').next().unwrap_or(authority);
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let after_host = host_port.rsplit(']').next().unwrap_or(host_port);
     after_host
         .rsplit_once(':')
         .is_some_and(|(_, port)| !port.is_empty() && port.parse::<u16>().is_err())
@@ -334,6 +336,13 @@ impl WebhookSpec {
 
     pub fn flush_interval(&self) -> Duration {
         self.delivery.flush_interval
+    }
+
+    /// `", through the proxy set by NAME"` when requests go through a proxy, else nothing.
+    pub fn proxy_note(&self) -> String {
+        self.proxy.as_ref().map_or(String::new(), |p| {
+            format!(", through the proxy set by {}", p.origin)
+        })
     }
 }
 
@@ -699,6 +708,10 @@ mod tests {
             e.authorization.unwrap().to_str().unwrap(),
             "Basic dXNAZXI6cDpzcw=="
         );
+        // Regression: credentials without a port were taken for a port that is not a number.
+        let e = endpoint("k", &url("https://u:pw@x.example/hook")).unwrap();
+        assert_eq!(e.uri.to_string(), "https://x.example/hook");
+        assert_eq!(e.authorization.unwrap().to_str().unwrap(), "Basic dTpwdw==");
         let e = endpoint("k", &url("http://user@[::1]:8080/")).unwrap();
         assert_eq!(e.uri.to_string(), "http://[::1]:8080/");
         assert_eq!(e.authorization.unwrap().to_str().unwrap(), "Basic dXNlcjo=");
