@@ -411,3 +411,24 @@ pub fn connect(addr: &str, proc: &Proc) -> TcpStream {
         }
     }
 }
+
+/// A real peer's binary (a Debian package's, that `.ci/run` installs), or None and a note
+/// when it is not installed outside CI. In CI (`CI` set) a missing peer fails the test.
+pub fn peer(binary: &str, package: &str) -> Option<String> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain([Path::new("/usr/sbin").to_path_buf()])
+            .map(|dir| dir.join(binary))
+            .find(|p| p.is_file())
+    });
+    match found {
+        Some(p) => Some(p.to_string_lossy().into_owned()),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("{binary} is missing: .ci/run installs the Debian package {package}")
+        }
+        None => {
+            eprintln!("skipped: {binary} is not installed (apt-get install {package})");
+            None
+        }
+    }
+}
