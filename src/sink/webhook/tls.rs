@@ -97,8 +97,10 @@ impl TlsConfig {
             (Some(crt), Some(private)) => {
                 let crt = base.join(crt);
                 let private = base.join(private);
-                let chain = certificates(&format!("{key}.crt_file"), &crt)?;
-                let private_key = private_key(&format!("{key}.key_file"), &private)?;
+                let chain =
+                    example(certificates(&format!("{key}.crt_file"), &crt), CLIENT_EXAMPLE)?;
+                let private_key =
+                    example(private_key(&format!("{key}.key_file"), &private), CLIENT_EXAMPLE)?;
                 builder.with_client_auth_cert(chain, private_key).map_err(|e| {
                     anyhow!("`{key}.key_file` = {private:?} is not the key of the certificate in `{key}.crt_file` = {crt:?}: {e} (example: {CLIENT_EXAMPLE})")
                 })?
@@ -132,9 +134,12 @@ impl TlsConfig {
             Some(path) => {
                 let ca_key = format!("{key}.ca_file");
                 let path = base.join(path);
-                for (i, cert) in certificates(&ca_key, &path)?.into_iter().enumerate() {
+                for (i, cert) in example(certificates(&ca_key, &path), CA_EXAMPLE)?
+                    .into_iter()
+                    .enumerate()
+                {
                     roots.add(cert).map_err(|e| {
-                        anyhow!("`{ca_key}` = {path:?}: certificate {} of the file is not a usable CA certificate: {e}", i + 1)
+                        anyhow!("`{ca_key}` = {path:?}: certificate {} of the file is not a usable CA certificate: {e} (example: {CA_EXAMPLE})", i + 1)
                     })?;
                 }
             }
@@ -144,6 +149,11 @@ impl TlsConfig {
         }
         Ok(roots)
     }
+}
+
+/// `result`, its error followed by a correct example.
+fn example<T>(result: Result<T>, example: &str) -> Result<T> {
+    result.map_err(|e| anyhow!("{e} (example: {example})"))
 }
 
 /// Every certificate in the PEM file at `path` (`key` names the setting): at least one.
