@@ -286,3 +286,26 @@ fn a_bad_proxy_variable_is_named_not_shown() {
         "{out}"
     );
 }
+
+/// Regression: a config line that does not parse was quoted in the error, a proxy's (or
+/// `endpoint_url`'s) password with it.
+#[test]
+fn a_line_with_url_credentials_that_does_not_parse_is_not_quoted() {
+    for line in [
+        r#"proxy = "http://flag:s3cr3t-pw@127.0.0.1:3128"#,
+        r#"endpoint_url = "https://flag:s3cr3t-pw@collector.example/hook"#,
+    ] {
+        let ws = Workspace::new();
+        let config = ws.config(&format!(
+            "[sources.in]\ntype = \"stdin\"\n\n[sinks.webhook]\ntype = \"webhook\"\ninputs = [\"in\"]\n{line}\n"
+        ));
+        let out = validate(&config);
+        out.assert_code(1);
+        assert!(
+            out.stderr
+                .contains("(not shown: it has a URL with a user or password)"),
+            "{out}"
+        );
+        assert!(!out.stderr.contains("s3cr3t-pw"), "{out}");
+    }
+}

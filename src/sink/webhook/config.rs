@@ -773,20 +773,24 @@ mod tests {
             "secret_base64 = \"aHVudGVyMg==\"",
         ] {
             let mut config = webhook(&format!(
-                "{secret}\nheaders = {{ Authorization = \"Bearer tok3n\" }}"
+                "{secret}\nheaders = {{ X-Token = \"Bearer tok3n\" }}\nproxy = \"http://p:pr0xy-pw@127.0.0.1:3128\""
             ))
             .unwrap();
             config.endpoint_url = url("http://u:pa55w0rd@127.0.0.1:1/");
             assert_eq!(config.signing_secret().unwrap().expose(), b"hunter2");
             let shown = format!("{config:?}");
+            let spec = format!("{:?}", config.build("sinks.w", Path::new(".")).unwrap());
             for hidden in [
                 "hunter2",
                 "68756e74657232",
                 "aHVudGVyMg",
                 "tok3n",
                 "pa55w0rd",
+                "pr0xy-pw",
+                "cDpwcjB4eS1wdw", // base64("p:pr0xy-pw"), as Proxy-Authorization
             ] {
                 assert!(!shown.contains(hidden), "{shown}");
+                assert!(!spec.contains(hidden), "{spec}");
             }
         }
     }
