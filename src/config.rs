@@ -330,7 +330,8 @@ fn with_example(e: anyhow::Error) -> anyhow::Error {
 }
 
 /// `at line N: <that line>` for a parse error's span, so the key is easy to find. A line
-/// that mentions a secret is not shown: it may hold one, written literally. An error at a
+/// that mentions a secret, or holds a URL with a user or password (`endpoint_url`, `proxy`),
+/// is not shown: it may hold one, written literally. An error at a
 /// `${` says where `${NAME}` works.
 fn located(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     let Some(span) = span else {
@@ -338,8 +339,11 @@ fn located(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     };
     let line_no = text.get(..span.start).unwrap_or(text).matches('\n').count() + 1;
     let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    let credentials = line.find("://").is_some_and(|i| line[i..].contains('@'));
     let shown = if line.to_ascii_lowercase().contains("secret") {
         format!("at line {line_no} (not shown: it mentions a secret)")
+    } else if credentials {
+        format!("at line {line_no} (not shown: it has a URL with a user or password)")
     } else {
         format!("at line {line_no}: {line}")
     };

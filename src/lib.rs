@@ -14,8 +14,9 @@
 //!   file tail (with its checkpoints), tcp, stdin; [`source::lines`] splits lines.
 //! - [`event`]: the types between stages; decoding lines into events.
 //! - `batch`: `chunks_timeout` (counting bytes too) and the re-injection of failed batches.
-//! - [`sink`]: [`sink::webhook`] (the pipeline, its config, request, client and retry
-//!   policy), and what sinks share: decode, acknowledge, dead letters, spill, replay.
+//! - [`sink`]: [`sink::webhook`] (the pipeline, its config, request, client, TLS settings,
+//!   proxy route and retry policy), and what sinks share: decode, acknowledge, dead
+//!   letters, spill, replay.
 //! - [`compression`]: request bodies' `Content-Encoding` (gzip, zstd), both ways.
 //! - [`sign`]: the signatures, `X-Hub-Signature-256` and Standard Webhooks'.
 //! - [`receiver`]: a signature-checking receiver, for `receive` and `demo`.

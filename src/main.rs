@@ -460,6 +460,8 @@ fn demo() -> Result<u8> {
     let mut loaded = config::load(&config_path)?;
     for table in loaded.sinks.values_mut() {
         table.insert("endpoint_url".into(), toml::Value::String(url.clone()));
+        // The receiver is this process's: a proxy in the environment must not carry it.
+        table.insert("proxy".into(), toml::Value::String("none".into()));
     }
     let plan = Plan::build(loaded)?;
     let check = plan.sinks.values().find_map(|sink| {

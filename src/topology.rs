@@ -76,7 +76,7 @@ impl Plan {
         let mut sinks = BTreeMap::new();
         for (name, table) in &loaded.sinks {
             let key = format!("sinks.{name}");
-            let sink = SinkSpec::from_table(&key, table.clone())?;
+            let sink = SinkSpec::from_table(&key, table.clone(), &base)?;
             for (i, input) in sink.inputs().iter().enumerate() {
                 if sink.inputs()[..i].contains(input) {
                     bail!(
@@ -203,7 +203,7 @@ pub async fn run(config: Plan, once: bool, shutdown: CancellationToken) -> Resul
         all_stats.push((stats.clone(), budget.clone()));
         let parts = SinkParts {
             name: name.clone(),
-            poster: Arc::new(Poster::new(name, c)?),
+            poster: Arc::new(Poster::new(name, c)),
             delivery: c.delivery.clone(),
             decoder: Decoder::new(c.schema, &c.event_types),
             budget: budget.clone(),

@@ -10,6 +10,7 @@ pub mod replay;
 pub(crate) mod spill;
 pub mod webhook;
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{bail, Result};
@@ -24,13 +25,14 @@ pub enum SinkSpec {
 }
 
 impl SinkSpec {
-    /// Reads and checks the table at `key` (`sinks.NAME`).
-    pub fn from_table(key: &str, table: toml::Table) -> Result<Self> {
+    /// Reads and checks the table at `key` (`sinks.NAME`); relative paths are relative to
+    /// `base`.
+    pub fn from_table(key: &str, table: toml::Table, base: &Path) -> Result<Self> {
         let (kind, table) = split_type(key, table, "\"webhook\"")?;
         match kind.as_str() {
             "webhook" => {
                 let config: webhook::WebhookConfig = typed(key, table)?;
-                Ok(SinkSpec::Webhook(config.build(key)?))
+                Ok(SinkSpec::Webhook(config.build(key, base)?))
             }
             other => bail!("`{key}.type` = {other:?} is not a sink type: use \"webhook\""),
         }
@@ -60,7 +62,7 @@ impl SinkSpec {
             signed,
             c.compression().as_str(),
             c.request_concurrency(),
-        )
+        ) + &c.proxy_note()
     }
 }
 

@@ -101,7 +101,7 @@ pub async fn replay(
     let (mut fates, events) = classify(&mut lines, &numbers, name, config, &file);
 
     let mut sender = Sender {
-        poster: Poster::new(name, config)?,
+        poster: Poster::new(name, config),
         retry: RetryPolicy::for_replay(&config.delivery, stop.clone()),
         name,
         lines: &mut lines,

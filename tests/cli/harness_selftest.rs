@@ -146,3 +146,18 @@ fn proc_kills_a_child_that_runs_too_long() {
 fn hostname_is_not_empty() {
     assert!(!hostname().is_empty());
 }
+
+/// flaghook sends through the proxies of its environment, loopback included: the test
+/// process's own proxy variables (a developer's, CI's) never reach the binary, so the
+/// tests' loopback endpoints are reached straight unless a test sets a proxy itself.
+#[test]
+fn flaghook_commands_drop_the_proxy_variables() {
+    let cmd = flaghook(&["--version"]);
+    let envs: Vec<_> = cmd.get_envs().collect();
+    for name in PROXY_VARS {
+        assert!(
+            envs.contains(&(std::ffi::OsStr::new(name), None)),
+            "{name} is not removed"
+        );
+    }
+}

@@ -10,6 +10,7 @@ mod dead_letter_disk;
 mod hostile_endpoint;
 mod multi_sink;
 mod poison;
+mod proxy;
 mod replay;
 mod retry_policy;
 mod signatures;

@@ -1,9 +1,13 @@
 //! HTTPS: rustls with certificate verification always on. A real TLS server on 127.0.0.1
-//! serves a certificate from a test CA; flaghook delivers when that CA is trusted (through
-//! `SSL_CERT_FILE`, which the platform root store honours) and refuses otherwise.
+//! serves a certificate from a test CA; flaghook delivers when that CA is trusted and
+//! refuses otherwise: through `SSL_CERT_FILE` (which the platform root store honours), or
+//! through the sink's `tls` keys (`ca_file` beside or instead of the platform's roots, a
+//! client certificate for an endpoint that asks for one, `server_name`), and a `tls` key
+//! that names a bad file is an error naming the key and the file.
 //!
-//! The certificates (ECDSA P-256, valid until 2126) were made once with openssl: a CA, and a
-//! leaf for `IP:127.0.0.1, DNS:flaghook.test` signed by it; plus an unrelated CA.
+//! The first certificates (ECDSA P-256, valid until 2126) were made once with openssl: a CA, and a
+//! leaf for `IP:127.0.0.1, DNS:flaghook.test` signed by it; plus an unrelated CA. The
+//! `tls` key tests make theirs at run time with rcgen ([`Ca`]).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -66,58 +70,160 @@ fn pem_der(pem: &str) -> Vec<u8> {
         .unwrap()
 }
 
-/// A minimal HTTPS/1.1 server: answers 200 to every request, records each decrypted body and
-/// counts the TCP connections (handshakes attempted).
-struct TlsServer {
-    port: u16,
+/// A test CA made at run time: its certificate, and the key that signs what it issues.
+pub(crate) struct Ca {
+    pub(crate) pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+/// A certificate issued by a [`Ca`], with its private key.
+pub(crate) struct Issued {
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
+    cert: CertificateDer<'static>,
+    key: PrivatePkcs8KeyDer<'static>,
+}
+
+impl Ca {
+    pub(crate) fn new(name: &str) -> Ca {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses).
+    pub(crate) fn server(&self, names: &[&str]) -> Issued {
+        self.issue(names, rcgen::ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// A client certificate (mTLS).
+    pub(crate) fn client(&self) -> Issued {
+        self.issue(
+            &["flaghook-client"],
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    }
+
+    fn issue(&self, names: &[&str], purpose: rcgen::ExtendedKeyUsagePurpose) -> Issued {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.extended_key_usages = vec![purpose];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert: cert.der().clone(),
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+        }
+    }
+}
+
+/// A minimal HTTPS/1.1 server: answers 200 to every request, records each decrypted body
+/// (and the name the client sent in SNI) and counts the TCP connections (handshakes
+/// attempted).
+pub(crate) struct TlsServer {
+    pub(crate) port: u16,
     connections: Arc<AtomicUsize>,
     bodies: Arc<Mutex<Vec<Vec<u8>>>>,
+    server_names: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 impl TlsServer {
     fn start() -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![CertificateDer::from(pem_der(LEAF_PEM))],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pem_der(LEAF_KEY_PEM))),
-            )
+        Self::with_config(
+            server_config()
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![CertificateDer::from(pem_der(LEAF_PEM))],
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pem_der(LEAF_KEY_PEM))),
+                )
+                .unwrap(),
+        )
+    }
+
+    /// Serves `leaf` to any client.
+    pub(crate) fn serving(leaf: &Issued) -> Self {
+        Self::with_config(
+            server_config()
+                .with_no_client_auth()
+                .with_single_cert(vec![leaf.cert.clone()], leaf.key.clone_key().into())
+                .unwrap(),
+        )
+    }
+
+    /// Serves `leaf` only to a client with a certificate `client_ca` issued.
+    fn requiring_client_certificate(leaf: &Issued, client_ca: &Ca) -> Self {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(pem_der(&client_ca.pem)))
             .unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        Self::with_config(
+            server_config()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(vec![leaf.cert.clone()], leaf.key.clone_key().into())
+                .unwrap(),
+        )
+    }
+
+    fn with_config(config: rustls::ServerConfig) -> Self {
         let config = Arc::new(config);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
         let bodies = Arc::new(Mutex::new(Vec::new()));
-        let (c, b) = (connections.clone(), bodies.clone());
+        let server_names = Arc::new(Mutex::new(Vec::new()));
+        let (c, b, n) = (connections.clone(), bodies.clone(), server_names.clone());
         // Detached: the accept loop lives as long as the test process.
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 c.fetch_add(1, Ordering::SeqCst);
-                let (config, b) = (config.clone(), b.clone());
-                std::thread::spawn(move || serve_connection(stream, config, b));
+                let (config, b, n) = (config.clone(), b.clone(), n.clone());
+                std::thread::spawn(move || serve_connection(stream, config, b, n));
             }
         });
         TlsServer {
             port,
             connections,
             bodies,
+            server_names,
         }
     }
 
-    fn connections(&self) -> usize {
+    pub(crate) fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
 
-    fn bodies(&self) -> Vec<Vec<u8>> {
+    pub(crate) fn bodies(&self) -> Vec<Vec<u8>> {
         self.bodies.lock().unwrap().clone()
     }
 
+    /// The SNI name of each request's connection, as the client sent it.
+    fn server_names(&self) -> Vec<Option<String>> {
+        self.server_names.lock().unwrap().clone()
+    }
+
     /// Waits until `pred` holds or [`WAIT`] passes.
-    fn wait(&self, pred: impl Fn(&Self) -> bool) {
+    pub(crate) fn wait(&self, pred: impl Fn(&Self) -> bool) {
         let deadline = Instant::now() + WAIT;
         while !pred(self) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -125,11 +231,19 @@ impl TlsServer {
     }
 }
 
+fn server_config() -> rustls::ConfigBuilder<rustls::ServerConfig, rustls::WantsVerifier> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+}
+
 /// Serves HTTP/1.1 requests (keep-alive) over one TLS connection until it closes or fails.
 fn serve_connection(
     stream: TcpStream,
     config: Arc<rustls::ServerConfig>,
     bodies: Arc<Mutex<Vec<Vec<u8>>>>,
+    server_names: Arc<Mutex<Vec<Option<String>>>>,
 ) {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -166,6 +280,10 @@ fn serve_connection(
             .lock()
             .unwrap()
             .push(buf[head_end..head_end + len].to_vec());
+        server_names
+            .lock()
+            .unwrap()
+            .push(tls.conn.server_name().map(str::to_owned));
         buf.drain(..head_end + len);
         if tls
             .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
@@ -254,5 +372,329 @@ fn https_refuses_a_certificate_for_another_name() {
     assert!(
         server.bodies().is_empty(),
         "a request was sent to a certificate for another name:\n{stderr}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The `tls` keys, with certificates made by rcgen.
+
+/// A `--once` run over two events to the server at `port` (the URL's host is
+/// 127.0.0.1), with `sink_extra` in the sink, while the platform's roots are the
+/// certificates in `platform_pem` alone (`SSL_CERT_FILE`).
+fn tls_run(ws: &Workspace, port: u16, platform_pem: &str, sink_extra: &str) -> Proc {
+    let platform = ws.write("platform-roots.pem", platform_pem);
+    let config = ws.file_pipeline(
+        jsonl(&feature_events(0, 2)),
+        &format!("https://127.0.0.1:{port}/hook"),
+        &format!(
+            r#"flush_interval = "100ms"
+retry_initial_backoff = "50ms"
+timeout = "2s"
+{sink_extra}"#
+        ),
+    );
+    let mut cmd = run_once_cmd(&config);
+    cmd.env("SSL_CERT_FILE", &platform)
+        .env_remove("SSL_CERT_DIR");
+    Proc::spawn(cmd)
+}
+
+/// The run delivered its two events to `server`, over one verified connection.
+fn assert_delivered(server: &TlsServer, proc: Proc) {
+    let out = proc.wait();
+    out.assert_code(0);
+    assert_eq!(server.bodies().len(), 1, "{out}");
+    assert_eq!(out.summary().events_delivered, 2, "{out}");
+}
+
+/// The run tried the server (and tried again) but sent nothing to it (a server no other
+/// run sent to).
+fn assert_refused(server: &TlsServer, proc: Proc, what: &str) {
+    server.wait(|s| s.connections() >= 2);
+    let stderr = proc.stderr_now();
+    drop(proc);
+    assert!(
+        server.connections() >= 2,
+        "flaghook did not try (and retry) the https endpoint:\n{stderr}"
+    );
+    assert!(server.bodies().is_empty(), "{what}:\n{stderr}");
+    assert!(stderr.contains("delivery failed"), "{stderr}");
+}
+
+/// `tls.ca_file` adds a private CA to the platform's roots: trusted with it, refused
+/// without it (the platform trusts another CA only).
+#[test]
+fn ca_file_adds_a_private_ca_to_the_platform_roots() {
+    let (ca, other) = (Ca::new("flaghook private CA"), Ca::new("platform CA"));
+    let leaf = ca.server(&["127.0.0.1"]);
+    let server = TlsServer::serving(&leaf);
+    let ws = Workspace::new();
+    ws.write("ca.pem", &ca.pem);
+    // Relative to the config file's folder.
+    let proc = tls_run(&ws, server.port, &other.pem, r#"tls.ca_file = "ca.pem""#);
+    assert_delivered(&server, proc);
+
+    let server = TlsServer::serving(&leaf);
+    let ws = Workspace::new();
+    let proc = tls_run(&ws, server.port, &other.pem, "");
+    assert_refused(
+        &server,
+        proc,
+        "a request went to a certificate of an untrusted CA",
+    );
+}
+
+/// Several CAs in one `ca_file`, and `use_platform_roots = false`: the file's alone are
+/// trusted, and the platform's no longer are.
+#[test]
+fn ca_file_replaces_the_platform_roots_when_they_are_off() {
+    let (ca, other, platform) = (Ca::new("A"), Ca::new("B"), Ca::new("platform"));
+    let server = TlsServer::serving(&ca.server(&["127.0.0.1"]));
+    let ws = Workspace::new();
+    let both = ws.write("cas.pem", format!("{}{}", other.pem, ca.pem));
+    let proc = tls_run(
+        &ws,
+        server.port,
+        &platform.pem,
+        &format!(
+            "tls = {{ ca_file = {}, use_platform_roots = false }}",
+            toml_str(&both)
+        ),
+    );
+    assert_delivered(&server, proc);
+
+    let platform_server = TlsServer::serving(&platform.server(&["127.0.0.1"]));
+    let ws = Workspace::new();
+    let other_only = ws.write("other.pem", &other.pem);
+    let proc = tls_run(
+        &ws,
+        platform_server.port,
+        &platform.pem,
+        &format!(
+            "tls = {{ ca_file = {}, use_platform_roots = false }}",
+            toml_str(&other_only)
+        ),
+    );
+    assert_refused(
+        &platform_server,
+        proc,
+        "with use_platform_roots = false, a platform root was still trusted",
+    );
+}
+
+/// An endpoint that asks for a client certificate gets `tls.crt_file` / `tls.key_file`;
+/// without them it refuses the connection and nothing is sent.
+#[test]
+fn client_certificate_for_an_endpoint_that_asks_for_one() {
+    let ca = Ca::new("mTLS CA");
+    let leaf = ca.server(&["127.0.0.1"]);
+    let server = TlsServer::requiring_client_certificate(&leaf, &ca);
+    let client = ca.client();
+    let ws = Workspace::new();
+    let crt = ws.write("client.crt", &client.cert_pem);
+    let key = ws.write("client.key", &client.key_pem);
+    let proc = tls_run(
+        &ws,
+        server.port,
+        &ca.pem,
+        &format!(
+            "tls = {{ crt_file = {}, key_file = {} }}",
+            toml_str(&crt),
+            toml_str(&key)
+        ),
+    );
+    assert_delivered(&server, proc);
+
+    let server = TlsServer::requiring_client_certificate(&leaf, &ca);
+    let ws = Workspace::new();
+    let proc = tls_run(&ws, server.port, &ca.pem, "");
+    assert_refused(
+        &server,
+        proc,
+        "a request was accepted without a client certificate",
+    );
+}
+
+/// `tls.server_name` is the name verified and sent as SNI instead of the URL's host: the
+/// certificate names only `collector.internal`, the URL says 127.0.0.1.
+#[test]
+fn server_name_is_verified_and_sent_instead_of_the_host() {
+    let ca = Ca::new("names CA");
+    let leaf = ca.server(&["collector.internal"]);
+    let server = TlsServer::serving(&leaf);
+    let ws = Workspace::new();
+    let proc = tls_run(
+        &ws,
+        server.port,
+        &ca.pem,
+        r#"tls.server_name = "collector.internal""#,
+    );
+    assert_delivered(&server, proc);
+    assert_eq!(
+        server.server_names(),
+        [Some("collector.internal".to_owned())]
+    );
+
+    for wrong in ["", r#"tls.server_name = "other.internal""#] {
+        let server = TlsServer::serving(&leaf);
+        let ws = Workspace::new();
+        let proc = tls_run(&ws, server.port, &ca.pem, wrong);
+        assert_refused(
+            &server,
+            proc,
+            &format!("`{wrong}`: a certificate for another name was accepted"),
+        );
+    }
+}
+
+/// Every `tls` file problem is found at start (`validate`), and the message names the key
+/// and the file and says what is wrong; a key file's content never shows.
+#[test]
+fn tls_config_errors_name_the_key_and_the_file() {
+    let ca = Ca::new("errors CA");
+    let client = ca.client();
+    let stranger = Ca::new("stranger").client();
+    let ws = Workspace::new();
+    let ca_pem = ws.write("ca.pem", &ca.pem);
+    let crt = ws.write("client.crt", &client.cert_pem);
+    let key = ws.write("client.key", &client.key_pem);
+    let other_key = ws.write("other.key", &stranger.key_pem);
+    let der = ws.write("ca.der", pem_der(&ca.pem));
+    let broken = ws.write("broken.pem", "-----BEGIN CERTIFICATE-----\nMIIB!!!\n");
+    let encrypted = ws.write(
+        "encrypted.key",
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG9w0BBQwwHAQI\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    );
+    let folder = ws.path("a-folder");
+    std::fs::create_dir_all(&folder).unwrap();
+    let missing = ws.path("missing.pem");
+    let q = |p: &std::path::Path| toml_str(p);
+    let key_line = client.key_pem.lines().nth(1).unwrap().to_owned();
+    let pair = |crt: &std::path::Path, key: &std::path::Path| {
+        format!("tls = {{ crt_file = {}, key_file = {} }}", q(crt), q(key))
+    };
+    // (sink lines, the key named, what is wrong, the file named)
+    let cases = [
+        (
+            format!("tls.ca_file = {}", q(&missing)),
+            "tls.ca_file",
+            "the file is missing",
+            Some(&missing),
+        ),
+        (
+            format!("tls.ca_file = {}", q(&folder)),
+            "tls.ca_file",
+            "the file cannot be read",
+            Some(&folder),
+        ),
+        (
+            format!("tls.ca_file = {}", q(&der)),
+            "tls.ca_file",
+            "is not PEM",
+            Some(&der),
+        ),
+        (
+            format!("tls.ca_file = {}", q(&broken)),
+            "tls.ca_file",
+            "is not valid PEM",
+            Some(&broken),
+        ),
+        (
+            format!("tls.ca_file = {}", q(&key)),
+            "tls.ca_file",
+            "holds no certificate",
+            Some(&key),
+        ),
+        (
+            pair(&crt, &crt),
+            "tls.key_file",
+            "holds no private key",
+            Some(&crt),
+        ),
+        (
+            pair(&key, &key),
+            "tls.crt_file",
+            "holds no certificate",
+            Some(&key),
+        ),
+        (
+            pair(&crt, &encrypted),
+            "tls.key_file",
+            "holds an encrypted private key",
+            Some(&encrypted),
+        ),
+        (
+            pair(&crt, &other_key),
+            "tls.key_file",
+            "is not the key of the certificate in `sinks.webhook.tls.crt_file`",
+            Some(&other_key),
+        ),
+        (
+            format!("tls.crt_file = {}", q(&crt)),
+            "tls.crt_file",
+            "is set without `sinks.webhook.tls.key_file`",
+            None,
+        ),
+        (
+            format!("tls.key_file = {}", q(&key)),
+            "tls.key_file",
+            "is set without `sinks.webhook.tls.crt_file`",
+            None,
+        ),
+        (
+            "tls.use_platform_roots = false".into(),
+            "tls.use_platform_roots",
+            "no certificate would be trusted",
+            None,
+        ),
+        (
+            r#"tls.server_name = "not a name""#.into(),
+            "tls.server_name",
+            "is not a DNS name or an IP address",
+            None,
+        ),
+        // Verification cannot be turned off.
+        (
+            "tls.verify = false".into(),
+            "tls",
+            "unknown field `verify`",
+            None,
+        ),
+    ];
+    for (extra, key_name, problem, file) in cases {
+        let config = ws.file_pipeline("", "https://127.0.0.1:1/hook", &extra);
+        let out = validate(&config);
+        out.assert_code(1);
+        let full_key = format!("sinks.webhook.{key_name}");
+        assert!(
+            out.stderr.contains(&full_key),
+            "{extra}: no {full_key}:\n{out}"
+        );
+        assert!(
+            out.stderr.contains(problem),
+            "{extra}: no {problem:?}:\n{out}"
+        );
+        if let Some(file) = file {
+            let shown = format!("{:?}", file.display().to_string());
+            assert!(out.stderr.contains(&shown), "{extra}: no {shown}:\n{out}");
+        }
+        assert!(
+            !out.stderr.contains(&key_line),
+            "{extra}: the key shows:\n{out}"
+        );
+    }
+
+    // `tls` belongs to an https endpoint.
+    let config = ws.file_pipeline(
+        "",
+        "http://127.0.0.1:1/hook",
+        &format!("tls.ca_file = {}", q(&ca_pem)),
+    );
+    let out = validate(&config);
+    out.assert_code(1);
+    assert!(
+        out.stderr
+            .contains("`sinks.webhook.tls` is set but `sinks.webhook.endpoint_url` is http"),
+        "{out}"
     );
 }

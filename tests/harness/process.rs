@@ -14,13 +14,28 @@ use std::time::{Duration, Instant};
 
 use super::{PROC_TIMEOUT, WAIT};
 
-/// A `flaghook` command with `args`, stdin closed and `RUST_LOG=info`.
+/// The variables that send flaghook's requests through a proxy, loopback included.
+pub const PROXY_VARS: [&str; 6] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+/// A `flaghook` command with `args`, stdin closed and `RUST_LOG=info`. The proxy
+/// variables of the test's own environment are removed: requests to the tests' loopback
+/// endpoints go straight, unless a test sets them on its command.
 pub fn flaghook(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flaghook"));
     cmd.args(args)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null());
+    for name in PROXY_VARS {
+        cmd.env_remove(name);
+    }
     cmd
 }
 
@@ -393,6 +408,27 @@ pub fn connect(addr: &str, proc: &Proc) -> TcpStream {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+        }
+    }
+}
+
+/// A real peer's binary (a Debian package's, that `.ci/run` installs), or None and a note
+/// when it is not installed outside CI. In CI (`CI` set) a missing peer fails the test.
+pub fn peer(binary: &str, package: &str) -> Option<String> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain([Path::new("/usr/sbin").to_path_buf()])
+            .map(|dir| dir.join(binary))
+            .find(|p| p.is_file())
+    });
+    match found {
+        Some(p) => Some(p.to_string_lossy().into_owned()),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("{binary} is missing: .ci/run installs the Debian package {package}")
+        }
+        None => {
+            eprintln!("skipped: {binary} is not installed (apt-get install {package})");
+            None
         }
     }
 }

@@ -1,31 +1,10 @@
 //! flaghook chained after real shippers installed from a registry. A missing peer skips the
 //! test on a developer's machine and fails it in CI (`CI` set), where `.ci/run` installs it.
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::harness::*;
-
-/// The peer's binary, or None (and a note) when it is not installed outside CI.
-fn peer(binary: &str, package: &str) -> Option<String> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .chain([Path::new("/usr/sbin").to_path_buf()])
-            .map(|dir| dir.join(binary))
-            .find(|p| p.is_file())
-    });
-    match found {
-        Some(p) => Some(p.to_string_lossy().into_owned()),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("{binary} is missing: .ci/run installs the Debian package {package}")
-        }
-        None => {
-            eprintln!("skipped: {binary} is not installed (apt-get install {package})");
-            None
-        }
-    }
-}
 
 /// Kills the child when dropped, so a failing test leaves no daemon behind.
 struct Daemon(Child);

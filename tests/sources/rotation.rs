@@ -135,6 +135,8 @@ flush_interval = "50ms"
 max_event_in_memory = 50
 retry_initial_backoff = "50ms"
 retry_max_backoff = "100ms"
+# In-process, the test's own environment is flaghook's: no proxy in it may carry this.
+proxy = "none"
 "#,
             glob = toml_str(ws.path("logs/*.log")),
             url = toml_str(hook.url()),

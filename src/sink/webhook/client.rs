@@ -1,22 +1,25 @@
 //! The webhook sink's HTTP client: keep-alive connections with TCP_NODELAY, https with
-//! rustls and the platform's roots, and a bounded read of every response.
+//! rustls (verified against the roots `tls` gives, see `tls.rs`), straight or through a
+//! proxy (see `proxy.rs`), and a bounded read of every response.
 
 use std::fmt;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, LOCATION, RETRY_AFTER};
 use hyper::{Request, Response};
+use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
 
 use super::config::{without_credentials, WebhookSpec};
+use super::proxy::{Forward, Proxy};
 use super::request::{MessageId, Signed, Template};
 use super::retry::{decide, parse_retry_after, Decision};
+use super::tls::TlsSpec;
 
 /// The result of one POST.
 #[derive(Debug)]
@@ -31,7 +34,9 @@ pub(crate) struct Outcome {
 pub(crate) struct Poster {
     /// The sink's name, for logs.
     sink: String,
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    transport: Transport,
+    /// `" through the proxy set by NAME"`, or nothing: for messages.
+    via: String,
     template: Template,
     timeout: Duration,
     retry_on: Vec<u16>,
@@ -46,18 +51,26 @@ impl fmt::Debug for Poster {
 }
 
 impl Poster {
-    pub(crate) fn new(name: &str, spec: &WebhookSpec) -> Result<Self> {
-        let https = spec.template.is_https();
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector(name, https)?);
-        Ok(Poster {
+    pub(crate) fn new(name: &str, spec: &WebhookSpec) -> Self {
+        let via = match &spec.proxy {
+            Some(proxy) => {
+                tracing::info!(
+                    sink = name,
+                    "sending through the proxy set by {}",
+                    proxy.origin
+                );
+                format!(" through the proxy set by {}", proxy.origin)
+            }
+            None => String::new(),
+        };
+        Poster {
             sink: name.to_owned(),
-            client,
+            transport: Transport::new(spec.tls.as_ref(), spec.proxy.as_ref()),
+            via,
             template: spec.template.clone(),
             timeout: spec.timeout,
             retry_on: spec.retry_on.clone(),
-        })
+        }
     }
 
     /// The exact bytes sent for `events` (already encoded JSON objects), and their
@@ -99,12 +112,13 @@ impl Poster {
 
     /// One request: its response's status decides, within `timeout`.
     async fn attempt(&self, request: Request<Full<Bytes>>) -> Attempt {
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+        let via = &self.via;
+        match tokio::time::timeout(self.timeout, self.transport.request(request)).await {
             Ok(Ok(response)) => Attempt::Answered(self.answer(response).await),
             Ok(Err(e)) if closed_before_response(&e) => {
-                Attempt::Closed(format!("request failed: {}", error_chain(&e)))
+                Attempt::Closed(format!("request failed{via}: {}", error_chain(&e)))
             }
-            Ok(Err(e)) => Attempt::Failed(format!("request failed: {}", error_chain(&e))),
+            Ok(Err(e)) => Attempt::Failed(format!("request failed{via}: {}", error_chain(&e))),
             Err(_) => Attempt::Failed(format!(
                 "no response within {}",
                 humantime::format_duration(self.timeout)
@@ -142,30 +156,72 @@ impl Poster {
     }
 }
 
-/// http and https connections. Without the platform's root certificates, only http works
-/// (an https endpoint is an error at start).
-fn connector(name: &str, https: bool) -> Result<hyper_rustls::HttpsConnector<HttpConnector>> {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    match builder.with_native_roots() {
-        Ok(b) => Ok(b.https_or_http().enable_http1().wrap_connector(http)),
-        Err(e) if https => Err(anyhow!(e)).context(format!(
-            "sink `{name}`: cannot load the platform's root certificates for https"
-        )),
-        Err(_) => {
-            let tls = rustls::ClientConfig::builder()
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth();
-            Ok(hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls)
-                .https_or_http()
-                .enable_http1()
-                .wrap_connector(http))
+/// The sink's one way to its endpoint, chosen at start-up by the endpoint's scheme and
+/// its proxy: each a keep-alive client over its own kind of connection.
+enum Transport {
+    Http(Client<HttpConnector, Full<Bytes>>),
+    Https(Client<HttpsConnector<HttpConnector>, Full<Bytes>>),
+    /// Plain http, each request sent whole to the proxy.
+    HttpProxy(Client<Forward, Full<Bytes>>),
+    /// TLS to the endpoint inside a `CONNECT` tunnel through the proxy.
+    HttpsProxy(Client<HttpsConnector<Tunnel<HttpConnector>>, Full<Bytes>>),
+}
+
+type HttpsConnector<T> = hyper_rustls::HttpsConnector<T>;
+
+impl Transport {
+    /// `tls` is set for an https endpoint (see `WebhookSpec::tls`).
+    fn new(tls: Option<&TlsSpec>, proxy: Option<&Proxy>) -> Self {
+        let builder = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .clone();
+        match (tls, proxy) {
+            (None, None) => Transport::Http(builder.build(tcp())),
+            (Some(tls), None) => Transport::Https(builder.build(https(tls, tcp()))),
+            (None, Some(proxy)) => {
+                Transport::HttpProxy(builder.build(Forward::new(proxy.uri.clone(), tcp())))
+            }
+            (Some(tls), Some(proxy)) => {
+                let mut tunnel = Tunnel::new(proxy.uri.clone(), tcp());
+                if let Some(auth) = &proxy.authorization {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                Transport::HttpsProxy(builder.build(https(tls, tunnel)))
+            }
         }
     }
+
+    fn request(&self, request: Request<Full<Bytes>>) -> ResponseFuture {
+        match self {
+            Transport::Http(client) => client.request(request),
+            Transport::Https(client) => client.request(request),
+            Transport::HttpProxy(client) => client.request(request),
+            Transport::HttpsProxy(client) => client.request(request),
+        }
+    }
+}
+
+/// TCP connections, to the endpoint or to its proxy (for any scheme: TLS is layered on
+/// them for https).
+fn tcp() -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    http
+}
+
+/// TLS over `connector`'s connections, verified as `tls` says.
+fn https<T>(tls: &TlsSpec, connector: T) -> HttpsConnector<T> {
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*tls.config).clone())
+        .https_only();
+    let builder = match &tls.server_name {
+        Some(name) => builder
+            .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name.clone())),
+        None => builder,
+    };
+    builder.enable_http1().wrap_connector(connector)
 }
 
 /// How much of a 2xx body is read (to reuse its connection); a longer one is dropped.

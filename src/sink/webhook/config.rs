@@ -8,15 +8,20 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, PROXY_AUTHORIZATION,
+};
 use hyper::Uri;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
+use super::proxy::{self, Proxy, ProxyUrl};
 use super::request::{Signer, Template};
+use super::tls::{TlsConfig, TlsSpec};
 use crate::compression::Compression;
 use crate::config::{check_count, check_duration, ByteSize, HumanDuration};
 use crate::event::{EventType, Schema};
@@ -71,9 +76,10 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 const MAX_REQUEST_CONCURRENCY: usize = 64;
 
 /// The statuses retried by default: the endpoint is busy or broken (408, 429, 5xx), or
-/// misconfigured in a way the operator can fix without losing data (401, 403, 404).
+/// it or the proxy on the way is misconfigured in a way the operator can fix without
+/// losing data (401, 403, 404, 407).
 pub(crate) fn default_retry_on_status() -> Vec<u16> {
-    let mut statuses = vec![401, 403, 404, 408, 429];
+    let mut statuses = vec![401, 403, 404, 407, 408, 429];
     statuses.extend(500..=599);
     statuses
 }
@@ -205,9 +211,11 @@ pub(crate) fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Whether `authority` ends in a port that is not a number: what a `/` left unescaped in a
-/// password (`user:pa/ss@host`) makes of a URL, cut after `user:pa`.
-fn bad_port(authority: &str) -> bool {
-    let after_host = authority.rsplit(']').next().unwrap_or(authority);
+/// password (`user:pa/ss@host`) makes of a URL, cut after `user:pa`. A user and password
+/// before an `@` are not a port (`user:pass@host` has none).
+pub(crate) fn bad_port(authority: &str) -> bool {
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let after_host = host_port.rsplit(']').next().unwrap_or(host_port);
     after_host
         .rsplit_once(':')
         .is_some_and(|(_, port)| !port.is_empty() && port.parse::<u16>().is_err())
@@ -306,7 +314,7 @@ pub struct WebhookConfig {
     /// Dead-letter events still failing after this long. Default: retry forever.
     #[serde(default)]
     pub retry_max_duration: Option<HumanDuration>,
-    /// Statuses that are retried. Default 401, 403, 404, 408, 429 and 500-599.
+    /// Statuses that are retried. Default 401, 403, 404, 407, 408, 429 and 500-599.
     #[serde(default = "default_retry_on_status")]
     pub retry_on_status: Vec<u16>,
     /// At shutdown, how long to keep trying to deliver. Default "30s".
@@ -316,6 +324,14 @@ pub struct WebhookConfig {
     /// their line. Default 1 GiB.
     #[serde(default = "default_dead_letter_max_bytes")]
     pub dead_letter_max_bytes: ByteSize,
+    /// For an https endpoint: the CA certificates trusted, a client certificate, the name
+    /// verified (see `tls.rs`).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// `"none"`, or the `http://[user:password@]host:port` of a proxy. Default: the
+    /// `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` variables (see `proxy.rs`).
+    #[serde(default)]
+    pub proxy: Option<ProxyUrl>,
 }
 
 const EXAMPLE: &str = r#"[sinks.webhook]
@@ -337,6 +353,10 @@ pub struct WebhookSpec {
     pub(crate) timeout: Duration,
     /// The statuses retried (see `retry::decide`).
     pub(crate) retry_on: Vec<u16>,
+    /// For an https endpoint, its TLS settings (`None`: http).
+    pub(crate) tls: Option<TlsSpec>,
+    /// The proxy requests go through, if any.
+    pub(crate) proxy: Option<Proxy>,
     pub schema: Schema,
     pub event_types: Vec<EventType>,
     pub buffer_max_events: usize,
@@ -370,12 +390,36 @@ impl WebhookSpec {
     pub fn request_concurrency(&self) -> usize {
         self.delivery.request_concurrency
     }
+
+    /// `", through the proxy set by NAME"` when requests go through a proxy, else nothing.
+    pub fn proxy_note(&self) -> String {
+        self.proxy.as_ref().map_or(String::new(), |p| {
+            format!(", through the proxy set by {}", p.origin)
+        })
+    }
 }
 
 impl WebhookConfig {
-    /// Checks every key (at `key`, the sink's) and parses the settings.
-    pub fn build(self, key: &str) -> Result<WebhookSpec> {
-        let (endpoint, headers) = self.validate(key)?;
+    /// Checks every key (at `key`, the sink's) and parses the settings; the files it names
+    /// are read, relative to `base`.
+    pub fn build(self, key: &str, base: &Path) -> Result<WebhookSpec> {
+        let (endpoint, mut headers) = self.validate(key)?;
+        let tls = self.tls(key, base, &endpoint.uri)?;
+        let proxy = proxy::route(key, &endpoint.uri, self.proxy.as_ref(), |name| {
+            std::env::var_os(name)
+        })?;
+        // A plain http request goes to the proxy whole, its credentials with it; an https
+        // one has them sent in its CONNECT (see `client.rs`).
+        if let (
+            None,
+            Some(Proxy {
+                authorization: Some(auth),
+                ..
+            }),
+        ) = (&tls, &proxy)
+        {
+            headers.insert(PROXY_AUTHORIZATION, auth.clone());
+        }
         let endpoint_shown = self.endpoint_url.to_string();
         let signer = self.signer(key)?;
         let template = Template::new(&self.meta, headers, endpoint, self.compression, signer);
@@ -385,6 +429,8 @@ impl WebhookConfig {
             buffer_max_bytes: self.buffer_max_bytes(),
             timeout: self.timeout.0,
             retry_on: self.retry_on_status,
+            tls,
+            proxy,
             inputs: self.inputs,
             endpoint_shown,
             template,
@@ -442,6 +488,21 @@ impl WebhookConfig {
             bail!("`{key}.retry_on_status` has {s}, which is not an HTTP status (example: retry_on_status = [408, 429, 503])");
         }
         Ok((endpoint, headers))
+    }
+
+    /// The TLS settings of an https endpoint (defaults when `tls` is not set); `tls` on an
+    /// http endpoint is an error.
+    fn tls(&self, key: &str, base: &Path, endpoint: &Uri) -> Result<Option<TlsSpec>> {
+        if endpoint.scheme_str() != Some("https") {
+            return match self.tls {
+                Some(_) => bail!("`{key}.tls` is set but `{key}.endpoint_url` is http: TLS settings apply to an https endpoint (example: endpoint_url = \"https://collector.example/hook\" with tls.ca_file = \"/etc/flaghook/company-ca.pem\")"),
+                None => Ok(None),
+            };
+        }
+        let default = TlsConfig::default();
+        Ok(Some(
+            self.tls.as_ref().unwrap_or(&default).build(key, base)?,
+        ))
     }
 
     /// Batch and buffer sizes: at least 1 event, and at most what fits memory and a
@@ -657,7 +718,7 @@ pub(crate) fn endpoint(key: &str, url: &EndpointUrl) -> Result<Endpoint> {
 
 /// `Basic base64(user:password)` for a URL's `user:password` (percent-encoded, as URLs
 /// carry them), marked sensitive; `None` when they do not decode.
-fn basic_auth(userinfo: &str) -> Option<HeaderValue> {
+pub(crate) fn basic_auth(userinfo: &str) -> Option<HeaderValue> {
     use base64::Engine;
     let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
     let mut credentials = percent_decode(user)?;
@@ -740,6 +801,10 @@ mod tests {
             e.authorization.unwrap().to_str().unwrap(),
             "Basic dXNAZXI6cDpzcw=="
         );
+        // Regression: credentials without a port were taken for a port that is not a number.
+        let e = endpoint("k", &url("https://u:pw@x.example/hook")).unwrap();
+        assert_eq!(e.uri.to_string(), "https://x.example/hook");
+        assert_eq!(e.authorization.unwrap().to_str().unwrap(), "Basic dTpwdw==");
         let e = endpoint("k", &url("http://user@[::1]:8080/")).unwrap();
         assert_eq!(e.uri.to_string(), "http://[::1]:8080/");
         assert_eq!(e.authorization.unwrap().to_str().unwrap(), "Basic dXNlcjo=");
@@ -801,20 +866,24 @@ mod tests {
             "secret_base64 = \"aHVudGVyMg==\"",
         ] {
             let mut config = webhook(&format!(
-                "{secret}\nheaders = {{ Authorization = \"Bearer tok3n\" }}"
+                "{secret}\nheaders = {{ X-Token = \"Bearer tok3n\" }}\nproxy = \"http://p:pr0xy-pw@127.0.0.1:3128\""
             ))
             .unwrap();
             config.endpoint_url = url("http://u:pa55w0rd@127.0.0.1:1/");
             assert_eq!(config.signing_secret().unwrap().expose(), b"hunter2");
             let shown = format!("{config:?}");
+            let spec = format!("{:?}", config.build("sinks.w", Path::new(".")).unwrap());
             for hidden in [
                 "hunter2",
                 "68756e74657232",
                 "aHVudGVyMg",
                 "tok3n",
                 "pa55w0rd",
+                "pr0xy-pw",
+                "cDpwcjB4eS1wdw", // base64("p:pr0xy-pw"), as Proxy-Authorization
             ] {
                 assert!(!shown.contains(hidden), "{shown}");
+                assert!(!spec.contains(hidden), "{spec}");
             }
         }
     }

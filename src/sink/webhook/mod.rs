@@ -42,13 +42,17 @@
 
 pub(crate) mod client;
 pub(crate) mod config;
+pub(crate) mod proxy;
 pub(crate) mod request;
 pub(crate) mod retry;
+pub(crate) mod tls;
 
 pub(crate) use client::Poster;
 pub(crate) use config::Delivery;
 pub use config::{EndpointUrl, HeaderValues, Secret, WebhookConfig, WebhookSpec};
+pub use proxy::ProxyUrl;
 pub use request::body;
+pub use tls::TlsConfig;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;

@@ -95,10 +95,6 @@ impl Template {
         }
     }
 
-    pub(crate) fn is_https(&self) -> bool {
-        self.uri.scheme_str() == Some("https")
-    }
-
     pub(crate) fn compression(&self) -> Compression {
         self.compression
     }
