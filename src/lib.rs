@@ -17,9 +17,13 @@
 //! - [`sink`]: [`sink::webhook`] (the pipeline, its config, request, client and retry
 //!   policy), and what sinks share: decode, acknowledge, dead letters, spill, replay.
 //! - [`sign`]: the `X-Hub-Signature-256` signature.
+//! - [`telemetry`]: counters per component, health, the Prometheus exposition, progress
+//!   lines; [`api`] serves `/health` and `/metrics`.
+//! - `reload`: runs the pipelines and applies a changed config (SIGHUP, `--watch-config`).
 //! - [`receiver`]: a signature-checking receiver, for `receive` and `demo`.
 //! - `failpoint`: fault injection for tests (debug builds only).
 
+pub mod api;
 pub(crate) mod batch;
 pub mod config;
 pub(crate) mod data_dir;
@@ -27,7 +31,9 @@ pub mod event;
 pub(crate) mod failpoint;
 pub(crate) mod lock;
 pub mod receiver;
+pub mod reload;
 pub mod sign;
 pub mod sink;
 pub mod source;
+pub mod telemetry;
 pub mod topology;

@@ -16,8 +16,9 @@ use flaghook::config::{self, parse_size};
 use flaghook::receiver::{self, Report};
 use flaghook::sink::webhook::Secret;
 use flaghook::sink::SinkSpec;
+use flaghook::telemetry::progress;
 use flaghook::topology::Plan;
-use flaghook::{sign, topology};
+use flaghook::{reload, sign, topology};
 
 #[derive(Parser)]
 #[command(
@@ -53,6 +54,9 @@ enum Command {
         /// and exit: 0 all delivered, 2 some input rejected, 3 some events not delivered.
         #[arg(long)]
         once: bool,
+        /// Reload the config when the file changes, as on SIGHUP.
+        #[arg(long, conflicts_with = "once")]
+        watch_config: bool,
     },
     /// Check a config (every check `run` does before it starts) and print its topology.
     Validate {
@@ -201,7 +205,12 @@ fn init_logs(level: Option<&str>, format: LogFormat) -> Result<()> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(|| {
+            // `run --once`'s live line, if shown, goes before a log line does.
+            let mut stderr = std::io::stderr();
+            progress::clear_line(&mut stderr);
+            stderr
+        });
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -212,9 +221,13 @@ fn init_logs(level: Option<&str>, format: LogFormat) -> Result<()> {
 fn dispatch(command: Command) -> Result<u8> {
     match command {
         // The plan is built before the runtime starts: it resolves addresses, which blocks.
-        Command::Run { config, once } => {
+        Command::Run {
+            config,
+            once,
+            watch_config,
+        } => {
             let plan = Plan::load(&config)?;
-            block_on(run(plan, once))
+            block_on(run(plan, reload::Options { once, watch_config }))
         }
         Command::Validate { config } => {
             print!("{}", Plan::load(&config)?.summary());
@@ -314,17 +327,21 @@ fn cancel_on_signal(token: CancellationToken, what_now: &'static str) -> Result<
 
 const PIPELINE_STOPS: &str = "sources stop, pending events are flushed";
 
-async fn run(config: Plan, once: bool) -> Result<u8> {
+async fn run(config: Plan, options: reload::Options) -> Result<u8> {
     let env = config.env.clone();
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone(), PIPELINE_STOPS)?;
     // A start-up error may name a value of the config (an address, data_dir).
-    let summary = topology::run(config, once, shutdown)
+    let summary = reload::run(config, options, shutdown)
         .await
         .map_err(|e| env.hide_error(&e))?;
     tracing::info!("{}", summary.line());
     println!("{}", summary.line());
-    Ok(if once { summary.exit_code() as u8 } else { 0 })
+    Ok(if options.once {
+        summary.exit_code() as u8
+    } else {
+        0
+    })
 }
 
 async fn replay(config: Plan, path: &Path, sink: &str) -> Result<u8> {

@@ -67,6 +67,7 @@ use crate::batch::{chunks_timeout, Limits, Reinject};
 use crate::event::{Block, Decoder, Item, Origin};
 use crate::source::file::checkpoint::{AckHandle, Persist};
 use crate::source::{gathers_ahead, max_batch_bytes, Budget, Cost};
+use crate::telemetry::RejectClass;
 use request::Signed;
 use retry::{Decision, Grace, Next, RetryPolicy, Turn};
 
@@ -248,6 +249,15 @@ impl Sink {
     /// dead-letter), or gives it up; or hands it back, failed, to be re-injected.
     async fn handle(&mut self, batch: Prepared) -> Handled {
         crate::failpoint::hit("sink-handle");
+        self.stats.counters.batch_taken();
+        let handled = self.settle(batch).await;
+        if matches!(handled, Handled::Settled) {
+            self.stats.counters.batch_settled();
+        }
+        handled
+    }
+
+    async fn settle(&mut self, batch: Prepared) -> Handled {
         if self.retry.turn(from_files(&batch.items)).await == Turn::GiveUp {
             self.give_up(batch.items);
             return Handled::Settled;
@@ -257,8 +267,10 @@ impl Sink {
             return Handled::Settled;
         };
         let events = count_events(&failure.rest);
+        self.stats.counters.failed(&failure.detail);
         match self.retry.failed(failure.after, from_files(&failure.rest)) {
             Next::Retry(delay) => {
+                self.stats.counters.retried();
                 let retry_in = Duration::from_millis(delay.as_millis() as u64);
                 tracing::warn!(sink = %self.name, events, retry_in = %humantime::format_duration(retry_in), "delivery failed ({}); will retry", failure.detail);
                 Handled::Retry(failure.rest)
@@ -272,7 +284,8 @@ impl Sink {
                 let max = humantime::format_duration(max);
                 let reason = format!("still failing after {max}: {}", failure.detail);
                 tracing::error!(sink = %self.name, events, "{reason}; dead-lettering the batch");
-                self.reject_all(failure.rest, &reason).await;
+                self.reject_all(failure.rest, &reason, RejectClass::Expired)
+                    .await;
                 Handled::Settled
             }
         }
@@ -296,11 +309,12 @@ impl Sink {
                 .unwrap_or_else(|| self.poster.prepare(part.iter().filter_map(Item::event)));
             // A crash re-sends at most the batch in flight.
             self.acks.persisted().await;
+            let sent = std::time::Instant::now();
             let outcome = self.poster.post(signed).await;
+            self.stats.counters.request(outcome.status, sent.elapsed());
             match outcome.decision {
                 Decision::Delivered => {
-                    Stats::add(&self.stats.delivered, events as u64);
-                    Stats::add(&self.stats.requests, 1);
+                    self.stats.delivered(events as u64);
                     self.resolve(&part);
                 }
                 Decision::Retry { after } => {
@@ -316,7 +330,7 @@ impl Sink {
                 Decision::Split | Decision::Reject if events == 1 => {
                     let reason = format!("endpoint rejected the event: {}", outcome.detail);
                     tracing::warn!(sink = %self.name, "{reason}; dead-lettering it");
-                    self.reject_all(part, &reason).await;
+                    self.reject_all(part, &reason, RejectClass::Endpoint).await;
                 }
                 Decision::Split | Decision::Reject => {
                     tracing::info!(sink = %self.name, events, "{}; sending the batch in two halves", outcome.detail);
@@ -333,7 +347,7 @@ impl Sink {
     /// when the dead letters could not be written (given up at shutdown or with
     /// `--once`), leaves them as not delivered: those from files stay there, with the rest
     /// of their files, and the others are spilled.
-    async fn reject_all(&mut self, items: Vec<Item>, reason: &str) {
+    async fn reject_all(&mut self, items: Vec<Item>, reason: &str, class: RejectClass) {
         let records: Vec<Record> = items
             .iter()
             .filter_map(Item::event)
@@ -345,7 +359,7 @@ impl Sink {
             .collect();
         let n = records.len() as u64;
         if self.writer.write(records, self.retry.grace()).await {
-            Stats::add(&self.stats.rejected, n);
+            self.stats.rejected(class, n);
             self.resolve(&items);
             return;
         }
@@ -392,7 +406,7 @@ impl Sink {
     /// the others go to the spill file.
     fn give_up(&mut self, items: Vec<Item>) {
         self.acks.leave_in_files(&items);
-        Stats::add(&self.stats.not_delivered, count_events(&items) as u64);
+        self.stats.not_delivered(count_events(&items) as u64);
         if let Some(spill) = self.spill.as_mut() {
             spill.abandon(&items);
         }
@@ -418,7 +432,7 @@ impl Sink {
         let had_spill = self.spill.is_some();
         match spill::finish(&self.spill_path, self.spill.take(), &self.abandoned) {
             Ok(written) => {
-                Stats::add(&self.stats.not_delivered, written.never_loaded as u64);
+                self.stats.not_delivered(written.never_loaded as u64);
                 if written.events > 0 {
                     tracing::warn!(sink = %self.name, events = written.events, path = %self.spill_path.display(), "events not delivered before shutdown were spilled; they are sent first at the next start");
                 }

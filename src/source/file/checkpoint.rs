@@ -253,6 +253,17 @@ impl Checkpointer {
             .map(|t| t.acked.iter().copied().min().unwrap_or(0))
     }
 
+    /// Each tracked file's path and the offset every reader acknowledged (for its lag).
+    pub fn positions(&self) -> Vec<(PathBuf, u64)> {
+        let state = self.state.lock().expect("checkpoint lock");
+        let committed = |t: &Tracked| t.acked.iter().copied().min().unwrap_or(0);
+        state
+            .files
+            .values()
+            .map(|t| (t.path.clone(), committed(t)))
+            .collect()
+    }
+
     /// Writes the file if anything changed since the last write. Only the
     /// `CheckpointWriter` calls it while the pipeline runs.
     pub fn write_if_dirty(&self) -> io::Result<()> {
