@@ -249,17 +249,18 @@ fn health_is_503_while_the_endpoint_fails_longer_than_unhealthy_after_and_200_ag
     std::fs::write(&config, format!("{text}\n{api}")).unwrap();
     let proc = Proc::spawn(run_cmd(&config));
 
-    let health_until = |want: u16| {
+    // 503 while starting too: waits for the status named in the body.
+    let health_until = |want: &str| {
         let deadline = Instant::now() + WAIT;
         loop {
             let (status, body) = get_when_up(&addr, "/health", &proc);
-            if status == want || Instant::now() >= deadline {
+            if body.contains(&format!("\"status\":\"{want}\"")) || Instant::now() >= deadline {
                 return (status, body);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     };
-    let (status, body) = health_until(503);
+    let (status, body) = health_until("failing");
     assert_eq!(status, 503, "{body}\n{}", proc.stderr_now());
     let health: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(health["status"], "failing", "{body}");
@@ -280,7 +281,7 @@ fn health_is_503_while_the_endpoint_fails_longer_than_unhealthy_after_and_200_ag
     }
 
     failing.store(false, Ordering::SeqCst);
-    let (status, body) = health_until(200);
+    let (status, body) = health_until("ok");
     assert_eq!(status, 200, "{body}");
     assert_eq!(body.trim(), r#"{"status":"ok"}"#);
     assert!(endpoint.wait_until(WAIT, |t| t.has_all(20)));
