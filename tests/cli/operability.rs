@@ -1,0 +1,184 @@
+//! Running flaghook as an operator does: progress lines, `run --once`'s live line on a
+//! terminal, what `validate` says each file source will read, the systemd unit.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// The `delivered=N` of each progress line of sink `sink` in `stderr`.
+fn progress_counts(stderr: &str, sink: &str) -> Vec<u64> {
+    let prefix = format!("sink={sink} delivered=");
+    stderr
+        .lines()
+        .filter_map(|l| l.split_once(&prefix))
+        .map(|(_, rest)| rest.split(' ').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn progress_lines_count_every_delivered_event_and_go_quiet_when_nothing_happens() {
+    let endpoint = Endpoint::start();
+    let ws = Workspace::new();
+    let config = ws.file_pipeline(
+        small_lines(0..300),
+        &endpoint.url(),
+        "flush_interval = \"50ms\"\nmax_event_in_memory = 100",
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("progress_interval = \"200ms\"\n{text}")).unwrap();
+    let proc = Proc::spawn(run_cmd(&config));
+    assert!(endpoint.wait_until(WAIT, |t| t.has_all(300)));
+    ws.append("events.json", small_lines(300..400));
+    assert!(endpoint.wait_until(WAIT, |t| t.has_all(400)));
+
+    let deadline = Instant::now() + WAIT;
+    while progress_counts(&proc.stderr_now(), "webhook")
+        .iter()
+        .sum::<u64>()
+        < 400
+    {
+        assert!(Instant::now() < deadline, "{}", proc.stderr_now());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lines = progress_counts(&proc.stderr_now(), "webhook");
+    assert_eq!(lines.iter().sum::<u64>(), 400, "{lines:?}");
+    assert!(
+        lines.iter().all(|&n| n > 0),
+        "a line with nothing delivered: {lines:?}"
+    );
+    let stderr = proc.stderr_now();
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("sink=webhook delivered="))
+        .unwrap();
+    assert!(line.contains("/s) in_memory="), "{line}");
+
+    // Nothing more happens: five intervals without a line.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        progress_counts(&proc.stderr_now(), "webhook").len(),
+        lines.len()
+    );
+    proc.sigterm();
+    proc.wait().assert_code(0);
+}
+
+#[test]
+fn progress_lines_tell_how_long_a_sink_has_been_failing() {
+    let endpoint = Endpoint::with_responder(|_| Reply::status(503).body("down for maintenance"));
+    let ws = Workspace::new();
+    let config = ws.file_pipeline(
+        small_lines(0..10),
+        &endpoint.url(),
+        "flush_interval = \"50ms\"\nretry_initial_backoff = \"50ms\"\nretry_max_backoff = \"100ms\"",
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("progress_interval = \"300ms\"\n{text}")).unwrap();
+    let proc = Proc::spawn(run_cmd(&config));
+    let stderr = proc
+        .wait_stderr("failing_for=", WAIT)
+        .unwrap_or_else(|| panic!("no progress line while failing:\n{}", proc.stderr_now()));
+    let line = stderr.lines().find(|l| l.contains("failing_for=")).unwrap();
+    assert!(
+        line.contains("sink=webhook delivered=0 (0/s) in_memory=10")
+            && line.contains("oldest_undelivered=")
+            && line.contains("status 503")
+            && line.contains("down for maintenance"),
+        "{line}"
+    );
+    proc.sigterm();
+    proc.wait();
+}
+
+#[test]
+fn progress_interval_0s_turns_the_lines_off() {
+    let endpoint = Endpoint::start();
+    let ws = Workspace::new();
+    let config = ws.file_pipeline(
+        small_lines(0..50),
+        &endpoint.url(),
+        "flush_interval = \"50ms\"",
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("progress_interval = \"0s\"\n{text}")).unwrap();
+    let out = run_once(&config);
+    out.assert_code(0);
+    assert!(endpoint.wait_until(WAIT, |t| t.has_all(50)));
+    assert!(
+        !out.stderr.contains("sink=webhook delivered="),
+        "{}",
+        out.stderr
+    );
+    // And a progress_interval that is not a duration names the key.
+    std::fs::write(&config, format!("progress_interval = \"often\"\n{text}")).unwrap();
+    let out = validate(&config);
+    out.assert_code(1);
+    assert!(out.stderr.contains("`progress_interval`"), "{}", out.stderr);
+}
+
+/// `run --once` under `script`, which gives it a terminal for stdout and stderr.
+#[test]
+fn run_once_shows_a_live_line_on_a_terminal_and_none_on_a_pipe() {
+    let script_works = std::process::Command::new("script")
+        .args(["-qec", "true", "/dev/null"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !script_works {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "`script` (util-linux) is missing"
+        );
+        eprintln!("skipped: no `script` (util-linux) to give flaghook a terminal");
+        return;
+    }
+    // Replies that take 100 ms: the run lasts long enough for the line to be redrawn.
+    let endpoint = Endpoint::with_responder(|_| Reply::ok().delay(Duration::from_millis(100)));
+    let ws = Workspace::new();
+    let config = ws.file_pipeline(
+        small_lines(0..500),
+        &endpoint.url(),
+        "max_event_in_memory = 100\nflush_interval = \"50ms\"",
+    );
+    let command = format!(
+        "{} run --once --config {}",
+        env!("CARGO_BIN_EXE_flaghook"),
+        config.display()
+    );
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qefc", &command, "/dev/null"]);
+    cmd.env("RUST_LOG", "warn");
+    let out = Proc::spawn(cmd).wait();
+    out.assert_code(0);
+    let drawn: Vec<u64> = (out.stdout.split("\r\x1b[Kread ").skip(1))
+        .filter_map(|l| {
+            l.split(", delivered ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(
+        drawn.len() >= 2 && drawn.iter().any(|&n| n > 0),
+        "{:?}",
+        out.stdout
+    );
+    // The line is cleared before the summary.
+    let summary_at = out.stdout.find("summary ").unwrap();
+    assert!(
+        out.stdout[..summary_at].ends_with("\r\x1b[K"),
+        "{:?}",
+        out.stdout
+    );
+
+    // On a pipe: no live line.
+    std::fs::remove_dir_all(ws.data_dir()).unwrap();
+    let out = run_once(&config);
+    out.assert_code(0);
+    assert!(
+        !out.stderr.contains("\x1b[K") && !out.stderr.contains(", delivered "),
+        "{}",
+        out.stderr
+    );
+}
