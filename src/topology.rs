@@ -139,11 +139,29 @@ impl Plan {
             self.path.display(),
             self.data_dir.display()
         );
+        let data_dir = DataDir::at(&self.data_dir);
         for (name, source) in &self.sources {
             out.push_str(&format!("source {name}: {}\n", source.describe()));
+            if let SourceSpec::File(f) = source {
+                out.push_str(&f.start_positions(&data_dir.checkpoint(name)));
+            }
         }
         for (name, sink) in &self.sinks {
             out.push_str(&format!("sink {name}: {}\n", sink.describe()));
+        }
+        if let Some(api) = &self.api {
+            let after = humantime::format_duration(api.unhealthy_after);
+            out.push_str(&format!(
+                "api: GET /health and /metrics on {} (unhealthy after {after} of failures)\n",
+                api.address
+            ));
+        }
+        match self.progress_interval {
+            Some(every) => out.push_str(&format!(
+                "progress: a line per sink every {}\n",
+                humantime::format_duration(every)
+            )),
+            None => out.push_str("progress: no lines\n"),
         }
         out
     }

@@ -182,3 +182,94 @@ fn run_once_shows_a_live_line_on_a_terminal_and_none_on_a_pipe() {
         out.stderr
     );
 }
+
+#[test]
+fn validate_shows_each_matched_file_and_where_it_would_start() {
+    let endpoint = Endpoint::start();
+    let ws = Workspace::new();
+    let a = ws.write("logs/a.json", small_lines(0..10));
+    let delivered = std::fs::metadata(&a).unwrap().len();
+    let source = |read_from: &str| {
+        format!(
+            r#"[sources.goff]
+type = "file"
+include = [{logs}, {none}]
+read_from = "{read_from}"
+
+[sources.elsewhere]
+type = "file"
+include = [{missing}]
+
+[sinks.webhook]
+type = "webhook"
+inputs = ["goff", "elsewhere"]
+endpoint_url = {url}
+flush_interval = "50ms"
+"#,
+            logs = toml_str(ws.path("logs/*.json")),
+            none = toml_str(ws.path("nothing/*.json")),
+            missing = toml_str(ws.path("missing/*.json")),
+            url = toml_str(endpoint.url()),
+        )
+    };
+    let config = ws.config(&source("beginning"));
+    run_once(&config).assert_code(0);
+    ws.append("logs/a.json", small_lines(10..15));
+    let size_a = std::fs::metadata(&a).unwrap().len();
+    let b = ws.write("logs/b.json", small_lines(15..18));
+    let size_b = std::fs::metadata(&b).unwrap().len();
+    std::fs::create_dir(ws.path("logs/dir.json")).unwrap();
+
+    let out = validate(&config);
+    out.assert_code(0);
+    let line = |path: &std::path::Path| {
+        let prefix = format!("  {}: ", path.display());
+        let found = out.stdout.lines().find(|l| l.starts_with(&prefix));
+        found
+            .unwrap_or_else(|| panic!("no line for {}:\n{}", path.display(), out.stdout))
+            .to_owned()
+    };
+    assert_eq!(
+        line(&a),
+        format!(
+            "  {}: {size_a} bytes, starts at byte {delivered} (its checkpoint): {} bytes to send",
+            a.display(),
+            size_a - delivered
+        )
+    );
+    assert_eq!(
+        line(&b),
+        format!(
+            "  {}: {size_b} bytes, starts at byte 0 (read_from = \"beginning\"): {size_b} bytes to send",
+            b.display()
+        )
+    );
+    assert!(line(&ws.path("logs/dir.json")).ends_with("not a regular file: skipped"));
+    let elsewhere = out.stdout.split("source elsewhere:").nth(1).unwrap();
+    assert!(
+        elsewhere.lines().nth(1) == Some("  no file matches now"),
+        "{}",
+        out.stdout
+    );
+
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("beginning", "end"),
+    )
+    .unwrap();
+    let out = validate(&config);
+    out.assert_code(0);
+    assert!(
+        out.stdout.contains(&format!(
+            "  {}: {size_b} bytes, starts at byte {size_b} (read_from = \"end\"): 0 bytes to send",
+            b.display()
+        )),
+        "{}",
+        out.stdout
+    );
+    assert!(out
+        .stdout
+        .contains(&format!("starts at byte {delivered} (its checkpoint)")));
+}
