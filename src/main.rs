@@ -39,8 +39,13 @@ struct Cli {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
+    /// Time, level, target, message and fields.
     Text,
+    /// One JSON object per line.
     Json,
+    /// For systemd's journal: each line starts with its syslog priority (`<3>` error,
+    /// `<4>` warn, `<6>` info, `<7>` debug), without a time (the journal adds it).
+    Journald,
 }
 
 #[derive(Subcommand)]
@@ -175,7 +180,12 @@ fn main() -> ExitCode {
     match dispatch(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // The journal takes the priority from the line's start.
+            let priority = match cli.log_format {
+                LogFormat::Journald => "<3>",
+                LogFormat::Text | LogFormat::Json => "",
+            };
+            eprintln!("{priority}error: {e:#}");
             ExitCode::from(1)
         }
     }
@@ -214,8 +224,41 @@ fn init_logs(level: Option<&str>, format: LogFormat) -> Result<()> {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+        LogFormat::Journald => builder
+            .with_ansi(false)
+            .without_time()
+            .with_level(false)
+            .with_writer(Journald)
+            .init(),
     }
     Ok(())
+}
+
+/// Writes each log line to stderr behind its syslog priority, which journald reads
+/// (`SyslogLevelPrefix=`, on by default) as the entry's level.
+struct Journald;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Journald {
+    type Writer = std::io::StderrLock<'static>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        std::io::stderr().lock()
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        use std::io::Write;
+        use tracing::Level;
+        // The lock is held until the line is written: no other line comes between.
+        let mut stderr = std::io::stderr().lock();
+        let priority: &[u8] = match *meta.level() {
+            Level::ERROR => b"<3>",
+            Level::WARN => b"<4>",
+            Level::INFO => b"<6>",
+            Level::DEBUG | Level::TRACE => b"<7>",
+        };
+        let _ = stderr.write_all(priority);
+        stderr
+    }
 }
 
 fn dispatch(command: Command) -> Result<u8> {

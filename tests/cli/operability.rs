@@ -273,3 +273,115 @@ flush_interval = "50ms"
         .stdout
         .contains(&format!("starts at byte {delivered} (its checkpoint)")));
 }
+
+#[test]
+fn log_format_journald_starts_each_line_with_its_priority_and_no_time() {
+    let endpoint = Endpoint::scripted(vec![Reply::status(503)], Reply::ok());
+    let ws = Workspace::new();
+    let config = ws.file_pipeline(
+        small_lines(0..5),
+        &endpoint.url(),
+        "flush_interval = \"50ms\"\nretry_initial_backoff = \"50ms\"",
+    );
+    let mut cmd = flaghook(&["--log-format", "journald", "run", "--once", "--config"]);
+    cmd.arg(&config);
+    let out = Proc::spawn(cmd).wait();
+    out.assert_code(0);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert!(lines.iter().any(|l| l.starts_with("<6>")), "{}", out.stderr);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<4>") && l.contains("will retry")),
+        "{}",
+        out.stderr
+    );
+    for line in &lines {
+        assert!(
+            ["<3>", "<4>", "<6>", "<7>"]
+                .iter()
+                .any(|p| line.starts_with(p)),
+            "a line without its priority: {line:?}"
+        );
+        assert!(!line.contains("Z  "), "a line with a time: {line:?}");
+    }
+    let mut cmd = flaghook(&["--log-format", "journald", "validate", "--config"]);
+    cmd.arg(ws.path("missing.toml"));
+    let out = Proc::spawn(cmd).wait();
+    out.assert_code(1);
+    assert!(
+        out.stderr.starts_with("<3>error: cannot read config file"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// The unit in `dist/`: systemd accepts it (where `systemd-analyze` exists), it has what a
+/// supervised service needs, and its command line is one flaghook takes.
+#[test]
+fn the_systemd_unit_verifies_and_its_command_runs() {
+    let unit = std::fs::read_to_string(manifest_dir().join("dist/flaghook.service")).unwrap();
+    for key in [
+        "Restart=on-failure",
+        "StateDirectory=flaghook",
+        "DynamicUser=yes",
+        "EnvironmentFile=",
+        "ProtectSystem=strict",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "--log-format journald",
+    ] {
+        assert!(unit.contains(key), "the unit lacks {key}");
+    }
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap();
+    let args: Vec<&str> = exec.split_whitespace().collect();
+    assert_eq!(args[0], "/usr/local/bin/flaghook");
+
+    // Its arguments, with a test config and --once, run a pipeline.
+    let endpoint = Endpoint::start();
+    let ws = Workspace::new();
+    let config = ws.file_pipeline(
+        small_lines(0..3),
+        &endpoint.url(),
+        "flush_interval = \"50ms\"",
+    );
+    let mut cmd = flaghook(&[]);
+    for arg in &args[1..] {
+        match *arg {
+            "/etc/flaghook/flaghook.toml" => cmd.arg(&config),
+            other => cmd.arg(other),
+        };
+    }
+    cmd.arg("--once");
+    Proc::spawn(cmd).wait().assert_code(0);
+    assert!(endpoint.wait_until(WAIT, |t| t.has_all(3)));
+
+    let analyze = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output();
+    if !analyze.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped `systemd-analyze verify`: systemd-analyze is not installed");
+        return;
+    }
+    // `verify` checks that ExecStart exists: point it at the binary under test.
+    let copy = ws.write(
+        "flaghook.service",
+        unit.replace("/usr/local/bin/flaghook", env!("CARGO_BIN_EXE_flaghook")),
+    );
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {said}"
+    );
+}
