@@ -8,5 +8,6 @@ mod crash;
 mod data_dir;
 mod memory;
 mod outage;
+mod reload;
 mod restart;
 mod spill;
