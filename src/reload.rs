@@ -458,3 +458,43 @@ impl Beside {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(text: &str) -> Plan {
+        let loaded = crate::config::parse(text, Path::new("/tmp/f.toml")).unwrap();
+        Plan::build(loaded).unwrap()
+    }
+
+    fn sink(name: &str, inputs: &str) -> String {
+        format!("[sinks.{name}]\ntype = \"webhook\"\ninputs = {inputs}\nendpoint_url = \"http://127.0.0.1:9/\"\n")
+    }
+
+    #[test]
+    fn sources_and_sinks_joined_by_inputs_are_one_pipeline() {
+        let sources = "[sources.a]\ntype = \"stdin\"\n[sources.b]\ntype = \"file\"\ninclude = [\"/x\"]\n[sources.c]\ntype = \"file\"\ninclude = [\"/y\"]\n[sources.d]\ntype = \"file\"\ninclude = [\"/z\"]\n";
+        // s1 reads a; s2 reads b and c; s3 reads c (joins s2's); s4 reads d alone.
+        let text = format!(
+            "{sources}{}{}{}{}",
+            sink("s1", "[\"a\"]"),
+            sink("s2", "[\"b\", \"c\"]"),
+            sink("s3", "[\"c\"]"),
+            sink("s4", "[\"d\"]")
+        );
+        let mut groups: Vec<Vec<String>> = pipelines(plan(&text))
+            .into_iter()
+            .map(|p| p.written.keys().cloned().collect())
+            .collect();
+        groups.sort();
+        assert_eq!(
+            groups,
+            [
+                vec!["sinks.s1", "sources.a"],
+                vec!["sinks.s2", "sinks.s3", "sources.b", "sources.c"],
+                vec!["sinks.s4", "sources.d"],
+            ]
+        );
+    }
+}
