@@ -1,7 +1,7 @@
 //! What a running flaghook tells about itself: counters per component, its health, the
 //! Prometheus exposition (`/metrics`), and progress lines.
 //!
-//! The stages count into [`SinkCounters`] and [`SourceCounters`]: plain atomics, added to
+//! The stages count into `SinkCounters` and `SourceCounters`: plain atomics, added to
 //! once per block or request, never per line. They live in the [`Telemetry`] by component
 //! name, so a component restarted by a reload counts on. The Prometheus series are set from
 //! them when `/metrics` is read ([`Telemetry::render`]); only the request duration histogram
