@@ -38,7 +38,10 @@ secret = "${WEBHOOK_SECRET}"
 meta = { extraInfo = "info" }
 headers = { Authorization = ["Bearer token"] }
 flush_interval = "60s"
-max_event_in_memory = 100000"#;
+max_event_in_memory = 100000
+
+[api]                                    # optional: GET /health and /metrics
+address = "127.0.0.1:8686""#;
 
 /// The file as written. Each source and sink table is kept as TOML until its `type` is
 /// known, then read into that kind's struct, so that an error names its full key
@@ -56,7 +59,20 @@ pub struct Config {
     /// Named sinks.
     #[serde(default)]
     pub sinks: BTreeMap<String, toml::Table>,
+    /// `[api]`: `/health` and `/metrics` over HTTP (`crate::api`). Off unless set.
+    #[serde(default)]
+    pub api: Option<toml::Table>,
+    /// How often each sink logs a progress line; "0s" turns them off. Default "60s".
+    #[serde(default = "default_progress_interval")]
+    pub progress_interval: HumanDuration,
 }
+
+fn default_progress_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+
+/// The longest `progress_interval`.
+const MAX_PROGRESS_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
 /// Takes the `type` key out of a stage's table (at `key`); `kinds` lists the valid ones.
 pub(crate) fn split_type(
@@ -262,6 +278,10 @@ pub struct Loaded {
     pub sources: BTreeMap<String, toml::Table>,
     /// `[sinks.NAME]` tables.
     pub sinks: BTreeMap<String, toml::Table>,
+    /// The `[api]` table.
+    pub api: Option<toml::Table>,
+    /// `progress_interval`; `None` when "0s".
+    pub progress_interval: Option<Duration>,
     /// What came from the environment, to hide from later errors.
     pub env: EnvValues,
 }
@@ -321,6 +341,8 @@ pub fn parse_with_env(
         data_dir,
         sources: config.sources,
         sinks: config.sinks,
+        api: config.api,
+        progress_interval: Some(config.progress_interval.0).filter(|d| !d.is_zero()),
         env,
     })
 }
@@ -537,6 +559,9 @@ impl Config {
         }
         for name in self.sinks.keys() {
             check_name("sinks", name)?;
+        }
+        if self.progress_interval.0 > MAX_PROGRESS_INTERVAL {
+            bail!("`progress_interval` is too long: at most 1day (example: progress_interval = \"60s\", or \"0s\" for none)");
         }
         Ok(self)
     }

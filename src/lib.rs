@@ -19,9 +19,13 @@
 //!   letters, spill, replay.
 //! - [`compression`]: request bodies' `Content-Encoding` (gzip, zstd), both ways.
 //! - [`sign`]: the signatures, `X-Hub-Signature-256` and Standard Webhooks'.
+//! - [`telemetry`]: counters per component, health, the Prometheus exposition, progress
+//!   lines; [`api`] serves `/health` and `/metrics`.
+//! - `reload`: runs the pipelines and applies a changed config (SIGHUP, `--watch-config`).
 //! - [`receiver`]: a signature-checking receiver, for `receive` and `demo`.
 //! - `failpoint`: fault injection for tests (debug builds only).
 
+pub mod api;
 pub(crate) mod batch;
 pub mod compression;
 pub mod config;
@@ -30,7 +34,9 @@ pub mod event;
 pub(crate) mod failpoint;
 pub(crate) mod lock;
 pub mod receiver;
+pub mod reload;
 pub mod sign;
 pub mod sink;
 pub mod source;
+pub mod telemetry;
 pub mod topology;

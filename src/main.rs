@@ -17,8 +17,9 @@ use flaghook::receiver::{self, Check, Report};
 use flaghook::sign::Scheme;
 use flaghook::sink::webhook::Secret;
 use flaghook::sink::SinkSpec;
+use flaghook::telemetry::progress;
 use flaghook::topology::Plan;
-use flaghook::{sign, topology};
+use flaghook::{reload, sign, topology};
 
 #[derive(Parser)]
 #[command(
@@ -39,8 +40,13 @@ struct Cli {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
+    /// Time, level, target, message and fields.
     Text,
+    /// One JSON object per line.
     Json,
+    /// For systemd's journal: each line starts with its syslog priority (`<3>` error,
+    /// `<4>` warn, `<6>` info, `<7>` debug), without a time (the journal adds it).
+    Journald,
 }
 
 #[derive(Subcommand)]
@@ -54,6 +60,9 @@ enum Command {
         /// and exit: 0 all delivered, 2 some input rejected, 3 some events not delivered.
         #[arg(long)]
         once: bool,
+        /// Reload the config when the file changes, as on SIGHUP.
+        #[arg(long, conflicts_with = "once")]
+        watch_config: bool,
     },
     /// Check a config (every check `run` does before it starts) and print its topology.
     Validate {
@@ -204,7 +213,12 @@ fn main() -> ExitCode {
     match dispatch(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // The journal takes the priority from the line's start.
+            let priority = match cli.log_format {
+                LogFormat::Journald => "<3>",
+                LogFormat::Text | LogFormat::Json => "",
+            };
+            eprintln!("{priority}error: {e:#}");
             ExitCode::from(1)
         }
     }
@@ -234,20 +248,62 @@ fn init_logs(level: Option<&str>, format: LogFormat) -> Result<()> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(|| {
+            // `run --once`'s live line, if shown, goes before a log line does.
+            let mut stderr = std::io::stderr();
+            progress::clear_line(&mut stderr);
+            stderr
+        });
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+        LogFormat::Journald => builder
+            .with_ansi(false)
+            .without_time()
+            .with_level(false)
+            .with_writer(Journald)
+            .init(),
     }
     Ok(())
+}
+
+/// Writes each log line to stderr behind its syslog priority, which journald reads
+/// (`SyslogLevelPrefix=`, on by default) as the entry's level.
+struct Journald;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Journald {
+    type Writer = std::io::StderrLock<'static>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        std::io::stderr().lock()
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        use std::io::Write;
+        use tracing::Level;
+        // The lock is held until the line is written: no other line comes between.
+        let mut stderr = std::io::stderr().lock();
+        let priority: &[u8] = match *meta.level() {
+            Level::ERROR => b"<3>",
+            Level::WARN => b"<4>",
+            Level::INFO => b"<6>",
+            Level::DEBUG | Level::TRACE => b"<7>",
+        };
+        let _ = stderr.write_all(priority);
+        stderr
+    }
 }
 
 fn dispatch(command: Command) -> Result<u8> {
     match command {
         // The plan is built before the runtime starts: it resolves addresses, which blocks.
-        Command::Run { config, once } => {
+        Command::Run {
+            config,
+            once,
+            watch_config,
+        } => {
             let plan = Plan::load(&config)?;
-            block_on(run(plan, once))
+            block_on(run(plan, reload::Options { once, watch_config }))
         }
         Command::Validate { config } => {
             print!("{}", Plan::load(&config)?.summary());
@@ -393,17 +449,21 @@ fn cancel_on_signal(token: CancellationToken, what_now: &'static str) -> Result<
 
 const PIPELINE_STOPS: &str = "sources stop, pending events are flushed";
 
-async fn run(config: Plan, once: bool) -> Result<u8> {
+async fn run(config: Plan, options: reload::Options) -> Result<u8> {
     let env = config.env.clone();
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone(), PIPELINE_STOPS)?;
     // A start-up error may name a value of the config (an address, data_dir).
-    let summary = topology::run(config, once, shutdown)
+    let summary = reload::run(config, options, shutdown)
         .await
         .map_err(|e| env.hide_error(&e))?;
     tracing::info!("{}", summary.line());
     println!("{}", summary.line());
-    Ok(if once { summary.exit_code() as u8 } else { 0 })
+    Ok(if options.once {
+        summary.exit_code() as u8
+    } else {
+        0
+    })
 }
 
 async fn replay(config: Plan, path: &Path, sink: &str) -> Result<u8> {

@@ -10,16 +10,18 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, EnvValues, Loaded};
+use crate::api::{ApiConfig, ApiSpec};
+use crate::config::{self, typed, EnvValues, Loaded};
 use crate::data_dir::DataDir;
 use crate::event::Decoder;
-use crate::lock::lock_data_dir;
+use crate::lock::{lock_data_dir, DataDirLock};
 use crate::sink::deadletter::DeadLetters;
 use crate::sink::spill::Spill;
 use crate::sink::webhook::{self, Poster, SinkParts};
@@ -28,6 +30,7 @@ use crate::sink::Stats;
 use crate::source::file::checkpoint::{CheckpointWriter, Checkpointer};
 use crate::source::file::FileSource;
 use crate::source::{self, Budget, Output, SinkInput, SourceSpec, Subscriptions};
+use crate::telemetry::Telemetry;
 
 /// A config ready to run: every stage's spec, checked against the others.
 #[derive(Debug)]
@@ -36,8 +39,15 @@ pub struct Plan {
     pub data_dir: PathBuf,
     pub sources: BTreeMap<String, SourceSpec>,
     pub sinks: BTreeMap<String, SinkSpec>,
+    /// `[api]`, when set.
+    pub api: Option<ApiSpec>,
+    /// How often each sink logs its progress; `None`: never.
+    pub progress_interval: Option<Duration>,
     /// What came from the environment, to hide from later errors.
     pub env: EnvValues,
+    /// Each stage's table as written (`${VAR}` expanded), by its key (`sinks.NAME`): a
+    /// reload compares them to find what changed.
+    pub(crate) written: BTreeMap<String, toml::Table>,
 }
 
 impl Plan {
@@ -49,14 +59,30 @@ impl Plan {
     /// Turns each table into its stage's spec, then checks the wiring; an error names
     /// the key and shows an example.
     pub fn build(loaded: Loaded) -> Result<Plan> {
+        let written = loaded
+            .sources
+            .iter()
+            .map(|(name, table)| (format!("sources.{name}"), table.clone()))
+            .chain(
+                (loaded.sinks.iter()).map(|(name, table)| (format!("sinks.{name}"), table.clone())),
+            )
+            .collect();
         let checked = Plan::checked(&loaded);
         let (sources, sinks) = checked.map_err(|e| loaded.explain(e))?;
+        let api = loaded
+            .api
+            .clone()
+            .map(|table| typed::<ApiConfig>("api", table)?.build("api"));
+        let api = api.transpose().map_err(|e| loaded.explain(e))?;
         Ok(Plan {
             path: loaded.path,
             data_dir: loaded.data_dir,
             sources,
             sinks,
+            api,
+            progress_interval: loaded.progress_interval,
             env: loaded.env,
+            written,
         })
     }
 
@@ -113,11 +139,29 @@ impl Plan {
             self.path.display(),
             self.data_dir.display()
         );
+        let data_dir = DataDir::at(&self.data_dir);
         for (name, source) in &self.sources {
             out.push_str(&format!("source {name}: {}\n", source.describe()));
+            if let SourceSpec::File(f) = source {
+                out.push_str(&f.start_positions(&data_dir.checkpoint(name)));
+            }
         }
         for (name, sink) in &self.sinks {
             out.push_str(&format!("sink {name}: {}\n", sink.describe()));
+        }
+        if let Some(api) = &self.api {
+            let after = humantime::format_duration(api.unhealthy_after);
+            out.push_str(&format!(
+                "api: GET /health and /metrics on {} (unhealthy after {after} of failures)\n",
+                api.address
+            ));
+        }
+        match self.progress_interval {
+            Some(every) => out.push_str(&format!(
+                "progress: a line per sink every {}\n",
+                humantime::format_duration(every)
+            )),
+            None => out.push_str("progress: no lines\n"),
         }
         out
     }
@@ -143,6 +187,15 @@ impl Summary {
         )
     }
 
+    /// Adds another run's (or pipeline's) summary to this one.
+    pub fn add(&mut self, other: &Summary) {
+        self.events_delivered += other.events_delivered;
+        self.requests += other.requests;
+        self.events_rejected += other.events_rejected;
+        self.events_not_delivered += other.events_not_delivered;
+        self.peak_events_in_memory = self.peak_events_in_memory.max(other.peak_events_in_memory);
+    }
+
     /// 0: everything delivered; 2: some input rejected (dead-lettered); 3: some events not delivered.
     pub fn exit_code(&self) -> i32 {
         if self.events_not_delivered > 0 {
@@ -161,11 +214,40 @@ impl Summary {
 /// (a stopped sink releases the sources waiting on its memory budget), and the run ends
 /// with an error naming the task, never with a summary.
 pub async fn run(config: Plan, once: bool, shutdown: CancellationToken) -> Result<Summary> {
-    let data_dir = DataDir::prepare(&config.data_dir)?;
-    let _lock = lock_data_dir(
+    run_counted(config, once, shutdown, &Arc::new(Telemetry::new())).await
+}
+
+/// [`run`], counting into `telemetry`.
+pub async fn run_counted(
+    config: Plan,
+    once: bool,
+    shutdown: CancellationToken,
+    telemetry: &Arc<Telemetry>,
+) -> Result<Summary> {
+    let data_dir = prepare(&config.data_dir)?;
+    run_prepared(config, &data_dir.0, once, shutdown, telemetry).await
+}
+
+/// Prepares `data_dir` and locks it for this process.
+pub(crate) fn prepare(data_dir: &Path) -> Result<(DataDir, DataDirLock)> {
+    let data_dir = DataDir::prepare(data_dir)?;
+    let lock = lock_data_dir(
         data_dir.root(),
         "one flaghook runs per data_dir (stop that one, or give this config its own `data_dir`)",
     )?;
+    Ok((data_dir, lock))
+}
+
+/// [`run`] in a `data_dir` this process prepared and locked: one or more pipelines (the
+/// whole config, or some of its pipelines when a reload restarts them).
+pub(crate) async fn run_prepared(
+    config: Plan,
+    data_dir: &DataDir,
+    once: bool,
+    shutdown: CancellationToken,
+    telemetry: &Arc<Telemetry>,
+) -> Result<Summary> {
+    let starting = telemetry.starting();
     let stop = shutdown.child_token();
 
     // Each file source's checkpointer; every sink that reads the source subscribes to it.
@@ -199,7 +281,7 @@ pub async fn run(config: Plan, once: bool, shutdown: CancellationToken) -> Resul
                 .or_default()
                 .push(subscriptions.subscribe(ack));
         }
-        let stats = Arc::new(Stats::default());
+        let stats = Arc::new(Stats::new(telemetry.sink(name, &budget)));
         all_stats.push((stats.clone(), budget.clone()));
         let parts = SinkParts {
             name: name.clone(),
@@ -228,7 +310,8 @@ pub async fn run(config: Plan, once: bool, shutdown: CancellationToken) -> Resul
     }
 
     for (name, source) in &config.sources {
-        let output = Output::new(outputs.remove(name.as_str()).unwrap_or_default());
+        let output = Output::new(outputs.remove(name.as_str()).unwrap_or_default())
+            .counting(telemetry.source(name, checkpointers.get(name.as_str())));
         let stop = stop.clone();
         let name = name.clone();
         match source {
@@ -256,6 +339,7 @@ pub async fn run(config: Plan, once: bool, shutdown: CancellationToken) -> Resul
 
     // The checkpoint writer's last write comes once every sink has finished.
     drop(persist);
+    drop(starting);
     // Sources and sinks are watched together: a sink that fails while the sources run
     // (a TCP source never ends by itself) stops the others at once.
     let mut failures = Vec::new();
@@ -286,11 +370,14 @@ pub async fn run(config: Plan, once: bool, shutdown: CancellationToken) -> Resul
 
     let mut summary = Summary::default();
     for (stats, budget) in &all_stats {
-        summary.events_delivered += Stats::get(&stats.delivered);
-        summary.requests += Stats::get(&stats.requests);
-        summary.events_rejected += Stats::get(&stats.rejected);
-        summary.events_not_delivered += Stats::get(&stats.not_delivered);
-        summary.peak_events_in_memory = summary.peak_events_in_memory.max(budget.peak().events);
+        let (delivered, requests, rejected, not_delivered) = stats.totals();
+        summary.add(&Summary {
+            events_delivered: delivered,
+            requests,
+            events_rejected: rejected,
+            events_not_delivered: not_delivered,
+            peak_events_in_memory: budget.peak().events,
+        });
     }
     Ok(summary)
 }

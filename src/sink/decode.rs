@@ -16,6 +16,7 @@ use super::webhook::retry::Grace;
 use super::{count_events, Stats};
 use crate::event::{self, Ack, Block, Decoded, Decoder, Invalid, Item, LineKind, Origin};
 use crate::source::{Budget, Cost};
+use crate::telemetry::RejectClass;
 
 /// Starts decoding `input`; returns the items, in order, and the task.
 pub(crate) fn spawn(
@@ -56,20 +57,22 @@ async fn decode_blocks(
     while let Some(block) = input.recv().await {
         let file = block.file.map(|f| (block.input, f));
         let left_in_file = file.is_some_and(|f| left_in_files.contains(&f));
-        let (mut items, records, first_bad) = decode_block(&mut d, &block, &mut log, left_in_file);
+        let mut classes = BadLines::default();
+        let (mut items, records, first_bad) =
+            decode_block(&mut d, &block, &mut log, left_in_file, &mut classes);
         let bad = records.len() as u64;
         // Items from `keep` on are left in their file; `bad` of them are bad lines.
         let keep = if left_in_file {
             0
         } else if records.is_empty() || d.writer.write(records, &mut d.grace).await {
-            Stats::add(&d.stats.rejected, bad);
+            classes.count(&d.stats);
             items.len()
         } else if let (Some(file), Some(at)) = (file, first_bad) {
             left_in_files.insert(file);
             tracing::warn!(sink = %d.name, file = %block.origin, "the dead letters of bad lines were not written: from the first of them on, the file's lines stay in it for the next run");
             at
         } else {
-            Stats::add(&d.stats.not_delivered, bad);
+            d.stats.not_delivered(bad);
             if !std::mem::replace(&mut lost_before, true) {
                 tracing::error!(sink = %d.name, origin = %block.origin, lines = bad, "bad lines lost: their dead letters were not written and they cannot be read again (later ones are counted in events_not_delivered)");
             }
@@ -78,7 +81,7 @@ async fn decode_blocks(
         if keep < items.len() {
             let left = items.split_off(keep);
             let events = count_events(&left) as u64;
-            Stats::add(&d.stats.not_delivered, events + bad);
+            d.stats.not_delivered(events + bad);
             d.budget.release(Cost::of(&left));
         }
         if !items.is_empty() && output.send(items).await.is_err() {
@@ -94,6 +97,7 @@ fn decode_block(
     block: &Block,
     log: &mut BadLineLog,
     quiet: bool,
+    classes: &mut BadLines,
 ) -> (Vec<Item>, Vec<Record>, Option<usize>) {
     let mut items = Vec::with_capacity(block.lines.len());
     let mut records = Vec::new();
@@ -116,6 +120,7 @@ fn decode_block(
             Ok(Decoded::Event(bytes)) => Some(bytes),
             Ok(Decoded::Filtered | Decoded::Empty) => None,
             Err(invalid) => {
+                classes.add(&line.kind);
                 let location = location(block, &line.kind);
                 if !quiet {
                     log.log(&d.name, &location, &invalid.0);
@@ -150,6 +155,36 @@ fn decode_block(
         }
     }
     (items, records, first_bad)
+}
+
+/// A block's bad lines by reason class, counted once their dead letters are written.
+#[derive(Default)]
+struct BadLines {
+    invalid: u64,
+    oversized: u64,
+    unreadable: u64,
+}
+
+impl BadLines {
+    fn add(&mut self, kind: &LineKind) {
+        match kind {
+            LineKind::Text { .. } => self.invalid += 1,
+            LineKind::Oversized { .. } => self.oversized += 1,
+            LineKind::Unreadable { .. } => self.unreadable += 1,
+        }
+    }
+
+    fn count(&self, stats: &Stats) {
+        for (class, n) in [
+            (RejectClass::Invalid, self.invalid),
+            (RejectClass::Oversized, self.oversized),
+            (RejectClass::Unreadable, self.unreadable),
+        ] {
+            if n > 0 {
+                stats.rejected(class, n);
+            }
+        }
+    }
 }
 
 /// Logs bad lines without flooding: the first few of every minute, then a count.

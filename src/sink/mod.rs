@@ -12,11 +12,13 @@ pub mod webhook;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use anyhow::{bail, Result};
 
 use crate::config::{split_type, typed};
 use crate::event::Item;
+use crate::telemetry::{RejectClass, SinkCounters};
 
 /// One `[sinks.NAME]` table, checked: `type` picks the kind.
 #[derive(Debug)]
@@ -66,29 +68,68 @@ impl SinkSpec {
     }
 }
 
-/// What a sink did, for the `--once` summary and the logs.
-#[derive(Debug, Default)]
+/// What a sink did in this run, for the `--once` summary and the logs; each count also
+/// goes to the sink's [`SinkCounters`], which outlive the run (metrics, health, progress).
+#[derive(Debug)]
 pub(crate) struct Stats {
     /// Events the endpoint accepted (2xx).
-    pub(crate) delivered: AtomicU64,
+    delivered: AtomicU64,
     /// Requests that got a 2xx.
-    pub(crate) requests: AtomicU64,
+    requests: AtomicU64,
     /// Bad input lines and events the endpoint rejected, all dead-lettered.
-    pub(crate) rejected: AtomicU64,
+    rejected: AtomicU64,
     /// Events and bad lines neither delivered nor dead-lettered when the sink stopped
     /// (they stay in their files, or were spilled to `data_dir/spill`; a bad line from TCP
     /// or stdin whose dead letter could not be written is lost).
-    pub(crate) not_delivered: AtomicU64,
+    not_delivered: AtomicU64,
+    pub(crate) counters: Arc<SinkCounters>,
 }
 
 impl Stats {
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+    pub(crate) fn new(counters: Arc<SinkCounters>) -> Self {
+        Stats {
+            delivered: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            not_delivered: AtomicU64::new(0),
+            counters,
+        }
     }
 
-    pub(crate) fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+    /// A request carrying `events` got a 2xx.
+    pub(crate) fn delivered(&self, events: u64) {
+        add(&self.delivered, events);
+        add(&self.requests, 1);
+        self.counters.delivered(events);
     }
+
+    /// `n` lines or events were rejected for `class`, their dead letters written.
+    pub(crate) fn rejected(&self, class: RejectClass, n: u64) {
+        add(&self.rejected, n);
+        self.counters.rejected(class, n);
+        self.counters.dead_lettered(n);
+    }
+
+    /// `n` events or bad lines were left for the next run, or lost.
+    pub(crate) fn not_delivered(&self, n: u64) {
+        add(&self.not_delivered, n);
+        self.counters.not_delivered(n);
+    }
+
+    /// (delivered, requests, rejected, not delivered) so far.
+    pub(crate) fn totals(&self) -> (u64, u64, u64, u64) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        (
+            get(&self.delivered),
+            get(&self.requests),
+            get(&self.rejected),
+            get(&self.not_delivered),
+        )
+    }
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
 }
 
 /// The events among `items` (the rest are positions).

@@ -226,6 +226,14 @@ impl Budget {
         }
     }
 
+    /// The events and bytes held now.
+    pub fn held(&self) -> Cost {
+        Cost {
+            events: self.events.in_use.load(Ordering::Relaxed),
+            bytes: self.bytes.in_use.load(Ordering::Relaxed),
+        }
+    }
+
     /// The most events, and the most bytes, ever held at once (not always at the same time).
     pub fn peak(&self) -> Cost {
         Cost {

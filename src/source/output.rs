@@ -10,6 +10,7 @@ use super::budget::MAX_REQUEST;
 use super::file::checkpoint::AckHandle;
 use super::{gathers_ahead, max_batch_bytes, Budget, Cost};
 use crate::event::{Block, Line};
+use crate::telemetry::SourceCounters;
 
 /// One sink's input, as a source sees it: made by [`Subscriptions::subscribe`].
 #[derive(Debug, Clone)]
@@ -69,6 +70,8 @@ pub struct Output {
     /// Blocks are cut to this many lines and bytes (one line at least) so that one block
     /// always fits every budget.
     max_block: Cost,
+    /// The source's counters: lines read, counted per block.
+    counters: Arc<SourceCounters>,
 }
 
 /// Every sink is gone; the source should stop.
@@ -104,7 +107,14 @@ impl Output {
         Output {
             sinks,
             max_block: Cost { events, bytes },
+            counters: SourceCounters::detached(),
         }
+    }
+
+    /// Counts the lines sent into `counters`.
+    pub(crate) fn counting(mut self, counters: Arc<SourceCounters>) -> Self {
+        self.counters = counters;
+        self
     }
 
     /// How many of `lines` (one at least) go in the next block.
@@ -145,6 +155,7 @@ impl Output {
         if block.lines.is_empty() {
             return Ok(());
         }
+        self.counters.read(block.lines.len());
         if self.block_len(&block.lines) >= block.lines.len() {
             return self.send_part(block, stop).await;
         }

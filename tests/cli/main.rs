@@ -8,6 +8,7 @@ mod harness;
 mod cli;
 mod config_errors;
 mod harness_selftest;
+mod operability;
 mod pipelines;
 mod receiver;
 mod schemes;

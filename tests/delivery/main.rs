@@ -5,6 +5,7 @@
 #[path = "../harness/mod.rs"]
 mod harness;
 
+mod api;
 mod batching;
 mod dead_letter_disk;
 mod hostile_endpoint;

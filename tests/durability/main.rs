@@ -9,5 +9,6 @@ mod crash;
 mod data_dir;
 mod memory;
 mod outage;
+mod reload;
 mod restart;
 mod spill;

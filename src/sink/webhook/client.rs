@@ -25,6 +25,8 @@ use super::tls::TlsSpec;
 #[derive(Debug)]
 pub(crate) struct Outcome {
     pub(crate) decision: Decision,
+    /// The response's status; `None` when there was no response.
+    pub(crate) status: Option<u16>,
     /// For logs and dead letters: the status and the start of the response body, or
     /// the transport error.
     pub(crate) detail: String,
@@ -105,6 +107,7 @@ impl Poster {
             Attempt::Answered(outcome) => outcome,
             Attempt::Closed(detail) | Attempt::Failed(detail) => Outcome {
                 decision: Decision::Retry { after: None },
+                status: None,
                 detail,
             },
         }
@@ -152,7 +155,11 @@ impl Poster {
             Some(note) => format!("status {status}, {note}: {text}"),
             None => format!("status {status}: {text}"),
         };
-        Outcome { decision, detail }
+        Outcome {
+            decision,
+            status: Some(status.as_u16()),
+            detail,
+        }
     }
 }
 

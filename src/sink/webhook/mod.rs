@@ -59,7 +59,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -77,6 +77,7 @@ use crate::batch::{chunks_timeout, Limits, Reinject};
 use crate::event::{Block, Decoder, Item, Origin};
 use crate::source::file::checkpoint::{AckHandle, Persist};
 use crate::source::{gathers_ahead, max_batch_bytes, Budget, Cost};
+use crate::telemetry::RejectClass;
 use client::Outcome;
 use request::{MessageId, Signed};
 use retry::{Decision, Grace, Next, RetryPolicy, Turn};
@@ -194,8 +195,10 @@ pub(crate) async fn run(
 fn post(poster: &Arc<Poster>, job: Job, signed: Signed) -> BoxFuture<'static, Posted> {
     let poster = poster.clone();
     Box::pin(async move {
+        let sent = Instant::now();
         let outcome = poster.post(signed).await;
-        Posted { job, outcome }
+        let took = sent.elapsed();
+        Posted { job, outcome, took }
     })
 }
 
@@ -247,6 +250,8 @@ struct Ready {
 struct Posted {
     job: Job,
     outcome: Outcome,
+    /// From sending the request to its outcome.
+    took: Duration,
 }
 
 /// What to do with a job after a step.
@@ -271,6 +276,8 @@ struct Sink {
     acks: InOrder,
     /// Failed jobs, by their place: the oldest goes out first.
     retries: BTreeMap<Seq, Job>,
+    /// When each batch not settled yet was first sent (for the oldest one's age).
+    taken: BTreeMap<Seq, Instant>,
     spill_path: PathBuf,
     /// The spill file while it has events not resolved: they go before newer ones.
     spill: Option<Spill>,
@@ -315,6 +322,7 @@ impl Sink {
             writer,
             acks: InOrder::new(Acknowledger::new(acks, checkpoints)),
             retries: BTreeMap::new(),
+            taken: BTreeMap::new(),
             spill_path,
             spill,
             abandoned: Vec::new(),
@@ -366,15 +374,37 @@ impl Sink {
         )
     }
 
+    /// A place in the order of acknowledgements for a batch sent for the first time.
+    fn open(&mut self) -> Seq {
+        let seq = self.acks.open();
+        self.taken.insert(seq, Instant::now());
+        self.stats
+            .counters
+            .oldest_unsettled(self.taken.values().next().copied());
+        seq
+    }
+
+    /// Batch `seq` is settled: delivered, dead-lettered, or left for the next run.
+    fn settle(&mut self, seq: Seq) {
+        self.acks.settle(seq);
+        self.taken.remove(&seq);
+        self.stats
+            .counters
+            .oldest_unsettled(self.taken.values().next().copied());
+    }
+
     /// Sends `ready` now, or gives it up (the grace period is over, or it stays in its
     /// files at shutdown). Called once the retry policy's pause is over.
     async fn start(&mut self, ready: Ready) -> Step {
         crate::failpoint::hit("sink-handle");
         let Ready { mut job, signed } = ready;
-        let seq = *job.seq.get_or_insert_with(|| self.acks.open());
+        let seq = match job.seq {
+            Some(seq) => seq,
+            None => *job.seq.insert(self.open()),
+        };
         if self.retry.verdict(job.all_in_files()) == Turn::GiveUp {
             self.give_up(seq, job.into_items());
-            self.acks.settle(seq);
+            self.settle(seq);
             return Step::Settled;
         }
         self.advance(job, signed).await
@@ -388,7 +418,7 @@ impl Sink {
         loop {
             let Some(part) = job.parts.front_mut() else {
                 self.retry.succeeded();
-                self.acks.settle(seq);
+                self.settle(seq);
                 return Step::Settled;
             };
             let Some(ready) = signed.take().or_else(|| self.sign(part)) else {
@@ -405,14 +435,18 @@ impl Sink {
     /// Decides what comes of a request (post -> decide -> acknowledge, split,
     /// dead-letter), and what the job does next.
     async fn posted(&mut self, posted: Posted) -> Step {
-        let Posted { mut job, outcome } = posted;
+        let Posted {
+            mut job,
+            outcome,
+            took,
+        } = posted;
+        self.stats.counters.request(outcome.status, took);
         let seq = job.seq.expect("a job that was sent");
         let part = job.parts.front().expect("the part sent");
         let events = count_events(&part.items);
         match outcome.decision {
             Decision::Delivered => {
-                Stats::add(&self.stats.delivered, events as u64);
-                Stats::add(&self.stats.requests, 1);
+                self.stats.delivered(events as u64);
                 let part = job.parts.pop_front().expect("the part sent");
                 self.resolve(seq, &part.items);
             }
@@ -421,7 +455,8 @@ impl Sink {
                 let reason = format!("endpoint rejected the event: {}", outcome.detail);
                 tracing::warn!(sink = %self.name, "{reason}; dead-lettering it");
                 let part = job.parts.pop_front().expect("the part sent");
-                self.reject_all(seq, part.items, &reason).await;
+                self.reject_all(seq, part.items, &reason, RejectClass::Endpoint)
+                    .await;
             }
             Decision::Split | Decision::Reject => {
                 tracing::info!(sink = %self.name, events, "{}; sending the batch in two halves", outcome.detail);
@@ -444,8 +479,10 @@ impl Sink {
             .iter()
             .map(|p| count_events(&p.items))
             .sum::<usize>();
+        self.stats.counters.failed(&detail);
         match self.retry.failed(after, job.all_in_files()) {
             Next::Retry(delay) => {
+                self.stats.counters.retried();
                 let retry_in = Duration::from_millis(delay.as_millis() as u64);
                 tracing::warn!(sink = %self.name, events, retry_in = %humantime::format_duration(retry_in), "delivery failed ({detail}); will retry");
                 return Step::Failed(job);
@@ -458,10 +495,11 @@ impl Sink {
                 let max = humantime::format_duration(max);
                 let reason = format!("still failing after {max}: {detail}");
                 tracing::error!(sink = %self.name, events, "{reason}; dead-lettering the batch");
-                self.reject_all(seq, job.into_items(), &reason).await;
+                self.reject_all(seq, job.into_items(), &reason, RejectClass::Expired)
+                    .await;
             }
         }
-        self.acks.settle(seq);
+        self.settle(seq);
         Step::Settled
     }
 
@@ -469,7 +507,7 @@ impl Sink {
     /// when the dead letters could not be written (given up at shutdown or with
     /// `--once`), leaves them as not delivered: those from files stay there, with the rest
     /// of their files, and the others are spilled.
-    async fn reject_all(&mut self, seq: Seq, items: Vec<Item>, reason: &str) {
+    async fn reject_all(&mut self, seq: Seq, items: Vec<Item>, reason: &str, class: RejectClass) {
         let records: Vec<Record> = items
             .iter()
             .filter_map(Item::event)
@@ -481,7 +519,7 @@ impl Sink {
             .collect();
         let n = records.len() as u64;
         if self.writer.write(records, self.retry.grace()).await {
-            Stats::add(&self.stats.rejected, n);
+            self.stats.rejected(class, n);
             self.resolve(seq, &items);
             return;
         }
@@ -528,7 +566,7 @@ impl Sink {
     /// the others go to the spill file.
     fn give_up(&mut self, seq: Seq, items: Vec<Item>) {
         self.acks.leave_in_files(seq, &items);
-        Stats::add(&self.stats.not_delivered, count_events(&items) as u64);
+        self.stats.not_delivered(count_events(&items) as u64);
         if let Some(spill) = self.spill.as_mut() {
             spill.abandon(&items);
         }
@@ -554,7 +592,7 @@ impl Sink {
         let had_spill = self.spill.is_some();
         match spill::finish(&self.spill_path, self.spill.take(), &self.abandoned) {
             Ok(written) => {
-                Stats::add(&self.stats.not_delivered, written.never_loaded as u64);
+                self.stats.not_delivered(written.never_loaded as u64);
                 if written.events > 0 {
                     tracing::warn!(sink = %self.name, events = written.events, path = %self.spill_path.display(), "events not delivered before shutdown were spilled; they are sent first at the next start");
                 }

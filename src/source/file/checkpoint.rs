@@ -76,6 +76,14 @@ pub struct Saved {
     pub path: PathBuf,
 }
 
+impl Saved {
+    /// Whether `file` (of `len` bytes) is the content saved, up to the offset.
+    fn resumes(&self, file: &File, len: u64) -> bool {
+        let covered = self.fingerprint.head_len >= self.offset.min(HEAD_BYTES);
+        covered && self.fingerprint.matches(file).unwrap_or(false) && self.offset <= len
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct SavedFile {
     version: u32,
@@ -184,9 +192,7 @@ impl Checkpointer {
             .lock()
             .expect("checkpoint lock")
             .remove(&(meta.dev(), meta.ino()))?;
-        let covered = saved.fingerprint.head_len >= saved.offset.min(HEAD_BYTES);
-        let same = covered && saved.fingerprint.matches(file).unwrap_or(false);
-        if same && saved.offset <= meta.len() {
+        if saved.resumes(file, meta.len()) {
             return Some(saved.offset);
         }
         tracing::info!(
@@ -197,6 +203,15 @@ impl Checkpointer {
             "file was replaced or truncated since its checkpoint, or its checkpoint cannot tell; reading it from the start"
         );
         None
+    }
+
+    /// What [`Checkpointer::resume_offset`] would answer for `file`, without using the
+    /// entry or logging: for `flaghook validate`.
+    pub fn peek_offset(&self, file: &File) -> Option<u64> {
+        let meta = file.metadata().ok()?;
+        let loaded = self.loaded.lock().expect("checkpoint lock");
+        let saved = loaded.get(&(meta.dev(), meta.ino()))?;
+        saved.resumes(file, meta.len()).then_some(saved.offset)
     }
 
     /// Starts tracking file `id`, whose lines before `offset` need no delivery.
@@ -251,6 +266,17 @@ impl Checkpointer {
             .files
             .get(&id)
             .map(|t| t.acked.iter().copied().min().unwrap_or(0))
+    }
+
+    /// Each tracked file's path and the offset every reader acknowledged (for its lag).
+    pub fn positions(&self) -> Vec<(PathBuf, u64)> {
+        let state = self.state.lock().expect("checkpoint lock");
+        let committed = |t: &Tracked| t.acked.iter().copied().min().unwrap_or(0);
+        state
+            .files
+            .values()
+            .map(|t| (t.path.clone(), committed(t)))
+            .collect()
     }
 
     /// Writes the file if anything changed since the last write. Only the

@@ -161,6 +161,64 @@ impl FileConfig {
     }
 }
 
+impl FileSpec {
+    /// For `flaghook validate`: each existing file the globs match now, and where it
+    /// would start: its checkpoint (in `checkpoint`, the source's checkpoint file), else
+    /// `read_from`. One indented line each.
+    pub fn start_positions(&self, checkpoint: &Path) -> String {
+        let checkpointer = Checkpointer::load(checkpoint.to_owned());
+        let mut seen = HashSet::new();
+        let mut out = String::new();
+        for path in matching(&self.include, &self.exclude) {
+            let line = match File::open(&path) {
+                Ok(file) => match file.metadata() {
+                    Ok(meta) if !meta.is_file() => "not a regular file: skipped".to_owned(),
+                    Ok(meta) if !seen.insert((meta.dev(), meta.ino())) => {
+                        "the same file as another match: read once".to_owned()
+                    }
+                    Ok(meta) => self.start_of(&file, meta.len(), &checkpointer),
+                    Err(e) => format!("cannot read: {e}"),
+                },
+                Err(e) => format!("cannot open: {e}"),
+            };
+            out.push_str(&format!("  {}: {line}\n", path.display()));
+        }
+        if out.is_empty() {
+            out.push_str("  no file matches now\n");
+        }
+        out
+    }
+
+    /// Where a file of `len` bytes present at start-up starts, and why.
+    fn start_of(&self, file: &File, len: u64, checkpointer: &Checkpointer) -> String {
+        let (offset, why) = match checkpointer.peek_offset(file) {
+            Some(offset) => (offset, "its checkpoint"),
+            None if self.read_from == ReadFrom::End => (len, "read_from = \"end\""),
+            None => (0, "read_from = \"beginning\""),
+        };
+        format!(
+            "{len} bytes, starts at byte {offset} ({why}): {} bytes to send",
+            len - offset
+        )
+    }
+}
+
+/// The paths `include` matches now, less those `exclude` matches, each once.
+fn matching(include: &[String], exclude: &[glob::Pattern]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for pattern in include {
+        let Ok(paths) = glob::glob(pattern) else {
+            continue;
+        };
+        for path in paths.flatten() {
+            if !exclude.iter().any(|p| p.matches_path(&path)) && !out.contains(&path) {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
 /// Read size per file per pass.
 const READ_SIZE: usize = 256 * 1024;
 
@@ -413,20 +471,7 @@ impl Tail<'_> {
     }
 
     fn matches(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for pattern in &self.source.include {
-            let Ok(paths) = glob::glob(pattern) else {
-                continue;
-            };
-            for path in paths.flatten() {
-                if !self.source.exclude.iter().any(|p| p.matches_path(&path))
-                    && !out.contains(&path)
-                {
-                    out.push(path);
-                }
-            }
-        }
-        out
+        matching(&self.source.include, &self.source.exclude)
     }
 
     fn open(&mut self, path: PathBuf, startup: bool) {

@@ -1,0 +1,314 @@
+//! `[api]`: `/metrics` scraped while a pipeline runs, its counters checked against what the
+//! endpoint received and its exposition against Debian's `promtool check metrics`; `/health`
+//! turning 503 when the endpoint fails for longer than `unhealthy_after`, and back.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// `GET path` on `addr`: (status, body). None while nothing listens there.
+pub fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: flaghook\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+/// Waits until the API answers on `addr`, then returns `GET path`.
+pub fn get_when_up(addr: &str, path: &str, proc: &Proc) -> (u16, String) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(answer) = get(addr, path) {
+            return answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the API never answered on {addr}:\n{}",
+            proc.stderr_now()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The samples of an exposition: `name{labels}` -> value (comments left out).
+pub fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Polls `/metrics` until `pred` holds over its samples; returns the last ones.
+pub fn metrics_until(
+    addr: &str,
+    proc: &Proc,
+    pred: impl Fn(&BTreeMap<String, f64>) -> bool,
+) -> BTreeMap<String, f64> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = get_when_up(addr, "/metrics", proc);
+        assert_eq!(status, 200, "{body}");
+        let samples = samples(&body);
+        if pred(&samples) || Instant::now() >= deadline {
+            return samples;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
+    *samples
+        .get(series)
+        .unwrap_or_else(|| panic!("no series {series} in {samples:#?}"))
+}
+
+fn api_table(addr: &str, extra: &str) -> String {
+    format!("[api]\naddress = {}\n{extra}\n", toml_str(addr))
+}
+
+const SINK: &str = r#"flush_interval = "100ms"
+max_event_in_memory = 50
+retry_initial_backoff = "50ms"
+retry_max_backoff = "100ms""#;
+
+#[test]
+fn metrics_match_what_the_endpoint_received_while_the_pipeline_runs() {
+    let endpoint = Endpoint::start();
+    let ws = Workspace::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    // 300 events and 2 bad lines first; 200 more once the first are counted.
+    let mut first = small_lines(0..300);
+    first.push_str("not json\n{\"kind\":\"feature\"}\n");
+    let config = ws.file_pipeline(&first, &endpoint.url(), SINK);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n{}", api_table(&addr, ""))).unwrap();
+    let proc = Proc::spawn(run_cmd(&config));
+
+    let delivered = "flaghook_sink_events_delivered_total{sink=\"webhook\"}";
+    let at = metrics_until(&addr, &proc, |s| s.get(delivered) == Some(&300.0));
+    assert_eq!(value(&at, delivered), 300.0, "{}", proc.stderr_now());
+    assert_eq!(endpoint.with(|t| t.delivered), 300);
+    let requests_2xx = "flaghook_sink_requests_total{sink=\"webhook\",status=\"2xx\"}";
+    assert_eq!(
+        value(&at, requests_2xx),
+        endpoint.with(|t| t.ok_requests) as f64
+    );
+    let invalid = "flaghook_sink_events_rejected_total{sink=\"webhook\",reason=\"invalid\"}";
+    assert_eq!(value(&at, invalid), 2.0);
+    let read = "flaghook_source_events_read_total{source=\"in\"}";
+    assert_eq!(value(&at, read), 302.0);
+
+    ws.append("events.json", small_lines(300..500));
+    let lag = "flaghook_source_lag_bytes{source=\"in\"}";
+    let in_memory = "flaghook_sink_events_in_memory{sink=\"webhook\"}";
+    let at = metrics_until(&addr, &proc, |s| {
+        s.get(delivered) == Some(&500.0)
+            && s.get(lag) == Some(&0.0)
+            && s.get(in_memory) == Some(&0.0)
+    });
+    assert!(endpoint.wait_until(WAIT, |t| t.has_all(500)));
+    assert_eq!(value(&at, delivered), endpoint.with(|t| t.delivered) as f64);
+    assert_eq!(value(&at, read), 502.0);
+    assert_eq!(value(&at, lag), 0.0, "every byte of the file was delivered");
+    assert_eq!(value(&at, in_memory), 0.0);
+    assert_eq!(
+        value(&at, requests_2xx),
+        endpoint.with(|t| t.ok_requests) as f64
+    );
+    let last = value(
+        &at,
+        "flaghook_sink_last_delivery_timestamp_seconds{sink=\"webhook\"}",
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(last > now - 60.0 && last <= now + 1.0, "{last} vs {now}");
+    let count = "flaghook_sink_request_duration_seconds_count{sink=\"webhook\"}";
+    assert_eq!(value(&at, count), endpoint.with(|t| t.ok_requests) as f64);
+    assert_eq!(value(&at, "flaghook_build_info{version=\"0.1.0\"}"), 1.0);
+    proc.sigterm();
+    proc.wait().assert_code(0);
+}
+
+/// Debian's promtool: `PROMTOOL`, else on the PATH, else where `.ci/run` unpacks it.
+fn promtool() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("PROMTOOL") {
+        return Some(path.into());
+    }
+    let on_path = std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if on_path {
+        return Some("promtool".into());
+    }
+    let home = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    let unpacked = home.join("flaghook-ci/prometheus/usr/bin/promtool");
+    unpacked.exists().then_some(unpacked)
+}
+
+#[test]
+fn promtool_accepts_the_exposition() {
+    let Some(promtool) = promtool() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is missing in CI: .ci/run unpacks Debian's `prometheus` package"
+        );
+        eprintln!(
+            "skipped: no promtool (run .ci/run, or `apt-get download prometheus` and `dpkg -x` it)"
+        );
+        return;
+    };
+    // Every kind of series: delivered, rejected, failed requests and retries, a histogram.
+    let fail_first = Arc::new(AtomicBool::new(true));
+    let flag = fail_first.clone();
+    let endpoint = Endpoint::with_responder(move |_| match flag.swap(false, Ordering::SeqCst) {
+        true => Reply::status(503),
+        false => Reply::ok(),
+    });
+    let ws = Workspace::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut lines = small_lines(0..100);
+    lines.push_str("not json\n");
+    let config = ws.file_pipeline(&lines, &endpoint.url(), SINK);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n{}", api_table(&addr, ""))).unwrap();
+    let proc = Proc::spawn(run_cmd(&config));
+    let delivered = "flaghook_sink_events_delivered_total{sink=\"webhook\"}";
+    metrics_until(&addr, &proc, |s| s.get(delivered) == Some(&100.0));
+    let (_, exposition) = get_when_up(&addr, "/metrics", &proc);
+    assert!(
+        exposition.contains("flaghook_sink_retries_total{sink=\"webhook\"} 1"),
+        "{exposition}"
+    );
+
+    let mut check = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}\n{}{}\n{exposition}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Each metric declared once, with its HELP and TYPE.
+    for line in exposition.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split(' ').nth(2).unwrap();
+        assert!(exposition.contains(&format!("# HELP {name} ")), "{name}");
+    }
+    proc.sigterm();
+    proc.wait();
+}
+
+#[test]
+fn health_is_503_while_the_endpoint_fails_longer_than_unhealthy_after_and_200_again() {
+    let failing = Arc::new(AtomicBool::new(true));
+    let flag = failing.clone();
+    let endpoint = Endpoint::with_responder(move |_| match flag.load(Ordering::SeqCst) {
+        true => Reply::status(503).body("overloaded, come back later"),
+        false => Reply::ok(),
+    });
+    let ws = Workspace::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    // Credentials in the URL and a secret: neither may show in /health.
+    let url = endpoint
+        .url()
+        .replace("http://", "http://hook-user:url-pass-9f3@");
+    let sink = format!("{SINK}\nsecret = \"signing-secret-51c\"");
+    let config = ws.file_pipeline(small_lines(0..20), &url, &sink);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let api = api_table(&addr, "unhealthy_after = \"1s\"");
+    std::fs::write(&config, format!("{text}\n{api}")).unwrap();
+    let proc = Proc::spawn(run_cmd(&config));
+
+    // 503 while starting too: waits for the status named in the body.
+    let health_until = |want: &str| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (status, body) = get_when_up(&addr, "/health", &proc);
+            if body.contains(&format!("\"status\":\"{want}\"")) || Instant::now() >= deadline {
+                return (status, body);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let (status, body) = health_until("failing");
+    assert_eq!(status, 503, "{body}\n{}", proc.stderr_now());
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "failing", "{body}");
+    assert_eq!(health["failing"][0]["sink"], "webhook", "{body}");
+    let last = health["failing"][0]["last_failure"].as_str().unwrap();
+    assert!(
+        last.contains("503") && last.contains("overloaded"),
+        "{body}"
+    );
+    assert!(
+        health["failing"][0]["failing_for_seconds"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    for secret in ["url-pass-9f3", "hook-user", "signing-secret-51c"] {
+        assert!(!body.contains(secret), "{body}");
+    }
+
+    failing.store(false, Ordering::SeqCst);
+    let (status, body) = health_until("ok");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.trim(), r#"{"status":"ok"}"#);
+    assert!(endpoint.wait_until(WAIT, |t| t.has_all(20)));
+    proc.sigterm();
+    proc.wait().assert_code(0);
+}
+
+#[test]
+fn a_bad_api_table_names_its_key() {
+    let ws = Workspace::new();
+    let config = ws.file_pipeline(small_lines(0..1), "http://127.0.0.1:9/hook", "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    for (api, key) in [
+        ("[api]\naddress = \"nowhere\"\n", "`api.address`"),
+        (
+            "[api]\naddress = \"127.0.0.1:0\"\nunhealthy_after = \"0s\"\n",
+            "`api.unhealthy_after`",
+        ),
+        ("[api]\naddres = \"127.0.0.1:0\"\n", "api"),
+    ] {
+        std::fs::write(&config, format!("{text}\n{api}")).unwrap();
+        let out = validate(&config);
+        out.assert_code(1);
+        assert!(
+            out.stderr.contains(key) && out.stderr.contains("example"),
+            "{}",
+            out.stderr
+        );
+    }
+}
