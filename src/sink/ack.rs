@@ -1,6 +1,7 @@
-//! A sink's acknowledgements: once items are delivered or dead-lettered, their file
-//! positions move their sources' checkpoints, and the checkpoint writer saves them before
-//! the sink's next request, so a crash re-sends at most the batch in flight.
+//! A sink's acknowledgements: once items are delivered or dead-lettered, their positions (in
+//! tailed files and journal segments) move their sources' checkpoints, and the checkpoint
+//! writer saves them before the sink's next request, so a crash re-sends at most the batch
+//! in flight.
 
 use std::collections::HashSet;
 
@@ -11,8 +12,8 @@ use crate::source::file::checkpoint::{AckHandle, Persist};
 
 #[derive(Debug)]
 pub(crate) struct Acknowledger {
-    /// Per input ([`Ack::input`]): the source's handle, for file sources.
-    handles: Vec<Option<AckHandle>>,
+    /// Per input ([`Ack::input`]): the source's handle.
+    handles: Vec<AckHandle>,
     /// Files whose offsets stay where they are for the rest of the run, by (input, file):
     /// a dead letter of theirs could not be written.
     left_in_files: HashSet<(usize, u64)>,
@@ -22,7 +23,7 @@ pub(crate) struct Acknowledger {
 }
 
 impl Acknowledger {
-    pub(crate) fn new(handles: Vec<Option<AckHandle>>, persist: Persist) -> Self {
+    pub(crate) fn new(handles: Vec<AckHandle>, persist: Persist) -> Self {
         Acknowledger {
             handles,
             left_in_files: HashSet::new(),
@@ -37,7 +38,7 @@ impl Acknowledger {
     pub(crate) fn acknowledge(&mut self, items: &[Item]) {
         let mut moved = false;
         let mut pending: Option<Ack> = None;
-        let acks = items.iter().filter_map(Item::ack);
+        let acks = items.iter().map(Item::ack);
         for ack in acks.filter(|a| !self.left_in_files.contains(&(a.input, a.file))) {
             if let Some(p) = pending.filter(|p| (p.input, p.file) != (ack.input, ack.file)) {
                 moved |= self.ack(p);
@@ -53,7 +54,7 @@ impl Acknowledger {
     }
 
     fn ack(&self, ack: Ack) -> bool {
-        let Some(Some(handle)) = self.handles.get(ack.input) else {
+        let Some(handle) = self.handles.get(ack.input) else {
             return false;
         };
         handle.ack(ack.file, ack.offset);
@@ -71,10 +72,7 @@ impl Acknowledger {
     /// The dead letters of `items` could not be written: their files' offsets stay where
     /// they are for the rest of the run (the next start reads the lines again).
     pub(crate) fn leave_in_files(&mut self, items: &[Item]) {
-        let files = items
-            .iter()
-            .filter_map(Item::ack)
-            .map(|a| (a.input, a.file));
+        let files = items.iter().map(Item::ack).map(|a| (a.input, a.file));
         self.left_in_files.extend(files);
     }
 }

@@ -14,7 +14,7 @@
 //!   events are pending, when their lines reach half the byte budget, or `flush_interval`
 //!   after the first.
 //! - **re-inject** (`Reinject`): failed batches go back into the stream ahead of
-//!   everything newer, so order is kept; so do the events of the spill file, at start.
+//!   everything newer, so order is kept.
 //! - **build and sign** (`request`): while one batch is in flight, the next one is
 //!   gathered and signed, ready when the response comes (one request in flight at a time).
 //! - **post** (`client`) and **decide** (`retry::decide`): on 2xx the batch is
@@ -25,10 +25,9 @@
 //!   `retry_max_duration`).
 //!
 //! When the input ends (`--once`, or shutdown), what is re-injected is retried until
-//! delivered, or until the shutdown grace period ends. Then events from files are left
-//! for the next run (their offsets never moved) and events from TCP or stdin are spilled
-//! to `data_dir/spill/<sink>.jsonl`, to be sent first on the next start, within the memory
-//! budget (see `super::spill`).
+//! delivered, or until the shutdown grace period ends. Then the events are left for the
+//! next run where they are, in their files or their sources' journals (their offsets
+//! never moved).
 //!
 //! A dead letter is a delivery only once it is on the disk (`DeadLetterWriter`): until
 //! it is, the line's position is not acknowledged, and the write is retried with backoff
@@ -49,11 +48,9 @@ pub use request::body;
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -61,10 +58,9 @@ use tokio_util::sync::CancellationToken;
 use super::ack::Acknowledger;
 use super::deadletter::{DeadLetterWriter, DeadLetters, Record};
 use super::decode::{self, Decode};
-use super::spill::{self, Spill};
 use super::{count_events, Stats};
 use crate::batch::{chunks_timeout, Limits, Reinject};
-use crate::event::{Block, Decoder, Item, Origin};
+use crate::event::{Block, Decoder, Item};
 use crate::source::file::checkpoint::{AckHandle, Persist};
 use crate::source::{gathers_ahead, max_batch_bytes, Budget, Cost};
 use request::Signed;
@@ -80,17 +76,13 @@ pub(crate) struct SinkParts {
     pub(crate) budget: Arc<Budget>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) dead_letters: Arc<DeadLetters>,
-    /// Per input ([`Block::input`]): the source's acknowledgement handle, for file sources.
-    pub(crate) acks: Vec<Option<AckHandle>>,
+    /// Per input ([`Block::input`]): the source's acknowledgement handle.
+    pub(crate) acks: Vec<AckHandle>,
     /// Saves the checkpoints the sink moved.
     pub(crate) checkpoints: Persist,
-    pub(crate) spill_path: PathBuf,
     /// `run --once`: a dead letter that cannot be written is given up after
     /// `shutdown_timeout` instead of being retried until it is written.
     pub(crate) once: bool,
-    /// The spill file left by the last shutdown, and the events loaded from it: opened
-    /// before the sources start (see [`Spill::open`]).
-    pub(crate) spill: Option<(Spill, Vec<Item>)>,
 }
 
 /// Runs the sink until its input ends and everything is delivered, dead-lettered, or
@@ -109,17 +101,16 @@ pub(crate) async fn run(
     // budget, batches are gathered one at a time.
     let ahead = gathers_ahead(parts.budget.cap().events, limits.events);
     let flush_interval = parts.delivery.flush_interval;
-    let (mut sink, decode, spilled) = Sink::new(parts, shutdown);
+    let (mut sink, decode) = Sink::new(parts, shutdown);
     let poster = sink.poster.clone();
     let sign = |items: Vec<Item>| {
         let signed = poster.prepare(items.iter().filter_map(Item::event));
         Prepared { items, signed }
     };
 
-    // blocks -> decode -> chunks_timeout -> re-inject (the spill file's events first)
+    // blocks -> decode -> chunks_timeout -> re-inject
     let (items, decoding) = decode::spawn(decode, input);
     let mut batches = Reinject::new(chunks_timeout(items, limits, flush_interval), limits);
-    batches.push_back(spilled);
 
     // -> build and sign -> post -> decide -> acknowledge, or re-inject
     let mut next = batches.next().await.map(sign);
@@ -138,7 +129,6 @@ pub(crate) async fn run(
             }
             batches.push_front(failed);
         }
-        batches.push_back(sink.load_spill());
         next = match fetched {
             Some(prepared) => Some(prepared),
             None => batches.next().await.map(sign),
@@ -194,17 +184,11 @@ struct Sink {
     retry: RetryPolicy,
     writer: DeadLetterWriter,
     acks: Acknowledger,
-    spill_path: PathBuf,
-    /// The spill file while it has events not resolved: they go before newer ones.
-    spill: Option<Spill>,
-    /// Events from TCP and stdin given up at shutdown, for the spill file.
-    abandoned: Vec<Bytes>,
 }
 
 impl Sink {
-    /// The sink, the settings of its decode task, and the events loaded from the spill
-    /// file.
-    fn new(parts: SinkParts, shutdown: CancellationToken) -> (Sink, Decode, Vec<Item>) {
+    /// The sink, and the settings of its decode task.
+    fn new(parts: SinkParts, shutdown: CancellationToken) -> (Sink, Decode) {
         let SinkParts {
             name,
             poster,
@@ -215,9 +199,7 @@ impl Sink {
             dead_letters,
             acks,
             checkpoints,
-            spill_path,
             once,
-            spill,
         } = parts;
         let writer = DeadLetterWriter::new(&name, dead_letters, &delivery, once);
         let decode = Decode {
@@ -228,7 +210,6 @@ impl Sink {
             writer: writer.clone_for_decode(),
             grace: Grace::new(shutdown.clone(), delivery.shutdown_timeout),
         };
-        let (spill, spilled) = spill.unzip();
         let sink = Sink {
             name,
             poster,
@@ -237,18 +218,15 @@ impl Sink {
             retry: RetryPolicy::for_sink(&delivery, shutdown),
             writer,
             acks: Acknowledger::new(acks, checkpoints),
-            spill_path,
-            spill,
-            abandoned: Vec::new(),
         };
-        (sink, decode, spilled.unwrap_or_default())
+        (sink, decode)
     }
 
     /// Sends `batch` when the retry policy says (post -> decide -> acknowledge, split,
     /// dead-letter), or gives it up; or hands it back, failed, to be re-injected.
     async fn handle(&mut self, batch: Prepared) -> Handled {
         crate::failpoint::hit("sink-handle");
-        if self.retry.turn(from_files(&batch.items)).await == Turn::GiveUp {
+        if self.retry.turn(IN_FILES).await == Turn::GiveUp {
             self.give_up(batch.items);
             return Handled::Settled;
         }
@@ -257,14 +235,14 @@ impl Sink {
             return Handled::Settled;
         };
         let events = count_events(&failure.rest);
-        match self.retry.failed(failure.after, from_files(&failure.rest)) {
+        match self.retry.failed(failure.after, IN_FILES) {
             Next::Retry(delay) => {
                 let retry_in = Duration::from_millis(delay.as_millis() as u64);
                 tracing::warn!(sink = %self.name, events, retry_in = %humantime::format_duration(retry_in), "delivery failed ({}); will retry", failure.detail);
                 Handled::Retry(failure.rest)
             }
             Next::StayInFiles => {
-                tracing::warn!(sink = %self.name, events, "delivery failed at shutdown ({}); the events stay in their files for the next start", failure.detail);
+                tracing::warn!(sink = %self.name, events, "delivery failed at shutdown ({}); the events stay in their files and journals for the next start", failure.detail);
                 self.give_up(failure.rest);
                 Handled::Settled
             }
@@ -331,8 +309,8 @@ impl Sink {
 
     /// Dead-letters every event of `items` with `reason`, then acknowledges them; or,
     /// when the dead letters could not be written (given up at shutdown or with
-    /// `--once`), leaves them as not delivered: those from files stay there, with the rest
-    /// of their files, and the others are spilled.
+    /// `--once`), leaves them as not delivered: they stay in their files (or journals),
+    /// with the rest of those.
     async fn reject_all(&mut self, items: Vec<Item>, reason: &str) {
         let records: Vec<Record> = items
             .iter()
@@ -359,84 +337,32 @@ impl Sink {
         self.release(items);
     }
 
-    /// `items` leave memory. While the spill file has lines not loaded yet, the budget
-    /// they free is kept for those (see [`Spill::release`]).
+    /// `items` leave memory.
     fn release(&mut self, items: &[Item]) {
-        let freed = Cost::of(items);
-        match self.spill.as_mut() {
-            Some(spill) => spill.release(items, freed, &self.budget, self.retry.shutting_down()),
-            None => self.budget.release(freed),
-        }
+        self.budget.release(Cost::of(items));
     }
 
-    /// The lines of the spill file that fit the budget now (none at shutdown). Removes the
-    /// file once each of its events was delivered or dead-lettered.
-    fn load_spill(&mut self) -> Vec<Item> {
-        let Some(spill) = self.spill.as_mut() else {
-            return Vec::new();
-        };
-        let loaded = if self.retry.shutting_down() {
-            Vec::new()
-        } else {
-            spill.load(&self.budget)
-        };
-        if spill.done() {
-            spill.remove();
-            self.spill = None;
-        }
-        loaded
-    }
-
-    /// Keeps `items` for the next run: events from files stay there (their offsets did
-    /// not move, and no later batch of the same files moves them for the rest of the run),
-    /// the others go to the spill file.
+    /// Keeps `items` for the next run: they stay in their files or journals (their offsets
+    /// did not move, and no later batch of the same files moves them for the rest of the
+    /// run).
     fn give_up(&mut self, items: Vec<Item>) {
         self.acks.leave_in_files(&items);
         Stats::add(&self.stats.not_delivered, count_events(&items) as u64);
-        if let Some(spill) = self.spill.as_mut() {
-            spill.abandon(&items);
-        }
-        let from_streams = items.iter().filter_map(|item| match item {
-            Item::Event {
-                event,
-                origin: Origin::Stream,
-                ..
-            } => Some(event.clone()),
-            _ => None,
-        });
-        self.abandoned.extend(from_streams);
         self.release(&items);
     }
 
-    /// The input has ended and every batch is settled: waits for the last checkpoint
-    /// write, then writes what TCP and stdin sources gave that could not be delivered,
-    /// after what is left of the spill file.
+    /// The input has ended and every batch is settled: waits for the last checkpoint write.
     async fn finish(mut self) {
         self.acks.persisted().await;
         let peak = self.budget.peak();
         tracing::info!(sink = %self.name, peak_events_in_memory = peak.events, peak_bytes_in_memory = peak.bytes, "most held in memory at once");
-        let had_spill = self.spill.is_some();
-        match spill::finish(&self.spill_path, self.spill.take(), &self.abandoned) {
-            Ok(written) => {
-                Stats::add(&self.stats.not_delivered, written.never_loaded as u64);
-                if written.events > 0 {
-                    tracing::warn!(sink = %self.name, events = written.events, path = %self.spill_path.display(), "events not delivered before shutdown were spilled; they are sent first at the next start");
-                }
-            }
-            Err(e) if had_spill => {
-                tracing::error!(sink = %self.name, events = self.abandoned.len(), error = %e, "cannot write the spill file: it is kept as it was, and these newer events are lost")
-            }
-            Err(e) => {
-                tracing::error!(sink = %self.name, events = self.abandoned.len(), error = %e, "cannot write the spill file: these events are lost")
-            }
-        }
     }
 }
 
-/// Whether every item can be read again from its file.
-fn from_files(items: &[Item]) -> bool {
-    items.iter().all(|i| i.ack().is_some())
-}
+/// Every event a sink holds can be read again: from its file, or from its source's
+/// journal. So at shutdown, after a failure, batches are left there for the next run
+/// (see [`RetryPolicy::failed`]).
+const IN_FILES: bool = true;
 
 /// Splits `items` into two halves with about the same number of events.
 fn halves(mut items: Vec<Item>) -> (Vec<Item>, Vec<Item>) {
@@ -460,17 +386,18 @@ mod tests {
 
     #[test]
     fn halves_split_events_evenly() {
+        let ack = Ack {
+            input: 0,
+            file: 0,
+            offset: 0,
+        };
         let item = |e: bool| match e {
             true => Item::Event {
-                event: Bytes::from_static(b"{}"),
-                origin: Origin::Stream,
+                event: bytes::Bytes::from_static(b"{}"),
+                ack,
                 held: 0,
             },
-            false => Item::Position(Ack {
-                input: 0,
-                file: 0,
-                offset: 0,
-            }),
+            false => Item::Position(ack),
         };
         let (a, b) = halves(vec![
             item(true),

@@ -227,11 +227,6 @@ impl RetryPolicy {
         Next::Retry(delay)
     }
 
-    /// Whether shutdown was asked.
-    pub(crate) fn shutting_down(&mut self) -> bool {
-        self.grace.started()
-    }
-
     /// The grace period, for the other waits of the sink (dead-letter writes).
     pub(crate) fn grace(&mut self) -> &mut Grace {
         &mut self.grace
