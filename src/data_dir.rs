@@ -84,7 +84,10 @@ impl DataDir {
 
 /// Creates the folder `path` (and its parents) `0700`, if missing.
 pub fn create_dir(path: &Path) -> io::Result<()> {
-    DirBuilder::new().recursive(true).mode(DIR_MODE).create(path)
+    DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(path)
 }
 
 /// Opens `path` for reading; a symlink is an error (`ELOOP`).

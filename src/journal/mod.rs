@@ -207,13 +207,26 @@ pub(crate) struct Readable {
 impl Segments {
     /// The journal at `dir`, created `0700` if missing, with the segments a last run left.
     fn open(dir: PathBuf, source: &str, max_bytes: u64) -> Result<Segments> {
-        crate::data_dir::create_dir(&dir)
-            .with_context(|| format!("source `{source}`: cannot create its journal {}", dir.display()))?;
+        crate::data_dir::create_dir(&dir).with_context(|| {
+            format!(
+                "source `{source}`: cannot create its journal {}",
+                dir.display()
+            )
+        })?;
         let mut state = State::default();
-        let entries = std::fs::read_dir(&dir)
-            .with_context(|| format!("source `{source}`: cannot list its journal {}", dir.display()))?;
+        let entries = std::fs::read_dir(&dir).with_context(|| {
+            format!(
+                "source `{source}`: cannot list its journal {}",
+                dir.display()
+            )
+        })?;
         for entry in entries {
-            let entry = entry.with_context(|| format!("source `{source}`: cannot list its journal {}", dir.display()))?;
+            let entry = entry.with_context(|| {
+                format!(
+                    "source `{source}`: cannot list its journal {}",
+                    dir.display()
+                )
+            })?;
             let name = entry.file_name();
             let Some(seq) = name.to_str().and_then(segment_seq) else {
                 continue;
@@ -248,7 +261,12 @@ impl Segments {
     /// Reports, once at start, a last segment that ends in a torn line: a crash cut a
     /// write short. The tail dead-letters that line when it reaches it.
     fn report_torn_tail(&self) {
-        let last = self.lock().segments.iter().next_back().map(|(s, l)| (*s, *l));
+        let last = self
+            .lock()
+            .segments
+            .iter()
+            .next_back()
+            .map(|(s, l)| (*s, *l));
         let Some((seq, len)) = last.filter(|(_, len)| *len > 0) else {
             return;
         };
@@ -406,7 +424,8 @@ impl Appender {
     ) -> impl Future<Output = Result<(), NotWritten>> + Send + 'static {
         let bytes = encode(lines);
         let count = lines.len();
-        let (segments, requests, stop) = (self.segments.clone(), self.requests.clone(), stop.clone());
+        let (segments, requests, stop) =
+            (self.segments.clone(), self.requests.clone(), stop.clone());
         async move {
             if bytes.is_empty() {
                 return Ok(());
@@ -550,7 +569,10 @@ mod tests {
             oversized,
         ];
         let journal = encode(&lines);
-        assert!(journal.starts_with(b"{\"a\":1}\n\n"), "JSON lines as they came");
+        assert!(
+            journal.starts_with(b"{\"a\":1}\n\n"),
+            "JSON lines as they came"
+        );
         let back = read_back(&journal);
         assert_eq!(back.len(), lines.len());
         for (got, sent) in back.iter().zip(&lines) {

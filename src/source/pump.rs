@@ -104,7 +104,12 @@ where
         let _ = journal.append(&lines, shutdown).await;
     }
     let end = end?;
-    tracing::debug!(origin, lines = read, ?end, "read at shutdown what was already sent");
+    tracing::debug!(
+        origin,
+        lines = read,
+        ?end,
+        "read at shutdown what was already sent"
+    );
     if end == Drained::Limit {
         tracing::warn!(
             origin,

@@ -1,12 +1,13 @@
 //! What survives: SIGKILL at random moments, a long outage with a million events waiting,
-//! restarts and checkpoints, the spill file at shutdown, memory bounds, data_dir's privacy.
+//! restarts and checkpoints, the journal of TCP and stdin, memory bounds, data_dir's privacy.
 
 #[path = "../harness/mod.rs"]
 mod harness;
 
 mod crash;
 mod data_dir;
+mod disk_full;
+mod journal;
 mod memory;
 mod outage;
 mod restart;
-mod spill;

@@ -495,7 +495,11 @@ impl Tail<'_> {
                 }
                 None => {
                     let before = self.files.len();
-                    let read_from = if startup { read_from } else { ReadFrom::Beginning };
+                    let read_from = if startup {
+                        read_from
+                    } else {
+                        ReadFrom::Beginning
+                    };
                     self.open(path, read_from);
                     if self.files.len() > before {
                         by_inode.insert(key, before);
@@ -525,12 +529,15 @@ impl Tail<'_> {
     /// through a symlink); false when it cannot be opened yet.
     fn open_segment(&mut self, segments: &Segments, seq: u64) -> bool {
         let path = segments.path(seq);
-        let opened = crate::data_dir::open_read(&path)
-            .and_then(|file| Ok((Fingerprint::of(&file)?, file)));
+        let opened =
+            crate::data_dir::open_read(&path).and_then(|file| Ok((Fingerprint::of(&file)?, file)));
         let (fingerprint, file) = match opened {
             Ok(opened) => opened,
             Err(e) => {
-                self.warn_once(&path, &format!("cannot read a journal segment: {e}; will try again"));
+                self.warn_once(
+                    &path,
+                    &format!("cannot read a journal segment: {e}; will try again"),
+                );
                 return false;
             }
         };
