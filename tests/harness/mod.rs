@@ -10,7 +10,7 @@
 //!   resident memory of a running process.
 //! - [`workspace`]: [`Workspace`], a temporary directory with the config, the inputs and
 //!   `data_dir`, and readers of what flaghook leaves in `data_dir` (checkpoints, dead
-//!   letters, spill files).
+//!   letters, journals, the spill files of older versions).
 //! - [`events`]: event generators, the known-answer vector and HMAC signing.
 //!
 //! The endpoint runs on its own thread and runtime, so tests stay plain synchronous
