@@ -127,10 +127,6 @@ impl<S: Stream<Item = Item> + Unpin> Stream for Batches<S> {
 /// first fails, it re-injects both, the failed one last so that it comes out first:
 /// everything still inside `input` entered later than both, so serving the re-injected
 /// batches first keeps the order, and no event goes out after one that entered later.
-/// Events loaded from the spill file join at the back of the re-injected ones
-/// ([`Reinject::push_back`]): while lines are left in the spill file, its reserve keeps
-/// the sources from adding anything newer (see `sink::spill`).
-///
 /// The queue is filled only by the owner between two polls, so no waker is needed; once
 /// `input` has ended the stream still gives what is re-injected, and ends when both are
 /// empty.
@@ -164,33 +160,6 @@ impl<S: Stream<Item = Vec<Item>> + Unpin> Reinject<S> {
             _ => self.queue.push_front(batch),
         }
     }
-
-    /// Puts `items` after the re-injected batches, in batches cut at the limits.
-    pub(crate) fn push_back(&mut self, items: Vec<Item>) {
-        if items.is_empty() {
-            return;
-        }
-        let mut batch = match self.queue.pop_back() {
-            Some(last) if !self.limits.reached(last.len(), bytes(&last)) => last,
-            Some(last) => {
-                self.queue.push_back(last);
-                Vec::new()
-            }
-            None => Vec::new(),
-        };
-        let mut held = bytes(&batch);
-        for item in items {
-            held += item.held();
-            batch.push(item);
-            if self.limits.reached(batch.len(), held) {
-                self.queue.push_back(std::mem::take(&mut batch));
-                held = 0;
-            }
-        }
-        if !batch.is_empty() {
-            self.queue.push_back(batch);
-        }
-    }
 }
 
 impl<S: Stream<Item = Vec<Item>> + Unpin> Stream for Reinject<S> {
@@ -207,7 +176,7 @@ impl<S: Stream<Item = Vec<Item>> + Unpin> Stream for Reinject<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Origin;
+    use crate::event::Ack;
     use bytes::Bytes;
     use tokio_stream::wrappers::ReceiverStream;
 
@@ -216,7 +185,11 @@ mod tests {
         Item::Event {
             held: event.len(),
             event,
-            origin: Origin::Stream,
+            ack: Ack {
+                input: 0,
+                file: 0,
+                offset: n,
+            },
         }
     }
 
@@ -263,27 +236,6 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::ZERO, "not held for the interval");
         assert_eq!(numbers(&out.next().await.unwrap()), ["4"]);
         assert!(start.elapsed() >= Duration::from_secs(60));
-    }
-
-    /// Spilled events join the back in batches within the limits.
-    #[test]
-    fn pushed_back_items_come_in_batches_within_the_limits() {
-        let mut out = Reinject::new(
-            futures::stream::empty(),
-            Limits {
-                events: 2,
-                bytes: 3,
-            },
-        );
-        out.push_back([1, 22, 4444, 5].map(item).to_vec());
-        out.push_back([6, 7].map(item).to_vec());
-        let batches: Vec<_> = futures::executor::block_on_stream(out).collect();
-        let batches: Vec<_> = batches.iter().map(|b| numbers(b)).collect();
-        assert_eq!(
-            batches,
-            [vec!["1", "22"], vec!["4444"], vec!["5", "6"], vec!["7"]],
-            "3 bytes; one at least; 2 events"
-        );
     }
 
     #[tokio::test(start_paused = true)]

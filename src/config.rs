@@ -49,7 +49,7 @@ address = "127.0.0.1:8686""#;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Where checkpoints, dead letters and spilled events live.
+    /// Where checkpoints, dead letters and journals live.
     /// Default: a `flaghook-data` folder next to the config file.
     #[serde(default)]
     pub data_dir: Option<PathBuf>,

@@ -1,6 +1,6 @@
 //! `data_dir`: its layout, and the one way its files are opened.
 //!
-//! Everything flaghook keeps (checkpoints, dead letters, spilled events) lives here, and may
+//! Everything flaghook keeps (checkpoints, dead letters, journals) lives here, and may
 //! hold user keys and event payloads. So:
 //! - folders are created `0700` and files `0600`, whatever the umask;
 //! - files are opened with `O_NOFOLLOW`: a symlink planted in `data_dir` is an error, never
@@ -40,7 +40,7 @@ impl DataDir {
         let dir = DataDir {
             root: root.to_owned(),
         };
-        for sub in ["checkpoints", "dead-letter", "spill"] {
+        for sub in ["checkpoints", "dead-letter", "journal"] {
             DirBuilder::new()
                 .recursive(true)
                 .mode(DIR_MODE)
@@ -75,10 +75,19 @@ impl DataDir {
         self.root.join("dead-letter").join(format!("{sink}.jsonl"))
     }
 
-    /// `spill/<sink>.jsonl`: TCP and stdin events not delivered at the last shutdown.
-    pub fn spill(&self, sink: &str) -> PathBuf {
-        self.root.join("spill").join(format!("{sink}.jsonl"))
+    /// `journal/<source>/`: the segments of a source that cannot be read again (see
+    /// `crate::journal`).
+    pub fn journal(&self, source: &str) -> PathBuf {
+        self.root.join("journal").join(source)
     }
+}
+
+/// Creates the folder `path` (and its parents) `0700`, if missing.
+pub fn create_dir(path: &Path) -> io::Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(path)
 }
 
 /// Opens `path` for reading; a symlink is an error (`ELOOP`).
@@ -232,7 +241,7 @@ mod tests {
         replaced.unwrap();
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(dir.root()), 0o700);
-        assert_eq!(mode(&dir.root().join("spill")), 0o700);
+        assert_eq!(mode(&dir.root().join("journal")), 0o700);
         assert_eq!(mode(&dir.dead_letter("hook")), 0o600);
         assert_eq!(mode(&dir.checkpoint("files")), 0o600);
     }
@@ -244,10 +253,12 @@ mod tests {
         let target = tmp.path().join("precious");
         fs::write(&target, b"keep me\n").unwrap();
         std::os::unix::fs::symlink(&target, dir.dead_letter("hook")).unwrap();
-        std::os::unix::fs::symlink(&target, dir.spill("hook")).unwrap();
+        let segment = dir.journal("tcp").join("00000000000000000001.ndjson");
+        create_dir(&dir.journal("tcp")).unwrap();
+        std::os::unix::fs::symlink(&target, &segment).unwrap();
         let err = open_append(&dir.dead_letter("hook")).unwrap_err();
         assert!(err.to_string().contains("symlink"), "{err}");
-        assert!(read(&dir.spill("hook")).is_err());
+        assert!(read(&segment).is_err());
         // Replacing a checkpoint that is a link replaces the link, not its target.
         std::os::unix::fs::symlink(&target, dir.checkpoint("files")).unwrap();
         std::os::unix::fs::symlink(&target, dir.checkpoint("files").with_extension("tmp")).unwrap();

@@ -12,11 +12,13 @@
 //!   process per `data_dir`.
 //! - [`source`]: the contract (`Output`, the memory `Budget`), the
 //!   file tail (with its checkpoints), tcp, stdin; [`source::lines`] splits lines.
+//! - `journal`: what tcp and stdin read, on the disk before the sinks see it; the file
+//!   tail reads it back.
 //! - [`event`]: the types between stages; decoding lines into events.
 //! - `batch`: `chunks_timeout` (counting bytes too) and the re-injection of failed batches.
 //! - [`sink`]: [`sink::webhook`] (the pipeline, its config, request, client, TLS settings,
 //!   proxy route and retry policy), and what sinks share: decode, acknowledge, dead
-//!   letters, spill, replay.
+//!   letters, replay.
 //! - [`compression`]: request bodies' `Content-Encoding` (gzip, zstd), both ways.
 //! - [`sign`]: the signatures, `X-Hub-Signature-256` and Standard Webhooks'.
 //! - [`telemetry`]: counters per component, health, the Prometheus exposition, progress
@@ -32,6 +34,7 @@ pub mod config;
 pub(crate) mod data_dir;
 pub mod event;
 pub(crate) mod failpoint;
+pub(crate) mod journal;
 pub(crate) mod lock;
 pub mod receiver;
 pub mod reload;

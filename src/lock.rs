@@ -1,7 +1,7 @@
 //! The advisory lock on `data_dir`: one flaghook process uses a data_dir at a time.
 //!
 //! Two `run`s on one data_dir would read the same files, deliver every line twice and race
-//! on the checkpoint and spill files; `dead-letter replay` rewrites the dead-letter file
+//! on the checkpoint and journal files; `dead-letter replay` rewrites the dead-letter file
 //! that a running pipeline appends to. Both take this lock first.
 //!
 //! The lock is flock(2) on `data_dir/lock`, which holds the holder's pid for the message

@@ -12,7 +12,7 @@
 //!   keeps running, untouched;
 //! - every other running pipeline stops as at shutdown (sources stop, sinks deliver what
 //!   they hold within `shutdown_timeout`, checkpoints are written last), and then the new
-//!   config's pipelines that are not running start, from the checkpoints and spill files
+//!   config's pipelines that are not running start, from the checkpoints and journals
 //!   the stopped ones left: a reload neither loses nor duplicates an event;
 //! - the API server and the progress lines restart when their settings changed.
 //!

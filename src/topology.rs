@@ -3,9 +3,10 @@
 //! A [`Plan`] is the config made ready to run: each stage's table turned into its spec,
 //! and the checks between stages (inputs exist, each named once, every source read).
 //!
-//! Order at the end: sources stop (input ends, or shutdown) -> each sink flushes its last
-//! partial batch and drains its retries (within its grace period at shutdown) -> the
-//! checkpoints are written last, so they hold every acknowledgement.
+//! Order at the end: sources stop (input ends, or shutdown; a journal's writer fsyncs what
+//! it holds) -> each sink flushes its last partial batch and drains its retries (within its
+//! grace period at shutdown) -> the checkpoints are written last, so they hold every
+//! acknowledgement -> the journal segments every sink passed are deleted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -21,9 +22,9 @@ use crate::api::{ApiConfig, ApiSpec};
 use crate::config::{self, typed, EnvValues, Loaded};
 use crate::data_dir::DataDir;
 use crate::event::Decoder;
+use crate::journal::{self, Journal, Segments};
 use crate::lock::{lock_data_dir, DataDirLock};
 use crate::sink::deadletter::DeadLetters;
-use crate::sink::spill::Spill;
 use crate::sink::webhook::{self, Poster, SinkParts};
 use crate::sink::SinkSpec;
 use crate::sink::Stats;
@@ -176,14 +177,17 @@ pub struct Summary {
     pub events_not_delivered: u64,
     /// The most events any one sink held in memory at once.
     pub peak_events_in_memory: usize,
+    /// Bytes of the journals (of TCP and stdin sources) that some sink has not yet
+    /// delivered or dead-lettered: they are sent at the next start.
+    pub journal_bytes: u64,
 }
 
 impl Summary {
     /// The one-line summary printed at the end of `run --once`.
     pub fn line(&self) -> String {
         format!(
-            "summary events_delivered={} requests={} events_rejected={} events_not_delivered={} peak_events_in_memory={}",
-            self.events_delivered, self.requests, self.events_rejected, self.events_not_delivered, self.peak_events_in_memory
+            "summary events_delivered={} requests={} events_rejected={} events_not_delivered={} peak_events_in_memory={} journal_bytes={}",
+            self.events_delivered, self.requests, self.events_rejected, self.events_not_delivered, self.peak_events_in_memory, self.journal_bytes
         )
     }
 
@@ -194,11 +198,13 @@ impl Summary {
         self.events_rejected += other.events_rejected;
         self.events_not_delivered += other.events_not_delivered;
         self.peak_events_in_memory = self.peak_events_in_memory.max(other.peak_events_in_memory);
+        self.journal_bytes += other.journal_bytes;
     }
 
-    /// 0: everything delivered; 2: some input rejected (dead-lettered); 3: some events not delivered.
+    /// 0: everything delivered; 2: some input rejected (dead-lettered); 3: some events not
+    /// delivered (held by a sink, or still in a journal).
     pub fn exit_code(&self) -> i32 {
-        if self.events_not_delivered > 0 {
+        if self.events_not_delivered > 0 || self.journal_bytes > 0 {
             3
         } else if self.events_rejected > 0 {
             2
@@ -250,34 +256,65 @@ pub(crate) async fn run_prepared(
     let starting = telemetry.starting();
     let stop = shutdown.child_token();
 
-    // Each file source's checkpointer; every sink that reads the source subscribes to it.
-    let checkpointers: BTreeMap<&str, Arc<Checkpointer>> = config
-        .sources
+    // Each source's checkpointer (of its files, or of its journal's segments); every sink
+    // that reads the source subscribes to it.
+    let mut checkpointers: BTreeMap<String, Arc<Checkpointer>> = BTreeMap::new();
+    for (name, source) in &config.sources {
+        let path = data_dir.checkpoint(name);
+        let checkpointer = match source {
+            SourceSpec::File(_) => Checkpointer::load(path),
+            SourceSpec::Tcp(_) | SourceSpec::Stdin(_) => Checkpointer::load_for_journal(path),
+        };
+        checkpointers.insert(name.clone(), Arc::new(checkpointer));
+    }
+    // The spill file an older flaghook left for a sink: moved into a journal of its own,
+    // which only that sink reads, as if it were one more source.
+    let mut spills: BTreeMap<&str, (String, Segments)> = BTreeMap::new();
+    for sink in config.sinks.keys() {
+        if let Some(dir) = journal::adopt_spill_file(data_dir, sink) {
+            let name = journal::spill_journal(sink);
+            let checkpointer = Checkpointer::load_for_journal(data_dir.checkpoint(&name));
+            checkpointers.insert(name.clone(), Arc::new(checkpointer));
+            spills.insert(sink, (name.clone(), Segments::sealed(dir, &name)?));
+        }
+    }
+    let mut journals: BTreeMap<&str, Journal> = BTreeMap::new();
+    for (name, source) in &config.sources {
+        let spec = match source {
+            SourceSpec::Tcp(c) => &c.journal,
+            SourceSpec::Stdin(c) => &c.journal,
+            SourceSpec::File(_) => continue,
+        };
+        let checkpointer = &checkpointers[name];
+        let opened = Journal::open(data_dir, name, spec, checkpointer, stop.clone())?;
+        journals.insert(name, opened);
+    }
+    // What is left to settle after the run: every journal, with its checkpointer.
+    let settle: Vec<(Segments, Arc<Checkpointer>)> = journals
         .iter()
-        .filter(|(_, source)| matches!(source, SourceSpec::File(_)))
-        .map(|(name, _)| {
-            let path = data_dir.checkpoint(name);
-            (name.as_str(), Arc::new(Checkpointer::load(path)))
-        })
+        .map(|(name, j)| (j.segments.clone(), checkpointers[*name].clone()))
+        .chain(
+            spills
+                .values()
+                .map(|(name, segments)| (segments.clone(), checkpointers[name].clone())),
+        )
         .collect();
     let (checkpoint_writer, persist) =
         CheckpointWriter::spawn(checkpointers.values().cloned().collect())?;
 
-    let mut outputs: BTreeMap<&str, Vec<SinkInput>> = BTreeMap::new();
+    let mut outputs: BTreeMap<String, Vec<SinkInput>> = BTreeMap::new();
     let mut tasks = Tasks::default();
     let mut all_stats = Vec::new();
     for (name, sink) in &config.sinks {
         let SinkSpec::Webhook(c) = sink;
         let budget = Arc::new(Budget::new(c.buffer_max_events, c.buffer_max_bytes));
-        // Before any source may take from the budget: the spilled events go first.
-        let spill_path = data_dir.spill(name);
-        let spill = Spill::open(name, &spill_path, &budget);
         let (tx, rx) = mpsc::channel(16);
         let mut subscriptions = Subscriptions::new(tx, budget.clone(), c.max_events());
-        for input in &c.inputs {
-            let ack = checkpointers.get(input.as_str()).map(|cp| cp.subscribe());
+        let spill = spills.get(name.as_str()).map(|(journal, _)| journal);
+        for input in c.inputs.iter().chain(spill) {
+            let ack = checkpointers[input].subscribe();
             outputs
-                .entry(input.as_str())
+                .entry(input.clone())
                 .or_default()
                 .push(subscriptions.subscribe(ack));
         }
@@ -296,8 +333,6 @@ pub(crate) async fn run_prepared(
             )),
             acks: subscriptions.into_acks(),
             checkpoints: persist.clone(),
-            spill_path,
-            spill,
             once,
         };
         let stop = stop.clone();
@@ -310,31 +345,74 @@ pub(crate) async fn run_prepared(
     }
 
     for (name, source) in &config.sources {
-        let output = Output::new(outputs.remove(name.as_str()).unwrap_or_default())
-            .counting(telemetry.source(name, checkpointers.get(name.as_str())));
+        let checkpointer = checkpointers[name].clone();
+        let files = matches!(source, SourceSpec::File(_)).then_some(&checkpointer);
+        let output = Output::new(outputs.remove(name).unwrap_or_default())
+            .counting(telemetry.source(name, files));
         let stop = stop.clone();
-        let name = name.clone();
         match source {
             SourceSpec::File(c) => {
-                let cp = checkpointers[name.as_str()].clone();
-                let file = FileSource::new(&name, c, cp);
+                let file = FileSource::new(name, c, checkpointer);
                 tasks.sources.spawn(file.run(output, stop, once));
             }
             SourceSpec::Tcp(c) => {
-                let listener = source::tcp::bind(&name, c).await?;
+                let listener = source::tcp::bind(name, c).await?;
                 tracing::info!(source = %name, address = %listener.local_addr()?, "listening");
-                let c = c.clone();
+                let journal = journals.remove(name.as_str()).expect("opened above");
+                let tail = FileSource::journal(
+                    name,
+                    journal.segments,
+                    c.max_line_bytes,
+                    c.envelope.clone(),
+                    checkpointer,
+                );
+                let (c, appender, writer) = (c.clone(), journal.appender, journal.writer);
+                let read = {
+                    let stop = stop.clone();
+                    async move {
+                        source::tcp::run(&c, listener, appender, stop, once).await;
+                        writer.finish().await;
+                    }
+                };
                 tasks.sources.spawn(async move {
-                    source::tcp::run(&name, &c, listener, output, stop, once).await
+                    tokio::join!(read, tail.run(output, stop, once));
                 });
             }
             SourceSpec::Stdin(c) => {
-                let c = c.clone();
-                tasks
-                    .sources
-                    .spawn(async move { source::stdin::run(&name, &c, output, stop).await });
+                let journal = journals.remove(name.as_str()).expect("opened above");
+                let tail = FileSource::journal(
+                    name,
+                    journal.segments,
+                    c.max_line_bytes,
+                    c.envelope.clone(),
+                    checkpointer,
+                );
+                let (c, appender, writer) = (c.clone(), journal.appender, journal.writer);
+                let read = {
+                    let (stop, name) = (stop.clone(), name.clone());
+                    async move {
+                        source::stdin::run(&name, &c, appender, stop).await;
+                        writer.finish().await;
+                    }
+                };
+                tasks.sources.spawn(async move {
+                    tokio::join!(read, tail.run(output, stop, once));
+                });
             }
         }
+    }
+    for (name, segments) in spills.into_values() {
+        let output = Output::new(outputs.remove(&name).unwrap_or_default());
+        // The spilled events were decoded once already: no envelope is taken off again.
+        let no_envelope = Arc::from(Vec::<String>::new());
+        let tail = FileSource::journal(
+            &name,
+            segments,
+            config::MAX_LINE_BYTES,
+            no_envelope,
+            checkpointers[&name].clone(),
+        );
+        tasks.sources.spawn(tail.run(output, stop.clone(), once));
     }
 
     // The checkpoint writer's last write comes once every sink has finished.
@@ -361,6 +439,12 @@ pub(crate) async fn run_prepared(
     if let Err(payload) = checkpoint_writer.finish().await {
         failures.push(format!("the checkpoint writer {}", panic_text(payload)));
     }
+    let journal_bytes = tokio::task::spawn_blocking(move || settle_journals(&settle))
+        .await
+        .unwrap_or_else(|e| {
+            failures.push(format!("settling the journals {}", panic_message(e)));
+            0
+        });
     if !failures.is_empty() {
         bail!(
             "stopped because a task failed (this is a bug in flaghook; please report it): {}",
@@ -368,7 +452,10 @@ pub(crate) async fn run_prepared(
         );
     }
 
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        journal_bytes,
+        ..Summary::default()
+    };
     for (stats, budget) in &all_stats {
         let (delivered, requests, rejected, not_delivered) = stats.totals();
         summary.add(&Summary {
@@ -377,9 +464,23 @@ pub(crate) async fn run_prepared(
             events_rejected: rejected,
             events_not_delivered: not_delivered,
             peak_events_in_memory: budget.peak().events,
+            journal_bytes: 0,
         });
     }
     Ok(summary)
+}
+
+/// After the run: deletes the journal segments every sink passed (a spill journal left
+/// empty goes whole); returns the bytes left undelivered.
+fn settle_journals(journals: &[(Segments, Arc<Checkpointer>)]) -> u64 {
+    let mut undelivered = 0;
+    for (segments, checkpointer) in journals {
+        undelivered += segments.settle(checkpointer);
+        if segments.is_spill() {
+            journal::remove_if_empty(segments.dir(), checkpointer.path());
+        }
+    }
+    undelivered
 }
 
 /// The running tasks, with the sinks' names for error messages.

@@ -82,20 +82,21 @@ pub use json::compact;
 pub struct Ack {
     /// Which of the sink's inputs the line came through (see [`Block::input`]).
     pub input: usize,
-    /// The tailed file, as the source numbers them.
+    /// The tailed file (or journal segment), as the source numbers them.
     pub file: u64,
     /// Byte offset just past the line.
     pub offset: u64,
 }
 
-/// Lines from one place (a file, a connection, stdin), in order.
+/// Lines from one file (a tailed file or a journal segment), in order.
 #[derive(Debug, Clone)]
 pub struct Block {
     /// The source's name in the config.
     pub source_name: Arc<str>,
-    /// Where the lines come from: a path, a peer address, `stdin`.
+    /// Where the lines come from: the file's path.
     pub origin: Arc<str>,
-    /// For file sources: the file, as the source numbers them, to build [`Ack`]s.
+    /// The file, as the source numbers them, to build [`Ack`]s; none for a place that
+    /// could not be read at all ([`LineKind::Unreadable`]).
     pub file: Option<u64>,
     /// Which of the receiving sink's inputs this block came through; set by
     /// `source::Output` for each sink, so the sink finds its acknowledgement handle.
@@ -123,6 +124,9 @@ pub enum LineKind {
     Text { number: u64, end: u64 },
     /// A line of `len` bytes, longer than `max_line_bytes`: rejected before decoding.
     Oversized { number: u64, end: u64, len: u64 },
+    /// The bytes after the last newline of a sealed journal segment: a line a crash cut
+    /// short, rejected before decoding (see `crate::journal`).
+    Torn { number: u64, end: u64 },
     /// A place that could not be read at all (a directory, an unreadable file): it has no
     /// lines, and stands as one so that it is counted and dead-lettered like a bad line.
     Unreadable { reason: String },
@@ -132,7 +136,9 @@ impl Line {
     /// The byte offset just past the line's terminator; none for an unreadable place.
     pub(crate) fn end(&self) -> Option<u64> {
         match self.kind {
-            LineKind::Text { end, .. } | LineKind::Oversized { end, .. } => Some(end),
+            LineKind::Text { end, .. }
+            | LineKind::Oversized { end, .. }
+            | LineKind::Torn { end, .. } => Some(end),
             LineKind::Unreadable { .. } => None,
         }
     }
@@ -140,6 +146,8 @@ impl Line {
 
 /// What a sink batches: an encoded event, or only a position to acknowledge.
 ///
+/// Every line comes from a file that keeps it until it is acknowledged (a tailed file, or
+/// the journal of a source that cannot be read again), so every item has its position.
 /// Each item holds one event permit of the sink's memory budget (see
 /// [`crate::source::Budget`]), so that positions keep their place in line: a file offset
 /// moves past a line that carried no event only after everything before it was delivered.
@@ -147,27 +155,14 @@ impl Line {
 pub(crate) enum Item {
     Event {
         event: Bytes,
-        /// Where the event is found again if it is not delivered in this run.
-        origin: Origin,
+        /// Where the line is, found again if the event is not delivered in this run.
+        ack: Ack,
         /// Bytes of the budget it holds: its line's length.
         held: usize,
     },
-    /// A line from a file that carried no event (bad, filtered out, blank): its position.
-    /// It holds no bytes of the budget.
+    /// A line that carried no event (bad, filtered out, blank): its position. It holds no
+    /// bytes of the budget.
     Position(Ack),
-}
-
-/// Where an event comes from, which says what becomes of it when it is not delivered in
-/// this run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Origin {
-    /// A line of a tailed file, at this position: the file keeps it until it is
-    /// acknowledged.
-    File(Ack),
-    /// A line from TCP or stdin, which nothing else keeps: spilled at shutdown.
-    Stream,
-    /// A line of the spill file (see `sink::spill`).
-    Spill,
 }
 
 impl Item {
@@ -180,14 +175,9 @@ impl Item {
     }
 
     /// The file position to acknowledge once the item is delivered or dead-lettered.
-    pub(crate) fn ack(&self) -> Option<Ack> {
+    pub(crate) fn ack(&self) -> Ack {
         match self {
-            Item::Event {
-                origin: Origin::File(ack),
-                ..
-            }
-            | Item::Position(ack) => Some(*ack),
-            Item::Event { .. } => None,
+            Item::Event { ack, .. } | Item::Position(ack) => *ack,
         }
     }
 

@@ -1,6 +1,7 @@
-//! A sink's acknowledgements: once items are delivered or dead-lettered, their file
-//! positions move their sources' checkpoints, and the checkpoint writer saves them before
-//! the sink's next request, so a crash re-sends at most the batches in flight.
+//! A sink's acknowledgements: once items are delivered or dead-lettered, their positions (in
+//! tailed files and journal segments) move their sources' checkpoints, and the checkpoint
+//! writer saves them before the sink's next request, so a crash re-sends at most the
+//! batches in flight.
 //!
 //! [`InOrder`] keeps them in the order batches were first sent: with several requests in
 //! flight (`request_concurrency`), a batch may be delivered before an earlier one, and its
@@ -15,8 +16,8 @@ use crate::source::file::checkpoint::{AckHandle, Persist};
 
 #[derive(Debug)]
 pub(crate) struct Acknowledger {
-    /// Per input ([`Ack::input`]): the source's handle, for file sources.
-    handles: Vec<Option<AckHandle>>,
+    /// Per input ([`Ack::input`]): the source's handle.
+    handles: Vec<AckHandle>,
     /// Files whose offsets stay where they are for the rest of the run, by (input, file):
     /// a dead letter of theirs could not be written.
     left_in_files: HashSet<(usize, u64)>,
@@ -26,7 +27,7 @@ pub(crate) struct Acknowledger {
 }
 
 impl Acknowledger {
-    pub(crate) fn new(handles: Vec<Option<AckHandle>>, persist: Persist) -> Self {
+    pub(crate) fn new(handles: Vec<AckHandle>, persist: Persist) -> Self {
         Acknowledger {
             handles,
             left_in_files: HashSet::new(),
@@ -51,7 +52,7 @@ impl Acknowledger {
     }
 
     fn ack(&self, ack: Ack) -> bool {
-        let Some(Some(handle)) = self.handles.get(ack.input) else {
+        let Some(handle) = self.handles.get(ack.input) else {
             return false;
         };
         handle.ack(ack.file, ack.offset);
@@ -79,7 +80,7 @@ impl Acknowledger {
 /// of each run of items from the same file is enough.
 fn last_per_file(items: &[Item]) -> Vec<Ack> {
     let mut acks: Vec<Ack> = Vec::new();
-    for ack in items.iter().filter_map(Item::ack) {
+    for ack in items.iter().map(Item::ack) {
         match acks.last_mut() {
             Some(last) if (last.input, last.file) == (ack.input, ack.file) => *last = ack,
             _ => acks.push(ack),
@@ -197,18 +198,17 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::event::Origin;
     use crate::source::file::checkpoint::{CheckpointWriter, Checkpointer, Fingerprint};
 
     /// An event of file 1 whose line ends at `offset`.
     fn line(offset: u64) -> Item {
         Item::Event {
             event: Bytes::from_static(b"{}"),
-            origin: Origin::File(Ack {
+            ack: Ack {
                 input: 0,
                 file: 1,
                 offset,
-            }),
+            },
             held: 2,
         }
     }
@@ -226,7 +226,7 @@ mod tests {
         let file = std::fs::File::open(&log).unwrap();
         cp.register(1, Fingerprint::of(&file).unwrap(), &log, 0);
         let (_writer, persist) = CheckpointWriter::spawn(vec![cp.clone()]).unwrap();
-        let mut acks = InOrder::new(Acknowledger::new(vec![Some(handle)], persist));
+        let mut acks = InOrder::new(Acknowledger::new(vec![handle], persist));
         let (a, b, c, d) = (acks.open(), acks.open(), acks.open(), acks.open());
 
         acks.acknowledge(c, &[line(6)]);

@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::deadletter::{DeadLetterWriter, Record};
 use super::webhook::retry::Grace;
 use super::{count_events, Stats};
-use crate::event::{self, Ack, Block, Decoded, Decoder, Invalid, Item, LineKind, Origin};
+use crate::event::{self, Ack, Block, Decoded, Decoder, Invalid, Item, LineKind};
 use crate::source::{Budget, Cost};
 use crate::telemetry::RejectClass;
 
@@ -53,7 +53,7 @@ async fn decode_blocks(
 ) {
     let mut log = BadLineLog::new();
     let mut left_in_files: HashSet<(usize, u64)> = HashSet::new();
-    let mut lost_before = false;
+    let mut unreported_before = false;
     while let Some(block) = input.recv().await {
         let file = block.file.map(|f| (block.input, f));
         let left_in_file = file.is_some_and(|f| left_in_files.contains(&f));
@@ -72,9 +72,11 @@ async fn decode_blocks(
             tracing::warn!(sink = %d.name, file = %block.origin, "the dead letters of bad lines were not written: from the first of them on, the file's lines stay in it for the next run");
             at
         } else {
+            // A place that could not be read (no file to leave lines in): it is found and
+            // reported again at the next start.
             d.stats.not_delivered(bad);
-            if !std::mem::replace(&mut lost_before, true) {
-                tracing::error!(sink = %d.name, origin = %block.origin, lines = bad, "bad lines lost: their dead letters were not written and they cannot be read again (later ones are counted in events_not_delivered)");
+            if !std::mem::replace(&mut unreported_before, true) {
+                tracing::error!(sink = %d.name, origin = %block.origin, "the dead letter of an unreadable path was not written; it is reported again at the next start (later ones are counted in events_not_delivered)");
             }
             items.len()
         };
@@ -114,6 +116,7 @@ fn decode_block(
                 &line.bytes,
                 Invalid(format!("line of {len} bytes is longer than max_line_bytes")),
             )),
+            LineKind::Torn { .. } => Err(Invalid(TORN.to_owned())),
             LineKind::Unreadable { reason } => Err(Invalid(reason.clone())),
         };
         let event = match decoded {
@@ -142,16 +145,17 @@ fn decode_block(
         // still holds its place (and its event permit) in line.
         let bytes = d.budget.line_bytes(line.bytes.len());
         match (event, ack) {
-            (Some(event), ack) => items.push(Item::Event {
+            (Some(event), Some(ack)) => items.push(Item::Event {
                 event,
-                origin: ack.map_or(Origin::Stream, Origin::File),
+                ack,
                 held: bytes,
             }),
             (None, Some(ack)) => {
                 items.push(Item::Position(ack));
                 d.budget.release(Cost { events: 0, bytes });
             }
-            (None, None) => d.budget.release(Cost { events: 1, bytes }),
+            // Only a place that could not be read has no position, and it is no event.
+            (_, None) => d.budget.release(Cost { events: 1, bytes }),
         }
     }
     (items, records, first_bad)
@@ -168,7 +172,8 @@ struct BadLines {
 impl BadLines {
     fn add(&mut self, kind: &LineKind) {
         match kind {
-            LineKind::Text { .. } => self.invalid += 1,
+            // A torn line is no event either: a crash cut it short.
+            LineKind::Text { .. } | LineKind::Torn { .. } => self.invalid += 1,
             LineKind::Oversized { .. } => self.oversized += 1,
             LineKind::Unreadable { .. } => self.unreadable += 1,
         }
@@ -225,14 +230,16 @@ impl BadLineLog {
     }
 }
 
+/// Why a torn line (see [`LineKind::Torn`]) is dead-lettered.
+const TORN: &str = "the last line of a journal segment has no newline: a crash cut its write short, so it is not delivered as an event";
+
 fn location(block: &Block, kind: &LineKind) -> String {
     match *kind {
         LineKind::Unreadable { .. } => block.origin.to_string(),
-        LineKind::Text { number, end } | LineKind::Oversized { number, end, .. } => {
-            match block.file {
-                Some(_) => format!("{} line {number} (ends at byte {end})", block.origin),
-                None => format!("{} line {number}", block.origin),
-            }
+        LineKind::Text { number, end }
+        | LineKind::Oversized { number, end, .. }
+        | LineKind::Torn { number, end } => {
+            format!("{} line {number} (ends at byte {end})", block.origin)
         }
     }
 }

@@ -1,13 +1,12 @@
 //! Sinks take the sources' lines and deliver them: [`webhook`] is the sink, as one
-//! pipeline; `decode` is its first stage; `ack` moves file checkpoints once events are
-//! delivered; `deadletter` and `spill` keep what is not delivered; `replay` sends
-//! dead letters again.
+//! pipeline; `decode` is its first stage; `ack` moves checkpoints (of files and journals)
+//! once events are delivered; `deadletter` keeps what is rejected; `replay` sends dead
+//! letters again.
 
 pub(crate) mod ack;
 pub(crate) mod deadletter;
 pub(crate) mod decode;
 pub mod replay;
-pub(crate) mod spill;
 pub mod webhook;
 
 use std::path::Path;
@@ -79,8 +78,7 @@ pub(crate) struct Stats {
     /// Bad input lines and events the endpoint rejected, all dead-lettered.
     rejected: AtomicU64,
     /// Events and bad lines neither delivered nor dead-lettered when the sink stopped
-    /// (they stay in their files, or were spilled to `data_dir/spill`; a bad line from TCP
-    /// or stdin whose dead letter could not be written is lost).
+    /// (they stay in their files or journals for the next run).
     not_delivered: AtomicU64,
     pub(crate) counters: Arc<SinkCounters>,
 }

@@ -1,10 +1,8 @@
 //! The memory budget between a sink and its sources: lines held, in events and bytes.
 
-use std::ops::{AddAssign, SubAssign};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
-use tokio_util::sync::CancellationToken;
 
 use super::Closed;
 use crate::event::Line;
@@ -24,25 +22,6 @@ impl Cost {
             bytes: items.iter().map(crate::event::Item::held).sum(),
         }
     }
-
-    /// Whether `self` has room for `other` in both counts.
-    pub fn covers(&self, other: Cost) -> bool {
-        self.events >= other.events && self.bytes >= other.bytes
-    }
-}
-
-impl AddAssign for Cost {
-    fn add_assign(&mut self, other: Cost) {
-        self.events += other.events;
-        self.bytes += other.bytes;
-    }
-}
-
-impl SubAssign for Cost {
-    fn sub_assign(&mut self, other: Cost) {
-        self.events -= other.events;
-        self.bytes -= other.bytes;
-    }
 }
 
 /// A cap on what a sink holds in memory: lines read but not yet delivered or dead-lettered,
@@ -57,19 +36,12 @@ pub struct Budget {
     bytes: Pool,
 }
 
-/// One count of a [`Budget`].
-///
-/// Invariant: free permits + `in_use` + reserved = `cap` + `overdraft`, and `overdraft` <=
-/// `in_use` + reserved: what is held past the cap (at shutdown) is paid back first, so
-/// permits never exceed the cap. Reserved permits (see [`Budget::reserve_free`]) are taken
-/// but hold nothing yet.
+/// One count of a [`Budget`]. Invariant: free permits + `in_use` = `cap`.
 #[derive(Debug)]
 struct Pool {
     permits: Semaphore,
     cap: usize,
     in_use: AtomicUsize,
-    /// Taken past the cap (see [`Budget::acquire_or_overdraw`]) and not yet released.
-    overdraft: AtomicUsize,
     peak: AtomicUsize,
 }
 
@@ -83,7 +55,6 @@ impl Pool {
             permits: Semaphore::new(cap),
             cap,
             in_use: AtomicUsize::new(0),
-            overdraft: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
         }
     }
@@ -98,34 +69,15 @@ impl Pool {
             .map_err(|_| Closed)
     }
 
-    /// Takes `n` permits, past the cap when they are not free.
-    fn take_or_overdraw(&self, n: usize) {
-        match self.permits.try_acquire_many(n as u32) {
-            Ok(permits) => permits.forget(),
-            Err(_) => {
-                self.overdraft.fetch_add(n, Ordering::Relaxed);
-            }
-        }
-    }
-
     fn hold(&self, n: usize) {
         let now = self.in_use.fetch_add(n, Ordering::Relaxed) + n;
         self.peak.fetch_max(now, Ordering::Relaxed);
     }
 
-    fn unhold(&self, n: usize) {
+    /// `n` left memory: their permits go back.
+    fn release(&self, n: usize) {
         self.in_use.fetch_sub(n, Ordering::Relaxed);
-    }
-
-    /// Returns `n` permits taken (held or reserved), paying back any overdraft first.
-    fn give_back(&self, n: usize) {
-        if n > 0 {
-            let owed = self
-                .overdraft
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| Some(d - d.min(n)))
-                .expect("the closure always returns Some");
-            self.permits.add_permits(n - owed.min(n));
-        }
+        self.permits.add_permits(n);
     }
 }
 
@@ -161,50 +113,9 @@ impl Budget {
         Ok(())
     }
 
-    /// Like [`Budget::acquire`], but once `stop` is cancelled it no longer waits: what is
-    /// not free is held past the cap, and the next releases pay it back first.
-    pub async fn acquire_or_overdraw(
-        &self,
-        cost: Cost,
-        stop: &CancellationToken,
-    ) -> Result<(), Closed> {
-        tokio::select! {
-            biased;
-            acquired = self.acquire(cost) => return acquired,
-            _ = stop.cancelled() => {
-                self.events.take_or_overdraw(cost.events);
-                self.bytes.take_or_overdraw(cost.bytes);
-            }
-        }
-        self.hold(cost);
-        Ok(())
-    }
-
-    /// Takes every free permit without holding anything yet: for the sink's own use (its
-    /// spill file, see `sink::spill`), before any source may take them.
-    pub fn reserve_free(&self) -> Cost {
-        Cost {
-            events: self.events.permits.forget_permits(usize::MAX),
-            bytes: self.bytes.permits.forget_permits(usize::MAX),
-        }
-    }
-
-    /// `cost`, taken with [`Budget::reserve_free`], now holds lines.
-    pub fn hold(&self, cost: Cost) {
+    fn hold(&self, cost: Cost) {
         self.events.hold(cost.events);
         self.bytes.hold(cost.bytes);
-    }
-
-    /// `cost` left memory but stays reserved (see [`Budget::reserve_free`]).
-    pub fn unhold(&self, cost: Cost) {
-        self.events.unhold(cost.events);
-        self.bytes.unhold(cost.bytes);
-    }
-
-    /// Returns reserved permits.
-    pub fn give_back(&self, cost: Cost) {
-        self.events.give_back(cost.events);
-        self.bytes.give_back(cost.bytes);
     }
 
     /// The sink that gives permits back has stopped: waiting sources give up.
@@ -213,10 +124,10 @@ impl Budget {
         self.bytes.permits.close();
     }
 
-    /// `cost` left memory (delivered, dead-lettered, spilled or dropped).
+    /// `cost` left memory (delivered, dead-lettered, or left for the next run).
     pub fn release(&self, cost: Cost) {
-        self.unhold(cost);
-        self.give_back(cost);
+        self.events.release(cost.events);
+        self.bytes.release(cost.bytes);
     }
 
     pub fn cap(&self) -> Cost {
@@ -273,34 +184,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn lines_held_past_the_cap_are_paid_back_before_permits_return() {
-        let budget = Budget::new(10, 1000);
-        let stop = CancellationToken::new();
-        budget.acquire(cost(8, 800)).await.unwrap();
-        stop.cancel();
-        // The last 2 events and 200 bytes: no overdraft.
-        budget
-            .acquire_or_overdraw(cost(2, 200), &stop)
-            .await
-            .unwrap();
-        // None left: 5 events and 500 bytes past the cap.
-        budget
-            .acquire_or_overdraw(cost(5, 500), &stop)
-            .await
-            .unwrap();
-        assert_eq!(budget.peak(), cost(15, 1500));
-        assert_eq!(free(&budget), cost(0, 0));
-        budget.release(cost(4, 400));
-        assert_eq!(free(&budget), cost(0, 0), "4 of the 5 owed");
-        budget.release(cost(3, 300));
-        assert_eq!(free(&budget), cost(2, 200));
-        budget.release(cost(8, 800));
-        assert_eq!(free(&budget), cost(10, 1000), "never above the cap");
-        assert_eq!(budget.events.in_use.load(Ordering::Relaxed), 0);
-        assert_eq!(budget.bytes.in_use.load(Ordering::Relaxed), 0);
-    }
-
-    #[tokio::test]
     async fn the_byte_cap_stops_a_source_before_the_event_cap() {
         let budget = Budget::new(100, 1000);
         budget.acquire(cost(1, 600)).await.unwrap();
@@ -326,21 +209,5 @@ mod tests {
         assert_eq!(big, cost(1, 100));
         budget.acquire(big).await.unwrap();
         assert_eq!(free(&budget), cost(9, 0), "nothing else fits beside it");
-    }
-
-    #[tokio::test]
-    async fn reserved_permits_count_as_held_only_while_they_hold_lines() {
-        let budget = Budget::new(10, 1000);
-        budget.acquire(cost(2, 200)).await.unwrap();
-        let reserved = budget.reserve_free();
-        assert_eq!(reserved, cost(8, 800));
-        assert_eq!(free(&budget), cost(0, 0));
-        budget.hold(cost(3, 300));
-        budget.unhold(cost(3, 300));
-        assert_eq!(budget.peak(), cost(5, 500));
-        budget.give_back(reserved);
-        budget.release(cost(2, 200));
-        assert_eq!(free(&budget), cost(10, 1000));
-        assert_eq!(budget.events.in_use.load(Ordering::Relaxed), 0);
     }
 }

@@ -7,9 +7,10 @@
 //! or dead-lettered. So a sink that cannot deliver stops its sources instead of growing
 //! without bound.
 //!
-//! One exception, at shutdown: input that cannot be read again (TCP, stdin) no longer
-//! waits for the budget. What its shippers already sent is read (see `pump`) and held
-//! past the cap, so that it reaches the sinks, and their spill, instead of being dropped.
+//! Input that cannot be read again (TCP, stdin) goes to the source's journal first (see
+//! `crate::journal`), whose cap is its own; the sinks read the journal back through the
+//! file tail, within their budgets. At shutdown, what shippers already sent is read into
+//! the journal past its cap (see `pump`) instead of being dropped.
 
 mod budget;
 pub(crate) mod connections;

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::budget::MAX_REQUEST;
 use super::file::checkpoint::AckHandle;
@@ -24,7 +23,8 @@ pub struct SinkInput {
 }
 
 /// A sink's side of the wiring: its channel and budget, and the acknowledgement handle of
-/// every source it subscribed to, in subscription order. A source reaches the sink only
+/// every source it subscribed to, in subscription order (every source has one: its lines
+/// are in files or in its journal until acknowledged). A source reaches the sink only
 /// through the [`SinkInput`] a subscription returns, and the blocks it sends carry that
 /// subscription's number, so a handle and the lines it acknowledges cannot disagree.
 #[derive(Debug)]
@@ -32,7 +32,7 @@ pub struct Subscriptions {
     tx: mpsc::Sender<Block>,
     budget: Arc<Budget>,
     max_events: usize,
-    acks: Vec<Option<AckHandle>>,
+    acks: Vec<AckHandle>,
 }
 
 impl Subscriptions {
@@ -45,9 +45,8 @@ impl Subscriptions {
         }
     }
 
-    /// Subscribes the sink to a source; `ack` is the source's handle for this sink when its
-    /// lines are acknowledged (file sources).
-    pub fn subscribe(&mut self, ack: Option<AckHandle>) -> SinkInput {
+    /// Subscribes the sink to a source; `ack` is the source's handle for this sink.
+    pub fn subscribe(&mut self, ack: AckHandle) -> SinkInput {
         self.acks.push(ack);
         SinkInput {
             tx: self.tx.clone(),
@@ -58,7 +57,7 @@ impl Subscriptions {
     }
 
     /// The acknowledgement handles, indexed by [`Block::input`].
-    pub fn into_acks(self) -> Vec<Option<AckHandle>> {
+    pub fn into_acks(self) -> Vec<AckHandle> {
         self.acks
     }
 }
@@ -132,32 +131,13 @@ impl Output {
     }
 
     /// Hands `block` to every sink, in order, waiting for room in each one's budget.
-    pub async fn send(&self, block: Block) -> Result<(), Closed> {
-        self.send_within(block, None).await
-    }
-
-    /// Like [`Output::send`], but once `stop` is cancelled it no longer waits for room:
-    /// the lines are held past the budgets' caps. For input that cannot be read again
-    /// (TCP, stdin), whose lines would be lost if they were not handed on at shutdown.
-    pub async fn send_or_overdraw(
-        &self,
-        block: Block,
-        stop: &CancellationToken,
-    ) -> Result<(), Closed> {
-        self.send_within(block, Some(stop)).await
-    }
-
-    async fn send_within(
-        &self,
-        mut block: Block,
-        stop: Option<&CancellationToken>,
-    ) -> Result<(), Closed> {
+    pub async fn send(&self, mut block: Block) -> Result<(), Closed> {
         if block.lines.is_empty() {
             return Ok(());
         }
         self.counters.read(block.lines.len());
         if self.block_len(&block.lines) >= block.lines.len() {
-            return self.send_part(block, stop).await;
+            return self.send_part(block).await;
         }
         // Cut in parts: the header is cloned without the lines, each line moved once.
         let mut rest = std::mem::take(&mut block.lines);
@@ -167,16 +147,12 @@ impl Output {
                 lines: std::mem::replace(&mut rest, tail),
                 ..block.clone()
             };
-            self.send_part(part, stop).await?;
+            self.send_part(part).await?;
         }
         Ok(())
     }
 
-    async fn send_part(
-        &self,
-        block: Block,
-        stop: Option<&CancellationToken>,
-    ) -> Result<(), Closed> {
+    async fn send_part(&self, block: Block) -> Result<(), Closed> {
         crate::failpoint::hit("source-send");
         let mut delivered_to_one = false;
         let last = self.sinks.len() - 1;
@@ -189,11 +165,7 @@ impl Output {
             };
             part.input = sink.input;
             let cost = sink.budget.cost(&part.lines);
-            let acquired = match stop {
-                Some(stop) => sink.budget.acquire_or_overdraw(cost, stop).await,
-                None => sink.budget.acquire(cost).await,
-            };
-            if acquired.is_err() {
+            if sink.budget.acquire(cost).await.is_err() {
                 continue;
             }
             match sink.tx.send(part).await {

@@ -1,5 +1,5 @@
-//! Reading a stream that cannot be read again (a TCP connection, stdin) into blocks, and
-//! the drain at shutdown.
+//! Reading a stream that cannot be read again (a TCP connection, stdin) into its source's
+//! journal, and the drain at shutdown.
 
 use std::time::Duration;
 
@@ -8,8 +8,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::lines::LineSplitter;
-use super::{Closed, Output};
-use crate::event::{Block, Line};
+use crate::event::Line;
+use crate::journal::{Appender, NotWritten};
 
 /// How long a connection (or stdin) may stay silent before the drain at shutdown counts it
 /// idle: everything its shipper had sent has then been read.
@@ -17,25 +17,26 @@ const DRAIN_IDLE: Duration = Duration::from_millis(150);
 
 /// The longest the drain at shutdown reads, for a shipper that never goes idle. A
 /// receive queue holds a few megabytes at most and is read in milliseconds; this bound
-/// only stops a shipper that keeps sending from keeping flaghook running (and growing).
+/// only stops a shipper that keeps sending from keeping flaghook running.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 const READ_SIZE: usize = 128 * 1024;
 
-/// Reads `reader` to its end, sending its lines in blocks. Used by the sources whose input
-/// cannot be read again (TCP, stdin): nothing carries an acknowledgement.
+/// Reads `reader` to its end, appending its lines to `journal`, one read at a time: the
+/// next read waits until the last one is in the journal, so what flaghook took from the
+/// kernel is on its way to the disk before more is taken, and a journal at its cap (or a
+/// full disk) stops the reading. `origin` names the stream in logs.
 ///
 /// At shutdown, what the shipper already sent is still read: it sits in the kernel's
 /// buffers, already acknowledged to the shipper, and closing unread would drop it. The
 /// drain reads until the input is idle for `DRAIN_IDLE`, ends, or `DRAIN_LIMIT` passes,
-/// and its lines no longer wait for the budget (see [`Output::send_or_overdraw`]); the
-/// sinks deliver them or spill them with the rest. A block still waiting to go out when
+/// and its lines go to the journal past its cap. An append still waiting for room when
 /// shutdown comes goes on while the drain reads, so neither waits for the other.
 pub async fn pump<R>(
     mut reader: R,
     max_line_bytes: usize,
-    template: Block,
-    output: &Output,
+    origin: &str,
+    journal: &Appender,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()>
 where
@@ -48,7 +49,7 @@ where
             biased;
             _ = shutdown.cancelled() => {
                 let nothing_pending = async { Ok(()) };
-                return drain_and_hand_on(reader, splitter, &template, output, shutdown, nothing_pending).await;
+                return drain_and_append(reader, splitter, origin, journal, shutdown, nothing_pending).await;
             }
             n = reader.read_buf(splitter.buffer()) => match n {
                 Ok(n) => n,
@@ -57,10 +58,7 @@ where
                     // short is dead-lettered, never dropped without a trace.
                     let mut lines = Vec::new();
                     splitter.finish(&mut lines);
-                    let block = Block { lines, ..template.clone() };
-                    if !block.lines.is_empty() {
-                        let _ = output.send_or_overdraw(block, shutdown).await;
-                    }
+                    let _ = journal.append(&lines, shutdown).await;
                     return Err(e);
                 }
             },
@@ -71,53 +69,50 @@ where
         } else {
             splitter.split(&mut lines);
         }
-        let block = Block {
-            lines,
-            ..template.clone()
-        };
-        let send = output.send_or_overdraw(block, shutdown);
-        tokio::pin!(send);
-        let sent = tokio::select! {
+        let append = journal.append(&lines, shutdown);
+        tokio::pin!(append);
+        let appended = tokio::select! {
             biased;
-            sent = &mut send => sent,
+            appended = &mut append => appended,
             _ = shutdown.cancelled() => {
-                return drain_and_hand_on(reader, splitter, &template, output, shutdown, send).await;
+                return drain_and_append(reader, splitter, origin, journal, shutdown, append).await;
             }
         };
-        if sent.is_err() || n == 0 {
+        if appended.is_err() || n == 0 {
             return Ok(());
         }
     }
 }
 
-/// Shutdown: drains `reader` while `pending` (the block going out, if any) finishes, then
-/// hands on the drained lines after it.
-async fn drain_and_hand_on<R>(
+/// Shutdown: drains `reader` while `pending` (the append going on, if any) finishes, then
+/// appends the drained lines after it.
+async fn drain_and_append<R>(
     mut reader: R,
     mut splitter: LineSplitter,
-    template: &Block,
-    output: &Output,
+    origin: &str,
+    journal: &Appender,
     shutdown: &CancellationToken,
-    pending: impl std::future::Future<Output = Result<(), Closed>>,
+    pending: impl std::future::Future<Output = Result<(), NotWritten>>,
 ) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
 {
-    let (sent, (lines, end)) = tokio::join!(pending, drain(&mut reader, &mut splitter));
+    let (appended, (lines, end)) = tokio::join!(pending, drain(&mut reader, &mut splitter));
     let read = lines.len();
-    if sent.is_ok() && read > 0 {
-        let block = Block {
-            lines,
-            ..template.clone()
-        };
-        // The sinks spill what they cannot deliver; a send fails only once they are gone.
-        let _ = output.send_or_overdraw(block, shutdown).await;
+    if appended.is_ok() && read > 0 {
+        // Only a journal that could not be written for seconds fails (logged there).
+        let _ = journal.append(&lines, shutdown).await;
     }
     let end = end?;
-    tracing::debug!(origin = %template.origin, lines = read, ?end, "read at shutdown what was already sent");
+    tracing::debug!(
+        origin,
+        lines = read,
+        ?end,
+        "read at shutdown what was already sent"
+    );
     if end == Drained::Limit {
         tracing::warn!(
-            origin = %template.origin,
+            origin,
             "not idle after {} of reading at shutdown; what it sends from now on is not read",
             humantime::format_duration(DRAIN_LIMIT)
         );

@@ -1,4 +1,5 @@
-//! `type = "stdin"`: newline-delimited JSON on standard input, read to its end.
+//! `type = "stdin"`: newline-delimited JSON on standard input, read to its end, into the
+//! source's journal (see `crate::journal`).
 //!
 //! At shutdown, what a shipper already wrote into the pipe is read too (see
 //! [`super::pump()`]): the writer was told it was written, and it would be dropped unread.
@@ -9,9 +10,10 @@ use anyhow::Result;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use super::{pump, Output};
-use crate::config::check_max_line_bytes;
-use crate::event::{envelope_fields, Block};
+use super::pump;
+use crate::config::{check_max_line_bytes, ByteSize};
+use crate::event::envelope_fields;
+use crate::journal::{self, Appender, Fsync, JournalSpec};
 
 /// `[sources.NAME] type = "stdin"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -24,6 +26,16 @@ pub struct StdinConfig {
     /// Default: `message` (Vector), then `log` (Fluent Bit).
     #[serde(default)]
     pub field: Option<String>,
+    /// The journal starts a new segment file once one holds this many bytes. Default "64MiB".
+    #[serde(default = "journal::default_segment_bytes")]
+    pub journal_segment_bytes: ByteSize,
+    /// Bytes the journal holds on the disk before the source stops reading. Default "1GiB".
+    #[serde(default = "journal::default_max_bytes")]
+    pub journal_max_bytes: ByteSize,
+    /// "interval" (fsync at most every 100 ms and at a graceful stop; default) or "always"
+    /// (fsync before a read counts as done).
+    #[serde(default = "journal::default_fsync")]
+    pub journal_fsync: Fsync,
 }
 
 /// The stdin source's settings, parsed.
@@ -31,6 +43,7 @@ pub struct StdinConfig {
 pub struct StdinSpec {
     pub max_line_bytes: usize,
     pub envelope: Arc<[String]>,
+    pub journal: JournalSpec,
 }
 
 impl StdinConfig {
@@ -40,22 +53,20 @@ impl StdinConfig {
         Ok(StdinSpec {
             max_line_bytes: self.max_line_bytes,
             envelope: envelope_fields(self.field.as_deref()),
+            journal: JournalSpec::build(
+                key,
+                self.journal_segment_bytes,
+                self.journal_max_bytes,
+                self.journal_fsync,
+            )?,
         })
     }
 }
 
-/// Reads stdin to EOF (or until shutdown, then what was already written).
-pub async fn run(name: &str, config: &StdinSpec, output: Output, shutdown: CancellationToken) {
-    let template = Block {
-        source_name: Arc::from(name),
-        origin: Arc::from("stdin"),
-        file: None,
-        input: 0,
-        envelope: config.envelope.clone(),
-        lines: Vec::new(),
-    };
+/// Reads stdin to EOF (or until shutdown, then what was already written) into `journal`.
+pub async fn run(name: &str, config: &StdinSpec, journal: Appender, shutdown: CancellationToken) {
     let stdin = tokio::io::stdin();
-    match pump(stdin, config.max_line_bytes, template, &output, &shutdown).await {
+    match pump(stdin, config.max_line_bytes, "stdin", &journal, &shutdown).await {
         Ok(()) => tracing::info!(source = name, "stdin source stopped"),
         Err(e) => tracing::error!(source = name, error = %e, "cannot read stdin"),
     }

@@ -9,10 +9,14 @@
 //! one idle longest, so idle sockets cannot lock a shipper out. A connection the source is
 //! not reading because of back-pressure is not idle.
 //!
+//! Every line read goes to the source's journal (see `crate::journal`) before the sinks
+//! see it; a journal at `journal_max_bytes` stops the reading as a full sink did.
+//!
 //! What sits in those buffers was already acknowledged to the shipper by the kernel, so at
-//! shutdown the source stops accepting and then reads it (see [`super::pump()`]): from the
-//! open connections, from the one accepted that waited for a slot, and from those the
-//! kernel had accepted that wait in the listen backlog. Closing them unread would drop it.
+//! shutdown the source stops accepting and then reads it into the journal (see
+//! [`super::pump()`]): from the open connections, from the one accepted that waited for a
+//! slot, and from those the kernel had accepted that wait in the listen backlog. Closing
+//! them unread would drop it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,11 +29,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::connections::{CloseReason, ConnectionSlots, Slot};
-use super::{pump, Output};
+use super::pump;
 use crate::config::{
-    check_count, check_duration, check_max_line_bytes, socket_addr, HumanDuration,
+    check_count, check_duration, check_max_line_bytes, socket_addr, ByteSize, HumanDuration,
 };
-use crate::event::{envelope_fields, Block};
+use crate::event::envelope_fields;
+use crate::journal::{self, Appender, Fsync, JournalSpec};
 use crate::topology::propagate_panic;
 
 /// The most `max_connections`: each is a file descriptor, and far more than one process
@@ -66,6 +71,16 @@ pub struct TcpConfig {
     /// Default: `message` (Vector), then `log` (Fluent Bit).
     #[serde(default)]
     pub field: Option<String>,
+    /// The journal starts a new segment file once one holds this many bytes. Default "64MiB".
+    #[serde(default = "journal::default_segment_bytes")]
+    pub journal_segment_bytes: ByteSize,
+    /// Bytes the journal holds on the disk before the source stops reading. Default "1GiB".
+    #[serde(default = "journal::default_max_bytes")]
+    pub journal_max_bytes: ByteSize,
+    /// "interval" (fsync at most every 100 ms and at a graceful stop; default) or "always"
+    /// (fsync before a read counts as done).
+    #[serde(default = "journal::default_fsync")]
+    pub journal_fsync: Fsync,
 }
 
 /// A TCP source's settings, parsed: the address resolved.
@@ -76,6 +91,7 @@ pub struct TcpSpec {
     pub max_connections: usize,
     pub idle_timeout: Duration,
     pub envelope: Arc<[String]>,
+    pub journal: JournalSpec,
 }
 
 impl TcpConfig {
@@ -89,6 +105,12 @@ impl TcpConfig {
             max_connections: self.max_connections,
             idle_timeout: self.idle_timeout.0,
             envelope: envelope_fields(self.field.as_deref()),
+            journal: JournalSpec::build(
+                key,
+                self.journal_segment_bytes,
+                self.journal_max_bytes,
+                self.journal_fsync,
+            )?,
         })
     }
 
@@ -118,25 +140,23 @@ pub async fn bind(name: &str, config: &TcpSpec) -> Result<TcpListener> {
         .with_context(|| format!("source `{name}`: cannot listen on {addr}"))
 }
 
-/// Serves connections until shutdown. With `once`, stops after the first connections have
-/// all closed.
+/// Serves connections until shutdown, appending what they send to `journal`. With `once`,
+/// stops after the first connections have all closed.
 ///
 /// A connection is accepted, then waits for a slot (which may close an idle one); the next
 /// is not accepted before it has one, so at most one accepted connection waits.
 pub async fn run(
-    name: &str,
     config: &TcpSpec,
     listener: TcpListener,
-    output: Output,
+    journal: Appender,
     shutdown: CancellationToken,
     once: bool,
 ) {
     let slots = ConnectionSlots::new(config.max_connections, config.idle_timeout);
     let mut connections = Connections {
         tasks: JoinSet::new(),
-        name: Arc::from(name),
         config,
-        output: &output,
+        journal: &journal,
         shutdown: &shutdown,
     };
     let mut accepted_any = false;
@@ -175,9 +195,8 @@ pub async fn run(
 /// The source's connection tasks and what each one needs.
 struct Connections<'a> {
     tasks: JoinSet<()>,
-    name: Arc<str>,
     config: &'a TcpSpec,
-    output: &'a Output,
+    journal: &'a Appender,
     shutdown: &'a CancellationToken,
 }
 
@@ -185,21 +204,14 @@ impl Connections<'_> {
     /// Reads `stream` until it closes, is closed for idleness, or shutdown; `slot` is its
     /// place among the source's connections.
     fn serve(&mut self, stream: TcpStream, peer: SocketAddr, slot: Slot) {
-        let template = Block {
-            source_name: self.name.clone(),
-            origin: Arc::from(format!("tcp {peer}")),
-            file: None,
-            input: 0,
-            envelope: self.config.envelope.clone(),
-            lines: Vec::new(),
-        };
-        let (output, shutdown) = (self.output.clone(), self.shutdown.clone());
+        let (journal, shutdown) = (self.journal.clone(), self.shutdown.clone());
         let max = self.config.max_line_bytes;
         let limits = Limits::of(self.config);
         self.tasks.spawn(async move {
             tracing::debug!(%peer, "connection opened");
             let mut stream = slot.track(stream);
-            if let Err(e) = pump(&mut stream, max, template, &output, &shutdown).await {
+            let origin = format!("tcp {peer}");
+            if let Err(e) = pump(&mut stream, max, &origin, &journal, &shutdown).await {
                 tracing::warn!(%peer, error = %e, "connection failed");
             }
             limits.log_close(stream.closed(), peer);

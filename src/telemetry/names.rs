@@ -63,7 +63,7 @@ pub(crate) const SINK_EVENTS_DEAD_LETTERED: Metric = counter(
 );
 pub(crate) const SINK_EVENTS_NOT_DELIVERED: Metric = counter(
     "flaghook_sink_events_not_delivered_total",
-    "Events left for the next start when a sink stopped (in their files, or spilled).",
+    "Events left for the next start when a sink stopped (in their files or journals).",
 );
 pub(crate) const SINK_REQUESTS: Metric = counter(
     "flaghook_sink_requests_total",

@@ -535,3 +535,43 @@ fn request_concurrency_out_of_range() {
         "{out}"
     );
 }
+
+/// The journal keys of a TCP or stdin source: each error names the key; the ones flaghook
+/// checks itself show how to write it.
+#[test]
+fn bad_journal_settings_name_their_key() {
+    let stdin = "[sources.in]\ntype = \"stdin\"\n";
+    let segment = "sources.in.journal_segment_bytes";
+    let example = "journal_segment_bytes = \"64MiB\"";
+    let cases = [
+        (
+            "journal_fsync = \"sometimes\"",
+            vec!["sources.in.journal_fsync"],
+        ),
+        (
+            "journal_max_bytes = 0",
+            vec!["sources.in.journal_max_bytes"],
+        ),
+        ("journal_segment_bytes = \"1Mb\"", vec![segment]),
+        (
+            "journal_segment_bytes = 100",
+            vec![segment, "4096", example],
+        ),
+        (
+            "journal_segment_bytes = \"2GiB\"",
+            vec![segment, "sources.in.journal_max_bytes", example],
+        ),
+    ];
+    for (setting, needles) in cases {
+        let out = assert_config_error(&format!("{stdin}{setting}\n\n{SINK}"), &needles[..1]);
+        for needle in &needles[1..] {
+            assert!(
+                out.stderr.contains(needle),
+                "{setting}: no {needle:?}:\n{out}"
+            );
+        }
+    }
+    let valid = format!("{stdin}journal_segment_bytes = \"1MiB\"\njournal_max_bytes = \"10GiB\"\njournal_fsync = \"always\"\n\n{SINK}");
+    let ws = Workspace::new();
+    validate(&ws.config(&valid)).assert_code(0);
+}

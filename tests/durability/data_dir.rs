@@ -64,7 +64,7 @@ fn data_dir_is_private_whatever_the_umask() {
             & 0o777
     };
     assert_eq!(mode(""), 0o700);
-    for dir in ["checkpoints", "dead-letter", "spill"] {
+    for dir in ["checkpoints", "dead-letter", "journal"] {
         assert_eq!(mode(dir), 0o700, "{dir}");
     }
     assert_eq!(mode("checkpoints/in.json"), 0o600);

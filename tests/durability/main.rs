@@ -1,5 +1,5 @@
 //! What survives: SIGKILL at random moments, a long outage with a million events waiting,
-//! restarts and checkpoints, the spill file at shutdown, memory bounds, data_dir's privacy.
+//! restarts and checkpoints, the journal of TCP and stdin, memory bounds, data_dir's privacy.
 
 #[path = "../harness/mod.rs"]
 mod harness;
@@ -7,8 +7,9 @@ mod harness;
 mod concurrency;
 mod crash;
 mod data_dir;
+mod disk_full;
+mod journal;
 mod memory;
 mod outage;
 mod reload;
 mod restart;
-mod spill;

@@ -1,13 +1,14 @@
 //! Memory stays bounded by bytes, not only by events: hostile but ordinary input (a writer
-//! that appends one event at a time, large events, a large spill file) must not make the
-//! resident memory of the real binary grow past what its budgets allow.
+//! that appends one event at a time, large events, a large journal, a TCP backlog while
+//! the endpoint is down) must not make the resident memory of the real binary grow past
+//! what its budgets allow.
 //!
 //! Each test reads the process's resident memory from `/proc/<pid>/status` (the high-water
 //! mark `VmHWM`, which no sampling can miss). The bounds are several times what flaghook
 //! needs and several times below what the unbounded behaviour reached.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -247,7 +248,8 @@ shutdown_timeout = "1s"
     (config, address)
 }
 
-/// Writes a spill file of `large_event(id)` for `0..SPILLED`, as a last shutdown left it.
+/// Writes a spill file of `large_event(id)` for `0..SPILLED`, as an older flaghook left it
+/// at a shutdown.
 fn write_spill(ws: &Workspace) -> PathBuf {
     let path = spill_path(&ws.data_dir(), "webhook");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -259,15 +261,19 @@ fn write_spill(ws: &Workspace) -> PathBuf {
     path
 }
 
-fn spilled_ids(path: &Path) -> Vec<u64> {
-    let text = std::fs::read(path).unwrap();
-    let (ids, foreign) = event_ids(&text);
-    assert_eq!(foreign, 0);
-    ids
+/// The ids of the whole event lines in the journal of `source`, in order.
+fn journaled_ids(ws: &Workspace, source: &str) -> Vec<u64> {
+    let text = journal_text(&ws.data_dir(), source);
+    text.split(|b| *b == b'\n')
+        .filter(|line| line.ends_with(b"}"))
+        .flat_map(|line| event_ids(line).0)
+        .collect()
 }
 
+/// The 50 MB spill file of an older flaghook, moved into the journal, is read within the
+/// sink's budget of 10 events.
 #[test]
-fn a_spill_file_is_loaded_within_the_memory_budget() {
+fn a_spill_file_moved_into_the_journal_is_read_within_the_memory_budget() {
     let ws = Workspace::new();
     let spill = write_spill(&ws);
     let up = Arc::new(AtomicBool::new(false));
@@ -286,7 +292,11 @@ fn a_spill_file_is_loaded_within_the_memory_budget() {
         peak.events,
         peak.rss_kib / MIB
     );
-    assert!(!spill.exists(), "the spill file was not removed");
+    assert!(!spill.exists(), "the spill file was not moved");
+    assert!(
+        !journal_dir(&ws.data_dir(), "spill.webhook").exists(),
+        "the spill journal was not removed once delivered"
+    );
     hook.with(|t| {
         assert_eq!(t.duplicates(), 0, "events arrived twice");
         assert!(t.max_batch <= 10);
@@ -303,17 +313,18 @@ fn a_spill_file_is_loaded_within_the_memory_budget() {
 /// Events a shipper sends in each run of the test below.
 const NEWER: u64 = 5;
 
+/// Restarts while the endpoint is down keep every event of the journals (the spill file
+/// moved in, and what TCP brought in each run) once, and the last run delivers each once.
 #[test]
-fn a_spill_file_loaded_in_parts_keeps_every_event_across_restarts() {
+fn a_journal_read_in_parts_keeps_every_event_across_restarts() {
     let ws = Workspace::new();
-    let spill = write_spill(&ws);
+    write_spill(&ws);
     let down = Endpoint::with_responder(|_| Reply::status(503)).count_only();
     let mut sent = SPILLED;
     for _ in 0..3 {
         let (config, address) = spill_pipeline(&ws, &down.url());
         let proc = Proc::spawn(run_cmd(&config));
-        // Newer events wait while the spilled ones hold the budget; they are read at the
-        // stop and spilled after them.
+        // Newer events are journaled while the spilled ones hold the budget.
         let mut conn = connect(&address, &proc);
         for id in sent..sent + NEWER {
             writeln!(conn, "{}", large_event(id)).unwrap();
@@ -329,11 +340,15 @@ fn a_spill_file_loaded_in_parts_keeps_every_event_across_restarts() {
         let out = proc.wait_timeout(Duration::from_secs(20));
         out.assert_code(0);
         assert_eq!(
-            spilled_ids(&spill),
-            (0..sent).collect::<Vec<_>>(),
-            "the spill file after a stop holds every event once, in order:\n{out}"
+            journaled_ids(&ws, "spill.webhook"),
+            (0..SPILLED).collect::<Vec<_>>(),
+            "the spill journal holds every spilled event once, in order:\n{out}"
         );
-        assert_eq!(out.summary().events_not_delivered, sent, "{out}");
+        assert_eq!(
+            journaled_ids(&ws, "in"),
+            (SPILLED..sent).collect::<Vec<_>>(),
+            "the source's journal holds every newer event once, in order:\n{out}"
+        );
     }
 
     let hook = Endpoint::start();
@@ -342,12 +357,99 @@ fn a_spill_file_loaded_in_parts_keeps_every_event_across_restarts() {
     proc.sigterm();
     let out = proc.wait_timeout(Duration::from_secs(20));
     out.assert_code(0);
-    assert!(complete, "not every spilled event arrived:\n{out}");
+    assert!(complete, "not every journaled event arrived:\n{out}");
     let delivered: Vec<u64> = hook.requests().iter().flat_map(|r| r.ids.clone()).collect();
+    let spilled: Vec<u64> = delivered
+        .iter()
+        .copied()
+        .filter(|id| *id < SPILLED)
+        .collect();
     assert_eq!(
-        delivered,
-        (0..sent).collect::<Vec<_>>(),
+        spilled,
+        (0..SPILLED).collect::<Vec<_>>(),
         "each once, in order"
     );
-    assert!(!spill.exists(), "the spill file was not removed:\n{out}");
+    hook.with(|t| assert_eq!(t.duplicates(), 0, "events arrived twice"));
+    assert_eq!(out.summary_value("journal_bytes"), 0, "{out}");
+}
+
+/// The journal cap of the backlog test: about 230 000 small events.
+const BACKLOG_JOURNAL: u64 = 16 << 20;
+
+/// With the endpoint down, a TCP shipper sends far more than the sink may hold: the journal
+/// takes the backlog up to `journal_max_bytes`, then flaghook stops reading and the shipper
+/// blocks. Memory stays bounded by the sink's budget all along (the high-water mark of the
+/// resident memory), and once the endpoint is up every event arrives, once.
+#[test]
+fn a_tcp_backlog_while_the_endpoint_is_down_waits_in_the_journal_not_in_memory() {
+    let ws = Workspace::new();
+    let up = Arc::new(AtomicBool::new(false));
+    let hook = down_until(&up);
+    let (config, address) = ws.tcp_pipeline(
+        &hook.url(),
+        &format!("journal_segment_bytes = \"1MiB\"\njournal_max_bytes = {BACKLOG_JOURNAL}"),
+        r#"flush_interval = "100ms"
+max_event_in_memory = 1000
+buffer_max_events = 2000
+retry_initial_backoff = "50ms"
+retry_max_backoff = "200ms""#,
+    );
+    let proc = Proc::spawn(run_cmd(&config));
+    let mut conn = connect(&address, &proc);
+    conn.set_nonblocking(true).unwrap();
+    // Writes until flaghook stops reading: the journal is full, and so are the socket's
+    // buffers. Whole lines only, so that every event sent is a whole one.
+    let (mut sent, mut blocked_since) = (0u64, None::<std::time::Instant>);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut pending = Vec::new();
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flaghook never stopped reading"
+        );
+        if pending.is_empty() {
+            pending = small_lines(sent..sent + 1000).into_bytes();
+            sent += 1000;
+        }
+        match conn.write(&pending) {
+            Ok(n) => {
+                pending.drain(..n);
+                blocked_since = None;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let since = *blocked_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= Duration::from_millis(500) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("writing to flaghook failed: {e}"),
+        }
+    }
+    let journal = journal_size(&ws.data_dir(), "tcp");
+    println!("sender blocked after {sent} events; the journal holds {journal} bytes");
+    assert!(
+        journal > BACKLOG_JOURNAL - (1 << 20) && journal <= BACKLOG_JOURNAL,
+        "the sender blocked with {journal} bytes journaled, the cap is {BACKLOG_JOURNAL}"
+    );
+
+    up.store(true, Ordering::Relaxed);
+    conn.set_nonblocking(false).unwrap();
+    conn.write_all(&pending).unwrap();
+    drop(conn);
+    let peak = peak_once_delivered_with_summary(proc, &hook, sent);
+    println!(
+        "peak_events_in_memory={} peak resident memory {} MiB",
+        peak.events,
+        peak.rss_kib / MIB
+    );
+    assert!(peak.events <= 2000, "held {} events", peak.events);
+    // Held in memory, the backlog (about 230 000 events of 72 bytes, 1 KB each once
+    // decoded and batched) would take hundreds of MiB.
+    assert!(
+        peak.rss_kib < 60 * MIB,
+        "resident memory reached {} MiB with the backlog in the journal",
+        peak.rss_kib / MIB
+    );
+    hook.with(|t| assert_eq!(t.duplicates(), 0, "no crash, yet events arrived twice"));
 }

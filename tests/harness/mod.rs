@@ -10,7 +10,7 @@
 //!   resident memory of a running process.
 //! - [`workspace`]: [`Workspace`], a temporary directory with the config, the inputs and
 //!   `data_dir`, and readers of what flaghook leaves in `data_dir` (checkpoints, dead
-//!   letters, spill files).
+//!   letters, journals, the spill files of older versions).
 //! - [`events`]: event generators, the known-answer vector and HMAC signing.
 //! - [`standard_webhooks`]: the Standard Webhooks reference libraries (PyPI and npm), to
 //!   verify flaghook's requests with code nobody here wrote.

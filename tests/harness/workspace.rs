@@ -160,7 +160,42 @@ pub fn dead_letters(data_dir: &Path, sink: &str) -> Vec<Value> {
         .collect()
 }
 
-/// `data_dir/spill/<sink>.jsonl`
+/// `data_dir/spill/<sink>.jsonl`: where an older flaghook spilled a sink's events.
 pub fn spill_path(data_dir: &Path, sink: &str) -> PathBuf {
     data_dir.join("spill").join(format!("{sink}.jsonl"))
+}
+
+/// `data_dir/journal/<source>/`: the journal of a TCP or stdin source.
+pub fn journal_dir(data_dir: &Path, source: &str) -> PathBuf {
+    data_dir.join("journal").join(source)
+}
+
+/// The segments of a journal, oldest first (none when it does not exist).
+pub fn journal_segments(data_dir: &Path, source: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(journal_dir(data_dir, source)) else {
+        return Vec::new();
+    };
+    let mut segments: Vec<PathBuf> = entries
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
+        .collect();
+    segments.sort();
+    segments
+}
+
+/// The bytes of every segment of a journal, oldest first.
+pub fn journal_text(data_dir: &Path, source: &str) -> Vec<u8> {
+    let mut text = Vec::new();
+    for segment in journal_segments(data_dir, source) {
+        text.extend(std::fs::read(segment).unwrap());
+    }
+    text
+}
+
+/// The bytes a journal holds on the disk.
+pub fn journal_size(data_dir: &Path, source: &str) -> u64 {
+    journal_segments(data_dir, source)
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum()
 }

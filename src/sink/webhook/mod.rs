@@ -14,7 +14,7 @@
 //!   events are pending, when their lines reach half the byte budget, or `flush_interval`
 //!   after the first.
 //! - **re-inject** (`Reinject`): a batch taken but not sent goes back into the stream
-//!   ahead of everything newer; so do the events of the spill file, at start. A batch
+//!   ahead of everything newer. A batch
 //!   whose request failed waits among the sink's retries and goes out again first, as it
 //!   was (same events, same `webhook-id`).
 //! - **build and sign** (`request`): while requests are in flight, the next batch is
@@ -28,10 +28,9 @@
 //!   it is given up (shutdown, `retry_max_duration`).
 //!
 //! When the input ends (`--once`, or shutdown), what is re-injected is retried until
-//! delivered, or until the shutdown grace period ends. Then events from files are left
-//! for the next run (their offsets never moved) and events from TCP or stdin are spilled
-//! to `data_dir/spill/<sink>.jsonl`, to be sent first on the next start, within the memory
-//! budget (see `super::spill`).
+//! delivered, or until the shutdown grace period ends. Then the events are left for the
+//! next run where they are, in their files or their sources' journals (their offsets
+//! never moved).
 //!
 //! A dead letter is a delivery only once it is on the disk (`DeadLetterWriter`): until
 //! it is, the line's position is not acknowledged, and the write is retried with backoff
@@ -56,12 +55,10 @@ pub use tls::TlsConfig;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, Stream};
 use futures::StreamExt;
@@ -71,10 +68,9 @@ use tokio_util::sync::CancellationToken;
 use super::ack::{Acknowledger, InOrder, Seq};
 use super::deadletter::{DeadLetterWriter, DeadLetters, Record};
 use super::decode::{self, Decode};
-use super::spill::{self, Spill};
 use super::{count_events, Stats};
 use crate::batch::{chunks_timeout, Limits, Reinject};
-use crate::event::{Block, Decoder, Item, Origin};
+use crate::event::{Block, Decoder, Item};
 use crate::source::file::checkpoint::{AckHandle, Persist};
 use crate::source::{gathers_ahead, max_batch_bytes, Budget, Cost};
 use crate::telemetry::RejectClass;
@@ -93,16 +89,12 @@ pub(crate) struct SinkParts {
     pub(crate) stats: Arc<Stats>,
     pub(crate) dead_letters: Arc<DeadLetters>,
     /// Per input ([`Block::input`]): the source's acknowledgement handle, for file sources.
-    pub(crate) acks: Vec<Option<AckHandle>>,
+    pub(crate) acks: Vec<AckHandle>,
     /// Saves the checkpoints the sink moved.
     pub(crate) checkpoints: Persist,
-    pub(crate) spill_path: PathBuf,
     /// `run --once`: a dead letter that cannot be written is given up after
     /// `shutdown_timeout` instead of being retried until it is written.
     pub(crate) once: bool,
-    /// The spill file left by the last shutdown, and the events loaded from it: opened
-    /// before the sources start (see [`Spill::open`]).
-    pub(crate) spill: Option<(Spill, Vec<Item>)>,
 }
 
 /// Runs the sink until its input ends and everything is delivered, dead-lettered, or
@@ -129,12 +121,11 @@ pub(crate) async fn run(
     let ahead = gathers_ahead(parts.budget.cap().events, limits.events);
     let slots = parts.delivery.request_concurrency.max(1);
     let flush_interval = parts.delivery.flush_interval;
-    let (mut sink, decode, spilled) = Sink::new(parts, shutdown);
+    let (mut sink, decode) = Sink::new(parts, shutdown);
 
-    // blocks -> decode -> chunks_timeout -> re-inject (the spill file's events first)
+    // blocks -> decode -> chunks_timeout -> re-inject
     let (items, decoding) = decode::spawn(decode, input);
     let mut batches = Reinject::new(chunks_timeout(items, limits, flush_interval), limits);
-    batches.push_back(spilled);
 
     // -> build and sign -> post (up to `slots` at once) -> decide -> acknowledge, or retry
     let mut in_flight = FuturesUnordered::new();
@@ -168,9 +159,6 @@ pub(crate) async fn run(
                         pause = None;
                     }
                 }
-                let spilled = sink.load_spill();
-                input_ended &= spilled.is_empty();
-                batches.push_back(spilled);
             }
             batch = batches.next(), if fetch => match batch {
                 Some(items) => next = Some(sink.ready(Job::fresh(items))),
@@ -226,15 +214,6 @@ impl Job {
         }
     }
 
-    fn items(&self) -> impl Iterator<Item = &Item> {
-        self.parts.iter().flat_map(|p| &p.items)
-    }
-
-    /// Whether every item can be read again from its file.
-    fn all_in_files(&self) -> bool {
-        self.items().all(|i| i.ack().is_some())
-    }
-
     fn into_items(self) -> Vec<Item> {
         self.parts.into_iter().flat_map(|p| p.items).collect()
     }
@@ -278,17 +257,11 @@ struct Sink {
     retries: BTreeMap<Seq, Job>,
     /// When each batch not settled yet was first sent (for the oldest one's age).
     taken: BTreeMap<Seq, Instant>,
-    spill_path: PathBuf,
-    /// The spill file while it has events not resolved: they go before newer ones.
-    spill: Option<Spill>,
-    /// Events from TCP and stdin given up at shutdown, for the spill file.
-    abandoned: Vec<Bytes>,
 }
 
 impl Sink {
-    /// The sink, the settings of its decode task, and the events loaded from the spill
-    /// file.
-    fn new(parts: SinkParts, shutdown: CancellationToken) -> (Sink, Decode, Vec<Item>) {
+    /// The sink, and the settings of its decode task.
+    fn new(parts: SinkParts, shutdown: CancellationToken) -> (Sink, Decode) {
         let SinkParts {
             name,
             poster,
@@ -299,9 +272,7 @@ impl Sink {
             dead_letters,
             acks,
             checkpoints,
-            spill_path,
             once,
-            spill,
         } = parts;
         let writer = DeadLetterWriter::new(&name, dead_letters, &delivery, once);
         let decode = Decode {
@@ -312,7 +283,6 @@ impl Sink {
             writer: writer.clone_for_decode(),
             grace: Grace::new(shutdown.clone(), delivery.shutdown_timeout),
         };
-        let (spill, spilled) = spill.unzip();
         let sink = Sink {
             name,
             poster,
@@ -323,11 +293,8 @@ impl Sink {
             acks: InOrder::new(Acknowledger::new(acks, checkpoints)),
             retries: BTreeMap::new(),
             taken: BTreeMap::new(),
-            spill_path,
-            spill,
-            abandoned: Vec::new(),
         };
-        (sink, decode, spilled.unwrap_or_default())
+        (sink, decode)
     }
 
     /// `job` with its first part built and signed.
@@ -402,7 +369,7 @@ impl Sink {
             Some(seq) => seq,
             None => *job.seq.insert(self.open()),
         };
-        if self.retry.verdict(job.all_in_files()) == Turn::GiveUp {
+        if self.retry.verdict(IN_FILES) == Turn::GiveUp {
             self.give_up(seq, job.into_items());
             self.settle(seq);
             return Step::Settled;
@@ -480,7 +447,7 @@ impl Sink {
             .map(|p| count_events(&p.items))
             .sum::<usize>();
         self.stats.counters.failed(&detail);
-        match self.retry.failed(after, job.all_in_files()) {
+        match self.retry.failed(after, IN_FILES) {
             Next::Retry(delay) => {
                 self.stats.counters.retried();
                 let retry_in = Duration::from_millis(delay.as_millis() as u64);
@@ -505,8 +472,8 @@ impl Sink {
 
     /// Dead-letters every event of `items` with `reason`, then acknowledges them; or,
     /// when the dead letters could not be written (given up at shutdown or with
-    /// `--once`), leaves them as not delivered: those from files stay there, with the rest
-    /// of their files, and the others are spilled.
+    /// `--once`), leaves them as not delivered: they stay in their files (or journals),
+    /// with the rest of those.
     async fn reject_all(&mut self, seq: Seq, items: Vec<Item>, reason: &str, class: RejectClass) {
         let records: Vec<Record> = items
             .iter()
@@ -533,79 +500,32 @@ impl Sink {
         self.release(items);
     }
 
-    /// `items` leave memory. While the spill file has lines not loaded yet, the budget
-    /// they free is kept for those (see [`Spill::release`]).
+    /// `items` leave memory.
     fn release(&mut self, items: &[Item]) {
-        let freed = Cost::of(items);
-        match self.spill.as_mut() {
-            Some(spill) => spill.release(items, freed, &self.budget, self.retry.shutting_down()),
-            None => self.budget.release(freed),
-        }
+        self.budget.release(Cost::of(items));
     }
 
-    /// The lines of the spill file that fit the budget now (none at shutdown). Removes the
-    /// file once each of its events was delivered or dead-lettered.
-    fn load_spill(&mut self) -> Vec<Item> {
-        let Some(spill) = self.spill.as_mut() else {
-            return Vec::new();
-        };
-        let loaded = if self.retry.shutting_down() {
-            Vec::new()
-        } else {
-            spill.load(&self.budget)
-        };
-        if spill.done() {
-            spill.remove();
-            self.spill = None;
-        }
-        loaded
-    }
-
-    /// Keeps `items` for the next run: events from files stay there (their offsets did
-    /// not move, and no later batch of the same files moves them for the rest of the run),
-    /// the others go to the spill file.
+    /// Keeps `items` for the next run: they stay in their files or journals (their offsets
+    /// did not move, and no later batch of the same files moves them for the rest of the
+    /// run).
     fn give_up(&mut self, seq: Seq, items: Vec<Item>) {
         self.acks.leave_in_files(seq, &items);
         self.stats.not_delivered(count_events(&items) as u64);
-        if let Some(spill) = self.spill.as_mut() {
-            spill.abandon(&items);
-        }
-        let from_streams = items.iter().filter_map(|item| match item {
-            Item::Event {
-                event,
-                origin: Origin::Stream,
-                ..
-            } => Some(event.clone()),
-            _ => None,
-        });
-        self.abandoned.extend(from_streams);
         self.release(&items);
     }
 
-    /// The input has ended and every batch is settled: waits for the last checkpoint
-    /// write, then writes what TCP and stdin sources gave that could not be delivered,
-    /// after what is left of the spill file.
+    /// The input has ended and every batch is settled: waits for the last checkpoint write.
     async fn finish(mut self) {
         self.acks.persisted().await;
         let peak = self.budget.peak();
         tracing::info!(sink = %self.name, peak_events_in_memory = peak.events, peak_bytes_in_memory = peak.bytes, "most held in memory at once");
-        let had_spill = self.spill.is_some();
-        match spill::finish(&self.spill_path, self.spill.take(), &self.abandoned) {
-            Ok(written) => {
-                self.stats.not_delivered(written.never_loaded as u64);
-                if written.events > 0 {
-                    tracing::warn!(sink = %self.name, events = written.events, path = %self.spill_path.display(), "events not delivered before shutdown were spilled; they are sent first at the next start");
-                }
-            }
-            Err(e) if had_spill => {
-                tracing::error!(sink = %self.name, events = self.abandoned.len(), error = %e, "cannot write the spill file: it is kept as it was, and these newer events are lost")
-            }
-            Err(e) => {
-                tracing::error!(sink = %self.name, events = self.abandoned.len(), error = %e, "cannot write the spill file: these events are lost")
-            }
-        }
     }
 }
+
+/// Every event a sink holds can be read again: from its file, or from its source's
+/// journal. So at shutdown, after a failure, batches are left there for the next run
+/// (see [`RetryPolicy::failed`]).
+const IN_FILES: bool = true;
 
 /// Splits `items` into two halves with about the same number of events.
 fn halves(mut items: Vec<Item>) -> (Vec<Item>, Vec<Item>) {
@@ -629,17 +549,18 @@ mod tests {
 
     #[test]
     fn halves_split_events_evenly() {
+        let ack = Ack {
+            input: 0,
+            file: 0,
+            offset: 0,
+        };
         let item = |e: bool| match e {
             true => Item::Event {
-                event: Bytes::from_static(b"{}"),
-                origin: Origin::Stream,
+                event: bytes::Bytes::from_static(b"{}"),
+                ack,
                 held: 0,
             },
-            false => Item::Position(Ack {
-                input: 0,
-                file: 0,
-                offset: 0,
-            }),
+            false => Item::Position(ack),
         };
         let (a, b) = halves(vec![
             item(true),

@@ -92,10 +92,8 @@ pub(crate) fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duratio
 /// - Requests that keep failing for `retry_max_duration` give up: the batch is
 ///   dead-lettered (the sink) or stays in the file (replay). A 2xx starts the count over.
 /// - When shutdown is asked, every batch gets a prompt attempt within the grace period
-///   (`shutdown_timeout`). Once one has failed at shutdown, batches read from files are
-///   left there (their offsets did not move; the next start reads them again), while
-///   events from TCP or stdin are retried (after their delay, without the floor) until
-///   the grace period ends, then spilled.
+///   (`shutdown_timeout`). Once one has failed at shutdown, batches are left in their
+///   files or journals (their offsets did not move; the next start reads them again).
 #[derive(Debug)]
 pub(crate) struct RetryPolicy {
     initial: Duration,
@@ -243,11 +241,6 @@ impl RetryPolicy {
             Wait::Running(instant_after(now, delay.max(self.floor)))
         });
         Next::Retry(delay)
-    }
-
-    /// Whether shutdown was asked.
-    pub(crate) fn shutting_down(&mut self) -> bool {
-        self.grace.started()
     }
 
     /// The grace period, for the other waits of the sink (dead-letter writes).

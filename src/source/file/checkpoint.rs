@@ -96,6 +96,10 @@ const VERSION: u32 = 1;
 #[derive(Debug)]
 pub struct Checkpointer {
     path: PathBuf,
+    /// A saved position is resumed only at the same path too: set for journals, whose
+    /// segment names are never reused (see `crate::journal`), so that a segment that gets
+    /// the inode of a deleted one, starting with the same lines, is not taken for it.
+    match_paths: bool,
     /// What was on disk at start, by (device, inode); an entry is taken by the first file
     /// opened at its inode (see [`Checkpointer::resume_offset`]).
     loaded: Mutex<HashMap<(u64, u64), Saved>>,
@@ -161,9 +165,30 @@ impl Checkpointer {
             .collect();
         Checkpointer {
             path,
+            match_paths: false,
             loaded: Mutex::new(loaded),
             state: Mutex::default(),
         }
+    }
+
+    /// [`Checkpointer::load`], for a journal's segments: a position is resumed only in the
+    /// segment of the same name.
+    pub fn load_for_journal(path: PathBuf) -> Self {
+        Checkpointer {
+            match_paths: true,
+            ..Checkpointer::load(path)
+        }
+    }
+
+    /// Where the checkpoint is saved.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The paths the saved positions name (a journal numbers its new segments after them).
+    pub fn saved_paths(&self) -> Vec<PathBuf> {
+        let loaded = self.loaded.lock().expect("checkpoint lock");
+        loaded.values().map(|s| s.path.clone()).collect()
     }
 
     /// Adds a reader: offsets now also wait for the acknowledgements of the returned
@@ -192,7 +217,8 @@ impl Checkpointer {
             .lock()
             .expect("checkpoint lock")
             .remove(&(meta.dev(), meta.ino()))?;
-        if saved.resumes(file, meta.len()) {
+        let here = !self.match_paths || saved.path == path;
+        if here && saved.resumes(file, meta.len()) {
             return Some(saved.offset);
         }
         tracing::info!(
@@ -258,8 +284,7 @@ impl Checkpointer {
         }
     }
 
-    /// The offset every reader acknowledged for `id` (for tests).
-    #[cfg(test)]
+    /// The offset every reader acknowledged for `id`.
     pub fn committed(&self, id: u64) -> Option<u64> {
         let state = self.state.lock().expect("checkpoint lock");
         state
@@ -277,6 +302,13 @@ impl Checkpointer {
             .values()
             .map(|t| (t.path.clone(), committed(t)))
             .collect()
+    }
+
+    /// The offset every reader acknowledged for the file tracked at `path`, if one is.
+    pub fn acked_at(&self, path: &Path) -> Option<u64> {
+        let state = self.state.lock().expect("checkpoint lock");
+        let tracked = state.files.values().find(|t| t.path == path)?;
+        Some(tracked.acked.iter().copied().min().unwrap_or(0))
     }
 
     /// Writes the file if anything changed since the last write. Only the

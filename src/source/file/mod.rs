@@ -16,6 +16,14 @@
 //!
 //! Lines carry their end offset; the sinks acknowledge them to the [`Checkpointer`],
 //! and only acknowledged offsets are saved.
+//!
+//! The same tail reads the journal of a source that cannot be read again (see
+//! `crate::journal`; [`FileSource::journal`]). What differs is only what a journal needs:
+//! its files are the journal's segments (opened `O_NOFOLLOW`, never a glob), read one
+//! after the other, each only as far as the journal's writer finished writing; a sealed
+//! segment read to its end hands on the bytes after its last newline as a torn line; the
+//! writer's progress wakes the loop (no inotify); and a sealed segment every sink passed
+//! is deleted.
 
 pub mod checkpoint;
 mod symlink;
@@ -33,12 +41,13 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::lines::LineSplitter;
+use super::lines::{LineSplitter, OVERSIZED_EXCERPT};
 use super::{Closed, Output};
 use crate::config::{check_duration, check_max_line_bytes, HumanDuration};
 use bytes::Bytes;
 
 use crate::event::{envelope_fields, Block, Line, LineKind};
+use crate::journal::{self, Segments};
 use checkpoint::{Checkpointer, Fingerprint, HEAD_BYTES};
 use symlink::Links;
 
@@ -226,6 +235,10 @@ const READ_SIZE: usize = 256 * 1024;
 /// [`READ_SIZE`] bytes of lines, from one pass over one file).
 const READ_AHEAD: usize = 4;
 
+/// How often a journal's tail looks without being woken: for the acknowledgements that
+/// let it delete a segment (the writer's progress wakes it at once).
+const JOURNAL_POLL: Duration = Duration::from_millis(100);
+
 /// One open file.
 struct Tailed {
     /// Changes when the file is truncated or replaced (a new generation).
@@ -240,14 +253,16 @@ struct Tailed {
     seen: bool,
     /// The last read reached the end of the file.
     at_eof: bool,
+    /// For a journal's tail: the segment's number.
+    segment: Option<u64>,
+    /// A sealed journal segment read to its end (its torn line, if any, handed on).
+    finished: bool,
 }
 
-/// Everything a file source needs to run.
+/// Everything a file source (or a journal's tail) needs to run.
 pub struct FileSource {
     pub name: String,
-    pub include: Vec<String>,
-    pub exclude: Vec<glob::Pattern>,
-    pub read_from: ReadFrom,
+    finder: Finder,
     pub max_line_bytes: usize,
     pub envelope: Arc<[String]>,
     pub poll_interval: Duration,
@@ -255,17 +270,53 @@ pub struct FileSource {
     pub checkpointer: Arc<Checkpointer>,
 }
 
+/// Where a tail finds its files.
+enum Finder {
+    /// A file source's: what the include globs match, less the excludes.
+    Globs {
+        include: Vec<String>,
+        exclude: Vec<glob::Pattern>,
+        read_from: ReadFrom,
+    },
+    /// A journal's segments, read one after the other.
+    Journal(Segments),
+}
+
 impl FileSource {
     pub fn new(name: &str, spec: &FileSpec, checkpointer: Arc<Checkpointer>) -> Self {
         FileSource {
             name: name.to_owned(),
-            include: spec.include.clone(),
-            exclude: spec.exclude.clone(),
-            read_from: spec.read_from,
+            finder: Finder::Globs {
+                include: spec.include.clone(),
+                exclude: spec.exclude.clone(),
+                read_from: spec.read_from,
+            },
             max_line_bytes: spec.max_line_bytes,
             envelope: spec.envelope.clone(),
             poll_interval: spec.poll_interval,
             glob_interval: spec.glob_interval,
+            checkpointer,
+        }
+    }
+
+    /// The tail of a journal: the lines of source `name` (whose `max_line_bytes` they were
+    /// cut to, and whose envelope field they are read with), from `segments`. The lines it
+    /// reads are as long as the source let them be, or are what the journal writes of
+    /// longer ones: it splits at a bound above both, which only a damaged segment reaches.
+    pub fn journal(
+        name: &str,
+        segments: Segments,
+        max_line_bytes: usize,
+        envelope: Arc<[String]>,
+        checkpointer: Arc<Checkpointer>,
+    ) -> Self {
+        FileSource {
+            name: name.to_owned(),
+            finder: Finder::Journal(segments),
+            max_line_bytes: (max_line_bytes + 1).max(OVERSIZED_EXCERPT + 64),
+            envelope,
+            poll_interval: JOURNAL_POLL,
+            glob_interval: JOURNAL_POLL,
             checkpointer,
         }
     }
@@ -285,7 +336,10 @@ impl FileSource {
             blocks: tx,
             stop: shutdown.child_token(),
         };
-        let nudge = watcher::Nudge::default();
+        let nudge = match &self.finder {
+            Finder::Globs { .. } => watcher::Nudge::default(),
+            Finder::Journal(segments) => segments.nudge(),
+        };
         // Also when this task is dropped unfinished (a failed start-up aborts it).
         let stop_thread = StopThread {
             stop: link.stop.clone(),
@@ -323,28 +377,38 @@ impl FileSource {
             warned: HashSet::new(),
             problems: Vec::new(),
         };
-        let wakeup = watcher::Wakeup::new(&self.name, &self.include, nudge);
+        let wakeup = match &self.finder {
+            Finder::Globs { include, .. } => watcher::Wakeup::new(&self.name, include, nudge),
+            Finder::Journal(_) => watcher::Wakeup::nudged(nudge),
+        };
         // With inotify, polling is only a safety net (for changes it cannot see).
         let idle_wait = if wakeup.watching() {
             self.glob_interval.max(self.poll_interval)
         } else {
             self.poll_interval
         };
+        let journal = matches!(self.finder, Finder::Journal(_));
         tail.scan(true);
         let mut last_scan = Instant::now();
         while !link.stop.is_cancelled() {
-            if last_scan.elapsed() >= self.glob_interval {
+            // A journal's scan costs no system call: it learns the segments from the writer.
+            if journal || last_scan.elapsed() >= self.glob_interval {
                 tail.scan(false);
                 last_scan = Instant::now();
             }
+            // Before the pass: a pass that starts after the input ended and reads nothing
+            // has read everything.
+            let ended = self.input_ended(once);
             let (mut blocks, read_any) = tail.read_pass();
             blocks.append(&mut tail.problems);
             if link.send(blocks).is_err() {
                 return;
             }
             tail.release_drained();
-            if once && !read_any {
-                if link.send(tail.finish_all()).is_ok() {
+            if ended && !read_any {
+                if journal {
+                    tracing::debug!(source = %self.name, "the journal was read to its end");
+                } else if link.send(tail.finish_all()).is_ok() {
                     tracing::info!(source = %self.name, "every matched file was read to its end");
                 }
                 return;
@@ -404,6 +468,18 @@ impl Drop for StopThread {
     }
 }
 
+impl FileSource {
+    /// Whether the input has ended: with `once`, a file source's (every file is read to its
+    /// end); a journal's once its writer has stopped, `once` or not (stdin ended, or the
+    /// TCP source stopped).
+    fn input_ended(&self, once: bool) -> bool {
+        match &self.finder {
+            Finder::Globs { .. } => once,
+            Finder::Journal(segments) => segments.finished(),
+        }
+    }
+}
+
 /// The tail loop's state.
 struct Tail<'a> {
     source: &'a FileSource,
@@ -416,15 +492,34 @@ struct Tail<'a> {
 }
 
 impl Tail<'_> {
+    /// Finds the files: new ones are opened.
+    fn scan(&mut self, startup: bool) {
+        let source = self.source;
+        match &source.finder {
+            Finder::Globs {
+                include,
+                exclude,
+                read_from,
+            } => self.scan_globs(include, exclude, *read_from, startup),
+            Finder::Journal(segments) => self.scan_segments(segments),
+        }
+    }
+
     /// Expands the globs: opens new files, notices moves and disappearances, checks
     /// fingerprints for replaced content.
-    fn scan(&mut self, startup: bool) {
+    fn scan_globs(
+        &mut self,
+        include: &[String],
+        exclude: &[glob::Pattern],
+        read_from: ReadFrom,
+        startup: bool,
+    ) {
         let mut by_inode: HashMap<(u64, u64), usize> = HashMap::new();
         for (i, f) in self.files.iter_mut().enumerate() {
             f.seen = false;
             by_inode.insert((f.fingerprint.dev, f.fingerprint.ino), i);
         }
-        for path in self.matches() {
+        for path in matching(include, exclude) {
             let Ok(meta) = std::fs::metadata(&path) else {
                 continue;
             };
@@ -458,7 +553,12 @@ impl Tail<'_> {
                 }
                 None => {
                     let before = self.files.len();
-                    self.open(path, startup);
+                    let read_from = if startup {
+                        read_from
+                    } else {
+                        ReadFrom::Beginning
+                    };
+                    self.open(path, read_from);
                     if self.files.len() > before {
                         by_inode.insert(key, before);
                     }
@@ -470,11 +570,57 @@ impl Tail<'_> {
         }
     }
 
-    fn matches(&self) -> Vec<PathBuf> {
-        matching(&self.source.include, &self.source.exclude)
+    /// Opens the journal segments not open yet, in order.
+    fn scan_segments(&mut self, segments: &Segments) {
+        let mut opened = false;
+        for seq in segments.list() {
+            if !self.files.iter().any(|f| f.segment == Some(seq)) {
+                opened |= self.open_segment(segments, seq);
+            }
+        }
+        if opened {
+            self.files.sort_by_key(|f| f.segment);
+        }
     }
 
-    fn open(&mut self, path: PathBuf, startup: bool) {
+    /// Opens segment `seq` where its checkpoint left it (nothing in data_dir is followed
+    /// through a symlink); false when it cannot be opened yet.
+    fn open_segment(&mut self, segments: &Segments, seq: u64) -> bool {
+        let path = segments.path(seq);
+        let opened =
+            crate::data_dir::open_read(&path).and_then(|file| Ok((Fingerprint::of(&file)?, file)));
+        let (fingerprint, file) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                self.warn_once(
+                    &path,
+                    &format!("cannot read a journal segment: {e}; will try again"),
+                );
+                return false;
+            }
+        };
+        let cp = &self.source.checkpointer;
+        let pos = cp.resume_offset(&file, &path).unwrap_or(0);
+        let id = self.next_id;
+        self.next_id += 1;
+        cp.register(id, fingerprint, &path, pos);
+        tracing::debug!(source = %self.source.name, path = %path.display(), offset = pos, "reading journal segment");
+        self.files.push(Tailed {
+            id,
+            path,
+            file,
+            fingerprint,
+            pos,
+            splitter: LineSplitter::new(self.source.max_line_bytes, pos),
+            seen: true,
+            at_eof: false,
+            segment: Some(seq),
+            finished: false,
+        });
+        true
+    }
+
+    fn open(&mut self, path: PathBuf, read_from: ReadFrom) {
         let opened = File::open(&path).and_then(|file| Ok((symlink::check(&path, &file)?, file)));
         let file = match opened {
             Ok((Links::Trusted, file)) => file,
@@ -496,9 +642,7 @@ impl Tail<'_> {
         let cp = &self.source.checkpointer;
         let pos = match cp.resume_offset(&file, &path) {
             Some(offset) => offset,
-            None if startup && self.source.read_from == ReadFrom::End => {
-                file.metadata().map(|m| m.len()).unwrap_or(0)
-            }
+            None if read_from == ReadFrom::End => file.metadata().map(|m| m.len()).unwrap_or(0),
             None => 0,
         };
         let id = self.next_id;
@@ -514,6 +658,8 @@ impl Tail<'_> {
             splitter: LineSplitter::new(self.source.max_line_bytes, pos),
             seen: true,
             at_eof: false,
+            segment: None,
+            finished: false,
         });
     }
 
@@ -568,12 +714,21 @@ impl Tail<'_> {
         cp.register(id, f.fingerprint, &f.path, 0);
     }
 
-    /// Reads one block from every file; returns the blocks and whether anything was read.
+    /// Reads the next blocks; returns them and whether anything was read.
     fn read_pass(&mut self) -> (Vec<Block>, bool) {
+        let source = self.source;
+        match &source.finder {
+            Finder::Globs { .. } => self.read_round_robin(),
+            Finder::Journal(segments) => self.read_in_order(segments),
+        }
+    }
+
+    /// Reads one block from every file.
+    fn read_round_robin(&mut self) -> (Vec<Block>, bool) {
         let mut blocks = Vec::new();
         let mut read_any = false;
         for i in 0..self.files.len() {
-            match self.read_one(i) {
+            match self.read_one(i, u64::MAX) {
                 Ok(0) => {
                     let f = &mut self.files[i];
                     f.at_eof = true;
@@ -605,11 +760,62 @@ impl Tail<'_> {
         (blocks, read_any)
     }
 
-    fn read_one(&mut self, i: usize) -> std::io::Result<usize> {
+    /// Reads one block of journal segments, in order: from the oldest segment not read to
+    /// its end, as far as the writer finished writing it. A sealed segment read to its end
+    /// hands on its torn last line, if any, and the next segment is read in the same pass.
+    fn read_in_order(&mut self, segments: &Segments) -> (Vec<Block>, bool) {
+        let mut blocks = Vec::new();
+        for i in 0..self.files.len() {
+            let f = &self.files[i];
+            let Some(readable) = f.segment.and_then(|seq| segments.readable(seq)) else {
+                continue;
+            };
+            if f.finished {
+                continue;
+            }
+            let n = match self.read_one(i, readable.len) {
+                Ok(n) => n,
+                Err(e) => {
+                    let path = self.files[i].path.clone();
+                    self.warn_once(&path, &format!("read failed: {e}; will try again"));
+                    return (blocks, false);
+                }
+            };
+            if n > 0 {
+                self.grow_fingerprint(i);
+            }
+            let f = &mut self.files[i];
+            let mut lines = Vec::new();
+            f.splitter.split(&mut lines);
+            let end = n == 0 && readable.sealed && f.pos >= readable.len;
+            if end {
+                let mut torn = Vec::new();
+                f.splitter.finish(&mut torn);
+                lines.extend(torn.into_iter().map(journal::torn));
+                f.finished = true;
+            }
+            let lines: Vec<Line> = lines.into_iter().map(journal::decode).collect();
+            let handed_on = !lines.is_empty();
+            if handed_on {
+                blocks.push(self.block(i, lines));
+            }
+            if n > 0 || handed_on || !end {
+                return (blocks, n > 0 || handed_on);
+            }
+        }
+        (blocks, false)
+    }
+
+    /// Reads the next block of file `i`, up to offset `limit`.
+    fn read_one(&mut self, i: usize, limit: u64) -> std::io::Result<usize> {
         let f = &mut self.files[i];
+        let want = READ_SIZE.min(limit.saturating_sub(f.pos).try_into().unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
         let buf = f.splitter.buffer();
         let start = buf.len();
-        buf.resize(start + READ_SIZE, 0);
+        buf.resize(start + want, 0);
         let result = f.file.read_at(&mut buf[start..], f.pos);
         let n = *result.as_ref().unwrap_or(&0);
         buf.truncate(start + n);
@@ -632,8 +838,44 @@ impl Tail<'_> {
         }
     }
 
-    /// Closes files that no glob matches any more and that were read to their end.
+    /// Closes files that are gone (see [`Tail::release_gone`]), or deletes journal segments
+    /// every sink has passed (see [`Tail::delete_passed`]).
     fn release_drained(&mut self) {
+        let source = self.source;
+        match &source.finder {
+            Finder::Globs { .. } => self.release_gone(),
+            Finder::Journal(segments) => self.delete_passed(segments),
+        }
+    }
+
+    /// Deletes the sealed journal segments read to their end whose every line every sink
+    /// delivered or dead-lettered; a segment that cannot be deleted yet is logged once.
+    fn delete_passed(&mut self, segments: &Segments) {
+        let cp = &self.source.checkpointer;
+        let warned = &mut self.warned;
+        self.files.retain(|f| {
+            let passed = f.finished && cp.committed(f.id).is_some_and(|at| at >= f.pos);
+            let Some(seq) = f.segment.filter(|_| passed) else {
+                return true;
+            };
+            match segments.delete(seq) {
+                Ok(()) => {
+                    tracing::debug!(path = %f.path.display(), "every sink passed the journal segment; deleted it");
+                    cp.forget(f.id);
+                    false
+                }
+                Err(e) => {
+                    if warned.insert(f.path.clone()) {
+                        tracing::warn!(path = %f.path.display(), error = %e, "cannot delete a delivered journal segment; will try again");
+                    }
+                    true
+                }
+            }
+        });
+    }
+
+    /// Closes files that no glob matches any more and that were read to their end.
+    fn release_gone(&mut self) {
         let cp = &self.source.checkpointer;
         self.files.retain(|f| {
             let keep = f.seen || !f.at_eof;
@@ -706,7 +948,7 @@ mod tests {
         let source = FileSource::new("files", &spec, checkpointer.clone());
         let (tx, mut rx) = mpsc::channel(16);
         let mut subscriptions = Subscriptions::new(tx, Arc::new(Budget::new(1000, 1 << 20)), 100);
-        let output = Output::new(vec![subscriptions.subscribe(None)]);
+        let output = Output::new(vec![subscriptions.subscribe(checkpointer.subscribe())]);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(source.run(output, shutdown.clone(), false));
         // The source starts and finds nothing to read.

@@ -76,6 +76,14 @@ impl Wakeup {
         Wakeup { nudge, watcher }
     }
 
+    /// Woken by `nudge` alone: for a journal's tail, which the journal's writer nudges.
+    pub fn nudged(nudge: Nudge) -> Self {
+        Wakeup {
+            nudge,
+            watcher: None,
+        }
+    }
+
     /// Whether every include folder is watched (else the caller polls).
     pub fn watching(&self) -> bool {
         self.watcher.is_some()

@@ -1,16 +1,18 @@
-//! Spill: events from a TCP source cannot be read again, so at shutdown those not delivered
-//! within `shutdown_timeout` are written to `data_dir/spill/<sink>.jsonl`, and the next
-//! start sends them first, then removes the file.
+//! The journal: what a TCP or stdin source reads is appended to
+//! `data_dir/journal/<source>/` before the sinks see it. What a sink has not delivered at a
+//! stop stays there and is sent at the next start; what shippers had already sent at a
+//! stop is read into it; a kill -9 loses nothing that reached it; a torn last line is
+//! dead-lettered, not delivered; a spill file an older flaghook left is moved into it.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-const SPILLED: u64 = 300;
+const UNDELIVERED: u64 = 300;
 const LATER: u64 = 100;
 
 fn tcp_pipeline(ws: &Workspace, address: &str, url: &str) -> PathBuf {
@@ -35,6 +37,7 @@ fn pipeline(ws: &Workspace, source: &str, url: &str) -> PathBuf {
     ws.config(&format!(
         r#"[sources.shipper]
 {source}
+journal_segment_bytes = "64KiB"
 
 [sinks.webhook]
 type = "webhook"
@@ -51,8 +54,16 @@ shutdown_timeout = "1s"
     ))
 }
 
-/// The sink's `buffer_max_events`: flaghook stops reading once it holds that many events.
+/// The sink's `buffer_max_events`: flaghook holds at most that many events in memory.
 const BUDGET: u64 = 1000;
+/// The `journal_max_bytes` of the tests that fill the journal: flaghook stops reading once
+/// its journal holds that.
+const JOURNAL_MAX: u64 = 1 << 20;
+
+/// The source setting of [`JOURNAL_MAX`].
+fn capped() -> String {
+    format!("journal_max_bytes = {JOURNAL_MAX}")
+}
 
 fn send(address: &str, proc: &Proc, ids: std::ops::Range<u64>) {
     let mut conn = connect(address, proc);
@@ -68,26 +79,28 @@ fn delivered_in_order(hook: &Endpoint) -> Vec<u64> {
         .collect()
 }
 
-fn spilled_ids(path: &Path) -> Vec<u64> {
-    let text = std::fs::read(path).unwrap();
-    let (ids, foreign) = event_ids(&text);
-    assert_eq!(foreign, 0);
-    ids
+/// The ids of the complete event lines in the journal of `source`, in order.
+pub fn journaled_ids(data_dir: &std::path::Path, source: &str) -> Vec<u64> {
+    let text = journal_text(data_dir, source);
+    text.split(|b| *b == b'\n')
+        .filter(|line| line.ends_with(b"}"))
+        .flat_map(|line| event_ids(line).0)
+        .collect()
 }
 
 #[test]
-fn undelivered_tcp_events_are_spilled_at_shutdown_and_sent_first_at_the_next_start() {
+fn undelivered_tcp_events_stay_in_the_journal_at_shutdown_and_are_sent_at_the_next_start() {
     let ws = Workspace::new();
     let address = format!("127.0.0.1:{}", free_port());
     let down = ClosedPort::reserve();
     let config = tcp_pipeline(&ws, &address, &down.url());
 
     let proc = Proc::spawn(run_cmd(&config));
-    send(&address, &proc, 0..SPILLED);
+    send(&address, &proc, 0..UNDELIVERED);
     assert!(
-        proc.wait_stderr(&format!("events={SPILLED}"), WAIT)
+        proc.wait_stderr(&format!("events={UNDELIVERED}"), WAIT)
             .is_some_and(|s| s.contains("will retry")),
-        "flaghook never tried to send all {SPILLED} events:\n{}",
+        "flaghook never tried to send all {UNDELIVERED} events:\n{}",
         proc.stderr_now()
     );
     proc.sigterm();
@@ -95,18 +108,24 @@ fn undelivered_tcp_events_are_spilled_at_shutdown_and_sent_first_at_the_next_sta
     out.assert_code(0);
     let summary = out.summary();
     assert_eq!(summary.events_delivered, 0, "{out}");
-    assert_eq!(summary.events_not_delivered, SPILLED, "{out}");
+    assert_eq!(summary.events_not_delivered, UNDELIVERED, "{out}");
+    let data_dir = ws.data_dir();
+    assert_eq!(
+        out.summary_value("journal_bytes"),
+        journal_size(&data_dir, "shipper"),
+        "{out}"
+    );
+    assert_eq!(
+        journaled_ids(&data_dir, "shipper"),
+        (0..UNDELIVERED).collect::<Vec<_>>()
+    );
 
-    let spill = spill_path(&ws.data_dir(), "webhook");
-    assert!(spill.exists(), "no spill file:\n{out}");
-    assert_eq!(spilled_ids(&spill), (0..SPILLED).collect::<Vec<_>>());
-
-    // Next start, the endpoint is up (same data_dir and sink; the URL changed).
+    // Next start, the endpoint is up (same data_dir and source; the URL changed).
     let hook = Endpoint::start();
     let config = tcp_pipeline(&ws, &address, &hook.url());
     let proc = Proc::spawn(run_cmd(&config));
-    send(&address, &proc, SPILLED..SPILLED + LATER);
-    let all = SPILLED + LATER;
+    send(&address, &proc, UNDELIVERED..UNDELIVERED + LATER);
+    let all = UNDELIVERED + LATER;
     let complete = hook.wait_until(WAIT, |t| t.has_all(all));
     proc.sigterm();
     let out = proc.wait_timeout(Duration::from_secs(20));
@@ -115,10 +134,14 @@ fn undelivered_tcp_events_are_spilled_at_shutdown_and_sent_first_at_the_next_sta
     assert_eq!(
         delivered_in_order(&hook),
         (0..all).collect::<Vec<_>>(),
-        "spilled events first, then the new ones, each once"
+        "the journal's events first, then the new ones, each once"
     );
-    assert!(!spill.exists(), "the spill file was not removed:\n{out}");
     assert_eq!(out.summary().events_delivered, all, "{out}");
+    assert_eq!(out.summary_value("journal_bytes"), 0, "{out}");
+    assert!(
+        journal_segments(&data_dir, "shipper").is_empty(),
+        "delivered segments were not deleted:\n{out}"
+    );
 }
 
 /// What a shipper got into flaghook's input before it stopped being read.
@@ -147,7 +170,7 @@ impl Filled {
 }
 
 /// How long writes must keep failing with `WouldBlock` for the input to count as full:
-/// flaghook stopped reading (its budget is full), and every buffer on the way is full.
+/// flaghook stopped reading (its journal is full), and every buffer on the way is full.
 const FULL_FOR: Duration = Duration::from_millis(500);
 
 /// Writes event lines (ids from 0) to `input`, which must be non-blocking, until flaghook
@@ -187,67 +210,50 @@ fn fill(input: &mut impl Write) -> Filled {
     }
 }
 
-/// The first run's summary, spill and dead letters hold everything `filled` counted.
+/// After a stop, the journal holds everything `filled` counted, in order; the line cut
+/// short by the shipper is its last.
 #[track_caller]
-fn assert_all_spilled(ws: &Workspace, filled: &Filled, out: &Output) {
+fn assert_all_journaled(ws: &Workspace, filled: &Filled, out: &Output) {
     let summary = out.summary();
     assert_eq!(summary.events_delivered, 0, "{out}");
-    assert_eq!(
-        summary.events_not_delivered,
-        filled.events(),
-        "the summary does not count every event that was sent:\n{out}"
+    assert!(
+        summary.events_not_delivered <= BUDGET,
+        "a sink held more than its budget:\n{out}"
     );
-    assert_eq!(summary.events_rejected, filled.cut(), "{out}");
-    assert_eq!(
-        dead_letters(&ws.data_dir(), "webhook").len() as u64,
-        filled.cut(),
-        "the line cut short by the shipper is dead-lettered:\n{out}"
-    );
-    let spill = spill_path(&ws.data_dir(), "webhook");
-    let mut spilled = spilled_ids(&spill);
-    spilled.sort_unstable();
+    let journaled = journaled_ids(&ws.data_dir(), "shipper");
     let expected: Vec<u64> = (0..filled.events()).collect();
     assert!(
-        spilled == expected,
-        "spilled {} events, {} were sent (first missing: {:?}):\n{out}",
-        spilled.len(),
+        journaled == expected,
+        "journaled {} events, {} were sent (first missing: {:?}):\n{out}",
+        journaled.len(),
         expected.len(),
         expected
             .iter()
-            .find(|id| spilled.binary_search(id).is_err())
+            .find(|id| journaled.binary_search(id).is_err())
     );
+    let text = journal_text(&ws.data_dir(), "shipper");
+    let last = text.strip_suffix(b"\n").unwrap_or(&text);
+    let last = &last[last.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)..];
+    if filled.cut() == 1 {
+        assert_eq!(
+            last,
+            filled.tail.as_bytes(),
+            "the cut line is journaled as it came"
+        );
+    }
 }
 
-/// Issue 7, defect 3: with the endpoint down and the budget full, the events in flaghook's
-/// socket receive queue (acknowledged to the shipper by the kernel) were dropped at
-/// SIGTERM. They must be read, spilled, and delivered at the next start.
-#[test]
-fn events_a_tcp_shipper_already_sent_are_not_dropped_at_shutdown() {
-    let ws = Workspace::new();
-    let address = format!("127.0.0.1:{}", free_port());
-    let down = ClosedPort::reserve();
-    let proc = Proc::spawn(run_cmd(&tcp_pipeline(&ws, &address, &down.url())));
-    let mut shipper = connect(&address, &proc);
-    shipper.set_nonblocking(true).unwrap();
-    let filled = fill(&mut shipper);
-    assert!(
-        filled.lines > 2 * BUDGET,
-        "only {} lines fit before flaghook stopped reading; the socket buffers should hold more than its budget of {BUDGET}",
-        filled.lines
-    );
-    // The shipper stays connected (and silent) while flaghook stops.
-    proc.sigterm();
-    let out = proc.wait_timeout(Duration::from_secs(20));
-    drop(shipper);
-    out.assert_code(0);
-    assert_all_spilled(&ws, &filled, &out);
-
+/// Starts the pipeline again with an endpoint that takes everything: every event `filled`
+/// counted arrives, and the line cut short is dead-lettered.
+#[track_caller]
+fn assert_all_delivered_next(ws: &Workspace, config: impl Fn(&str) -> PathBuf, filled: &Filled) {
     let hook = Endpoint::start();
-    let proc = Proc::spawn(run_cmd(&tcp_pipeline(&ws, &address, &hook.url())));
+    let mut cmd = run_once_cmd(&config(&hook.url()));
+    cmd.stdin(std::process::Stdio::null());
+    let proc = Proc::spawn(cmd);
     let complete = hook.wait_until(WAIT, |t| t.has_all(filled.events()));
     proc.sigterm();
     let out = proc.wait_timeout(Duration::from_secs(20));
-    out.assert_code(0);
     hook.with(|t| {
         let missing = t.missing(filled.events());
         assert!(
@@ -258,16 +264,53 @@ fn events_a_tcp_shipper_already_sent_are_not_dropped_at_shutdown() {
             &missing[..missing.len().min(10)]
         );
     });
+    assert_eq!(
+        dead_letters(&ws.data_dir(), "webhook").len() as u64,
+        filled.cut(),
+        "the line cut short by the shipper is dead-lettered:\n{out}"
+    );
+}
+
+/// Issue 7, defect 3: with the endpoint down and flaghook no longer reading, the events in
+/// flaghook's socket receive queue (acknowledged to the shipper by the kernel) were dropped
+/// at SIGTERM. They must be read into the journal, and delivered at the next start. The
+/// journal's cap is what stops the reading: the sender blocks once it holds
+/// `journal_max_bytes`.
+#[test]
+fn events_a_tcp_shipper_already_sent_are_not_dropped_at_shutdown() {
+    let ws = Workspace::new();
+    let address = format!("127.0.0.1:{}", free_port());
+    let down = ClosedPort::reserve();
+    let config = |url: &str| tcp_pipeline_with(&ws, &address, url, &capped());
+    let proc = Proc::spawn(run_cmd(&config(&down.url())));
+    let mut shipper = connect(&address, &proc);
+    shipper.set_nonblocking(true).unwrap();
+    let filled = fill(&mut shipper);
+    let journal = journal_size(&ws.data_dir(), "shipper");
+    // The last read waits for room: it is up to a read (128 KiB and the line it ends in)
+    // short of the cap.
+    assert!(
+        (JOURNAL_MAX - (256 << 10)..=JOURNAL_MAX).contains(&journal),
+        "the sender blocked with {journal} bytes in a journal of at most {JOURNAL_MAX}"
+    );
+    // The shipper stays connected (and silent) while flaghook stops.
+    proc.sigterm();
+    let out = proc.wait_timeout(Duration::from_secs(20));
+    drop(shipper);
+    out.assert_code(0);
+    assert_all_journaled(&ws, &filled, &out);
+    assert_all_delivered_next(&ws, config, &filled);
 }
 
 /// The drain at shutdown is bounded: a shipper that never goes quiet does not keep flaghook
-/// running. What it sent before SIGTERM is still read and spilled, in order.
+/// running. What it sent before SIGTERM is still read and journaled, in order.
 #[test]
 fn a_tcp_shipper_that_never_goes_quiet_does_not_keep_flaghook_from_stopping() {
     let ws = Workspace::new();
     let address = format!("127.0.0.1:{}", free_port());
     let down = ClosedPort::reserve();
-    let proc = Proc::spawn(run_cmd(&tcp_pipeline(&ws, &address, &down.url())));
+    let config = tcp_pipeline(&ws, &address, &down.url());
+    let proc = Proc::spawn(run_cmd(&config));
     let mut conn = connect(&address, &proc);
     // Lines fully written so far; the shipper sends 100 every 20 ms until flaghook closes.
     let written = Arc::new(AtomicU64::new(0));
@@ -301,24 +344,19 @@ fn a_tcp_shipper_that_never_goes_quiet_does_not_keep_flaghook_from_stopping() {
         "the drain did not end at its limit:\n{out}"
     );
 
-    let spilled = spilled_ids(&spill_path(&ws.data_dir(), "webhook"));
-    let read = spilled.len() as u64;
+    let journaled = journaled_ids(&ws.data_dir(), "shipper");
+    let read = journaled.len() as u64;
     assert!(
         read >= before_stop,
         "{before_stop} lines were sent before SIGTERM, only {read} were kept:\n{out}"
     );
-    assert_eq!(spilled, (0..read).collect::<Vec<_>>(), "{out}");
-    let summary = out.summary();
-    assert_eq!(summary.events_not_delivered, read, "{out}");
-    assert!(
-        summary.events_rejected <= 1,
-        "only the line cut at the limit may be bad:\n{out}"
-    );
+    assert_eq!(journaled, (0..read).collect::<Vec<_>>(), "{out}");
+    assert!(out.summary_value("journal_bytes") > 0, "{out}");
 }
 
 /// Connections the kernel accepted while every `max_connections` slot was taken wait in
 /// the listen backlog, their data acknowledged; closing the listener at shutdown dropped
-/// them. They must be read and spilled too.
+/// them. They must be read and journaled too.
 #[test]
 fn tcp_connections_waiting_to_be_accepted_at_shutdown_are_read() {
     let ws = Workspace::new();
@@ -344,13 +382,35 @@ fn tcp_connections_waiting_to_be_accepted_at_shutdown_are_read() {
         lines: 200,
         tail: String::new(),
     };
-    assert_all_spilled(&ws, &filled, &out);
+    assert_all_journaled(&ws, &filled, &out);
 }
 
 /// Stdin's counterpart of the TCP defect: what a shipper wrote into the pipe was dropped
-/// at SIGTERM while the budget was full.
+/// at SIGTERM while flaghook was not reading.
 #[test]
 fn events_already_written_to_stdin_are_not_dropped_at_shutdown() {
+    let ws = Workspace::new();
+    let down = ClosedPort::reserve();
+    let stdin = format!("type = \"stdin\"\n{}", capped());
+    let config = |url: &str| pipeline(&ws, &stdin, url);
+    let mut cmd = run_cmd(&config(&down.url()));
+    cmd.stdin(std::process::Stdio::piped());
+    let mut proc = Proc::spawn(cmd);
+    let mut pipe = proc.stdin();
+    set_nonblocking(&pipe);
+    let filled = fill(&mut pipe);
+    proc.sigterm();
+    let out = proc.wait_timeout(Duration::from_secs(20));
+    drop(pipe);
+    out.assert_code(0);
+    assert_all_journaled(&ws, &filled, &out);
+    assert_all_delivered_next(&ws, config, &filled);
+}
+
+/// `cat events | flaghook run`, killed (SIGKILL) while stdin is still being written: what
+/// reached the journal is delivered by the next start on the same data_dir.
+#[test]
+fn stdin_killed_midway_delivers_what_was_journaled_after_a_restart() {
     let ws = Workspace::new();
     let down = ClosedPort::reserve();
     let config = pipeline(&ws, "type = \"stdin\"", &down.url());
@@ -358,18 +418,127 @@ fn events_already_written_to_stdin_are_not_dropped_at_shutdown() {
     cmd.stdin(std::process::Stdio::piped());
     let mut proc = Proc::spawn(cmd);
     let mut pipe = proc.stdin();
-    set_nonblocking(&pipe);
-    let filled = fill(&mut pipe);
+    let writer = std::thread::spawn(move || {
+        // Until the pipe breaks: flaghook is killed while this writes.
+        for first in (0..).step_by(100).take(10_000) {
+            if pipe
+                .write_all(small_lines(first..first + 100).as_bytes())
+                .is_err()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
     assert!(
-        filled.lines > BUDGET,
-        "only {} lines fit before flaghook stopped reading; the pipe should hold more than its budget of {BUDGET}",
-        filled.lines
+        proc.wait_stderr("will retry", WAIT).is_some(),
+        "flaghook never tried to deliver:\n{}",
+        proc.stderr_now()
+    );
+    proc.sigkill();
+    let killed = proc.wait_timeout(Duration::from_secs(10));
+    writer.join().unwrap();
+    let journaled = journaled_ids(&ws.data_dir(), "shipper");
+    assert!(!journaled.is_empty(), "nothing was journaled:\n{killed}");
+    assert_eq!(
+        journaled,
+        (0..journaled.len() as u64).collect::<Vec<_>>(),
+        "the journal holds what stdin gave, in order"
+    );
+
+    let hook = Endpoint::start();
+    let mut cmd = run_once_cmd(&pipeline(&ws, "type = \"stdin\"", &hook.url()));
+    cmd.stdin(std::process::Stdio::null());
+    let out = Proc::spawn(cmd).wait();
+    out.assert_code(0);
+    let n = journaled.len() as u64;
+    hook.with(|t| {
+        let missing = t.missing(n);
+        assert!(
+            missing.is_empty(),
+            "{} of {n} journaled events never arrived (first: {:?}):\n{out}",
+            missing.len(),
+            missing.first()
+        );
+    });
+    assert_eq!(out.summary_value("journal_bytes"), 0, "{out}");
+}
+
+/// A crash in the middle of a write leaves the last segment ending in a torn line. That
+/// line, here a whole event but for its newline, is reported at start and dead-lettered,
+/// never delivered; the lines before it are delivered, and the segment deleted.
+#[test]
+fn a_torn_last_line_in_the_journal_is_dead_lettered_not_delivered() {
+    let ws = Workspace::new();
+    let hook = Endpoint::start();
+    let config = pipeline(&ws, "type = \"stdin\"", &hook.url());
+    let segment = journal_dir(&ws.data_dir(), "shipper").join("00000000000000000001.ndjson");
+    let torn = small_event(3);
+    ws.write(
+        segment.to_str().unwrap(),
+        format!("{}{torn}", small_lines(0..3)),
+    );
+    let mut cmd = run_once_cmd(&config);
+    cmd.stdin(std::process::Stdio::null());
+    let out = Proc::spawn(cmd).wait();
+    out.assert_code(2);
+    assert!(
+        out.stderr.contains("torn line"),
+        "not reported at start:\n{out}"
+    );
+    assert_eq!(delivered_in_order(&hook), vec![0, 1, 2], "{out}");
+    let dead = dead_letters(&ws.data_dir(), "webhook");
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(dead[0]["line"], torn.as_str(), "{dead:#?}");
+    assert!(
+        dead[0]["reason"].as_str().unwrap().contains("crash"),
+        "{dead:#?}"
+    );
+    assert!(
+        !segment.exists(),
+        "the passed segment was not deleted:\n{out}"
+    );
+}
+
+/// An older flaghook spilled undelivered TCP and stdin events to `spill/<sink>.jsonl`. The
+/// next start moves that file into the journal once (it is gone from `spill/` while the
+/// endpoint is down), and delivers its events from there, each once.
+#[test]
+fn a_spill_file_left_by_an_older_flaghook_is_moved_into_the_journal_and_delivered() {
+    let ws = Workspace::new();
+    let spill = spill_path(&ws.data_dir(), "webhook");
+    ws.write(spill.to_str().unwrap(), small_lines(0..UNDELIVERED));
+    let address = format!("127.0.0.1:{}", free_port());
+    let down = ClosedPort::reserve();
+    let proc = Proc::spawn(run_cmd(&tcp_pipeline(&ws, &address, &down.url())));
+    assert!(
+        proc.wait_stderr("will retry", WAIT).is_some(),
+        "the spilled events were not sent:\n{}",
+        proc.stderr_now()
+    );
+    assert!(!spill.exists(), "the spill file is still in spill/");
+    assert_eq!(
+        journaled_ids(&ws.data_dir(), "spill.webhook"),
+        (0..UNDELIVERED).collect::<Vec<_>>(),
+        "the spill file's events are not in the journal"
     );
     proc.sigterm();
     let out = proc.wait_timeout(Duration::from_secs(20));
-    drop(pipe);
     out.assert_code(0);
-    assert_all_spilled(&ws, &filled, &out);
+    assert!(out.summary_value("journal_bytes") > 0, "{out}");
+
+    let hook = Endpoint::start();
+    let proc = Proc::spawn(run_cmd(&tcp_pipeline(&ws, &address, &hook.url())));
+    let complete = hook.wait_until(WAIT, |t| t.has_all(UNDELIVERED));
+    proc.sigterm();
+    let out = proc.wait_timeout(Duration::from_secs(20));
+    out.assert_code(0);
+    assert!(complete, "not every spilled event arrived:\n{out}");
+    hook.with(|t| assert_eq!(t.duplicates(), 0, "events arrived twice"));
+    assert!(
+        !journal_dir(&ws.data_dir(), "spill.webhook").exists(),
+        "the spill journal was not removed once delivered:\n{out}"
+    );
 }
 
 fn set_nonblocking(pipe: &std::process::ChildStdin) {
