@@ -346,9 +346,9 @@ pub(crate) async fn run_prepared(
 
     for (name, source) in &config.sources {
         let checkpointer = checkpointers[name].clone();
-        let files = matches!(source, SourceSpec::File(_)).then_some(&checkpointer);
+        let journal = journals.get(name.as_str()).map(|j| &j.segments);
         let output = Output::new(outputs.remove(name).unwrap_or_default())
-            .counting(telemetry.source(name, files));
+            .counting(telemetry.source(name, Some(&checkpointer), journal));
         let stop = stop.clone();
         match source {
             SourceSpec::File(c) => {

@@ -190,6 +190,8 @@ struct State {
     on_disk: u64,
     /// Bytes let in by [`Appender::append`] and not yet written (or given up).
     queued: u64,
+    /// Lines written to the journal in this run.
+    journaled: u64,
     /// The segment the writer appends to; every other one is sealed.
     active: Option<u64>,
     /// The writer has stopped: every segment is sealed and no new one will come.
@@ -318,6 +320,12 @@ impl Segments {
     }
 
     /// The segments on disk, oldest first.
+    /// Lines written in this run, and bytes of the segments on the disk now (for metrics).
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        let state = self.lock();
+        (state.journaled, state.on_disk)
+    }
+
     pub(crate) fn list(&self) -> Vec<u64> {
         self.lock().segments.keys().copied().collect()
     }

@@ -142,14 +142,18 @@ impl WriteLoop {
     /// as `journal_fsync` says, publishes them to the tail and answers their appenders.
     fn write_group(&mut self, group: Vec<Request>) {
         let mut results = Vec::with_capacity(group.len());
+        let mut written = 0;
         for request in &group {
             let result = self.write(&request.bytes);
             if result.is_err() {
                 self.segments.lock().queued -= request.bytes.len() as u64;
                 tracing::error!(source = %self.segments.source(), lines = request.lines, "lines lost at shutdown: the journal could not be written");
+            } else {
+                written += request.lines as u64;
             }
             results.push(result);
         }
+        self.segments.lock().journaled += written;
         match self.fsync {
             Fsync::Always => self.sync_until_done(),
             Fsync::Interval if self.synced_at.elapsed() >= SYNC_INTERVAL => {

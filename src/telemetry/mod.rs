@@ -28,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use metrics::{Key, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 
+use crate::journal::Segments;
 use crate::source::file::checkpoint::Checkpointer;
 use crate::source::Budget;
 use names::{Kind, Metric};
@@ -196,8 +197,10 @@ impl SinkCounters {
 #[derive(Debug, Default)]
 pub(crate) struct SourceCounters {
     read: AtomicU64,
-    /// The file source's positions, for its lag.
+    /// The source's positions (in its files or journal segments), for its lag.
     checkpointer: Mutex<Option<Arc<Checkpointer>>>,
+    /// A TCP or stdin source's journal.
+    journal: Mutex<Option<Segments>>,
 }
 
 impl SourceCounters {
@@ -214,8 +217,14 @@ impl SourceCounters {
         self.read.load(Ordering::Relaxed)
     }
 
-    /// Bytes of its files not yet delivered: each tracked file's size past its saved
-    /// offset. A file that cannot be looked at (deleted while read) counts nothing.
+    /// Lines journaled, and bytes of the journal on the disk: for a TCP or stdin source.
+    fn journal_counts(&self) -> Option<(u64, u64)> {
+        let journal = self.journal.lock().expect("telemetry lock");
+        journal.as_ref().map(Segments::counts)
+    }
+
+    /// Bytes of its files (or journal segments) not yet delivered: each tracked file's
+    /// size past its saved offset. A file that cannot be looked at (deleted while read) counts nothing.
     /// Blocking: file-system calls.
     fn lag_bytes(&self) -> Option<u64> {
         let checkpointer = self.checkpointer.lock().expect("telemetry lock").clone()?;
@@ -322,10 +331,12 @@ impl Telemetry {
         &self,
         name: &str,
         checkpointer: Option<&Arc<Checkpointer>>,
+        journal: Option<&Segments>,
     ) -> Arc<SourceCounters> {
         let mut sources = self.sources.lock().expect("telemetry lock");
         let counters = sources.entry(name.to_owned()).or_default();
         *counters.checkpointer.lock().expect("telemetry lock") = checkpointer.cloned();
+        *counters.journal.lock().expect("telemetry lock") = journal.cloned();
         counters.clone()
     }
 
@@ -341,8 +352,10 @@ impl Telemetry {
         for name in sources {
             if let Some(c) = self.sources.lock().expect("telemetry lock").remove(name) {
                 *c.checkpointer.lock().expect("telemetry lock") = None;
-                let labels = vec![Label::new("source", name.clone())];
-                gauge(&self.recorder, &names::SOURCE_LAG_BYTES, labels).set(0.0);
+                *c.journal.lock().expect("telemetry lock") = None;
+                let labels = || vec![Label::new("source", name.clone())];
+                gauge(&self.recorder, &names::SOURCE_LAG_BYTES, labels()).set(0.0);
+                gauge(&self.recorder, &names::SOURCE_JOURNAL_BYTES, labels()).set(0.0);
             }
         }
     }
@@ -393,6 +406,11 @@ impl Telemetry {
                 .absolute(counters.read_total());
             if let Some(lag) = counters.lag_bytes() {
                 gauge(&self.recorder, &names::SOURCE_LAG_BYTES, labels()).set(lag as f64);
+            }
+            if let Some((journaled, on_disk)) = counters.journal_counts() {
+                counter(&self.recorder, &names::SOURCE_EVENTS_JOURNALED, labels())
+                    .absolute(journaled);
+                gauge(&self.recorder, &names::SOURCE_JOURNAL_BYTES, labels()).set(on_disk as f64);
             }
         }
         self.recorder.handle().render()

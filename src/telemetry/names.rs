@@ -45,7 +45,15 @@ pub(crate) const SOURCE_EVENTS_READ: Metric = counter(
 );
 pub(crate) const SOURCE_LAG_BYTES: Metric = gauge(
     "flaghook_source_lag_bytes",
-    "File sources: bytes of the matched files not yet delivered (file sizes minus saved offsets), summed over the source's files.",
+    "Bytes not yet delivered by every sink: of a file source's files, or of a TCP or stdin source's journal segments (sizes minus saved offsets), summed.",
+);
+pub(crate) const SOURCE_EVENTS_JOURNALED: Metric = counter(
+    "flaghook_source_events_journaled_total",
+    "TCP and stdin sources: lines written to the source's journal.",
+);
+pub(crate) const SOURCE_JOURNAL_BYTES: Metric = gauge(
+    "flaghook_source_journal_bytes",
+    "TCP and stdin sources: bytes of the journal's segments on the disk (delivered lines included until their segment is deleted; journal_max_bytes caps it).",
 );
 
 // Sinks (label `sink`).
@@ -101,6 +109,8 @@ pub(crate) const BUILD_INFO: Metric = gauge(
 pub(crate) const ALL: &[Metric] = &[
     SOURCE_EVENTS_READ,
     SOURCE_LAG_BYTES,
+    SOURCE_EVENTS_JOURNALED,
+    SOURCE_JOURNAL_BYTES,
     SINK_EVENTS_DELIVERED,
     SINK_EVENTS_REJECTED,
     SINK_EVENTS_DEAD_LETTERED,

@@ -312,3 +312,42 @@ fn a_bad_api_table_names_its_key() {
         );
     }
 }
+
+/// A TCP source's journal in `/metrics`: the lines journaled, the journal's bytes on the
+/// disk and its lag (bytes no sink has delivered) while the endpoint fails; the lag back to
+/// 0 once the endpoint accepts them all.
+#[test]
+fn a_tcp_sources_journal_is_counted_while_the_endpoint_fails() {
+    let endpoint = Endpoint::scripted(Vec::new(), Reply::status(503));
+    let ws = Workspace::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (config, tcp) = ws.tcp_pipeline(&endpoint.url(), "", SINK);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n{}", api_table(&addr, ""))).unwrap();
+    let proc = Proc::spawn(run_cmd(&config));
+    let lines = small_lines(0..200);
+    let mut conn = connect(&tcp, &proc);
+    conn.write_all(lines.as_bytes()).unwrap();
+
+    let journaled = "flaghook_source_events_journaled_total{source=\"tcp\"}";
+    let on_disk = "flaghook_source_journal_bytes{source=\"tcp\"}";
+    let lag = "flaghook_source_lag_bytes{source=\"tcp\"}";
+    let at = metrics_until(&addr, &proc, |s| {
+        s.get(journaled) == Some(&200.0) && s.get(lag) == Some(&(lines.len() as f64))
+    });
+    assert_eq!(value(&at, journaled), 200.0, "{}", proc.stderr_now());
+    assert_eq!(value(&at, on_disk), lines.len() as f64);
+    assert_eq!(value(&at, lag), lines.len() as f64, "nothing is delivered");
+
+    endpoint.set_default(Reply::ok());
+    let delivered = "flaghook_sink_events_delivered_total{sink=\"webhook\"}";
+    let at = metrics_until(&addr, &proc, |s| {
+        s.get(delivered) == Some(&200.0) && s.get(lag) == Some(&0.0)
+    });
+    assert!(endpoint.wait_until(WAIT, |t| t.has_all(200)));
+    assert_eq!(value(&at, lag), 0.0, "every journaled byte was delivered");
+    assert_eq!(value(&at, journaled), 200.0);
+    drop(conn);
+    proc.sigterm();
+    proc.wait().assert_code(0);
+}
