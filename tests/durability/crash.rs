@@ -414,19 +414,20 @@ shutdown_timeout = "2s""#
             lost.len(),
             lost.first()
         );
-        // Every other event lost was past what flaghook had read of a killed connection.
+        // Every other event lost was in the last read of a killed connection (read, not yet
+        // in the journal when the process died) or past it, unread.
         let unread_ranges: Vec<std::ops::Range<u64>> = kills
             .iter()
             .map(|k| {
                 let c = &connections[k.connection];
-                ids_within(c, k.read).end..c.end
+                ids_within(c, k.read.saturating_sub(LAST_READ)).end..c.end
             })
             .collect();
         let unread = |id: &u64| unread_ranges.iter().any(|r| r.contains(id));
         let missing = t.missing(TCP_EVENTS);
         let unexplained: Vec<&u64> = missing.iter().filter(|id| !unread(id)).collect();
         println!(
-            "{TCP_KILLS} kills, {} connections: {} events lost unread in socket buffers, {} duplicate deliveries",
+            "{TCP_KILLS} kills, {} connections: {} events lost (unread in socket buffers, or in the read a kill cut short), {} duplicate deliveries",
             connections.len(),
             missing.len(),
             t.duplicates()
