@@ -312,3 +312,67 @@ fn a_bad_api_table_names_its_key() {
         );
     }
 }
+
+/// Regression: a sink and a source removed by a reload and added back by the next one
+/// started counting from zero again. Prometheus kept their old values (a counter never goes
+/// down), so `/metrics` stopped counting what the endpoint got, and the progress line
+/// computed "delivered since the last line" below zero (a debug build panicked the
+/// progress task; a release build printed 18446744073709551436).
+#[test]
+fn a_sink_removed_and_added_back_by_reloads_counts_on() {
+    let endpoint = Endpoint::start();
+    let ws = Workspace::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (a, b) = (ws.path("a.json"), ws.path("b.json"));
+    write_small_events(&a, 0..10);
+    write_small_events(&b, 100..300);
+    let pipeline = |name: &str, file: &std::path::Path| {
+        format!(
+            "[sources.{name}]\ntype = \"file\"\ninclude = [{}]\n\n[sinks.{name}_hook]\ntype = \"webhook\"\ninputs = [\"{name}\"]\nendpoint_url = {}\n{SINK}\n\n",
+            toml_str(file),
+            toml_str(endpoint.url())
+        )
+    };
+    let head = format!("progress_interval = \"1s\"\n\n{}", api_table(&addr, ""));
+    let with_b = format!("{head}{}{}", pipeline("a", &a), pipeline("b", &b));
+    let config = ws.config(&with_b);
+    let data_dir = format!("data_dir = {}\n", toml_str(ws.data_dir()));
+    let proc = Proc::spawn(run_cmd(&config));
+    let delivered = "flaghook_sink_events_delivered_total{sink=\"b_hook\"}";
+    let read = "flaghook_source_events_read_total{source=\"b\"}";
+    let at = metrics_until(&addr, &proc, |s| s.get(delivered) == Some(&200.0));
+    assert_eq!(value(&at, delivered), 200.0, "{}", proc.stderr_now());
+    assert!(proc
+        .wait_stderr("sink=b_hook delivered=200 ", WAIT)
+        .is_some());
+
+    // Removed, then added back with 20 more events in its file.
+    std::fs::write(&config, format!("{data_dir}{head}{}", pipeline("a", &a))).unwrap();
+    proc.sighup();
+    assert!(proc.wait_stderr("config reloaded", WAIT).is_some());
+    append(&b, small_lines(300..320));
+    std::fs::write(&config, format!("{data_dir}{with_b}")).unwrap();
+    proc.sighup();
+    // a's 10 events and b's 220, each once.
+    assert!(
+        endpoint.wait_until(WAIT, |t| t.distinct() == 230),
+        "{}",
+        proc.stderr_now()
+    );
+    assert_eq!(endpoint.with(|t| t.duplicates()), 0);
+    let at = metrics_until(&addr, &proc, |s| s.get(delivered) == Some(&220.0));
+    assert_eq!(
+        value(&at, delivered),
+        endpoint.with(|t| t.delivered) as f64 - 10.0,
+        "b_hook's counter does not match what the endpoint got from it"
+    );
+    assert_eq!(value(&at, read), 220.0);
+    assert!(
+        proc.wait_stderr("sink=b_hook delivered=20 ", WAIT)
+            .is_some(),
+        "no progress line counting the 20 new events:\n{}",
+        proc.stderr_now()
+    );
+    proc.sigterm();
+    proc.wait().assert_code(0);
+}
