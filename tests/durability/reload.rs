@@ -323,7 +323,7 @@ fn a_reload_whose_new_listener_cannot_listen_is_refused_and_the_pipelines_go_on(
         proc.sighup();
         wait_count(&proc, "config reload refused", n + 1);
         let stderr = proc.stderr_now();
-        let refused = stderr.lines().filter(|l| l.contains("refused")).next_back();
+        let refused = stderr.lines().rfind(|l| l.contains("refused"));
         assert!(
             refused.is_some_and(|l| l.contains(key) && l.contains("${TAKEN_ADDR}")),
             "{stderr}"
