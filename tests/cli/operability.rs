@@ -446,3 +446,35 @@ fn log_format_journald_gives_every_line_of_a_long_message_its_priority() {
         }
     }
 }
+
+/// Regression: the install steps (README and the unit's comment) installed the config
+/// `-m 0640`, owned by root: the unit runs flaghook as a `DynamicUser`, neither root nor in
+/// root's group, which then could not read its config and exited 1 at every restart. The
+/// config holds `${NAME}` references; secrets go to `EnvironmentFile=`, which systemd reads
+/// as root.
+#[test]
+fn the_documented_install_lets_the_service_user_read_its_config() {
+    let unit = std::fs::read_to_string(manifest_dir().join("dist/flaghook.service")).unwrap();
+    assert!(unit.contains("DynamicUser=yes"));
+    let readme = std::fs::read_to_string(manifest_dir().join("README.md")).unwrap();
+    let mut seen = 0;
+    for (doc, text) in [("dist/flaghook.service", &unit), ("README.md", &readme)] {
+        for line in text
+            .lines()
+            .filter(|l| l.contains("install ") && l.contains("/etc/flaghook/flaghook.toml"))
+        {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let mode = words
+                .iter()
+                .position(|w| *w == "-m")
+                .map(|i| u32::from_str_radix(words[i + 1], 8).unwrap())
+                .unwrap_or_else(|| panic!("{doc}: no -m in {line:?}"));
+            assert!(
+                mode & 0o004 != 0,
+                "{doc}: the service's dynamic user cannot read a config installed -m {mode:o}: {line:?}"
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2, "the install lines were not found");
+}
