@@ -54,7 +54,7 @@ pub use proxy::ProxyUrl;
 pub use request::body;
 pub use tls::TlsConfig;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -278,6 +278,8 @@ struct Sink {
     retries: BTreeMap<Seq, Job>,
     /// When each batch not settled yet was first sent (for the oldest one's age).
     taken: BTreeMap<Seq, Instant>,
+    /// The batches with a request in flight.
+    in_flight: BTreeSet<Seq>,
     spill_path: PathBuf,
     /// The spill file while it has events not resolved: they go before newer ones.
     spill: Option<Spill>,
@@ -323,6 +325,7 @@ impl Sink {
             acks: InOrder::new(Acknowledger::new(acks, checkpoints)),
             retries: BTreeMap::new(),
             taken: BTreeMap::new(),
+            in_flight: BTreeSet::new(),
             spill_path,
             spill,
             abandoned: Vec::new(),
@@ -393,6 +396,17 @@ impl Sink {
             .oldest_unsettled(self.taken.values().next().copied());
     }
 
+    /// Whether batch `seq` may be left in its files at shutdown (as the [`RetryPolicy`]
+    /// does once a request failed then): every event of it can be read again, and no batch
+    /// sent after it was delivered or is in flight. Such a batch's positions wait for this
+    /// one (see `InOrder`): were it left, they would be sent again at the next start, so
+    /// it is retried within the grace period instead.
+    fn may_stay_in_files(&self, job: &Job, seq: Seq) -> bool {
+        job.all_in_files()
+            && self.in_flight.range(seq + 1..).next().is_none()
+            && !self.acks.acknowledged_after(seq)
+    }
+
     /// Sends `ready` now, or gives it up (the grace period is over, or it stays in its
     /// files at shutdown). Called once the retry policy's pause is over.
     async fn start(&mut self, ready: Ready) -> Step {
@@ -402,7 +416,7 @@ impl Sink {
             Some(seq) => seq,
             None => *job.seq.insert(self.open()),
         };
-        if self.retry.verdict(job.all_in_files()) == Turn::GiveUp {
+        if self.retry.verdict(self.may_stay_in_files(&job, seq)) == Turn::GiveUp {
             self.give_up(seq, job.into_items());
             self.settle(seq);
             return Step::Settled;
@@ -428,6 +442,7 @@ impl Sink {
             };
             // A crash re-sends at most the batches in flight.
             self.acks.persisted().await;
+            self.in_flight.insert(seq);
             return Step::Post(job, ready);
         }
     }
@@ -442,6 +457,7 @@ impl Sink {
         } = posted;
         self.stats.counters.request(outcome.status, took);
         let seq = job.seq.expect("a job that was sent");
+        self.in_flight.remove(&seq);
         let part = job.parts.front().expect("the part sent");
         let events = count_events(&part.items);
         match outcome.decision {
@@ -480,7 +496,7 @@ impl Sink {
             .map(|p| count_events(&p.items))
             .sum::<usize>();
         self.stats.counters.failed(&detail);
-        match self.retry.failed(after, job.all_in_files()) {
+        match self.retry.failed(after, self.may_stay_in_files(&job, seq)) {
             Next::Retry(delay) => {
                 self.stats.counters.retried();
                 let retry_in = Duration::from_millis(delay.as_millis() as u64);

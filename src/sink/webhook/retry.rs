@@ -95,7 +95,9 @@ pub(crate) fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duratio
 ///   (`shutdown_timeout`). Once one has failed at shutdown, batches read from files are
 ///   left there (their offsets did not move; the next start reads them again), while
 ///   events from TCP or stdin are retried (after their delay, without the floor) until
-///   the grace period ends, then spilled.
+///   the grace period ends, then spilled. (A batch from files that a later one overtook,
+///   with several requests in flight, is retried as those are: the sink says which may
+///   stay in their files.)
 #[derive(Debug)]
 pub(crate) struct RetryPolicy {
     initial: Duration,
@@ -174,8 +176,9 @@ impl RetryPolicy {
     }
 
     /// Waits for the next request's turn (the wait after a failure; cut short when
-    /// shutdown is asked), then says whether a batch (`from_files`: every event of it can
-    /// be read again from its file) goes out or is given up.
+    /// shutdown is asked), then says whether a batch (`from_files`: it may be left in its
+    /// files, every event of it can be read again from there and nothing sent after it
+    /// would be sent again for it) goes out or is given up.
     pub(crate) async fn turn(&mut self, from_files: bool) -> Turn {
         self.pause().await;
         self.verdict(from_files)
