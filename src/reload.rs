@@ -9,8 +9,8 @@
 //! - a config that does not load or check is logged with the message `validate` prints,
 //!   and nothing changes; so is one whose new listeners (TCP sources, the API) cannot
 //!   listen, found before anything stops;
-//! - a pipeline whose tables (every source and sink of it, as written) are all unchanged
-//!   keeps running, untouched;
+//! - a pipeline whose tables (every source and sink of it, as written) and the files its
+//!   sinks read (TLS certificates and keys) are all unchanged keeps running, untouched;
 //! - every other running pipeline stops as at shutdown (sources stop, sinks deliver what
 //!   they hold within `shutdown_timeout`, checkpoints are written last), and then the new
 //!   config's pipelines that are not running start, from the checkpoints and spill files
@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiSpec};
 use crate::data_dir::DataDir;
+use crate::sink::SinkSpec;
 use crate::source::SourceSpec;
 use crate::telemetry::{progress, Telemetry};
 use crate::topology::{self, Plan, Summary};
@@ -136,12 +137,36 @@ async fn watch_file(path: PathBuf, reload: mpsc::Sender<()>) {
     }
 }
 
-/// A running pipeline: its tables as written, the addresses its TCP sources listen on,
+/// A running pipeline: what it was made from, the addresses its TCP sources listen on,
 /// and its stop token.
 struct Running {
-    written: BTreeMap<String, toml::Table>,
+    made_from: MadeFrom,
     listens: Vec<SocketAddr>,
     stop: CancellationToken,
+}
+
+/// What a pipeline was made from: each stage's table as written, and the files its sinks
+/// read at start (TLS certificates and keys, digested). A reload restarts a pipeline when
+/// either changed: renewing a certificate file in place and reloading takes it up.
+#[derive(PartialEq)]
+struct MadeFrom {
+    written: BTreeMap<String, toml::Table>,
+    files: BTreeMap<String, u64>,
+}
+
+impl MadeFrom {
+    fn of(pipeline: &Plan) -> Self {
+        let files = (pipeline.sinks.iter())
+            .filter_map(|(name, sink)| {
+                let SinkSpec::Webhook(w) = sink;
+                Some((name.clone(), w.files_read()?))
+            })
+            .collect();
+        MadeFrom {
+            written: pipeline.written.clone(),
+            files,
+        }
+    }
 }
 
 /// The pipelines of a long run.
@@ -196,7 +221,7 @@ impl Supervisor {
         self.running.insert(
             id,
             Running {
-                written: pipeline.written.clone(),
+                made_from: MadeFrom::of(&pipeline),
                 listens: listens(&pipeline).map(|(_, addr)| addr).collect(),
                 stop: stop.clone(),
             },
@@ -261,9 +286,11 @@ impl Supervisor {
         }
         let next = Current::of(&plan);
         let (api, progress, env) = (plan.api.clone(), plan.progress_interval, plan.env.clone());
-        let new: Vec<Plan> = pipelines(plan);
+        let new: Vec<(MadeFrom, Plan)> = (pipelines(plan).into_iter())
+            .map(|p| (MadeFrom::of(&p), p))
+            .collect();
         let unchanged: Vec<u64> = (self.running.iter())
-            .filter(|(_, r)| new.iter().any(|p| p.written == r.written))
+            .filter(|(_, r)| new.iter().any(|(m, _)| *m == r.made_from))
             .map(|(id, _)| *id)
             .collect();
         let stopping: Vec<u64> = (self.running.keys())
@@ -271,11 +298,8 @@ impl Supervisor {
             .copied()
             .collect();
         let to_start: Vec<Plan> = (new.into_iter())
-            .filter(|p| {
-                !unchanged
-                    .iter()
-                    .any(|id| self.running[id].written == p.written)
-            })
+            .filter(|(m, _)| !unchanged.iter().any(|id| self.running[id].made_from == *m))
+            .map(|(_, p)| p)
             .collect();
         if let Err(e) = self.can_listen(&to_start, &stopping, api.as_ref(), beside) {
             let e = env.hide_error(&e);
