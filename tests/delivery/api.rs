@@ -376,3 +376,66 @@ fn a_sink_removed_and_added_back_by_reloads_counts_on() {
     proc.sigterm();
     proc.wait().assert_code(0);
 }
+
+/// With several requests in flight, answered out of order, split (413) and failed (503)
+/// among them, `/metrics` counts what the endpoint answered: requests by status class,
+/// retries, and the events it accepted.
+#[test]
+fn metrics_match_the_endpoint_with_requests_in_flight_splits_and_retries() {
+    use std::sync::atomic::AtomicU64;
+    let (too_large, unavailable) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (t, u) = (too_large.clone(), unavailable.clone());
+    let endpoint = Endpoint::with_responder(move |req| {
+        let delay = Duration::from_millis(5 * (req.index % 4) as u64);
+        if req.ids.len() > 5 {
+            t.fetch_add(1, Ordering::SeqCst);
+            Reply::status(413).delay(delay)
+        } else if req.index % 3 == 0 {
+            u.fetch_add(1, Ordering::SeqCst);
+            Reply::status(503).delay(delay)
+        } else {
+            Reply::ok().delay(delay)
+        }
+    });
+    let ws = Workspace::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let sink = "flush_interval = \"50ms\"\nmax_event_in_memory = 8\nrequest_concurrency = 4\nretry_initial_backoff = \"20ms\"\nretry_max_backoff = \"50ms\"";
+    let config = ws.file_pipeline(small_lines(0..300), &endpoint.url(), sink);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n{}", api_table(&addr, ""))).unwrap();
+    let proc = Proc::spawn(run_cmd(&config));
+    assert!(
+        endpoint.wait_until(WAIT, |t| t.has_all(300)),
+        "{}",
+        proc.stderr_now()
+    );
+
+    let delivered = "flaghook_sink_events_delivered_total{sink=\"webhook\"}";
+    let at = metrics_until(&addr, &proc, |s| s.get(delivered) == Some(&300.0));
+    let status = |class: &str| {
+        value(
+            &at,
+            &format!("flaghook_sink_requests_total{{sink=\"webhook\",status=\"{class}\"}}"),
+        )
+    };
+    endpoint.with(|t| {
+        assert_eq!(value(&at, delivered), t.delivered as f64);
+        assert_eq!(status("2xx"), t.ok_requests as f64);
+    });
+    assert_eq!(status("4xx"), too_large.load(Ordering::SeqCst) as f64);
+    assert_eq!(status("5xx"), unavailable.load(Ordering::SeqCst) as f64);
+    assert!(unavailable.load(Ordering::SeqCst) > 0 && too_large.load(Ordering::SeqCst) > 0);
+    assert_eq!(
+        value(&at, "flaghook_sink_retries_total{sink=\"webhook\"}"),
+        unavailable.load(Ordering::SeqCst) as f64
+    );
+    assert_eq!(
+        value(
+            &at,
+            "flaghook_sink_request_duration_seconds_count{sink=\"webhook\"}"
+        ),
+        endpoint.requests().len() as f64
+    );
+    proc.sigterm();
+    proc.wait().assert_code(0);
+}
