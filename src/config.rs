@@ -268,8 +268,8 @@ impl<'de> Deserialize<'de> for ByteSize {
 }
 
 /// The config file as written: its shape, with `${VAR}` expanded and names checked. The
-/// stages' tables are turned into specs by `crate::topology::Plan::build`.
-#[derive(Debug)]
+/// stages' tables are turned into specs by `crate::topology::Plan::build`. `Debug` shows
+/// the tables' names only: they hold secrets.
 pub struct Loaded {
     pub path: PathBuf,
     /// `data_dir`, made absolute (relative to the config file's folder).
@@ -284,6 +284,20 @@ pub struct Loaded {
     pub progress_interval: Option<Duration>,
     /// What came from the environment, to hide from later errors.
     pub env: EnvValues,
+}
+
+impl fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loaded")
+            .field("path", &self.path)
+            .field("data_dir", &self.data_dir)
+            .field("sources", &self.sources.keys().collect::<Vec<_>>())
+            .field("sinks", &self.sinks.keys().collect::<Vec<_>>())
+            .field("api", &self.api.as_ref().map(|_| "[api]"))
+            .field("progress_interval", &self.progress_interval)
+            .field("env", &self.env)
+            .finish()
+    }
 }
 
 impl Loaded {
