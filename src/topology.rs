@@ -468,6 +468,8 @@ secret = "signing-secret-4e2"
 headers = { X-Token = "header-token-9d0" }
 proxy = "http://proxy-user:proxy-pass-3b8@127.0.0.1:3128"
 "#;
+        let file: config::Config = toml::from_str(text).unwrap();
+        let shown_file = format!("{file:?}");
         let loaded = config::parse(text, Path::new("/tmp/flaghook.toml")).unwrap();
         let shown_loaded = format!("{loaded:?}");
         let plan = Plan::build(loaded).unwrap();
@@ -480,6 +482,7 @@ proxy = "http://proxy-user:proxy-pass-3b8@127.0.0.1:3128"
         ] {
             assert!(!shown_plan.contains(secret), "Plan: {shown_plan}");
             assert!(!shown_loaded.contains(secret), "Loaded: {shown_loaded}");
+            assert!(!shown_file.contains(secret), "Config: {shown_file}");
         }
         assert!(shown_plan.contains("sinks.hook"), "{shown_plan}");
     }
