@@ -45,8 +45,9 @@ address = "127.0.0.1:8686""#;
 
 /// The file as written. Each source and sink table is kept as TOML until its `type` is
 /// known, then read into that kind's struct, so that an error names its full key
-/// (`sinks.webhook.schema`), which serde's tagged enums cannot do.
-#[derive(Debug, Deserialize)]
+/// (`sinks.webhook.schema`), which serde's tagged enums cannot do. `Debug` shows the
+/// tables' names only: they hold secrets.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where checkpoints, dead letters and journals live.
@@ -65,6 +66,18 @@ pub struct Config {
     /// How often each sink logs a progress line; "0s" turns them off. Default "60s".
     #[serde(default = "default_progress_interval")]
     pub progress_interval: HumanDuration,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("data_dir", &self.data_dir)
+            .field("sources", &self.sources.keys().collect::<Vec<_>>())
+            .field("sinks", &self.sinks.keys().collect::<Vec<_>>())
+            .field("api", &self.api.as_ref().map(|_| "[api]"))
+            .field("progress_interval", &self.progress_interval)
+            .finish()
+    }
 }
 
 fn default_progress_interval() -> HumanDuration {
@@ -268,8 +281,8 @@ impl<'de> Deserialize<'de> for ByteSize {
 }
 
 /// The config file as written: its shape, with `${VAR}` expanded and names checked. The
-/// stages' tables are turned into specs by `crate::topology::Plan::build`.
-#[derive(Debug)]
+/// stages' tables are turned into specs by `crate::topology::Plan::build`. `Debug` shows
+/// the tables' names only: they hold secrets.
 pub struct Loaded {
     pub path: PathBuf,
     /// `data_dir`, made absolute (relative to the config file's folder).
@@ -284,6 +297,20 @@ pub struct Loaded {
     pub progress_interval: Option<Duration>,
     /// What came from the environment, to hide from later errors.
     pub env: EnvValues,
+}
+
+impl fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loaded")
+            .field("path", &self.path)
+            .field("data_dir", &self.data_dir)
+            .field("sources", &self.sources.keys().collect::<Vec<_>>())
+            .field("sinks", &self.sinks.keys().collect::<Vec<_>>())
+            .field("api", &self.api.as_ref().map(|_| "[api]"))
+            .field("progress_interval", &self.progress_interval)
+            .field("env", &self.env)
+            .finish()
+    }
 }
 
 impl Loaded {

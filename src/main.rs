@@ -1,7 +1,7 @@
 //! The `flaghook` command: parse the CLI, load the config, run. Errors are printed with
 //! their context and give a non-zero exit.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -213,12 +213,14 @@ fn main() -> ExitCode {
     match dispatch(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            // The journal takes the priority from the line's start.
-            let priority = match cli.log_format {
-                LogFormat::Journald => "<3>",
-                LogFormat::Text | LogFormat::Json => "",
+            let message = format!("error: {e:#}\n");
+            let mut stderr = std::io::stderr().lock();
+            let _ = match cli.log_format {
+                LogFormat::Journald => {
+                    Prioritized::new(&mut stderr, b"<3>").write_all(message.as_bytes())
+                }
+                LogFormat::Text | LogFormat::Json => stderr.write_all(message.as_bytes()),
             };
-            eprintln!("{priority}error: {e:#}");
             ExitCode::from(1)
         }
     }
@@ -272,25 +274,59 @@ fn init_logs(level: Option<&str>, format: LogFormat) -> Result<()> {
 struct Journald;
 
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Journald {
-    type Writer = std::io::StderrLock<'static>;
+    type Writer = Prioritized<std::io::StderrLock<'static>>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        std::io::stderr().lock()
+        Prioritized::new(std::io::stderr().lock(), b"<6>")
     }
 
     fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
-        use std::io::Write;
         use tracing::Level;
-        // The lock is held until the line is written: no other line comes between.
-        let mut stderr = std::io::stderr().lock();
-        let priority: &[u8] = match *meta.level() {
+        let priority: &'static [u8] = match *meta.level() {
             Level::ERROR => b"<3>",
             Level::WARN => b"<4>",
             Level::INFO => b"<6>",
             Level::DEBUG | Level::TRACE => b"<7>",
         };
-        let _ = stderr.write_all(priority);
-        stderr
+        // The lock is held until the message is written: no other line comes between.
+        Prioritized::new(std::io::stderr().lock(), priority)
+    }
+}
+
+/// Puts `priority` before every line written through it. journald makes each line of a
+/// stream an entry of its own, so a message of several lines (a config error with its
+/// example, a quoted response body) needs the priority on each, or its other lines become
+/// entries of the default priority.
+struct Prioritized<W> {
+    inner: W,
+    priority: &'static [u8],
+    at_line_start: bool,
+}
+
+impl<W: std::io::Write> Prioritized<W> {
+    fn new(inner: W, priority: &'static [u8]) -> Self {
+        Prioritized {
+            inner,
+            priority,
+            at_line_start: true,
+        }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Prioritized<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for line in buf.split_inclusive(|&b| b == b'\n') {
+            if self.at_line_start {
+                self.inner.write_all(self.priority)?;
+            }
+            self.inner.write_all(line)?;
+            self.at_line_start = line.ends_with(b"\n");
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

@@ -7,9 +7,10 @@
 //! `data_dir` this process locked. On a reload:
 //!
 //! - a config that does not load or check is logged with the message `validate` prints,
-//!   and nothing changes;
-//! - a pipeline whose tables (every source and sink of it, as written) are all unchanged
-//!   keeps running, untouched;
+//!   and nothing changes; so is one whose new listeners (TCP sources, the API) cannot
+//!   listen, found before anything stops;
+//! - a pipeline whose tables (every source and sink of it, as written) and the files its
+//!   sinks read (TLS certificates and keys) are all unchanged keeps running, untouched;
 //! - every other running pipeline stops as at shutdown (sources stop, sinks deliver what
 //!   they hold within `shutdown_timeout`, checkpoints are written last), and then the new
 //!   config's pipelines that are not running start, from the checkpoints and journals
@@ -19,6 +20,7 @@
 //! `data_dir` cannot change while running: a reload that changes it is refused.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiSpec};
 use crate::data_dir::DataDir;
+use crate::sink::SinkSpec;
+use crate::source::SourceSpec;
 use crate::telemetry::{progress, Telemetry};
 use crate::topology::{self, Plan, Summary};
 
@@ -133,10 +137,36 @@ async fn watch_file(path: PathBuf, reload: mpsc::Sender<()>) {
     }
 }
 
-/// A running pipeline: its tables as written, and its stop token.
+/// A running pipeline: what it was made from, the addresses its TCP sources listen on,
+/// and its stop token.
 struct Running {
-    written: BTreeMap<String, toml::Table>,
+    made_from: MadeFrom,
+    listens: Vec<SocketAddr>,
     stop: CancellationToken,
+}
+
+/// What a pipeline was made from: each stage's table as written, and the files its sinks
+/// read at start (TLS certificates and keys, digested). A reload restarts a pipeline when
+/// either changed: renewing a certificate file in place and reloading takes it up.
+#[derive(PartialEq)]
+struct MadeFrom {
+    written: BTreeMap<String, toml::Table>,
+    files: BTreeMap<String, u64>,
+}
+
+impl MadeFrom {
+    fn of(pipeline: &Plan) -> Self {
+        let files = (pipeline.sinks.iter())
+            .filter_map(|(name, sink)| {
+                let SinkSpec::Webhook(w) = sink;
+                Some((name.clone(), w.files_read()?))
+            })
+            .collect();
+        MadeFrom {
+            written: pipeline.written.clone(),
+            files,
+        }
+    }
 }
 
 /// The pipelines of a long run.
@@ -191,14 +221,17 @@ impl Supervisor {
         self.running.insert(
             id,
             Running {
-                written: pipeline.written.clone(),
+                made_from: MadeFrom::of(&pipeline),
+                listens: listens(&pipeline).map(|(_, addr)| addr).collect(),
                 stop: stop.clone(),
             },
         );
         let (data_dir, telemetry) = (self.data_dir.clone(), self.telemetry.clone());
+        let env = pipeline.env.clone();
         self.tasks.spawn(async move {
             let ended = topology::run_prepared(pipeline, &data_dir, false, stop, &telemetry).await;
-            (id, ended)
+            // An error may name a value of the config (an address).
+            (id, ended.map_err(|e| env.hide_error(&e)))
         });
     }
 
@@ -252,23 +285,28 @@ impl Supervisor {
             return None;
         }
         let next = Current::of(&plan);
-        let (api, progress) = (plan.api.clone(), plan.progress_interval);
-        let new: Vec<Plan> = pipelines(plan);
+        let (api, progress, env) = (plan.api.clone(), plan.progress_interval, plan.env.clone());
+        let new: Vec<(MadeFrom, Plan)> = (pipelines(plan).into_iter())
+            .map(|p| (MadeFrom::of(&p), p))
+            .collect();
         let unchanged: Vec<u64> = (self.running.iter())
-            .filter(|(_, r)| new.iter().any(|p| p.written == r.written))
+            .filter(|(_, r)| new.iter().any(|(m, _)| *m == r.made_from))
             .map(|(id, _)| *id)
             .collect();
         let stopping: Vec<u64> = (self.running.keys())
             .filter(|id| !unchanged.contains(id))
             .copied()
             .collect();
-        self.stop(&stopping).await;
-        let kept: Vec<&BTreeMap<String, toml::Table>> = (unchanged.iter())
-            .filter_map(|id| self.running.get(id).map(|r| &r.written))
-            .collect();
         let to_start: Vec<Plan> = (new.into_iter())
-            .filter(|p| !kept.iter().any(|w| **w == p.written))
+            .filter(|(m, _)| !unchanged.iter().any(|id| self.running[id].made_from == *m))
+            .map(|(_, p)| p)
             .collect();
+        if let Err(e) = self.can_listen(&to_start, &stopping, api.as_ref(), beside) {
+            let e = env.hide_error(&e);
+            tracing::error!("config reload refused, the pipelines go on unchanged: {e:#}");
+            return None;
+        }
+        self.stop(&stopping).await;
         let started: Vec<String> = to_start
             .iter()
             .flat_map(|p| p.written.keys().cloned())
@@ -282,7 +320,7 @@ impl Supervisor {
         let (gone_sinks, gone_sources) = current.gone(&next);
         self.telemetry.remove(&gone_sinks, &gone_sources);
         if let Err(e) = beside.apply(api, progress).await {
-            tracing::error!("config reload: {e:#}");
+            tracing::error!("config reload: {:#}", env.hide_error(&e));
         }
         tracing::info!(
             started = %started.join(", "),
@@ -291,6 +329,34 @@ impl Supervisor {
             "config reloaded"
         );
         Some(next)
+    }
+
+    /// Whether the listeners a reload opens can listen: the TCP sources of `to_start`,
+    /// but on the addresses the pipelines `stopping` free, and the API on a new address.
+    /// An address another process holds (or a pipeline that keeps running) refuses the
+    /// reload before anything stops, as an invalid config does: once stopped, a pipeline
+    /// that cannot start again would end the run.
+    fn can_listen(
+        &self,
+        to_start: &[Plan],
+        stopping: &[u64],
+        api: Option<&ApiSpec>,
+        beside: &Beside,
+    ) -> Result<()> {
+        let freed: Vec<SocketAddr> = (stopping.iter())
+            .filter_map(|id| self.running.get(id))
+            .flat_map(|r| r.listens.iter().copied())
+            .collect();
+        for (key, addr) in to_start.iter().flat_map(listens) {
+            if !freed.contains(&addr) {
+                try_listen(addr).with_context(|| format!("`{key}`: cannot listen on {addr}"))?;
+            }
+        }
+        if let Some(api) = api.filter(|a| beside.api_address() != Some(a.address)) {
+            let addr = api.address;
+            try_listen(addr).with_context(|| format!("`api.address`: cannot listen on {addr}"))?;
+        }
+        Ok(())
     }
 
     /// Stops the pipelines `ids` and waits until they have ended (delivered what they
@@ -308,6 +374,33 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// The addresses `plan`'s TCP sources listen on, each with its key
+/// (`sources.NAME.address`).
+fn listens(plan: &Plan) -> impl Iterator<Item = (String, SocketAddr)> + '_ {
+    plan.sources
+        .iter()
+        .filter_map(|(name, source)| match source {
+            SourceSpec::Tcp(c) => Some((format!("sources.{name}.address"), c.address)),
+            _ => None,
+        })
+}
+
+/// Whether something can listen on `addr` now, as `tokio::net::TcpListener::bind` does
+/// (with `SO_REUSEADDR`, so that connections of an earlier listener in `TIME_WAIT` do not
+/// count); the listener is closed again at once. Within the runtime.
+fn try_listen(addr: SocketAddr) -> std::io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1).map(drop)
 }
 
 /// What the running config says beyond its pipelines.
@@ -417,6 +510,11 @@ impl Beside {
             api: None,
             progress: None,
         }
+    }
+
+    /// The address the API server listens on, while it runs.
+    fn api_address(&self) -> Option<SocketAddr> {
+        self.api.as_ref().map(|(spec, _, _)| spec.address)
     }
 
     /// Runs the API server on `api` and the progress lines every `progress` (`None`: off).

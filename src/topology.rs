@@ -34,7 +34,6 @@ use crate::source::{self, Budget, Output, SinkInput, SourceSpec, Subscriptions};
 use crate::telemetry::Telemetry;
 
 /// A config ready to run: every stage's spec, checked against the others.
-#[derive(Debug)]
 pub struct Plan {
     pub path: PathBuf,
     pub data_dir: PathBuf,
@@ -49,6 +48,22 @@ pub struct Plan {
     /// Each stage's table as written (`${VAR}` expanded), by its key (`sinks.NAME`): a
     /// reload compares them to find what changed.
     pub(crate) written: BTreeMap<String, toml::Table>,
+}
+
+/// The tables as written hold secrets (`${VAR}` expanded): only their keys show.
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("path", &self.path)
+            .field("data_dir", &self.data_dir)
+            .field("sources", &self.sources)
+            .field("sinks", &self.sinks)
+            .field("api", &self.api)
+            .field("progress_interval", &self.progress_interval)
+            .field("env", &self.env)
+            .field("written", &self.written.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl Plan {
@@ -531,4 +546,45 @@ fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(no message)".to_owned());
     format!("panicked: {message}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: `Plan` kept each stage's table as written (`${VAR}` expanded, for
+    /// reloads to compare) and derived `Debug`, which showed them whole: the secret, the
+    /// credentials in `endpoint_url` and `proxy`, header values. So did `Loaded`.
+    #[test]
+    fn debug_of_the_plan_and_the_loaded_config_shows_no_secret() {
+        let text = r#"
+[sources.in]
+type = "stdin"
+
+[sinks.hook]
+type = "webhook"
+inputs = ["in"]
+endpoint_url = "http://url-user:url-pass-7c1@127.0.0.1:9/hook"
+secret = "signing-secret-4e2"
+headers = { X-Token = "header-token-9d0" }
+proxy = "http://proxy-user:proxy-pass-3b8@127.0.0.1:3128"
+"#;
+        let file: config::Config = toml::from_str(text).unwrap();
+        let shown_file = format!("{file:?}");
+        let loaded = config::parse(text, Path::new("/tmp/flaghook.toml")).unwrap();
+        let shown_loaded = format!("{loaded:?}");
+        let plan = Plan::build(loaded).unwrap();
+        let shown_plan = format!("{plan:?}");
+        for secret in [
+            "url-pass-7c1",
+            "signing-secret-4e2",
+            "header-token-9d0",
+            "proxy-pass-3b8",
+        ] {
+            assert!(!shown_plan.contains(secret), "Plan: {shown_plan}");
+            assert!(!shown_loaded.contains(secret), "Loaded: {shown_loaded}");
+            assert!(!shown_file.contains(secret), "Config: {shown_file}");
+        }
+        assert!(shown_plan.contains("sinks.hook"), "{shown_plan}");
+    }
 }

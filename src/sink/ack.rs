@@ -185,6 +185,15 @@ impl InOrder {
         }
     }
 
+    /// Whether a batch sent after `seq` acknowledged file positions that wait for `seq`:
+    /// were `seq` left in its files, they would be read and sent again at the next start.
+    pub(crate) fn acknowledged_after(&self, seq: Seq) -> bool {
+        let waiting = |later: &Later| {
+            (later.steps.iter()).any(|s| matches!(s, Step::Acknowledge(acks) if !acks.is_empty()))
+        };
+        self.later.range(seq + 1..).any(|(_, later)| waiting(later))
+    }
+
     /// Waits until the last acknowledgement applied is saved.
     pub(crate) async fn persisted(&mut self) {
         self.acks.persisted().await;

@@ -201,6 +201,9 @@ pub(crate) struct SourceCounters {
     checkpointer: Mutex<Option<Arc<Checkpointer>>>,
     /// A TCP or stdin source's journal.
     journal: Mutex<Option<Segments>>,
+    /// Lines journaled by the journals this source had before (a reload restarts it with
+    /// a new one), so that the counter counts on.
+    journaled_before: AtomicU64,
 }
 
 impl SourceCounters {
@@ -217,10 +220,22 @@ impl SourceCounters {
         self.read.load(Ordering::Relaxed)
     }
 
-    /// Lines journaled, and bytes of the journal on the disk: for a TCP or stdin source.
+    /// The source's journal from now on (none: it stopped).
+    fn set_journal(&self, journal: Option<&Segments>) {
+        let mut current = self.journal.lock().expect("telemetry lock");
+        if let Some(old) = current.take() {
+            add(&self.journaled_before, old.counts().0);
+        }
+        *current = journal.cloned();
+    }
+
+    /// Lines journaled, and bytes of the journal on the disk: for a TCP or stdin source
+    /// (`None` for others, and once it stopped).
     fn journal_counts(&self) -> Option<(u64, u64)> {
         let journal = self.journal.lock().expect("telemetry lock");
-        journal.as_ref().map(Segments::counts)
+        let before = self.journaled_before.load(Ordering::Relaxed);
+        let (now, on_disk) = journal.as_ref()?.counts();
+        Some((before + now, on_disk))
     }
 
     /// Bytes of its files (or journal segments) not yet delivered: each tracked file's
@@ -261,11 +276,58 @@ pub(crate) enum Phase {
     Stopping,
 }
 
+/// The counters of the components of one kind, by name: those in the config, and those a
+/// reload removed. A removed component's counters are kept, so that one added back by a
+/// later reload counts on: a Prometheus counter never goes down, and the progress lines
+/// count what was delivered since the last one.
+struct Components<T> {
+    active: BTreeMap<String, Arc<T>>,
+    removed: BTreeMap<String, Arc<T>>,
+}
+
+impl<T> Default for Components<T> {
+    fn default() -> Self {
+        Components {
+            active: BTreeMap::new(),
+            removed: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T> Components<T> {
+    /// The counters of `name`, active from now on: its own if it ran before, else new ones.
+    fn activate(&mut self, name: &str, new: impl FnOnce() -> T) -> Arc<T> {
+        let counters = match self.removed.remove(name) {
+            Some(counters) => counters,
+            None => self
+                .active
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(new())),
+        };
+        self.active.insert(name.to_owned(), counters.clone());
+        counters
+    }
+
+    /// `name` left the config: its counters are kept aside.
+    fn remove(&mut self, name: &str) -> Option<Arc<T>> {
+        let counters = self.active.remove(name)?;
+        self.removed.insert(name.to_owned(), counters.clone());
+        Some(counters)
+    }
+
+    fn active(&self) -> Vec<(String, Arc<T>)> {
+        (self.active.iter())
+            .map(|(n, c)| (n.clone(), c.clone()))
+            .collect()
+    }
+}
+
 /// The counters of every component, by name, and the Prometheus registry they are shown in.
 pub struct Telemetry {
     recorder: PrometheusRecorder,
-    sinks: Mutex<BTreeMap<String, Arc<SinkCounters>>>,
-    sources: Mutex<BTreeMap<String, Arc<SourceCounters>>>,
+    sinks: Mutex<Components<SinkCounters>>,
+    sources: Mutex<Components<SourceCounters>>,
     /// Pipelines being started; the run is `Starting` while any is.
     starting: AtomicUsize,
     stopping: std::sync::atomic::AtomicBool,
@@ -315,15 +377,13 @@ impl Telemetry {
     /// instance's.
     pub(crate) fn sink(&self, name: &str, budget: &Arc<Budget>) -> Arc<SinkCounters> {
         let mut sinks = self.sinks.lock().expect("telemetry lock");
-        let counters = sinks.entry(name.to_owned()).or_insert_with(|| {
+        let counters = sinks.activate(name, || {
             let labels = vec![Label::new("sink", name.to_owned())];
             let key = Key::from_parts(names::SINK_REQUEST_DURATION.name, labels);
-            Arc::new(SinkCounters::new(
-                self.recorder.register_histogram(&key, &metadata()),
-            ))
+            SinkCounters::new(self.recorder.register_histogram(&key, &metadata()))
         });
         *counters.budget.lock().expect("telemetry lock") = Some(budget.clone());
-        counters.clone()
+        counters
     }
 
     /// The counters of source `name`; `checkpointer` is a file source's.
@@ -334,27 +394,36 @@ impl Telemetry {
         journal: Option<&Segments>,
     ) -> Arc<SourceCounters> {
         let mut sources = self.sources.lock().expect("telemetry lock");
-        let counters = sources.entry(name.to_owned()).or_default();
+        let counters = sources.activate(name, SourceCounters::default);
         *counters.checkpointer.lock().expect("telemetry lock") = checkpointer.cloned();
-        *counters.journal.lock().expect("telemetry lock") = journal.cloned();
-        counters.clone()
+        counters.set_journal(journal);
+        counters
     }
 
-    /// A sink or source left the config (a reload): it no longer counts in `/health`,
-    /// and what it held is gone.
+    /// A sink or source left the config (a reload): it no longer counts in `/health` or
+    /// the progress lines, what it held is gone, and its series keep their last values
+    /// (its counters count on if a later reload adds it back).
     pub(crate) fn remove(&self, sinks: &[String], sources: &[String]) {
         for name in sinks {
-            if let Some(c) = self.sinks.lock().expect("telemetry lock").remove(name) {
+            let removed = self.sinks.lock().expect("telemetry lock").remove(name);
+            if let Some(c) = removed {
                 *c.budget.lock().expect("telemetry lock") = None;
+                let mut state = c.state();
+                (state.failing_since, state.oldest_unsettled) = (None, None);
+                drop(state);
                 self.sync_sink(name, &c);
             }
         }
         for name in sources {
-            if let Some(c) = self.sources.lock().expect("telemetry lock").remove(name) {
-                *c.checkpointer.lock().expect("telemetry lock") = None;
-                *c.journal.lock().expect("telemetry lock") = None;
+            let removed = self.sources.lock().expect("telemetry lock").remove(name);
+            if let Some(c) = removed {
+                let file_source = c.checkpointer.lock().expect("telemetry lock").take();
+                self.sync_source(name, &c);
+                c.set_journal(None);
                 let labels = || vec![Label::new("source", name.clone())];
-                gauge(&self.recorder, &names::SOURCE_LAG_BYTES, labels()).set(0.0);
+                if file_source.is_some() {
+                    gauge(&self.recorder, &names::SOURCE_LAG_BYTES, labels()).set(0.0);
+                }
                 gauge(&self.recorder, &names::SOURCE_JOURNAL_BYTES, labels()).set(0.0);
             }
         }
@@ -381,17 +450,14 @@ impl Telemetry {
         }
     }
 
+    /// The sinks of the running config.
     pub(crate) fn sinks(&self) -> Vec<(String, Arc<SinkCounters>)> {
-        let sinks = self.sinks.lock().expect("telemetry lock");
-        sinks.iter().map(|(n, c)| (n.clone(), c.clone())).collect()
+        self.sinks.lock().expect("telemetry lock").active()
     }
 
+    /// The sources of the running config.
     pub(crate) fn sources(&self) -> Vec<(String, Arc<SourceCounters>)> {
-        let sources = self.sources.lock().expect("telemetry lock");
-        sources
-            .iter()
-            .map(|(n, c)| (n.clone(), c.clone()))
-            .collect()
+        self.sources.lock().expect("telemetry lock").active()
     }
 
     /// The Prometheus text exposition (format 0.0.4) of every metric, as of now.
@@ -401,19 +467,23 @@ impl Telemetry {
             self.sync_sink(&name, &counters);
         }
         for (name, counters) in self.sources() {
-            let labels = || vec![Label::new("source", name.clone())];
-            counter(&self.recorder, &names::SOURCE_EVENTS_READ, labels())
-                .absolute(counters.read_total());
-            if let Some(lag) = counters.lag_bytes() {
-                gauge(&self.recorder, &names::SOURCE_LAG_BYTES, labels()).set(lag as f64);
-            }
-            if let Some((journaled, on_disk)) = counters.journal_counts() {
-                counter(&self.recorder, &names::SOURCE_EVENTS_JOURNALED, labels())
-                    .absolute(journaled);
-                gauge(&self.recorder, &names::SOURCE_JOURNAL_BYTES, labels()).set(on_disk as f64);
-            }
+            self.sync_source(&name, &counters);
         }
         self.recorder.handle().render()
+    }
+
+    /// Sets a source's series from its counters. Blocking: a file source's lag looks at
+    /// its files.
+    fn sync_source(&self, name: &str, c: &SourceCounters) {
+        let labels = || vec![Label::new("source", name.to_owned())];
+        counter(&self.recorder, &names::SOURCE_EVENTS_READ, labels()).absolute(c.read_total());
+        if let Some(lag) = c.lag_bytes() {
+            gauge(&self.recorder, &names::SOURCE_LAG_BYTES, labels()).set(lag as f64);
+        }
+        if let Some((journaled, on_disk)) = c.journal_counts() {
+            counter(&self.recorder, &names::SOURCE_EVENTS_JOURNALED, labels()).absolute(journaled);
+            gauge(&self.recorder, &names::SOURCE_JOURNAL_BYTES, labels()).set(on_disk as f64);
+        }
     }
 
     /// Sets a sink's series from its counters.

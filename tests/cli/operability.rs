@@ -385,3 +385,96 @@ fn the_systemd_unit_verifies_and_its_command_runs() {
         "systemd-analyze verify: {said}"
     );
 }
+
+/// Regression: with `--log-format journald`, only the first line of a message spanning
+/// several lines had its priority (a config error with its example, a warning quoting a
+/// response body over several lines): journald took each other line as an entry of the
+/// default priority, so `journalctl -p warning` showed the first line alone and the rest
+/// showed as info.
+#[test]
+fn log_format_journald_gives_every_line_of_a_long_message_its_priority() {
+    let body = "<html>\n<body>overloaded</body>\n</html>";
+    let endpoint = Endpoint::scripted(vec![Reply::status(503).body(body)], Reply::ok());
+    let ws = Workspace::new();
+    let config = ws.file_pipeline(
+        small_lines(0..5),
+        &endpoint.url(),
+        "flush_interval = \"50ms\"\nretry_initial_backoff = \"50ms\"",
+    );
+    let mut cmd = flaghook(&["--log-format", "journald", "run", "--once", "--config"]);
+    cmd.arg(&config);
+    let run = Proc::spawn(cmd).wait();
+    run.assert_code(0);
+    assert!(run.stderr.contains("overloaded"), "{}", run.stderr);
+
+    let text = std::fs::read_to_string(&config).unwrap();
+    let bad = ws.write(
+        "bad.toml",
+        text.replace("flush_interval", "flush_intervall"),
+    );
+    let mut cmd = flaghook(&["--log-format", "journald", "validate", "--config"]);
+    cmd.arg(&bad);
+    let validate = Proc::spawn(cmd).wait();
+    validate.assert_code(1);
+    assert!(
+        validate.stderr.contains("A correct example"),
+        "{}",
+        validate.stderr
+    );
+
+    for (what, stderr, priority) in [
+        ("run", &run.stderr, "<4>"),
+        ("validate", &validate.stderr, "<3>"),
+    ] {
+        let lines: Vec<&str> = stderr.lines().collect();
+        // Each line of the warning, or of the error, has its priority.
+        let first = lines.iter().position(|l| l.contains("<html>")).unwrap_or(0);
+        assert!(lines[first].starts_with(priority), "{what}:\n{stderr}");
+        for line in &lines {
+            assert!(
+                ["<3>", "<4>", "<6>", "<7>"]
+                    .iter()
+                    .any(|p| line.starts_with(p)),
+                "{what}: a line without its priority: {line:?}\n{stderr}"
+            );
+        }
+        if what == "run" {
+            for part in ["<body>overloaded</body>", "</html>"] {
+                let line = lines.iter().find(|l| l.contains(part)).unwrap();
+                assert!(line.starts_with("<4>"), "{what}: {line:?}");
+            }
+        }
+    }
+}
+
+/// Regression: the install steps (README and the unit's comment) installed the config
+/// `-m 0640`, owned by root: the unit runs flaghook as a `DynamicUser`, neither root nor in
+/// root's group, which then could not read its config and exited 1 at every restart. The
+/// config holds `${NAME}` references; secrets go to `EnvironmentFile=`, which systemd reads
+/// as root.
+#[test]
+fn the_documented_install_lets_the_service_user_read_its_config() {
+    let unit = std::fs::read_to_string(manifest_dir().join("dist/flaghook.service")).unwrap();
+    assert!(unit.contains("DynamicUser=yes"));
+    let readme = std::fs::read_to_string(manifest_dir().join("README.md")).unwrap();
+    let mut seen = 0;
+    for (doc, text) in [("dist/flaghook.service", &unit), ("README.md", &readme)] {
+        for line in text
+            .lines()
+            .filter(|l| l.contains("install ") && l.contains("/etc/flaghook/flaghook.toml"))
+        {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let mode = words
+                .iter()
+                .position(|w| *w == "-m")
+                .map(|i| u32::from_str_radix(words[i + 1], 8).unwrap())
+                .unwrap_or_else(|| panic!("{doc}: no -m in {line:?}"));
+            assert!(
+                mode & 0o004 != 0,
+                "{doc}: the service's dynamic user cannot read a config installed -m {mode:o}: {line:?}"
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2, "the install lines were not found");
+}

@@ -351,3 +351,130 @@ fn a_tcp_sources_journal_is_counted_while_the_endpoint_fails() {
     proc.sigterm();
     proc.wait().assert_code(0);
 }
+
+/// Regression: a sink and a source removed by a reload and added back by the next one
+/// started counting from zero again. Prometheus kept their old values (a counter never goes
+/// down), so `/metrics` stopped counting what the endpoint got, and the progress line
+/// computed "delivered since the last line" below zero (a debug build panicked the
+/// progress task; a release build printed 18446744073709551436).
+#[test]
+fn a_sink_removed_and_added_back_by_reloads_counts_on() {
+    let endpoint = Endpoint::start();
+    let ws = Workspace::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (a, b) = (ws.path("a.json"), ws.path("b.json"));
+    write_small_events(&a, 0..10);
+    write_small_events(&b, 100..300);
+    let pipeline = |name: &str, file: &std::path::Path| {
+        format!(
+            "[sources.{name}]\ntype = \"file\"\ninclude = [{}]\n\n[sinks.{name}_hook]\ntype = \"webhook\"\ninputs = [\"{name}\"]\nendpoint_url = {}\n{SINK}\n\n",
+            toml_str(file),
+            toml_str(endpoint.url())
+        )
+    };
+    let head = format!("progress_interval = \"1s\"\n\n{}", api_table(&addr, ""));
+    let with_b = format!("{head}{}{}", pipeline("a", &a), pipeline("b", &b));
+    let config = ws.config(&with_b);
+    let data_dir = format!("data_dir = {}\n", toml_str(ws.data_dir()));
+    let proc = Proc::spawn(run_cmd(&config));
+    let delivered = "flaghook_sink_events_delivered_total{sink=\"b_hook\"}";
+    let read = "flaghook_source_events_read_total{source=\"b\"}";
+    let at = metrics_until(&addr, &proc, |s| s.get(delivered) == Some(&200.0));
+    assert_eq!(value(&at, delivered), 200.0, "{}", proc.stderr_now());
+    assert!(proc
+        .wait_stderr("sink=b_hook delivered=200 ", WAIT)
+        .is_some());
+
+    // Removed, then added back with 20 more events in its file.
+    std::fs::write(&config, format!("{data_dir}{head}{}", pipeline("a", &a))).unwrap();
+    proc.sighup();
+    assert!(proc.wait_stderr("config reloaded", WAIT).is_some());
+    append(&b, small_lines(300..320));
+    std::fs::write(&config, format!("{data_dir}{with_b}")).unwrap();
+    proc.sighup();
+    // a's 10 events and b's 220, each once.
+    assert!(
+        endpoint.wait_until(WAIT, |t| t.distinct() == 230),
+        "{}",
+        proc.stderr_now()
+    );
+    assert_eq!(endpoint.with(|t| t.duplicates()), 0);
+    let at = metrics_until(&addr, &proc, |s| s.get(delivered) == Some(&220.0));
+    assert_eq!(
+        value(&at, delivered),
+        endpoint.with(|t| t.delivered) as f64 - 10.0,
+        "b_hook's counter does not match what the endpoint got from it"
+    );
+    assert_eq!(value(&at, read), 220.0);
+    assert!(
+        proc.wait_stderr("sink=b_hook delivered=20 ", WAIT)
+            .is_some(),
+        "no progress line counting the 20 new events:\n{}",
+        proc.stderr_now()
+    );
+    proc.sigterm();
+    proc.wait().assert_code(0);
+}
+
+/// With several requests in flight, answered out of order, split (413) and failed (503)
+/// among them, `/metrics` counts what the endpoint answered: requests by status class,
+/// retries, and the events it accepted.
+#[test]
+fn metrics_match_the_endpoint_with_requests_in_flight_splits_and_retries() {
+    use std::sync::atomic::AtomicU64;
+    let (too_large, unavailable) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (t, u) = (too_large.clone(), unavailable.clone());
+    let endpoint = Endpoint::with_responder(move |req| {
+        let delay = Duration::from_millis(5 * (req.index % 4) as u64);
+        if req.ids.len() > 5 {
+            t.fetch_add(1, Ordering::SeqCst);
+            Reply::status(413).delay(delay)
+        } else if req.index % 3 == 0 {
+            u.fetch_add(1, Ordering::SeqCst);
+            Reply::status(503).delay(delay)
+        } else {
+            Reply::ok().delay(delay)
+        }
+    });
+    let ws = Workspace::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let sink = "flush_interval = \"50ms\"\nmax_event_in_memory = 8\nrequest_concurrency = 4\nretry_initial_backoff = \"20ms\"\nretry_max_backoff = \"50ms\"";
+    let config = ws.file_pipeline(small_lines(0..300), &endpoint.url(), sink);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n{}", api_table(&addr, ""))).unwrap();
+    let proc = Proc::spawn(run_cmd(&config));
+    assert!(
+        endpoint.wait_until(WAIT, |t| t.has_all(300)),
+        "{}",
+        proc.stderr_now()
+    );
+
+    let delivered = "flaghook_sink_events_delivered_total{sink=\"webhook\"}";
+    let at = metrics_until(&addr, &proc, |s| s.get(delivered) == Some(&300.0));
+    let status = |class: &str| {
+        value(
+            &at,
+            &format!("flaghook_sink_requests_total{{sink=\"webhook\",status=\"{class}\"}}"),
+        )
+    };
+    endpoint.with(|t| {
+        assert_eq!(value(&at, delivered), t.delivered as f64);
+        assert_eq!(status("2xx"), t.ok_requests as f64);
+    });
+    assert_eq!(status("4xx"), too_large.load(Ordering::SeqCst) as f64);
+    assert_eq!(status("5xx"), unavailable.load(Ordering::SeqCst) as f64);
+    assert!(unavailable.load(Ordering::SeqCst) > 0 && too_large.load(Ordering::SeqCst) > 0);
+    assert_eq!(
+        value(&at, "flaghook_sink_retries_total{sink=\"webhook\"}"),
+        unavailable.load(Ordering::SeqCst) as f64
+    );
+    assert_eq!(
+        value(
+            &at,
+            "flaghook_sink_request_duration_seconds_count{sink=\"webhook\"}"
+        ),
+        endpoint.requests().len() as f64
+    );
+    proc.sigterm();
+    proc.wait().assert_code(0);
+}

@@ -698,3 +698,47 @@ fn tls_config_errors_name_the_key_and_the_file() {
         "{out}"
     );
 }
+
+/// Regression: a reload compared the sinks' tables only, so after a client certificate (or
+/// a CA file) was renewed in place, `systemctl reload` kept the sink with the certificate
+/// it read at start: the endpoint went on refusing it until a restart. A sink whose files
+/// changed now restarts on a reload, as one whose table changed does.
+#[test]
+fn a_reload_reads_renewed_certificate_files() {
+    let ca = Ca::new("renewal CA");
+    let leaf = ca.server(&["127.0.0.1"]);
+    let server = TlsServer::requiring_client_certificate(&leaf, &ca);
+    let expired = Ca::new("retired CA").client();
+    let ws = Workspace::new();
+    let ca_pem = ws.write("ca.pem", &ca.pem);
+    let crt = ws.write("client.crt", &expired.cert_pem);
+    let key = ws.write("client.key", &expired.key_pem);
+    let config = ws.file_pipeline(
+        jsonl(&feature_events(0, 2)),
+        &format!("https://127.0.0.1:{}/hook", server.port),
+        &format!(
+            "flush_interval = \"100ms\"\nretry_initial_backoff = \"50ms\"\nretry_max_backoff = \"100ms\"\ntimeout = \"2s\"\ntls = {{ ca_file = {}, crt_file = {}, key_file = {} }}",
+            toml_str(&ca_pem),
+            toml_str(&crt),
+            toml_str(&key)
+        ),
+    );
+    let proc = Proc::spawn(run_cmd(&config));
+    server.wait(|s| s.connections() >= 2);
+    assert!(server.bodies().is_empty(), "{}", proc.stderr_now());
+
+    let renewed = ca.client();
+    std::fs::write(&crt, &renewed.cert_pem).unwrap();
+    std::fs::write(&key, &renewed.key_pem).unwrap();
+    proc.sighup();
+    assert!(proc.wait_stderr("config reloaded", WAIT).is_some());
+    server.wait(|s| !s.bodies().is_empty());
+    assert_eq!(
+        server.bodies().len(),
+        1,
+        "the renewed certificate was not used:\n{}",
+        proc.stderr_now()
+    );
+    proc.sigterm();
+    proc.wait().assert_code(0);
+}

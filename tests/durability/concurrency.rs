@@ -72,3 +72,79 @@ retry_max_backoff = "100ms"
         assert!(t.has_all(EVENTS), "lost: {:?}", t.missing(EVENTS));
     });
 }
+
+/// Regression: with several requests in flight, a stop (SIGTERM, or a reload restarting
+/// the pipeline) whose prompt attempt of an early batch failed left that batch in its file
+/// at once, although later batches of the same file had been delivered beside it: the
+/// checkpoint stayed before them, so the next start sent them all again (a reload with a
+/// flaky endpoint duplicated events at every reload). The early batch is now retried
+/// within `shutdown_timeout` while a later one was delivered or is in flight.
+#[test]
+fn a_stop_retries_an_early_failing_batch_rather_than_duplicate_the_later_ones_delivered() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let stopping = Arc::new(AtomicBool::new(false));
+    let after_stop = Arc::new(AtomicUsize::new(0));
+    let (flag, count) = (stopping.clone(), after_stop.clone());
+    // The batch holding event 0 fails until the stop, and once more then; the rest are
+    // delivered.
+    let hook = Endpoint::with_responder(move |req| {
+        if !req.ids.contains(&0) {
+            return Reply::ok();
+        }
+        if !flag.load(Ordering::SeqCst) || count.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Reply::status(503).delay(Duration::from_millis(100));
+        }
+        Reply::ok()
+    });
+    let ws = Workspace::new();
+    let input = ws.path("flag-variation-0.json");
+    write_small_events(&input, 0..EVENTS);
+    let config = ws.config(&format!(
+        r#"[sources.goff]
+type = "file"
+include = [{input}]
+
+[sinks.webhook]
+type = "webhook"
+inputs = ["goff"]
+endpoint_url = {url}
+max_event_in_memory = 4
+request_concurrency = 4
+flush_interval = "50ms"
+retry_initial_backoff = "100ms"
+retry_max_backoff = "100ms"
+"#,
+        input = toml_str(&input),
+        url = toml_str(hook.url()),
+    ));
+
+    let proc = Proc::spawn(run_cmd(&config));
+    assert!(
+        hook.wait_until(WAIT, |t| t.distinct() == EVENTS - 4),
+        "every batch but the first delivered beside it:\n{}",
+        proc.stderr_now()
+    );
+    stopping.store(true, Ordering::SeqCst);
+    proc.sigterm();
+    let out = proc.wait();
+    out.assert_code(0);
+    assert!(
+        after_stop.load(Ordering::SeqCst) >= 2,
+        "the first batch was not retried after its attempt at the stop failed:\n{}",
+        out.stderr
+    );
+
+    let out = run_once(&config);
+    out.assert_code(0);
+    hook.with(|t| {
+        assert!(t.has_all(EVENTS), "lost: {:?}", t.missing(EVENTS));
+        assert_eq!(
+            t.duplicates(),
+            0,
+            "delivered again after a clean stop: {:?}",
+            t.duplicated_ids()
+        );
+    });
+}

@@ -283,3 +283,99 @@ fn watch_config_applies_a_changed_file_and_starts_a_new_pipeline() {
     proc.sigterm();
     proc.wait().assert_code(0);
 }
+
+/// Regression: a reload adding a TCP source on an address another process holds stopped
+/// every pipeline and flaghook exited 1 (under systemd, `Restart=on-failure` then failed on
+/// the same config again and again), and one adding `[api]` on such an address left the
+/// API off; both messages showed the address, which came from the environment. Such a
+/// reload is refused now, as an invalid config is: logged naming the key, and the pipelines
+/// go on as they were.
+#[test]
+fn a_reload_whose_new_listener_cannot_listen_is_refused_and_the_pipelines_go_on() {
+    let hook = Endpoint::start();
+    let ws = Workspace::new();
+    let a = ws.path("a.json");
+    write_small_events(&a, 0..10);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let base = pipeline("a", &a, &hook.url(), "");
+    let config = ws.config(&base);
+    let mut cmd = run_cmd(&config);
+    cmd.env("TAKEN_ADDR", &taken_addr);
+    let proc = Proc::spawn(cmd);
+    assert!(
+        hook.wait_until(WAIT, |t| t.has_all(10)),
+        "{}",
+        proc.stderr_now()
+    );
+
+    let tcp = format!(
+        "[sources.t]\ntype = \"tcp\"\naddress = \"${{TAKEN_ADDR}}\"\n\n[sinks.t_hook]\ntype = \"webhook\"\ninputs = [\"t\"]\nendpoint_url = {}\n",
+        toml_str(hook.url())
+    );
+    let api = "[api]\naddress = \"${TAKEN_ADDR}\"\n".to_owned();
+    for (n, (extra, key)) in [(tcp, "`sources.t.address`"), (api, "`api.address`")]
+        .into_iter()
+        .enumerate()
+    {
+        let text = format!("data_dir = {}\n\n{base}\n{extra}", toml_str(ws.data_dir()));
+        std::fs::write(&config, text).unwrap();
+        proc.sighup();
+        wait_count(&proc, "config reload refused", n + 1);
+        let stderr = proc.stderr_now();
+        let refused = stderr.lines().rfind(|l| l.contains("refused"));
+        assert!(
+            refused.is_some_and(|l| l.contains(key) && l.contains("${TAKEN_ADDR}")),
+            "{stderr}"
+        );
+        // The running pipeline was not touched.
+        let from = 10 + 10 * n as u64;
+        append(&a, small_lines(from..from + 10));
+        assert!(
+            hook.wait_until(WAIT, |t| t.has_all(from + 10)),
+            "{}",
+            proc.stderr_now()
+        );
+    }
+    let stderr = proc.stderr_now();
+    assert!(!stderr.contains(&taken_addr), "{stderr}");
+    assert_eq!(
+        stderr.matches("tailing file source=a").count(),
+        1,
+        "{stderr}"
+    );
+    proc.sigterm();
+    proc.wait().assert_code(0);
+    drop(taken);
+}
+
+/// A changed sink restarts its TCP source on the same address: the reload is not refused
+/// for an address its own stopping pipeline frees, and the source listens again.
+#[test]
+fn a_reload_restarts_a_tcp_pipeline_on_the_address_it_frees() {
+    let hook = Endpoint::start();
+    let ws = Workspace::new();
+    let sink = "flush_interval = \"50ms\"";
+    let (config, addr) = ws.tcp_pipeline(&hook.url(), "", sink);
+    let proc = Proc::spawn(run_cmd(&config));
+    let mut conn = connect(&addr, &proc);
+    conn.write_all(small_lines(0..10).as_bytes()).unwrap();
+    drop(conn);
+    assert!(hook.wait_until(WAIT, |t| t.has_all(10)));
+
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(sink, "flush_interval = \"60ms\"")).unwrap();
+    proc.sighup();
+    wait_count(&proc, "config reloaded", 1);
+    let mut conn = connect(&addr, &proc);
+    conn.write_all(small_lines(10..20).as_bytes()).unwrap();
+    drop(conn);
+    assert!(
+        hook.wait_until(WAIT, |t| t.has_all(20)),
+        "{}",
+        proc.stderr_now()
+    );
+    assert!(!proc.stderr_now().contains("refused"));
+    proc.sigterm();
+    proc.wait().assert_code(0);
+}

@@ -171,6 +171,11 @@ impl Proc {
         self.signal(libc::SIGTERM);
     }
 
+    /// Sends SIGHUP: `run` reloads its config.
+    pub fn sighup(&self) {
+        self.signal(libc::SIGHUP);
+    }
+
     /// Sends SIGINT.
     pub fn sigint(&self) {
         self.signal(libc::SIGINT);

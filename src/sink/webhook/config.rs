@@ -391,6 +391,12 @@ impl WebhookSpec {
         self.delivery.request_concurrency
     }
 
+    /// A digest of the files its `tls` keys name, as read: a reload restarts the sink when
+    /// they changed.
+    pub(crate) fn files_read(&self) -> Option<u64> {
+        self.tls.as_ref().map(|tls| tls.files_read)
+    }
+
     /// `", through the proxy set by NAME"` when requests go through a proxy, else nothing.
     pub fn proxy_note(&self) -> String {
         self.proxy.as_ref().map_or(String::new(), |p| {

@@ -53,7 +53,7 @@ pub use proxy::ProxyUrl;
 pub use request::body;
 pub use tls::TlsConfig;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -257,6 +257,8 @@ struct Sink {
     retries: BTreeMap<Seq, Job>,
     /// When each batch not settled yet was first sent (for the oldest one's age).
     taken: BTreeMap<Seq, Instant>,
+    /// The batches with a request in flight.
+    in_flight: BTreeSet<Seq>,
 }
 
 impl Sink {
@@ -293,6 +295,7 @@ impl Sink {
             acks: InOrder::new(Acknowledger::new(acks, checkpoints)),
             retries: BTreeMap::new(),
             taken: BTreeMap::new(),
+            in_flight: BTreeSet::new(),
         };
         (sink, decode)
     }
@@ -360,6 +363,15 @@ impl Sink {
             .oldest_unsettled(self.taken.values().next().copied());
     }
 
+    /// Whether batch `seq` may be left in its files (or journals) at shutdown, as the
+    /// [`RetryPolicy`] does once a request failed then: every event can be read again from
+    /// there, but a batch sent after it that was delivered or is in flight waits for this
+    /// one's positions (see `InOrder`): were it left, they would be sent again at the next
+    /// start, so it is retried within the grace period instead.
+    fn may_stay_in_files(&self, seq: Seq) -> bool {
+        self.in_flight.range(seq + 1..).next().is_none() && !self.acks.acknowledged_after(seq)
+    }
+
     /// Sends `ready` now, or gives it up (the grace period is over, or it stays in its
     /// files at shutdown). Called once the retry policy's pause is over.
     async fn start(&mut self, ready: Ready) -> Step {
@@ -369,7 +381,7 @@ impl Sink {
             Some(seq) => seq,
             None => *job.seq.insert(self.open()),
         };
-        if self.retry.verdict(IN_FILES) == Turn::GiveUp {
+        if self.retry.verdict(self.may_stay_in_files(seq)) == Turn::GiveUp {
             self.give_up(seq, job.into_items());
             self.settle(seq);
             return Step::Settled;
@@ -395,6 +407,7 @@ impl Sink {
             };
             // A crash re-sends at most the batches in flight.
             self.acks.persisted().await;
+            self.in_flight.insert(seq);
             return Step::Post(job, ready);
         }
     }
@@ -409,6 +422,7 @@ impl Sink {
         } = posted;
         self.stats.counters.request(outcome.status, took);
         let seq = job.seq.expect("a job that was sent");
+        self.in_flight.remove(&seq);
         let part = job.parts.front().expect("the part sent");
         let events = count_events(&part.items);
         match outcome.decision {
@@ -447,7 +461,7 @@ impl Sink {
             .map(|p| count_events(&p.items))
             .sum::<usize>();
         self.stats.counters.failed(&detail);
-        match self.retry.failed(after, IN_FILES) {
+        match self.retry.failed(after, self.may_stay_in_files(seq)) {
             Next::Retry(delay) => {
                 self.stats.counters.retried();
                 let retry_in = Duration::from_millis(delay.as_millis() as u64);
@@ -521,11 +535,6 @@ impl Sink {
         tracing::info!(sink = %self.name, peak_events_in_memory = peak.events, peak_bytes_in_memory = peak.bytes, "most held in memory at once");
     }
 }
-
-/// Every event a sink holds can be read again: from its file, or from its source's
-/// journal. So at shutdown, after a failure, batches are left there for the next run
-/// (see [`RetryPolicy::failed`]).
-const IN_FILES: bool = true;
 
 /// Splits `items` into two halves with about the same number of events.
 fn halves(mut items: Vec<Item>) -> (Vec<Item>, Vec<Item>) {

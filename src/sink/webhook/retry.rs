@@ -93,7 +93,9 @@ pub(crate) fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duratio
 ///   dead-lettered (the sink) or stays in the file (replay). A 2xx starts the count over.
 /// - When shutdown is asked, every batch gets a prompt attempt within the grace period
 ///   (`shutdown_timeout`). Once one has failed at shutdown, batches are left in their
-///   files or journals (their offsets did not move; the next start reads them again).
+///   files or journals (their offsets did not move; the next start reads them again);
+///   with several requests in flight, a batch that a later one overtook is retried
+///   instead until the grace period ends (the sink says which may stay).
 #[derive(Debug)]
 pub(crate) struct RetryPolicy {
     initial: Duration,
@@ -172,8 +174,9 @@ impl RetryPolicy {
     }
 
     /// Waits for the next request's turn (the wait after a failure; cut short when
-    /// shutdown is asked), then says whether a batch (`from_files`: every event of it can
-    /// be read again from its file) goes out or is given up.
+    /// shutdown is asked), then says whether a batch (`from_files`: it may be left in its
+    /// files, every event of it can be read again from there and nothing sent after it
+    /// would be sent again for it) goes out or is given up.
     pub(crate) async fn turn(&mut self, from_files: bool) -> Turn {
         self.pause().await;
         self.verdict(from_files)

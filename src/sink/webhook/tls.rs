@@ -9,6 +9,7 @@
 //! and no error quotes a file's content (a key file's lines are secret).
 
 use std::fmt;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -71,6 +72,9 @@ pub(crate) struct TlsSpec {
     pub(crate) config: Arc<rustls::ClientConfig>,
     /// Verified and sent as SNI instead of the URL's host.
     pub(crate) server_name: Option<ServerName<'static>>,
+    /// A digest of the bytes of the files read (`ca_file`, `crt_file`, `key_file`): a
+    /// reload restarts the sink when they changed, as when its table did.
+    pub(crate) files_read: u64,
 }
 
 impl fmt::Debug for TlsSpec {
@@ -90,17 +94,20 @@ impl TlsConfig {
     /// (`sinks.NAME`).
     pub(crate) fn build(&self, sink: &str, base: &Path) -> Result<TlsSpec> {
         let key = format!("{sink}.tls");
-        let builder =
-            rustls::ClientConfig::builder().with_root_certificates(self.roots(&key, base)?);
+        let mut read = DefaultHasher::new();
+        let builder = rustls::ClientConfig::builder()
+            .with_root_certificates(self.roots(&key, base, &mut read)?);
         let config = match (&self.crt_file, &self.key_file) {
             (None, None) => builder.with_no_client_auth(),
             (Some(crt), Some(private)) => {
                 let crt = base.join(crt);
                 let private = base.join(private);
-                let chain =
-                    example(certificates(&format!("{key}.crt_file"), &crt), CLIENT_EXAMPLE)?;
-                let private_key =
-                    example(private_key(&format!("{key}.key_file"), &private), CLIENT_EXAMPLE)?;
+                let crt_key = format!("{key}.crt_file");
+                let chain = example(certificates(&crt_key, &crt, &mut read), CLIENT_EXAMPLE)?;
+                let private_key = example(
+                    private_key(&format!("{key}.key_file"), &private, &mut read),
+                    CLIENT_EXAMPLE,
+                )?;
                 builder.with_client_auth_cert(chain, private_key).map_err(|e| {
                     anyhow!("`{key}.key_file` = {private:?} is not the key of the certificate in `{key}.crt_file` = {crt:?}: {e} (example: {CLIENT_EXAMPLE})")
                 })?
@@ -117,12 +124,18 @@ impl TlsConfig {
         Ok(TlsSpec {
             config: Arc::new(config),
             server_name,
+            files_read: read.finish(),
         })
     }
 
     /// The certificates the endpoint's may chain to: the platform's (unless
     /// `use_platform_roots = false`) and `ca_file`'s. At least one.
-    fn roots(&self, key: &str, base: &Path) -> Result<rustls::RootCertStore> {
+    fn roots(
+        &self,
+        key: &str,
+        base: &Path,
+        read: &mut DefaultHasher,
+    ) -> Result<rustls::RootCertStore> {
         let mut roots = rustls::RootCertStore::empty();
         if self.use_platform_roots {
             // A platform certificate that does not parse is left out, as rustls' own
@@ -134,7 +147,7 @@ impl TlsConfig {
             Some(path) => {
                 let ca_key = format!("{key}.ca_file");
                 let path = base.join(path);
-                for (i, cert) in example(certificates(&ca_key, &path), CA_EXAMPLE)?
+                for (i, cert) in example(certificates(&ca_key, &path, read), CA_EXAMPLE)?
                     .into_iter()
                     .enumerate()
                 {
@@ -157,8 +170,13 @@ fn example<T>(result: Result<T>, example: &str) -> Result<T> {
 }
 
 /// Every certificate in the PEM file at `path` (`key` names the setting): at least one.
-fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let (_, sections) = pem_file(key, path)?;
+/// The file's bytes go into `read`.
+fn certificates(
+    key: &str,
+    path: &Path,
+    read: &mut DefaultHasher,
+) -> Result<Vec<CertificateDer<'static>>> {
+    let (_, sections) = pem_file(key, path, read)?;
     let certificates: Vec<_> = sections
         .into_iter()
         .filter(|(kind, _)| *kind == SectionKind::Certificate)
@@ -172,9 +190,10 @@ fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>> 
     Ok(certificates)
 }
 
-/// The first private key in the PEM file at `path` (`key` names the setting).
-fn private_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>> {
-    let (text, sections) = pem_file(key, path)?;
+/// The first private key in the PEM file at `path` (`key` names the setting). The file's
+/// bytes go into `read`.
+fn private_key(key: &str, path: &Path, read: &mut DefaultHasher) -> Result<PrivateKeyDer<'static>> {
+    let (text, sections) = pem_file(key, path, read)?;
     if let Some(private) = sections
         .into_iter()
         .find_map(|(kind, der)| PrivateKeyDer::from_pem(kind, der))
@@ -187,12 +206,20 @@ fn private_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>> {
     bail!("`{key}` = {path:?} holds no private key (a PEM block `-----BEGIN PRIVATE KEY-----`, `RSA PRIVATE KEY` or `EC PRIVATE KEY`)");
 }
 
-/// The file at `path` and its PEM sections of the kinds rustls knows. Errors say whether
-/// the file is missing, unreadable or not PEM, and never quote its content.
+/// The file at `path` and its PEM sections of the kinds rustls knows; its bytes go into
+/// `read`. Errors say whether the file is missing, unreadable or not PEM, and never quote
+/// its content.
 #[allow(clippy::type_complexity)]
-fn pem_file(key: &str, path: &Path) -> Result<(Vec<u8>, Vec<(SectionKind, Vec<u8>)>)> {
+fn pem_file(
+    key: &str,
+    path: &Path,
+    read: &mut DefaultHasher,
+) -> Result<(Vec<u8>, Vec<(SectionKind, Vec<u8>)>)> {
     let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
+        Ok(bytes) => {
+            bytes.hash(read);
+            bytes
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             bail!("`{key}` = {path:?}: the file is missing")
         }
