@@ -330,6 +330,17 @@ impl<W: std::io::Write> std::io::Write for Prioritized<W> {
     }
 }
 
+/// A SIGHUP asks `run` to reload its config; its default action would end the process.
+/// Ignored from the start, so that one that comes while the config loads and the pipelines
+/// start, or during `run --once` (which does not reload), ends nothing. The reload handler,
+/// installed once the pipelines run, takes it over.
+fn ignore_hangup() {
+    // SAFETY: setting a signal's disposition to SIG_IGN, before any thread of ours exists.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+}
+
 fn dispatch(command: Command) -> Result<u8> {
     match command {
         // The plan is built before the runtime starts: it resolves addresses, which blocks.
@@ -338,6 +349,7 @@ fn dispatch(command: Command) -> Result<u8> {
             once,
             watch_config,
         } => {
+            ignore_hangup();
             let plan = Plan::load(&config)?;
             block_on(run(plan, reload::Options { once, watch_config }))
         }

@@ -478,3 +478,40 @@ fn the_documented_install_lets_the_service_user_read_its_config() {
     }
     assert!(seen >= 2, "the install lines were not found");
 }
+
+/// A SIGHUP is a reload request, never a kill: `run --once` (which does not reload) goes
+/// on and delivers everything, where SIGHUP's default action ended it mid-run.
+#[test]
+fn a_sighup_does_not_end_run_once() {
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = failing.clone();
+    let endpoint =
+        Endpoint::with_responder(
+            move |_| match flag.load(std::sync::atomic::Ordering::SeqCst) {
+                true => Reply::status(503),
+                false => Reply::ok(),
+            },
+        );
+    let ws = Workspace::new();
+    let config = ws.file_pipeline(
+        small_lines(0..20),
+        &endpoint.url(),
+        "flush_interval = \"50ms\"\nretry_initial_backoff = \"50ms\"\nretry_max_backoff = \"100ms\"",
+    );
+    let proc = Proc::spawn(run_once_cmd(&config));
+    let deadline = Instant::now() + WAIT;
+    while endpoint.requests().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no request:\n{}",
+            proc.stderr_now()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    proc.sighup();
+    std::thread::sleep(Duration::from_millis(200));
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let out = proc.wait();
+    out.assert_code(0);
+    assert!(endpoint.wait_until(WAIT, |t| t.has_all(20)), "{out}");
+}
