@@ -23,8 +23,9 @@ use crate::data_dir::DataDir;
 use crate::event::Decoder;
 use crate::lock::{lock_data_dir, DataDirLock};
 use crate::sink::deadletter::DeadLetters;
+use crate::sink::pipeline::{self, SinkParts};
 use crate::sink::spill::Spill;
-use crate::sink::webhook::{self, Poster, SinkParts};
+use crate::sink::webhook::Poster;
 use crate::sink::SinkSpec;
 use crate::sink::Stats;
 use crate::source::file::checkpoint::{CheckpointWriter, Checkpointer};
@@ -275,7 +276,9 @@ pub(crate) async fn run_prepared(
         let (tx, rx) = mpsc::channel(16);
         let mut subscriptions = Subscriptions::new(tx, budget.clone(), c.max_events());
         for input in &c.inputs {
-            let ack = checkpointers.get(input.as_str()).map(|cp| cp.subscribe());
+            let ack = checkpointers
+                .get(input.as_str())
+                .map(|cp| cp.subscribe().into());
             outputs
                 .entry(input.as_str())
                 .or_default()
@@ -285,7 +288,7 @@ pub(crate) async fn run_prepared(
         all_stats.push((stats.clone(), budget.clone()));
         let parts = SinkParts {
             name: name.clone(),
-            poster: Arc::new(Poster::new(name, c)),
+            transport: Arc::new(Poster::new(name, c)),
             delivery: c.delivery.clone(),
             decoder: Decoder::new(c.schema, &c.event_types),
             budget: budget.clone(),
@@ -304,7 +307,7 @@ pub(crate) async fn run_prepared(
         let task = tasks.sinks.spawn(async move {
             // Closed however the sink ends, a panic included, so no source waits on it.
             let _closed = CloseOnDrop(budget);
-            webhook::run(parts, rx, stop).await
+            pipeline::run(parts, rx, stop).await
         });
         tasks.names.insert(task.id(), format!("sink `{name}`"));
     }

@@ -11,12 +11,14 @@ use std::collections::{BTreeMap, HashSet};
 use tokio::sync::oneshot;
 
 use crate::event::{Ack, Item};
-use crate::source::file::checkpoint::{AckHandle, Persist};
+use crate::source::file::checkpoint::Persist;
+use crate::source::SourceAck;
 
 #[derive(Debug)]
 pub(crate) struct Acknowledger {
-    /// Per input ([`Ack::input`]): the source's handle, for file sources.
-    handles: Vec<Option<AckHandle>>,
+    /// Per input ([`Ack::input`]): the source's handle, for sources that keep their lines
+    /// until they are acknowledged (files, JetStream).
+    handles: Vec<Option<SourceAck>>,
     /// Files whose offsets stay where they are for the rest of the run, by (input, file):
     /// a dead letter of theirs could not be written.
     left_in_files: HashSet<(usize, u64)>,
@@ -26,7 +28,7 @@ pub(crate) struct Acknowledger {
 }
 
 impl Acknowledger {
-    pub(crate) fn new(handles: Vec<Option<AckHandle>>, persist: Persist) -> Self {
+    pub(crate) fn new(handles: Vec<Option<SourceAck>>, persist: Persist) -> Self {
         Acknowledger {
             handles,
             left_in_files: HashSet::new(),
@@ -54,8 +56,7 @@ impl Acknowledger {
         let Some(Some(handle)) = self.handles.get(ack.input) else {
             return false;
         };
-        handle.ack(ack.file, ack.offset);
-        true
+        handle.ack(ack.file, ack.offset)
     }
 
     /// Waits until the last acknowledgement is saved.
@@ -226,7 +227,7 @@ mod tests {
         let file = std::fs::File::open(&log).unwrap();
         cp.register(1, Fingerprint::of(&file).unwrap(), &log, 0);
         let (_writer, persist) = CheckpointWriter::spawn(vec![cp.clone()]).unwrap();
-        let mut acks = InOrder::new(Acknowledger::new(vec![Some(handle)], persist));
+        let mut acks = InOrder::new(Acknowledger::new(vec![Some(handle.into())], persist));
         let (a, b, c, d) = (acks.open(), acks.open(), acks.open(), acks.open());
 
         acks.acknowledge(c, &[line(6)]);

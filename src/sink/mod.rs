@@ -1,12 +1,17 @@
-//! Sinks take the sources' lines and deliver them: [`webhook`] is the sink, as one
-//! pipeline; `decode` is its first stage; `ack` moves file checkpoints once events are
-//! delivered; `deadletter` and `spill` keep what is not delivered; `replay` sends
-//! dead letters again.
+//! Sinks take the sources' lines and deliver them. Every sink is one `pipeline` (decode,
+//! batch, send, decide, acknowledge) around its transport: [`webhook`] POSTs signed
+//! requests; `nats` publishes to JetStream. What they share: `decode` (the first stage),
+//! `delivery` and `retry` (the settings and rules of retries), `ack` (moves the sources'
+//! positions once events are delivered), `deadletter` and `spill` (keep what is not
+//! delivered); `replay` sends dead letters again.
 
 pub(crate) mod ack;
 pub(crate) mod deadletter;
 pub(crate) mod decode;
+pub(crate) mod delivery;
+pub(crate) mod pipeline;
 pub mod replay;
+pub(crate) mod retry;
 pub(crate) mod spill;
 pub mod webhook;
 
@@ -19,6 +24,7 @@ use anyhow::{bail, Result};
 use crate::config::{split_type, typed};
 use crate::event::Item;
 use crate::telemetry::{RejectClass, SinkCounters};
+use delivery::DeliveryConfig;
 
 /// One `[sinks.NAME]` table, checked: `type` picks the kind.
 #[derive(Debug)]
@@ -33,8 +39,9 @@ impl SinkSpec {
         let (kind, table) = split_type(key, table, "\"webhook\"")?;
         match kind.as_str() {
             "webhook" => {
+                let (table, delivery) = split_table(key, table)?;
                 let config: webhook::WebhookConfig = typed(key, table)?;
-                Ok(SinkSpec::Webhook(config.build(key, base)?))
+                Ok(SinkSpec::Webhook(config.build(key, base, &delivery)?))
             }
             other => bail!("`{key}.type` = {other:?} is not a sink type: use \"webhook\""),
         }
@@ -66,6 +73,15 @@ impl SinkSpec {
             c.request_concurrency(),
         ) + &c.proxy_note()
     }
+}
+
+/// A sink's table as its own keys and the keys every sink shares ([`DeliveryConfig`]),
+/// each read strictly (an unknown key is an error that names it).
+fn split_table(key: &str, table: toml::Table) -> Result<(toml::Table, DeliveryConfig)> {
+    let (shared, own): (toml::Table, toml::Table) = table
+        .into_iter()
+        .partition(|(name, _)| DeliveryConfig::KEYS.contains(&name.as_str()));
+    Ok((own, typed(key, shared)?))
 }
 
 /// What a sink did in this run, for the `--once` summary and the logs; each count also

@@ -15,13 +15,14 @@ mod budget;
 pub(crate) mod connections;
 pub(crate) mod file;
 pub mod lines;
+pub(crate) mod nats;
 mod output;
 mod pump;
 pub(crate) mod stdin;
 pub(crate) mod tcp;
 
 pub(crate) use budget::{gathers_ahead, max_batch_bytes, Budget, Cost};
-pub(crate) use output::{Closed, Output, SinkInput, Subscriptions};
+pub(crate) use output::{Closed, Output, SinkInput, SourceAck, Subscriptions};
 pub(crate) use pump::pump;
 
 /// One `[sources.NAME]` table, parsed: `type` picks the kind, whose config turns into its

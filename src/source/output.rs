@@ -8,9 +8,43 @@ use tokio_util::sync::CancellationToken;
 
 use super::budget::MAX_REQUEST;
 use super::file::checkpoint::AckHandle;
+use super::nats::NatsAckHandle;
 use super::{gathers_ahead, max_batch_bytes, Budget, Cost};
 use crate::event::{Block, Line};
 use crate::telemetry::SourceCounters;
+
+/// Whom a sink tells that it delivered (or dead-lettered) a source's lines, for sources
+/// that keep them until then: a file source's checkpoints, or a nats source's JetStream
+/// messages.
+#[derive(Debug, Clone)]
+pub enum SourceAck {
+    File(AckHandle),
+    Nats(NatsAckHandle),
+}
+
+impl SourceAck {
+    /// Everything of `file` (a tailed file, a JetStream message) before `offset` was
+    /// delivered or dead-lettered by this sink. Returns whether a checkpoint moved, to be
+    /// saved.
+    pub(crate) fn ack(&self, file: u64, offset: u64) -> bool {
+        match self {
+            SourceAck::File(handle) => {
+                handle.ack(file, offset);
+                true
+            }
+            SourceAck::Nats(handle) => {
+                handle.ack(file, offset);
+                false
+            }
+        }
+    }
+}
+
+impl From<AckHandle> for SourceAck {
+    fn from(handle: AckHandle) -> Self {
+        SourceAck::File(handle)
+    }
+}
 
 /// One sink's input, as a source sees it: made by [`Subscriptions::subscribe`].
 #[derive(Debug, Clone)]
@@ -32,7 +66,7 @@ pub struct Subscriptions {
     tx: mpsc::Sender<Block>,
     budget: Arc<Budget>,
     max_events: usize,
-    acks: Vec<Option<AckHandle>>,
+    acks: Vec<Option<SourceAck>>,
 }
 
 impl Subscriptions {
@@ -46,8 +80,8 @@ impl Subscriptions {
     }
 
     /// Subscribes the sink to a source; `ack` is the source's handle for this sink when its
-    /// lines are acknowledged (file sources).
-    pub fn subscribe(&mut self, ack: Option<AckHandle>) -> SinkInput {
+    /// lines are acknowledged (file and nats sources).
+    pub fn subscribe(&mut self, ack: Option<SourceAck>) -> SinkInput {
         self.acks.push(ack);
         SinkInput {
             tx: self.tx.clone(),
@@ -58,7 +92,7 @@ impl Subscriptions {
     }
 
     /// The acknowledgement handles, indexed by [`Block::input`].
-    pub fn into_acks(self) -> Vec<Option<AckHandle>> {
+    pub fn into_acks(self) -> Vec<Option<SourceAck>> {
         self.acks
     }
 }
