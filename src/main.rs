@@ -467,6 +467,9 @@ async fn run(config: Plan, options: reload::Options) -> Result<u8> {
 }
 
 async fn replay(config: Plan, path: &Path, sink: &str) -> Result<u8> {
+    if let Some(SinkSpec::Nats(_)) = config.sinks.get(sink) {
+        bail!("`sinks.{sink}` is a nats sink: dead-letter replay sends to webhook sinks (its records can be replayed through a webhook sink's data_dir, or published again)");
+    }
     let Some(SinkSpec::Webhook(webhook)) = config.sinks.get(sink) else {
         bail!(
             "no sink `{sink}` in {} (sinks: {})",
@@ -525,7 +528,9 @@ fn demo() -> Result<u8> {
     }
     let plan = Plan::build(loaded)?;
     let check = plan.sinks.values().find_map(|sink| {
-        let SinkSpec::Webhook(w) = sink;
+        let SinkSpec::Webhook(w) = sink else {
+            return None;
+        };
         let (scheme, key) = w.signing()?;
         Some(Check {
             scheme,

@@ -81,6 +81,14 @@ impl ConnectConfig {
     ];
 }
 
+/// A sink's or source's table as its own keys and the connection keys, read strictly.
+pub(crate) fn split_table(key: &str, table: toml::Table) -> Result<(toml::Table, ConnectConfig)> {
+    let (connect, own): (toml::Table, toml::Table) = table
+        .into_iter()
+        .partition(|(name, _)| ConnectConfig::KEYS.contains(&name.as_str()));
+    Ok((own, crate::config::typed(key, connect)?))
+}
+
 /// A password or token: read as any TOML value first, so that no message of serde's can
 /// quote it.
 fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {

@@ -20,17 +20,19 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{ApiConfig, ApiSpec};
 use crate::config::{self, typed, EnvValues, Loaded};
 use crate::data_dir::DataDir;
-use crate::event::Decoder;
+use crate::event::Block;
 use crate::lock::{lock_data_dir, DataDirLock};
 use crate::sink::deadletter::DeadLetters;
-use crate::sink::pipeline::{self, SinkParts};
+use crate::sink::nats::Publisher;
+use crate::sink::pipeline::{self, SinkParts, Transport};
 use crate::sink::spill::Spill;
 use crate::sink::webhook::Poster;
 use crate::sink::SinkSpec;
 use crate::sink::Stats;
 use crate::source::file::checkpoint::{CheckpointWriter, Checkpointer};
 use crate::source::file::FileSource;
-use crate::source::{self, Budget, Output, SinkInput, SourceSpec, Subscriptions};
+use crate::source::nats::Messages;
+use crate::source::{self, Budget, Output, SinkInput, SourceAck, SourceSpec, Subscriptions};
 use crate::telemetry::Telemetry;
 
 /// A config ready to run: every stage's spec, checked against the others.
@@ -263,22 +265,33 @@ pub(crate) async fn run_prepared(
         .collect();
     let (checkpoint_writer, persist) =
         CheckpointWriter::spawn(checkpointers.values().cloned().collect())?;
+    // Each nats source's messages, held until every sink that reads it acknowledged them.
+    let mut nats_messages: BTreeMap<&str, Arc<Messages>> = config
+        .sources
+        .iter()
+        .filter(|(_, source)| matches!(source, SourceSpec::Nats(_)))
+        .map(|(name, _)| (name.as_str(), Messages::new()))
+        .collect();
 
     let mut outputs: BTreeMap<&str, Vec<SinkInput>> = BTreeMap::new();
     let mut tasks = Tasks::default();
     let mut all_stats = Vec::new();
     for (name, sink) in &config.sinks {
-        let SinkSpec::Webhook(c) = sink;
-        let budget = Arc::new(Budget::new(c.buffer_max_events, c.buffer_max_bytes));
+        let budget = Arc::new(sink.budget());
         // Before any source may take from the budget: the spilled events go first.
         let spill_path = data_dir.spill(name);
         let spill = Spill::open(name, &spill_path, &budget);
         let (tx, rx) = mpsc::channel(16);
-        let mut subscriptions = Subscriptions::new(tx, budget.clone(), c.max_events());
-        for input in &c.inputs {
-            let ack = checkpointers
-                .get(input.as_str())
-                .map(|cp| cp.subscribe().into());
+        let mut subscriptions = Subscriptions::new(tx, budget.clone(), sink.delivery().max_events);
+        for input in sink.inputs() {
+            let ack = match (
+                checkpointers.get(input.as_str()),
+                nats_messages.get(input.as_str()),
+            ) {
+                (Some(cp), _) => Some(cp.subscribe().into()),
+                (None, Some(messages)) => Some(SourceAck::Nats(messages.subscribe())),
+                (None, None) => None,
+            };
             outputs
                 .entry(input.as_str())
                 .or_default()
@@ -288,14 +301,14 @@ pub(crate) async fn run_prepared(
         all_stats.push((stats.clone(), budget.clone()));
         let parts = SinkParts {
             name: name.clone(),
-            transport: Arc::new(Poster::new(name, c)),
-            delivery: c.delivery.clone(),
-            decoder: Decoder::new(c.schema, &c.event_types),
+            transport: Arc::new(()),
+            delivery: sink.delivery().clone(),
+            decoder: sink.decoder(),
             budget: budget.clone(),
             stats,
             dead_letters: Arc::new(DeadLetters::new(
                 data_dir.dead_letter(name),
-                c.dead_letter_max_bytes,
+                sink.dead_letter_max_bytes(),
             )),
             acks: subscriptions.into_acks(),
             checkpoints: persist.clone(),
@@ -304,11 +317,16 @@ pub(crate) async fn run_prepared(
             once,
         };
         let stop = stop.clone();
-        let task = tasks.sinks.spawn(async move {
-            // Closed however the sink ends, a panic included, so no source waits on it.
-            let _closed = CloseOnDrop(budget);
-            pipeline::run(parts, rx, stop).await
-        });
+        let task = match sink {
+            SinkSpec::Webhook(c) => {
+                let parts = parts.with(Arc::new(Poster::new(name, c)));
+                tasks.sinks.spawn(run_sink(parts, rx, stop, budget))
+            }
+            SinkSpec::Nats(c) => {
+                let parts = parts.with(Publisher::new(name, c));
+                tasks.sinks.spawn(run_sink(parts, rx, stop, budget))
+            }
+        };
         tasks.names.insert(task.id(), format!("sink `{name}`"));
     }
 
@@ -336,6 +354,15 @@ pub(crate) async fn run_prepared(
                 tasks
                     .sources
                     .spawn(async move { source::stdin::run(&name, &c, output, stop).await });
+            }
+            SourceSpec::Nats(c) => {
+                let c = c.clone();
+                let messages = nats_messages
+                    .remove(name.as_str())
+                    .expect("one per nats source");
+                tasks.sources.spawn(async move {
+                    source::nats::run(&name, &c, messages, output, stop, once).await
+                });
             }
         }
     }
@@ -397,6 +424,18 @@ impl Tasks {
     fn name(&self, id: tokio::task::Id) -> &str {
         self.names.get(&id).map_or("a sink", String::as_str)
     }
+}
+
+/// Runs a sink; its budget is closed however it ends, a panic included, so that no source
+/// waits on it.
+async fn run_sink<T: Transport>(
+    parts: SinkParts<T>,
+    input: mpsc::Receiver<Block>,
+    stop: CancellationToken,
+    budget: Arc<Budget>,
+) -> Result<()> {
+    let _closed = CloseOnDrop(budget);
+    pipeline::run(parts, input, stop).await
 }
 
 /// Closes a sink's budget when dropped.

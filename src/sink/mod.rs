@@ -9,6 +9,7 @@ pub(crate) mod ack;
 pub(crate) mod deadletter;
 pub(crate) mod decode;
 pub(crate) mod delivery;
+pub mod nats;
 pub(crate) mod pipeline;
 pub mod replay;
 pub(crate) mod retry;
@@ -30,20 +31,31 @@ use delivery::DeliveryConfig;
 #[derive(Debug)]
 pub enum SinkSpec {
     Webhook(webhook::WebhookSpec),
+    Nats(nats::NatsSinkSpec),
 }
 
 impl SinkSpec {
     /// Reads and checks the table at `key` (`sinks.NAME`); relative paths are relative to
     /// `base`.
     pub fn from_table(key: &str, table: toml::Table, base: &Path) -> Result<Self> {
-        let (kind, table) = split_type(key, table, "\"webhook\"")?;
+        let (kind, table) = split_type(key, table, "\"webhook\" or \"nats\"")?;
         match kind.as_str() {
             "webhook" => {
                 let (table, delivery) = split_table(key, table)?;
                 let config: webhook::WebhookConfig = typed(key, table)?;
                 Ok(SinkSpec::Webhook(config.build(key, base, &delivery)?))
             }
-            other => bail!("`{key}.type` = {other:?} is not a sink type: use \"webhook\""),
+            "nats" => {
+                let (table, delivery) = split_table(key, table)?;
+                let (table, connect) = crate::nats::split_table(key, table)?;
+                let config: nats::NatsSinkConfig = typed(key, table)?;
+                Ok(SinkSpec::Nats(
+                    config.build(key, base, &delivery, &connect)?,
+                ))
+            }
+            other => {
+                bail!("`{key}.type` = {other:?} is not a sink type: use \"webhook\" or \"nats\"")
+            }
         }
     }
 
@@ -51,12 +63,49 @@ impl SinkSpec {
     pub fn inputs(&self) -> &[String] {
         match self {
             SinkSpec::Webhook(w) => &w.inputs,
+            SinkSpec::Nats(n) => &n.inputs,
+        }
+    }
+
+    /// What the sink holds in memory at most: events and bytes of lines.
+    pub(crate) fn budget(&self) -> crate::source::Budget {
+        let (events, bytes) = match self {
+            SinkSpec::Webhook(w) => (w.buffer_max_events, w.buffer_max_bytes),
+            SinkSpec::Nats(n) => (n.buffer_max_events, n.buffer_max_bytes),
+        };
+        crate::source::Budget::new(events, bytes)
+    }
+
+    /// Its batches, retries and shutdown.
+    pub(crate) fn delivery(&self) -> &delivery::Delivery {
+        match self {
+            SinkSpec::Webhook(w) => &w.delivery,
+            SinkSpec::Nats(n) => &n.delivery,
+        }
+    }
+
+    /// How its lines become events.
+    pub(crate) fn decoder(&self) -> crate::event::Decoder {
+        match self {
+            SinkSpec::Webhook(w) => crate::event::Decoder::new(w.schema, &w.event_types),
+            SinkSpec::Nats(n) => crate::event::Decoder::new(n.schema, &n.event_types),
+        }
+    }
+
+    /// `dead_letter_max_bytes`.
+    pub(crate) fn dead_letter_max_bytes(&self) -> u64 {
+        match self {
+            SinkSpec::Webhook(w) => w.dead_letter_max_bytes,
+            SinkSpec::Nats(n) => n.dead_letter_max_bytes,
         }
     }
 
     /// One line for `flaghook validate`.
     pub fn describe(&self) -> String {
-        let SinkSpec::Webhook(c) = self;
+        let c = match self {
+            SinkSpec::Webhook(c) => c,
+            SinkSpec::Nats(n) => return n.describe(),
+        };
         let signed = match c.signing() {
             Some((scheme, _)) => format!("signed ({})", scheme.as_str()),
             None => "unsigned".to_owned(),

@@ -144,6 +144,40 @@ pub(crate) struct SinkParts<T> {
     pub(crate) spill: Option<(Spill, Vec<Item>)>,
 }
 
+impl SinkParts<()> {
+    /// The parts, with the transport the sink sends with.
+    pub(crate) fn with<T>(self, transport: Arc<T>) -> SinkParts<T> {
+        let SinkParts {
+            name,
+            transport: _,
+            delivery,
+            decoder,
+            budget,
+            stats,
+            dead_letters,
+            acks,
+            checkpoints,
+            spill_path,
+            once,
+            spill,
+        } = self;
+        SinkParts {
+            name,
+            transport,
+            delivery,
+            decoder,
+            budget,
+            stats,
+            dead_letters,
+            acks,
+            checkpoints,
+            spill_path,
+            once,
+            spill,
+        }
+    }
+}
+
 /// Runs the sink until its input ends and everything is delivered, dead-lettered, or
 /// (after the shutdown grace period) left for the next run.
 ///

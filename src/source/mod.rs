@@ -32,6 +32,7 @@ pub enum SourceSpec {
     File(file::FileSpec),
     Tcp(tcp::TcpSpec),
     Stdin(stdin::StdinSpec),
+    Nats(nats::NatsSourceSpec),
 }
 
 impl SourceSpec {
@@ -42,12 +43,17 @@ impl SourceSpec {
         base: &std::path::Path,
     ) -> anyhow::Result<Self> {
         use crate::config::{split_type, typed};
-        let kinds = "\"file\", \"tcp\" or \"stdin\"";
+        let kinds = "\"file\", \"tcp\", \"stdin\" or \"nats\"";
         let (kind, table) = split_type(key, table, kinds)?;
         Ok(match kind.as_str() {
             "file" => SourceSpec::File(typed::<file::FileConfig>(key, table)?.build(key, base)?),
             "tcp" => SourceSpec::Tcp(typed::<tcp::TcpConfig>(key, table)?.build(key)?),
             "stdin" => SourceSpec::Stdin(typed::<stdin::StdinConfig>(key, table)?.build(key)?),
+            "nats" => {
+                let (table, connect) = crate::nats::split_table(key, table)?;
+                let config = typed::<nats::NatsSourceConfig>(key, table)?;
+                SourceSpec::Nats(config.build(key, base, &connect)?)
+            }
             other => anyhow::bail!("`{key}.type` = {other:?} is not a source type: use {kinds}"),
         })
     }
@@ -58,6 +64,7 @@ impl SourceSpec {
             SourceSpec::File(f) => format!("file, include {:?}", f.include),
             SourceSpec::Tcp(t) => format!("tcp, listening on {}", t.address),
             SourceSpec::Stdin(_) => "stdin".to_owned(),
+            SourceSpec::Nats(n) => n.describe(),
         }
     }
 }

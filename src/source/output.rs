@@ -151,6 +151,14 @@ impl Output {
         self
     }
 
+    /// The largest events cap and the smallest bytes cap of the sinks' budgets.
+    pub(crate) fn budget_caps(&self) -> (usize, usize) {
+        let caps = self.sinks.iter().map(|s| s.budget.cap());
+        let events = caps.clone().map(|c| c.events).max().unwrap_or(0);
+        let bytes = caps.map(|c| c.bytes).min().unwrap_or(0);
+        (events, bytes)
+    }
+
     /// How many of `lines` (one at least) go in the next block.
     fn block_len(&self, lines: &[Line]) -> usize {
         let mut bytes = 0;

@@ -150,7 +150,8 @@ impl Messages {
     }
 
     /// How many messages are held.
-    pub(crate) fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().messages.len()
     }
 
