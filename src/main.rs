@@ -243,7 +243,9 @@ fn init_logs(level: Option<&str>, format: LogFormat) -> Result<()> {
         Some(l) => EnvFilter::try_new(l).map_err(|e| {
             anyhow::anyhow!("--log-level {l:?} is not a level or filter ({e}); example: --log-level debug, or --log-level flaghook=trace")
         })?,
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        // The NATS client's own lines repeat what flaghook logs of its connections.
+        None => EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn")),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -301,6 +301,8 @@ fn log_event(component: &str, servers: &str, event: async_nats::Event) {
         Event::Disconnected => {
             tracing::warn!(component, servers, "disconnected from NATS; reconnecting")
         }
+        // One per failed reconnection attempt: the disconnection was logged.
+        Event::ClientError(e) => tracing::debug!(component, servers, "NATS: {e}"),
         other => tracing::warn!(component, servers, "NATS: {other}"),
     }
 }
