@@ -101,6 +101,23 @@ pub(crate) fn typed<T: serde::de::DeserializeOwned>(key: &str, table: toml::Tabl
     })
 }
 
+/// [`typed`] for a table whose other keys (`beside`) are read apart, by another struct: the
+/// message of an unknown key lists them too.
+pub(crate) fn typed_beside<T: serde::de::DeserializeOwned>(
+    key: &str,
+    table: toml::Table,
+    beside: &[&str],
+) -> Result<T> {
+    typed(key, table).map_err(|e| {
+        let text = e.to_string();
+        if !text.contains("unknown field") {
+            return e;
+        }
+        let others: Vec<String> = beside.iter().map(|k| format!("`{k}`")).collect();
+        anyhow!("{}, {}", text.trim_end(), others.join(", "))
+    })
+}
+
 /// A duration written the human way: `"100ms"`, `"10s"`, `"1m"`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 
-use crate::config::{split_type, typed};
+use crate::config::{split_type, typed, typed_beside};
 use crate::event::Item;
 use crate::telemetry::{RejectClass, SinkCounters};
 use delivery::DeliveryConfig;
@@ -42,13 +42,16 @@ impl SinkSpec {
         match kind.as_str() {
             "webhook" => {
                 let (table, delivery) = split_table(key, table)?;
-                let config: webhook::WebhookConfig = typed(key, table)?;
+                let config: webhook::WebhookConfig =
+                    typed_beside(key, table, &DeliveryConfig::KEYS)?;
                 Ok(SinkSpec::Webhook(config.build(key, base, &delivery)?))
             }
             "nats" => {
                 let (table, delivery) = split_table(key, table)?;
                 let (table, connect) = crate::nats::split_table(key, table)?;
-                let config: nats::NatsSinkConfig = typed(key, table)?;
+                let beside =
+                    [&DeliveryConfig::KEYS[..], &crate::nats::ConnectConfig::KEYS].concat();
+                let config: nats::NatsSinkConfig = typed_beside(key, table, &beside)?;
                 Ok(SinkSpec::Nats(
                     config.build(key, base, &delivery, &connect)?,
                 ))

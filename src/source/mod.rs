@@ -42,7 +42,7 @@ impl SourceSpec {
         table: toml::Table,
         base: &std::path::Path,
     ) -> anyhow::Result<Self> {
-        use crate::config::{split_type, typed};
+        use crate::config::{split_type, typed, typed_beside};
         let kinds = "\"file\", \"tcp\", \"stdin\" or \"nats\"";
         let (kind, table) = split_type(key, table, kinds)?;
         Ok(match kind.as_str() {
@@ -51,7 +51,8 @@ impl SourceSpec {
             "stdin" => SourceSpec::Stdin(typed::<stdin::StdinConfig>(key, table)?.build(key)?),
             "nats" => {
                 let (table, connect) = crate::nats::split_table(key, table)?;
-                let config = typed::<nats::NatsSourceConfig>(key, table)?;
+                let beside = crate::nats::ConnectConfig::KEYS;
+                let config: nats::NatsSourceConfig = typed_beside(key, table, &beside)?;
                 SourceSpec::Nats(config.build(key, base, &connect)?)
             }
             other => anyhow::bail!("`{key}.type` = {other:?} is not a source type: use {kinds}"),
