@@ -11,12 +11,15 @@
 //! - `data_dir`, `lock`: the paths under `data_dir`, how its files are opened, one
 //!   process per `data_dir`.
 //! - [`source`]: the contract (`Output`, the memory `Budget`), the
-//!   file tail (with its checkpoints), tcp, stdin; [`source::lines`] splits lines.
+//!   file tail (with its checkpoints), tcp, stdin, nats (JetStream); [`source::lines`]
+//!   splits lines.
 //! - [`event`]: the types between stages; decoding lines into events.
 //! - `batch`: `chunks_timeout` (counting bytes too) and the re-injection of failed batches.
-//! - [`sink`]: [`sink::webhook`] (the pipeline, its config, request, client, TLS settings,
-//!   proxy route and retry policy), and what sinks share: decode, acknowledge, dead
-//!   letters, spill, replay.
+//! - [`sink`]: the sink pipeline and what sinks share (decode, delivery keys, retry
+//!   policy, acknowledge, dead letters, spill, replay); [`sink::webhook`] (its config,
+//!   request, client, proxy route and statuses) and [`sink::nats`] (JetStream publishes).
+//! - `tls`, `nats`: TLS settings; the NATS connection keys, shared by the nats sink and
+//!   source.
 //! - [`compression`]: request bodies' `Content-Encoding` (gzip, zstd), both ways.
 //! - [`sign`]: the signatures, `X-Hub-Signature-256` and Standard Webhooks'.
 //! - [`telemetry`]: counters per component, health, the Prometheus exposition, progress

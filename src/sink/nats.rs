@@ -1,7 +1,7 @@
 //! `type = "nats"`: publishes events to a JetStream subject, from the edge to a central
 //! tier (see the nats source, `crate::source::nats`).
 //!
-//! The sink is the shared pipeline (`super::pipeline`) with [`Publisher`] as its transport:
+//! The sink is the shared pipeline (`super::pipeline`) with `Publisher` as its transport:
 //! a batch of up to `max_events` events is one message, one JSON event per line, each line
 //! ending in `\n`. Its events count as delivered only once JetStream answered with a
 //! PubAck, that is, once the stream stored the message; only then do file checkpoints

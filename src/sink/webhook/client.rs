@@ -1,5 +1,5 @@
 //! The webhook sink's HTTP client: keep-alive connections with TCP_NODELAY, https with
-//! rustls (verified against the roots `tls` gives, see `tls.rs`), straight or through a
+//! rustls (verified against the roots `tls` gives, see `crate::tls`), straight or through a
 //! proxy (see `proxy.rs`), and a bounded read of every response.
 
 use std::fmt;

@@ -241,7 +241,7 @@ pub struct WebhookConfig {
     #[serde(default = "default_retry_on_status")]
     pub retry_on_status: Vec<u16>,
     /// For an https endpoint: the CA certificates trusted, a client certificate, the name
-    /// verified (see `tls.rs`).
+    /// verified (see `crate::tls`).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
     /// `"none"`, or the `http://[user:password@]host:port` of a proxy. Default: the

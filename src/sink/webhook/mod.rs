@@ -1,10 +1,10 @@
 //! The webhook sink: GO Feature Flag's signed `POST`, sent by the sink pipeline
-//! (`super::pipeline`) through [`Poster`], its [`Transport`](super::pipeline::Transport).
+//! (`super::pipeline`) through `Poster`, its `Transport`.
 //!
 //! # Layout
 //! - `config`: the settings, checked once into a [`WebhookSpec`].
 //! - `request`: the request's body, headers and signature.
-//! - `client`: the HTTP client ([`Poster`]), over TLS (`crate::tls`) and proxies (`proxy`).
+//! - `client`: the HTTP client (`Poster`), over TLS (`crate::tls`) and proxies (`proxy`).
 //! - `status`: which statuses are delivered, retried, split or rejected.
 
 pub(crate) mod client;
