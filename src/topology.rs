@@ -301,7 +301,6 @@ pub(crate) async fn run_prepared(
         all_stats.push((stats.clone(), budget.clone()));
         let parts = SinkParts {
             name: name.clone(),
-            transport: Arc::new(()),
             delivery: sink.delivery().clone(),
             decoder: sink.decoder(),
             budget: budget.clone(),
@@ -319,12 +318,14 @@ pub(crate) async fn run_prepared(
         let stop = stop.clone();
         let task = match sink {
             SinkSpec::Webhook(c) => {
-                let parts = parts.with(Arc::new(Poster::new(name, c)));
-                tasks.sinks.spawn(run_sink(parts, rx, stop, budget))
+                let poster = Arc::new(Poster::new(name, c));
+                tasks.sinks.spawn(run_sink(parts, poster, rx, stop, budget))
             }
             SinkSpec::Nats(c) => {
-                let parts = parts.with(Publisher::new(name, c));
-                tasks.sinks.spawn(run_sink(parts, rx, stop, budget))
+                let publisher = Publisher::new(name, c);
+                tasks
+                    .sinks
+                    .spawn(run_sink(parts, publisher, rx, stop, budget))
             }
         };
         tasks.names.insert(task.id(), format!("sink `{name}`"));
@@ -429,13 +430,14 @@ impl Tasks {
 /// Runs a sink; its budget is closed however it ends, a panic included, so that no source
 /// waits on it.
 async fn run_sink<T: Transport>(
-    parts: SinkParts<T>,
+    parts: SinkParts,
+    transport: Arc<T>,
     input: mpsc::Receiver<Block>,
     stop: CancellationToken,
     budget: Arc<Budget>,
 ) -> Result<()> {
     let _closed = CloseOnDrop(budget);
-    pipeline::run(parts, input, stop).await
+    pipeline::run(parts, transport, input, stop).await
 }
 
 /// Closes a sink's budget when dropped.

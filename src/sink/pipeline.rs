@@ -122,9 +122,8 @@ impl std::fmt::Debug for MessageId {
 
 /// Everything a sink needs to run.
 #[derive(Debug)]
-pub(crate) struct SinkParts<T> {
+pub(crate) struct SinkParts {
     pub(crate) name: String,
-    pub(crate) transport: Arc<T>,
     pub(crate) delivery: Delivery,
     pub(crate) decoder: Decoder,
     pub(crate) budget: Arc<Budget>,
@@ -144,40 +143,6 @@ pub(crate) struct SinkParts<T> {
     pub(crate) spill: Option<(Spill, Vec<Item>)>,
 }
 
-impl SinkParts<()> {
-    /// The parts, with the transport the sink sends with.
-    pub(crate) fn with<T>(self, transport: Arc<T>) -> SinkParts<T> {
-        let SinkParts {
-            name,
-            transport: _,
-            delivery,
-            decoder,
-            budget,
-            stats,
-            dead_letters,
-            acks,
-            checkpoints,
-            spill_path,
-            once,
-            spill,
-        } = self;
-        SinkParts {
-            name,
-            transport,
-            delivery,
-            decoder,
-            budget,
-            stats,
-            dead_letters,
-            acks,
-            checkpoints,
-            spill_path,
-            once,
-            spill,
-        }
-    }
-}
-
 /// Runs the sink until its input ends and everything is delivered, dead-lettered, or
 /// (after the shutdown grace period) left for the next run.
 ///
@@ -188,7 +153,8 @@ impl SinkParts<()> {
 /// failed batch waits in `Sink::retries` and goes out again, as it was and with the same
 /// id, before anything newer.
 pub(crate) async fn run<T: Transport>(
-    parts: SinkParts<T>,
+    parts: SinkParts,
+    transport: Arc<T>,
     input: mpsc::Receiver<Block>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -202,7 +168,7 @@ pub(crate) async fn run<T: Transport>(
     let ahead = gathers_ahead(parts.budget.cap().events, limits.events);
     let slots = parts.delivery.request_concurrency.max(1);
     let flush_interval = parts.delivery.flush_interval;
-    let (mut sink, decode, spilled) = Sink::new(parts, shutdown);
+    let (mut sink, decode, spilled) = Sink::new(parts, transport, shutdown);
 
     // blocks -> decode -> chunks_timeout -> re-inject (the spill file's events first)
     let (items, decoding) = decode::spawn(decode, input);
@@ -365,10 +331,13 @@ struct Sink<T: Transport> {
 impl<T: Transport> Sink<T> {
     /// The sink, the settings of its decode task, and the events loaded from the spill
     /// file.
-    fn new(parts: SinkParts<T>, shutdown: CancellationToken) -> (Self, Decode, Vec<Item>) {
+    fn new(
+        parts: SinkParts,
+        transport: Arc<T>,
+        shutdown: CancellationToken,
+    ) -> (Self, Decode, Vec<Item>) {
         let SinkParts {
             name,
-            transport,
             delivery,
             decoder,
             budget,
