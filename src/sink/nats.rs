@@ -191,6 +191,19 @@ impl Publisher {
             .await
     }
 
+    /// Waits up to `timeout` for a connection: until then the server's `max_payload` is not
+    /// known, and a message over it would cost the connection (and its PubAck `timeout`).
+    async fn connected(&self, client: &async_nats::Client) -> bool {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        while client.connection_state() != async_nats::connection::State::Connected {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// Publishes `message` and waits for its PubAck, all within `timeout`.
     async fn publish(&self, message: Message) -> Outcome {
         let failed = |detail: String| Outcome {
@@ -202,8 +215,16 @@ impl Publisher {
             Ok(jetstream) => jetstream,
             Err(e) => return failed(format!("{e:#}")),
         };
-        let max_payload = jetstream.client().server_info().max_payload;
-        if max_payload > 0 && message.payload.len() > max_payload {
+        let client = jetstream.client();
+        if !self.connected(&client).await {
+            return failed(format!(
+                "not connected to NATS at {} within {}",
+                self.connect.shown,
+                humantime::format_duration(self.timeout)
+            ));
+        }
+        let max_payload = client.server_info().max_payload;
+        if message.payload.len() > max_payload {
             return Outcome {
                 decision: Decision::Split,
                 status: None,

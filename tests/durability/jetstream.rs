@@ -309,3 +309,56 @@ fn sigterm_naks_what_is_held_and_the_other_instance_delivers_it_promptly() {
     assert!(nats.wait_empty(STREAM, WAIT), "messages left unacked");
     drop(b);
 }
+
+/// The nats sink keeps its messages under the server's `max_payload`: a batch over it is
+/// sent in halves, and an event over it alone is dead-lettered with the reason; every
+/// other event reaches the stream.
+#[test]
+fn an_event_over_max_payload_is_dead_lettered_and_the_rest_published() {
+    let ws = Workspace::new();
+    let Some(nats) = NatsServer::start_with(&ws, Some("max_payload: 4096\n")) else {
+        return;
+    };
+    nats.create_stream(STREAM, SUBJECT);
+    let huge = format!(
+        r#"{{"kind":"feature","key":"k","userKey":"{}","creationDate":1700000000}}"#,
+        "x".repeat(5000)
+    );
+    let mut lines = small_lines(0..40);
+    lines.push_str(&huge);
+    lines.push('\n');
+    lines.push_str(&small_lines(40..80));
+    let input = ws.write("events.json", &lines);
+    let config = ws.config(&format!(
+        r#"[sources.in]
+type = "file"
+include = [{input}]
+
+[sinks.central]
+type = "nats"
+inputs = ["in"]
+url = {url}
+subject = "{SUBJECT}"
+max_events = 50
+flush_interval = "100ms"
+"#,
+        input = toml_str(&input),
+        url = toml_str(nats.url()),
+    ));
+    let out = run_once(&config);
+    out.assert_code(2);
+    assert_eq!(out.summary_value("events_delivered"), 80, "{out}");
+    assert_eq!(out.summary_value("events_rejected"), 1, "{out}");
+    let dead = dead_letters(&ws.data_dir(), "central");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0]["reason"].as_str().unwrap().contains("max_payload"),
+        "{dead:?}"
+    );
+    assert!(dead[0]["line"]
+        .as_str()
+        .unwrap()
+        .contains(&"x".repeat(5000)));
+    // Messages of up to 50 events, each under 4096 bytes.
+    assert!(nats.stream_messages(STREAM) >= 2);
+}

@@ -15,6 +15,8 @@ pub struct NatsServer {
     pub port: u16,
     store: PathBuf,
     log: PathBuf,
+    /// A config file (`-c`), for settings beyond the flags.
+    config: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -22,12 +24,19 @@ impl NatsServer {
     /// Starts one whose store is in `ws` (None: nats-server is not installed, and the test
     /// is skipped outside CI).
     pub fn start(ws: &Workspace) -> Option<NatsServer> {
+        Self::start_with(ws, None)
+    }
+
+    /// [`NatsServer::start`] with `config` (nats-server's config format, e.g.
+    /// `max_payload: 4096`).
+    pub fn start_with(ws: &Workspace, config: Option<&str>) -> Option<NatsServer> {
         let binary = peer("nats-server", "nats-server")?;
         let mut server = NatsServer {
             binary,
             port: free_port(),
             store: ws.path("nats-store"),
             log: ws.path("nats-server.log"),
+            config: config.map(|text| ws.write("nats-server.conf", text)),
             child: None,
         };
         server.spawn();
@@ -35,7 +44,11 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args([
                 "-js",
                 "-a",
