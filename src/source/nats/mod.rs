@@ -386,14 +386,20 @@ impl Reader<'_> {
             // A fetch ends within FETCH_WAIT: read to its end even at shutdown, so that
             // every message handed to this instance is held, and NAKed if not delivered.
             let mut blocks = Vec::new();
+            let mut failed = false;
             while let Some(message) = batch.next().await {
                 match message {
                     Ok(message) => blocks.extend(self.hold(message)),
                     Err(e) => {
                         self.fetch_failed(&mut warned, &e.to_string(), stop).await;
+                        failed = true;
                         break;
                     }
                 }
+            }
+            if warned && !failed {
+                tracing::info!(source = self.name, consumer = %self.spec.consumer, "fetching again");
+                warned = false;
             }
             if once && blocks.is_empty() {
                 return;
