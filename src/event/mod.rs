@@ -95,7 +95,8 @@ pub struct Block {
     pub source_name: Arc<str>,
     /// Where the lines come from: a path, a peer address, `stdin`.
     pub origin: Arc<str>,
-    /// For file sources: the file, as the source numbers them, to build [`Ack`]s.
+    /// For file sources: the file, as the source numbers them, to build [`Ack`]s; for nats
+    /// sources, the message (whose lines' offsets are in its payload).
     pub file: Option<u64>,
     /// Which of the receiving sink's inputs this block came through; set by
     /// `source::Output` for each sink, so the sink finds its acknowledgement handle.
@@ -162,7 +163,7 @@ pub(crate) enum Item {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Origin {
     /// A line of a tailed file, at this position: the file keeps it until it is
-    /// acknowledged.
+    /// acknowledged. So does a nats source's JetStream message (its "file").
     File(Ack),
     /// A line from TCP or stdin, which nothing else keeps: spilled at shutdown.
     Stream,

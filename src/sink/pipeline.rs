@@ -22,16 +22,18 @@
 //! - **build and sign** ([`Transport::prepare`]): while requests are in flight, the next
 //!   batch is gathered, built (compressed when set) and signed, ready when a slot frees.
 //! - **post** ([`Transport::send`], up to `request_concurrency` requests at once) and
-//!   **decide** (the transport's [`Decision`]): on 2xx (a PubAck) the batch is acknowledged (the lines leave the memory
-//!   budget; file offsets move in the order the batches were first sent, see
-//!   `super::ack::InOrder`); on 413 or a permanent 4xx it is split in halves, down to the
-//!   single events the endpoint rejects, which are dead-lettered; on anything retryable
-//!   it waits for another attempt, and `RetryPolicy` says when it goes out again, or that
-//!   it is given up (shutdown, `retry_max_duration`).
+//!   **decide** (the transport's [`Decision`]): on 2xx (a PubAck) the batch is
+//!   acknowledged (the lines leave the memory budget; file offsets, and JetStream
+//!   messages, move in the order the batches were first sent, see `super::ack::InOrder`);
+//!   on 413 or a permanent 4xx (a message over `max_payload`) it is split in halves, down
+//!   to the single events the endpoint rejects, which are dead-lettered; on anything
+//!   retryable it waits for another attempt, and `RetryPolicy` says when it goes out
+//!   again, or that it is given up (shutdown, `retry_max_duration`).
 //!
 //! When the input ends (`--once`, or shutdown), what is re-injected is retried until
 //! delivered, or until the shutdown grace period ends. Then events from files are left
-//! for the next run (their offsets never moved) and events from TCP or stdin are spilled
+//! for the next run (their offsets never moved), events from a nats source are left to
+//! JetStream (their messages are NAKed), and events from TCP or stdin are spilled
 //! to `data_dir/spill/<sink>.jsonl`, to be sent first on the next start, within the memory
 //! budget (see `super::spill`).
 //!
