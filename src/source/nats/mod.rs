@@ -12,9 +12,10 @@
 //! - while held (a sink retries, or its budget is full), told in progress (`+WPI`) every
 //!   half of the consumer's `ack_wait` (as the server reports it), so it is not handed to
 //!   another instance;
-//! - at a graceful stop, NAKed (`-NAK`) when the sinks could not deliver it within their
-//!   `shutdown_timeout`, so another instance takes it at once; after a crash, the server
-//!   hands it out again once `ack_wait` has passed.
+//! - at a graceful stop, NAKed (`-NAK`) when the sinks did not deliver it: as a file's
+//!   lines, it gets one prompt attempt within `shutdown_timeout`, and is left (to
+//!   JetStream) rather than retried when that fails, so another instance takes it at
+//!   once; after a crash, the server hands it out again once `ack_wait` has passed.
 
 mod acks;
 
