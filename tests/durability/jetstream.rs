@@ -362,3 +362,54 @@ flush_interval = "100ms"
     // Messages of up to 50 events, each under 4096 bytes.
     assert!(nats.stream_messages(STREAM) >= 2);
 }
+
+/// A server that asks for a user and password: the nats sink logs in with them; with a
+/// wrong password it fails (retried, then dead-lettered after `retry_max_duration`), and no
+/// log line shows either password.
+#[test]
+fn user_and_password_log_in_and_never_show() {
+    let ws = Workspace::new();
+    let config = "authorization { user: edge, password: \"s3cret-pw\" }\n";
+    let Some(nats) = NatsServer::start_with(&ws, Some(config)) else {
+        return;
+    };
+    let nats = nats.login("edge", "s3cret-pw");
+    nats.create_stream(STREAM, SUBJECT);
+    let input = ws.write("events.json", small_lines(0..30));
+    let edge = |password: &str| {
+        ws.config(&format!(
+            r#"[sources.in]
+type = "file"
+include = [{input}]
+
+[sinks.central]
+type = "nats"
+inputs = ["in"]
+url = {url}
+user = "edge"
+password = "{password}"
+subject = "{SUBJECT}"
+timeout = "1s"
+retry_initial_backoff = "100ms"
+retry_max_backoff = "200ms"
+retry_max_duration = "1s"
+"#,
+            input = toml_str(&input),
+            url = toml_str(nats.url()),
+        ))
+    };
+    let wrong = run_once(&edge("wr0ng-pw"));
+    wrong.assert_code(2);
+    assert_eq!(wrong.summary_value("events_delivered"), 0, "{wrong}");
+    assert!(
+        !wrong.stderr.contains("wr0ng-pw") && !wrong.stdout.contains("wr0ng-pw"),
+        "{wrong}"
+    );
+
+    std::fs::remove_dir_all(ws.data_dir()).unwrap();
+    let right = run_once(&edge("s3cret-pw"));
+    right.assert_code(0);
+    assert_eq!(right.summary_value("events_delivered"), 30, "{right}");
+    assert!(!right.stderr.contains("s3cret-pw"), "{right}");
+    assert_eq!(nats.stream_messages(STREAM), 1, "30 events in one message");
+}

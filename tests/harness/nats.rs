@@ -17,6 +17,8 @@ pub struct NatsServer {
     log: PathBuf,
     /// A config file (`-c`), for settings beyond the flags.
     config: Option<PathBuf>,
+    /// The user and password the test's own client logs in with, when the server asks.
+    login: Option<(String, String)>,
     child: Option<Child>,
 }
 
@@ -37,6 +39,7 @@ impl NatsServer {
             store: ws.path("nats-store"),
             log: ws.path("nats-server.log"),
             config: config.map(|text| ws.write("nats-server.conf", text)),
+            login: None,
             child: None,
         };
         server.spawn();
@@ -79,6 +82,12 @@ impl NatsServer {
         }
     }
 
+    /// The test's own client logs in as `user`.
+    pub fn login(mut self, user: &str, password: &str) -> Self {
+        self.login = Some((user.to_owned(), password.to_owned()));
+        self
+    }
+
     /// `nats://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
@@ -109,10 +118,14 @@ impl NatsServer {
             .build()
             .unwrap();
         let url = self.url();
+        let options = match &self.login {
+            Some((user, password)) => {
+                async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+            }
+            None => async_nats::ConnectOptions::new(),
+        };
         rt.block_on(async move {
-            let client = async_nats::connect(url)
-                .await
-                .expect("connect to nats-server");
+            let client = options.connect(url).await.expect("connect to nats-server");
             let jetstream = async_nats::jetstream::new(client.clone());
             let out = f(jetstream).await;
             client.flush().await.unwrap();
