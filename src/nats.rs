@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
@@ -255,16 +256,26 @@ impl ConnectSpec {
     /// background, and reconnects for as long as it lives, to any of the servers.
     /// Connection changes are logged.
     pub(crate) async fn connect(&self, component: &str) -> Result<async_nats::Client> {
-        let logged = component.to_owned();
-        let servers = self.shown.clone();
+        let log = Arc::new(ConnectionLog {
+            component: component.to_owned(),
+            servers: self.shown.clone(),
+            last_error: Mutex::new(None),
+        });
         let mut options = ConnectOptions::new()
             .name(format!("flaghook {component}"))
             .retry_on_initial_connect()
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(5))
-            .event_callback(move |event| {
-                let (component, servers) = (logged.clone(), servers.clone());
-                async move { log_event(&component, &servers, event) }
+            .event_callback({
+                let log = log.clone();
+                move |event| {
+                    let log = log.clone();
+                    async move { log.event(event) }
+                }
+            })
+            .reconnect_to_server_callback(move |servers, _| {
+                log.attempt(&servers);
+                async { None }
             });
         options = match &self.auth {
             Auth::None => options,
@@ -294,16 +305,55 @@ impl ConnectSpec {
     }
 }
 
-fn log_event(component: &str, servers: &str, event: async_nats::Event) {
-    use async_nats::Event;
-    match event {
-        Event::Connected => tracing::info!(component, servers, "connected to NATS"),
-        Event::Disconnected => {
-            tracing::warn!(component, servers, "disconnected from NATS; reconnecting")
+/// Logs a client's connection changes. A failed attempt to connect is logged once for as
+/// long as the attempts fail the same way (they repeat every few seconds).
+struct ConnectionLog {
+    component: String,
+    servers: String,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ConnectionLog {
+    fn event(&self, event: async_nats::Event) {
+        use async_nats::Event;
+        let (component, servers) = (&self.component, &self.servers);
+        match event {
+            Event::Connected => {
+                *self.last_error.lock().expect("log lock") = None;
+                tracing::info!(component, servers, "connected to NATS");
+            }
+            Event::Disconnected => {
+                tracing::warn!(component, servers, "disconnected from NATS; reconnecting")
+            }
+            // Each failed attempt, without its reason: `attempt` logs that.
+            Event::ClientError(e) => tracing::debug!(component, servers, "NATS: {e}"),
+            other => tracing::warn!(component, servers, "NATS: {other}"),
         }
-        // One per failed reconnection attempt: the disconnection was logged.
-        Event::ClientError(e) => tracing::debug!(component, servers, "NATS: {e}"),
-        other => tracing::warn!(component, servers, "NATS: {other}"),
+    }
+
+    /// Before each attempt to connect: the servers' last errors, when they changed.
+    fn attempt(&self, pool: &[async_nats::Server]) {
+        let errors: Vec<String> = pool
+            .iter()
+            .filter_map(|s| {
+                let error = s.last_error.as_ref()?;
+                Some(format!("{}:{}: {error}", s.addr.host(), s.addr.port()))
+            })
+            .collect();
+        if errors.is_empty() {
+            return;
+        }
+        let text = errors.join("; ");
+        let mut last = self.last_error.lock().expect("log lock");
+        if last.as_deref() != Some(text.as_str()) {
+            let (component, servers) = (&self.component, &self.servers);
+            tracing::warn!(
+                component,
+                servers,
+                "cannot connect to NATS ({text}); trying again"
+            );
+            *last = Some(text);
+        }
     }
 }
 

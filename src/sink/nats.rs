@@ -220,7 +220,7 @@ impl Publisher {
             return failed(format!(
                 "not connected to NATS at {} within {}",
                 self.connect.shown,
-                humantime::format_duration(self.timeout)
+                humantime::format_duration(self.timeout),
             ));
         }
         let max_payload = client.server_info().max_payload;
