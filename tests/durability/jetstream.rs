@@ -413,3 +413,21 @@ retry_max_duration = "1s"
     assert!(!right.stderr.contains("s3cret-pw"), "{right}");
     assert_eq!(nats.stream_messages(STREAM), 1, "30 events in one message");
 }
+
+/// `run --once` with a nats source reads until a fetch finds nothing, delivers, acks and
+/// ends.
+#[test]
+fn run_once_reads_the_consumer_until_it_is_empty() {
+    let ws = Workspace::new();
+    let Some(nats) = NatsServer::start(&ws) else {
+        return;
+    };
+    let hook = Endpoint::start().count_only();
+    nats.create_stream(STREAM, SUBJECT);
+    nats.publish(SUBJECT, &messages_of(&events(0..120), 7));
+    let out = run_once(&central(&ws, &nats, &hook.url(), "", ""));
+    out.assert_code(0);
+    assert_eq!(out.summary_value("events_delivered"), 120, "{out}");
+    assert!(hook.with(|t| t.has_all(120)));
+    assert!(nats.wait_empty(STREAM, WAIT), "messages left unacked");
+}
