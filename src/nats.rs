@@ -15,8 +15,7 @@ use async_nats::{ConnectOptions, ServerAddr};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
-use crate::sink::webhook::config::without_credentials;
-use crate::sink::webhook::Secret;
+use crate::config::{without_credentials, Secret};
 use crate::tls::{TlsConfig, TlsSpec};
 
 /// `url`: one string, servers separated by commas, or a list of them.

@@ -22,6 +22,8 @@ use serde::{Deserialize, Deserializer};
 use super::proxy::{self, Proxy, ProxyUrl};
 use super::request::{Signer, Template};
 use crate::compression::Compression;
+pub use crate::config::Secret;
+pub(crate) use crate::config::{bad_port, without_credentials};
 use crate::event::{EventType, Schema};
 use crate::sign::Scheme;
 use crate::sink::delivery::{Delivery, DeliveryConfig, SinkDefaults};
@@ -40,28 +42,9 @@ pub(crate) fn default_retry_on_status() -> Vec<u16> {
     statuses
 }
 
-/// The HMAC key: bytes that never show in logs, errors or `Debug` output.
-#[derive(Clone)]
-pub struct Secret(Vec<u8>);
-
-impl Secret {
-    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
-        Secret(bytes.into())
-    }
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
 /// `secret`: the text's UTF-8 bytes.
 fn secret_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
-    Ok(Some(Secret(secret_string(d)?.into_bytes())))
+    Ok(Some(Secret::new(secret_string(d)?.into_bytes())))
 }
 
 /// `secret_hex`: bytes written as hex digits, for a secret that is not text.
@@ -73,7 +56,7 @@ fn secret_hex<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Erro
             _ => "is not hex: write each byte as two digits 0-9a-f (example: secret_hex = \"${WEBHOOK_SECRET_HEX}\")",
         })
     })?;
-    Ok(Some(Secret(bytes)))
+    Ok(Some(Secret::new(bytes)))
 }
 
 /// `secret_base64`: bytes written in standard base64 (with `=` padding).
@@ -84,7 +67,7 @@ fn secret_base64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::E
         .map_err(|_| {
             D::Error::custom("is not base64: use the standard alphabet with `=` padding (example: secret_base64 = \"${WEBHOOK_SECRET_BASE64}\")")
         })?;
-    Ok(Some(Secret(bytes)))
+    Ok(Some(Secret::new(bytes)))
 }
 
 /// A secret key's string. Read as any TOML value first, so that no message of serde's
@@ -141,40 +124,6 @@ impl fmt::Debug for EndpointUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", without_credentials(&self.0))
     }
-}
-
-/// `url` with its user and password replaced by `***`. When `url` does not parse, where
-/// its authority ends is not known: everything up to its last `@` is hidden.
-pub(crate) fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
-    let parsed = url
-        .parse::<Uri>()
-        .ok()
-        .filter(|uri| uri.authority().is_none_or(|a| !bad_port(a.as_str())));
-    let userinfo_end = match parsed.as_ref().and_then(Uri::authority) {
-        Some(authority) => authority.as_str().rfind('@').map(|at| {
-            let start = url.find(authority.as_str()).unwrap_or(0);
-            (start, start + at)
-        }),
-        None if parsed.is_some() => None,
-        None => url
-            .rfind('@')
-            .map(|at| (url.find("://").map_or(0, |i| i + 3).min(at), at)),
-    };
-    match userinfo_end {
-        Some((start, at)) => format!("{}***{}", &url[..start], &url[at..]).into(),
-        None => url.into(),
-    }
-}
-
-/// Whether `authority` ends in a port that is not a number: what a `/` left unescaped in a
-/// password (`user:pa/ss@host`) makes of a URL, cut after `user:pa`. A user and password
-/// before an `@` are not a port (`user:pass@host` has none).
-pub(crate) fn bad_port(authority: &str) -> bool {
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let after_host = host_port.rsplit(']').next().unwrap_or(host_port);
-    after_host
-        .rsplit_once(':')
-        .is_some_and(|(_, port)| !port.is_empty() && port.parse::<u16>().is_err())
 }
 
 /// A header value may be written as one string or a list of strings.
@@ -439,7 +388,7 @@ impl WebhookConfig {
         .collect();
         match set.as_slice() {
             [] => Ok(()),
-            [(name, secret)] if secret.0.is_empty() => bail!("`{key}.{name}` is empty: remove it to send unsigned, or set it (example: {name} = \"${{WEBHOOK_SECRET}}\")"),
+            [(name, secret)] if secret.expose().is_empty() => bail!("`{key}.{name}` is empty: remove it to send unsigned, or set it (example: {name} = \"${{WEBHOOK_SECRET}}\")"),
             [_] => Ok(()),
             [(first, _), (second, _), ..] => bail!("`{key}.{first}` and `{key}.{second}` are both set: give the secret once, as text in `secret` or as bytes in `secret_hex` or `secret_base64` (example: secret = \"${{WEBHOOK_SECRET}}\")"),
         }
@@ -467,7 +416,7 @@ impl WebhookConfig {
             bail!("`{key}.{name}` cannot sign Standard Webhooks requests: {NEEDS}");
         }
         match crate::sign::standard_key(secret.expose()) {
-            Ok(bytes) => Ok(Some(Signer::StandardWebhooks(Secret(bytes)))),
+            Ok(bytes) => Ok(Some(Signer::StandardWebhooks(Secret::new(bytes)))),
             // The reason says what is wrong with it, never what it holds.
             Err(why) => bail!("`{key}.secret` {why}: {NEEDS}"),
         }
