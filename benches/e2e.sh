@@ -10,6 +10,9 @@
 #   bash benches/e2e.sh memory        # peak RSS of flaghook with 10 000- and 100 000-event batches
 #   bash benches/e2e.sh latency       # p50/p99 from append to arrival, flush_interval = "100ms"
 #   bash benches/e2e.sh idle          # CPU% of flaghook tailing 100 quiet files
+#   bash benches/e2e.sh jetstream     # edge (file -> nats sink) -> NATS JetStream -> 1 and 2
+#                                     # central flaghooks (nats source -> webhook): events/s from
+#                                     # the edge's start to the last event at the receiver
 #
 # Environment (defaults in brackets):
 #   N [2000000]        events in the generated file (~190 bytes each)
@@ -28,6 +31,9 @@
 #   RUN_TIMEOUT [300]  seconds after which one run is stopped and reported as failed
 #   LAT_RATE [1000] LAT_SECS [10]    latency probe: events/s appended, for how long
 #   IDLE_FILES [100] IDLE_SECS [10]  idle check: quiet files tailed, seconds measured
+#   PER_MESSAGE [100]  jetstream: events per NATS message (the edge's nats sink `max_events`)
+#   CENTRALS ["1 2"]   jetstream: the numbers of central instances, one row each
+#   NATS_CONCURRENCY [16]  jetstream: PubAcks the edge awaits at once (its `request_concurrency`)
 #   KEEP [0]           1 keeps the work folder (configs, logs, events) for inspection
 #   BUILD [1]          0 uses the binaries already built (target/release/flaghook, target/release/fhbench)
 #   FLAGHOOK_BIN [target/release/flaghook]  the flaghook binary measured
@@ -40,7 +46,7 @@
 #
 # All traffic stays on 127.0.0.1; every process started here is stopped on exit.
 # Needs: cargo, GNU time (/usr/bin/time, installed when missing), syslog-ng-core and
-# syslog-ng-mod-http for the comparison (installed when missing).
+# syslog-ng-mod-http for the comparison, nats-server for jetstream (installed when missing).
 set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -58,6 +64,9 @@ LAT_RATE=${LAT_RATE:-1000}
 LAT_SECS=${LAT_SECS:-10}
 IDLE_FILES=${IDLE_FILES:-100}
 IDLE_SECS=${IDLE_SECS:-10}
+PER_MESSAGE=${PER_MESSAGE:-100}
+CENTRALS=${CENTRALS:-1 2}
+NATS_CONCURRENCY=${NATS_CONCURRENCY:-16}
 KEEP=${KEEP:-0}
 BUILD=${BUILD:-1}
 BASELINE=${BASELINE_BIN:-}
@@ -65,11 +74,13 @@ BASELINE=${BASELINE_BIN:-}
 case "$COMPRESSION" in none|gzip|zstd) ;; *) echo "e2e: error: COMPRESSION=$COMPRESSION: use none, gzip or zstd" >&2; exit 64 ;; esac
 [[ "$REQUEST_CONCURRENCY" =~ ^[1-9][0-9]*$ ]] || { echo "e2e: error: REQUEST_CONCURRENCY=$REQUEST_CONCURRENCY: a number from 1" >&2; exit 64; }
 [[ "$RECV_DELAY_MS" =~ ^[0-9]+$ ]] || { echo "e2e: error: RECV_DELAY_MS=$RECV_DELAY_MS: a number of milliseconds" >&2; exit 64; }
+[[ "$PER_MESSAGE" =~ ^[1-9][0-9]*$ ]] || { echo "e2e: error: PER_MESSAGE=$PER_MESSAGE: a number from 1" >&2; exit 64; }
+[[ "$NATS_CONCURRENCY" =~ ^[1-9][0-9]*$ ]] || { echo "e2e: error: NATS_CONCURRENCY=$NATS_CONCURRENCY: a number from 1" >&2; exit 64; }
 
 case "$MODE" in
-  all|throughput|receiver|memory|latency|idle) ;;
+  all|throughput|receiver|memory|latency|idle|jetstream) ;;
   -h|--help|help) sed -n '2,/^set -E/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-  *) echo "usage: bash benches/e2e.sh [all|throughput|receiver|memory|latency|idle]" >&2; exit 64 ;;
+  *) echo "usage: bash benches/e2e.sh [all|throughput|receiver|memory|latency|idle|jetstream]" >&2; exit 64 ;;
 esac
 
 FLAGHOOK=${FLAGHOOK_BIN:-$ROOT/target/release/flaghook}
@@ -159,6 +170,10 @@ prerequisites() {
     fi
     SYSLOG_NG_BIN=$(command -v syslog-ng || echo /usr/sbin/syslog-ng)
     SYSLOG_NG_VERSION=$("$SYSLOG_NG_BIN" --version 2>/dev/null | sed -n 1p || true)
+  fi
+  if [ "$MODE" = jetstream ]; then
+    command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || apt_install nats-server
+    NATS_SERVER_BIN=$(command -v nats-server || echo /usr/sbin/nats-server)
   fi
 }
 
@@ -718,18 +733,149 @@ EOF
 }
 
 # ------------------------------------------------------------------------------------------------
+# jetstream: edge flaghook (file -> nats sink) -> nats-server -js -> central flaghooks sharing one
+# durable consumer (nats source -> webhook sink) -> the receiver
+
+# A nats-server with JetStream on a free loopback port, its store in DIR; sets NATS_URL, NATS_PID.
+start_nats() { # dir
+  local dir=$1 port
+  port=$("$FHB" freeport)
+  mkdir -p "$dir/nats-store"
+  bg "$NATS_SERVER_BIN" -js -a 127.0.0.1 -p "$port" -sd "$dir/nats-store" -l "$dir/nats-server.log"
+  NATS_PID=$BG_PID
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { cat "$dir/nats-server.log" >&2; die "nats-server did not start"; }
+  NATS_URL=nats://127.0.0.1:$port
+}
+
+edge_config() { # dir
+  mkdir -p "$1/data"
+  cat >"$1/flaghook.toml" <<EOF
+data_dir = "$1/data"
+
+[sources.bench_in]
+type = "file"
+include = ["$EVENTS"]
+read_from = "beginning"
+
+[sinks.bench_nats]
+type = "nats"
+inputs = ["bench_in"]
+url = "$NATS_URL"
+subject = "bench.events"
+max_events = $PER_MESSAGE
+flush_interval = "1s"
+request_concurrency = $NATS_CONCURRENCY
+EOF
+}
+
+central_config() { # dir
+  mkdir -p "$1/data"
+  cat >"$1/flaghook.toml" <<EOF
+data_dir = "$1/data"
+
+[sources.bench_nats]
+type = "nats"
+url = "$NATS_URL"
+stream = "BENCH"
+consumer = "central"
+subjects = ["bench.events"]
+create = true
+ack_wait = "30s"
+max_ack_pending = 1000000
+
+[sinks.bench_hook]
+type = "webhook"
+inputs = ["bench_nats"]
+endpoint_url = "http://$RECV_ADDR_main/hook"
+secret = "\${FLAGHOOK_BENCH_SECRET}"
+max_event_in_memory = $BATCH
+flush_interval = "1s"
+request_concurrency = $REQUEST_CONCURRENCY
+meta = { bench = "e2e" }
+EOF
+}
+
+# One run: the central instances, then the edge (--once) over the generated file; the time is
+# from the edge's start to the receiver counting N events (at most RUN_TIMEOUT).
+run_jetstream() { # centrals run-number
+  local centrals=$1 dir=$WORK/jetstream-$1-$2 c p t0 t1 edge_pid edge_rc ok=1
+  local pids=() central_ticks=0 rss=0
+  mkdir -p "$dir"
+  start_nats "$dir"
+  for c in $(seq "$centrals"); do
+    central_config "$dir/central-$c"
+    bg "$FLAGHOOK" run --config "$dir/central-$c/flaghook.toml" >"$dir/central-$c/stdout" 2>"$dir/central-$c/stderr"
+    pids+=("$BG_PID")
+  done
+  for c in $(seq "$centrals"); do
+    for _ in $(seq 200); do grep -q "reading the consumer" "$dir/central-$c/stderr" && break; sleep 0.05; done
+    grep -q "reading the consumer" "$dir/central-$c/stderr" || { tail -5 "$dir/central-$c/stderr" >&2; die "central $c did not read the consumer"; }
+  done
+  edge_config "$dir/edge"
+  reset_main
+  t0=$(now_ns)
+  bg timeout -k 5 "$RUN_TIMEOUT" /usr/bin/time -o "$dir/edge/time" -f '%e %U %S %M' \
+    "$FLAGHOOK" run --once --config "$dir/edge/flaghook.toml" >"$dir/edge/stdout" 2>"$dir/edge/stderr"
+  edge_pid=$BG_PID
+  local deadline=$(( $(date +%s) + RUN_TIMEOUT ))
+  while :; do
+    read_stats "$RECV_ADDR_main"
+    [ "$S_events" -ge "$N" ] && break
+    [ "$(date +%s)" -lt "$deadline" ] || { ok=0; break; }
+    nap 0.1
+  done
+  t1=$(now_ns)
+  wait_rc "$edge_pid"; edge_rc=$WAIT_RC
+  for p in "${pids[@]}"; do
+    central_ticks=$(( central_ticks + $(proc_cpu_ticks "$p") ))
+    rss=$(maximum "$rss" "$(proc_hwm_kib "$p")")
+    kill "$p" 2>/dev/null || true; wait_rc "$p"
+  done
+  kill "$NATS_PID" 2>/dev/null || true; wait_rc "$NATS_PID"
+  [ "$edge_rc" = 0 ] || { warn "the edge exited with status $edge_rc"; tail -5 "$dir/edge/stderr" >&2; ok=0; }
+  [ "$ok" = 1 ] || { warn "jetstream, $centrals central(s): the receiver counted $S_events of $N events"; FAILURES=$(( FAILURES + 1 )); }
+  local elapsed user sys edge_rss wall rate cpu
+  read -r elapsed user sys edge_rss < <(grep -E '^[0-9.]+ [0-9.]+ [0-9.]+ [0-9]+$' "$dir/edge/time" || echo "0 0 0 0")
+  wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", (b - a) / 1e9}')
+  rate=$(awk -v n="$N" -v w="$wall" -v ok="$ok" 'BEGIN {printf "%.0f", (ok && w > 0 ? n / w : 0)}')
+  cpu=$(awk -v u="$user" -v s="$sys" -v t="$central_ticks" -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", u + s + t / hz}')
+  record "jetstream-$centrals" "$rate $cpu $rss $S_events $S_requests $S_sig_verified $S_sig_failed $S_sig_missing $wall $ok"
+  log "  jetstream, $centrals central(s), $PER_MESSAGE events/message: ${wall}s, $rate events/s, CPU ${cpu}s (edge and centrals), peak RSS edge $(( edge_rss / 1024 )) MiB, central $(( rss / 1024 )) MiB, $S_events events in $S_requests requests"
+}
+
+jetstream() {
+  mkdir -p "$WORK/results"
+  local i c rates
+  for i in $(seq "$RUNS"); do
+    log "run $i of $RUNS"
+    for c in $CENTRALS; do
+      if ok_so_far "jetstream-$c"; then run_jetstream "$c" "$i"; fi
+    done
+  done
+  echo
+  echo "edge -> JetStream -> central, $(commas "$N") events, $PER_MESSAGE events per message, webhook batches of $BATCH (median of $RUNS runs, range):"
+  for c in $CENTRALS; do
+    [ -s "$WORK/results/jetstream-$c.tsv" ] || continue
+    mapfile -t rates < <(col 1 "$WORK/results/jetstream-$c.tsv")
+    printf '  %s central instance(s): %s events/s (%s - %s)\n' "$c" "$(commas "$(median "${rates[@]}")")" \
+      "$(commas "$(minimum "${rates[@]}")")" "$(commas "$(maximum "${rates[@]}")")"
+  done
+}
+
+# ------------------------------------------------------------------------------------------------
 
 prerequisites
 build
 RECV_CHECK=""
 case "$MODE" in
-  all|throughput|receiver|memory)
+  all|throughput|receiver|memory|jetstream)
     generate
     start_receiver main
-    if [ "$MODE" != memory ] && [ "$RECV_DELAY_MS" = 0 ]; then
+    if [ "$MODE" != memory ] && [ "$MODE" != jetstream ] && [ "$RECV_DELAY_MS" = 0 ]; then
       log "the receiver alone (load check)"
       receiver_check
-    elif [ "$MODE" != memory ]; then
+    elif [ "$MODE" != memory ] && [ "$MODE" != jetstream ]; then
       log "receiver-alone check skipped: the receiver answers after ${RECV_DELAY_MS} ms (RECV_DELAY_MS)"
     fi
     ;;
@@ -738,6 +884,7 @@ case "$MODE" in all|throughput) throughput ;; esac
 case "$MODE" in all|memory) memory ;; esac
 case "$MODE" in all|latency) latency ;; esac
 case "$MODE" in all|idle) idle ;; esac
+case "$MODE" in jetstream) jetstream ;; esac
 
 if [ "$FAILURES" -gt 0 ]; then
   echo "e2e: $FAILURES run(s) failed (see the errors above)" >&2

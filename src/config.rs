@@ -114,6 +114,23 @@ pub(crate) fn typed<T: serde::de::DeserializeOwned>(key: &str, table: toml::Tabl
     })
 }
 
+/// [`typed`] for a table whose other keys (`beside`) are read apart, by another struct: the
+/// message of an unknown key lists them too.
+pub(crate) fn typed_beside<T: serde::de::DeserializeOwned>(
+    key: &str,
+    table: toml::Table,
+    beside: &[&str],
+) -> Result<T> {
+    typed(key, table).map_err(|e| {
+        let text = e.to_string();
+        if !text.contains("unknown field") {
+            return e;
+        }
+        let others: Vec<String> = beside.iter().map(|k| format!("`{k}`")).collect();
+        anyhow!("{}, {}", text.trim_end(), others.join(", "))
+    })
+}
+
 /// A duration written the human way: `"100ms"`, `"10s"`, `"1m"`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
@@ -634,6 +651,59 @@ pub fn socket_addr(key: &str, address: &str) -> Result<SocketAddr> {
                 "`{key}` = {address:?} is not a `host:port` address (example: \"127.0.0.1:9000\")"
             )
         })
+}
+
+/// A secret (an HMAC key, a password, a token): bytes that never show in logs, errors or `Debug` output.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Secret(bytes.into())
+    }
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// `url` with its user and password replaced by `***`. When `url` does not parse, where
+/// its authority ends is not known: everything up to its last `@` is hidden.
+pub(crate) fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
+    let parsed = url
+        .parse::<hyper::Uri>()
+        .ok()
+        .filter(|uri| uri.authority().is_none_or(|a| !bad_port(a.as_str())));
+    let userinfo_end = match parsed.as_ref().and_then(hyper::Uri::authority) {
+        Some(authority) => authority.as_str().rfind('@').map(|at| {
+            let start = url.find(authority.as_str()).unwrap_or(0);
+            (start, start + at)
+        }),
+        None if parsed.is_some() => None,
+        None => url
+            .rfind('@')
+            .map(|at| (url.find("://").map_or(0, |i| i + 3).min(at), at)),
+    };
+    match userinfo_end {
+        Some((start, at)) => format!("{}***{}", &url[..start], &url[at..]).into(),
+        None => url.into(),
+    }
+}
+
+/// Whether `authority` ends in a port that is not a number: what a `/` left unescaped in a
+/// password (`user:pa/ss@host`) makes of a URL, cut after `user:pa`. A user and password
+/// before an `@` are not a port (`user:pass@host` has none).
+pub(crate) fn bad_port(authority: &str) -> bool {
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let after_host = host_port.rsplit(']').next().unwrap_or(host_port);
+    after_host
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.is_empty() && port.parse::<u16>().is_err())
 }
 
 #[cfg(test)]

@@ -11,14 +11,17 @@
 //! - `data_dir`, `lock`: the paths under `data_dir`, how its files are opened, one
 //!   process per `data_dir`.
 //! - [`source`]: the contract (`Output`, the memory `Budget`), the
-//!   file tail (with its checkpoints), tcp, stdin; [`source::lines`] splits lines.
+//!   file tail (with its checkpoints), tcp, stdin, nats (JetStream); [`source::lines`]
+//!   splits lines.
 //! - `journal`: what tcp and stdin read, on the disk before the sinks see it; the file
 //!   tail reads it back.
 //! - [`event`]: the types between stages; decoding lines into events.
 //! - `batch`: `chunks_timeout` (counting bytes too) and the re-injection of failed batches.
-//! - [`sink`]: [`sink::webhook`] (the pipeline, its config, request, client, TLS settings,
-//!   proxy route and retry policy), and what sinks share: decode, acknowledge, dead
-//!   letters, replay.
+//! - [`sink`]: the sink pipeline and what sinks share (decode, delivery keys, retry
+//!   policy, acknowledge, dead letters, replay); [`sink::webhook`] (its config, request,
+//!   client, proxy route and statuses) and [`sink::nats`] (JetStream publishes).
+//! - `tls`, `nats`: TLS settings; the NATS connection keys, shared by the nats sink and
+//!   source.
 //! - [`compression`]: request bodies' `Content-Encoding` (gzip, zstd), both ways.
 //! - [`sign`]: the signatures, `X-Hub-Signature-256` and Standard Webhooks'.
 //! - [`telemetry`]: counters per component, health, the Prometheus exposition, progress
@@ -36,10 +39,12 @@ pub mod event;
 pub(crate) mod failpoint;
 pub(crate) mod journal;
 pub(crate) mod lock;
+pub(crate) mod nats;
 pub mod receiver;
 pub mod reload;
 pub mod sign;
 pub mod sink;
 pub mod source;
 pub mod telemetry;
+pub(crate) mod tls;
 pub mod topology;

@@ -245,7 +245,9 @@ fn init_logs(level: Option<&str>, format: LogFormat) -> Result<()> {
         Some(l) => EnvFilter::try_new(l).map_err(|e| {
             anyhow::anyhow!("--log-level {l:?} is not a level or filter ({e}); example: --log-level debug, or --log-level flaghook=trace")
         })?,
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        // The NATS client's own lines repeat what flaghook logs of its connections.
+        None => EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn")),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -515,6 +517,9 @@ async fn run(config: Plan, options: reload::Options) -> Result<u8> {
 }
 
 async fn replay(config: Plan, path: &Path, sink: &str) -> Result<u8> {
+    if let Some(SinkSpec::Nats(_)) = config.sinks.get(sink) {
+        bail!("`sinks.{sink}` is a nats sink: dead-letter replay sends to webhook sinks (its records can be replayed through a webhook sink's data_dir, or published again)");
+    }
     let Some(SinkSpec::Webhook(webhook)) = config.sinks.get(sink) else {
         bail!(
             "no sink `{sink}` in {} (sinks: {})",
@@ -573,7 +578,9 @@ fn demo() -> Result<u8> {
     }
     let plan = Plan::build(loaded)?;
     let check = plan.sinks.values().find_map(|sink| {
-        let SinkSpec::Webhook(w) = sink;
+        let SinkSpec::Webhook(w) = sink else {
+            return None;
+        };
         let (scheme, key) = w.signing()?;
         Some(Check {
             scheme,

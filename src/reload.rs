@@ -32,7 +32,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiSpec};
 use crate::data_dir::DataDir;
-use crate::sink::SinkSpec;
 use crate::source::SourceSpec;
 use crate::telemetry::{progress, Telemetry};
 use crate::topology::{self, Plan, Summary};
@@ -157,10 +156,7 @@ struct MadeFrom {
 impl MadeFrom {
     fn of(pipeline: &Plan) -> Self {
         let files = (pipeline.sinks.iter())
-            .filter_map(|(name, sink)| {
-                let SinkSpec::Webhook(w) = sink;
-                Some((name.clone(), w.files_read()?))
-            })
+            .filter_map(|(name, sink)| Some((name.clone(), sink.files_read()?)))
             .collect();
         MadeFrom {
             written: pipeline.written.clone(),

@@ -21,16 +21,19 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{ApiConfig, ApiSpec};
 use crate::config::{self, typed, EnvValues, Loaded};
 use crate::data_dir::DataDir;
-use crate::event::Decoder;
+use crate::event::Block;
 use crate::journal::{self, Journal, Segments};
 use crate::lock::{lock_data_dir, DataDirLock};
 use crate::sink::deadletter::DeadLetters;
-use crate::sink::webhook::{self, Poster, SinkParts};
+use crate::sink::nats::Publisher;
+use crate::sink::pipeline::{self, SinkParts, Transport};
+use crate::sink::webhook::Poster;
 use crate::sink::SinkSpec;
 use crate::sink::Stats;
 use crate::source::file::checkpoint::{CheckpointWriter, Checkpointer};
 use crate::source::file::FileSource;
-use crate::source::{self, Budget, Output, SinkInput, SourceSpec, Subscriptions};
+use crate::source::nats::Messages;
+use crate::source::{self, Budget, Output, SinkInput, SourceAck, SourceSpec, Subscriptions};
 use crate::telemetry::Telemetry;
 
 /// A config ready to run: every stage's spec, checked against the others.
@@ -279,6 +282,8 @@ pub(crate) async fn run_prepared(
         let checkpointer = match source {
             SourceSpec::File(_) => Checkpointer::load(path),
             SourceSpec::Tcp(_) | SourceSpec::Stdin(_) => Checkpointer::load_for_journal(path),
+            // JetStream keeps its messages until they are acknowledged.
+            SourceSpec::Nats(_) => continue,
         };
         checkpointers.insert(name.clone(), Arc::new(checkpointer));
     }
@@ -298,7 +303,7 @@ pub(crate) async fn run_prepared(
         let spec = match source {
             SourceSpec::Tcp(c) => &c.journal,
             SourceSpec::Stdin(c) => &c.journal,
-            SourceSpec::File(_) => continue,
+            SourceSpec::File(_) | SourceSpec::Nats(_) => continue,
         };
         let checkpointer = &checkpointers[name];
         let opened = Journal::open(data_dir, name, spec, checkpointer, stop.clone())?;
@@ -316,18 +321,27 @@ pub(crate) async fn run_prepared(
         .collect();
     let (checkpoint_writer, persist) =
         CheckpointWriter::spawn(checkpointers.values().cloned().collect())?;
+    // Each nats source's messages, held until every sink that reads it acknowledged them.
+    let mut nats_messages: BTreeMap<&str, Arc<Messages>> = config
+        .sources
+        .iter()
+        .filter(|(_, source)| matches!(source, SourceSpec::Nats(_)))
+        .map(|(name, _)| (name.as_str(), Messages::new()))
+        .collect();
 
     let mut outputs: BTreeMap<String, Vec<SinkInput>> = BTreeMap::new();
     let mut tasks = Tasks::default();
     let mut all_stats = Vec::new();
     for (name, sink) in &config.sinks {
-        let SinkSpec::Webhook(c) = sink;
-        let budget = Arc::new(Budget::new(c.buffer_max_events, c.buffer_max_bytes));
+        let budget = Arc::new(sink.budget());
         let (tx, rx) = mpsc::channel(16);
-        let mut subscriptions = Subscriptions::new(tx, budget.clone(), c.max_events());
+        let mut subscriptions = Subscriptions::new(tx, budget.clone(), sink.delivery().max_events);
         let spill = spills.get(name.as_str()).map(|(journal, _)| journal);
-        for input in c.inputs.iter().chain(spill) {
-            let ack = checkpointers[input].subscribe();
+        for input in sink.inputs().iter().chain(spill) {
+            let ack = match nats_messages.get(input.as_str()) {
+                Some(messages) => SourceAck::Nats(messages.subscribe()),
+                None => checkpointers[input].subscribe().into(),
+            };
             outputs
                 .entry(input.clone())
                 .or_default()
@@ -337,37 +351,43 @@ pub(crate) async fn run_prepared(
         all_stats.push((stats.clone(), budget.clone()));
         let parts = SinkParts {
             name: name.clone(),
-            poster: Arc::new(Poster::new(name, c)),
-            delivery: c.delivery.clone(),
-            decoder: Decoder::new(c.schema, &c.event_types),
+            delivery: sink.delivery().clone(),
+            decoder: sink.decoder(),
             budget: budget.clone(),
             stats,
             dead_letters: Arc::new(DeadLetters::new(
                 data_dir.dead_letter(name),
-                c.dead_letter_max_bytes,
+                sink.dead_letter_max_bytes(),
             )),
             acks: subscriptions.into_acks(),
             checkpoints: persist.clone(),
             once,
         };
         let stop = stop.clone();
-        let task = tasks.sinks.spawn(async move {
-            // Closed however the sink ends, a panic included, so no source waits on it.
-            let _closed = CloseOnDrop(budget);
-            webhook::run(parts, rx, stop).await
-        });
+        let task = match sink {
+            SinkSpec::Webhook(c) => {
+                let poster = Arc::new(Poster::new(name, c));
+                tasks.sinks.spawn(run_sink(parts, poster, rx, stop, budget))
+            }
+            SinkSpec::Nats(c) => {
+                let publisher = Publisher::new(name, c);
+                tasks
+                    .sinks
+                    .spawn(run_sink(parts, publisher, rx, stop, budget))
+            }
+        };
         tasks.names.insert(task.id(), format!("sink `{name}`"));
     }
 
     for (name, source) in &config.sources {
-        let checkpointer = checkpointers[name].clone();
+        let checkpointer = checkpointers.get(name).cloned();
         let journal = journals.get(name.as_str()).map(|j| &j.segments);
         let output = Output::new(outputs.remove(name).unwrap_or_default())
-            .counting(telemetry.source(name, Some(&checkpointer), journal));
+            .counting(telemetry.source(name, checkpointer.as_ref(), journal));
         let stop = stop.clone();
         match source {
             SourceSpec::File(c) => {
-                let file = FileSource::new(name, c, checkpointer);
+                let file = FileSource::new(name, c, checkpointers[name].clone());
                 tasks.sources.spawn(file.run(output, stop, once));
             }
             SourceSpec::Tcp(c) => {
@@ -379,7 +399,7 @@ pub(crate) async fn run_prepared(
                     journal.segments,
                     c.max_line_bytes,
                     c.envelope.clone(),
-                    checkpointer,
+                    checkpointers[name].clone(),
                 );
                 let (c, appender, writer) = (c.clone(), journal.appender, journal.writer);
                 let read = {
@@ -400,7 +420,7 @@ pub(crate) async fn run_prepared(
                     journal.segments,
                     c.max_line_bytes,
                     c.envelope.clone(),
-                    checkpointer,
+                    checkpointers[name].clone(),
                 );
                 let (c, appender, writer) = (c.clone(), journal.appender, journal.writer);
                 let read = {
@@ -412,6 +432,15 @@ pub(crate) async fn run_prepared(
                 };
                 tasks.sources.spawn(async move {
                     tokio::join!(read, tail.run(output, stop, once));
+                });
+            }
+            SourceSpec::Nats(c) => {
+                let (c, name) = (c.clone(), name.clone());
+                let messages = nats_messages
+                    .remove(name.as_str())
+                    .expect("one per nats source");
+                tasks.sources.spawn(async move {
+                    source::nats::run(&name, &c, messages, output, stop, once).await
                 });
             }
         }
@@ -510,6 +539,19 @@ impl Tasks {
     fn name(&self, id: tokio::task::Id) -> &str {
         self.names.get(&id).map_or("a sink", String::as_str)
     }
+}
+
+/// Runs a sink; its budget is closed however it ends, a panic included, so that no source
+/// waits on it.
+async fn run_sink<T: Transport>(
+    parts: SinkParts,
+    transport: Arc<T>,
+    input: mpsc::Receiver<Block>,
+    stop: CancellationToken,
+    budget: Arc<Budget>,
+) -> Result<()> {
+    let _closed = CloseOnDrop(budget);
+    pipeline::run(parts, transport, input, stop).await
 }
 
 /// Closes a sink's budget when dropped.

@@ -95,8 +95,9 @@ pub struct Block {
     pub source_name: Arc<str>,
     /// Where the lines come from: the file's path.
     pub origin: Arc<str>,
-    /// The file, as the source numbers them, to build [`Ack`]s; none for a place that
-    /// could not be read at all ([`LineKind::Unreadable`]).
+    /// The file, as the source numbers them (for a nats source, the message, whose lines'
+    /// offsets are in its payload), to build [`Ack`]s; none for a place that could not be
+    /// read at all ([`LineKind::Unreadable`]).
     pub file: Option<u64>,
     /// Which of the receiving sink's inputs this block came through; set by
     /// `source::Output` for each sink, so the sink finds its acknowledgement handle.

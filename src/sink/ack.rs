@@ -12,12 +12,14 @@ use std::collections::{BTreeMap, HashSet};
 use tokio::sync::oneshot;
 
 use crate::event::{Ack, Item};
-use crate::source::file::checkpoint::{AckHandle, Persist};
+use crate::source::file::checkpoint::Persist;
+use crate::source::SourceAck;
 
 #[derive(Debug)]
 pub(crate) struct Acknowledger {
-    /// Per input ([`Ack::input`]): the source's handle.
-    handles: Vec<AckHandle>,
+    /// Per input ([`Ack::input`]): the source's handle (its files' or journal's
+    /// checkpoints, or JetStream's acks).
+    handles: Vec<SourceAck>,
     /// Files whose offsets stay where they are for the rest of the run, by (input, file):
     /// a dead letter of theirs could not be written.
     left_in_files: HashSet<(usize, u64)>,
@@ -27,7 +29,7 @@ pub(crate) struct Acknowledger {
 }
 
 impl Acknowledger {
-    pub(crate) fn new(handles: Vec<AckHandle>, persist: Persist) -> Self {
+    pub(crate) fn new(handles: Vec<SourceAck>, persist: Persist) -> Self {
         Acknowledger {
             handles,
             left_in_files: HashSet::new(),
@@ -55,8 +57,7 @@ impl Acknowledger {
         let Some(handle) = self.handles.get(ack.input) else {
             return false;
         };
-        handle.ack(ack.file, ack.offset);
-        true
+        handle.ack(ack.file, ack.offset)
     }
 
     /// Waits until the last acknowledgement is saved.
@@ -235,7 +236,7 @@ mod tests {
         let file = std::fs::File::open(&log).unwrap();
         cp.register(1, Fingerprint::of(&file).unwrap(), &log, 0);
         let (_writer, persist) = CheckpointWriter::spawn(vec![cp.clone()]).unwrap();
-        let mut acks = InOrder::new(Acknowledger::new(vec![handle], persist));
+        let mut acks = InOrder::new(Acknowledger::new(vec![handle.into()], persist));
         let (a, b, c, d) = (acks.open(), acks.open(), acks.open(), acks.open());
 
         acks.acknowledge(c, &[line(6)]);

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant, SystemTime};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use super::webhook::config::Delivery;
-use super::webhook::retry::Grace;
+use super::delivery::Delivery;
+use super::retry::Grace;
 use crate::data_dir::write_atomically;
 
 /// How much of a line a record keeps once the file holds `dead_letter_max_bytes`.

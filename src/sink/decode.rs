@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::deadletter::{DeadLetterWriter, Record};
-use super::webhook::retry::Grace;
+use super::retry::Grace;
 use super::{count_events, Stats};
 use crate::event::{self, Ack, Block, Decoded, Decoder, Invalid, Item, LineKind};
 use crate::source::{Budget, Cost};

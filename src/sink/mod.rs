@@ -1,12 +1,18 @@
-//! Sinks take the sources' lines and deliver them: [`webhook`] is the sink, as one
-//! pipeline; `decode` is its first stage; `ack` moves checkpoints (of files and journals)
-//! once events are delivered; `deadletter` keeps what is rejected; `replay` sends dead
-//! letters again.
+//! Sinks take the sources' lines and deliver them. Every sink is one `pipeline` (decode,
+//! batch, send, decide, acknowledge) around its transport: [`webhook`] POSTs signed
+//! requests; `nats` publishes to JetStream. What they share: `decode` (the first stage),
+//! `delivery` and `retry` (the settings and rules of retries), `ack` (moves the sources'
+//! positions, in files, journals or JetStream, once events are delivered), `deadletter`
+//! (keeps what is rejected); `replay` sends dead letters again.
 
 pub(crate) mod ack;
 pub(crate) mod deadletter;
 pub(crate) mod decode;
+pub(crate) mod delivery;
+pub mod nats;
+pub(crate) mod pipeline;
 pub mod replay;
+pub(crate) mod retry;
 pub mod webhook;
 
 use std::path::Path;
@@ -15,27 +21,45 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 
-use crate::config::{split_type, typed};
+use crate::config::{split_type, typed, typed_beside};
 use crate::event::Item;
 use crate::telemetry::{RejectClass, SinkCounters};
+use delivery::DeliveryConfig;
 
 /// One `[sinks.NAME]` table, checked: `type` picks the kind.
+// Made once per sink at start-up and kept by the plan: the size of a variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum SinkSpec {
     Webhook(webhook::WebhookSpec),
+    Nats(nats::NatsSinkSpec),
 }
 
 impl SinkSpec {
     /// Reads and checks the table at `key` (`sinks.NAME`); relative paths are relative to
     /// `base`.
     pub fn from_table(key: &str, table: toml::Table, base: &Path) -> Result<Self> {
-        let (kind, table) = split_type(key, table, "\"webhook\"")?;
+        let (kind, table) = split_type(key, table, "\"webhook\" or \"nats\"")?;
         match kind.as_str() {
             "webhook" => {
-                let config: webhook::WebhookConfig = typed(key, table)?;
-                Ok(SinkSpec::Webhook(config.build(key, base)?))
+                let (table, delivery) = split_table(key, table)?;
+                let config: webhook::WebhookConfig =
+                    typed_beside(key, table, &DeliveryConfig::KEYS)?;
+                Ok(SinkSpec::Webhook(config.build(key, base, &delivery)?))
             }
-            other => bail!("`{key}.type` = {other:?} is not a sink type: use \"webhook\""),
+            "nats" => {
+                let (table, delivery) = split_table(key, table)?;
+                let (table, connect) = crate::nats::split_table(key, table)?;
+                let beside =
+                    [&DeliveryConfig::KEYS[..], &crate::nats::ConnectConfig::KEYS].concat();
+                let config: nats::NatsSinkConfig = typed_beside(key, table, &beside)?;
+                Ok(SinkSpec::Nats(
+                    config.build(key, base, &delivery, &connect)?,
+                ))
+            }
+            other => {
+                bail!("`{key}.type` = {other:?} is not a sink type: use \"webhook\" or \"nats\"")
+            }
         }
     }
 
@@ -43,12 +67,58 @@ impl SinkSpec {
     pub fn inputs(&self) -> &[String] {
         match self {
             SinkSpec::Webhook(w) => &w.inputs,
+            SinkSpec::Nats(n) => &n.inputs,
+        }
+    }
+
+    /// A digest of the TLS files the sink read at start: a reload restarts the sink when
+    /// they changed.
+    pub(crate) fn files_read(&self) -> Option<u64> {
+        match self {
+            SinkSpec::Webhook(w) => w.files_read(),
+            SinkSpec::Nats(n) => n.connect.files_read(),
+        }
+    }
+
+    /// What the sink holds in memory at most: events and bytes of lines.
+    pub(crate) fn budget(&self) -> crate::source::Budget {
+        let (events, bytes) = match self {
+            SinkSpec::Webhook(w) => (w.buffer_max_events, w.buffer_max_bytes),
+            SinkSpec::Nats(n) => (n.buffer_max_events, n.buffer_max_bytes),
+        };
+        crate::source::Budget::new(events, bytes)
+    }
+
+    /// Its batches, retries and shutdown.
+    pub(crate) fn delivery(&self) -> &delivery::Delivery {
+        match self {
+            SinkSpec::Webhook(w) => &w.delivery,
+            SinkSpec::Nats(n) => &n.delivery,
+        }
+    }
+
+    /// How its lines become events.
+    pub(crate) fn decoder(&self) -> crate::event::Decoder {
+        match self {
+            SinkSpec::Webhook(w) => crate::event::Decoder::new(w.schema, &w.event_types),
+            SinkSpec::Nats(n) => crate::event::Decoder::new(n.schema, &n.event_types),
+        }
+    }
+
+    /// `dead_letter_max_bytes`.
+    pub(crate) fn dead_letter_max_bytes(&self) -> u64 {
+        match self {
+            SinkSpec::Webhook(w) => w.dead_letter_max_bytes,
+            SinkSpec::Nats(n) => n.dead_letter_max_bytes,
         }
     }
 
     /// One line for `flaghook validate`.
     pub fn describe(&self) -> String {
-        let SinkSpec::Webhook(c) = self;
+        let c = match self {
+            SinkSpec::Webhook(c) => c,
+            SinkSpec::Nats(n) => return n.describe(),
+        };
         let signed = match c.signing() {
             Some((scheme, _)) => format!("signed ({})", scheme.as_str()),
             None => "unsigned".to_owned(),
@@ -65,6 +135,15 @@ impl SinkSpec {
             c.request_concurrency(),
         ) + &c.proxy_note()
     }
+}
+
+/// A sink's table as its own keys and the keys every sink shares ([`DeliveryConfig`]),
+/// each read strictly (an unknown key is an error that names it).
+fn split_table(key: &str, table: toml::Table) -> Result<(toml::Table, DeliveryConfig)> {
+    let (shared, own): (toml::Table, toml::Table) = table
+        .into_iter()
+        .partition(|(name, _)| DeliveryConfig::KEYS.contains(&name.as_str()));
+    Ok((own, typed(key, shared)?))
 }
 
 /// What a sink did in this run, for the `--once` summary and the logs; each count also

@@ -26,8 +26,8 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::deadletter::{read_lines, rewrite, Line, Record};
-use super::webhook::request::MessageId;
-use super::webhook::retry::{Decision, Next, RetryPolicy, Turn};
+use super::pipeline::MessageId;
+use super::retry::{Decision, Next, RetryPolicy, Turn};
 use super::webhook::{Poster, WebhookSpec};
 use crate::event::{envelope_fields, Decoded, Decoder, EventType};
 use crate::lock::lock_data_dir;

@@ -16,13 +16,14 @@ mod budget;
 pub(crate) mod connections;
 pub(crate) mod file;
 pub mod lines;
+pub(crate) mod nats;
 mod output;
 mod pump;
 pub(crate) mod stdin;
 pub(crate) mod tcp;
 
 pub(crate) use budget::{gathers_ahead, max_batch_bytes, Budget, Cost};
-pub(crate) use output::{Closed, Output, SinkInput, Subscriptions};
+pub(crate) use output::{Closed, Output, SinkInput, SourceAck, Subscriptions};
 pub(crate) use pump::pump;
 
 /// One `[sources.NAME]` table, parsed: `type` picks the kind, whose config turns into its
@@ -32,6 +33,7 @@ pub enum SourceSpec {
     File(file::FileSpec),
     Tcp(tcp::TcpSpec),
     Stdin(stdin::StdinSpec),
+    Nats(nats::NatsSourceSpec),
 }
 
 impl SourceSpec {
@@ -41,13 +43,19 @@ impl SourceSpec {
         table: toml::Table,
         base: &std::path::Path,
     ) -> anyhow::Result<Self> {
-        use crate::config::{split_type, typed};
-        let kinds = "\"file\", \"tcp\" or \"stdin\"";
+        use crate::config::{split_type, typed, typed_beside};
+        let kinds = "\"file\", \"tcp\", \"stdin\" or \"nats\"";
         let (kind, table) = split_type(key, table, kinds)?;
         Ok(match kind.as_str() {
             "file" => SourceSpec::File(typed::<file::FileConfig>(key, table)?.build(key, base)?),
             "tcp" => SourceSpec::Tcp(typed::<tcp::TcpConfig>(key, table)?.build(key)?),
             "stdin" => SourceSpec::Stdin(typed::<stdin::StdinConfig>(key, table)?.build(key)?),
+            "nats" => {
+                let (table, connect) = crate::nats::split_table(key, table)?;
+                let beside = crate::nats::ConnectConfig::KEYS;
+                let config: nats::NatsSourceConfig = typed_beside(key, table, &beside)?;
+                SourceSpec::Nats(config.build(key, base, &connect)?)
+            }
             other => anyhow::bail!("`{key}.type` = {other:?} is not a source type: use {kinds}"),
         })
     }
@@ -58,6 +66,7 @@ impl SourceSpec {
             SourceSpec::File(f) => format!("file, include {:?}", f.include),
             SourceSpec::Tcp(t) => format!("tcp, listening on {}", t.address),
             SourceSpec::Stdin(_) => "stdin".to_owned(),
+            SourceSpec::Nats(n) => n.describe(),
         }
     }
 }

@@ -7,9 +7,43 @@ use tokio::sync::mpsc;
 
 use super::budget::MAX_REQUEST;
 use super::file::checkpoint::AckHandle;
+use super::nats::NatsAckHandle;
 use super::{gathers_ahead, max_batch_bytes, Budget, Cost};
 use crate::event::{Block, Line};
 use crate::telemetry::SourceCounters;
+
+/// Whom a sink tells that it delivered (or dead-lettered) a source's lines, for sources
+/// that keep them until then: a file source's checkpoints, or a nats source's JetStream
+/// messages.
+#[derive(Debug, Clone)]
+pub enum SourceAck {
+    File(AckHandle),
+    Nats(NatsAckHandle),
+}
+
+impl SourceAck {
+    /// Everything of `file` (a tailed file, a JetStream message) before `offset` was
+    /// delivered or dead-lettered by this sink. Returns whether a checkpoint moved, to be
+    /// saved.
+    pub(crate) fn ack(&self, file: u64, offset: u64) -> bool {
+        match self {
+            SourceAck::File(handle) => {
+                handle.ack(file, offset);
+                true
+            }
+            SourceAck::Nats(handle) => {
+                handle.ack(file, offset);
+                false
+            }
+        }
+    }
+}
+
+impl From<AckHandle> for SourceAck {
+    fn from(handle: AckHandle) -> Self {
+        SourceAck::File(handle)
+    }
+}
 
 /// One sink's input, as a source sees it: made by [`Subscriptions::subscribe`].
 #[derive(Debug, Clone)]
@@ -32,7 +66,7 @@ pub struct Subscriptions {
     tx: mpsc::Sender<Block>,
     budget: Arc<Budget>,
     max_events: usize,
-    acks: Vec<AckHandle>,
+    acks: Vec<SourceAck>,
 }
 
 impl Subscriptions {
@@ -46,7 +80,7 @@ impl Subscriptions {
     }
 
     /// Subscribes the sink to a source; `ack` is the source's handle for this sink.
-    pub fn subscribe(&mut self, ack: AckHandle) -> SinkInput {
+    pub fn subscribe(&mut self, ack: SourceAck) -> SinkInput {
         self.acks.push(ack);
         SinkInput {
             tx: self.tx.clone(),
@@ -57,7 +91,7 @@ impl Subscriptions {
     }
 
     /// The acknowledgement handles, indexed by [`Block::input`].
-    pub fn into_acks(self) -> Vec<AckHandle> {
+    pub fn into_acks(self) -> Vec<SourceAck> {
         self.acks
     }
 }
@@ -114,6 +148,14 @@ impl Output {
     pub(crate) fn counting(mut self, counters: Arc<SourceCounters>) -> Self {
         self.counters = counters;
         self
+    }
+
+    /// The largest events cap and the smallest bytes cap of the sinks' budgets.
+    pub(crate) fn budget_caps(&self) -> (usize, usize) {
+        let caps = self.sinks.iter().map(|s| s.budget.cap());
+        let events = caps.clone().map(|c| c.events).max().unwrap_or(0);
+        let bytes = caps.map(|c| c.bytes).min().unwrap_or(0);
+        (events, bytes)
     }
 
     /// How many of `lines` (one at least) go in the next block.

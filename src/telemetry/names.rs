@@ -59,7 +59,7 @@ pub(crate) const SOURCE_JOURNAL_BYTES: Metric = gauge(
 // Sinks (label `sink`).
 pub(crate) const SINK_EVENTS_DELIVERED: Metric = counter(
     "flaghook_sink_events_delivered_total",
-    "Events the endpoint accepted (2xx).",
+    "Events the endpoint accepted (2xx; for a nats sink, stored by JetStream).",
 );
 pub(crate) const SINK_EVENTS_REJECTED: Metric = counter(
     "flaghook_sink_events_rejected_total",
@@ -75,7 +75,7 @@ pub(crate) const SINK_EVENTS_NOT_DELIVERED: Metric = counter(
 );
 pub(crate) const SINK_REQUESTS: Metric = counter(
     "flaghook_sink_requests_total",
-    "Requests sent, by status class of the response (2xx, 3xx, 4xx, 5xx; error: no response).",
+    "Requests sent, by status class of the response (2xx, 3xx, 4xx, 5xx; error: no response). A nats sink's publish counts as 2xx once PubAcked, as error otherwise.",
 );
 pub(crate) const SINK_RETRIES: Metric = counter(
     "flaghook_sink_retries_total",

@@ -575,3 +575,117 @@ fn bad_journal_settings_name_their_key() {
     let ws = Workspace::new();
     validate(&ws.config(&valid)).assert_code(0);
 }
+
+const NATS_SINK: &str = r#"[sinks.central]
+type = "nats"
+inputs = ["in"]
+url = "nats://127.0.0.1:4222"
+subject = "goff.events"
+"#;
+
+const NATS_SOURCE: &str = r#"[sources.edge]
+type = "nats"
+url = "nats://127.0.0.1:4222"
+stream = "GOFF"
+consumer = "central"
+subjects = ["goff.events"]
+create = true
+"#;
+
+const EDGE_SINK: &str = r#"[sinks.webhook]
+type = "webhook"
+inputs = ["edge"]
+endpoint_url = "http://127.0.0.1:9/hook"
+"#;
+
+/// A nats sink and a nats source: the base configs are valid (validate connects to
+/// nothing), and each error names its full key, before a correct example, and never a
+/// password or token.
+#[test]
+fn nats_sink_and_source_errors_name_the_key() {
+    let ws = Workspace::new();
+    let out = validate(&ws.config(&format!("{SOURCE}\n{NATS_SINK}")));
+    out.assert_code(0);
+    assert!(
+        out.stdout
+            .contains("nats nats://127.0.0.1:4222 subject goff.events"),
+        "{out}"
+    );
+    let out = validate(&ws.config(&format!("{NATS_SOURCE}\n{EDGE_SINK}")));
+    out.assert_code(0);
+    assert!(out.stdout.contains("stream GOFF consumer central"), "{out}");
+
+    for (extra, key) in [
+        ("max_events = 0", "`sinks.central.max_events`"),
+        ("subject = \"goff.*\"", "`sinks.central.subject`"),
+        ("subjects = [\"x\"]", "subjects"),
+        ("user = \"flaghook\"", "`sinks.central.user`"),
+        ("password = 918273645", "`sinks.central.password`"),
+        (
+            "token = \"918273645\"\nuser = \"u\"\npassword = \"p\"",
+            "`sinks.central.user` and `sinks.central.token`",
+        ),
+        (
+            "retry_max_backoff = \"0s\"",
+            "`sinks.central.retry_max_backoff`",
+        ),
+        ("tls.server_name = \"x\"", "`sinks.central.tls.server_name`"),
+    ] {
+        let sink = NATS_SINK.replace("subject = \"goff.events\"\n", "");
+        let sink = match extra.starts_with("subject =") {
+            true => format!("{sink}{extra}\n"),
+            false => format!("{sink}subject = \"goff.events\"\n{extra}\n"),
+        };
+        let out = assert_config_error(&format!("{SOURCE}\n{sink}"), &[key]);
+        assert!(!out.stderr.contains("918273645"), "{out}");
+    }
+    for (url, why) in [
+        ("http://127.0.0.1:4222", "not a NATS server URL"),
+        ("", "empty"),
+        ("ws://127.0.0.1:4222", "websocket"),
+    ] {
+        let sink = NATS_SINK.replace("nats://127.0.0.1:4222", url);
+        assert_config_error(&format!("{SOURCE}\n{sink}"), &["`sinks.central.url`", why]);
+    }
+
+    for (from, to, key) in [
+        (
+            "stream = \"GOFF\"",
+            "stream = \"GO.FF\"",
+            "`sources.edge.stream`",
+        ),
+        (
+            "consumer = \"central\"",
+            "consumer = \"\"",
+            "`sources.edge.consumer`",
+        ),
+        (
+            "subjects = [\"goff.events\"]",
+            "subjects = []",
+            "`sources.edge.subjects`",
+        ),
+        (
+            "create = true",
+            "create = true\nack_wait = \"0s\"",
+            "`sources.edge.ack_wait`",
+        ),
+        (
+            "create = true",
+            "create = true\nmax_ack_pending = 0",
+            "`sources.edge.max_ack_pending`",
+        ),
+        (
+            "create = true",
+            "create = true\ncredentials_file = \"missing.creds\"",
+            "`sources.edge.credentials_file`",
+        ),
+        (
+            "create = true",
+            "create = true\nack_wiat = \"1s\"",
+            "ack_wiat",
+        ),
+    ] {
+        let source = NATS_SOURCE.replace(from, to);
+        assert_config_error(&format!("{source}\n{EDGE_SINK}"), &[key]);
+    }
+}

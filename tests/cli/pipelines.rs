@@ -13,6 +13,8 @@ const REQUIRED: &[&str] = &[
     "fluent-bit-tcp.toml",
     "stdin.toml",
     "syslog-ng-tcp.toml",
+    "nats-edge.toml",
+    "nats-central.toml",
 ];
 
 /// `${NAME}` references in a config text (`$$` is an escaped `$`, not a reference).

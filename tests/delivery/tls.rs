@@ -742,3 +742,93 @@ fn a_reload_reads_renewed_certificate_files() {
     proc.sigterm();
     proc.wait().assert_code(0);
 }
+
+/// NATS over TLS: a nats-server whose certificate a private CA issued, and that asks for a
+/// client certificate. The edge's nats sink and the central's nats source trust the CA
+/// (`tls.ca_file`) and present their own (`tls.crt_file`, `tls.key_file`): every event
+/// flows from the edge's file to the central's webhook. An edge that does not trust the CA
+/// publishes nothing.
+#[test]
+fn nats_over_tls_with_a_private_ca_and_client_certificates() {
+    let ws = Workspace::new();
+    let ca = Ca::new("flaghook nats test CA");
+    let (server, client) = (ca.server(&["127.0.0.1"]), ca.client());
+    let ca_file = ws.write("ca.pem", &ca.pem);
+    let conf = format!(
+        "tls {{\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  verify: true\n}}\n",
+        toml_str(ws.write("server.crt", &server.cert_pem)),
+        toml_str(ws.write("server.key", &server.key_pem)),
+        toml_str(&ca_file),
+    );
+    let Some(nats) = NatsServer::start_with(&ws, Some(&conf)) else {
+        return;
+    };
+    let tls = format!(
+        "tls.ca_file = {}\ntls.crt_file = {}\ntls.key_file = {}\n",
+        toml_str(&ca_file),
+        toml_str(ws.write("client.crt", &client.cert_pem)),
+        toml_str(ws.write("client.key", &client.key_pem)),
+    );
+    let hook = Endpoint::start();
+    let central_ws = Workspace::new();
+    let central = Proc::spawn(run_cmd(&central_ws.config(&format!(
+        r#"[sources.edge]
+type = "nats"
+url = {url}
+stream = "GOFF"
+consumer = "central"
+subjects = ["goff.events"]
+create = true
+{tls}
+[sinks.webhook]
+type = "webhook"
+inputs = ["edge"]
+endpoint_url = {hook}
+flush_interval = "100ms"
+"#,
+        url = toml_str(nats.url()),
+        hook = toml_str(hook.url()),
+    ))));
+    assert!(
+        central.wait_stderr("reading the consumer", WAIT).is_some(),
+        "{}",
+        central.stderr_now()
+    );
+    let edge = |tls: &str| {
+        let edge_ws = Workspace::new();
+        let input = edge_ws.write("events.json", small_lines(0..20));
+        let config = edge_ws.config(&format!(
+            r#"[sources.in]
+type = "file"
+include = [{input}]
+
+[sinks.central]
+type = "nats"
+inputs = ["in"]
+url = {url}
+subject = "goff.events"
+timeout = "1s"
+retry_initial_backoff = "100ms"
+retry_max_duration = "1s"
+{tls}
+"#,
+            input = toml_str(&input),
+            url = toml_str(nats.url().replace("nats://", "tls://")),
+        ));
+        run_once(&config)
+    };
+    let untrusting = edge("");
+    untrusting.assert_code(2);
+    assert_eq!(
+        untrusting.summary_value("events_delivered"),
+        0,
+        "{untrusting}"
+    );
+    assert!(untrusting.stderr.contains("UnknownIssuer"), "{untrusting}");
+
+    let trusting = edge(&tls);
+    trusting.assert_code(0);
+    assert_eq!(trusting.summary_value("events_delivered"), 20, "{trusting}");
+    let delivered = hook.wait_for_delivered(20, WAIT);
+    assert_eq!(delivered.len(), 20, "{}", central.stderr_now());
+}

@@ -12,6 +12,8 @@
 //!   `data_dir`, and readers of what flaghook leaves in `data_dir` (checkpoints, dead
 //!   letters, journals, the spill files of older versions).
 //! - [`events`]: event generators, the known-answer vector and HMAC signing.
+//! - [`nats`]: [`NatsServer`], a real `nats-server -js` on a loopback port with its own
+//!   store, killed (or killed and restarted) at will; publishing and reading its state.
 //! - [`standard_webhooks`]: the Standard Webhooks reference libraries (PyPI and npm), to
 //!   verify flaghook's requests with code nobody here wrote.
 //!
@@ -21,12 +23,14 @@
 
 pub mod endpoint;
 pub mod events;
+pub mod nats;
 pub mod process;
 pub mod standard_webhooks;
 pub mod workspace;
 
 pub use endpoint::*;
 pub use events::*;
+pub use nats::*;
 pub use process::*;
 pub use standard_webhooks::*;
 pub use workspace::*;

@@ -1,5 +1,5 @@
 //! The webhook sink's HTTP client: keep-alive connections with TCP_NODELAY, https with
-//! rustls (verified against the roots `tls` gives, see `tls.rs`), straight or through a
+//! rustls (verified against the roots `tls` gives, see `crate::tls`), straight or through a
 //! proxy (see `proxy.rs`), and a bounded read of every response.
 
 use std::fmt;
@@ -17,20 +17,11 @@ use hyper_util::rt::TokioExecutor;
 
 use super::config::{without_credentials, WebhookSpec};
 use super::proxy::{Forward, Proxy};
-use super::request::{MessageId, Signed, Template};
-use super::retry::{decide, parse_retry_after, Decision};
-use super::tls::TlsSpec;
-
-/// The result of one POST.
-#[derive(Debug)]
-pub(crate) struct Outcome {
-    pub(crate) decision: Decision,
-    /// The response's status; `None` when there was no response.
-    pub(crate) status: Option<u16>,
-    /// For logs and dead letters: the status and the start of the response body, or
-    /// the transport error.
-    pub(crate) detail: String,
-}
+use super::request::{Signed, Template};
+use super::status::{decide, parse_retry_after};
+use crate::sink::pipeline::{MessageId, Outcome};
+use crate::sink::retry::Decision;
+use crate::tls::TlsSpec;
 
 /// Builds and sends GO Feature Flag's request.
 pub(crate) struct Poster {

@@ -21,59 +21,17 @@ use serde::{Deserialize, Deserializer};
 
 use super::proxy::{self, Proxy, ProxyUrl};
 use super::request::{Signer, Template};
-use super::tls::{TlsConfig, TlsSpec};
 use crate::compression::Compression;
-use crate::config::{check_count, check_duration, ByteSize, HumanDuration};
+pub use crate::config::Secret;
+pub(crate) use crate::config::{bad_port, without_credentials};
 use crate::event::{EventType, Schema};
 use crate::sign::Scheme;
+use crate::sink::delivery::{Delivery, DeliveryConfig, SinkDefaults};
+use crate::tls::{TlsConfig, TlsSpec};
 
-fn default_flush_interval() -> HumanDuration {
-    HumanDuration(Duration::from_secs(60))
-}
 fn default_max_event_in_memory() -> usize {
     100_000
 }
-fn default_buffer_max_bytes() -> ByteSize {
-    ByteSize(64 << 20)
-}
-fn default_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(10))
-}
-fn default_schema() -> Schema {
-    Schema::Goff
-}
-fn default_event_types() -> Vec<EventType> {
-    vec![EventType::Feature, EventType::Tracking]
-}
-fn default_retry_initial_backoff() -> HumanDuration {
-    HumanDuration(Duration::from_secs(1))
-}
-fn default_retry_max_backoff() -> HumanDuration {
-    HumanDuration(Duration::from_secs(60))
-}
-fn default_shutdown_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(30))
-}
-
-fn default_dead_letter_max_bytes() -> ByteSize {
-    ByteSize(1 << 30)
-}
-fn default_request_concurrency() -> usize {
-    1
-}
-
-/// The largest `max_event_in_memory`: each batch reserves room for this many events, and
-/// one request carries them all.
-const MAX_BATCH_EVENTS: usize = 1_000_000;
-/// The largest `buffer_max_events`: about 1 KB of memory each, and a semaphore permit each
-/// (a semaphore takes at most `u32::MAX` at once).
-const MAX_BUFFER_EVENTS: usize = 10_000_000;
-/// The longest `flush_interval`, backoffs and `shutdown_timeout`.
-const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
-/// The longest request `timeout`.
-const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
-/// The most requests in flight at once: each holds a connection and a batch.
-const MAX_REQUEST_CONCURRENCY: usize = 64;
 
 /// The statuses retried by default: the endpoint is busy or broken (408, 429, 5xx), or
 /// it or the proxy on the way is misconfigured in a way the operator can fix without
@@ -84,28 +42,9 @@ pub(crate) fn default_retry_on_status() -> Vec<u16> {
     statuses
 }
 
-/// The HMAC key: bytes that never show in logs, errors or `Debug` output.
-#[derive(Clone)]
-pub struct Secret(Vec<u8>);
-
-impl Secret {
-    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
-        Secret(bytes.into())
-    }
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
 /// `secret`: the text's UTF-8 bytes.
 fn secret_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
-    Ok(Some(Secret(secret_string(d)?.into_bytes())))
+    Ok(Some(Secret::new(secret_string(d)?.into_bytes())))
 }
 
 /// `secret_hex`: bytes written as hex digits, for a secret that is not text.
@@ -117,7 +56,7 @@ fn secret_hex<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Erro
             _ => "is not hex: write each byte as two digits 0-9a-f (example: secret_hex = \"${WEBHOOK_SECRET_HEX}\")",
         })
     })?;
-    Ok(Some(Secret(bytes)))
+    Ok(Some(Secret::new(bytes)))
 }
 
 /// `secret_base64`: bytes written in standard base64 (with `=` padding).
@@ -128,7 +67,7 @@ fn secret_base64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::E
         .map_err(|_| {
             D::Error::custom("is not base64: use the standard alphabet with `=` padding (example: secret_base64 = \"${WEBHOOK_SECRET_BASE64}\")")
         })?;
-    Ok(Some(Secret(bytes)))
+    Ok(Some(Secret::new(bytes)))
 }
 
 /// A secret key's string. Read as any TOML value first, so that no message of serde's
@@ -187,40 +126,6 @@ impl fmt::Debug for EndpointUrl {
     }
 }
 
-/// `url` with its user and password replaced by `***`. When `url` does not parse, where
-/// its authority ends is not known: everything up to its last `@` is hidden.
-pub(crate) fn without_credentials(url: &str) -> std::borrow::Cow<'_, str> {
-    let parsed = url
-        .parse::<Uri>()
-        .ok()
-        .filter(|uri| uri.authority().is_none_or(|a| !bad_port(a.as_str())));
-    let userinfo_end = match parsed.as_ref().and_then(Uri::authority) {
-        Some(authority) => authority.as_str().rfind('@').map(|at| {
-            let start = url.find(authority.as_str()).unwrap_or(0);
-            (start, start + at)
-        }),
-        None if parsed.is_some() => None,
-        None => url
-            .rfind('@')
-            .map(|at| (url.find("://").map_or(0, |i| i + 3).min(at), at)),
-    };
-    match userinfo_end {
-        Some((start, at)) => format!("{}***{}", &url[..start], &url[at..]).into(),
-        None => url.into(),
-    }
-}
-
-/// Whether `authority` ends in a port that is not a number: what a `/` left unescaped in a
-/// password (`user:pa/ss@host`) makes of a URL, cut after `user:pa`. A user and password
-/// before an `@` are not a port (`user:pass@host` has none).
-pub(crate) fn bad_port(authority: &str) -> bool {
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let after_host = host_port.rsplit(']').next().unwrap_or(host_port);
-    after_host
-        .rsplit_once(':')
-        .is_some_and(|(_, port)| !port.is_empty() && port.parse::<u16>().is_err())
-}
-
 /// A header value may be written as one string or a list of strings.
 #[derive(Clone, Deserialize)]
 #[serde(untagged)]
@@ -271,61 +176,21 @@ pub struct WebhookConfig {
     /// covers the compressed bytes, as sent.
     #[serde(default, deserialize_with = "compression")]
     pub compression: Compression,
-    /// Requests in flight at once. Default 1 (batches go out in order); with more,
-    /// acknowledgements still follow the order of the input.
-    #[serde(default = "default_request_concurrency")]
-    pub request_concurrency: usize,
     /// String values sent in `meta`; `hostname` is added unless set.
     #[serde(default)]
     pub meta: BTreeMap<String, toml::Value>,
     /// Extra request headers; a value may be one string or a list.
     #[serde(default)]
     pub headers: BTreeMap<String, HeaderValues>,
-    /// Send at least this often while events are pending (FlushInterval). Default "60s".
-    #[serde(default = "default_flush_interval")]
-    pub flush_interval: HumanDuration,
     /// Send as soon as this many events are pending (MaxEventInMemory); also the largest
     /// batch. Default 100000.
     #[serde(default = "default_max_event_in_memory")]
     pub max_event_in_memory: usize,
-    /// Request timeout. Default "10s".
-    #[serde(default = "default_timeout")]
-    pub timeout: HumanDuration,
-    /// "goff" (GO Feature Flag events, default) or "any" (any JSON object).
-    #[serde(default = "default_schema")]
-    pub schema: Schema,
-    /// With schema "goff": which kinds to send. Default ["feature", "tracking"].
-    #[serde(default = "default_event_types")]
-    pub event_types: Vec<EventType>,
-    /// Most events held in memory (read, not yet delivered). Default
-    /// (request_concurrency + 1) x max_event_in_memory.
-    #[serde(default)]
-    pub buffer_max_events: Option<usize>,
-    /// Most bytes of lines held in memory: a number or a size like "64MiB". Whichever of
-    /// the two caps is reached first stops the sources. Default "64MiB".
-    #[serde(default = "default_buffer_max_bytes")]
-    pub buffer_max_bytes: ByteSize,
-    /// First retry delay; doubles per failed attempt (full jitter). Default "1s".
-    #[serde(default = "default_retry_initial_backoff")]
-    pub retry_initial_backoff: HumanDuration,
-    /// Longest retry delay. Default "60s".
-    #[serde(default = "default_retry_max_backoff")]
-    pub retry_max_backoff: HumanDuration,
-    /// Dead-letter events still failing after this long. Default: retry forever.
-    #[serde(default)]
-    pub retry_max_duration: Option<HumanDuration>,
     /// Statuses that are retried. Default 401, 403, 404, 407, 408, 429 and 500-599.
     #[serde(default = "default_retry_on_status")]
     pub retry_on_status: Vec<u16>,
-    /// At shutdown, how long to keep trying to deliver. Default "30s".
-    #[serde(default = "default_shutdown_timeout")]
-    pub shutdown_timeout: HumanDuration,
-    /// Once the dead-letter file holds this many bytes, records keep only the first KiB of
-    /// their line. Default 1 GiB.
-    #[serde(default = "default_dead_letter_max_bytes")]
-    pub dead_letter_max_bytes: ByteSize,
     /// For an https endpoint: the CA certificates trusted, a client certificate, the name
-    /// verified (see `tls.rs`).
+    /// verified (see `crate::tls`).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
     /// `"none"`, or the `http://[user:password@]host:port` of a proxy. Default: the
@@ -351,7 +216,7 @@ pub struct WebhookSpec {
     pub(crate) delivery: Delivery,
     /// How long a request may wait for its response's status.
     pub(crate) timeout: Duration,
-    /// The statuses retried (see `retry::decide`).
+    /// The statuses retried (see `status::decide`).
     pub(crate) retry_on: Vec<u16>,
     /// For an https endpoint, its TLS settings (`None`: http).
     pub(crate) tls: Option<TlsSpec>,
@@ -408,8 +273,19 @@ impl WebhookSpec {
 impl WebhookConfig {
     /// Checks every key (at `key`, the sink's) and parses the settings; the files it names
     /// are read, relative to `base`.
-    pub fn build(self, key: &str, base: &Path) -> Result<WebhookSpec> {
+    /// `delivery` holds the keys every sink shares (see `crate::sink::split_table`).
+    pub fn build(self, key: &str, base: &Path, delivery: &DeliveryConfig) -> Result<WebhookSpec> {
         let (endpoint, mut headers) = self.validate(key)?;
+        let shared = delivery.build(
+            key,
+            SinkDefaults {
+                batch_key: "max_event_in_memory",
+                batch_example: default_max_event_in_memory(),
+                max_events: self.max_event_in_memory,
+                flush_interval: Duration::from_secs(60),
+                request_concurrency: 1,
+            },
+        )?;
         let tls = self.tls(key, base, &endpoint.uri)?;
         let proxy = proxy::route(key, &endpoint.uri, self.proxy.as_ref(), |name| {
             std::env::var_os(name)
@@ -430,19 +306,19 @@ impl WebhookConfig {
         let signer = self.signer(key)?;
         let template = Template::new(&self.meta, headers, endpoint, self.compression, signer);
         Ok(WebhookSpec {
-            delivery: Delivery::from(&self),
-            buffer_max_events: self.buffer_max_events(),
-            buffer_max_bytes: self.buffer_max_bytes(),
-            timeout: self.timeout.0,
+            delivery: shared.delivery,
+            buffer_max_events: shared.buffer_max_events,
+            buffer_max_bytes: shared.buffer_max_bytes,
+            timeout: shared.timeout,
             retry_on: self.retry_on_status,
             tls,
             proxy,
             inputs: self.inputs,
             endpoint_shown,
             template,
-            schema: self.schema,
-            event_types: self.event_types,
-            dead_letter_max_bytes: self.dead_letter_max_bytes.0,
+            schema: shared.schema,
+            event_types: shared.event_types,
+            dead_letter_max_bytes: shared.dead_letter_max_bytes,
         })
     }
 
@@ -453,8 +329,6 @@ impl WebhookConfig {
         if self.inputs.is_empty() {
             bail!("`{key}.inputs` is empty: name the sources this sink reads\n{EXAMPLE}");
         }
-        self.validate_sizes(key)?;
-        self.validate_durations(key)?;
         for (name, value) in &self.meta {
             if !value.is_str() {
                 bail!("`{key}.meta.{name}` must be a string, got a {} (example: meta = {{ {name} = \"value\" }})", value.type_str());
@@ -483,9 +357,6 @@ impl WebhookConfig {
             }
         }
         self.validate_secret(key)?;
-        if self.schema == Schema::Goff && self.event_types.is_empty() {
-            bail!("`{key}.event_types` is empty: nothing would be sent (example: event_types = [\"feature\"])");
-        }
         if let Some(s) = self
             .retry_on_status
             .iter()
@@ -511,87 +382,6 @@ impl WebhookConfig {
         ))
     }
 
-    /// Batch and buffer sizes: at least 1 event, and at most what fits memory and a
-    /// semaphore's permits.
-    fn validate_sizes(&self, key: &str) -> Result<()> {
-        check_count(
-            &format!("{key}.max_event_in_memory"),
-            self.max_event_in_memory,
-            1..=MAX_BATCH_EVENTS,
-            "max_event_in_memory = 100000",
-        )?;
-        check_count(
-            &format!("{key}.request_concurrency"),
-            self.request_concurrency,
-            1..=MAX_REQUEST_CONCURRENCY,
-            "request_concurrency = 4",
-        )?;
-        let Some(buffer) = self.buffer_max_events else {
-            return Ok(());
-        };
-        if buffer < self.max_event_in_memory {
-            bail!("`{key}.buffer_max_events` must be at least `max_event_in_memory` (example: buffer_max_events = {})", 2 * self.max_event_in_memory);
-        }
-        check_count(
-            &format!("{key}.buffer_max_events"),
-            buffer,
-            1..=MAX_BUFFER_EVENTS,
-            "buffer_max_events = 200000",
-        )
-    }
-
-    /// Every duration is above zero (but `shutdown_timeout`, which may be) and bounded, so
-    /// that no deadline computed from one can overflow.
-    fn validate_durations(&self, key: &str) -> Result<()> {
-        let durations = [
-            (
-                "flush_interval",
-                self.flush_interval,
-                MAX_INTERVAL,
-                "\"60s\"",
-            ),
-            ("timeout", self.timeout, MAX_TIMEOUT, "\"10s\""),
-            (
-                "retry_initial_backoff",
-                self.retry_initial_backoff,
-                MAX_INTERVAL,
-                "\"1s\"",
-            ),
-            (
-                "retry_max_backoff",
-                self.retry_max_backoff,
-                MAX_INTERVAL,
-                "\"60s\"",
-            ),
-        ];
-        for (name, value, max, example) in durations {
-            check_duration(
-                &format!("{key}.{name}"),
-                value.0,
-                max,
-                &format!("{name} = {example}"),
-            )?;
-        }
-        if let Some(max) = self.retry_max_duration {
-            check_duration(
-                &format!("{key}.retry_max_duration"),
-                max.0,
-                HumanDuration::MAX,
-                "retry_max_duration = \"24h\"",
-            )?;
-        }
-        if self.retry_max_backoff.0 < self.retry_initial_backoff.0 {
-            bail!("`{key}.retry_initial_backoff` must be at most `retry_max_backoff` (example: retry_initial_backoff = \"1s\")");
-        }
-        if self.shutdown_timeout.0 > MAX_INTERVAL {
-            bail!(
-                "`{key}.shutdown_timeout` is too long: at most {} (example: shutdown_timeout = \"30s\")",
-                humantime::format_duration(MAX_INTERVAL)
-            );
-        }
-        Ok(())
-    }
-
     /// At most one secret key is set, and not to nothing.
     fn validate_secret(&self, key: &str) -> Result<()> {
         let set: Vec<(&str, &Secret)> = [
@@ -604,7 +394,7 @@ impl WebhookConfig {
         .collect();
         match set.as_slice() {
             [] => Ok(()),
-            [(name, secret)] if secret.0.is_empty() => bail!("`{key}.{name}` is empty: remove it to send unsigned, or set it (example: {name} = \"${{WEBHOOK_SECRET}}\")"),
+            [(name, secret)] if secret.expose().is_empty() => bail!("`{key}.{name}` is empty: remove it to send unsigned, or set it (example: {name} = \"${{WEBHOOK_SECRET}}\")"),
             [_] => Ok(()),
             [(first, _), (second, _), ..] => bail!("`{key}.{first}` and `{key}.{second}` are both set: give the secret once, as text in `secret` or as bytes in `secret_hex` or `secret_base64` (example: secret = \"${{WEBHOOK_SECRET}}\")"),
         }
@@ -632,7 +422,7 @@ impl WebhookConfig {
             bail!("`{key}.{name}` cannot sign Standard Webhooks requests: {NEEDS}");
         }
         match crate::sign::standard_key(secret.expose()) {
-            Ok(bytes) => Ok(Some(Signer::StandardWebhooks(Secret(bytes)))),
+            Ok(bytes) => Ok(Some(Signer::StandardWebhooks(Secret::new(bytes)))),
             // The reason says what is wrong with it, never what it holds.
             Err(why) => bail!("`{key}.secret` {why}: {NEEDS}"),
         }
@@ -644,18 +434,6 @@ impl WebhookConfig {
             .as_ref()
             .or(self.secret_hex.as_ref())
             .or(self.secret_base64.as_ref())
-    }
-
-    /// By default, room for a batch in each request slot and the next one gathering.
-    fn buffer_max_events(&self) -> usize {
-        let batches = self.request_concurrency.max(1) + 1;
-        let default = (batches * self.max_event_in_memory)
-            .min(MAX_BUFFER_EVENTS.max(2 * self.max_event_in_memory));
-        self.buffer_max_events.unwrap_or(default)
-    }
-
-    fn buffer_max_bytes(&self) -> usize {
-        usize::try_from(self.buffer_max_bytes.0).unwrap_or(usize::MAX)
     }
 }
 
@@ -751,33 +529,6 @@ fn percent_decode(text: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
-}
-
-/// The webhook sink's settings that the delivery loop needs.
-#[derive(Debug, Clone)]
-pub(crate) struct Delivery {
-    pub(crate) max_events: usize,
-    pub(crate) flush_interval: Duration,
-    pub(crate) retry_initial_backoff: Duration,
-    pub(crate) retry_max_backoff: Duration,
-    pub(crate) retry_max_duration: Option<Duration>,
-    pub(crate) shutdown_timeout: Duration,
-    /// Requests in flight at once.
-    pub(crate) request_concurrency: usize,
-}
-
-impl From<&WebhookConfig> for Delivery {
-    fn from(c: &WebhookConfig) -> Self {
-        Delivery {
-            max_events: c.max_event_in_memory,
-            flush_interval: c.flush_interval.0,
-            retry_initial_backoff: c.retry_initial_backoff.0,
-            retry_max_backoff: c.retry_max_backoff.0,
-            retry_max_duration: c.retry_max_duration.map(|d| d.0),
-            shutdown_timeout: c.shutdown_timeout.0,
-            request_concurrency: c.request_concurrency,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -878,7 +629,12 @@ mod tests {
             config.endpoint_url = url("http://u:pa55w0rd@127.0.0.1:1/");
             assert_eq!(config.signing_secret().unwrap().expose(), b"hunter2");
             let shown = format!("{config:?}");
-            let spec = format!("{:?}", config.build("sinks.w", Path::new(".")).unwrap());
+            let spec = format!(
+                "{:?}",
+                config
+                    .build("sinks.w", Path::new("."), &DeliveryConfig::default())
+                    .unwrap()
+            );
             for hidden in [
                 "hunter2",
                 "68756e74657232",

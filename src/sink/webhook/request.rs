@@ -18,6 +18,7 @@ use hyper::{Method, Request, Uri};
 use super::config::{Endpoint, Secret};
 use crate::compression::Compression;
 use crate::sign::Scheme;
+use crate::sink::pipeline::MessageId;
 
 /// What every request of a sink shares: where it goes, its headers, the start of its body,
 /// how the body is encoded and the key that signs it.
@@ -159,28 +160,6 @@ impl Template {
         request
             .body(Full::new(signed.body.clone()))
             .expect("valid request")
-    }
-}
-
-/// A batch's `webhook-id`: made once for a batch (or each half of one that was split) and
-/// kept while it is retried, so that a receiver can tell a retry from a new batch.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct MessageId(String);
-
-impl MessageId {
-    /// A new id: `msg_` and 128 random bits in hex.
-    pub(crate) fn new() -> Self {
-        MessageId(format!("msg_{:032x}", rand::random::<u128>()))
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 

@@ -948,7 +948,9 @@ mod tests {
         let source = FileSource::new("files", &spec, checkpointer.clone());
         let (tx, mut rx) = mpsc::channel(16);
         let mut subscriptions = Subscriptions::new(tx, Arc::new(Budget::new(1000, 1 << 20)), 100);
-        let output = Output::new(vec![subscriptions.subscribe(checkpointer.subscribe())]);
+        let output = Output::new(vec![
+            subscriptions.subscribe(checkpointer.subscribe().into())
+        ]);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(source.run(output, shutdown.clone(), false));
         // The source starts and finds nothing to read.

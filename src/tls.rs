@@ -1,6 +1,6 @@
-//! `tls` on a webhook sink with an https endpoint: the certificates the endpoint's is
-//! verified against, a client certificate for endpoints that ask for one (mTLS), and the
-//! name verified.
+//! `tls` on a webhook sink with an https endpoint, or on a nats sink or source (see
+//! `crate::nats`): the certificates the endpoint's (the servers') is verified against, a
+//! client certificate for endpoints that ask for one (mTLS), and the name verified.
 //!
 //! [`TlsConfig::build`] reads every file once, at start-up, into a ready rustls
 //! `ClientConfig`; an error names the key and the file and says what is wrong with it

@@ -1,0 +1,278 @@
+//! A nats source's JetStream messages, held until every sink reading the source has
+//! delivered (or dead-lettered) all their lines.
+//!
+//! Each message fetched is numbered, and its lines carry that number as their "file" with
+//! the byte offset of their end in the message ([`crate::event::Ack`]), so the sinks
+//! acknowledge them through the same path as a file's lines ([`crate::sink::ack`]). A sink
+//! acknowledges through its [`NatsAckHandle`]; once every sink has acknowledged a
+//! message's last line, the message is acked to JetStream.
+//!
+//! Invariant: a message is acked only when every sink delivered or dead-lettered every
+//! line of it. Until then it is held, and the [`Acker`] sends it an in-progress ack
+//! (`+WPI`) every half of the consumer's `ack_wait`, so the server does not hand it to
+//! another instance while a sink retries (or while it waits for room in a sink's budget).
+//! When the source and every sink are done (the last handle dropped), what is still held
+//! is NAKed, for another instance to take at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::Subject;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// What the [`Acker`] sends to a message's reply subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    Ack,
+    Progress,
+    Nak,
+}
+
+impl Reply {
+    fn payload(self) -> Bytes {
+        Bytes::from_static(match self {
+            Reply::Ack => b"+ACK",
+            Reply::Progress => b"+WPI",
+            Reply::Nak => b"-NAK",
+        })
+    }
+}
+
+/// The messages of one nats source that are not acked yet. Shared by the source (which
+/// holds each message it fetched) and every sink's [`NatsAckHandle`].
+#[derive(Debug)]
+pub(crate) struct Messages {
+    held: Arc<Mutex<Held>>,
+    /// To the [`Acker`]: the messages to ack. It ends once this is dropped, that is, once
+    /// the source and every sink are done.
+    acks: mpsc::UnboundedSender<Subject>,
+    /// The other end, until the source starts its [`Acker`].
+    pending: Mutex<Option<mpsc::UnboundedReceiver<Subject>>>,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    /// How many sinks read the source; a message is acked when all of them acknowledged it.
+    readers: usize,
+    next: u64,
+    messages: HashMap<u64, Message>,
+}
+
+#[derive(Debug)]
+struct Message {
+    /// Where its acks go.
+    reply: Subject,
+    /// The end of its last line: the length of its payload.
+    end: u64,
+    /// Acknowledged offset, per reading sink.
+    acked: Vec<u64>,
+    /// Fetched, or last told in progress.
+    touched: Instant,
+}
+
+/// One sink's right to acknowledge a nats source's lines, given by
+/// [`Messages::subscribe`].
+#[derive(Debug, Clone)]
+pub struct NatsAckHandle {
+    messages: Arc<Messages>,
+    slot: usize,
+}
+
+impl NatsAckHandle {
+    /// This sink delivered or dead-lettered the lines of message `id` before `offset`.
+    pub(crate) fn ack(&self, id: u64, offset: u64) {
+        self.messages.ack(id, self.slot, offset);
+    }
+}
+
+impl Messages {
+    pub(crate) fn new() -> Arc<Self> {
+        let (acks, pending) = mpsc::unbounded_channel();
+        Arc::new(Messages {
+            held: Arc::default(),
+            acks,
+            pending: Mutex::new(Some(pending)),
+        })
+    }
+
+    /// Adds a reader. Every reader subscribes before the source fetches.
+    pub(crate) fn subscribe(self: &Arc<Self>) -> NatsAckHandle {
+        let mut held = self.lock();
+        held.readers += 1;
+        NatsAckHandle {
+            messages: self.clone(),
+            slot: held.readers - 1,
+        }
+    }
+
+    /// Holds a message fetched, whose lines end at `end` (its payload's length), until every
+    /// sink acknowledged them; gives the number its lines' acks carry. A message without a
+    /// line is acked at once.
+    pub(crate) fn hold(&self, reply: Subject, end: u64) -> u64 {
+        let mut held = self.lock();
+        let id = held.next;
+        held.next += 1;
+        if end == 0 {
+            let _ = self.acks.send(reply);
+            return id;
+        }
+        let readers = held.readers.max(1);
+        held.messages.insert(
+            id,
+            Message {
+                reply,
+                end,
+                acked: vec![0; readers],
+                touched: Instant::now(),
+            },
+        );
+        id
+    }
+
+    /// The reader in `slot` delivered or dead-lettered message `id`'s lines before
+    /// `offset`: once every reader has all of them, the message is acked.
+    fn ack(&self, id: u64, slot: usize, offset: u64) {
+        let mut held = self.lock();
+        let Some(message) = held.messages.get_mut(&id) else {
+            return;
+        };
+        if let Some(acked) = message.acked.get_mut(slot) {
+            *acked = (*acked).max(offset);
+        }
+        if message.acked.iter().all(|&a| a >= message.end) {
+            let message = held.messages.remove(&id).expect("held");
+            // The acker outlives every handle; if it panicked, the source reports it.
+            let _ = self.acks.send(message.reply);
+        }
+    }
+
+    /// How many messages are held.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().messages.len()
+    }
+
+    /// The [`Acker`] of these messages, to run once the consumer's `ack_wait` is known.
+    /// Called once.
+    pub(crate) fn acker(&self, client: async_nats::Client, ack_wait: Duration) -> Acker {
+        let acks = self
+            .pending
+            .lock()
+            .expect("nats acks lock")
+            .take()
+            .expect("one acker per source");
+        Acker {
+            held: self.held.clone(),
+            acks,
+            client,
+            ack_wait,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().expect("nats acks lock")
+    }
+}
+
+/// Sends the acks of a nats source's messages: `+ACK` once delivered, `+WPI` while held,
+/// `-NAK` at the end for what was not delivered.
+#[derive(Debug)]
+pub(crate) struct Acker {
+    held: Arc<Mutex<Held>>,
+    acks: mpsc::UnboundedReceiver<Subject>,
+    client: async_nats::Client,
+    ack_wait: Duration,
+}
+
+impl Acker {
+    /// Runs until the source and every sink are done, then NAKs what is held. Returns how
+    /// many messages it NAKed.
+    pub(crate) async fn run(mut self, source: &str) -> usize {
+        // A message is told in progress once half of `ack_wait` passed since it was fetched
+        // or last told; checked every quarter, so it is told before three quarters passed.
+        let half = self.ack_wait / 2;
+        let mut tick = tokio::time::interval((self.ack_wait / 4).max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                reply = self.acks.recv() => match reply {
+                    Some(reply) => self.send(source, reply, Reply::Ack).await,
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    for reply in self.due(half) {
+                        self.send(source, reply, Reply::Progress).await;
+                    }
+                }
+            }
+        }
+        let left: Vec<Subject> = {
+            let mut held = self.held.lock().expect("nats acks lock");
+            held.messages.drain().map(|(_, m)| m.reply).collect()
+        };
+        for reply in &left {
+            self.send(source, reply.clone(), Reply::Nak).await;
+        }
+        if let Err(e) = self.client.flush().await {
+            tracing::warn!(source, error = %e, "could not flush the last acks to the NATS server: their messages will be delivered again after ack_wait");
+        }
+        left.len()
+    }
+
+    /// The held messages not told in progress for `half` of `ack_wait`, now told.
+    fn due(&self, half: Duration) -> Vec<Subject> {
+        let now = Instant::now();
+        let mut held = self.held.lock().expect("nats acks lock");
+        held.messages
+            .values_mut()
+            .filter(|m| now.saturating_duration_since(m.touched) >= half)
+            .map(|m| {
+                m.touched = now;
+                m.reply.clone()
+            })
+            .collect()
+    }
+
+    async fn send(&self, source: &str, reply: Subject, what: Reply) {
+        if let Err(e) = self.client.publish(reply, what.payload()).await {
+            tracing::warn!(source, error = %e, ?what, "could not send an ack to the NATS server: the message will be delivered again after ack_wait");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message is acked once every reader acknowledged its last line, and not before.
+    #[test]
+    fn a_message_is_acked_when_every_reader_acknowledged_all_its_lines() {
+        let messages = Messages::new();
+        let (a, b) = (messages.subscribe(), messages.subscribe());
+        let mut acks = messages.pending.lock().unwrap().take().unwrap();
+        let first = messages.hold(Subject::from("r.1"), 20);
+        let second = messages.hold(Subject::from("r.2"), 10);
+        a.ack(first, 20);
+        b.ack(first, 12);
+        a.ack(second, 10);
+        assert!(
+            acks.try_recv().is_err(),
+            "b has not acknowledged all of either"
+        );
+        b.ack(second, 10);
+        assert_eq!(acks.try_recv().unwrap().as_str(), "r.2");
+        b.ack(first, 20);
+        assert_eq!(acks.try_recv().unwrap().as_str(), "r.1");
+        assert_eq!(messages.len(), 0);
+        let empty = messages.hold(Subject::from("r.3"), 0);
+        assert_eq!(empty, 2);
+        assert_eq!(
+            acks.try_recv().unwrap().as_str(),
+            "r.3",
+            "no line: acked at once"
+        );
+    }
+}
