@@ -54,15 +54,27 @@ pub fn lock_data_dir(dir: &Path, hint: &str) -> Result<DataDirLock> {
     if !file.metadata()?.is_file() {
         bail!("the lock file {} is not a regular file", path.display());
     }
-    // SAFETY: flock(2) on a descriptor owned by `file`, alive for the call; no memory passed.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    // A lock this process just released can still be held for a moment by a child it is
+    // starting (between fork and exec, the child shares the lock file's descriptor): when
+    // the holder is this process, the lock is tried again for a short while.
+    let deadline = std::time::Instant::now() + OWN_LOCK_WAIT;
+    loop {
+        // SAFETY: flock(2) on a descriptor owned by `file`, alive for the call; no memory
+        // passed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            break;
+        }
         let error = io::Error::last_os_error();
         if error.kind() != io::ErrorKind::WouldBlock {
             return Err(error).with_context(|| format!("cannot lock {}", path.display()));
         }
         // The holder writes its pid right after it locks: rarely, it is not there yet.
-        let holder =
-            holder_pid(&mut file).map_or("another process".to_owned(), |pid| format!("pid {pid}"));
+        let holder = holder_pid(&mut file);
+        if holder == Some(std::process::id()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            continue;
+        }
+        let holder = holder.map_or("another process".to_owned(), |pid| format!("pid {pid}"));
         bail!("data_dir {} in use by {holder}: {hint}", dir.display());
     }
     file.set_len(0)
@@ -71,7 +83,12 @@ pub fn lock_data_dir(dir: &Path, hint: &str) -> Result<DataDirLock> {
     Ok(DataDirLock { _file: file })
 }
 
+/// How long a lock that this process holds itself is tried again (see [`lock_data_dir`]).
+const OWN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn holder_pid(file: &mut File) -> Option<u32> {
+    use std::io::Seek;
+    file.rewind().ok()?;
     let mut text = String::new();
     file.read_to_string(&mut text).ok()?;
     text.trim().parse().ok()
@@ -97,6 +114,37 @@ mod tests {
         );
         drop(held);
         lock_data_dir(&data_dir, "again").expect("released on drop");
+    }
+
+    /// Regression: a child this process was starting (between its fork and its exec)
+    /// still shared the lock's descriptor, so locking again right after a release failed
+    /// with "in use by pid <this process>" (seen in CI, where tests start processes while
+    /// others lock and unlock). The lock is now tried again while the holder is this
+    /// process.
+    #[test]
+    fn a_lock_released_while_a_child_still_shares_it_is_taken_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_data_dir(dir.path(), "").unwrap();
+        // SAFETY: the child calls only async-signal-safe functions (nanosleep, _exit).
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork");
+        if child == 0 {
+            let pause = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 300_000_000,
+            };
+            // SAFETY: as above; the child ends here.
+            unsafe {
+                libc::nanosleep(&pause, std::ptr::null_mut());
+                libc::_exit(0);
+            }
+        }
+        drop(held);
+        let again = lock_data_dir(dir.path(), "again");
+        let mut status = 0;
+        // SAFETY: waiting for the child forked above.
+        unsafe { libc::waitpid(child, &mut status, 0) };
+        again.expect("taken once the child let go");
     }
 
     #[test]
