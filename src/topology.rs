@@ -245,6 +245,14 @@ pub async fn run(config: Plan, once: bool, shutdown: CancellationToken) -> Resul
                     source::tcp::run(&name, &c, listener, output, stop, once).await
                 });
             }
+            SourceSpec::Fluent(c) => {
+                let listener = source::fluent::bind(&name, c).await?;
+                tracing::info!(source = %name, address = %listener.local_addr()?, "listening (Forward protocol)");
+                let c = c.clone();
+                tasks.sources.spawn(async move {
+                    source::fluent::run(&name, &c, listener, output, stop, once).await
+                });
+            }
             SourceSpec::Stdin(c) => {
                 let c = c.clone();
                 tasks

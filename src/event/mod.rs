@@ -105,6 +105,15 @@ pub enum LineKind {
     /// A place that could not be read at all (a directory, an unreadable file): it has no
     /// lines, and stands as one so that it is counted and dead-lettered like a bad line.
     Unreadable { reason: String },
+    /// Input the source could not turn into a line (a Forward record that JSON cannot hold,
+    /// bytes that are not the Forward protocol): dead-lettered with `reason`. The line holds
+    /// its raw bytes, or their start when they are longer than `max_line_bytes`; `len` is
+    /// their whole length.
+    Bad {
+        number: u64,
+        reason: String,
+        len: u64,
+    },
 }
 
 impl Line {
@@ -112,7 +121,7 @@ impl Line {
     pub(crate) fn end(&self) -> Option<u64> {
         match self.kind {
             LineKind::Text { end, .. } | LineKind::Oversized { end, .. } => Some(end),
-            LineKind::Unreadable { .. } => None,
+            LineKind::Unreadable { .. } | LineKind::Bad { .. } => None,
         }
     }
 }

@@ -110,7 +110,9 @@ fn decode_block(
                 &line.bytes,
                 Invalid(format!("line of {len} bytes is longer than max_line_bytes")),
             )),
-            LineKind::Unreadable { reason } => Err(Invalid(reason.clone())),
+            LineKind::Unreadable { reason } | LineKind::Bad { reason, .. } => {
+                Err(Invalid(reason.clone()))
+            }
         };
         let event = match decoded {
             Ok(Decoded::Event(bytes)) => Some(bytes),
@@ -123,8 +125,12 @@ fn decode_block(
                 let mut record = Record::new(&d.name, invalid.0, &line.bytes);
                 record.source = Some(block.source_name.to_string());
                 record.location = Some(location);
-                if let LineKind::Oversized { len, .. } = line.kind {
-                    record.truncated_from_bytes = Some(len);
+                match line.kind {
+                    LineKind::Oversized { len, .. } => record.truncated_from_bytes = Some(len),
+                    LineKind::Bad { len, .. } if len > line.bytes.len() as u64 => {
+                        record.truncated_from_bytes = Some(len)
+                    }
+                    _ => {}
                 }
                 records.push(record);
                 if ack.is_some() {
@@ -193,6 +199,7 @@ impl BadLineLog {
 fn location(block: &Block, kind: &LineKind) -> String {
     match *kind {
         LineKind::Unreadable { .. } => block.origin.to_string(),
+        LineKind::Bad { number, .. } => format!("{} line {number}", block.origin),
         LineKind::Text { number, end } | LineKind::Oversized { number, end, .. } => {
             match block.file {
                 Some(_) => format!("{} line {number} (ends at byte {end})", block.origin),

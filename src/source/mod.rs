@@ -14,7 +14,10 @@
 mod budget;
 pub(crate) mod connections;
 pub(crate) mod file;
+pub mod fluent;
+pub(crate) mod keep;
 pub mod lines;
+mod listener;
 mod output;
 mod pump;
 pub(crate) mod stdin;
@@ -31,6 +34,7 @@ pub enum SourceSpec {
     File(file::FileSpec),
     Tcp(tcp::TcpSpec),
     Stdin(stdin::StdinSpec),
+    Fluent(fluent::FluentSpec),
 }
 
 impl SourceSpec {
@@ -41,12 +45,13 @@ impl SourceSpec {
         base: &std::path::Path,
     ) -> anyhow::Result<Self> {
         use crate::config::{split_type, typed};
-        let kinds = "\"file\", \"tcp\" or \"stdin\"";
+        let kinds = "\"file\", \"tcp\", \"stdin\", \"fluent\" or \"http\"";
         let (kind, table) = split_type(key, table, kinds)?;
         Ok(match kind.as_str() {
             "file" => SourceSpec::File(typed::<file::FileConfig>(key, table)?.build(key, base)?),
             "tcp" => SourceSpec::Tcp(typed::<tcp::TcpConfig>(key, table)?.build(key)?),
             "stdin" => SourceSpec::Stdin(typed::<stdin::StdinConfig>(key, table)?.build(key)?),
+            "fluent" => SourceSpec::Fluent(typed::<fluent::FluentConfig>(key, table)?.build(key)?),
             other => anyhow::bail!("`{key}.type` = {other:?} is not a source type: use {kinds}"),
         })
     }
@@ -57,6 +62,15 @@ impl SourceSpec {
             SourceSpec::File(f) => format!("file, include {:?}", f.include),
             SourceSpec::Tcp(t) => format!("tcp, listening on {}", t.address),
             SourceSpec::Stdin(_) => "stdin".to_owned(),
+            SourceSpec::Fluent(f) => format!(
+                "fluent (Forward protocol), listening on {}{}",
+                f.address,
+                if f.auth.is_some() {
+                    ", shared_key handshake"
+                } else {
+                    ""
+                }
+            ),
         }
     }
 }

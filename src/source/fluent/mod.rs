@@ -1,0 +1,497 @@
+//! `type = "fluent"`: the Fluentd Forward protocol (v1), as Fluent Bit's `forward` output
+//! and the fluent-logger libraries speak it, with acknowledgements.
+//!
+//! Each connection is read as a stream of msgpack values ([`forward::Frames`] cuts them,
+//! however the reads split them); each entry's records become lines ([`forward::decode`])
+//! and go to the sinks in one block through the [`Keeper`]. When the entry carries the
+//! `chunk` option, flaghook answers `{"ack": chunk}` only after `keep` returned: the
+//! client resends what was not acknowledged. Without `chunk` it is like `tcp`.
+//!
+//! Back-pressure is TCP's: while `keep` waits for room, the connection is not read. With a
+//! `shared_key`, no entry is read before the handshake ([`handshake`]) has succeeded.
+//!
+//! Connections hold `ConnectionSlots` as `tcp`'s do (`max_connections`, `idle_timeout`).
+//! A connection is closed, with the reason logged, when its bytes are not the Forward
+//! protocol or an entry passes `max_entry_bytes`; the bytes read and not taken as records
+//! are dead-lettered with that reason (their start when long), so that nothing vanishes
+//! without a trace. A connection that ends in the middle of an entry is handled the same
+//! way. At shutdown, as for `tcp`, what clients already sent is still read (and
+//! acknowledged) until each connection is idle for a moment.
+
+pub mod forward;
+pub(crate) mod handshake;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Deserializer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use self::forward::{Broken, Frames, Limits, Message, Record};
+use self::handshake::Handshake;
+use super::connections::{CloseReason, ConnectionSlots, Tracked};
+use super::keep::Keeper;
+use super::lines::OVERSIZED_EXCERPT;
+use super::listener::accept_loop;
+use super::pump::{DRAIN_IDLE, DRAIN_LIMIT};
+use super::Output;
+use crate::config::{check_count, check_duration, check_max_line_bytes, ByteSize, HumanDuration};
+use crate::event::{envelope_fields, Block, Line, LineKind};
+use crate::sink::webhook::Secret;
+
+/// The Forward protocol's port, taken when `address` names none.
+pub const DEFAULT_PORT: u16 = 24224;
+const MAX_CONNECTIONS: usize = 65_536;
+const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// The largest `max_entry_bytes`: an entry is held whole while it is read.
+const MAX_ENTRY_BYTES: u64 = 1 << 30;
+const READ_SIZE: usize = 64 * 1024;
+
+fn default_address() -> String {
+    format!("127.0.0.1:{DEFAULT_PORT}")
+}
+
+fn default_max_connections() -> usize {
+    256
+}
+
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+
+fn default_max_entry_bytes() -> ByteSize {
+    ByteSize(16 << 20)
+}
+
+/// `[sources.NAME] type = "fluent"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FluentConfig {
+    /// `host:port` to listen on; a host alone listens on port 24224.
+    /// Default "127.0.0.1:24224".
+    #[serde(default = "default_address")]
+    pub address: String,
+    /// A record whose JSON is longer is rejected as bad input. Default 102400.
+    #[serde(default = "super::default_max_line_bytes")]
+    pub max_line_bytes: usize,
+    /// A larger entry (or PackedForward entries that decompress to more) closes the
+    /// connection. Default "16MiB".
+    #[serde(default = "default_max_entry_bytes")]
+    pub max_entry_bytes: ByteSize,
+    /// Connections served at once. Default 256.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed. Default "5m".
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    /// The record field that holds the event when the record is not the event itself.
+    /// Default: `message`, then `log`.
+    #[serde(default)]
+    pub field: Option<String>,
+    /// The key clients prove they hold in the handshake (Fluent Bit's `Shared_Key`).
+    #[serde(default, deserialize_with = "secret")]
+    pub shared_key: Option<Secret>,
+    /// The name flaghook gives itself in the handshake. Default: this machine's hostname.
+    #[serde(default)]
+    pub self_hostname: Option<String>,
+}
+
+fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    Ok(Some(Secret::new(String::deserialize(d)?.into_bytes())))
+}
+
+/// The handshake's settings: the key and the name flaghook gives.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub shared_key: Secret,
+    pub self_hostname: String,
+}
+
+/// A fluent source's settings, parsed.
+#[derive(Debug, Clone)]
+pub struct FluentSpec {
+    pub address: SocketAddr,
+    pub limits: Limits,
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub envelope: Arc<[String]>,
+    pub auth: Option<Auth>,
+}
+
+impl FluentConfig {
+    /// Checks every key (at `key`, the source's) and resolves the address.
+    pub fn build(self, key: &str) -> Result<FluentSpec> {
+        check_max_line_bytes(key, self.max_line_bytes)?;
+        check_count(
+            &format!("{key}.max_connections"),
+            self.max_connections,
+            1..=MAX_CONNECTIONS,
+            "max_connections = 256",
+        )?;
+        check_duration(
+            &format!("{key}.idle_timeout"),
+            self.idle_timeout.0,
+            MAX_IDLE_TIMEOUT,
+            "idle_timeout = \"5m\"",
+        )?;
+        if self.max_entry_bytes.0 > MAX_ENTRY_BYTES {
+            bail!("`{key}.max_entry_bytes` is too large: at most 1GiB (example: max_entry_bytes = \"16MiB\")");
+        }
+        let auth = match (self.shared_key, self.self_hostname) {
+            (Some(k), _) if k.expose().is_empty() => bail!(
+                "`{key}.shared_key` is empty: set the key your clients share, or leave it out (example: shared_key = \"${{FLUENT_SHARED_KEY}}\")"
+            ),
+            (Some(shared_key), name) => Some(Auth {
+                shared_key,
+                self_hostname: name.unwrap_or_else(this_hostname),
+            }),
+            (None, Some(_)) => bail!(
+                "`{key}.self_hostname` is set without `shared_key`: it is only used in the handshake (example: shared_key = \"${{FLUENT_SHARED_KEY}}\")"
+            ),
+            (None, None) => None,
+        };
+        Ok(FluentSpec {
+            address: listen_addr(&format!("{key}.address"), &self.address, DEFAULT_PORT)?,
+            limits: Limits {
+                max_line_bytes: self.max_line_bytes,
+                max_entry_bytes: usize::try_from(self.max_entry_bytes.0).unwrap_or(usize::MAX),
+            },
+            max_connections: self.max_connections,
+            idle_timeout: self.idle_timeout.0,
+            envelope: envelope_fields(self.field.as_deref()),
+            auth,
+        })
+    }
+}
+
+/// `address` as `host:port`, or `host` alone with `default_port`.
+pub(crate) fn listen_addr(key: &str, address: &str, default_port: u16) -> Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let with_port = format!("{address}:{default_port}");
+    [address, with_port.as_str()]
+        .iter()
+        .find_map(|a| a.to_socket_addrs().ok().and_then(|mut all| all.next()))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "`{key}` = {address:?} is not a `host:port` address (example: address = \"127.0.0.1:{default_port}\")"
+            )
+        })
+}
+
+fn this_hostname() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "flaghook".to_owned())
+}
+
+/// Binds the listening socket (before anything runs, so that a taken port fails start-up).
+pub async fn bind(name: &str, spec: &FluentSpec) -> Result<TcpListener> {
+    use anyhow::Context;
+    let addr = spec.address;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("source `{name}`: cannot listen on {addr}"))
+}
+
+/// Serves connections until shutdown; with `once`, until the first ones have all closed.
+pub async fn run(
+    name: &str,
+    spec: &FluentSpec,
+    listener: TcpListener,
+    output: Output,
+    shutdown: CancellationToken,
+    once: bool,
+) {
+    let shared = Arc::new(Shared {
+        name: Arc::from(name),
+        spec: spec.clone(),
+        keeper: Keeper::new(output),
+        shutdown: shutdown.clone(),
+    });
+    let slots = ConnectionSlots::new(spec.max_connections, spec.idle_timeout);
+    accept_loop(
+        listener,
+        slots,
+        spec.max_connections,
+        once,
+        &shutdown,
+        |tasks, stream, peer, slot| {
+            let shared = shared.clone();
+            tasks.spawn(async move {
+                tracing::debug!(%peer, "connection opened");
+                let mut connection = Connection::new(slot.track(stream), peer, &shared);
+                connection.serve().await;
+                log_close(connection.stream.closed(), peer, &shared.spec);
+            });
+        },
+    )
+    .await;
+}
+
+/// What every connection of a source shares.
+struct Shared {
+    name: Arc<str>,
+    spec: FluentSpec,
+    keeper: Keeper,
+    shutdown: CancellationToken,
+}
+
+/// One client's connection.
+struct Connection<'a> {
+    stream: Tracked<TcpStream>,
+    peer: SocketAddr,
+    shared: &'a Shared,
+    origin: Arc<str>,
+    buf: BytesMut,
+    frames: Frames,
+    /// Records read so far, to number lines.
+    records: u64,
+    /// Bytes taken off the stream as whole values.
+    consumed: u64,
+    /// Set at shutdown: read on until the connection is idle or this instant.
+    drain_until: Option<Instant>,
+}
+
+/// Why a connection stopped being read.
+enum End {
+    /// The client closed it, or it was closed for idleness, or the drain at shutdown ended.
+    Closed,
+    /// Its bytes cannot be read on.
+    Broken(Broken),
+    /// A read or a write failed.
+    Failed(std::io::Error),
+    /// No sink reads the source any more.
+    SinksGone,
+}
+
+impl<'a> Connection<'a> {
+    fn new(stream: Tracked<TcpStream>, peer: SocketAddr, shared: &'a Shared) -> Self {
+        Connection {
+            stream,
+            peer,
+            shared,
+            origin: Arc::from(format!("fluent {peer}")),
+            buf: BytesMut::new(),
+            frames: Frames::new(shared.spec.limits.max_entry_bytes),
+            records: 0,
+            consumed: 0,
+            drain_until: None,
+        }
+    }
+
+    async fn serve(&mut self) {
+        let end = match self.shared.spec.auth.clone() {
+            Some(auth) => match self.handshake(&auth).await {
+                Ok(true) => self.entries().await,
+                Ok(false) => End::Closed,
+                Err(end) => end,
+            },
+            None => self.entries().await,
+        };
+        match end {
+            End::Closed if self.buf.is_empty() => {}
+            End::Closed => {
+                let reason = "the connection closed in the middle of an entry".to_owned();
+                tracing::warn!(peer = %self.peer, bytes = self.buf.len(), "{reason}: its bytes are dead-lettered");
+                self.dead_letter_rest(reason).await;
+            }
+            End::Broken(Broken(reason)) => {
+                tracing::warn!(peer = %self.peer, "closed the connection: {reason}");
+                self.dead_letter_rest(reason).await;
+            }
+            End::Failed(e) => tracing::warn!(peer = %self.peer, error = %e, "connection failed"),
+            End::SinksGone => {}
+        }
+    }
+
+    /// Reads entries until the connection ends, handing each on and acknowledging it.
+    async fn entries(&mut self) -> End {
+        loop {
+            let frame = match self.next_frame().await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return End::Closed,
+                Err(end) => return end,
+            };
+            let entry = match forward::decode(&frame, &self.shared.spec.limits) {
+                Ok(Message::Heartbeat) => continue,
+                Ok(Message::Entry(entry)) => entry,
+                Err(broken) => {
+                    // Put the frame back: it is what gets dead-lettered.
+                    let mut rest = BytesMut::from(&frame[..]);
+                    rest.extend_from_slice(&self.buf);
+                    self.buf = rest;
+                    return End::Broken(broken);
+                }
+            };
+            let block = self.block(entry.records);
+            if self.keep(block).await.is_err() {
+                return End::SinksGone;
+            }
+            if let Some(chunk) = entry.chunk {
+                if let Err(e) = self.write(&forward::ack(&chunk)).await {
+                    return End::Failed(e);
+                }
+            }
+        }
+    }
+
+    /// The handshake: `Ok(true)` once the client proved it holds the key.
+    async fn handshake(&mut self, auth: &Auth) -> Result<bool, End> {
+        let hs = Handshake::new(&auth.shared_key, &auth.self_hostname);
+        self.write(&hs.helo()).await.map_err(End::Failed)?;
+        self.frames = Frames::new(handshake::MAX_PING_BYTES);
+        let ping = match self.next_frame().await {
+            Ok(Some(ping)) => ping,
+            Ok(None) => return Ok(false),
+            Err(end) => return Err(end),
+        };
+        self.frames = Frames::new(self.shared.spec.limits.max_entry_bytes);
+        let answer = hs.answer(&ping).map_err(End::Broken)?;
+        self.write(&answer.pong).await.map_err(End::Failed)?;
+        match answer.refused {
+            None => {
+                tracing::debug!(peer = %self.peer, client = %answer.client, "handshake done");
+                Ok(true)
+            }
+            Some(reason) => {
+                tracing::warn!(
+                    peer = %self.peer,
+                    client = %answer.client,
+                    "refused a Forward client: {reason} (its shared_key is not this source's); closed the connection"
+                );
+                Ok(false)
+            }
+        }
+    }
+
+    /// The next whole msgpack value; `None` when the connection ends.
+    async fn next_frame(&mut self) -> Result<Option<Bytes>, End> {
+        loop {
+            if let Some(n) = self.frames.next(&self.buf).map_err(End::Broken)? {
+                self.consumed += n as u64;
+                return Ok(Some(self.buf.split_to(n).freeze()));
+            }
+            self.buf.reserve(READ_SIZE);
+            if !self.read().await.map_err(End::Failed)? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads more bytes; `false` at the end. At shutdown, reads on only until the client
+    /// is idle for a moment (what it sent before was acknowledged by the kernel).
+    async fn read(&mut self) -> std::io::Result<bool> {
+        if self.drain_until.is_none() {
+            tokio::select! {
+                biased;
+                _ = self.shared.shutdown.cancelled() => {
+                    self.drain_until = Some(Instant::now() + DRAIN_LIMIT);
+                }
+                n = self.stream.read_buf(&mut self.buf) => return Ok(n? > 0),
+            }
+        }
+        let deadline = self.drain_until.expect("set above");
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        match tokio::time::timeout(DRAIN_IDLE.min(left), self.stream.read_buf(&mut self.buf)).await
+        {
+            Ok(n) => Ok(n? > 0),
+            Err(_) => Ok(false),
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
+    fn block(&mut self, records: Vec<Record>) -> Block {
+        let lines = records
+            .into_iter()
+            .map(|record| {
+                self.records += 1;
+                let (number, end) = (self.records, self.consumed);
+                match record {
+                    Record::Json(bytes) => Line {
+                        bytes,
+                        kind: LineKind::Text { number, end },
+                    },
+                    Record::Oversized { excerpt, len } => Line {
+                        bytes: excerpt,
+                        kind: LineKind::Oversized { number, end, len },
+                    },
+                    Record::Bad { raw, len, reason } => Line {
+                        bytes: raw,
+                        kind: LineKind::Bad {
+                            number,
+                            reason,
+                            len,
+                        },
+                    },
+                }
+            })
+            .collect();
+        Block {
+            source_name: self.shared.name.clone(),
+            origin: self.origin.clone(),
+            file: None,
+            input: 0,
+            envelope: self.shared.spec.envelope.clone(),
+            lines,
+        }
+    }
+
+    async fn keep(&self, block: Block) -> Result<(), super::Closed> {
+        self.shared.keeper.keep(block, &self.shared.shutdown).await
+    }
+
+    /// The bytes read and not taken as records, dead-lettered as one bad line.
+    async fn dead_letter_rest(&mut self, reason: String) {
+        let rest = std::mem::take(&mut self.buf);
+        if rest.is_empty() {
+            return;
+        }
+        let keep = if rest.len() <= self.shared.spec.limits.max_line_bytes {
+            rest.len()
+        } else {
+            rest.len().min(OVERSIZED_EXCERPT)
+        };
+        self.records += 1;
+        let line = Line {
+            bytes: Bytes::copy_from_slice(&rest[..keep]),
+            kind: LineKind::Bad {
+                number: self.records,
+                reason,
+                len: rest.len() as u64,
+            },
+        };
+        let mut block = self.block(Vec::new());
+        block.lines.push(line);
+        let _ = self.keep(block).await;
+    }
+}
+
+fn log_close(reason: Option<CloseReason>, peer: SocketAddr, spec: &FluentSpec) {
+    match reason {
+        Some(CloseReason::IdleTimeout) => tracing::info!(
+            %peer,
+            "closed the connection: nothing received for {} (idle_timeout)",
+            humantime::format_duration(spec.idle_timeout)
+        ),
+        Some(CloseReason::Evicted) => tracing::info!(
+            %peer,
+            "closed the connection, idle the longest, to serve a new one: all {} (max_connections) were taken",
+            spec.max_connections
+        ),
+        None => tracing::debug!(%peer, "connection closed"),
+    }
+}
