@@ -253,6 +253,14 @@ pub async fn run(config: Plan, once: bool, shutdown: CancellationToken) -> Resul
                     source::fluent::run(&name, &c, listener, output, stop, once).await
                 });
             }
+            SourceSpec::Http(c) => {
+                let listener = source::http::bind(&name, c).await?;
+                tracing::info!(source = %name, address = %listener.local_addr()?, path = %c.path, "listening (HTTP)");
+                let c = c.clone();
+                tasks.sources.spawn(async move {
+                    source::http::run(&name, &c, listener, output, stop, once).await
+                });
+            }
             SourceSpec::Stdin(c) => {
                 let c = c.clone();
                 tasks

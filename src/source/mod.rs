@@ -15,6 +15,7 @@ mod budget;
 pub(crate) mod connections;
 pub(crate) mod file;
 pub mod fluent;
+pub mod http;
 pub(crate) mod keep;
 pub mod lines;
 mod listener;
@@ -35,6 +36,7 @@ pub enum SourceSpec {
     Tcp(tcp::TcpSpec),
     Stdin(stdin::StdinSpec),
     Fluent(fluent::FluentSpec),
+    Http(http::HttpSpec),
 }
 
 impl SourceSpec {
@@ -52,6 +54,7 @@ impl SourceSpec {
             "tcp" => SourceSpec::Tcp(typed::<tcp::TcpConfig>(key, table)?.build(key)?),
             "stdin" => SourceSpec::Stdin(typed::<stdin::StdinConfig>(key, table)?.build(key)?),
             "fluent" => SourceSpec::Fluent(typed::<fluent::FluentConfig>(key, table)?.build(key)?),
+            "http" => SourceSpec::Http(typed::<http::HttpConfig>(key, table)?.build(key, base)?),
             other => anyhow::bail!("`{key}.type` = {other:?} is not a source type: use {kinds}"),
         })
     }
@@ -70,6 +73,26 @@ impl SourceSpec {
                 } else {
                     ""
                 }
+            ),
+            SourceSpec::Http(h) => format!(
+                "http, listening on {}{} path {}{}{}",
+                if h.tls.is_some() {
+                    "https://"
+                } else {
+                    "http://"
+                },
+                h.address,
+                h.path,
+                if h.verify_secret.is_some() {
+                    ", X-Hub-Signature-256 required"
+                } else {
+                    ""
+                },
+                if h.requires_token() {
+                    ", bearer token required"
+                } else {
+                    ""
+                },
             ),
         }
     }
