@@ -6,6 +6,7 @@ mod harness;
 
 mod bad_input;
 mod bad_input_files;
+mod fluent;
 mod peers;
 mod rotation;
 mod sources;
