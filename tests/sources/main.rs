@@ -7,6 +7,7 @@ mod harness;
 mod bad_input;
 mod bad_input_files;
 mod fluent;
+mod http_source;
 mod peers;
 mod rotation;
 mod sources;
