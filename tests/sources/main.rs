@@ -9,6 +9,7 @@ mod bad_input_files;
 mod fluent;
 mod http_source;
 mod peers;
+mod peers_fluent;
 mod rotation;
 mod sources;
 mod tcp_connections;
