@@ -495,3 +495,79 @@ fn log_close(reason: Option<CloseReason>, peer: SocketAddr, spec: &FluentSpec) {
         None => tracing::debug!(%peer, "connection closed"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::source::SourceSpec;
+    use crate::topology::Plan;
+
+    /// The plan of a config with one source table `src` read by a webhook sink.
+    fn plan(source: &str) -> anyhow::Result<Plan> {
+        let text = format!(
+            "[sources.f]\n{source}\n[sinks.w]\ntype = \"webhook\"\ninputs = [\"f\"]\nendpoint_url = \"http://127.0.0.1:9/\"\n"
+        );
+        crate::config::parse(&text, Path::new("/etc/flaghook/f.toml")).and_then(Plan::build)
+    }
+
+    fn error(source: &str) -> String {
+        format!("{:#}", plan(source).unwrap_err())
+    }
+
+    #[test]
+    fn a_host_alone_listens_on_the_forward_port() {
+        let plan = plan("type = \"fluent\"\naddress = \"127.0.0.1\"").unwrap();
+        let SourceSpec::Fluent(spec) = &plan.sources["f"] else {
+            panic!("not a fluent source")
+        };
+        assert_eq!(spec.address.to_string(), "127.0.0.1:24224");
+        assert_eq!(spec.limits.max_entry_bytes, 16 << 20);
+        assert!(spec.auth.is_none());
+    }
+
+    #[test]
+    fn bad_settings_name_their_key_and_show_an_example() {
+        for (source, want) in [
+            (
+                "type = \"fluent\"\nsharedkey = \"x\"",
+                "`sources.f.sharedkey`: unknown field",
+            ),
+            (
+                "type = \"fluent\"\nself_hostname = \"me\"",
+                "`sources.f.self_hostname` is set without `shared_key`",
+            ),
+            (
+                "type = \"fluent\"\nshared_key = \"\"",
+                "`sources.f.shared_key` is empty",
+            ),
+            (
+                "type = \"fluent\"\nmax_entry_bytes = \"2GiB\"",
+                "`sources.f.max_entry_bytes` is too large",
+            ),
+            (
+                "type = \"fluent\"\naddress = \"no such host:x\"",
+                "`sources.f.address` = \"no such host:x\" is not a `host:port` address",
+            ),
+            (
+                "type = \"fluent\"\nmax_connections = 0",
+                "`sources.f.max_connections` must be at least 1",
+            ),
+        ] {
+            let err = error(source);
+            assert!(err.contains(want), "{err}");
+            assert!(
+                err.contains("example") || err.contains("A correct example"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_shared_key_is_never_shown() {
+        let plan = plan("type = \"fluent\"\nshared_key = \"hunter2-key\"").unwrap();
+        assert!(!format!("{plan:?}").contains("hunter2"));
+        let err = error("type = \"fluent\"\nshared_key = \"hunter2-key\"\nbogus = 1");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}

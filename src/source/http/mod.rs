@@ -616,3 +616,80 @@ impl RefusalLog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::topology::Plan;
+
+    fn error(source: &str, dir: &Path) -> String {
+        let text = format!(
+            "[sources.h]\ntype = \"http\"\naddress = \"127.0.0.1:0\"\n{source}\n[sinks.w]\ntype = \"webhook\"\ninputs = [\"h\"]\nendpoint_url = \"http://127.0.0.1:9/\"\n"
+        );
+        let err = crate::config::parse(&text, &dir.join("f.toml"))
+            .and_then(Plan::build)
+            .unwrap_err();
+        format!("{err:#}")
+    }
+
+    #[test]
+    fn bad_settings_name_their_key_and_show_an_example() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("key.pem"),
+            "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1ieXRlcw==\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        for (source, want) in [
+            (
+                "path = \"events\"",
+                "`sources.h.path` = \"events\" must be a path starting with `/`",
+            ),
+            ("auth = { token = \"\" }", "`sources.h.auth.token` is empty"),
+            (
+                "auth = { tokn = \"x\" }",
+                "`sources.h.auth.tokn`: unknown field",
+            ),
+            ("verify_secret = \"\"", "`sources.h.verify_secret` is empty"),
+            (
+                "max_body_bytes = 0",
+                "`sources.h.max_body_bytes`: must be above zero",
+            ),
+            (
+                "tls = { crt_file = \"missing.pem\", key_file = \"key.pem\" }",
+                "`sources.h.tls.crt_file`: cannot read a PEM certificate from",
+            ),
+            (
+                "tls = { crt_file = \"empty.pem\", key_file = \"key.pem\" }",
+                "`sources.h.tls.crt_file`: ",
+            ),
+            (
+                "tls = { crt_file = \"key.pem\" }",
+                "`sources.h.tls`: missing field `key_file`",
+            ),
+        ] {
+            let err = error(source, dir.path());
+            assert!(err.contains(want), "{source}: {err}");
+            assert!(err.contains("example"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_key_file_that_is_not_a_key_is_named_without_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let crt = "-----BEGIN CERTIFICATE-----\nMIIBnjCCAUOgAwIBAgIUenueUnj6tv/emcHxHlZHq7obRWkwCgYIKoZIzj0EAwIw\n-----END CERTIFICATE-----\n";
+        std::fs::write(dir.path().join("c.pem"), crt).unwrap();
+        std::fs::write(dir.path().join("k.pem"), "this-is-a-private-secret\n").unwrap();
+        let err = error(
+            "tls = { crt_file = \"c.pem\", key_file = \"k.pem\" }",
+            dir.path(),
+        );
+        assert!(
+            err.contains("`sources.h.tls.key_file`: cannot read a PEM private key"),
+            "{err}"
+        );
+        assert!(!err.contains("this-is-a-private-secret"), "{err}");
+    }
+}
