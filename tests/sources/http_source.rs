@@ -3,7 +3,6 @@
 //! signature), gzip and zstd, every refusal with its status and reason, and HTTPS.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::Arc;
 
