@@ -252,15 +252,14 @@ fn shared_key_handshake_accepts_the_right_key_and_refuses_a_wrong_one() {
     let mut wrong = connect(&addr, &proc);
     let helo = read_value(&mut wrong);
     assert_eq!(helo[0].as_str(), Some("HELO"));
-    wrong
-        .write_all(&mp(&ping(&helo, "intruder", "wrong-staple-key")))
-        .unwrap();
+    // An entry sent right behind the PING, before the PONG came back.
+    let mut pipelined = mp(&ping(&helo, "intruder", "wrong-staple-key"));
+    pipelined.extend(mp(&Value::Array(vec!["t".into(), 1.into(), record(99)])));
+    wrong.write_all(&pipelined).unwrap();
     let pong = read_value(&mut wrong);
     assert_eq!(pong[0].as_str(), Some("PONG"));
     assert_eq!(pong[1].as_bool(), Some(false));
     assert_eq!(pong[2].as_str(), Some("shared_key mismatch"));
-    // Entries after a refused handshake are never read.
-    let _ = wrong.write_all(&mp(&Value::Array(vec!["t".into(), 1.into(), record(99)])));
     assert!(closed(&mut wrong), "a refused client stays connected");
 
     let mut right = connect(&addr, &proc);
@@ -305,6 +304,11 @@ fn shared_key_handshake_accepts_the_right_key_and_refuses_a_wrong_one() {
     assert!(
         !out.stderr.contains("correct-horse") && !out.stderr.contains("wrong-staple"),
         "a key reached the log:\n{out}"
+    );
+    // Nothing of the refused client reached the sinks, not even as a dead letter.
+    assert_eq!(
+        dead_letters(&ws.data_dir(), "webhook"),
+        Vec::<serde_json::Value>::new()
     );
 }
 

@@ -555,6 +555,14 @@ fn record_of(time: &[u8], record: &[u8], raw: &[u8], limits: &Limits) -> Record 
     }
 }
 
+/// One record (a whole msgpack value, without its time) as [`decode`] turns it into a line:
+/// for the fuzz target's differential check (`fuzz/fuzz_targets/forward_stream.rs`). Not
+/// part of flaghook's API.
+#[doc(hidden)]
+pub fn record_line(record: &[u8], limits: &Limits) -> Record {
+    record_of(&[0x00], record, record, limits)
+}
+
 /// An entry's time: an integer or float, EventTime (ext type 0, 8 bytes), or
 /// `[time, metadata]` (Fluent Bit 2.1 and later).
 fn check_time(time: &[u8]) -> Result<(), String> {

@@ -290,8 +290,19 @@ impl<'a> Connection<'a> {
         let end = match self.shared.spec.auth.clone() {
             Some(auth) => match self.handshake(&auth).await {
                 Ok(true) => self.entries().await,
-                Ok(false) => End::Closed,
-                Err(end) => end,
+                refused => {
+                    // Nothing from a client that did not prove it holds the key reaches
+                    // the sinks, not even as a dead letter.
+                    self.buf.clear();
+                    match refused {
+                        Err(End::Broken(Broken(reason))) => {
+                            tracing::warn!(peer = %self.peer, "closed the connection before the handshake ended: {reason}");
+                            return;
+                        }
+                        Err(end) => end,
+                        Ok(_) => End::Closed,
+                    }
+                }
             },
             None => self.entries().await,
         };

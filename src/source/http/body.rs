@@ -117,7 +117,8 @@ pub fn parse(body: &Bytes, max_line_bytes: usize) -> Result<Parsed, NotJson> {
         return Ok(Parsed::default());
     }
     if matches!(body[start], b'[' | b'{') {
-        if let Ok(whole) = serde_json::from_slice::<&RawValue>(body) {
+        let text = std::str::from_utf8(body).ok();
+        if let Some(whole) = text.and_then(|t| serde_json::from_str::<&RawValue>(t).ok()) {
             return Ok(one_value(whole, max_line_bytes));
         }
     }
@@ -185,7 +186,13 @@ fn ndjson(body: &Bytes, max_line_bytes: usize) -> Result<Parsed, NotJson> {
                 json_lines += 1;
                 parsed.reject(|| format!("line {number}: {len} bytes, longer than max_line_bytes"));
             } else {
-                match serde_json::from_slice::<IgnoredAny>(text) {
+                // `IgnoredAny` skips strings unchecked: UTF-8 is checked first.
+                let json = std::str::from_utf8(text)
+                    .map_err(|e| format!("not UTF-8 (at byte {})", e.valid_up_to()))
+                    .and_then(|t| {
+                        serde_json::from_str::<IgnoredAny>(t).map_err(|e| format!("not JSON ({e})"))
+                    });
+                match json {
                     Ok(_) => {
                         json_lines += 1;
                         if text[first] != b'{' {
@@ -193,7 +200,7 @@ fn ndjson(body: &Bytes, max_line_bytes: usize) -> Result<Parsed, NotJson> {
                         }
                     }
                     Err(e) => {
-                        let reason = format!("line {number}: not JSON ({e})");
+                        let reason = format!("line {number}: {e}");
                         first_error.get_or_insert_with(|| reason.clone());
                         parsed.reject(|| reason);
                     }
@@ -296,6 +303,26 @@ mod tests {
             p.first_rejected.as_deref(),
             Some("element 2: not a JSON object")
         );
+    }
+
+    /// Found by the http_body fuzz target: a string holding bytes that are not UTF-8
+    /// passed the JSON check (serde skips strings it ignores) and counted as accepted.
+    #[test]
+    fn a_line_that_is_not_utf8_is_rejected() {
+        let mut body = b"{\"kind\":\"feat".to_vec();
+        body.extend_from_slice(b"\xf5re\"}\n{\"a\":1}\n");
+        let p = parse(&Bytes::from(body), 1000).unwrap();
+        assert_eq!((p.accepted(), p.rejected), (1, 1));
+        assert_eq!(
+            p.first_rejected.as_deref(),
+            Some("line 1: not UTF-8 (at byte 13)")
+        );
+        // JSON is UTF-8: a body that is not is not JSON at all.
+        let array = Bytes::from_static(b"[{\"a\":\"\xff\"}]");
+        assert!(parse(&array, 1000)
+            .unwrap_err()
+            .0
+            .contains("line 1: not UTF-8"));
     }
 
     #[test]
