@@ -11,7 +11,9 @@
 //! - `data_dir`, `lock`: the paths under `data_dir`, how its files are opened, one
 //!   process per `data_dir`.
 //! - [`source`]: the contract (`Output`, the memory `Budget`), the
-//!   file tail (with its checkpoints), tcp, stdin; [`source::lines`] splits lines.
+//!   file tail (with its checkpoints), tcp, stdin, and the acknowledged sources
+//!   ([`source::fluent`], the Forward protocol; [`source::http`]), which answer their
+//!   clients only through the `Keeper`; [`source::lines`] splits lines.
 //! - [`event`]: the types between stages; decoding lines into events.
 //! - `batch`: `chunks_timeout` (counting bytes too) and the re-injection of failed batches.
 //! - [`sink`]: [`sink::webhook`] (the pipeline, its config, request, client and retry

@@ -3,12 +3,12 @@
 //!
 //! Each connection is read as a stream of msgpack values ([`forward::Frames`] cuts them,
 //! however the reads split them); each entry's records become lines ([`forward::decode`])
-//! and go to the sinks in one block through the [`Keeper`]. When the entry carries the
+//! and go to the sinks in one block through the `Keeper` (`source::keep`). When the entry carries the
 //! `chunk` option, flaghook answers `{"ack": chunk}` only after `keep` returned: the
 //! client resends what was not acknowledged. Without `chunk` it is like `tcp`.
 //!
 //! Back-pressure is TCP's: while `keep` waits for room, the connection is not read. With a
-//! `shared_key`, no entry is read before the handshake ([`handshake`]) has succeeded.
+//! `shared_key`, no entry is read before the handshake (`handshake.rs`) has succeeded.
 //!
 //! Connections hold `ConnectionSlots` as `tcp`'s do (`max_connections`, `idle_timeout`).
 //! A connection is closed, with the reason logged, when its bytes are not the Forward

@@ -1,7 +1,7 @@
 //! `type = "http"`: events POSTed over HTTP/1.1 (or HTTPS), as Vector's `http` sink and GO
 //! Feature Flag's webhook exporter send them.
 //!
-//! A request is answered only after its lines went through the [`Keeper`]: `200` means
+//! A request is answered only after its lines went through the `Keeper` (`source::keep`): `200` means
 //! flaghook answers for them, and anything else means the client should send the body
 //! again (Vector's `http` sink retries every status but 2xx, with back-off). The answer:
 //!
