@@ -1,9 +1,11 @@
 //! What survives: SIGKILL at random moments, a long outage with a million events waiting,
-//! restarts and checkpoints, the journal of TCP and stdin, memory bounds, data_dir's privacy.
+//! restarts and checkpoints, the journal of TCP and stdin, the acknowledged sources (fluent,
+//! http) under SIGKILL, memory bounds, data_dir's privacy.
 
 #[path = "../harness/mod.rs"]
 mod harness;
 
+mod acked;
 mod concurrency;
 mod crash;
 mod data_dir;
