@@ -46,6 +46,8 @@ impl Answer {
 /// Sends one request (headers then `body`) on a fresh connection and reads the answer.
 fn request(addr: &str, proc: &Proc, head: &str, body: &[u8]) -> Answer {
     let conn = connect(addr, proc);
+    // An answer that never comes fails the test instead of hanging it.
+    conn.set_read_timeout(Some(WAIT)).unwrap();
     exchange(conn, head, body)
 }
 
@@ -392,6 +394,77 @@ fn https_listener_with_tls_crt_and_key_files() {
     assert!(!String::from_utf8_lossy(&raw).contains("200 OK"));
 
     assert!(hook.wait_until(WAIT, |t| t.has_all(5)));
+    proc.sigterm();
+    proc.wait().assert_code(0);
+}
+
+/// While the journal holds `journal_max_bytes` (the endpoint down), a body is answered 503
+/// with `Retry-After` at once, and nothing of it is kept; once the endpoint is back and
+/// delivered segments are deleted, the same body, sent again, gets 200 and is delivered.
+#[test]
+fn a_full_journal_answers_503_with_retry_after_and_keeps_nothing() {
+    let hook = Endpoint::scripted(vec![], Reply::status(503));
+    let ws = Workspace::new();
+    let (config, addr) = http_pipeline(
+        &ws,
+        &hook.url(),
+        "journal_segment_bytes = \"4KiB\"\njournal_max_bytes = \"8KiB\"",
+    );
+    let proc = Proc::spawn(run_cmd(&config));
+    // About 720 bytes of journal a body: the cap is reached within a dozen.
+    let body = |n: u64| small_lines(n * 10..(n + 1) * 10);
+    let mut taken = 0;
+    let refused = loop {
+        assert!(taken < 40, "every body answered 200 past journal_max_bytes");
+        let answer = post(&addr, &proc, &[], body(taken).as_bytes());
+        if answer.status != 200 {
+            break answer;
+        }
+        taken += 1;
+    };
+    assert!(taken > 5, "503 after {taken} bodies: {refused:?}");
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(
+        refused.head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{refused:?}"
+    );
+    assert!(
+        refused.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("journal_max_bytes"),
+        "{refused:?}"
+    );
+    let kept = journal_size(&ws.data_dir(), "web");
+    let again = post(&addr, &proc, &[], body(taken).as_bytes());
+    assert_eq!(again.status, 503, "{again:?}");
+    assert_eq!(
+        journal_size(&ws.data_dir(), "web"),
+        kept,
+        "a refused body was kept"
+    );
+    assert_eq!(hook.with(|t| t.distinct()), 0);
+
+    hook.set_default(Reply::ok());
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let answer = post(&addr, &proc, &[], body(taken).as_bytes());
+        if answer.status == 200 {
+            break;
+        }
+        assert_eq!(answer.status, 503, "{answer:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still 503: {answer:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(hook.wait_until(WAIT, |t| t.has_all((taken + 1) * 10)));
+    assert_eq!(
+        hook.with(|t| t.duplicates()),
+        0,
+        "a body answered 503 was delivered"
+    );
     proc.sigterm();
     proc.wait().assert_code(0);
 }
