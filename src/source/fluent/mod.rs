@@ -567,6 +567,18 @@ mod tests {
                 "type = \"fluent\"\nmax_connections = 0",
                 "`sources.f.max_connections` must be at least 1",
             ),
+            (
+                "type = \"fluent\"\njournal_segment_bytes = \"1KiB\"",
+                "`sources.f.journal_segment_bytes` must be at least 4096",
+            ),
+            (
+                "type = \"fluent\"\njournal_max_bytes = \"1MiB\"",
+                "`sources.f.journal_segment_bytes` must not exceed `sources.f.journal_max_bytes`",
+            ),
+            (
+                "type = \"fluent\"\njournal_fsync = \"sometimes\"",
+                "`sources.f.journal_fsync`",
+            ),
         ] {
             let err = error(source);
             assert!(err.contains(want), "{err}");

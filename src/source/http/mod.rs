@@ -685,6 +685,15 @@ mod tests {
                 "tls = { crt_file = \"key.pem\" }",
                 "`sources.h.tls`: missing field `key_file`",
             ),
+            (
+                "journal_segment_bytes = \"1KiB\"",
+                "`sources.h.journal_segment_bytes` must be at least 4096",
+            ),
+            (
+                "journal_max_bytes = \"1MiB\"",
+                "`sources.h.journal_segment_bytes` must not exceed `sources.h.journal_max_bytes`",
+            ),
+            ("journal_fsync = \"sometimes\"", "`sources.h.journal_fsync`"),
         ] {
             let err = error(source, dir.path());
             assert!(err.contains(want), "{source}: {err}");
