@@ -444,6 +444,12 @@ fn a_full_journal_answers_503_with_retry_after_and_keeps_nothing() {
         "a refused body was kept"
     );
     assert_eq!(hook.with(|t| t.distinct()), 0);
+    let logged = "refused a request (503): the journal holds journal_max_bytes";
+    assert!(
+        proc.wait_stderr(logged, WAIT).is_some(),
+        "{}",
+        proc.stderr_now()
+    );
 
     hook.set_default(Reply::ok());
     let deadline = std::time::Instant::now() + WAIT;

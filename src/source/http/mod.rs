@@ -420,8 +420,12 @@ impl Handler {
                 serde_json::to_value(taken).expect("plain fields"),
             ),
             Err(refusal) => {
-                if refusal.status == StatusCode::UNAUTHORIZED {
-                    self.refusals.log(peer, &refusal.reason);
+                // Clients retry both: logged once a minute at most.
+                if matches!(
+                    refusal.status,
+                    StatusCode::UNAUTHORIZED | StatusCode::SERVICE_UNAVAILABLE
+                ) {
+                    self.refusals.log(peer, refusal.status, &refusal.reason);
                 } else {
                     tracing::debug!(%peer, status = %refusal.status, "request refused: {}", refusal.reason);
                 }
@@ -610,25 +614,30 @@ fn answer(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> 
         .expect("a status and fixed headers make a valid response")
 }
 
-/// Logs refused credentials at most once a minute (a client with a wrong token retries).
+/// Logs refused credentials (401) and a full journal (503) at most once a minute each: a
+/// client with a wrong token, or one told to come back, retries.
 #[derive(Debug, Default)]
 struct RefusalLog {
-    last: AtomicU64,
+    unauthorized: AtomicU64,
+    unavailable: AtomicU64,
 }
 
 impl RefusalLog {
-    fn log(&self, peer: SocketAddr, reason: &str) {
+    fn log(&self, peer: SocketAddr, status: StatusCode, reason: &str) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let last = self.last.load(Ordering::Relaxed);
+        let slot = match status {
+            StatusCode::UNAUTHORIZED => &self.unauthorized,
+            _ => &self.unavailable,
+        };
+        let last = slot.load(Ordering::Relaxed);
         if now >= last + 60
-            && self
-                .last
+            && slot
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            tracing::warn!(%peer, "refused a request (401): {reason}; more within a minute are not logged");
+            tracing::warn!(%peer, "refused a request ({}): {reason}; more within a minute are not logged", status.as_u16());
         }
     }
 }
