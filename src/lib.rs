@@ -11,10 +11,11 @@
 //! - `data_dir`, `lock`: the paths under `data_dir`, how its files are opened, one
 //!   process per `data_dir`.
 //! - [`source`]: the contract (`Output`, the memory `Budget`), the
-//!   file tail (with its checkpoints), tcp, stdin, nats (JetStream); [`source::lines`]
-//!   splits lines.
-//! - `journal`: what tcp and stdin read, on the disk before the sinks see it; the file
-//!   tail reads it back.
+//!   file tail (with its checkpoints), tcp, stdin, nats (JetStream), and the acknowledged
+//!   sources ([`source::fluent`], the Forward protocol; [`source::http`]), which answer
+//!   their clients only through the `Keeper`; [`source::lines`] splits lines.
+//! - `journal`: what tcp, stdin, fluent and http read, on the disk before the sinks see
+//!   it (and before fluent and http acknowledge it); the file tail reads it back.
 //! - [`event`]: the types between stages; decoding lines into events.
 //! - `batch`: `chunks_timeout` (counting bytes too) and the re-injection of failed batches.
 //! - [`sink`]: the sink pipeline and what sinks share (decode, delivery keys, retry

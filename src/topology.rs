@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -195,7 +196,7 @@ pub struct Summary {
     pub events_not_delivered: u64,
     /// The most events any one sink held in memory at once.
     pub peak_events_in_memory: usize,
-    /// Bytes of the journals (of TCP and stdin sources) that some sink has not yet
+    /// Bytes of the journals (of the sources other than files) that some sink has not yet
     /// delivered or dead-lettered: they are sent at the next start.
     pub journal_bytes: u64,
 }
@@ -279,11 +280,11 @@ pub(crate) async fn run_prepared(
     let mut checkpointers: BTreeMap<String, Arc<Checkpointer>> = BTreeMap::new();
     for (name, source) in &config.sources {
         let path = data_dir.checkpoint(name);
-        let checkpointer = match source {
-            SourceSpec::File(_) => Checkpointer::load(path),
-            SourceSpec::Tcp(_) | SourceSpec::Stdin(_) => Checkpointer::load_for_journal(path),
+        let checkpointer = match (source, source.journal()) {
             // JetStream keeps its messages until they are acknowledged.
-            SourceSpec::Nats(_) => continue,
+            (SourceSpec::Nats(_), _) => continue,
+            (_, None) => Checkpointer::load(path),
+            (_, Some(_)) => Checkpointer::load_for_journal(path),
         };
         checkpointers.insert(name.clone(), Arc::new(checkpointer));
     }
@@ -300,10 +301,8 @@ pub(crate) async fn run_prepared(
     }
     let mut journals: BTreeMap<&str, Journal> = BTreeMap::new();
     for (name, source) in &config.sources {
-        let spec = match source {
-            SourceSpec::Tcp(c) => &c.journal,
-            SourceSpec::Stdin(c) => &c.journal,
-            SourceSpec::File(_) | SourceSpec::Nats(_) => continue,
+        let Some(spec) = source.journal() else {
+            continue;
         };
         let checkpointer = &checkpointers[name];
         let opened = Journal::open(data_dir, name, spec, checkpointer, stop.clone())?;
@@ -389,50 +388,7 @@ pub(crate) async fn run_prepared(
             SourceSpec::File(c) => {
                 let file = FileSource::new(name, c, checkpointers[name].clone());
                 tasks.sources.spawn(file.run(output, stop, once));
-            }
-            SourceSpec::Tcp(c) => {
-                let listener = source::tcp::bind(name, c).await?;
-                tracing::info!(source = %name, address = %listener.local_addr()?, "listening");
-                let journal = journals.remove(name.as_str()).expect("opened above");
-                let tail = FileSource::journal(
-                    name,
-                    journal.segments,
-                    c.max_line_bytes,
-                    c.envelope.clone(),
-                    checkpointers[name].clone(),
-                );
-                let (c, appender, writer) = (c.clone(), journal.appender, journal.writer);
-                let read = {
-                    let stop = stop.clone();
-                    async move {
-                        source::tcp::run(&c, listener, appender, stop, once).await;
-                        writer.finish().await;
-                    }
-                };
-                tasks.sources.spawn(async move {
-                    tokio::join!(read, tail.run(output, stop, once));
-                });
-            }
-            SourceSpec::Stdin(c) => {
-                let journal = journals.remove(name.as_str()).expect("opened above");
-                let tail = FileSource::journal(
-                    name,
-                    journal.segments,
-                    c.max_line_bytes,
-                    c.envelope.clone(),
-                    checkpointers[name].clone(),
-                );
-                let (c, appender, writer) = (c.clone(), journal.appender, journal.writer);
-                let read = {
-                    let (stop, name) = (stop.clone(), name.clone());
-                    async move {
-                        source::stdin::run(&name, &c, appender, stop).await;
-                        writer.finish().await;
-                    }
-                };
-                tasks.sources.spawn(async move {
-                    tokio::join!(read, tail.run(output, stop, once));
-                });
+                continue;
             }
             SourceSpec::Nats(c) => {
                 let (c, name) = (c.clone(), name.clone());
@@ -442,8 +398,61 @@ pub(crate) async fn run_prepared(
                 tasks.sources.spawn(async move {
                     source::nats::run(&name, &c, messages, output, stop, once).await
                 });
+                continue;
             }
+            _ => {}
         }
+        // Every other source appends what it reads to its journal; the journal's tail
+        // hands it to the sinks. The writer finishes once the reading ended (every
+        // appender dropped), and the tail once the writer finished.
+        let journal = journals.remove(name.as_str()).expect("opened above");
+        let (appender, writer) = (journal.appender, journal.writer);
+        let (read, max_line_bytes, envelope): (BoxFuture<'static, ()>, _, _) = match source {
+            SourceSpec::File(_) | SourceSpec::Nats(_) => unreachable!("handled above"),
+            SourceSpec::Tcp(c) => {
+                let listener = source::tcp::bind(name, c).await?;
+                tracing::info!(source = %name, address = %listener.local_addr()?, "listening");
+                let (spec, stop) = (c.clone(), stop.clone());
+                let read =
+                    async move { source::tcp::run(&spec, listener, appender, stop, once).await };
+                (Box::pin(read), c.max_line_bytes, c.envelope.clone())
+            }
+            SourceSpec::Fluent(c) => {
+                let listener = source::fluent::bind(name, c).await?;
+                tracing::info!(source = %name, address = %listener.local_addr()?, "listening (Forward protocol)");
+                let (spec, stop) = (c.clone(), stop.clone());
+                let read =
+                    async move { source::fluent::run(&spec, listener, appender, stop, once).await };
+                (Box::pin(read), c.limits.max_line_bytes, c.envelope.clone())
+            }
+            SourceSpec::Http(c) => {
+                let listener = source::http::bind(name, c).await?;
+                tracing::info!(source = %name, address = %listener.local_addr()?, path = %c.path, "listening (HTTP)");
+                let (spec, stop) = (c.clone(), stop.clone());
+                let read =
+                    async move { source::http::run(&spec, listener, appender, stop, once).await };
+                (Box::pin(read), c.max_line_bytes, c.envelope.clone())
+            }
+            SourceSpec::Stdin(c) => {
+                let (spec, stop, name) = (c.clone(), stop.clone(), name.clone());
+                let read = async move { source::stdin::run(&name, &spec, appender, stop).await };
+                (Box::pin(read), c.max_line_bytes, c.envelope.clone())
+            }
+        };
+        let tail = FileSource::journal(
+            name,
+            journal.segments,
+            max_line_bytes,
+            envelope,
+            checkpointers[name].clone(),
+        );
+        tasks.sources.spawn(async move {
+            let read = async move {
+                read.await;
+                writer.finish().await;
+            };
+            tokio::join!(read, tail.run(output, stop, once));
+        });
     }
     for (name, segments) in spills.into_values() {
         let output = Output::new(outputs.remove(&name).unwrap_or_default());

@@ -86,7 +86,9 @@ fn account(plan: &Plan, lines: &[Line]) {
         let (number, end, oversized) = match line.kind {
             LineKind::Text { number, end } => (number, end, None),
             LineKind::Oversized { number, end, len } => (number, end, Some(len)),
-            LineKind::Unreadable { .. } => panic!("the splitter made an unreadable line"),
+            LineKind::Unreadable { .. } | LineKind::Torn { .. } | LineKind::Bad { .. } => {
+                panic!("the splitter made an unreadable, torn or bad line")
+            }
         };
         assert_eq!(number, i as u64 + 1, "line numbers");
         assert!(at < stream.len(), "a line past the end of the stream");

@@ -131,6 +131,17 @@ pub enum LineKind {
     /// A place that could not be read at all (a directory, an unreadable file): it has no
     /// lines, and stands as one so that it is counted and dead-lettered like a bad line.
     Unreadable { reason: String },
+    /// Input the source could not turn into a line (a Forward record that JSON cannot hold,
+    /// bytes that are not the Forward protocol): dead-lettered with `reason`. The line holds
+    /// its raw bytes, or their start when they are longer than `max_line_bytes`; `len` is
+    /// their whole length. It reaches the journal as such (see `crate::journal`), so `end`
+    /// is its place there; the source that found it leaves `end` at 0.
+    Bad {
+        number: u64,
+        end: u64,
+        reason: String,
+        len: u64,
+    },
 }
 
 impl Line {
@@ -139,7 +150,8 @@ impl Line {
         match self.kind {
             LineKind::Text { end, .. }
             | LineKind::Oversized { end, .. }
-            | LineKind::Torn { end, .. } => Some(end),
+            | LineKind::Torn { end, .. }
+            | LineKind::Bad { end, .. } => Some(end),
             LineKind::Unreadable { .. } => None,
         }
     }

@@ -19,13 +19,17 @@
 //! on the disk, then the source stops reading (TCP flow control pushes back).
 //!
 //! Each line is written as it came, with its newline, so a segment is newline-delimited JSON
-//! wherever the input was. The one exception is what a line longer than `max_line_bytes`
-//! leaves (its first KiB and its length, see [`encode`]): it is marked by a NUL byte first,
-//! which no JSON text starts with (a line that did start with one gets a second).
+//! wherever the input was. The exceptions are what a line longer than `max_line_bytes`
+//! leaves (its first KiB and its length) and a record a `fluent` source could not turn into
+//! a line (its bytes in base64, their length and why; see [`encode`]): they are marked by a
+//! NUL byte first, which no JSON text starts with (a line that did start with one gets a
+//! second).
 //!
 //! Durability (`journal_fsync`): `interval` fsyncs at most every 100 ms and before a
-//! graceful stop; `always` fsyncs before an append counts as done, which the sources that
-//! acknowledge what they receive wait for before they acknowledge it. A crash can leave the
+//! graceful stop; `always` fsyncs before an append counts as done. The sources that
+//! acknowledge what they receive (`fluent`, `http`) append what they will acknowledge with
+//! [`Appender::append_synced`], which is fsynced before it counts as done whatever
+//! `journal_fsync` says: an acknowledgement promises the lines survive a power loss. A crash can leave the
 //! last segment of a run ending in a torn line (a partial write): every run writes to
 //! segments of its own, so that line is found at the end of a sealed segment, reported at
 //! start, and dead-lettered when the tail reaches it, never delivered as an event.
@@ -58,6 +62,7 @@ use crate::data_dir::DataDir;
 use crate::event::{Line, LineKind};
 use crate::source::file::checkpoint::Checkpointer;
 use crate::source::file::watcher::Nudge;
+use crate::source::lines::OVERSIZED_EXCERPT;
 
 /// `journal_fsync`: when the journal's appends reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -401,13 +406,34 @@ impl Segments {
 struct Request {
     bytes: Bytes,
     lines: usize,
+    /// Fsynced before it is answered, whatever `journal_fsync` says.
+    sync: bool,
     done: oneshot::Sender<Result<(), NotWritten>>,
 }
 
 /// The lines of an append are not in the journal: the writer gave up at shutdown (the
-/// disk stayed full), or stopped.
+/// disk stayed full), or stopped. For [`Appender::append_synced`]: or not known to be on
+/// the disk (the fsync kept failing at shutdown).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct NotWritten;
+
+/// Why [`Appender::try_append_synced`] did not append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotAppended {
+    /// The journal holds `journal_max_bytes`: nothing was appended.
+    Full,
+    /// See [`NotWritten`].
+    NotWritten,
+}
+
+/// What an append does while the journal holds `journal_max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WhenFull {
+    /// Waits for room (the source stops reading).
+    Wait,
+    /// Gives up at once, appending nothing.
+    Refuse,
+}
 
 /// A source's way into its journal. Cloned for each connection.
 #[derive(Debug, Clone)]
@@ -430,6 +456,41 @@ impl Appender {
         lines: &[Line],
         stop: &CancellationToken,
     ) -> impl Future<Output = Result<(), NotWritten>> + Send + 'static {
+        let append = self.append_as(lines, stop, false, WhenFull::Wait);
+        // Waiting for room, it is never refused: its only failure is `NotWritten`.
+        async move { append.await.map_err(|_| NotWritten) }
+    }
+
+    /// [`Appender::append`], resolving only once the lines are fsynced, whatever
+    /// `journal_fsync` says: what a source acknowledges to its client.
+    pub(crate) fn append_synced(
+        &self,
+        lines: &[Line],
+        stop: &CancellationToken,
+    ) -> impl Future<Output = Result<(), NotWritten>> + Send + 'static {
+        let append = self.append_as(lines, stop, true, WhenFull::Wait);
+        // Waiting for room, it is never refused: its only failure is `NotWritten`.
+        async move { append.await.map_err(|_| NotWritten) }
+    }
+
+    /// [`Appender::append_synced`], refused at once (nothing appended) when the lines do
+    /// not fit under `journal_max_bytes`: for a source whose client sends again later (an
+    /// HTTP 503).
+    pub(crate) fn try_append_synced(
+        &self,
+        lines: &[Line],
+        stop: &CancellationToken,
+    ) -> impl Future<Output = Result<(), NotAppended>> + Send + 'static {
+        self.append_as(lines, stop, true, WhenFull::Refuse)
+    }
+
+    fn append_as(
+        &self,
+        lines: &[Line],
+        stop: &CancellationToken,
+        sync: bool,
+        when_full: WhenFull,
+    ) -> impl Future<Output = Result<(), NotAppended>> + Send + 'static {
         let bytes = encode(lines);
         let count = lines.len();
         let (segments, requests, stop) =
@@ -446,6 +507,9 @@ impl Appender {
                 if segments.admit(n, stop.is_cancelled()) {
                     break;
                 }
+                if when_full == WhenFull::Refuse {
+                    return Err(NotAppended::Full);
+                }
                 tokio::select! {
                     _ = room => {}
                     _ = stop.cancelled() => {}
@@ -455,13 +519,15 @@ impl Appender {
             let request = Request {
                 bytes,
                 lines: count,
+                sync,
                 done,
             };
             if requests.send(request).is_err() {
                 segments.lock().queued -= n;
-                return Err(NotWritten);
+                return Err(NotAppended::NotWritten);
             }
-            written.await.unwrap_or(Err(NotWritten))
+            let written = written.await.unwrap_or(Err(NotWritten));
+            written.map_err(|NotWritten| NotAppended::NotWritten)
         }
     }
 }
@@ -469,20 +535,40 @@ impl Appender {
 /// The first byte of a line that is not the line as it came (see the module's doc).
 const MARK: u8 = 0;
 const OVERSIZED: &[u8] = b"oversized ";
+const BAD: &[u8] = b"bad ";
+/// The most bytes of a bad record's reason the journal keeps.
+const MAX_REASON_BYTES: usize = 1024;
+
+/// The longest line a journal holds for a source that cuts its lines to `max_line_bytes`
+/// (a bad record's bytes, in base64, are the longest): the tail splits at a bound above
+/// it, which only a damaged segment reaches.
+pub(crate) fn longest_line(max_line_bytes: usize) -> usize {
+    let oversized = MARK_LEN + OVERSIZED.len() + 21 + OVERSIZED_EXCERPT;
+    let bad = MARK_LEN + BAD.len() + 21 + max_line_bytes.div_ceil(3) * 4 + 1 + MAX_REASON_BYTES;
+    max_line_bytes.max(oversized).max(bad) + 1
+}
+
+const MARK_LEN: usize = 1;
 
 /// The journal's bytes for `lines`: each line and its newline; a line that starts with
 /// [`MARK`] gets a second one; a line longer than `max_line_bytes`, of which only the start
-/// was kept, is written `MARK "oversized " <its length> " " <its start>`.
+/// was kept, is written `MARK "oversized " <its length> " " <its start>`; a bad record
+/// (bytes a source could not make a line of, which may hold newlines) is written
+/// `MARK "bad " <its length> " " <its bytes in base64> " " <why, on one line>`.
 fn encode(lines: &[Line]) -> Bytes {
     let size: usize = lines.iter().map(|l| l.bytes.len() + 32).sum();
     let mut out = BytesMut::with_capacity(size);
     for line in lines {
-        match line.kind {
+        match &line.kind {
             LineKind::Oversized { len, .. } => {
                 out.put_u8(MARK);
                 out.put_slice(OVERSIZED);
                 out.put_slice(len.to_string().as_bytes());
                 out.put_u8(b' ');
+            }
+            LineKind::Bad { len, reason, .. } => {
+                encode_bad(&mut out, &line.bytes, *len, reason);
+                continue;
             }
             _ if line.bytes.first() == Some(&MARK) => out.put_u8(MARK),
             _ => {}
@@ -491,6 +577,38 @@ fn encode(lines: &[Line]) -> Bytes {
         out.put_u8(b'\n');
     }
     out.freeze()
+}
+
+fn encode_bad(out: &mut BytesMut, raw: &[u8], len: u64, reason: &str) {
+    use base64::Engine;
+    let mut cut = reason.len().min(MAX_REASON_BYTES);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    out.put_u8(MARK);
+    out.put_slice(BAD);
+    out.put_slice(len.to_string().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(
+        base64::engine::general_purpose::STANDARD
+            .encode(raw)
+            .as_bytes(),
+    );
+    out.put_u8(b' ');
+    out.put_slice(reason[..cut].replace(['\n', '\r'], " ").as_bytes());
+    out.put_u8(b'\n');
+}
+
+/// A bad record as [`encode_bad`] wrote it: its bytes, their whole length, and why.
+fn decode_bad(marked: &[u8]) -> Option<(Bytes, u64, String)> {
+    use base64::Engine;
+    let mut fields = marked.splitn(3, |b| *b == b' ');
+    let len = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(fields.next()?)
+        .ok()?;
+    let reason = std::str::from_utf8(fields.next()?).ok()?.to_owned();
+    Some((Bytes::from(raw), len, reason))
 }
 
 /// A line read from a journal segment, as the source accepted it (the inverse of
@@ -504,6 +622,17 @@ pub(crate) fn decode(line: Line) -> Line {
         _ => return line,
     };
     let rest = line.bytes.slice(1..);
+    if let Some((bytes, len, reason)) = rest.strip_prefix(BAD).and_then(decode_bad) {
+        return Line {
+            bytes,
+            kind: LineKind::Bad {
+                number,
+                end,
+                reason,
+                len,
+            },
+        };
+    }
     if let Some(marked) = rest.strip_prefix(OVERSIZED) {
         let digits = marked.iter().position(|b| *b == b' ');
         let len = digits.and_then(|at| std::str::from_utf8(&marked[..at]).ok()?.parse().ok());
@@ -593,6 +722,54 @@ mod tests {
                 other => panic!("kinds differ: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_bad_record_comes_back_with_its_bytes_length_and_reason() {
+        // msgpack bytes with a newline, a NUL and a CR in them, and a reason on two lines.
+        let raw: &'static [u8] = b"\x92\xa1t\n\x00\r\xc1";
+        let bad = Line {
+            bytes: Bytes::from_static(raw),
+            kind: LineKind::Bad {
+                number: 0,
+                end: 0,
+                reason: "not a record:\nits type is reserved".to_owned(),
+                len: 4000,
+            },
+        };
+        let journal = encode(&[text(b"{\"a\":1}"), bad, text(b"{\"b\":2}")]);
+        assert_eq!(journal.iter().filter(|b| **b == b'\n').count(), 3);
+        let back = read_back(&journal);
+        assert_eq!(back.len(), 3);
+        assert_eq!(&back[1].bytes[..], raw);
+        match &back[1].kind {
+            LineKind::Bad {
+                number,
+                reason,
+                len,
+                ..
+            } => {
+                assert_eq!((*number, *len), (2, 4000));
+                assert_eq!(reason, "not a record: its type is reserved");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(&back[2].bytes[..], b"{\"b\":2}");
+    }
+
+    #[test]
+    fn the_longest_line_holds_a_bad_record_of_max_line_bytes() {
+        let bad = Line {
+            bytes: Bytes::from(vec![0xc1; 5000]),
+            kind: LineKind::Bad {
+                number: 0,
+                end: 0,
+                reason: "x".repeat(5000),
+                len: 5000,
+            },
+        };
+        let encoded = encode(&[bad]);
+        assert!(encoded.len() <= longest_line(5000), "{}", encoded.len());
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! The loop, in one paragraph: wait for appends (with `interval`, at most until the
 //! written bytes are 100 ms old); take every append queued meanwhile (one group); write
 //! each to the active segment with one `pwrite`, starting a new segment first when it
-//! would pass `journal_segment_bytes`; with `always`, fsync; then publish the segment's
-//! new length to the tail and answer the group. A new segment is created `O_EXCL`, and its
+//! would pass `journal_segment_bytes`; with `always`, or when an append of the group asks
+//! for it (an acknowledging source's), fsync; then publish the segment's new length to the
+//! tail and answer the group. A new segment is created `O_EXCL`, and its
 //! folder fsynced, before anything is written to it; the segment it replaces is fsynced
 //! first, so a sealed segment is always on the disk whole.
 //!
@@ -48,17 +49,7 @@ impl Writer {
         stop: CancellationToken,
     ) -> std::io::Result<(Writer, Sender<Request>)> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let state = WriteLoop {
-            segments,
-            fsync: spec.fsync,
-            segment_bytes: spec.segment_bytes,
-            next_seq,
-            active: None,
-            synced_at: Instant::now(),
-            unpublished: 0,
-            failing: false,
-            stop,
-        };
+        let state = WriteLoop::new(segments, spec, next_seq, stop);
         let thread = std::thread::Builder::new()
             .name(format!("journal {}", state.segments.source()))
             .spawn(move || state.run(&rx))?;
@@ -102,6 +93,20 @@ struct WriteLoop {
 }
 
 impl WriteLoop {
+    fn new(segments: Segments, spec: &JournalSpec, next_seq: u64, stop: CancellationToken) -> Self {
+        WriteLoop {
+            segments,
+            fsync: spec.fsync,
+            segment_bytes: spec.segment_bytes,
+            next_seq,
+            active: None,
+            synced_at: Instant::now(),
+            unpublished: 0,
+            failing: false,
+            stop,
+        }
+    }
+
     fn run(mut self, requests: &Receiver<Request>) {
         loop {
             let first = match self.next_sync() {
@@ -154,15 +159,21 @@ impl WriteLoop {
             results.push(result);
         }
         self.segments.lock().journaled += written;
-        match self.fsync {
+        let asked = group.iter().any(|r| r.sync);
+        let synced = match self.fsync {
+            _ if asked => self.sync_until_done(),
             Fsync::Always => self.sync_until_done(),
-            Fsync::Interval if self.synced_at.elapsed() >= SYNC_INTERVAL => {
-                let _ = self.sync();
-            }
-            Fsync::Interval => {}
-        }
+            Fsync::Interval if self.synced_at.elapsed() >= SYNC_INTERVAL => self.sync().is_ok(),
+            Fsync::Interval => false,
+        };
         self.publish();
         for (request, result) in group.into_iter().zip(results) {
+            // An append that asked for its fsync is not answered as done without it.
+            let result = if request.sync && !synced {
+                Err(NotWritten)
+            } else {
+                result
+            };
             let _ = request.done.send(result);
         }
     }
@@ -290,17 +301,19 @@ impl WriteLoop {
         synced
     }
 
-    /// With `always`: fsyncs, trying again until it works (or, after shutdown, for
-    /// [`GIVE_UP_AFTER`]): no append is answered before its bytes are on the disk.
-    fn sync_until_done(&mut self) {
+    /// With `always`, or for an append that asks for it: fsyncs, trying again until it
+    /// works (or, after shutdown, for [`GIVE_UP_AFTER`]): no such append is answered
+    /// before its bytes are on the disk. Returns whether they are.
+    fn sync_until_done(&mut self) -> bool {
         let (mut wait, started) = (FIRST_RETRY, Instant::now());
         while self.sync().is_err() {
             if self.stop.is_cancelled() && started.elapsed() >= GIVE_UP_AFTER {
-                return;
+                return false;
             }
             std::thread::sleep(wait);
             wait = (wait * 2).min(LAST_RETRY);
         }
+        true
     }
 
     /// Lets the tail read what was written, and counts it on the disk.
@@ -322,5 +335,39 @@ impl WriteLoop {
         self.seal();
         self.segments.lock().finished = true;
         self.segments.nudge().nudge();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    /// With `journal_fsync = "interval"`, an append that asks for its fsync (what `fluent`
+    /// and `http` acknowledge) is on the disk before it is answered.
+    #[test]
+    fn an_append_that_asks_for_it_is_fsynced_before_it_is_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = Segments::open(dir.path().join("j"), "s", 1 << 20).unwrap();
+        let spec = JournalSpec {
+            segment_bytes: 1 << 20,
+            max_bytes: 1 << 20,
+            fsync: Fsync::Interval,
+        };
+        let mut writer = WriteLoop::new(segments.clone(), &spec, 1, CancellationToken::new());
+        let bytes = Bytes::from_static(b"{\"a\":1}\n");
+        segments.lock().queued += bytes.len() as u64; // as `Appender::append` admits it
+        let (done, mut answer) = oneshot::channel();
+        writer.write_group(vec![Request {
+            bytes,
+            lines: 1,
+            sync: true,
+            done,
+        }]);
+        assert_eq!(answer.try_recv(), Ok(Ok(())), "answered");
+        let active = writer.active.as_ref().expect("a segment was started");
+        assert!(!active.unsynced, "answered before its fsync");
     }
 }

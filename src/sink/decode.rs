@@ -117,7 +117,9 @@ fn decode_block(
                 Invalid(format!("line of {len} bytes is longer than max_line_bytes")),
             )),
             LineKind::Torn { .. } => Err(Invalid(TORN.to_owned())),
-            LineKind::Unreadable { reason } => Err(Invalid(reason.clone())),
+            LineKind::Unreadable { reason } | LineKind::Bad { reason, .. } => {
+                Err(Invalid(reason.clone()))
+            }
         };
         let event = match decoded {
             Ok(Decoded::Event(bytes)) => Some(bytes),
@@ -131,8 +133,12 @@ fn decode_block(
                 let mut record = Record::new(&d.name, invalid.0, &line.bytes);
                 record.source = Some(block.source_name.to_string());
                 record.location = Some(location);
-                if let LineKind::Oversized { len, .. } = line.kind {
-                    record.truncated_from_bytes = Some(len);
+                match line.kind {
+                    LineKind::Oversized { len, .. } => record.truncated_from_bytes = Some(len),
+                    LineKind::Bad { len, .. } if len > line.bytes.len() as u64 => {
+                        record.truncated_from_bytes = Some(len)
+                    }
+                    _ => {}
                 }
                 records.push(record);
                 if ack.is_some() {
@@ -172,8 +178,11 @@ struct BadLines {
 impl BadLines {
     fn add(&mut self, kind: &LineKind) {
         match kind {
-            // A torn line is no event either: a crash cut it short.
-            LineKind::Text { .. } | LineKind::Torn { .. } => self.invalid += 1,
+            // A torn line is no event either: a crash cut it short; nor is a record that
+            // JSON cannot hold.
+            LineKind::Text { .. } | LineKind::Torn { .. } | LineKind::Bad { .. } => {
+                self.invalid += 1
+            }
             LineKind::Oversized { .. } => self.oversized += 1,
             LineKind::Unreadable { .. } => self.unreadable += 1,
         }
@@ -238,7 +247,8 @@ fn location(block: &Block, kind: &LineKind) -> String {
         LineKind::Unreadable { .. } => block.origin.to_string(),
         LineKind::Text { number, end }
         | LineKind::Oversized { number, end, .. }
-        | LineKind::Torn { number, end } => {
+        | LineKind::Torn { number, end }
+        | LineKind::Bad { number, end, .. } => {
             format!("{} line {number} (ends at byte {end})", block.origin)
         }
     }

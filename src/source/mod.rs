@@ -7,15 +7,19 @@
 //! or dead-lettered. So a sink that cannot deliver stops its sources instead of growing
 //! without bound.
 //!
-//! Input that cannot be read again (TCP, stdin) goes to the source's journal first (see
-//! `crate::journal`), whose cap is its own; the sinks read the journal back through the
-//! file tail, within their budgets. At shutdown, what shippers already sent is read into
+//! Input that cannot be read again (TCP, stdin, fluent, http) goes to the source's journal
+//! first (see `crate::journal`), whose cap is its own; the sinks read the journal back
+//! through the file tail, within their budgets. At shutdown, what shippers already sent is read into
 //! the journal past its cap (see `pump`) instead of being dropped.
 
 mod budget;
 pub(crate) mod connections;
 pub(crate) mod file;
+pub mod fluent;
+pub mod http;
+pub(crate) mod keep;
 pub mod lines;
+mod listener;
 pub(crate) mod nats;
 mod output;
 mod pump;
@@ -34,6 +38,8 @@ pub enum SourceSpec {
     Tcp(tcp::TcpSpec),
     Stdin(stdin::StdinSpec),
     Nats(nats::NatsSourceSpec),
+    Fluent(fluent::FluentSpec),
+    Http(http::HttpSpec),
 }
 
 impl SourceSpec {
@@ -44,7 +50,7 @@ impl SourceSpec {
         base: &std::path::Path,
     ) -> anyhow::Result<Self> {
         use crate::config::{split_type, typed, typed_beside};
-        let kinds = "\"file\", \"tcp\", \"stdin\" or \"nats\"";
+        let kinds = "\"file\", \"tcp\", \"stdin\", \"fluent\", \"http\" or \"nats\"";
         let (kind, table) = split_type(key, table, kinds)?;
         Ok(match kind.as_str() {
             "file" => SourceSpec::File(typed::<file::FileConfig>(key, table)?.build(key, base)?),
@@ -56,8 +62,22 @@ impl SourceSpec {
                 let config: nats::NatsSourceConfig = typed_beside(key, table, &beside)?;
                 SourceSpec::Nats(config.build(key, base, &connect)?)
             }
+            "fluent" => SourceSpec::Fluent(typed::<fluent::FluentConfig>(key, table)?.build(key)?),
+            "http" => SourceSpec::Http(typed::<http::HttpConfig>(key, table)?.build(key, base)?),
             other => anyhow::bail!("`{key}.type` = {other:?} is not a source type: use {kinds}"),
         })
+    }
+
+    /// The journal's settings of a source that cannot be read again (every kind but
+    /// `file`): what it reads goes to its journal first.
+    pub(crate) fn journal(&self) -> Option<&crate::journal::JournalSpec> {
+        match self {
+            SourceSpec::File(_) | SourceSpec::Nats(_) => None,
+            SourceSpec::Tcp(c) => Some(&c.journal),
+            SourceSpec::Stdin(c) => Some(&c.journal),
+            SourceSpec::Fluent(c) => Some(&c.journal),
+            SourceSpec::Http(c) => Some(&c.journal),
+        }
     }
 
     /// One line for `flaghook validate`.
@@ -67,6 +87,35 @@ impl SourceSpec {
             SourceSpec::Tcp(t) => format!("tcp, listening on {}", t.address),
             SourceSpec::Stdin(_) => "stdin".to_owned(),
             SourceSpec::Nats(n) => n.describe(),
+            SourceSpec::Fluent(f) => format!(
+                "fluent (Forward protocol), listening on {}{}",
+                f.address,
+                if f.auth.is_some() {
+                    ", shared_key handshake"
+                } else {
+                    ""
+                }
+            ),
+            SourceSpec::Http(h) => format!(
+                "http, listening on {}{} path {}{}{}",
+                if h.tls.is_some() {
+                    "https://"
+                } else {
+                    "http://"
+                },
+                h.address,
+                h.path,
+                if h.verify_secret.is_some() {
+                    ", X-Hub-Signature-256 required"
+                } else {
+                    ""
+                },
+                if h.requires_token() {
+                    ", bearer token required"
+                } else {
+                    ""
+                },
+            ),
         }
     }
 }

@@ -13,12 +13,12 @@ use crate::journal::{Appender, NotWritten};
 
 /// How long a connection (or stdin) may stay silent before the drain at shutdown counts it
 /// idle: everything its shipper had sent has then been read.
-const DRAIN_IDLE: Duration = Duration::from_millis(150);
+pub(super) const DRAIN_IDLE: Duration = Duration::from_millis(150);
 
 /// The longest the drain at shutdown reads, for a shipper that never goes idle. A
 /// receive queue holds a few megabytes at most and is read in milliseconds; this bound
 /// only stops a shipper that keeps sending from keeping flaghook running.
-const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+pub(super) const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 const READ_SIZE: usize = 128 * 1024;
 

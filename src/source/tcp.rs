@@ -254,7 +254,7 @@ impl Limits {
 /// At shutdown: the connections the kernel accepted that wait in the listen backlog (at
 /// most `max` of them), so that what their shippers sent is read too. Closes the listener:
 /// connections from now on are refused.
-fn backlog(listener: TcpListener, max: usize) -> Vec<(TcpStream, SocketAddr)> {
+pub(super) fn backlog(listener: TcpListener, max: usize) -> Vec<(TcpStream, SocketAddr)> {
     let listener = match listener.into_std() {
         Ok(listener) => listener,
         Err(e) => {
@@ -281,7 +281,7 @@ fn backlog(listener: TcpListener, max: usize) -> Vec<(TcpStream, SocketAddr)> {
     waiting
 }
 
-async fn accept(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
+pub(super) async fn accept(listener: &TcpListener) -> Option<(TcpStream, SocketAddr)> {
     match listener.accept().await {
         Ok(accepted) => Some(accepted),
         Err(e) => {

@@ -15,6 +15,9 @@ const REQUIRED: &[&str] = &[
     "syslog-ng-tcp.toml",
     "nats-edge.toml",
     "nats-central.toml",
+    "fluent-bit-forward.toml",
+    "vector-http.toml",
+    "goff-webhook.toml",
 ];
 
 /// `${NAME}` references in a config text (`$$` is an escaped `$`, not a reference).
@@ -137,6 +140,9 @@ fn shipper_examples_show_the_shipper_config() {
         ("vector-socket.toml", "socket"),
         ("fluent-bit-tcp.toml", "json_lines"),
         ("syslog-ng-tcp.toml", "template(\"$MSG\\n\")"),
+        ("fluent-bit-forward.toml", "Require_ack_response  On"),
+        ("vector-http.toml", "buffer.type = \"disk\""),
+        ("goff-webhook.toml", "webhookexporter.Exporter"),
     ] {
         let Some(file) = files.iter().find(|p| p.ends_with(name)) else {
             panic!("pipelines/{name} is missing");

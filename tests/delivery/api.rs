@@ -478,3 +478,100 @@ fn metrics_match_the_endpoint_with_requests_in_flight_splits_and_retries() {
     proc.sigterm();
     proc.wait().assert_code(0);
 }
+
+/// The journals of a fluent and an http source in `/metrics`, as a TCP source's: the lines
+/// journaled, the bytes on the disk and the lag while the endpoint fails; the lag back to 0
+/// once it accepts them all.
+#[test]
+fn the_journals_of_fluent_and_http_sources_are_counted() {
+    let endpoint = Endpoint::scripted(Vec::new(), Reply::status(503));
+    let ws = Workspace::new();
+    let (addr, web, fwd) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let config = ws.config(&format!(
+        r#"[sources.web]
+type = "http"
+address = "{web}"
+
+[sources.fwd]
+type = "fluent"
+address = "{fwd}"
+
+[sinks.webhook]
+type = "webhook"
+inputs = ["web", "fwd"]
+endpoint_url = {url}
+{SINK}
+
+{api}"#,
+        url = toml_str(endpoint.url()),
+        api = api_table(&addr, ""),
+    ));
+    let proc = Proc::spawn(run_cmd(&config));
+    let body = small_lines(0..100);
+    let mut conn = connect(&web, &proc);
+    write!(
+        conn,
+        "POST / HTTP/1.1\r\nHost: f\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The same events as Forward records: their JSON is `small_event(id)`'s.
+    let records = (100..150)
+        .map(|id| {
+            rmpv::Value::Array(vec![
+                1_700_000_000.into(),
+                rmpv::Value::Map(vec![
+                    ("kind".into(), "feature".into()),
+                    ("key".into(), "k".into()),
+                    ("userKey".into(), format!("u{id}").into()),
+                    ("creationDate".into(), 1_700_000_000.into()),
+                ]),
+            ])
+        })
+        .collect();
+    let entry = rmpv::Value::Array(vec![
+        "t".into(),
+        rmpv::Value::Array(records),
+        rmpv::Value::Map(vec![("chunk".into(), "c1".into())]),
+    ]);
+    let mut conn = connect(&fwd, &proc);
+    rmpv::encode::write_value(&mut conn, &entry).unwrap();
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    let ack = rmpv::decode::read_value(&mut conn).unwrap();
+    assert_eq!(ack, rmpv::Value::Map(vec![("ack".into(), "c1".into())]));
+    let forwarded = small_lines(100..150);
+
+    let series =
+        |name: &str, source: &str| format!("flaghook_source_{name}{{source=\"{source}\"}}");
+    let at = metrics_until(&addr, &proc, |s| {
+        s.get(&series("lag_bytes", "web")) == Some(&(body.len() as f64))
+            && s.get(&series("lag_bytes", "fwd")) == Some(&(forwarded.len() as f64))
+    });
+    for (source, events, bytes) in [("web", 100.0, body.len()), ("fwd", 50.0, forwarded.len())] {
+        assert_eq!(
+            value(&at, &series("events_journaled_total", source)),
+            events
+        );
+        assert_eq!(value(&at, &series("journal_bytes", source)), bytes as f64);
+        assert_eq!(value(&at, &series("lag_bytes", source)), bytes as f64);
+    }
+
+    endpoint.set_default(Reply::ok());
+    let at = metrics_until(&addr, &proc, |s| {
+        s.get(&series("lag_bytes", "web")) == Some(&0.0)
+            && s.get(&series("lag_bytes", "fwd")) == Some(&0.0)
+    });
+    assert!(endpoint.wait_until(WAIT, |t| t.has_all(150)));
+    assert_eq!(value(&at, &series("events_journaled_total", "fwd")), 50.0);
+    drop(conn);
+    proc.sigterm();
+    proc.wait().assert_code(0);
+}

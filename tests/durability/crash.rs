@@ -20,7 +20,7 @@ const EVENTS: u64 = 200_000;
 const MAX_EVENT_IN_MEMORY: u64 = 1_000;
 const KILLS: u64 = 6;
 
-fn seed() -> u64 {
+pub(crate) fn seed() -> u64 {
     std::env::var("FLAGHOOK_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -33,7 +33,7 @@ fn seed() -> u64 {
 }
 
 /// An endpoint that fails one request in eight with a 500 and answers one in six slowly.
-fn flaky_endpoint(seed: u64) -> Endpoint {
+pub(crate) fn flaky_endpoint(seed: u64) -> Endpoint {
     let mut rng = StdRng::seed_from_u64(seed);
     Endpoint::with_responder(move |_| {
         let roll: f64 = rng.gen();

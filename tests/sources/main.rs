@@ -6,7 +6,10 @@ mod harness;
 
 mod bad_input;
 mod bad_input_files;
+mod fluent;
+mod http_source;
 mod peers;
+mod peers_fluent;
 mod rotation;
 mod sources;
 mod tcp_connections;

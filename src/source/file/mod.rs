@@ -41,7 +41,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::lines::{LineSplitter, OVERSIZED_EXCERPT};
+use super::lines::LineSplitter;
 use super::{Closed, Output};
 use crate::config::{check_duration, check_max_line_bytes, HumanDuration};
 use bytes::Bytes;
@@ -313,7 +313,7 @@ impl FileSource {
         FileSource {
             name: name.to_owned(),
             finder: Finder::Journal(segments),
-            max_line_bytes: (max_line_bytes + 1).max(OVERSIZED_EXCERPT + 64),
+            max_line_bytes: journal::longest_line(max_line_bytes),
             envelope,
             poll_interval: JOURNAL_POLL,
             glob_interval: JOURNAL_POLL,

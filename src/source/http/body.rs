@@ -1,0 +1,379 @@
+//! An HTTP source's request body: decompressed, then cut into lines. Pure functions, for
+//! the unit tests and the fuzz target.
+//!
+//! A body is one of:
+//! - a JSON array (Vector's `http` sink with `encoding.codec = "json"`): each element is a line;
+//! - GO Feature Flag's webhook body `{"meta": {...}, "events": [...]}` (an object with an
+//!   `events` array and no `kind`): each event is a line, `meta` is dropped (each sink sends
+//!   its own);
+//! - a single JSON object: one line;
+//! - newline-delimited JSON (Vector's `framing.method = "newline_delimited"`): each line.
+//!
+//! Elements of an array are written compact, so that a line never holds a newline. A line
+//! that is not a JSON object (or longer than `max_line_bytes`) is counted as rejected and
+//! still handed on, so that the sinks dead-letter it with their reason, as for every source.
+//! A body none of whose lines is JSON is refused whole ([`NotJson`]): it is not what this
+//! source reads, and the client should hear so.
+
+use std::io::Read;
+
+use bytes::{Bytes, BytesMut};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::event::{compact, Line, LineKind};
+use crate::source::lines::OVERSIZED_EXCERPT;
+
+/// A `Content-Encoding` flaghook reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+    Zstd,
+}
+
+impl Encoding {
+    /// The encoding a `Content-Encoding` header names; `Err` names what is not supported.
+    pub fn from_header(value: Option<&str>) -> Result<Encoding, String> {
+        let value = value.unwrap_or("").trim();
+        match value.to_ascii_lowercase().as_str() {
+            "" | "identity" => Ok(Encoding::Identity),
+            "gzip" | "x-gzip" => Ok(Encoding::Gzip),
+            "zstd" => Ok(Encoding::Zstd),
+            _ => Err(format!(
+                "Content-Encoding {:?} is not supported: send gzip, zstd or no encoding",
+                value.chars().take(40).collect::<String>()
+            )),
+        }
+    }
+}
+
+/// Why a body could not be decompressed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Undecodable {
+    /// It decompresses to more than the limit.
+    TooLarge,
+    Invalid(String),
+}
+
+/// `body` decompressed, to at most `max` bytes.
+pub fn decompress(body: Bytes, encoding: Encoding, max: usize) -> Result<Bytes, Undecodable> {
+    let reader: Box<dyn Read + '_> = match encoding {
+        Encoding::Identity => return Ok(body),
+        Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&body[..])),
+        Encoding::Zstd => Box::new(
+            zstd::stream::read::Decoder::with_buffer(&body[..])
+                .map_err(|e| Undecodable::Invalid(format!("zstd: {e}")))?,
+        ),
+    };
+    let mut out = Vec::new();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    reader
+        .take(limit)
+        .read_to_end(&mut out)
+        .map_err(|e| Undecodable::Invalid(format!("{encoding:?} body: {e}").to_lowercase()))?;
+    if out.len() > max {
+        return Err(Undecodable::TooLarge);
+    }
+    Ok(Bytes::from(out))
+}
+
+/// A body cut into lines.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    /// Every line, the rejected ones too (the sinks dead-letter them).
+    pub lines: Vec<Line>,
+    /// Lines that are not a JSON object, or longer than `max_line_bytes`.
+    pub rejected: usize,
+    /// Where the first rejected line is, and why.
+    pub first_rejected: Option<String>,
+}
+
+impl Parsed {
+    pub fn accepted(&self) -> usize {
+        self.lines.len() - self.rejected
+    }
+
+    fn reject(&mut self, what: impl FnOnce() -> String) {
+        self.rejected += 1;
+        if self.first_rejected.is_none() {
+            self.first_rejected = Some(what());
+        }
+    }
+}
+
+/// The body is not JSON at all: why, for a 400.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NotJson(pub String);
+
+/// Cuts `body` (decompressed) into lines of at most `max_line_bytes`.
+pub fn parse(body: &Bytes, max_line_bytes: usize) -> Result<Parsed, NotJson> {
+    let start = body
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(body.len());
+    if start == body.len() {
+        return Ok(Parsed::default());
+    }
+    if matches!(body[start], b'[' | b'{') {
+        let text = std::str::from_utf8(body).ok();
+        if let Some(whole) = text.and_then(|t| serde_json::from_str::<&RawValue>(t).ok()) {
+            return Ok(one_value(whole, max_line_bytes));
+        }
+    }
+    ndjson(body, max_line_bytes)
+}
+
+/// A body that is one JSON value: an array, a GO Feature Flag webhook body, an object.
+fn one_value(whole: &RawValue, max_line_bytes: usize) -> Parsed {
+    #[derive(Deserialize)]
+    struct Webhook<'a> {
+        #[serde(borrow)]
+        events: Vec<&'a RawValue>,
+        #[serde(default)]
+        kind: Option<IgnoredAny>,
+    }
+    let text = whole.get();
+    let elements: Vec<&RawValue> = if text.starts_with('[') {
+        serde_json::from_str(text).unwrap_or_default()
+    } else {
+        match serde_json::from_str::<Webhook<'_>>(text) {
+            Ok(webhook) if webhook.kind.is_none() => webhook.events,
+            _ => vec![whole],
+        }
+    };
+    let mut parsed = Parsed::default();
+    let mut out = BytesMut::new();
+    for (i, element) in elements.into_iter().enumerate() {
+        let number = i as u64 + 1;
+        compact(element.get().as_bytes(), &mut out);
+        let bytes = out.split().freeze();
+        let line = line(bytes, number, number, max_line_bytes);
+        match line.kind {
+            LineKind::Oversized { len, .. } => parsed
+                .reject(|| format!("element {number}: {len} bytes, longer than max_line_bytes")),
+            _ if !element.get().starts_with('{') => {
+                parsed.reject(|| format!("element {number}: not a JSON object"))
+            }
+            _ => {}
+        }
+        parsed.lines.push(line);
+    }
+    parsed
+}
+
+/// Newline-delimited JSON: each non-blank line (`\r\n` endings too).
+fn ndjson(body: &Bytes, max_line_bytes: usize) -> Result<Parsed, NotJson> {
+    let mut parsed = Parsed::default();
+    let mut json_lines = 0usize;
+    let mut first_error = None;
+    let mut at = 0usize;
+    let mut number = 0u64;
+    while at < body.len() {
+        let end = memchr::memchr(b'\n', &body[at..]).map_or(body.len(), |i| at + i);
+        number += 1;
+        let next = (end + 1).min(body.len());
+        let mut text = &body[at..end];
+        if text.last() == Some(&b'\r') {
+            text = &text[..text.len() - 1];
+        }
+        let trimmed_at = text.iter().position(|b| !b.is_ascii_whitespace());
+        if let Some(first) = trimmed_at {
+            let bytes = body.slice(at..at + text.len());
+            let line = line(bytes, number, next as u64, max_line_bytes);
+            if let LineKind::Oversized { len, .. } = line.kind {
+                json_lines += 1;
+                parsed.reject(|| format!("line {number}: {len} bytes, longer than max_line_bytes"));
+            } else {
+                // `IgnoredAny` skips strings unchecked: UTF-8 is checked first.
+                let json = std::str::from_utf8(text)
+                    .map_err(|e| format!("not UTF-8 (at byte {})", e.valid_up_to()))
+                    .and_then(|t| {
+                        serde_json::from_str::<IgnoredAny>(t).map_err(|e| format!("not JSON ({e})"))
+                    });
+                match json {
+                    Ok(_) => {
+                        json_lines += 1;
+                        if text[first] != b'{' {
+                            parsed.reject(|| format!("line {number}: not a JSON object"));
+                        }
+                    }
+                    Err(e) => {
+                        let reason = format!("line {number}: {e}");
+                        first_error.get_or_insert_with(|| reason.clone());
+                        parsed.reject(|| reason);
+                    }
+                }
+            }
+            parsed.lines.push(line);
+        }
+        at = next;
+    }
+    if json_lines == 0 {
+        if let Some(reason) = first_error {
+            return Err(NotJson(format!(
+                "the body is not JSON: {reason}; send a JSON array, an object, GO Feature Flag's webhook body or newline-delimited JSON"
+            )));
+        }
+    }
+    Ok(parsed)
+}
+
+/// A line, or its start when it is longer than `max_line_bytes`.
+fn line(bytes: Bytes, number: u64, end: u64, max_line_bytes: usize) -> Line {
+    if bytes.len() <= max_line_bytes {
+        return Line {
+            bytes,
+            kind: LineKind::Text { number, end },
+        };
+    }
+    let len = bytes.len() as u64;
+    Line {
+        bytes: Bytes::copy_from_slice(&bytes[..OVERSIZED_EXCERPT.min(bytes.len())]),
+        kind: LineKind::Oversized { number, end, len },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(parsed: &Parsed) -> Vec<&str> {
+        parsed
+            .lines
+            .iter()
+            .map(|l| std::str::from_utf8(&l.bytes).unwrap())
+            .collect()
+    }
+
+    fn parse_str(body: &str) -> Result<Parsed, NotJson> {
+        parse(&Bytes::from(body.to_owned()), 1000)
+    }
+
+    #[test]
+    fn ndjson_with_crlf_and_blank_lines() {
+        let p = parse_str("{\"a\":1}\r\n\n  \n{\"b\":2}").unwrap();
+        assert_eq!(lines(&p), [r#"{"a":1}"#, r#"{"b":2}"#]);
+        assert_eq!((p.accepted(), p.rejected), (2, 0));
+        assert_eq!(p.lines[1].kind, LineKind::Text { number: 4, end: 20 });
+    }
+
+    #[test]
+    fn an_array_is_one_line_per_element_written_compact() {
+        let p = parse_str("[\n  {\"a\": 1,\n   \"s\": \"x y\"},\n  {\"b\": [1, 2]}\n]\n").unwrap();
+        assert_eq!(lines(&p), [r#"{"a":1,"s":"x y"}"#, r#"{"b":[1,2]}"#]);
+        assert_eq!(p.rejected, 0);
+    }
+
+    #[test]
+    fn the_goff_webhook_body_gives_its_events() {
+        let body = r#"{"meta":{"hostname":"h"},"events":[{"kind":"feature","key":"k"},{"kind":"tracking","key":"t"}]}"#;
+        let p = parse_str(body).unwrap();
+        assert_eq!(
+            lines(&p),
+            [
+                r#"{"kind":"feature","key":"k"}"#,
+                r#"{"kind":"tracking","key":"t"}"#
+            ]
+        );
+    }
+
+    #[test]
+    fn an_object_is_one_line_even_with_an_events_field_when_it_has_a_kind() {
+        let body = r#"{"kind":"tracking","events":[1],"key":"k"}"#;
+        assert_eq!(lines(&parse_str(body).unwrap()), [body]);
+        let envelope = r#"{"message":"{\"kind\":\"feature\"}","host":"h"}"#;
+        assert_eq!(lines(&parse_str(envelope).unwrap()), [envelope]);
+    }
+
+    #[test]
+    fn bad_lines_in_a_good_body_are_counted_and_still_handed_on() {
+        let p = parse_str("{\"a\":1}\nnot json\n42\n{\"b\":2}\n").unwrap();
+        assert_eq!(lines(&p), [r#"{"a":1}"#, "not json", "42", r#"{"b":2}"#]);
+        assert_eq!((p.accepted(), p.rejected), (2, 2));
+        assert!(p
+            .first_rejected
+            .as_deref()
+            .unwrap()
+            .starts_with("line 2: not JSON"));
+        let p = parse_str("[{\"a\":1}, \"s\", 3]").unwrap();
+        assert_eq!((p.accepted(), p.rejected), (1, 2));
+        assert_eq!(
+            p.first_rejected.as_deref(),
+            Some("element 2: not a JSON object")
+        );
+    }
+
+    /// Found by the http_body fuzz target: a string holding bytes that are not UTF-8
+    /// passed the JSON check (serde skips strings it ignores) and counted as accepted.
+    #[test]
+    fn a_line_that_is_not_utf8_is_rejected() {
+        let mut body = b"{\"kind\":\"feat".to_vec();
+        body.extend_from_slice(b"\xf5re\"}\n{\"a\":1}\n");
+        let p = parse(&Bytes::from(body), 1000).unwrap();
+        assert_eq!((p.accepted(), p.rejected), (1, 1));
+        assert_eq!(
+            p.first_rejected.as_deref(),
+            Some("line 1: not UTF-8 (at byte 13)")
+        );
+        // JSON is UTF-8: a body that is not is not JSON at all.
+        let array = Bytes::from_static(b"[{\"a\":\"\xff\"}]");
+        assert!(parse(&array, 1000)
+            .unwrap_err()
+            .0
+            .contains("line 1: not UTF-8"));
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_at_all_is_refused_with_the_reason() {
+        for body in ["hello world", "<xml/>\n<more/>", "[{\"a\":1}, {\"b\""] {
+            let err = parse_str(body).unwrap_err();
+            assert!(
+                err.0
+                    .starts_with("the body is not JSON: line 1: not JSON ("),
+                "{err:?}"
+            );
+        }
+        assert_eq!(parse_str(" \n ").unwrap().lines.len(), 0);
+    }
+
+    #[test]
+    fn long_lines_and_elements_are_oversized() {
+        let long = format!("{{\"a\":\"{}\"}}", "x".repeat(2000));
+        let p = parse_str(&format!("{long}\n{{\"b\":1}}")).unwrap();
+        assert!(matches!(
+            p.lines[0].kind,
+            LineKind::Oversized { len: 2008, .. }
+        ));
+        assert_eq!(p.lines[0].bytes.len(), OVERSIZED_EXCERPT);
+        assert_eq!((p.accepted(), p.rejected), (1, 1));
+        let p = parse_str(&format!("[{long}]")).unwrap();
+        assert!(matches!(p.lines[0].kind, LineKind::Oversized { .. }));
+    }
+
+    #[test]
+    fn gzip_and_zstd_bodies_decompress_within_the_limit() {
+        use std::io::Write;
+        let body = b"{\"a\":1}\n".repeat(100);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&body).unwrap();
+        let gz = Bytes::from(gz.finish().unwrap());
+        let zst = Bytes::from(zstd::encode_all(&body[..], 1).unwrap());
+        for (encoded, encoding) in [(gz, Encoding::Gzip), (zst, Encoding::Zstd)] {
+            assert_eq!(decompress(encoded.clone(), encoding, 800).unwrap(), body);
+            assert_eq!(
+                decompress(encoded, encoding, 799),
+                Err(Undecodable::TooLarge)
+            );
+        }
+        assert!(matches!(
+            decompress(Bytes::from_static(b"nope"), Encoding::Gzip, 100),
+            Err(Undecodable::Invalid(_))
+        ));
+        assert_eq!(Encoding::from_header(Some("GZIP")), Ok(Encoding::Gzip));
+        assert!(Encoding::from_header(Some("br"))
+            .unwrap_err()
+            .contains("\"br\" is not supported"));
+    }
+}
