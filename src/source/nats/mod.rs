@@ -367,13 +367,31 @@ impl Reader<'_> {
         let (events_cap, _) = output.budget_caps();
         let limit = self.check_budget(consumer, events_cap);
         let mut warned = false;
+        // After a fetch that found messages, the next one takes what is there now and
+        // returns at once; after one that found none, it waits up to FETCH_WAIT for some.
+        // (A fetch that always waited for a full batch made a backlog smaller than one
+        // wait a second per fetch.)
+        let mut wait = true;
         while !stop.is_cancelled() {
-            let batch = consumer
-                .batch()
-                .max_messages(limit)
-                .max_bytes(self.max_bytes)
-                .expires(FETCH_WAIT)
-                .messages();
+            let batch = async {
+                if wait {
+                    let batch = consumer.batch().max_messages(limit);
+                    batch
+                        .max_bytes(self.max_bytes)
+                        .expires(FETCH_WAIT)
+                        .messages()
+                        .await
+                } else {
+                    // `expires` here bounds the wait for an answer: a server that lets
+                    // out no more (max_ack_pending) may not answer a fetch at all.
+                    let fetch = consumer.fetch().max_messages(limit);
+                    fetch
+                        .max_bytes(self.max_bytes)
+                        .expires(FETCH_WAIT)
+                        .messages()
+                        .await
+                }
+            };
             let mut batch = tokio::select! {
                 _ = stop.cancelled() => return,
                 batch = batch => match batch {
@@ -402,9 +420,10 @@ impl Reader<'_> {
                 tracing::info!(source = self.name, consumer = %self.spec.consumer, "fetching again");
                 warned = false;
             }
-            if once && blocks.is_empty() {
+            if once && blocks.is_empty() && wait {
                 return;
             }
+            wait = blocks.is_empty();
             for block in blocks {
                 tokio::select! {
                     _ = stop.cancelled() => return,
