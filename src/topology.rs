@@ -410,7 +410,7 @@ pub(crate) async fn run_prepared(
         let (read, max_line_bytes, envelope): (BoxFuture<'static, ()>, _, _) = match source {
             SourceSpec::File(_) | SourceSpec::Nats(_) => unreachable!("handled above"),
             SourceSpec::Tcp(c) => {
-                let listener = source::tcp::bind(name, c).await?;
+                let listener = source::listener::bind(name, c.address).await?;
                 tracing::info!(source = %name, address = %listener.local_addr()?, "listening");
                 let (spec, stop) = (c.clone(), stop.clone());
                 let read =
@@ -418,7 +418,7 @@ pub(crate) async fn run_prepared(
                 (Box::pin(read), c.max_line_bytes, c.envelope.clone())
             }
             SourceSpec::Fluent(c) => {
-                let listener = source::fluent::bind(name, c).await?;
+                let listener = source::listener::bind(name, c.address).await?;
                 tracing::info!(source = %name, address = %listener.local_addr()?, "listening (Forward protocol)");
                 let (spec, stop) = (c.clone(), stop.clone());
                 let read =
@@ -426,7 +426,7 @@ pub(crate) async fn run_prepared(
                 (Box::pin(read), c.limits.max_line_bytes, c.envelope.clone())
             }
             SourceSpec::Http(c) => {
-                let listener = source::http::bind(name, c).await?;
+                let listener = source::listener::bind(name, c.address).await?;
                 tracing::info!(source = %name, address = %listener.local_addr()?, path = %c.path, "listening (HTTP)");
                 let (spec, stop) = (c.clone(), stop.clone());
                 let read =

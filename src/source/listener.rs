@@ -14,6 +14,15 @@ use super::connections::{ConnectionSlots, Slot};
 use super::tcp::{accept, backlog};
 use crate::topology::propagate_panic;
 
+/// Binds a listening source's socket (before anything runs, so that a taken port fails
+/// start-up, naming the source).
+pub(crate) async fn bind(name: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    use anyhow::Context;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("source `{name}`: cannot listen on {addr}"))
+}
+
 /// Serves connections with `serve` (which spawns one task into the set) until shutdown;
 /// with `once`, until the first connections have all closed. Returns once every
 /// connection task has ended.

@@ -19,7 +19,7 @@ pub mod fluent;
 pub mod http;
 pub(crate) mod keep;
 pub mod lines;
-mod listener;
+pub(crate) mod listener;
 pub(crate) mod nats;
 mod output;
 mod pump;

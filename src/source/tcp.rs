@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -130,14 +130,6 @@ impl TcpConfig {
             "idle_timeout = \"5m\"",
         )
     }
-}
-
-/// Binds the listening socket (done before anything runs, so a taken port fails start-up).
-pub async fn bind(name: &str, config: &TcpSpec) -> Result<TcpListener> {
-    let addr = config.address;
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("source `{name}`: cannot listen on {addr}"))
 }
 
 /// Serves connections until shutdown, appending what they send to `journal`. With `once`,

@@ -212,15 +212,6 @@ fn this_hostname() -> String {
         .unwrap_or_else(|| "flaghook".to_owned())
 }
 
-/// Binds the listening socket (before anything runs, so that a taken port fails start-up).
-pub async fn bind(name: &str, spec: &FluentSpec) -> Result<TcpListener> {
-    use anyhow::Context;
-    let addr = spec.address;
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("source `{name}`: cannot listen on {addr}"))
-}
-
 /// Serves connections until shutdown, appending what they send to `journal`; with `once`,
 /// until the first ones have all closed.
 pub(crate) async fn run(

@@ -326,14 +326,6 @@ fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
     }
 }
 
-/// Binds the listening socket (before anything runs, so that a taken port fails start-up).
-pub async fn bind(name: &str, spec: &HttpSpec) -> Result<TcpListener> {
-    let addr = spec.address;
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("source `{name}`: cannot listen on {addr}"))
-}
-
 /// Serves requests until shutdown, appending their lines to `journal`; with `once`, until
 /// the first connections have all closed.
 pub(crate) async fn run(
