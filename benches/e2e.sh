@@ -37,6 +37,8 @@
 #                                  build + HMAC on one core): its CPU seconds per million events
 #   IDLE_WAIT [20]     before each run, wait up to this many seconds for the machine to be idle
 #                      (then run anyway, and say so); IDLE_MAX [0.25] cores busy counts as idle
+#   QUIET_OTHERS [0.5] with BASELINE_BIN, the ratio is also shown over the "quiet pairs" alone: both
+#                      runs during which other processes took less than this many CPU seconds
 #   SYSLOG_NG_WORKERS [1]  http() workers of syslog-ng
 #   RUN_TIMEOUT [300]  seconds after which one run is stopped and reported as failed
 #   LAT_RATE [1000] LAT_SECS [10]    latency probe: events/s appended, for how long
@@ -67,6 +69,7 @@ RECV_DELAY_MS=${RECV_DELAY_MS:-0}
 TOOLS=${TOOLS:-file tcp tcp-always vector any syslog-ng floor}
 IDLE_WAIT=${IDLE_WAIT:-20}
 IDLE_MAX=${IDLE_MAX:-0.25}
+QUIET_OTHERS=${QUIET_OTHERS:-0.5}
 SYSLOG_NG_WORKERS=${SYSLOG_NG_WORKERS:-1}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 LAT_RATE=${LAT_RATE:-1000}
@@ -689,9 +692,13 @@ compare_row() { # baseline-key current-key label max|median
   rss_r=$(awk -v a="$mc" -v b="$mb" 'BEGIN {printf "%.3f", (b > 0 ? a / b : 0)}')
   pr=$(paste -d' ' "$fb" "$fc" | awk -v w="$RESULT_COLUMNS" '$1 > 0 {print $(w + 1) / $1}')
   pm=$(paste -d' ' "$fb" "$fc" | awk -v w="$RESULT_COLUMNS" '$3 > 0 {print $(w + 3) / $3}')
+  # the pairs in which other processes took less than QUIET_OTHERS CPU seconds in both runs
+  local quiet
+  quiet=$(paste -d' ' "$fb" "$fc" | awk -v w="$RESULT_COLUMNS" -v q="$QUIET_OTHERS" '$1 > 0 && $11 < q && $(w + 11) < q {print $(w + 1) / $1}')
   # shellcheck disable=SC2086
-  printf '  %-16s events/s %sx (paired %.3f-%.3f; per run: %s)  CPU s %sx  peak RSS %sx (paired %.3f-%.3f)  within 5%%: events/s %s, peak RSS %s\n' \
-    "$label" "$rate_r" "$(minimum $pr)" "$(maximum $pr)" "$(printf '%.3f ' $pr | sed 's/ $//')" "$cpu_r" "$rss_r" "$(minimum $pm)" "$(maximum $pm)" \
+  printf '  %-16s events/s %sx (paired %.3f-%.3f; per run: %s; quiet pairs: %s)  CPU s %sx  peak RSS %sx (paired %.3f-%.3f)  within 5%%: events/s %s, peak RSS %s\n' \
+    "$label" "$rate_r" "$(minimum $pr)" "$(maximum $pr)" "$(printf '%.3f ' $pr | sed 's/ $//')" \
+    "$( [ -n "$quiet" ] && printf 'median %.3f of %s' "$(median $quiet)" "$(wc -w <<<"$quiet")" || echo none)" "$cpu_r" "$rss_r" "$(minimum $pm)" "$(maximum $pm)" \
     "$(awk -v r="$rate_r" 'BEGIN {print (r >= 0.95 ? "yes" : "NO")}')" "$(awk -v r="$rss_r" 'BEGIN {print (r <= 1.05 ? "yes" : "NO")}')"
 }
 
