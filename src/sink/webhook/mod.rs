@@ -69,7 +69,7 @@ use super::ack::{Acknowledger, InOrder, Seq};
 use super::deadletter::{DeadLetterWriter, DeadLetters, Record};
 use super::decode::{self, Decode};
 use super::{count_events, Stats};
-use crate::batch::{chunks_timeout, Limits, Reinject};
+use crate::batch::{chunks_timeout, Batch, Limits, Reinject};
 use crate::event::{Block, Decoder, Item};
 use crate::source::file::checkpoint::{AckHandle, Persist};
 use crate::source::{gathers_ahead, max_batch_bytes, Budget, Cost};
@@ -125,7 +125,10 @@ pub(crate) async fn run(
 
     // blocks -> decode -> chunks_timeout -> re-inject
     let (items, decoding) = decode::spawn(decode, input);
-    let mut batches = Reinject::new(chunks_timeout(items, limits, flush_interval), limits);
+    // Each batch is gathered as its request body (see `crate::batch`).
+    let body_prefix = Some(sink.poster.body_prefix());
+    let batches = chunks_timeout(items, limits, flush_interval, body_prefix);
+    let mut batches = Reinject::new(batches, limits);
 
     // -> build and sign -> post (up to `slots` at once) -> decide -> acknowledge, or retry
     let mut in_flight = FuturesUnordered::new();
@@ -161,7 +164,7 @@ pub(crate) async fn run(
                 }
             }
             batch = batches.next(), if fetch => match batch {
-                Some(items) => next = Some(sink.ready(Job::fresh(items))),
+                Some(batch) => next = Some(sink.ready(Job::fresh(batch))),
                 None => input_ended = true,
             },
             () = async { pause.as_mut().expect("a pause before each start").await }, if start => {
@@ -204,13 +207,45 @@ struct Job {
 struct Part {
     items: Vec<Item>,
     id: Option<MessageId>,
+    /// The request body of `items`' events, built while the batch gathered (a whole
+    /// batch's); none for the halves of a split batch, whose bodies are built when sent.
+    body: Option<bytes::Bytes>,
+}
+
+impl Part {
+    fn of(items: Vec<Item>) -> Self {
+        Part {
+            items,
+            id: None,
+            body: None,
+        }
+    }
 }
 
 impl Job {
-    fn fresh(items: Vec<Item>) -> Self {
+    fn fresh(batch: Batch) -> Self {
+        let Batch { items, body } = batch;
         Job {
             seq: None,
-            parts: VecDeque::from([Part { items, id: None }]),
+            parts: VecDeque::from([Part {
+                items,
+                id: None,
+                body,
+            }]),
+        }
+    }
+
+    /// The job's items, with their body when it is one whole batch that has it.
+    fn into_batch(mut self) -> Batch {
+        match self.parts.len() {
+            1 => {
+                let part = self.parts.pop_front().expect("one part");
+                Batch {
+                    items: part.items,
+                    body: part.body,
+                }
+            }
+            _ => Batch::of(self.into_items()),
         }
     }
 
@@ -314,7 +349,7 @@ impl Sink {
     fn put_back(
         &mut self,
         ready: Ready,
-        batches: &mut Reinject<impl Stream<Item = Vec<Item>> + Unpin>,
+        batches: &mut Reinject<impl Stream<Item = Batch> + Unpin>,
     ) -> bool {
         match ready.job.seq {
             Some(seq) => {
@@ -322,7 +357,7 @@ impl Sink {
                 false
             }
             None => {
-                batches.push_front(ready.job.into_items());
+                batches.push_front(ready.job.into_batch());
                 true
             }
         }
@@ -335,10 +370,12 @@ impl Sink {
             return None;
         }
         let id = part.id.get_or_insert_with(MessageId::new);
-        Some(
-            self.poster
+        Some(match &part.body {
+            Some(body) => self.poster.prepare_body(body.clone(), id),
+            None => self
+                .poster
                 .prepare(part.items.iter().filter_map(Item::event), id),
-        )
+        })
     }
 
     /// A place in the order of acknowledgements for a batch sent for the first time.
@@ -429,8 +466,8 @@ impl Sink {
                 tracing::info!(sink = %self.name, events, "{}; sending the batch in two halves", outcome.detail);
                 let part = job.parts.pop_front().expect("the part sent");
                 let (a, b) = halves(part.items);
-                job.parts.push_front(Part { items: b, id: None });
-                job.parts.push_front(Part { items: a, id: None });
+                job.parts.push_front(Part::of(b));
+                job.parts.push_front(Part::of(a));
             }
         }
         self.advance(job, None).await
