@@ -72,6 +72,11 @@ const MAX_BUFFER_EVENTS: usize = 10_000_000;
 const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// The longest request `timeout`.
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Events a sink holds by default beyond its batches (see `buffer_max_events`): the sources
+/// read on while the batch being gathered is full, so that the one after it has begun when
+/// a request returns. A fixed number rather than a batch more: the memory a batch costs grows
+/// with `max_event_in_memory`, what reading ahead needs does not.
+const READ_AHEAD_EVENTS: usize = 10_000;
 /// The most requests in flight at once: each holds a connection and a batch.
 const MAX_REQUEST_CONCURRENCY: usize = 64;
 
@@ -298,7 +303,8 @@ pub struct WebhookConfig {
     #[serde(default = "default_event_types")]
     pub event_types: Vec<EventType>,
     /// Most events held in memory (read, not yet delivered). Default
-    /// (request_concurrency + 1) x max_event_in_memory.
+    /// (request_concurrency + 1) x max_event_in_memory, plus a read-ahead of
+    /// max_event_in_memory or 10000, whichever is smaller.
     #[serde(default)]
     pub buffer_max_events: Option<usize>,
     /// Most bytes of lines held in memory: a number or a size like "64MiB". Whichever of
@@ -640,10 +646,12 @@ impl WebhookConfig {
             .or(self.secret_base64.as_ref())
     }
 
-    /// By default, room for a batch in each request slot and the next one gathering.
+    /// By default, room for a batch in each request slot, the next one gathering, and
+    /// [`READ_AHEAD_EVENTS`] (at most a batch) read ahead of it.
     fn buffer_max_events(&self) -> usize {
         let batches = self.request_concurrency.max(1) + 1;
-        let default = (batches * self.max_event_in_memory)
+        let read_ahead = self.max_event_in_memory.min(READ_AHEAD_EVENTS);
+        let default = (batches * self.max_event_in_memory + read_ahead)
             .min(MAX_BUFFER_EVENTS.max(2 * self.max_event_in_memory));
         self.buffer_max_events.unwrap_or(default)
     }
@@ -780,6 +788,27 @@ mod tests {
 
     fn url(text: &str) -> EndpointUrl {
         EndpointUrl(text.to_owned())
+    }
+
+    /// The default budget: a batch per request slot, the next one, and a read-ahead of at
+    /// most 10 000 events (a whole batch for small batches).
+    #[test]
+    fn the_default_budget_reads_ahead_at_most_ten_thousand_events() {
+        let budget = |sink: &str| {
+            let config: WebhookConfig = toml::from_str(&format!(
+                "inputs = [\"in\"]\nendpoint_url = \"http://127.0.0.1:9/\"\n{sink}"
+            ))
+            .unwrap();
+            config.buffer_max_events()
+        };
+        assert_eq!(budget("max_event_in_memory = 1000"), 3000);
+        assert_eq!(budget("max_event_in_memory = 10000"), 30_000);
+        assert_eq!(budget(""), 210_000);
+        assert_eq!(
+            budget("max_event_in_memory = 100000\nrequest_concurrency = 4"),
+            510_000
+        );
+        assert_eq!(budget("buffer_max_events = 12345"), 12345);
     }
 
     #[test]
