@@ -2,9 +2,12 @@
 //! line splitting, decoding (schema goff and any), building a 10 000-event body, signing it.
 //!
 //!     cargo bench --bench micro
+//!
+//! With `FLAGHOOK_FLOOR_EVENTS=FILE` set, it runs the floor of the file path instead (see
+//! [`floor`]): `benches/e2e.sh` compares flaghook's CPU per event with it.
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 
 use flaghook::event::{envelope_fields, Decoded, Decoder, EventType, Schema};
 use flaghook::source::lines::LineSplitter;
@@ -126,5 +129,96 @@ fn build_body(events: &[Bytes]) -> Bytes {
     flaghook::sink::webhook::body(br#"{"meta":{"hostname":"bench"},"events":["#, events.iter())
 }
 
+/// The floor of the file path, over the events of `path` on one core: what no
+/// implementation can skip, done with flaghook's own pieces. Read (`pread` into the
+/// splitter's buffer, 256 KiB at a time, as the tail does), split into lines, validate and
+/// encode (the decoder), build a body of `batch` events, sign it (HMAC-SHA256). No
+/// threads, channels, budget, checkpoints or sockets. Prints the CPU seconds (user + sys)
+/// per million events of each of `passes` passes, and their median.
+fn floor(path: &str, batch: usize, passes: usize) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let envelope = envelope_fields(None);
+    let prefix = br#"{"meta":{"hostname":"bench"},"events":["#;
+    let mut per_million = Vec::new();
+    let mut events_seen = 0;
+    for _ in 0..passes {
+        let start = cpu_seconds();
+        let mut decoder = Decoder::new(Schema::Goff, &[EventType::Feature, EventType::Tracking]);
+        let mut splitter = LineSplitter::new(102_400, 0);
+        let (mut pos, mut events, mut pending) = (0u64, 0usize, Vec::with_capacity(batch));
+        let mut lines = Vec::new();
+        let flush = |pending: &mut Vec<Bytes>| {
+            let body = flaghook::sink::webhook::body(prefix, pending.iter());
+            std::hint::black_box(flaghook::sign::signature(b"bench-secret", &body));
+            pending.clear();
+        };
+        loop {
+            let buf = splitter.buffer();
+            let at = buf.len();
+            buf.resize(at + 256 * 1024, 0);
+            let n = file.read_at(&mut buf[at..], pos).expect("read");
+            buf.truncate(at + n);
+            if n == 0 {
+                break;
+            }
+            pos += n as u64;
+            splitter.split(&mut lines);
+            for line in lines.drain(..) {
+                if let Ok(Decoded::Event(event)) = decoder.decode(&line.bytes, &envelope) {
+                    pending.push(event);
+                    events += 1;
+                    if pending.len() == batch {
+                        flush(&mut pending);
+                    }
+                }
+            }
+        }
+        if !pending.is_empty() {
+            flush(&mut pending);
+        }
+        events_seen = events;
+        per_million.push((cpu_seconds() - start) * 1e6 / events.max(1) as f64);
+    }
+    let mut sorted = per_million.clone();
+    sorted.sort_by(f64::total_cmp);
+    let passes: Vec<String> = per_million.iter().map(|s| format!("{s:.4}")).collect();
+    println!(
+        "floor events={events_seen} batch={batch} cpu_s_per_million={:.4} passes={}",
+        sorted[sorted.len() / 2],
+        passes.join(",")
+    );
+}
+
+/// CPU seconds (user + system) this process has used.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(path) = std::env::var("FLAGHOOK_FLOOR_EVENTS") {
+        let number = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        floor(
+            &path,
+            number("FLAGHOOK_FLOOR_BATCH", 10_000),
+            number("FLAGHOOK_FLOOR_PASSES", 3),
+        );
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -65,7 +65,9 @@ impl DataDir {
         &self.root
     }
 
-    /// `checkpoints/<source>.json`: a file source's saved positions.
+    /// `checkpoints/<source>.json`: a source's saved positions (and beside it
+    /// `<source>.positions`, the log of the positions saved since; see
+    /// `crate::source::file::checkpoint`).
     pub fn checkpoint(&self, source: &str) -> PathBuf {
         self.root.join("checkpoints").join(format!("{source}.json"))
     }
@@ -111,6 +113,19 @@ pub fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .append(true)
         .create(true)
+        .mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| explain_symlink(e, path))
+}
+
+/// Opens `path` for writing at given offsets (`pwrite`), creating it `0600`; a symlink is
+/// an error.
+pub fn open_write(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
         .mode(FILE_MODE)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)

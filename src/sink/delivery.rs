@@ -58,6 +58,19 @@ const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The most requests in flight at once: each holds a connection and a batch.
 const MAX_REQUEST_CONCURRENCY: usize = 64;
+/// Events a sink holds by default beyond its batches (see `buffer_max_events`): the sources
+/// read on while the batch being gathered is full, so that the one after it has begun when
+/// a request returns. A fixed number rather than a batch more: the memory a batch costs grows
+/// with the batch size, what reading ahead needs does not.
+const READ_AHEAD_EVENTS: usize = 10_000;
+
+/// The default `buffer_max_events`: room for a batch in each request slot, the next one
+/// gathering, and [`READ_AHEAD_EVENTS`] (at most a batch) read ahead of it.
+fn default_buffer_max_events(batch: usize, request_concurrency: usize) -> usize {
+    let batches = request_concurrency.max(1) + 1;
+    let read_ahead = batch.min(READ_AHEAD_EVENTS);
+    (batches * batch + read_ahead).min(MAX_BUFFER_EVENTS.max(2 * batch))
+}
 
 /// The keys every sink has (the webhook's and the nats sink's), read from the sink's
 /// table beside its own (see `super::split_table`).
@@ -167,10 +180,9 @@ impl DeliveryConfig {
         if self.schema == Schema::Goff && self.event_types.is_empty() {
             bail!("`{key}.event_types` is empty: nothing would be sent (example: event_types = [\"feature\"])");
         }
-        let batches = request_concurrency.max(1) + 1;
         let buffer_max_events = self
             .buffer_max_events
-            .unwrap_or((batches * sink.max_events).min(MAX_BUFFER_EVENTS.max(2 * sink.max_events)));
+            .unwrap_or_else(|| default_buffer_max_events(sink.max_events, request_concurrency));
         Ok(DeliverySpec {
             delivery: Delivery {
                 max_events: sink.max_events,
@@ -265,5 +277,20 @@ impl DeliveryConfig {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_buffer_max_events;
+
+    /// The default budget: a batch per request slot, the next one, and a read-ahead of at
+    /// most 10 000 events (a whole batch for small batches).
+    #[test]
+    fn the_default_budget_reads_ahead_at_most_ten_thousand_events() {
+        assert_eq!(default_buffer_max_events(1000, 1), 3000);
+        assert_eq!(default_buffer_max_events(10_000, 1), 30_000);
+        assert_eq!(default_buffer_max_events(100_000, 1), 210_000);
+        assert_eq!(default_buffer_max_events(100_000, 4), 510_000);
     }
 }

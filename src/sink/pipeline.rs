@@ -62,7 +62,7 @@ use super::decode::{self, Decode};
 use super::delivery::Delivery;
 use super::retry::{Decision, Grace, Next, RetryPolicy, Turn};
 use super::{count_events, Stats};
-use crate::batch::{chunks_timeout, Limits, Reinject};
+use crate::batch::{chunks_timeout, Batch, Limits, Reinject};
 use crate::event::{Block, Decoder, Item};
 use crate::source::file::checkpoint::Persist;
 use crate::source::SourceAck;
@@ -84,6 +84,19 @@ pub(crate) trait Transport: Send + Sync + 'static {
 
     /// Sends `request`; the outcome's decision says what becomes of its events.
     fn send(&self, request: Self::Request) -> impl Future<Output = Outcome> + Send;
+
+    /// The start of a request body that a batch may be gathered into as it forms (see
+    /// `crate::batch`), so that an event's bytes exist once from the read to the request;
+    /// `None`: batches are gathered as items and [`Transport::prepare`] builds each one.
+    fn body_prefix(&self) -> Option<Bytes> {
+        None
+    }
+
+    /// The request for a whole batch's body gathered after [`Transport::body_prefix`];
+    /// `None` when this transport takes no such body ([`Transport::prepare`] then builds it).
+    fn prepare_body(&self, _body: Bytes, _id: &MessageId) -> Option<Self::Request> {
+        None
+    }
 }
 
 /// What came of one request.
@@ -167,7 +180,10 @@ pub(crate) async fn run<T: Transport>(
 
     // blocks -> decode -> chunks_timeout -> re-inject
     let (items, decoding) = decode::spawn(decode, input);
-    let mut batches = Reinject::new(chunks_timeout(items, limits, flush_interval), limits);
+    // Each batch is gathered as its request body (see `crate::batch`).
+    let body_prefix = sink.transport.body_prefix();
+    let batches = chunks_timeout(items, limits, flush_interval, body_prefix);
+    let mut batches = Reinject::new(batches, limits);
 
     // -> build and sign -> post (up to `slots` at once) -> decide -> acknowledge, or retry
     let mut in_flight = FuturesUnordered::new();
@@ -203,7 +219,7 @@ pub(crate) async fn run<T: Transport>(
                 }
             }
             batch = batches.next(), if fetch => match batch {
-                Some(items) => next = Some(sink.ready(Job::fresh(items))),
+                Some(batch) => next = Some(sink.ready(Job::fresh(batch))),
                 None => input_ended = true,
             },
             () = async { pause.as_mut().expect("a pause before each start").await }, if start => {
@@ -250,13 +266,45 @@ struct Job {
 struct Part {
     items: Vec<Item>,
     id: Option<MessageId>,
+    /// The request body of `items`' events, built while the batch gathered (a whole
+    /// batch's); none for the halves of a split batch, whose bodies are built when sent.
+    body: Option<bytes::Bytes>,
+}
+
+impl Part {
+    fn of(items: Vec<Item>) -> Self {
+        Part {
+            items,
+            id: None,
+            body: None,
+        }
+    }
 }
 
 impl Job {
-    fn fresh(items: Vec<Item>) -> Self {
+    fn fresh(batch: Batch) -> Self {
+        let Batch { items, body } = batch;
         Job {
             seq: None,
-            parts: VecDeque::from([Part { items, id: None }]),
+            parts: VecDeque::from([Part {
+                items,
+                id: None,
+                body,
+            }]),
+        }
+    }
+
+    /// The job's items, with their body when it is one whole batch that has it.
+    fn into_batch(mut self) -> Batch {
+        match self.parts.len() {
+            1 => {
+                let part = self.parts.pop_front().expect("one part");
+                Batch {
+                    items: part.items,
+                    body: part.body,
+                }
+            }
+            _ => Batch::of(self.into_items()),
         }
     }
 
@@ -362,7 +410,7 @@ impl<T: Transport> Sink<T> {
     fn put_back(
         &mut self,
         ready: Ready<T::Request>,
-        batches: &mut Reinject<impl Stream<Item = Vec<Item>> + Unpin>,
+        batches: &mut Reinject<impl Stream<Item = Batch> + Unpin>,
     ) -> bool {
         match ready.job.seq {
             Some(seq) => {
@@ -370,7 +418,7 @@ impl<T: Transport> Sink<T> {
                 false
             }
             None => {
-                batches.push_front(ready.job.into_items());
+                batches.push_front(ready.job.into_batch());
                 true
             }
         }
@@ -383,10 +431,12 @@ impl<T: Transport> Sink<T> {
             return None;
         }
         let id = part.id.get_or_insert_with(MessageId::new);
-        Some(
-            self.transport
-                .prepare(part.items.iter().filter_map(Item::event), id),
-        )
+        let whole = part.body.as_ref();
+        let request = whole.and_then(|body| self.transport.prepare_body(body.clone(), id));
+        Some(request.unwrap_or_else(|| {
+            let events = part.items.iter().filter_map(Item::event);
+            self.transport.prepare(events, id)
+        }))
     }
 
     /// A place in the order of acknowledgements for a batch sent for the first time.
@@ -488,8 +538,8 @@ impl<T: Transport> Sink<T> {
                 tracing::info!(sink = %self.name, events, "{}; sending the batch in two halves", outcome.detail);
                 let part = job.parts.pop_front().expect("the part sent");
                 let (a, b) = halves(part.items);
-                job.parts.push_front(Part { items: b, id: None });
-                job.parts.push_front(Part { items: a, id: None });
+                job.parts.push_front(Part::of(b));
+                job.parts.push_front(Part::of(a));
             }
         }
         self.advance(job, None).await

@@ -200,6 +200,57 @@ buffer_max_bytes = {BUFFER_MAX_BYTES}"#
     hook.with(|t| assert_eq!(t.duplicates(), 0, "no crash, yet events arrived twice"));
 }
 
+/// Issue 14: between the read and the request, an event's bytes exist once. With the
+/// endpoint down, the sink holds `buffer_max_bytes` of events in two batches (the failed one
+/// and the next); each batch is its request body, so that is about the cap, not the cap
+/// for the lines read plus as much again for the bodies built from them.
+#[test]
+fn a_held_batch_is_its_request_body_not_a_copy_of_its_lines() {
+    const CAP: u64 = 32 << 20;
+    let ws = Workspace::new();
+    let events = (CAP * 2) / LARGE_BYTES as u64;
+    let mut text = String::with_capacity(events as usize * (LARGE_BYTES + 1));
+    for id in 0..events {
+        text.push_str(&large_event(id));
+        text.push('\n');
+    }
+    let up = Arc::new(AtomicBool::new(false));
+    let hook = down_until(&up);
+    let config = ws.file_pipeline(
+        text,
+        &hook.url(),
+        &format!(
+            r#"flush_interval = "100ms"
+retry_initial_backoff = "50ms"
+retry_max_backoff = "200ms"
+buffer_max_bytes = {CAP}"#
+        ),
+    );
+    let proc = Proc::spawn(run_cmd(&config));
+    // The endpoint is down: the sources fill the budget, then wait.
+    assert!(
+        hook.wait_until(WAIT, |t| t.failed_requests >= 5),
+        "{}",
+        proc.stderr_now()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    up.store(true, Ordering::Relaxed);
+
+    let peak = peak_once_delivered_with_summary(proc, &hook, events);
+    println!(
+        "peak_events_in_memory={} peak resident memory {} MiB",
+        peak.events,
+        peak.rss_kib / MIB
+    );
+    // The lines, and beside them the bodies built from them, took 79-88 MiB here (about twice
+    // the cap, plus 20 MiB); one copy of the events, the cap plus the same 20 MiB.
+    assert!(
+        peak.rss_kib < 70 * MIB,
+        "resident memory reached {} MiB holding buffer_max_bytes = 32 MiB of events",
+        peak.rss_kib / MIB
+    );
+}
+
 struct Peak {
     events: u64,
     rss_kib: u64,

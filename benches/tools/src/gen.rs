@@ -20,6 +20,19 @@ pub(crate) struct GenArgs {
     /// Seed of the generator (the same seed writes the same file)
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Wrap each event as a shipper does: `vector` (Vector's JSON codec: the event is the
+    /// escaped string in `message`, beside `host`, `source_type` and `timestamp`)
+    #[arg(long, value_enum, default_value_t = Envelope::None)]
+    envelope: Envelope,
+}
+
+/// How `gen` writes each event.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Envelope {
+    /// The event as it is
+    None,
+    /// Inside a Vector event: `{"host":..,"message":"<the event, escaped>",..}`
+    Vector,
 }
 
 #[derive(clap::Args)]
@@ -143,6 +156,9 @@ pub(crate) fn gen(args: &GenArgs) -> Result<(), String> {
         line.clear();
         // ~20 000 evaluations per second of GO Feature Flag traffic
         write_event(&mut line, &mut rng, 1_717_000_000 + i / 20_000, None);
+        if args.envelope == Envelope::Vector {
+            line = vector_envelope(&line, i);
+        }
         line.push(b'\n');
         bytes += line.len() as u64;
         w.write_all(&line).map_err(in_file)?;
@@ -155,6 +171,31 @@ pub(crate) fn gen(args: &GenArgs) -> Result<(), String> {
     };
     println!("events={} bytes={bytes} avg_bytes={avg:.1}", args.n);
     Ok(())
+}
+
+/// `event` as Vector's socket sink sends it with `encoding.codec = "json"`: the line it read
+/// is the string `message`, beside the fields Vector adds.
+fn vector_envelope(event: &[u8], i: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(event.len() + event.len() / 8 + 96);
+    out.extend_from_slice(br#"{"host":"app-1","message":""#);
+    for &b in event {
+        match b {
+            b'"' => out.extend_from_slice(br#"\""#),
+            b'\\' => out.extend_from_slice(br"\\"),
+            0..=0x1f => {
+                let _ = write!(out, "\\u{b:04x}");
+            }
+            _ => out.push(b),
+        }
+    }
+    let _ = write!(
+        out,
+        r#"","source_type":"file","timestamp":"2026-11-28T17:{:02}:{:02}.{:06}Z"}}"#,
+        i / 60_000_000 % 60,
+        i / 1_000_000 % 60,
+        i % 1_000_000
+    );
+    out
 }
 
 /// The latency probe: appends events stamped with their write time (`metadata.sentAtUs`) at a
@@ -190,4 +231,23 @@ pub(crate) fn append(args: &AppendArgs) -> Result<(), String> {
     }
     println!("events={written}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Vector's envelope holds the event, byte for byte, as the string `message`.
+    #[test]
+    fn the_vector_envelope_holds_the_event_as_its_message() {
+        let mut rng = Rng(5);
+        for i in 0..500 {
+            let mut event = Vec::new();
+            write_event(&mut event, &mut rng, 1_717_000_000, None);
+            let wrapped = vector_envelope(&event, i);
+            let v: serde_json::Value = serde_json::from_slice(&wrapped).unwrap();
+            assert_eq!(v["message"].as_str().unwrap().as_bytes(), &event[..]);
+            assert_eq!(v["host"], "app-1");
+        }
+    }
 }

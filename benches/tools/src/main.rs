@@ -115,6 +115,7 @@ mod tests {
         for line in [
             "gen --out /tmp/e --n 2000000",
             "gen --out /tmp/e --n 100 --seed 9",
+            "gen --out /tmp/e --n 2000000 --envelope vector",
             "receive --listen 127.0.0.1:0 --secret-env S --port-file /tmp/p",
             "receive --listen 127.0.0.1:0 --secret-env S --port-file /tmp/p --latency",
             "receive --listen 127.0.0.1:0 --secret-env S --port-file /tmp/p --delay-ms 20",

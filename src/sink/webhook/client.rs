@@ -76,6 +76,17 @@ impl Poster {
         self.template.sign(events, id)
     }
 
+    /// [`Poster::prepare`] for a body already built (see `crate::batch`): it starts with
+    /// [`Poster::body_prefix`].
+    pub(crate) fn prepare_body(&self, body: Bytes, id: &MessageId) -> Signed {
+        self.template.sign_body(body, id)
+    }
+
+    /// The start of every body: `{"meta":{...},"events":[`.
+    pub(crate) fn body_prefix(&self) -> Bytes {
+        self.template.prefix()
+    }
+
     /// POSTs a prepared body and decides what happens to its events.
     ///
     /// A request whose connection closed before any response is sent once more at once:

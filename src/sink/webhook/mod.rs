@@ -37,4 +37,12 @@ impl Transport for Poster {
     fn send(&self, request: Signed) -> impl std::future::Future<Output = Outcome> + Send {
         self.post(request)
     }
+
+    fn body_prefix(&self) -> Option<Bytes> {
+        Some(Poster::body_prefix(self))
+    }
+
+    fn prepare_body(&self, body: Bytes, id: &MessageId) -> Option<Signed> {
+        Some(Poster::prepare_body(self, body, id))
+    }
 }

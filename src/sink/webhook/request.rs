@@ -104,6 +104,11 @@ impl Template {
         self.signer.as_ref()
     }
 
+    /// The start of every body: `{"meta":{...},"events":[`.
+    pub(crate) fn prefix(&self) -> Bytes {
+        self.prefix.clone()
+    }
+
     /// The exact bytes sent for `events` (already encoded JSON objects): the body,
     /// compressed when set, and their signature. `id` is the batch's `webhook-id`.
     pub(crate) fn sign<'a>(
@@ -111,7 +116,13 @@ impl Template {
         events: impl Iterator<Item = &'a Bytes> + Clone,
         id: &MessageId,
     ) -> Signed {
-        let body = self.compression.encode(body(&self.prefix, events));
+        self.sign_body(body(&self.prefix, events), id)
+    }
+
+    /// [`Template::sign`] for a body already built: [`Template::prefix`], the events
+    /// separated by commas, `]}`.
+    pub(crate) fn sign_body(&self, body: Bytes, id: &MessageId) -> Signed {
+        let body = self.compression.encode(body);
         let stamp = self.signer.as_ref().map(|signer| match signer {
             Signer::Hub(key) => Stamp::Hub(crate::sign::signature(key.expose(), &body)),
             Signer::StandardWebhooks(key) => standard_stamp(key, id, &body, unix_now()),
@@ -232,7 +243,7 @@ pub fn body<'a>(prefix: &[u8], events: impl Iterator<Item = &'a Bytes> + Clone) 
         }
         body.put_slice(e);
     }
-    body.put_slice(b"]}");
+    body.put_slice(crate::batch::BODY_SUFFIX);
     body.freeze()
 }
 

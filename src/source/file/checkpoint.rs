@@ -6,9 +6,21 @@
 //! And the fingerprint saved with an offset covers every byte before it (up to
 //! [`HEAD_BYTES`]): the tail takes it again after each read, before the lines go out.
 //!
-//! The file (`data_dir/checkpoints/<source>.json`) is written atomically: a temp file,
-//! fsync, rename, fsync of the folder. A corrupt or empty file is reported and treated as
-//! missing, never a crash loop.
+//! Two files hold them, so that saving a position after every delivered batch costs one
+//! `pwrite`, not two fsyncs and a rename on the sink's path:
+//! - the **position log** (`data_dir/checkpoints/<source>.positions`): after each delivered
+//!   batch, the positions that changed are appended as one JSON line holding every file's
+//!   position, numbered (`seq`), with one `pwrite`. Once written, it survives the
+//!   process (a `kill -9`, an OOM kill): the page cache holds it.
+//! - the **checkpoint** (`data_dir/checkpoints/<source>.json`): about once a second (and
+//!   at shutdown) the positions are written there atomically (a temp file, fsync, rename,
+//!   fsync of the folder), with the number of the last record they include, and the log is
+//!   emptied. Only this write is fsynced: a power loss can lose the log's last second,
+//!   whose deliveries are then sent again, never skipped.
+//!
+//! At start, the checkpoint is read, then the log: its last whole record numbered past the
+//! checkpoint's wins (a record a crash cut short does not parse and is passed over). A
+//! corrupt or empty checkpoint is reported and treated as missing, never a crash loop.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -16,7 +28,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -87,6 +99,10 @@ impl Saved {
 #[derive(Debug, Serialize, Deserialize)]
 struct SavedFile {
     version: u32,
+    /// The number of the last position-log record this holds (0 in a checkpoint written
+    /// before the log existed: every record is newer).
+    #[serde(default)]
+    seq: u64,
     files: Vec<Saved>,
 }
 
@@ -104,6 +120,8 @@ pub struct Checkpointer {
     /// opened at its inode (see [`Checkpointer::resume_offset`]).
     loaded: Mutex<HashMap<(u64, u64), Saved>>,
     state: Mutex<State>,
+    /// Only the `CheckpointWriter` writes it.
+    log: Mutex<PositionLog>,
 }
 
 #[derive(Debug, Default)]
@@ -112,7 +130,20 @@ struct State {
     /// How many sinks read the source (one [`AckHandle`] each); an offset moves when all of
     /// them acknowledged it.
     readers: usize,
+    /// Something changed since the last record or checkpoint.
     dirty: bool,
+    /// The number of the last record made (in the log or the checkpoint).
+    seq: u64,
+}
+
+/// The position log (see the module's overview), beside the checkpoint.
+#[derive(Debug)]
+struct PositionLog {
+    path: PathBuf,
+    /// Opened at the first append, with the offset of its end.
+    file: Option<(File, u64)>,
+    /// Records were appended since the checkpoint was last written: it does not hold them.
+    unsaved: bool,
 }
 
 /// One sink's right to acknowledge a file source's lines, given by
@@ -139,27 +170,32 @@ struct Tracked {
 }
 
 impl Checkpointer {
-    /// Loads `path` if it exists. A damaged file is reported and ignored.
+    /// Loads `path` if it exists, and the position log beside it. A damaged checkpoint is
+    /// reported and ignored.
     pub fn load(path: PathBuf) -> Self {
-        let loaded = match crate::data_dir::read(&path) {
+        let (mut seq, mut files) = match crate::data_dir::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<SavedFile>(&bytes) {
-                Ok(saved) if saved.version == VERSION => saved.files,
+                Ok(saved) if saved.version == VERSION => (saved.seq, saved.files),
                 Ok(saved) => {
                     tracing::warn!(path = %path.display(), version = saved.version, "checkpoint file has an unknown version; ignoring it, files are read as if new");
-                    Vec::new()
+                    (0, Vec::new())
                 }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "checkpoint file is damaged (empty or not valid); ignoring it, files are read as if new");
-                    Vec::new()
+                    (0, Vec::new())
                 }
             },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (0, Vec::new()),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot read checkpoint file; files are read as if new");
-                Vec::new()
+                (0, Vec::new())
             }
         };
-        let loaded = loaded
+        let log_path = path.with_extension(LOG_EXTENSION);
+        if let Some(newer) = last_record(&log_path, seq) {
+            (seq, files) = (newer.seq, newer.files);
+        }
+        let loaded = files
             .into_iter()
             .map(|s| ((s.fingerprint.dev, s.fingerprint.ino), s))
             .collect();
@@ -167,7 +203,17 @@ impl Checkpointer {
             path,
             match_paths: false,
             loaded: Mutex::new(loaded),
-            state: Mutex::default(),
+            state: Mutex::new(State {
+                seq,
+                ..State::default()
+            }),
+            // Records of an earlier run stay until the first checkpoint write: every new
+            // record and checkpoint is numbered past them.
+            log: Mutex::new(PositionLog {
+                path: log_path,
+                file: None,
+                unsaved: false,
+            }),
         }
     }
 
@@ -311,53 +357,135 @@ impl Checkpointer {
         Some(tracked.acked.iter().copied().min().unwrap_or(0))
     }
 
-    /// Writes the file if anything changed since the last write. Only the
-    /// `CheckpointWriter` calls it while the pipeline runs.
+    /// Every file's position, as a record numbered past the last one.
+    fn snapshot(&self) -> SavedFile {
+        let mut state = self.state.lock().expect("checkpoint lock");
+        state.dirty = false;
+        state.seq += 1;
+        let files = state.files.values().map(|t| Saved {
+            fingerprint: t.fingerprint,
+            offset: t.acked.iter().copied().min().unwrap_or(0),
+            path: t.path.clone(),
+        });
+        SavedFile {
+            version: VERSION,
+            seq: state.seq,
+            files: files.collect(),
+        }
+    }
+
+    fn mark_dirty(&self) {
+        self.state.lock().expect("checkpoint lock").dirty = true;
+    }
+
+    /// Appends the positions to the log if anything changed since the last record: one
+    /// `pwrite` of one line. Only the `CheckpointWriter` calls it while the pipeline runs.
+    pub(crate) fn append_if_dirty(&self) -> io::Result<()> {
+        if !self.state.lock().expect("checkpoint lock").dirty {
+            return Ok(());
+        }
+        let mut log = self.log.lock().expect("checkpoint log lock");
+        let mut line = serde_json::to_vec(&self.snapshot()).expect("serializable");
+        line.push(b'\n');
+        let result = log.append(&line);
+        if result.is_err() {
+            self.mark_dirty();
+        }
+        result
+    }
+
+    /// Writes the checkpoint file (and empties the log) if anything changed since it was
+    /// last written. Only the `CheckpointWriter` calls it while the pipeline runs.
     pub fn write_if_dirty(&self) -> io::Result<()> {
-        let saved = {
-            let mut state = self.state.lock().expect("checkpoint lock");
-            if !state.dirty {
-                return Ok(());
-            }
-            state.dirty = false;
-            let files = state.files.values().map(|t| Saved {
-                fingerprint: t.fingerprint,
-                offset: t.acked.iter().copied().min().unwrap_or(0),
-                path: t.path.clone(),
-            });
-            SavedFile {
-                version: VERSION,
-                files: files.collect(),
-            }
-        };
+        let mut log = self.log.lock().expect("checkpoint log lock");
+        if !self.state.lock().expect("checkpoint lock").dirty && !log.unsaved {
+            return Ok(());
+        }
+        let saved = self.snapshot();
         let result = crate::data_dir::write_atomically(
             &self.path,
             &serde_json::to_vec(&saved).expect("serializable"),
-        );
+        )
+        // The checkpoint holds every record: a crash before the log is emptied leaves
+        // records it numbers past.
+        .and_then(|()| log.empty());
         if result.is_err() {
-            self.state.lock().expect("checkpoint lock").dirty = true;
+            self.mark_dirty();
         }
         result
     }
 }
 
-/// How often checkpoints are written while something changed and no sink asked.
+/// The position log's file name: `<source>.positions` beside `<source>.json`.
+const LOG_EXTENSION: &str = "positions";
+
+impl PositionLog {
+    fn append(&mut self, line: &[u8]) -> io::Result<()> {
+        let (file, end) = match &mut self.file {
+            Some(open) => open,
+            None => {
+                let file = crate::data_dir::open_write(&self.path)?;
+                let end = file.metadata()?.len();
+                self.file.insert((file, end))
+            }
+        };
+        file.write_all_at(line, *end)?;
+        *end += line.len() as u64;
+        self.unsaved = true;
+        Ok(())
+    }
+
+    /// Forgets every record: the checkpoint holds them (a log not opened in this run
+    /// holds only records numbered before it).
+    fn empty(&mut self) -> io::Result<()> {
+        if let Some((file, end)) = &mut self.file {
+            file.set_len(0)?;
+            *end = 0;
+        }
+        self.unsaved = false;
+        Ok(())
+    }
+}
+
+/// The last whole record of the log at `path` numbered past `after`, if any. Records are
+/// appended in order, so the last one that parses is the newest; a line a crash cut short
+/// (or bytes a power loss left) does not parse and is passed over.
+fn last_record(path: &Path, after: u64) -> Option<SavedFile> {
+    let bytes = match crate::data_dir::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the position log; using the checkpoint alone");
+            return None;
+        }
+    };
+    bytes
+        .split(|&b| b == b'\n')
+        .rev()
+        .filter_map(|line| serde_json::from_slice::<SavedFile>(line).ok())
+        .find(|record| record.version == VERSION)
+        .filter(|record| record.seq > after)
+}
+
+/// How often the checkpoint files are written (and the position logs emptied) while
+/// something changed.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
-/// The one writer of checkpoint files: a thread that writes every checkpoint that changed
-/// when a sink asks (after it acknowledged a batch: see [`Persist`]), at least once a second
-/// while something changed (files found, moved or forgotten by the sources), and a last
+/// The one writer of checkpoints and position logs: a thread that appends the positions
+/// that changed to the logs when a sink asks (after it acknowledged a batch: see
+/// [`Persist`]), writes every checkpoint file that changed about once a second, and a last
 /// time once every [`Persist`] is gone, that is, after every sink has finished.
 #[derive(Debug)]
 pub(crate) struct CheckpointWriter(std::thread::JoinHandle<()>);
 
-/// A sink's way to ask the [`CheckpointWriter`] for a write.
+/// A sink's way to ask the [`CheckpointWriter`] to save what it acknowledged.
 #[derive(Debug, Clone)]
 pub(crate) struct Persist(std_mpsc::Sender<oneshot::Sender<()>>);
 
 impl Persist {
-    /// Asks for every checkpoint that changed to be written; the answer comes once they
-    /// were (or the write failed, which is logged and tried again later).
+    /// Asks for every position that changed to be saved; the answer comes once they are in
+    /// the position logs, where a crash of the process does not lose them (or once the
+    /// write failed, which is logged and tried again later).
     pub(crate) fn request(&self) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
         // The writer outlives every `Persist`; if it panicked, `rx` tells.
@@ -384,24 +512,45 @@ impl CheckpointWriter {
     }
 }
 
+/// Answers each request with one append per changed position log (one append answers
+/// every request that came meanwhile); writes the checkpoint files every
+/// [`CHECKPOINT_EVERY`], however often requests come.
 fn write_loop(
     checkpointers: &[Arc<Checkpointer>],
     requests: &std_mpsc::Receiver<oneshot::Sender<()>>,
 ) {
+    let mut next_write = Instant::now() + CHECKPOINT_EVERY;
     loop {
-        let first = match requests.recv_timeout(CHECKPOINT_EVERY) {
+        let wait = next_write.saturating_duration_since(Instant::now());
+        let first = match requests.recv_timeout(wait) {
             Ok(reply) => Some(reply),
             Err(std_mpsc::RecvTimeoutError::Timeout) => None,
             Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        // One write answers every request that came meanwhile.
         let waiting: Vec<_> = first.into_iter().chain(requests.try_iter()).collect();
-        write_all(checkpointers);
-        for reply in waiting {
-            let _ = reply.send(());
+        if !waiting.is_empty() {
+            append_all(checkpointers);
+            for reply in waiting {
+                let _ = reply.send(());
+            }
+        }
+        if Instant::now() >= next_write {
+            write_all(checkpointers);
+            next_write = Instant::now() + CHECKPOINT_EVERY;
         }
     }
     write_all(checkpointers);
+}
+
+fn append_all(checkpointers: &[Arc<Checkpointer>]) {
+    for cp in checkpointers {
+        if let Err(e) = cp.append_if_dirty() {
+            tracing::error!(error = %e, "cannot append to the position log; writing the checkpoint instead");
+            if let Err(e) = cp.write_if_dirty() {
+                tracing::error!(error = %e, "cannot write checkpoint; will try again");
+            }
+        }
+    }
 }
 
 fn write_all(checkpointers: &[Arc<Checkpointer>]) {
@@ -499,6 +648,77 @@ mod tests {
             None,
             "taken by the first file"
         );
+    }
+
+    /// A sink's request costs one append to the position log, not a checkpoint write (two
+    /// fsyncs and a rename): the checkpoint file waits for the writer's second. What was
+    /// appended is what a restart resumes from.
+    #[tokio::test]
+    async fn a_request_appends_to_the_position_log_and_leaves_the_checkpoint_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.log");
+        fs::write(&log, b"one\ntwo\nthree\n").unwrap();
+        let file = File::open(&log).unwrap();
+        let cp_path = dir.path().join("cp.json");
+        let cp = Arc::new(Checkpointer::load(cp_path.clone()));
+        let reader = cp.subscribe();
+        cp.register(1, Fingerprint::of(&file).unwrap(), &log, 0);
+        let (writer, persist) = CheckpointWriter::spawn(vec![cp.clone()]).unwrap();
+        for offset in [4, 8] {
+            reader.ack(1, offset);
+            persist.request().await.unwrap();
+            let again = Checkpointer::load(cp_path.clone());
+            assert_eq!(again.resume_offset(&file, &log), Some(offset));
+        }
+        assert!(
+            !cp_path.exists(),
+            "the checkpoint file is written once a second, not per request"
+        );
+        drop(persist);
+        writer.finish().await.unwrap();
+        assert!(cp_path.exists(), "written at the end");
+        let again = Checkpointer::load(cp_path.clone());
+        assert_eq!(again.resume_offset(&file, &log), Some(8));
+    }
+
+    /// At start, the log's last whole record wins over the checkpoint when it is newer; a
+    /// record cut short is passed over, and records older than the checkpoint are not used.
+    #[test]
+    fn the_last_whole_newer_record_of_the_position_log_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.log");
+        fs::write(&log, b"one\ntwo\nthree\n").unwrap();
+        let file = File::open(&log).unwrap();
+        let cp_path = dir.path().join("cp.json");
+        let positions = cp_path.with_extension(LOG_EXTENSION);
+        let cp = Arc::new(Checkpointer::load(cp_path.clone()));
+        let reader = cp.subscribe();
+        cp.register(1, Fingerprint::of(&file).unwrap(), &log, 0);
+        reader.ack(1, 4);
+        cp.write_if_dirty().unwrap();
+        assert_eq!(fs::metadata(&positions).map(|m| m.len()).unwrap_or(0), 0);
+        reader.ack(1, 8);
+        cp.append_if_dirty().unwrap();
+        let record = fs::read(&positions).unwrap();
+        // A crash in the middle of the next append.
+        reader.ack(1, 14);
+        cp.append_if_dirty().unwrap();
+        let whole = fs::read(&positions).unwrap();
+        fs::write(&positions, &whole[..whole.len() - 9]).unwrap();
+        let resumed =
+            |cp_path: &Path| Checkpointer::load(cp_path.to_owned()).resume_offset(&file, &log);
+        assert_eq!(
+            resumed(&cp_path),
+            Some(8),
+            "the record cut short is passed over"
+        );
+
+        // The checkpoint is written; a crash before the log is emptied leaves its records,
+        // older than the checkpoint.
+        fs::write(&positions, &record).unwrap();
+        cp.write_if_dirty().unwrap();
+        fs::write(&positions, &record).unwrap();
+        assert_eq!(resumed(&cp_path), Some(14), "the checkpoint is newer");
     }
 
     /// A sink's request is answered once the write is on the disk; the last write comes
