@@ -6,7 +6,7 @@
 # implementation can skip); plus memory, a latency probe and an idle check.
 #
 #   bash benches/e2e.sh               # everything: receiver check, throughput table, memory,
-#                                     # latency, idle (about 2 minutes after the builds)
+#                                     # latency, idle (about 5 minutes after the builds, on a quiet machine)
 #   bash benches/e2e.sh throughput    # the receiver check and the throughput table only
 #   bash benches/e2e.sh receiver      # the receiver alone (load check)
 #   bash benches/e2e.sh memory        # peak RSS of flaghook with 10 000- and 100 000-event batches
@@ -50,7 +50,8 @@
 #   CENTRALS ["1 2"]   jetstream: the numbers of central instances, one row each
 #   NATS_CONCURRENCY [16]  jetstream: PubAcks the edge awaits at once (its `request_concurrency`)
 #   KEEP [0]           1 keeps the work folder (configs, logs, events) for inspection
-#   BUILD [1]          0 uses the binaries already built (target/release/flaghook, target/release/fhbench)
+#   BUILD [1]          0 uses the binaries already built (target/release/flaghook, target/release/fhbench,
+#                      the newest target/release/deps/micro-* for the floor, or MICRO_BIN)
 #   FLAGHOOK_BIN [target/release/flaghook]  the flaghook binary measured
 #   BASELINE_BIN [unset]  another flaghook binary (e.g. one built from an older commit): every
 #                      flaghook run (file, tcp, memory) is then made with both, taking turns in
