@@ -32,6 +32,34 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
+/// The most `max_connections` of a listening source: each is a file descriptor, and far
+/// more than one process serves in practice.
+const MAX_CONNECTIONS: usize = 65_536;
+/// The longest `idle_timeout`.
+const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// Checks a listening source's `max_connections` and `idle_timeout` (at `key`, the
+/// source's); `example` is a correct `max_connections` line for the message.
+pub(crate) fn check_limits(
+    key: &str,
+    max_connections: usize,
+    idle_timeout: Duration,
+    example: &str,
+) -> anyhow::Result<()> {
+    crate::config::check_count(
+        &format!("{key}.max_connections"),
+        max_connections,
+        1..=MAX_CONNECTIONS,
+        example,
+    )?;
+    crate::config::check_duration(
+        &format!("{key}.idle_timeout"),
+        idle_timeout,
+        MAX_IDLE_TIMEOUT,
+        "idle_timeout = \"5m\"",
+    )
+}
+
 /// A connection silent for less than this is active: a new connection does not cut it off
 /// between two writes of its shipper.
 pub(crate) const EVICTABLE_AFTER: Duration = Duration::from_secs(1);

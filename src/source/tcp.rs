@@ -28,20 +28,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::connections::{CloseReason, ConnectionSlots, Slot};
+use super::connections::{check_limits, CloseReason, ConnectionSlots, Slot};
 use super::pump;
-use crate::config::{
-    check_count, check_duration, check_max_line_bytes, socket_addr, ByteSize, HumanDuration,
-};
+use crate::config::{check_max_line_bytes, socket_addr, ByteSize, HumanDuration};
 use crate::event::envelope_fields;
 use crate::journal::{self, Appender, Fsync, JournalSpec};
 use crate::topology::propagate_panic;
-
-/// The most `max_connections`: each is a file descriptor, and far more than one process
-/// serves in practice.
-const MAX_CONNECTIONS: usize = 65_536;
-/// The longest `idle_timeout`.
-const MAX_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 fn default_max_connections() -> usize {
     256
@@ -117,17 +109,11 @@ impl TcpConfig {
     fn validate(&self, key: &str) -> Result<()> {
         check_max_line_bytes(key, self.max_line_bytes)?;
         // A semaphore holds the connection slots: it takes at most `u32::MAX` at once.
-        check_count(
-            &format!("{key}.max_connections"),
+        check_limits(
+            key,
             self.max_connections,
-            1..=MAX_CONNECTIONS,
-            "max_connections = 256",
-        )?;
-        check_duration(
-            &format!("{key}.idle_timeout"),
             self.idle_timeout.0,
-            MAX_IDLE_TIMEOUT,
-            "idle_timeout = \"5m\"",
+            "max_connections = 256",
         )
     }
 }

@@ -38,20 +38,18 @@ use tokio_util::sync::CancellationToken;
 
 use self::forward::{Broken, Frames, Limits, Message, Record};
 use self::handshake::Handshake;
-use super::connections::{CloseReason, ConnectionSlots, Tracked};
+use super::connections::{check_limits, CloseReason, ConnectionSlots, Tracked};
 use super::keep::Keeper;
 use super::lines::OVERSIZED_EXCERPT;
 use super::listener::accept_loop;
 use super::pump::{DRAIN_IDLE, DRAIN_LIMIT};
-use crate::config::{check_count, check_duration, check_max_line_bytes, ByteSize, HumanDuration};
+use crate::config::{check_max_line_bytes, ByteSize, HumanDuration};
 use crate::event::{envelope_fields, Line, LineKind};
 use crate::journal::{self, Appender, Fsync, JournalSpec};
 use crate::sink::webhook::Secret;
 
 /// The Forward protocol's port, taken when `address` names none.
 pub const DEFAULT_PORT: u16 = 24224;
-const MAX_CONNECTIONS: usize = 65_536;
-const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// The largest `max_entry_bytes`: an entry is held whole while it is read.
 const MAX_ENTRY_BYTES: u64 = 1 << 30;
 const READ_SIZE: usize = 64 * 1024;
@@ -143,17 +141,11 @@ impl FluentConfig {
     /// Checks every key (at `key`, the source's) and resolves the address.
     pub fn build(self, key: &str) -> Result<FluentSpec> {
         check_max_line_bytes(key, self.max_line_bytes)?;
-        check_count(
-            &format!("{key}.max_connections"),
+        check_limits(
+            key,
             self.max_connections,
-            1..=MAX_CONNECTIONS,
-            "max_connections = 256",
-        )?;
-        check_duration(
-            &format!("{key}.idle_timeout"),
             self.idle_timeout.0,
-            MAX_IDLE_TIMEOUT,
-            "idle_timeout = \"5m\"",
+            "max_connections = 256",
         )?;
         if self.max_entry_bytes.0 > MAX_ENTRY_BYTES {
             bail!("`{key}.max_entry_bytes` is too large: at most 1GiB (example: max_entry_bytes = \"16MiB\")");

@@ -47,18 +47,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use self::body::{Encoding, NotJson, Undecodable};
-use super::connections::{ConnectionSlots, Tracked};
+use super::connections::{check_limits, ConnectionSlots, Tracked};
 use super::keep::{Keeper, NotKept};
 use super::listener::accept_loop;
-use crate::config::{
-    check_count, check_duration, check_max_line_bytes, socket_addr, ByteSize, HumanDuration,
-};
+use crate::config::{check_max_line_bytes, socket_addr, ByteSize, HumanDuration};
 use crate::event::envelope_fields;
 use crate::journal::{self, Appender, Fsync, JournalSpec};
 use crate::sink::webhook::Secret;
 
-const MAX_CONNECTIONS: usize = 65_536;
-const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// The largest `max_body_bytes`: a body is held whole while its lines are cut.
 const MAX_BODY_BYTES: u64 = 1 << 30;
 /// Time to send a request's headers.
@@ -216,17 +212,11 @@ impl HttpConfig {
     /// certificate; relative files are relative to `base`.
     pub fn build(self, key: &str, base: &Path) -> Result<HttpSpec> {
         check_max_line_bytes(key, self.max_line_bytes)?;
-        check_count(
-            &format!("{key}.max_connections"),
+        check_limits(
+            key,
             self.max_connections,
-            1..=MAX_CONNECTIONS,
-            "max_connections = 64",
-        )?;
-        check_duration(
-            &format!("{key}.idle_timeout"),
             self.idle_timeout.0,
-            MAX_IDLE_TIMEOUT,
-            "idle_timeout = \"5m\"",
+            "max_connections = 64",
         )?;
         if self.max_body_bytes.0 > MAX_BODY_BYTES {
             bail!("`{key}.max_body_bytes` is too large: at most 1GiB (example: max_body_bytes = \"10MiB\")");
