@@ -125,18 +125,7 @@ mod tests {
             line in object_strategy(),
             edits in proptest::collection::vec((0usize..300, 0usize..40, 0usize..3), 0..3),
         ) {
-            let alphabet = b"{}[]\",:\\0123456789-.eE+uatrfln \t\x01ZD8k";
-            let mut line = line.into_bytes();
-            for (at, c, op) in edits {
-                let at = at % (line.len() + 1);
-                let c = alphabet[c % alphabet.len()];
-                match op {
-                    0 if at < line.len() => line[at] = c,
-                    1 => line.insert(at, c),
-                    _ if at < line.len() => { line.remove(at); }
-                    _ => {}
-                }
-            }
+            let line = edited(line.as_bytes(), &edits);
             // The decoder checks UTF-8 before any path.
             if let Ok(text) = std::str::from_utf8(&line) {
                 if is_compact_object(&line, &envelope_fields(None)) {

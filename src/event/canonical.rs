@@ -454,18 +454,7 @@ mod tests {
             edits in proptest::collection::vec((0usize..400, 0usize..40, 0usize..3), 1..4),
         ) {
             let bases = [E1, TRACK, r#"{"kind":"feature","userKey":"A\"B\u00e9","creationDate":-5,"key":"k","variation":"v","value":[1.5e3,{"a":null},"x"],"default":true,"version":"1","source":"S","metadata":{"m":[true,false,0]}}"#];
-            let alphabet = b"{}[]\",:\\0123456789-.eE+uatrfln \t\x01ZD8";
-            let mut line = bases[base].as_bytes().to_vec();
-            for (at, c, op) in edits {
-                let at = at % (line.len() + 1);
-                let c = alphabet[c % alphabet.len()];
-                match op {
-                    0 if at < line.len() => line[at] = c,
-                    1 => line.insert(at, c),
-                    _ if at < line.len() => { line.remove(at); }
-                    _ => {}
-                }
-            }
+            let line = edited(bases[base].as_bytes(), &edits);
             if canonical::check(&line).is_some() {
                 let text = std::str::from_utf8(&line).unwrap();
                 let general = encoded(text);

@@ -233,18 +233,7 @@ mod tests {
             line in envelope_strategy(),
             edits in proptest::collection::vec((0usize..600, 0usize..40, 0usize..3), 1..4),
         ) {
-            let alphabet = b"{}[]\",:\\0123456789-.eE+uatrfln \t\x01ZD8k";
-            let mut line = line.into_bytes();
-            for (at, c, op) in edits {
-                let at = at % (line.len() + 1);
-                let c = alphabet[c % alphabet.len()];
-                match op {
-                    0 if at < line.len() => line[at] = c,
-                    1 => line.insert(at, c),
-                    _ if at < line.len() => { line.remove(at); }
-                    _ => {}
-                }
-            }
+            let line = edited(line.as_bytes(), &edits);
             // The decoder checks UTF-8 before any path.
             let fields = envelope_fields(None);
             if let Ok(text) = std::str::from_utf8(&line) {

@@ -30,3 +30,24 @@ pub(super) fn encoded(line: &str) -> Result<String, Invalid> {
     fields.encode_goff(fields.kind()?, &mut out)?;
     Ok(String::from_utf8(out.to_vec()).unwrap())
 }
+
+/// `line` after `edits` near the JSON syntax, for the fast paths' property tests: each
+/// `(at, c, op)` replaces (0), inserts (1) or removes (2) a byte at `at` (modulo the
+/// length), with a character from an alphabet of JSON's tokens, escapes and controls.
+pub(super) fn edited(line: &[u8], edits: &[(usize, usize, usize)]) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"{}[]\",:\\0123456789-.eE+uatrfln \t\x01ZD8k";
+    let mut line = line.to_vec();
+    for &(at, c, op) in edits {
+        let at = at % (line.len() + 1);
+        let c = ALPHABET[c % ALPHABET.len()];
+        match op {
+            0 if at < line.len() => line[at] = c,
+            1 => line.insert(at, c),
+            _ if at < line.len() => {
+                line.remove(at);
+            }
+            _ => {}
+        }
+    }
+    line
+}
