@@ -5,7 +5,7 @@ use bytes::{BufMut, BytesMut};
 use super::{invalid, Invalid};
 
 /// The start of `text` (at most 40 bytes), to quote in a reason.
-pub(super) fn excerpt(text: &str) -> String {
+pub(crate) fn excerpt(text: &str) -> String {
     let mut end = text.len().min(40);
     while !text.is_char_boundary(end) {
         end -= 1;

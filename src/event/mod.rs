@@ -76,6 +76,7 @@ use bytes::Bytes;
 pub use decode::{envelope_fields, Decoder};
 pub(crate) use foreign::explain;
 pub use json::compact;
+pub(crate) use json::excerpt;
 
 /// A file position that is acknowledged once every sink has delivered what precedes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -32,6 +32,7 @@ use std::io::{Read, Write};
 use bytes::{BufMut, Bytes, BytesMut};
 use rmp::Marker;
 
+use crate::event::excerpt;
 use crate::source::lines::OVERSIZED_EXCERPT;
 
 /// Containers nested deeper than this in one entry break the stream. Far beyond any real
@@ -796,19 +797,6 @@ fn float<F: serde::Serialize + Into<f64> + Copy>(out: &mut JsonOut, f: F) -> Res
 
 fn string(out: &mut JsonOut, text: &str) {
     serde_json::to_writer(out, text).expect("a str serializes");
-}
-
-/// The start of `text` (at most 40 bytes), to quote in a reason.
-fn excerpt(text: &str) -> String {
-    let mut end = text.len().min(40);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    if end < text.len() {
-        format!("{}...", &text[..end])
-    } else {
-        text.to_owned()
-    }
 }
 
 /// What a marker stands for, in words, for reasons.
