@@ -575,3 +575,39 @@ endpoint_url = {url}
     proc.sigterm();
     proc.wait().assert_code(0);
 }
+
+/// A reload that restarts a TCP pipeline opens its journal anew: the source's
+/// `events_journaled_total` counts on from where it was, as a Prometheus counter must.
+#[test]
+fn a_journal_reopened_by_a_reload_counts_on() {
+    let endpoint = Endpoint::start();
+    let ws = Workspace::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (config, tcp) = ws.tcp_pipeline(&endpoint.url(), "", SINK);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n{}", api_table(&addr, ""))).unwrap();
+    let proc = Proc::spawn(run_cmd(&config));
+    let journaled = "flaghook_source_events_journaled_total{source=\"tcp\"}";
+
+    let mut conn = connect(&tcp, &proc);
+    conn.write_all(small_lines(0..100).as_bytes()).unwrap();
+    let at = metrics_until(&addr, &proc, |s| s.get(journaled) == Some(&100.0));
+    assert_eq!(value(&at, journaled), 100.0, "{}", proc.stderr_now());
+    assert!(endpoint.wait_until(WAIT, |t| t.has_all(100)));
+    drop(conn);
+
+    // A changed sink restarts the pipeline, its TCP source and its journal with it.
+    let changed = text.replace("flush_interval = \"100ms\"", "flush_interval = \"150ms\"");
+    assert_ne!(changed, text);
+    std::fs::write(&config, format!("{changed}\n{}", api_table(&addr, ""))).unwrap();
+    proc.sighup();
+    assert!(proc.wait_stderr("config reloaded", WAIT).is_some());
+    let mut conn = connect(&tcp, &proc);
+    conn.write_all(small_lines(100..150).as_bytes()).unwrap();
+    let at = metrics_until(&addr, &proc, |s| s.get(journaled) == Some(&150.0));
+    assert_eq!(value(&at, journaled), 150.0, "{}", proc.stderr_now());
+    assert!(endpoint.wait_until(WAIT, |t| t.has_all(150)));
+    drop(conn);
+    proc.sigterm();
+    proc.wait().assert_code(0);
+}
