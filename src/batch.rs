@@ -14,9 +14,15 @@
 //! **The batch being gathered is its request body.** Given the body's start
 //! ([`chunks_timeout`]'s `body_prefix`), each event is copied into the body as it arrives,
 //! and its own bytes (a slice of the source's read buffer, or of the decoder's) are let go
-//! at once; when the batch goes out, its events become slices of the body. So between the
-//! read and the request, an event's bytes exist once: read buffers are freed as their
-//! lines join a batch, and no second copy is made to build the request.
+//! at once. So between the read and the request, an event's bytes exist once: read buffers
+//! are freed as their lines join a batch, and no second copy is made to build the request.
+//!
+//! **Besides its bytes, an item costs a batch 16 bytes**: a [`Record`] (its line's offset,
+//! its event's length, the bytes of the budget it holds); the file of a run of items from
+//! one file is kept once ([`Run`]). Everything done with a batch works from these: its
+//! request, its halves, its dead letters, its acknowledgements. At GO Feature Flag's
+//! default of 100 000 events a batch, a `Bytes` and an [`Ack`] per event (64 bytes) cost
+//! 6 MiB per batch, and three batches are held at once (in flight, ready, gathering).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -29,97 +35,361 @@ use futures::stream::Fuse;
 use futures::{Stream, StreamExt};
 use tokio::time::Sleep;
 
-use crate::event::Item;
+use crate::event::{Ack, Item};
+use crate::source::Cost;
 
-/// A batch: its items, in order, and the request body of their events when it was built
-/// while they gathered (see the module's overview).
+/// A batch: its items, in order, as [`Record`]s and [`Run`]s, and their events one after
+/// another in one buffer (the request body, when it was gathered as one).
 #[derive(Debug)]
 pub(crate) struct Batch {
-    pub(crate) items: Vec<Item>,
-    /// `prefix`, the events separated by commas, `]}`: the events of `items` are slices of
-    /// it. None for a batch put together again (re-injected batches joined, halves).
-    pub(crate) body: Option<Bytes>,
+    /// The events, separated by commas, from `start` on. When `whole`, it is the request
+    /// body: the prefix, the events, [`BODY_SUFFIX`].
+    bytes: Bytes,
+    /// Where the first event of `records` starts in `bytes`.
+    start: usize,
+    whole: bool,
+    records: Vec<Record>,
+    /// The files of `records`, in order: their counts add up to `records.len()`.
+    runs: Vec<Run>,
 }
 
-impl Batch {
-    /// A batch without a body built (its request builds one).
-    pub(crate) fn of(items: Vec<Item>) -> Self {
-        Batch { items, body: None }
+/// One item of a [`Batch`]: 16 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Record {
+    /// Byte offset just past the line in its file (see [`Ack::offset`]).
+    offset: u64,
+    /// The length of its event, or [`NO_EVENT`]: a line that carried none, only its
+    /// position.
+    len: u32,
+    /// Bytes of the budget it holds ([`Item::held`]: at most `u32::MAX`, see
+    /// [`crate::source::Budget::line_bytes`]).
+    held: u32,
+}
+
+/// The `len` of a [`Record`] without an event. An event is never this long: lines are at
+/// most [`crate::config::MAX_LINE_BYTES`], and an event is about its line's length.
+const NO_EVENT: u32 = u32::MAX;
+
+impl Record {
+    fn of(item: &Item) -> Self {
+        let (len, held) = match item {
+            Item::Event { event, held, .. } => (event.len(), *held),
+            Item::Position(_) => (NO_EVENT as usize, 0),
+        };
+        Record {
+            offset: item.ack().offset,
+            len: u32::try_from(len).expect("an event shorter than 4 GiB"),
+            held: u32::try_from(held).expect("a line holds at most u32::MAX bytes"),
+        }
+    }
+
+    fn has_event(&self) -> bool {
+        self.len != NO_EVENT
+    }
+
+    /// Its event's bytes and the comma after them.
+    fn span(&self) -> usize {
+        match self.has_event() {
+            true => self.len as usize + 1,
+            false => 0,
+        }
     }
 }
 
-/// The most items a batch reserves room for before they come.
-const MAX_RESERVED_ITEMS: usize = 1 << 20;
+/// Consecutive items of a [`Batch`] from one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    input: usize,
+    file: u64,
+    records: usize,
+}
+
+/// Adds `records` items of (`input`, `file`) after `runs`.
+fn extend_runs(runs: &mut Vec<Run>, input: usize, file: u64, records: usize) {
+    match runs.last_mut() {
+        Some(last) if (last.input, last.file) == (input, file) => last.records += records,
+        _ if records == 0 => {}
+        _ => runs.push(Run {
+            input,
+            file,
+            records,
+        }),
+    }
+}
+
+/// `runs` cut after their first `at` records.
+fn split_runs(mut runs: Vec<Run>, at: usize) -> (Vec<Run>, Vec<Run>) {
+    let mut seen = 0;
+    for (i, run) in runs.iter_mut().enumerate() {
+        if seen + run.records > at {
+            let mut rest = vec![Run {
+                records: seen + run.records - at,
+                ..*run
+            }];
+            run.records = at - seen;
+            let keep = if run.records == 0 { i } else { i + 1 };
+            rest.extend(runs.drain(i + 1..));
+            runs.truncate(keep);
+            return (runs, rest);
+        }
+        seen += run.records;
+    }
+    (runs, Vec::new())
+}
+
+impl Batch {
+    /// A batch of `items` without a request body (its request builds one).
+    pub(crate) fn of(items: Vec<Item>) -> Self {
+        let limits = Limits {
+            events: items.len(),
+            bytes: usize::MAX,
+        };
+        let mut gather = Gather::new(None, limits);
+        for item in items {
+            gather.add(item);
+        }
+        gather.finish()
+    }
+
+    /// Its items: events and positions.
+    pub(crate) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Its events, in order.
+    pub(crate) fn events(&self) -> Events<'_> {
+        Events {
+            bytes: &self.bytes,
+            at: self.start,
+            records: self.records.iter(),
+        }
+    }
+
+    /// How many items carry an event (the rest are positions).
+    pub(crate) fn count_events(&self) -> usize {
+        self.records.iter().filter(|r| r.has_event()).count()
+    }
+
+    /// What it holds in the sink's budget.
+    pub(crate) fn cost(&self) -> Cost {
+        Cost {
+            events: self.records.len(),
+            bytes: self.records.iter().map(|r| r.held as usize).sum(),
+        }
+    }
+
+    /// The request body gathered with it (see the module's overview); none for a batch
+    /// put together again (re-injected batches joined, halves), whose request builds one.
+    pub(crate) fn body(&self) -> Option<&Bytes> {
+        self.whole.then_some(&self.bytes)
+    }
+
+    /// The positions that matter: within one file offsets only grow, so the last of each
+    /// run of items from the same file is enough.
+    pub(crate) fn last_per_file(&self) -> Vec<Ack> {
+        let mut end = 0;
+        (self.runs.iter())
+            .map(|run| {
+                end += run.records;
+                Ack {
+                    input: run.input,
+                    file: run.file,
+                    offset: self.records[end - 1].offset,
+                }
+            })
+            .collect()
+    }
+
+    /// Splits it into two halves with about the same number of events (the second gets the
+    /// odd one). Both keep the same buffer: no event is copied.
+    pub(crate) fn halves(mut self) -> (Batch, Batch) {
+        let events = self.count_events();
+        let mut seen = 0;
+        let cut = (self.records.iter())
+            .position(|r| {
+                seen += usize::from(r.has_event());
+                seen > events / 2
+            })
+            .unwrap_or(self.records.len());
+        let records = self.records.split_off(cut);
+        let (first, second) = split_runs(std::mem::take(&mut self.runs), cut);
+        let start = self.start + self.records.iter().map(Record::span).sum::<usize>();
+        let b = Batch {
+            bytes: self.bytes.clone(),
+            start,
+            whole: false,
+            records,
+            runs: second,
+        };
+        let a = Batch {
+            whole: false,
+            runs: first,
+            ..self
+        };
+        (a, b)
+    }
+
+    /// `other`'s items after its own (their events are copied into a new buffer: a rare
+    /// path, for re-injected batches joined).
+    pub(crate) fn append(&mut self, other: Batch) {
+        let span = |b: &Batch| b.records.iter().map(Record::span).sum::<usize>();
+        let mut bytes = BytesMut::with_capacity(span(self) + span(&other));
+        for event in self.events().chain(other.events()) {
+            if !bytes.is_empty() {
+                bytes.put_u8(b',');
+            }
+            bytes.put_slice(event);
+        }
+        self.bytes = bytes.freeze();
+        self.start = 0;
+        self.whole = false;
+        self.records.extend_from_slice(&other.records);
+        for run in other.runs {
+            extend_runs(&mut self.runs, run.input, run.file, run.records);
+        }
+    }
+
+    /// Its items as they came (a copy of each event), for tests.
+    #[cfg(test)]
+    pub(crate) fn items(&self) -> Vec<Item> {
+        let mut events = self.events();
+        let mut records = self.records.iter();
+        let mut items = Vec::new();
+        for run in &self.runs {
+            for record in records.by_ref().take(run.records) {
+                let ack = Ack {
+                    input: run.input,
+                    file: run.file,
+                    offset: record.offset,
+                };
+                items.push(match record.has_event() {
+                    true => Item::Event {
+                        event: Bytes::copy_from_slice(events.next().expect("an event")),
+                        ack,
+                        held: record.held as usize,
+                    },
+                    false => Item::Position(ack),
+                });
+            }
+        }
+        items
+    }
+}
+
+/// The events of a [`Batch`], as slices of its buffer.
+#[derive(Debug, Clone)]
+pub(crate) struct Events<'a> {
+    bytes: &'a [u8],
+    /// Where the next event starts.
+    at: usize,
+    records: std::slice::Iter<'a, Record>,
+}
+
+impl<'a> Iterator for Events<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let record = self.records.find(|r| r.has_event())?;
+        let event = &self.bytes[self.at..self.at + record.len as usize];
+        self.at += record.span();
+        Some(event)
+    }
+}
 
 /// The end of every body.
 pub(crate) const BODY_SUFFIX: &[u8] = b"]}";
 
-/// The request body of the batch being gathered.
-struct Body {
-    prefix: Bytes,
+/// The most items a batch reserves room for before they come.
+const MAX_RESERVED_ITEMS: usize = 1 << 20;
+
+/// The batch being gathered.
+#[derive(Debug)]
+struct Gather {
+    /// The start of the request body; none: the events alone are gathered.
+    prefix: Option<Bytes>,
     bytes: BytesMut,
-    /// The length of each event in `bytes`, in order.
-    lengths: Vec<usize>,
-    /// How large the next body is reserved, so that it is not copied as it grows (a
+    events: usize,
+    records: Vec<Record>,
+    runs: Vec<Run>,
+    /// How large the next buffer is reserved, so that it is not copied as it grows (a
     /// copy would hold it twice): at first, as if every event of a full batch were as
-    /// long as the first one (at most the batch's bytes); then the last body's length.
+    /// long as the first one (at most the batch's bytes); then the last buffer's length.
     expected: Option<usize>,
     limits: Limits,
 }
 
-impl Body {
-    fn new(prefix: Bytes, limits: Limits) -> Self {
-        Body {
+impl Gather {
+    fn new(prefix: Option<Bytes>, limits: Limits) -> Self {
+        Gather {
             prefix,
             bytes: BytesMut::new(),
-            lengths: Vec::new(),
+            events: 0,
+            records: Vec::new(),
+            runs: Vec::new(),
             expected: None,
             limits,
         }
     }
 
-    /// Copies the event of `item` into the body; the item keeps an empty placeholder until
-    /// [`Body::finish`], so that the bytes it held are let go now.
-    fn add(&mut self, item: &mut Item) {
-        let Item::Event { event, .. } = item else {
-            return;
-        };
-        if self.lengths.is_empty() {
+    fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Adds `item`: its event is copied, and the bytes it held are let go now.
+    fn add(&mut self, item: Item) {
+        if self.records.is_empty() {
+            // Reserved whole, so that they are not copied as they come (a copy would hold
+            // them twice), but only once the batch starts, not while the last one is in
+            // flight.
+            let room = self.limits.events.min(MAX_RESERVED_ITEMS);
+            self.records.reserve_exact(room);
+        }
+        let record = Record::of(&item);
+        let ack = item.ack();
+        if let Item::Event { event, .. } = item {
+            self.put(&event);
+        }
+        self.records.push(record);
+        extend_runs(&mut self.runs, ack.input, ack.file, 1);
+    }
+
+    fn put(&mut self, event: &[u8]) {
+        if self.events == 0 {
+            let prefix = self.prefix.as_deref().unwrap_or_default();
             let guess = (event.len() + 1)
                 .saturating_mul(self.limits.events)
                 .min(self.limits.bytes);
             let expected = self.expected.unwrap_or(guess);
-            let reserve = expected + expected / 16 + self.prefix.len() + BODY_SUFFIX.len();
+            let reserve = expected + expected / 16 + prefix.len() + BODY_SUFFIX.len();
             self.bytes.reserve(reserve.max(4096));
-            self.bytes.put_slice(&self.prefix);
+            self.bytes.put_slice(prefix);
         } else {
             self.bytes.put_u8(b',');
         }
         self.bytes.put_slice(event);
-        self.lengths.push(event.len());
-        *event = Bytes::new();
+        self.events += 1;
     }
 
-    /// Ends the body of `items` (whose events were added in order) and makes their events
-    /// slices of it. None when no event was added.
-    fn finish(&mut self, items: &mut [Item]) -> Option<Bytes> {
-        if self.lengths.is_empty() {
-            return None;
+    /// The batch of what was added (the request body ended, when gathered as one).
+    fn finish(&mut self) -> Batch {
+        let prefix = self.prefix.as_ref().map_or(0, Bytes::len);
+        let whole = self.prefix.is_some() && self.events > 0;
+        if whole {
+            self.bytes.put_slice(BODY_SUFFIX);
         }
-        self.bytes.put_slice(BODY_SUFFIX);
-        // Taken whole: a body shares its allocation with no other batch's.
-        let body = std::mem::take(&mut self.bytes).freeze();
-        self.expected = Some(body.len());
-        let mut at = self.prefix.len();
-        let mut lengths = self.lengths.drain(..);
-        for item in items {
-            if let Item::Event { event, .. } = item {
-                let len = lengths.next().expect("one length per event");
-                *event = body.slice(at..at + len);
-                at += len + 1;
-            }
+        // Taken whole: a buffer shares its allocation with no other batch's.
+        let bytes = std::mem::take(&mut self.bytes).freeze();
+        if self.events > 0 {
+            self.expected = Some(bytes.len());
         }
-        Some(body)
+        self.events = 0;
+        Batch {
+            bytes,
+            start: if whole { prefix } else { 0 },
+            whole,
+            records: std::mem::take(&mut self.records),
+            runs: std::mem::take(&mut self.runs),
+        }
     }
 }
 
@@ -139,10 +409,6 @@ impl Limits {
     }
 }
 
-fn bytes(batch: &[Item]) -> usize {
-    crate::source::Cost::of(batch).bytes
-}
-
 /// Batches `input` by size, bytes and time. The stream ends when the input ends, after
 /// the last partial batch. With `body_prefix`, each batch's request body is built while it
 /// gathers (see the module's overview).
@@ -159,10 +425,9 @@ where
         input: Some(input),
         limits,
         flush_interval,
-        pending: Vec::with_capacity(limits.events.min(MAX_RESERVED_ITEMS)),
         bytes: 0,
         deadline: None,
-        body: body_prefix.map(|prefix| Body::new(prefix, limits)),
+        gather: Gather::new(body_prefix, limits),
     }
 }
 
@@ -172,25 +437,19 @@ pub(crate) struct Batches<S> {
     input: Option<S>,
     limits: Limits,
     flush_interval: Duration,
-    pending: Vec<Item>,
-    /// Bytes held by `pending`.
+    /// Bytes held by the pending items.
     bytes: usize,
     /// Set while items are pending: when they go out, full or not.
     deadline: Option<Pin<Box<Sleep>>>,
-    /// The body of the pending items' events, when built as they gather.
-    body: Option<Body>,
+    /// The pending items.
+    gather: Gather,
 }
 
 impl<S> Batches<S> {
     fn take(&mut self) -> Batch {
         self.bytes = 0;
         self.deadline = None;
-        // The next batch's items are reserved whole, so that they are not copied as they
-        // come (a copy would hold them twice).
-        let room = self.limits.events.min(MAX_RESERVED_ITEMS);
-        let mut items = std::mem::replace(&mut self.pending, Vec::with_capacity(room));
-        let body = self.body.as_mut().and_then(|b| b.finish(&mut items));
-        Batch { items, body }
+        self.gather.finish()
     }
 }
 
@@ -201,22 +460,19 @@ impl<S: Stream<Item = Item> + Unpin> Stream for Batches<S> {
         let this = &mut *self;
         while let Some(input) = this.input.as_mut() {
             match Pin::new(input).poll_next(cx) {
-                Poll::Ready(Some(mut item)) => {
-                    if this.pending.is_empty() {
+                Poll::Ready(Some(item)) => {
+                    if this.gather.len() == 0 {
                         this.deadline = Some(Box::pin(tokio::time::sleep(this.flush_interval)));
                     }
                     this.bytes += item.held();
-                    if let Some(body) = &mut this.body {
-                        body.add(&mut item);
-                    }
-                    this.pending.push(item);
-                    if this.limits.reached(this.pending.len(), this.bytes) {
+                    this.gather.add(item);
+                    if this.limits.reached(this.gather.len(), this.bytes) {
                         return Poll::Ready(Some(this.take()));
                     }
                 }
                 Poll::Ready(None) => {
                     this.input = None;
-                    if !this.pending.is_empty() {
+                    if this.gather.len() > 0 {
                         return Poll::Ready(Some(this.take()));
                     }
                 }
@@ -268,11 +524,11 @@ impl<S: Stream<Item = Batch> + Unpin> Reinject<S> {
     pub(crate) fn push_front(&mut self, mut batch: Batch) {
         match self.queue.front_mut() {
             Some(front)
-                if batch.items.len() + front.items.len() <= self.limits.events
-                    && bytes(&batch.items) + bytes(&front.items) <= self.limits.bytes =>
+                if batch.len() + front.len() <= self.limits.events
+                    && batch.cost().bytes + front.cost().bytes <= self.limits.bytes =>
             {
-                batch.items.append(&mut front.items);
-                *front = Batch::of(batch.items);
+                batch.append(std::mem::replace(front, Batch::of(Vec::new())));
+                *front = batch;
             }
             _ => self.queue.push_front(batch),
         }
@@ -320,9 +576,7 @@ mod tests {
     /// The batch's events (its positions left out).
     fn numbers(batch: &Batch) -> Vec<String> {
         batch
-            .items
-            .iter()
-            .filter_map(Item::event)
+            .events()
             .map(|e| String::from_utf8(e.to_vec()).unwrap())
             .collect()
     }
@@ -399,18 +653,22 @@ mod tests {
             tx.send(item).await.unwrap();
         }
         let batch = out.next().await.unwrap();
-        let body = batch.body.clone().expect("a body");
+        let body = batch.body().cloned().expect("a body");
         assert_eq!(&body[..], b"{\"events\":[0,1]}");
         assert_eq!(numbers(&batch), ["0", "1"]);
-        let inside = |e: &Bytes| body.as_ptr_range().contains(&e.as_ptr());
-        assert!(batch.items.iter().filter_map(Item::event).all(inside));
-        assert_eq!(batch.items[1].ack().offset, 3, "positions keep their place");
+        let inside = |e: &[u8]| body.as_ptr_range().contains(&e.as_ptr());
+        assert!(batch.events().all(inside));
+        assert_eq!(
+            batch.items()[1].ack().offset,
+            3,
+            "positions keep their place"
+        );
 
         // A batch of positions only has no body; the next body is built anew.
         tx.send(line(4..6, 7)).await.unwrap();
         drop(tx);
         let batch = out.next().await.unwrap();
-        assert_eq!(&batch.body.unwrap()[..], b"{\"events\":[22]}");
+        assert_eq!(&batch.body().unwrap()[..], b"{\"events\":[22]}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -450,6 +708,132 @@ mod tests {
         assert_eq!(numbers(&out.next().await.unwrap()), ["9"]);
         assert_eq!(numbers(&out.next().await.unwrap()), ["0", "1", "2"]);
         assert!(out.next().await.is_none());
+    }
+
+    /// The positions of `items` that matter, as the acknowledgements took them from
+    /// items before batches were records: the last of each run from one file.
+    fn last_per_file(items: &[Item]) -> Vec<Ack> {
+        let mut acks: Vec<Ack> = Vec::new();
+        for ack in items.iter().map(Item::ack) {
+            match acks.last_mut() {
+                Some(last) if (last.input, last.file) == (ack.input, ack.file) => *last = ack,
+                _ => acks.push(ack),
+            }
+        }
+        acks
+    }
+
+    /// Items of two files, an event or a position each: (input, file, event or none).
+    fn items_of(spec: &[(usize, u64, Option<String>)]) -> Vec<Item> {
+        let mut offset = 0;
+        (spec.iter())
+            .map(|(input, file, event)| {
+                offset += 7;
+                let ack = Ack {
+                    input: *input,
+                    file: *file,
+                    offset,
+                };
+                match event {
+                    Some(e) => Item::Event {
+                        event: Bytes::from(e.clone()),
+                        ack,
+                        held: e.len() + 1,
+                    },
+                    None => Item::Position(ack),
+                }
+            })
+            .collect()
+    }
+
+    fn same(a: &[Item], b: &[Item]) -> bool {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(a, b)| (a.event(), a.ack(), a.held()) == (b.event(), b.ack(), b.held()))
+    }
+
+    /// A run of one file cut by the halves: each half acknowledges its own part of it,
+    /// and a half of positions only has no event to send.
+    #[test]
+    fn halves_split_events_evenly_and_cut_runs_where_they_split() {
+        let e = |s: &str| Some(s.to_owned());
+        let items = items_of(&[
+            (0, 1, e("a")),
+            (0, 1, None),
+            (0, 2, e("bb")),
+            (0, 2, e("c")),
+            (1, 2, e("dd")),
+        ]);
+        let (a, b) = Batch::of(items.clone()).halves();
+        assert_eq!(numbers(&a), ["a", "bb"]);
+        assert_eq!(numbers(&b), ["c", "dd"]);
+        assert!(same(&a.items(), &items[..3]) && same(&b.items(), &items[3..]));
+        assert_eq!(a.last_per_file(), last_per_file(&items[..3]));
+        assert_eq!(b.last_per_file(), last_per_file(&items[3..]));
+        assert_eq!(a.cost(), Cost::of(&items[..3]));
+        assert!(a.body().is_none() && b.body().is_none(), "built when sent");
+
+        let (c, d) = b.halves();
+        assert_eq!(
+            (numbers(&c), numbers(&d)),
+            (vec!["c".to_owned()], vec!["dd".to_owned()])
+        );
+        assert_eq!(d.last_per_file(), last_per_file(&items[4..]));
+    }
+
+    mod records {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn spec() -> impl Strategy<Value = Vec<(usize, u64, Option<String>)>> {
+            let event = prop::option::weighted(0.8, "[a-z0-9]{1,6}");
+            prop::collection::vec((0usize..2, 0u64..3, event), 0..24)
+        }
+
+        proptest! {
+            /// A batch holds what its items held: the same events, positions, files and
+            /// budget, through halves and joins; its body is the one a request builds.
+            #[test]
+            fn a_batch_keeps_what_its_items_held(spec in spec(), other in spec()) {
+                let items = items_of(&spec);
+                let prefix = Bytes::from_static(b"{\"events\":[");
+                let limits = Limits { events: items.len().max(1), bytes: usize::MAX };
+                let mut gather = Gather::new(Some(prefix.clone()), limits);
+                for item in items.clone() {
+                    gather.add(item);
+                }
+                let batch = gather.finish();
+                prop_assert!(same(&batch.items(), &items));
+                prop_assert_eq!(batch.last_per_file(), last_per_file(&items));
+                prop_assert_eq!(batch.cost(), Cost::of(&items));
+                let events: Vec<&Bytes> = items.iter().filter_map(Item::event).collect();
+                prop_assert_eq!(batch.count_events(), events.len());
+                match batch.body() {
+                    Some(body) => {
+                        let built = crate::sink::webhook::body(&prefix, events.iter());
+                        prop_assert_eq!(body, &built);
+                    }
+                    None => prop_assert!(events.is_empty()),
+                }
+
+                let (a, b) = batch.halves();
+                let mut joined = a.items();
+                joined.extend(b.items());
+                prop_assert!(same(&joined, &items));
+                prop_assert!(b.count_events() >= a.count_events());
+                prop_assert!(b.count_events() - a.count_events() <= 1);
+
+                let mut a = a;
+                a.append(b);
+                let more = items_of(&other);
+                a.append(Batch::of(more.clone()));
+                let mut all = items.clone();
+                all.extend(more);
+                prop_assert!(same(&a.items(), &all));
+                prop_assert_eq!(a.last_per_file(), last_per_file(&all));
+            }
+        }
     }
 
     mod same_as_tokio_stream {
@@ -505,7 +889,7 @@ mod tests {
                 let flush = Duration::from_millis(flush_steps * 10 + 5);
                 let limits = Limits { events: max_events, bytes: usize::MAX };
                 let ours = run(&schedule, |input| {
-                    chunks_timeout(input, limits, flush, None).map(|b| b.items)
+                    chunks_timeout(input, limits, flush, None).map(|b| b.items())
                 });
                 let theirs = run(&schedule, |input| {
                     tokio_stream::StreamExt::chunks_timeout(input, max_events, flush)

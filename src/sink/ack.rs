@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use tokio::sync::oneshot;
 
-use crate::event::{Ack, Item};
+use crate::event::Ack;
 use crate::source::file::checkpoint::Persist;
 use crate::source::SourceAck;
 
@@ -38,7 +38,8 @@ impl Acknowledger {
         }
     }
 
-    /// The lines up to `acks` (the last of each run from one file, see [`last_per_file`])
+    /// The lines up to `acks` (the last of each run from one file, see
+    /// [`crate::batch::Batch::last_per_file`])
     /// were delivered or dead-lettered (their dead letters are on the disk): moves their
     /// files' offsets and asks for them to be saved.
     fn apply(&mut self, acks: &[Ack]) {
@@ -75,19 +76,6 @@ impl Acknowledger {
         self.left_in_files
             .extend(acks.iter().map(|a| (a.input, a.file)));
     }
-}
-
-/// The positions among `items` that matter: within one file offsets only grow, so the last
-/// of each run of items from the same file is enough.
-fn last_per_file(items: &[Item]) -> Vec<Ack> {
-    let mut acks: Vec<Ack> = Vec::new();
-    for ack in items.iter().map(Item::ack) {
-        match acks.last_mut() {
-            Some(last) if (last.input, last.file) == (ack.input, ack.file) => *last = ack,
-            _ => acks.push(ack),
-        }
-    }
-    acks
 }
 
 /// A batch's place in the order of acknowledgements, given when it is first sent.
@@ -141,14 +129,16 @@ impl InOrder {
         self.next - 1
     }
 
-    /// Batch `seq` delivered or dead-lettered `items`.
-    pub(crate) fn acknowledge(&mut self, seq: Seq, items: &[Item]) {
-        self.step(seq, Step::Acknowledge(last_per_file(items)));
+    /// Batch `seq` delivered or dead-lettered the lines up to `acks` (the last of each
+    /// run from one file).
+    pub(crate) fn acknowledge(&mut self, seq: Seq, acks: Vec<Ack>) {
+        self.step(seq, Step::Acknowledge(acks));
     }
 
-    /// Batch `seq` leaves `items` (and the rest of their files) for the next run.
-    pub(crate) fn leave_in_files(&mut self, seq: Seq, items: &[Item]) {
-        self.step(seq, Step::LeaveInFiles(last_per_file(items)));
+    /// Batch `seq` leaves the lines of `acks` (and the rest of their files) for the next
+    /// run.
+    pub(crate) fn leave_in_files(&mut self, seq: Seq, acks: Vec<Ack>) {
+        self.step(seq, Step::LeaveInFiles(acks));
     }
 
     fn step(&mut self, seq: Seq, step: Step) {
@@ -205,22 +195,16 @@ impl InOrder {
 mod tests {
     use std::sync::Arc;
 
-    use bytes::Bytes;
-
     use super::*;
     use crate::source::file::checkpoint::{CheckpointWriter, Checkpointer, Fingerprint};
 
-    /// An event of file 1 whose line ends at `offset`.
-    fn line(offset: u64) -> Item {
-        Item::Event {
-            event: Bytes::from_static(b"{}"),
-            ack: Ack {
-                input: 0,
-                file: 1,
-                offset,
-            },
-            held: 2,
-        }
+    /// The line of file 1 that ends at `offset`.
+    fn line(offset: u64) -> Vec<Ack> {
+        vec![Ack {
+            input: 0,
+            file: 1,
+            offset,
+        }]
     }
 
     /// Three batches in flight, answered out of order: the checkpoint moves only over the
@@ -239,31 +223,31 @@ mod tests {
         let mut acks = InOrder::new(Acknowledger::new(vec![handle.into()], persist));
         let (a, b, c, d) = (acks.open(), acks.open(), acks.open(), acks.open());
 
-        acks.acknowledge(c, &[line(6)]);
+        acks.acknowledge(c, line(6));
         acks.settle(c);
-        acks.acknowledge(b, &[line(4)]);
+        acks.acknowledge(b, line(4));
         assert_eq!(
             cp.committed(1),
             Some(0),
             "nothing before batch a is delivered"
         );
-        acks.acknowledge(a, &[line(1)]);
+        acks.acknowledge(a, line(1));
         assert_eq!(cp.committed(1), Some(1), "a, the oldest, moves at once");
-        acks.acknowledge(a, &[line(2)]);
+        acks.acknowledge(a, line(2));
         acks.settle(a);
         assert_eq!(
             cp.committed(1),
             Some(4),
             "then b's half, which came meanwhile"
         );
-        acks.leave_in_files(b, &[line(5)]);
+        acks.leave_in_files(b, line(5));
         acks.settle(b);
         assert_eq!(
             cp.committed(1),
             Some(4),
             "b left a line for the next run: c waits"
         );
-        acks.acknowledge(d, &[line(8)]);
+        acks.acknowledge(d, line(8));
         acks.settle(d);
         assert_eq!(cp.committed(1), Some(4), "and so does everything after it");
     }

@@ -269,7 +269,7 @@ impl Transport for Publisher {
     /// The events, one per line, each ending in `\n`.
     fn prepare<'a>(
         &self,
-        events: impl Iterator<Item = &'a Bytes> + Clone,
+        events: impl Iterator<Item = &'a [u8]> + Clone,
         id: &MessageId,
     ) -> Message {
         let len = events.clone().map(|e| e.len() + 1).sum();
@@ -331,7 +331,7 @@ mod tests {
             .unwrap();
         let publisher = Publisher::new("n", &spec);
         let events = [Bytes::from_static(b"{\"a\":1}"), Bytes::from_static(b"{}")];
-        let message = publisher.prepare(events.iter(), &MessageId::new());
+        let message = publisher.prepare(events.iter().map(|e| &e[..]), &MessageId::new());
         assert_eq!(&message.payload[..], b"{\"a\":1}\n{}\n");
     }
 }

@@ -61,12 +61,12 @@ use super::deadletter::{DeadLetterWriter, DeadLetters, Record};
 use super::decode::{self, Decode};
 use super::delivery::Delivery;
 use super::retry::{Decision, Grace, Next, RetryPolicy, Turn};
-use super::{count_events, Stats};
+use super::Stats;
 use crate::batch::{chunks_timeout, Batch, Limits, Reinject};
-use crate::event::{Block, Decoder, Item};
+use crate::event::{Block, Decoder};
 use crate::source::file::checkpoint::Persist;
 use crate::source::SourceAck;
-use crate::source::{gathers_ahead, max_batch_bytes, Budget, Cost};
+use crate::source::{gathers_ahead, max_batch_bytes, Budget};
 use crate::telemetry::RejectClass;
 
 /// How a sink sends a part of a batch and learns what came of it.
@@ -78,7 +78,7 @@ pub(crate) trait Transport: Send + Sync + 'static {
     /// retries keep.
     fn prepare<'a>(
         &self,
-        events: impl Iterator<Item = &'a Bytes> + Clone,
+        events: impl Iterator<Item = &'a [u8]> + Clone,
         id: &MessageId,
     ) -> Self::Request;
 
@@ -261,55 +261,37 @@ struct Job {
     parts: VecDeque<Part>,
 }
 
-/// A part of a batch, and its `webhook-id` once it was sent: a retry sends the same
-/// events with the same id, so that a receiver can tell it from a new batch.
+/// A part of a batch (the whole batch, or one of the halves it was cut into; its request
+/// body was built while it gathered when it is a whole batch, see `crate::batch`), and its
+/// `webhook-id` once it was sent: a retry sends the same events with the same id, so that
+/// a receiver can tell it from a new batch.
 struct Part {
-    items: Vec<Item>,
+    batch: Batch,
     id: Option<MessageId>,
-    /// The request body of `items`' events, built while the batch gathered (a whole
-    /// batch's); none for the halves of a split batch, whose bodies are built when sent.
-    body: Option<bytes::Bytes>,
 }
 
 impl Part {
-    fn of(items: Vec<Item>) -> Self {
-        Part {
-            items,
-            id: None,
-            body: None,
-        }
+    fn of(batch: Batch) -> Self {
+        Part { batch, id: None }
     }
 }
 
 impl Job {
     fn fresh(batch: Batch) -> Self {
-        let Batch { items, body } = batch;
         Job {
             seq: None,
-            parts: VecDeque::from([Part {
-                items,
-                id: None,
-                body,
-            }]),
+            parts: VecDeque::from([Part::of(batch)]),
         }
     }
 
-    /// The job's items, with their body when it is one whole batch that has it.
-    fn into_batch(mut self) -> Batch {
-        match self.parts.len() {
-            1 => {
-                let part = self.parts.pop_front().expect("one part");
-                Batch {
-                    items: part.items,
-                    body: part.body,
-                }
-            }
-            _ => Batch::of(self.into_items()),
+    /// The job's items as one batch (with its body when it is one whole batch that has it).
+    fn into_batch(self) -> Batch {
+        let mut parts = self.parts.into_iter().map(|p| p.batch);
+        let mut batch = parts.next().unwrap_or_else(|| Batch::of(Vec::new()));
+        for part in parts {
+            batch.append(part);
         }
-    }
-
-    fn into_items(self) -> Vec<Item> {
-        self.parts.into_iter().flat_map(|p| p.items).collect()
+        batch
     }
 }
 
@@ -427,16 +409,13 @@ impl<T: Transport> Sink<T> {
     /// The part's body and signature, under its id (made now if the part has none yet);
     /// none when it has no event.
     fn sign(&self, part: &mut Part) -> Option<T::Request> {
-        if count_events(&part.items) == 0 {
+        if part.batch.count_events() == 0 {
             return None;
         }
         let id = part.id.get_or_insert_with(MessageId::new);
-        let whole = part.body.as_ref();
+        let whole = part.batch.body();
         let request = whole.and_then(|body| self.transport.prepare_body(body.clone(), id));
-        Some(request.unwrap_or_else(|| {
-            let events = part.items.iter().filter_map(Item::event);
-            self.transport.prepare(events, id)
-        }))
+        Some(request.unwrap_or_else(|| self.transport.prepare(part.batch.events(), id)))
     }
 
     /// A place in the order of acknowledgements for a batch sent for the first time.
@@ -477,7 +456,7 @@ impl<T: Transport> Sink<T> {
             None => *job.seq.insert(self.open()),
         };
         if self.retry.verdict(self.may_stay_in_files(seq)) == Turn::GiveUp {
-            self.give_up(seq, job.into_items());
+            self.give_up(seq, job.into_batch());
             self.settle(seq);
             return Step::Settled;
         }
@@ -497,7 +476,7 @@ impl<T: Transport> Sink<T> {
             };
             let Some(ready) = signed.take().or_else(|| self.sign(part)) else {
                 let part = job.parts.pop_front().expect("the front part");
-                self.resolve(seq, &part.items);
+                self.resolve(seq, &part.batch);
                 continue;
             };
             // A crash re-sends at most the batches in flight.
@@ -519,25 +498,25 @@ impl<T: Transport> Sink<T> {
         let seq = job.seq.expect("a job that was sent");
         self.in_flight.remove(&seq);
         let part = job.parts.front().expect("the part sent");
-        let events = count_events(&part.items);
+        let events = part.batch.count_events();
         match outcome.decision {
             Decision::Delivered => {
                 self.stats.delivered(events as u64);
                 let part = job.parts.pop_front().expect("the part sent");
-                self.resolve(seq, &part.items);
+                self.resolve(seq, &part.batch);
             }
             Decision::Retry { after } => return self.failed(job, after, outcome.detail).await,
             Decision::Split | Decision::Reject if events == 1 => {
                 let reason = format!("endpoint rejected the event: {}", outcome.detail);
                 tracing::warn!(sink = %self.name, "{reason}; dead-lettering it");
                 let part = job.parts.pop_front().expect("the part sent");
-                self.reject_all(seq, part.items, &reason, RejectClass::Endpoint)
+                self.reject_all(seq, part.batch, &reason, RejectClass::Endpoint)
                     .await;
             }
             Decision::Split | Decision::Reject => {
                 tracing::info!(sink = %self.name, events, "{}; sending the batch in two halves", outcome.detail);
                 let part = job.parts.pop_front().expect("the part sent");
-                let (a, b) = halves(part.items);
+                let (a, b) = part.batch.halves();
                 job.parts.push_front(Part::of(b));
                 job.parts.push_front(Part::of(a));
             }
@@ -558,7 +537,7 @@ impl<T: Transport> Sink<T> {
         let events = job
             .parts
             .iter()
-            .map(|p| count_events(&p.items))
+            .map(|p| p.batch.count_events())
             .sum::<usize>();
         self.stats.counters.failed(&detail);
         match self.retry.failed(after, self.may_stay_in_files(seq)) {
@@ -570,13 +549,13 @@ impl<T: Transport> Sink<T> {
             }
             Next::StayInFiles => {
                 tracing::warn!(sink = %self.name, events, "delivery failed at shutdown ({detail}); the events stay in their files for the next start");
-                self.give_up(seq, job.into_items());
+                self.give_up(seq, job.into_batch());
             }
             Next::OutOfTime(max) => {
                 let max = humantime::format_duration(max);
                 let reason = format!("still failing after {max}: {detail}");
                 tracing::error!(sink = %self.name, events, "{reason}; dead-lettering the batch");
-                self.reject_all(seq, job.into_items(), &reason, RejectClass::Expired)
+                self.reject_all(seq, job.into_batch(), &reason, RejectClass::Expired)
                     .await;
             }
         }
@@ -584,14 +563,13 @@ impl<T: Transport> Sink<T> {
         Step::Settled
     }
 
-    /// Dead-letters every event of `items` with `reason`, then acknowledges them; or,
+    /// Dead-letters every event of `batch` with `reason`, then acknowledges them; or,
     /// when the dead letters could not be written (given up at shutdown or with
     /// `--once`), leaves them as not delivered: they stay in their files (or journals),
     /// with the rest of those.
-    async fn reject_all(&mut self, seq: Seq, items: Vec<Item>, reason: &str, class: RejectClass) {
-        let records: Vec<Record> = items
-            .iter()
-            .filter_map(Item::event)
+    async fn reject_all(&mut self, seq: Seq, batch: Batch, reason: &str, class: RejectClass) {
+        let records: Vec<Record> = batch
+            .events()
             .map(|event| {
                 let mut record = Record::new(&self.name, reason.to_owned(), event);
                 record.replayable = true;
@@ -601,31 +579,27 @@ impl<T: Transport> Sink<T> {
         let n = records.len() as u64;
         if self.writer.write(records, self.retry.grace()).await {
             self.stats.rejected(class, n);
-            self.resolve(seq, &items);
+            self.resolve(seq, &batch);
             return;
         }
-        self.give_up(seq, items);
+        self.give_up(seq, batch);
     }
 
-    /// `items` of batch `seq` were delivered or dead-lettered (their dead letters are on
-    /// the disk): move the file offsets (in the order of the batches) and free the budget.
-    fn resolve(&mut self, seq: Seq, items: &[Item]) {
-        self.acks.acknowledge(seq, items);
-        self.release(items);
+    /// The items of `batch` (a part of batch `seq`) were delivered or dead-lettered (their
+    /// dead letters are on the disk): move the file offsets (in the order of the batches)
+    /// and free the budget.
+    fn resolve(&mut self, seq: Seq, batch: &Batch) {
+        self.acks.acknowledge(seq, batch.last_per_file());
+        self.budget.release(batch.cost());
     }
 
-    /// `items` leave memory.
-    fn release(&mut self, items: &[Item]) {
-        self.budget.release(Cost::of(items));
-    }
-
-    /// Keeps `items` for the next run: they stay in their files or journals (their offsets
-    /// did not move, and no later batch of the same files moves them for the rest of the
-    /// run).
-    fn give_up(&mut self, seq: Seq, items: Vec<Item>) {
-        self.acks.leave_in_files(seq, &items);
-        self.stats.not_delivered(count_events(&items) as u64);
-        self.release(&items);
+    /// Keeps the items of `batch` for the next run: they stay in their files or journals
+    /// (their offsets did not move, and no later batch of the same files moves them for
+    /// the rest of the run).
+    fn give_up(&mut self, seq: Seq, batch: Batch) {
+        self.acks.leave_in_files(seq, batch.last_per_file());
+        self.stats.not_delivered(batch.count_events() as u64);
+        self.budget.release(batch.cost());
     }
 
     /// The input has ended and every batch is settled: waits for the last checkpoint write.
@@ -633,51 +607,5 @@ impl<T: Transport> Sink<T> {
         self.acks.persisted().await;
         let peak = self.budget.peak();
         tracing::info!(sink = %self.name, peak_events_in_memory = peak.events, peak_bytes_in_memory = peak.bytes, "most held in memory at once");
-    }
-}
-
-/// Splits `items` into two halves with about the same number of events.
-fn halves(mut items: Vec<Item>) -> (Vec<Item>, Vec<Item>) {
-    let events = count_events(&items);
-    let mut seen = 0;
-    let cut = items
-        .iter()
-        .position(|i| {
-            seen += usize::from(i.event().is_some());
-            seen > events / 2
-        })
-        .unwrap_or(items.len());
-    let second = items.split_off(cut);
-    (items, second)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::event::Ack;
-
-    #[test]
-    fn halves_split_events_evenly() {
-        let ack = Ack {
-            input: 0,
-            file: 0,
-            offset: 0,
-        };
-        let item = |e: bool| match e {
-            true => Item::Event {
-                event: bytes::Bytes::from_static(b"{}"),
-                ack,
-                held: 0,
-            },
-            false => Item::Position(ack),
-        };
-        let (a, b) = halves(vec![
-            item(true),
-            item(false),
-            item(true),
-            item(true),
-            item(true),
-        ]);
-        assert_eq!((a.len(), b.len()), (3, 2));
     }
 }

@@ -248,7 +248,7 @@ impl Sender<'_> {
             if self.retry.turn(true).await == Turn::GiveUp {
                 return; // stopped
             }
-            let signed = self.poster.prepare(part.iter().map(|(_, e)| e), &id);
+            let signed = self.poster.prepare(part.iter().map(|(_, e)| &e[..]), &id);
             let outcome = self.poster.post(signed).await;
             match outcome.decision {
                 Decision::Delivered => {

@@ -70,7 +70,7 @@ impl Poster {
     /// signature; `id` is the batch's.
     pub(crate) fn prepare<'a>(
         &self,
-        events: impl Iterator<Item = &'a Bytes> + Clone,
+        events: impl Iterator<Item = &'a [u8]> + Clone,
         id: &MessageId,
     ) -> Signed {
         self.template.sign(events, id)

@@ -28,7 +28,7 @@ impl Transport for Poster {
 
     fn prepare<'a>(
         &self,
-        events: impl Iterator<Item = &'a Bytes> + Clone,
+        events: impl Iterator<Item = &'a [u8]> + Clone,
         id: &MessageId,
     ) -> Signed {
         Poster::prepare(self, events, id)

@@ -113,7 +113,7 @@ impl Template {
     /// compressed when set, and their signature. `id` is the batch's `webhook-id`.
     pub(crate) fn sign<'a>(
         &self,
-        events: impl Iterator<Item = &'a Bytes> + Clone,
+        events: impl Iterator<Item = &'a [u8]> + Clone,
         id: &MessageId,
     ) -> Signed {
         self.sign_body(body(&self.prefix, events), id)
@@ -233,15 +233,15 @@ impl fmt::Debug for Signed {
 }
 
 /// `prefix` (`{"meta":{...},"events":[`), the events separated by commas, then `]}`.
-pub fn body<'a>(prefix: &[u8], events: impl Iterator<Item = &'a Bytes> + Clone) -> Bytes {
-    let len: usize = events.clone().map(|e| e.len() + 1).sum();
+pub fn body<E: AsRef<[u8]>>(prefix: &[u8], events: impl Iterator<Item = E> + Clone) -> Bytes {
+    let len: usize = events.clone().map(|e| e.as_ref().len() + 1).sum();
     let mut body = BytesMut::with_capacity(prefix.len() + len + 2);
     body.put_slice(prefix);
     for (i, e) in events.enumerate() {
         if i > 0 {
             body.put_u8(b',');
         }
-        body.put_slice(e);
+        body.put_slice(e.as_ref());
     }
     body.put_slice(crate::batch::BODY_SUFFIX);
     body.freeze()
