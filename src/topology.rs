@@ -333,7 +333,10 @@ pub(crate) async fn run_prepared(
     let mut all_stats = Vec::new();
     for (name, sink) in &config.sinks {
         let budget = Arc::new(sink.budget());
-        let (tx, rx) = mpsc::channel(16);
+        // Blocks waiting for the sink's decode task: a few keep it busy (a block is up to
+        // one read, 256 KiB of a file); each one more is held in memory with its lines
+        // besides the batches (16 of them measured 6 MiB more peak RSS, and no faster).
+        let (tx, rx) = mpsc::channel(4);
         let mut subscriptions = Subscriptions::new(tx, budget.clone(), sink.delivery().max_events);
         let spill = spills.get(name.as_str()).map(|(journal, _)| journal);
         for input in sink.inputs().iter().chain(spill) {

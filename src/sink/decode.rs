@@ -23,7 +23,9 @@ pub(crate) fn spawn(
     d: Decode,
     input: mpsc::Receiver<Block>,
 ) -> (impl Stream<Item = Item> + Unpin, JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(8);
+    // Decoded blocks waiting for the batcher: as with the blocks waiting for this task
+    // (see `crate::topology`), a couple keep it busy, and more only hold memory.
+    let (tx, rx) = mpsc::channel(2);
     let task = tokio::spawn(decode_blocks(d, input, tx));
     let items = ReceiverStream::new(rx).flat_map(futures::stream::iter);
     (items, task)
