@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use super::foreign::explain;
 use super::goff::Fields;
 use super::json::compact;
-use super::{any, canonical, envelope, invalid, Decoded, EventType, Invalid, Schema};
+use super::{any, canonical, envelope, invalid, Decoded, EventType, FromLine, Invalid, Schema};
 
 /// Decodes lines for one sink.
 #[derive(Debug)]
@@ -62,9 +62,23 @@ impl Decoder {
         whole: &Bytes,
         envelope_fields: &[String],
     ) -> Result<Decoded, Invalid> {
+        Ok(match self.decode_line(whole, envelope_fields)? {
+            FromLine::Itself(len) => Decoded::Event(whole.slice(..len)),
+            FromLine::Decoded(decoded) => decoded,
+        })
+    }
+
+    /// [`Decoder::decode`], saying when the line is its own event rather than making a
+    /// `Bytes` of it: the caller that owns the line keeps it as it is (a reference count
+    /// taken and dropped per event less on the canonical fast path).
+    pub(crate) fn decode_line(
+        &mut self,
+        whole: &Bytes,
+        envelope_fields: &[String],
+    ) -> Result<FromLine, Invalid> {
         let line: &[u8] = whole.strip_suffix(b"\r").unwrap_or(whole);
         if line.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Decoded::Empty);
+            return Ok(FromLine::Decoded(Decoded::Empty));
         }
         let text = std::str::from_utf8(line).map_err(|e| {
             explain(
@@ -76,9 +90,9 @@ impl Decoder {
             if let Some(kind) = canonical::check(line) {
                 // Already in GO Feature Flag's encoding: the line is the event.
                 return Ok(if self.wants(kind) {
-                    Decoded::Event(whole.slice(..line.len()))
+                    FromLine::Itself(line.len())
                 } else {
-                    Decoded::Filtered
+                    FromLine::Decoded(Decoded::Filtered)
                 });
             }
             self.make_room(line.len());
@@ -86,14 +100,16 @@ impl Decoder {
                 // A shipper's envelope around an event in GO Feature Flag's encoding.
                 if !self.wants(kind) {
                     self.arena.clear();
-                    return Ok(Decoded::Filtered);
+                    return Ok(FromLine::Decoded(Decoded::Filtered));
                 }
-                return Ok(Decoded::Event(self.arena.split().freeze()));
+                let event = self.arena.split().freeze();
+                return Ok(FromLine::Decoded(Decoded::Event(event)));
             }
         } else if any::is_compact_object(line, envelope_fields) {
-            return Ok(Decoded::Event(whole.slice(..line.len())));
+            return Ok(FromLine::Itself(line.len()));
         }
         self.decode_general(whole, text, envelope_fields)
+            .map(FromLine::Decoded)
     }
 
     /// The general path: the line parsed by serde, a shipper's envelope unwrapped, the

@@ -245,6 +245,14 @@ fn invalid(reason: impl Into<String>) -> Invalid {
     Invalid(reason.into())
 }
 
+/// What [`Decoder::decode_line`] gives.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum FromLine {
+    /// The line is the event: its first `len` bytes (a `\r` at its end left out).
+    Itself(usize),
+    Decoded(Decoded),
+}
+
 /// What decoding one line gives.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded {

@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::deadletter::{DeadLetterWriter, Record};
 use super::retry::Grace;
 use super::{count_events, Stats};
-use crate::event::{self, Ack, Block, Decoded, Decoder, Invalid, Item, LineKind};
+use crate::event::{self, Ack, Block, Decoded, Decoder, FromLine, Invalid, Item, LineKind};
 use crate::source::{Budget, Cost};
 use crate::telemetry::RejectClass;
 
@@ -56,12 +56,12 @@ async fn decode_blocks(
     let mut log = BadLineLog::new();
     let mut left_in_files: HashSet<(usize, u64)> = HashSet::new();
     let mut unreported_before = false;
-    while let Some(block) = input.recv().await {
+    while let Some(mut block) = input.recv().await {
         let file = block.file.map(|f| (block.input, f));
         let left_in_file = file.is_some_and(|f| left_in_files.contains(&f));
         let mut classes = BadLines::default();
         let (mut items, records, first_bad) =
-            decode_block(&mut d, &block, &mut log, left_in_file, &mut classes);
+            decode_block(&mut d, &mut block, &mut log, left_in_file, &mut classes);
         let bad = records.len() as u64;
         // Items from `keep` on are left in their file; `bad` of them are bad lines.
         let keep = if left_in_file {
@@ -95,25 +95,28 @@ async fn decode_blocks(
 }
 
 /// A block's items, the dead letters of its bad lines, and the index in the items of the
-/// first bad line from a file. Lines that become no item leave the budget here.
+/// first bad line from a file. Lines that become no item leave the budget here. The
+/// block's lines are taken: a line that is its own event becomes the item's.
 fn decode_block(
     d: &mut Decode,
-    block: &Block,
+    block: &mut Block,
     log: &mut BadLineLog,
     quiet: bool,
     classes: &mut BadLines,
 ) -> (Vec<Item>, Vec<Record>, Option<usize>) {
-    let mut items = Vec::with_capacity(block.lines.len());
+    let lines = std::mem::take(&mut block.lines);
+    let mut items = Vec::with_capacity(lines.len());
     let mut records = Vec::new();
     let mut first_bad = None;
-    for line in &block.lines {
+    for line in lines {
         let ack = block.file.zip(line.end()).map(|(file, offset)| Ack {
             input: block.input,
             file,
             offset,
         });
+        let bytes = d.budget.line_bytes(line.bytes.len());
         let decoded = match &line.kind {
-            LineKind::Text { .. } => d.decoder.decode(&line.bytes, &block.envelope),
+            LineKind::Text { .. } => d.decoder.decode_line(&line.bytes, &block.envelope),
             LineKind::Oversized { len, .. } => Err(event::explain(
                 &line.bytes,
                 Invalid(format!("line of {len} bytes is longer than max_line_bytes")),
@@ -124,8 +127,13 @@ fn decode_block(
             }
         };
         let event = match decoded {
-            Ok(Decoded::Event(bytes)) => Some(bytes),
-            Ok(Decoded::Filtered | Decoded::Empty) => None,
+            Ok(FromLine::Itself(len)) => {
+                let mut event = line.bytes;
+                event.truncate(len);
+                Some(event)
+            }
+            Ok(FromLine::Decoded(Decoded::Event(event))) => Some(event),
+            Ok(FromLine::Decoded(Decoded::Filtered | Decoded::Empty)) => None,
             Err(invalid) => {
                 classes.add(&line.kind);
                 let location = location(block, &line.kind);
@@ -151,7 +159,6 @@ fn decode_block(
         };
         // A line without an event holds no bytes; with an acknowledgement to make, it
         // still holds its place (and its event permit) in line.
-        let bytes = d.budget.line_bytes(line.bytes.len());
         match (event, ack) {
             (Some(event), Some(ack)) => items.push(Item::Event {
                 event,
