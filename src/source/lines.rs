@@ -19,6 +19,14 @@ use crate::event::{Line, LineKind};
 /// How much of an oversized line is kept, to show in logs and dead letters.
 pub const OVERSIZED_EXCERPT: usize = 1024;
 
+/// Complete lines cut off the buffer in one piece, each with its newline.
+#[derive(Debug)]
+pub struct TextLines {
+    pub bytes: Bytes,
+    /// How many lines `bytes` holds.
+    pub count: usize,
+}
+
 /// Cuts lines out of the bytes appended to [`LineSplitter::buffer`].
 #[derive(Debug)]
 pub struct LineSplitter {
@@ -79,6 +87,39 @@ impl LineSplitter {
         if self.buf.len() > self.max_line_bytes {
             self.drop_overflow();
         }
+    }
+
+    /// Every complete line now in the buffer, cut off in one piece with their newlines, when
+    /// none of them is longer than `max_line_bytes`: for a reader that hands the lines on
+    /// as they came (the journal), checked and counted in one pass, without a `Bytes` and
+    /// a [`Line`] each. `None` takes nothing: there is no complete line, or one is (or is
+    /// becoming) oversized, and [`LineSplitter::split`] is the one to cut them.
+    ///
+    /// The piece shares the read buffer whatever its size: it is meant to be written and
+    /// dropped before the next read, which then reuses the buffer.
+    pub fn split_text(&mut self) -> Option<TextLines> {
+        if self.oversized.is_some() {
+            return None;
+        }
+        // The buffer starts at a line's start; `scanned` bytes of it hold no newline.
+        let end = self.scanned + memchr::memrchr(b'\n', &self.buf[self.scanned..])? + 1;
+        let (mut count, mut start) = (0, 0);
+        for at in memchr::memchr_iter(b'\n', &self.buf[self.scanned..end]) {
+            let at = self.scanned + at;
+            if at - start > self.max_line_bytes {
+                return None;
+            }
+            count += 1;
+            start = at + 1;
+        }
+        let bytes = self.buf.split_to(end).freeze();
+        self.offset += end as u64;
+        self.next_number += count as u64;
+        self.scanned = self.buf.len();
+        if self.buf.len() > self.max_line_bytes {
+            self.drop_overflow();
+        }
+        Some(TextLines { bytes, count })
     }
 
     /// End of input: the partial last line, if any, becomes a line.
@@ -214,6 +255,95 @@ mod tests {
         let out = feed(&mut s, &data);
         assert_eq!(out.len(), 2000);
         assert!(out.iter().all(|l| inside(&l.bytes, start, capacity)));
+    }
+
+    /// A line as the tests compare them: its bytes (none for an oversized line, of which
+    /// the excerpt kept depends on the reads) and its end.
+    type Seen = (Option<Vec<u8>>, Option<u64>);
+
+    fn seen(line: Line) -> Seen {
+        let text = matches!(line.kind, LineKind::Text { .. });
+        (text.then(|| line.bytes.to_vec()), line.end())
+    }
+
+    /// Feeds `data` in reads of `size` bytes, taking the lines as [`LineSplitter::split_text`]
+    /// cuts them, or as [`LineSplitter::split`] does when it does not.
+    fn read_text(s: &mut LineSplitter, data: &[u8], size: usize) -> Vec<Seen> {
+        let mut got = Vec::new();
+        for read in data.chunks(size) {
+            s.buffer().extend_from_slice(read);
+            let start = s.offset();
+            match s.split_text() {
+                Some(text) => {
+                    let lines: Vec<&[u8]> = text.bytes.split_inclusive(|b| *b == b'\n').collect();
+                    assert_eq!(lines.len(), text.count);
+                    let mut end = start;
+                    for line in lines {
+                        assert_eq!(line.last(), Some(&b'\n'));
+                        end += line.len() as u64;
+                        got.push((Some(line[..line.len() - 1].to_vec()), Some(end)));
+                    }
+                    assert_eq!(s.offset(), end);
+                }
+                None => {
+                    let mut out = Vec::new();
+                    s.split(&mut out);
+                    got.extend(out.into_iter().map(seen));
+                }
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn split_text_cuts_what_split_would_in_one_piece() {
+        let data = b"ab\ncd\n\nefgh\nxyzzy0123456789\nij\n12345678\n".repeat(50);
+        for size in [1, 2, 3, 7, 9, 64, 1000, data.len()] {
+            let mut lines = Vec::new();
+            let mut whole = LineSplitter::new(8, 5);
+            whole.buffer().extend_from_slice(&data);
+            whole.split(&mut lines);
+            let want: Vec<_> = lines.into_iter().map(seen).collect();
+            let mut s = LineSplitter::new(8, 5);
+            let got = read_text(&mut s, &data, size);
+            assert!(
+                got == want,
+                "reads of {size}: {} lines, {} wanted",
+                got.len(),
+                want.len()
+            );
+            // The line numbers went on counting too.
+            let mut out = Vec::new();
+            s.buffer().extend_from_slice(b"last\n");
+            s.split(&mut out);
+            let number = want.len() as u64 + 1;
+            assert!(matches!(out[0].kind, LineKind::Text { number: n, .. } if n == number));
+        }
+    }
+
+    #[test]
+    fn split_text_leaves_an_oversized_line_to_split() {
+        let mut s = LineSplitter::new(8, 0);
+        s.buffer().extend_from_slice(b"ok\n0123456789\nfine\n");
+        assert!(s.split_text().is_none());
+        assert_eq!((s.offset(), s.pending()), (0, 19), "nothing taken");
+        let mut out = Vec::new();
+        s.split(&mut out);
+        assert_eq!(out.len(), 3);
+        assert!(matches!(out[1].kind, LineKind::Oversized { len: 10, .. }));
+        // A partial line past the limit is dropped as `split` drops it.
+        s.buffer().extend_from_slice(b"a\n0123456789");
+        let text = s.split_text().expect("a short line");
+        assert_eq!(&text.bytes[..], b"a\n");
+        assert_eq!(s.pending(), 0, "the long line's bytes are dropped");
+        assert!(
+            s.split_text().is_none(),
+            "the rest of the long line goes to split"
+        );
+        s.buffer().extend_from_slice(b"xx\n");
+        let mut out = Vec::new();
+        s.split(&mut out);
+        assert!(matches!(out[0].kind, LineKind::Oversized { len: 12, .. }));
     }
 
     #[test]
