@@ -60,12 +60,6 @@ impl LineSplitter {
         &mut self.buf
     }
 
-    /// Moves the bytes buffered (less than a line) to a buffer of their own, so that a
-    /// large read buffer is freed once the lines cut from it are.
-    pub fn release_buffer(&mut self) {
-        self.buf = BytesMut::from(&self.buf[..]);
-    }
-
     /// Offset just past the last complete line handed out.
     pub fn offset(&self) -> u64 {
         self.offset

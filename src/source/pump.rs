@@ -21,42 +21,7 @@ pub(super) const DRAIN_IDLE: Duration = Duration::from_millis(150);
 /// only stops a shipper that keeps sending from keeping flaghook running.
 pub(super) const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
-/// The room a read asks for at first, and again once reads stop filling it.
 const READ_SIZE: usize = 128 * 1024;
-/// While reads fill their room (the shipper is ahead), the room doubles up to this: fewer,
-/// larger appends, each a round trip to the journal's writer thread and back.
-const MAX_READ_SIZE: usize = 1024 * 1024;
-
-/// How much room each read asks for: [`READ_SIZE`], growing to [`MAX_READ_SIZE`] while
-/// reads fill it, so that only a connection whose shipper is ahead holds a large buffer.
-#[derive(Debug)]
-struct ReadRoom {
-    size: usize,
-}
-
-impl ReadRoom {
-    fn new() -> Self {
-        ReadRoom { size: READ_SIZE }
-    }
-
-    /// Reserves the room for the next read; returns how much there is.
-    fn reserve(&self, splitter: &mut LineSplitter) -> usize {
-        let buffer = splitter.buffer();
-        buffer.reserve(self.size);
-        buffer.capacity() - buffer.len()
-    }
-
-    /// After a read of `n` bytes into `room`: a full read grows the room; a read that did
-    /// not fill half of a grown room gives the large buffer back.
-    fn after_read(&mut self, n: usize, room: usize, splitter: &mut LineSplitter) {
-        if n == room {
-            self.size = (self.size * 2).min(MAX_READ_SIZE);
-        } else if self.size > READ_SIZE && n < room / 2 {
-            self.size = READ_SIZE;
-            splitter.release_buffer();
-        }
-    }
-}
 
 /// Reads `reader` to its end, appending its lines to `journal`, one read at a time: the
 /// next read waits until the last one is in the journal, so what flaghook took from the
@@ -79,9 +44,8 @@ where
     R: AsyncRead + Unpin,
 {
     let mut splitter = LineSplitter::new(max_line_bytes, 0);
-    let mut room = ReadRoom::new();
     loop {
-        let spare = room.reserve(&mut splitter);
+        splitter.buffer().reserve(READ_SIZE);
         let n = tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
@@ -100,7 +64,6 @@ where
                 }
             },
         };
-        room.after_read(n, spare, &mut splitter);
         // Nearly always the lines go to the journal as they came, in one piece.
         let text = if n > 0 { splitter.split_text() } else { None };
         let append = match text {
