@@ -62,7 +62,7 @@ use crate::data_dir::DataDir;
 use crate::event::{Line, LineKind};
 use crate::source::file::checkpoint::Checkpointer;
 use crate::source::file::watcher::Nudge;
-use crate::source::lines::OVERSIZED_EXCERPT;
+use crate::source::lines::{TextLines, OVERSIZED_EXCERPT};
 
 /// `journal_fsync`: when the journal's appends reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -456,7 +456,25 @@ impl Appender {
         lines: &[Line],
         stop: &CancellationToken,
     ) -> impl Future<Output = Result<(), NotWritten>> + Send + 'static {
-        let append = self.append_as(lines, stop, false, WhenFull::Wait);
+        let append = self.append_as(encode(lines), lines.len(), stop, false, WhenFull::Wait);
+        // Waiting for room, it is never refused: its only failure is `NotWritten`.
+        async move { append.await.map_err(|_| NotWritten) }
+    }
+
+    /// [`Appender::append`] for lines a reader cut off in one piece: written as they are
+    /// (see [`encode_text`]), without a copy.
+    pub(crate) fn append_text(
+        &self,
+        text: TextLines,
+        stop: &CancellationToken,
+    ) -> impl Future<Output = Result<(), NotWritten>> + Send + 'static {
+        let append = self.append_as(
+            encode_text(text.bytes),
+            text.count,
+            stop,
+            false,
+            WhenFull::Wait,
+        );
         // Waiting for room, it is never refused: its only failure is `NotWritten`.
         async move { append.await.map_err(|_| NotWritten) }
     }
@@ -468,7 +486,7 @@ impl Appender {
         lines: &[Line],
         stop: &CancellationToken,
     ) -> impl Future<Output = Result<(), NotWritten>> + Send + 'static {
-        let append = self.append_as(lines, stop, true, WhenFull::Wait);
+        let append = self.append_as(encode(lines), lines.len(), stop, true, WhenFull::Wait);
         // Waiting for room, it is never refused: its only failure is `NotWritten`.
         async move { append.await.map_err(|_| NotWritten) }
     }
@@ -481,18 +499,18 @@ impl Appender {
         lines: &[Line],
         stop: &CancellationToken,
     ) -> impl Future<Output = Result<(), NotAppended>> + Send + 'static {
-        self.append_as(lines, stop, true, WhenFull::Refuse)
+        self.append_as(encode(lines), lines.len(), stop, true, WhenFull::Refuse)
     }
 
+    /// Appends `bytes`, the journal's bytes for `count` lines.
     fn append_as(
         &self,
-        lines: &[Line],
+        bytes: Bytes,
+        count: usize,
         stop: &CancellationToken,
         sync: bool,
         when_full: WhenFull,
     ) -> impl Future<Output = Result<(), NotAppended>> + Send + 'static {
-        let bytes = encode(lines);
-        let count = lines.len();
         let (segments, requests, stop) =
             (self.segments.clone(), self.requests.clone(), stop.clone());
         async move {
@@ -579,6 +597,23 @@ fn encode(lines: &[Line]) -> Bytes {
     out.freeze()
 }
 
+/// The journal's bytes for complete lines as they came, newlines included: the same bytes,
+/// unless a line starts with [`MARK`] (no JSON text holds a NUL byte, so nearly never),
+/// which then gets a second one as in [`encode`].
+fn encode_text(text: Bytes) -> Bytes {
+    if memchr::memchr(MARK, &text).is_none() {
+        return text;
+    }
+    let mut out = BytesMut::with_capacity(text.len() + 16);
+    for line in text.split_inclusive(|b| *b == b'\n') {
+        if line.first() == Some(&MARK) {
+            out.put_u8(MARK);
+        }
+        out.put_slice(line);
+    }
+    out.freeze()
+}
+
 fn encode_bad(out: &mut BytesMut, raw: &[u8], len: u64, reason: &str) {
     use base64::Engine;
     let mut cut = reason.len().min(MAX_REASON_BYTES);
@@ -613,7 +648,7 @@ fn decode_bad(marked: &[u8]) -> Option<(Bytes, u64, String)> {
 
 /// A line read from a journal segment, as the source accepted it (the inverse of
 /// [`encode`]). Lines without the mark (nearly all) pass unchanged, without a copy.
-pub(crate) fn decode(line: Line) -> Line {
+fn decode(line: Line) -> Line {
     if line.bytes.first() != Some(&MARK) {
         return line;
     }
@@ -654,6 +689,18 @@ pub(crate) fn decode(line: Line) -> Line {
     line
 }
 
+/// [`decode`] over the lines of a read, in place: those without the mark (nearly all) are
+/// not touched.
+pub(crate) fn decode_all(lines: &mut [Line]) {
+    for line in lines.iter_mut().filter(|l| l.bytes.first() == Some(&MARK)) {
+        let placeholder = Line {
+            bytes: Bytes::new(),
+            kind: LineKind::Text { number: 0, end: 0 },
+        };
+        *line = decode(std::mem::replace(line, placeholder));
+    }
+}
+
 /// The bytes left at the end of a sealed segment after its last newline: a line a crash
 /// cut short, which is dead-lettered rather than delivered.
 pub(crate) fn torn(line: Line) -> Line {
@@ -684,7 +731,8 @@ mod tests {
         let mut lines = Vec::new();
         splitter.split(&mut lines);
         assert_eq!(splitter.pending(), 0, "every line ends with its newline");
-        lines.into_iter().map(decode).collect()
+        decode_all(&mut lines);
+        lines
     }
 
     #[test]
@@ -770,6 +818,31 @@ mod tests {
         };
         let encoded = encode(&[bad]);
         assert!(encoded.len() <= longest_line(5000), "{}", encoded.len());
+    }
+
+    #[test]
+    fn lines_cut_in_one_piece_are_written_as_encode_writes_them() {
+        let lines = [
+            text(b"\0first starts with NUL"),
+            text(b"{\"a\":1}"),
+            text(b""),
+            text(b"\0\0two"),
+            text(b"a NUL \0 inside"),
+        ];
+        let mut joined = Vec::new();
+        for line in &lines {
+            joined.extend_from_slice(&line.bytes);
+            joined.push(b'\n');
+        }
+        let encoded = encode_text(Bytes::from(joined.clone()));
+        assert_eq!(encoded, encode(&lines));
+        let back = read_back(&encoded);
+        let back: Vec<_> = back.iter().map(|l| &l.bytes[..]).collect();
+        let sent: Vec<_> = lines.iter().map(|l| &l.bytes[..]).collect();
+        assert_eq!(back, sent);
+        // Without a NUL byte, the same bytes: no copy.
+        let plain = Bytes::from_static(b"{\"a\":1}\n{\"b\":2}\n");
+        assert_eq!(encode_text(plain.clone()).as_ptr(), plain.as_ptr());
     }
 
     #[test]

@@ -168,13 +168,18 @@ impl WriteLoop {
         };
         self.publish();
         for (request, result) in group.into_iter().zip(results) {
+            let Request {
+                bytes, sync, done, ..
+            } = request;
+            // Dropped before the answer: the appender's next read reuses its buffer.
+            drop(bytes);
             // An append that asked for its fsync is not answered as done without it.
-            let result = if request.sync && !synced {
+            let result = if sync && !synced {
                 Err(NotWritten)
             } else {
                 result
             };
-            let _ = request.done.send(result);
+            let _ = done.send(result);
         }
     }
 

@@ -19,6 +19,14 @@ use crate::event::{Line, LineKind};
 /// How much of an oversized line is kept, to show in logs and dead letters.
 pub const OVERSIZED_EXCERPT: usize = 1024;
 
+/// Complete lines cut off the buffer in one piece, each with its newline.
+#[derive(Debug)]
+pub struct TextLines {
+    pub bytes: Bytes,
+    /// How many lines `bytes` holds.
+    pub count: usize,
+}
+
 /// Cuts lines out of the bytes appended to [`LineSplitter::buffer`].
 #[derive(Debug)]
 pub struct LineSplitter {
@@ -79,6 +87,41 @@ impl LineSplitter {
         if self.buf.len() > self.max_line_bytes {
             self.drop_overflow();
         }
+    }
+
+    /// Every complete line now in the buffer, cut off in one piece with their newlines, when
+    /// none of them is longer than `max_line_bytes`: for a reader that hands the lines on
+    /// as they came (the journal), checked and counted in one pass, without a `Bytes` and
+    /// a [`Line`] each. `None` takes nothing: there is no complete line, or one is (or is
+    /// becoming) oversized, and [`LineSplitter::split`] is the one to cut them.
+    ///
+    /// The piece shares the read buffer whatever its size: it is meant to be written and
+    /// dropped before the next read, which then reuses the buffer.
+    pub fn split_text(&mut self) -> Option<TextLines> {
+        if self.oversized.is_some() {
+            return None;
+        }
+        let end = self.scanned + memchr::memrchr(b'\n', &self.buf[self.scanned..])? + 1;
+        // The buffer starts at a line's start. A line longer than `max_line_bytes` holds a
+        // whole window of `window` bytes (windows counted from the buffer's start) without a
+        // newline, so every window holding one means no line is too long. A long line
+        // that is not too long may leave a window empty too: `split` then looks closer.
+        let window = (self.max_line_bytes / 2).max(1);
+        let mut count = 0;
+        for lines in self.buf[..end].chunks(window) {
+            match memchr::memchr_iter(b'\n', lines).count() {
+                0 => return None,
+                n => count += n,
+            }
+        }
+        let bytes = self.buf.split_to(end).freeze();
+        self.offset += end as u64;
+        self.next_number += count as u64;
+        self.scanned = self.buf.len();
+        if self.buf.len() > self.max_line_bytes {
+            self.drop_overflow();
+        }
+        Some(TextLines { bytes, count })
     }
 
     /// End of input: the partial last line, if any, becomes a line.
@@ -214,6 +257,99 @@ mod tests {
         let out = feed(&mut s, &data);
         assert_eq!(out.len(), 2000);
         assert!(out.iter().all(|l| inside(&l.bytes, start, capacity)));
+    }
+
+    /// A line as the tests compare them: its bytes (none for an oversized line, of which
+    /// the excerpt kept depends on the reads) and its end.
+    type Seen = (Option<Vec<u8>>, Option<u64>);
+
+    fn seen(line: Line) -> Seen {
+        let text = matches!(line.kind, LineKind::Text { .. });
+        (text.then(|| line.bytes.to_vec()), line.end())
+    }
+
+    /// Feeds `data` in reads of `size` bytes, taking the lines as [`LineSplitter::split_text`]
+    /// cuts them, or as [`LineSplitter::split`] does when it does not.
+    fn read_text(s: &mut LineSplitter, data: &[u8], size: usize) -> Vec<Seen> {
+        let mut got = Vec::new();
+        for read in data.chunks(size) {
+            s.buffer().extend_from_slice(read);
+            let start = s.offset();
+            match s.split_text() {
+                Some(text) => {
+                    let lines: Vec<&[u8]> = text.bytes.split_inclusive(|b| *b == b'\n').collect();
+                    assert_eq!(lines.len(), text.count);
+                    let mut end = start;
+                    for line in lines {
+                        assert_eq!(line.last(), Some(&b'\n'));
+                        end += line.len() as u64;
+                        got.push((Some(line[..line.len() - 1].to_vec()), Some(end)));
+                    }
+                }
+                None => {
+                    let mut out = Vec::new();
+                    s.split(&mut out);
+                    got.extend(out.into_iter().map(seen));
+                }
+            }
+        }
+        got
+    }
+
+    proptest::proptest! {
+        /// Read by read, `split_text` (with `split` where it declines) cuts the lines one
+        /// `split` of the whole input cuts, and counts them on: long lines, lines of exactly
+        /// `max_line_bytes` and one byte more, in reads of any size.
+        #[test]
+        fn split_text_cuts_what_split_cuts(
+            lengths in proptest::collection::vec(0usize..40, 1..60),
+            max in 1usize..20,
+            size in 1usize..300,
+        ) {
+            let mut data = Vec::new();
+            for (i, len) in lengths.iter().enumerate() {
+                data.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, *len));
+                data.push(b'\n');
+            }
+            let mut lines = Vec::new();
+            let mut whole = LineSplitter::new(max, 5);
+            whole.buffer().extend_from_slice(&data);
+            whole.split(&mut lines);
+            let want: Vec<_> = lines.into_iter().map(seen).collect();
+            let mut s = LineSplitter::new(max, 5);
+            proptest::prop_assert_eq!(read_text(&mut s, &data, size), want);
+            let mut out = Vec::new();
+            s.buffer().extend_from_slice(b"\n");
+            s.split(&mut out);
+            let number = lengths.len() as u64 + 1;
+            let numbered = matches!(out[0].kind, LineKind::Text { number: n, .. } if n == number);
+            proptest::prop_assert!(numbered, "the next line is number {}", number);
+        }
+    }
+
+    #[test]
+    fn split_text_leaves_an_oversized_line_to_split() {
+        let mut s = LineSplitter::new(8, 0);
+        s.buffer().extend_from_slice(b"ok\n0123456789\nfine\n");
+        assert!(s.split_text().is_none());
+        assert_eq!((s.offset(), s.pending()), (0, 19), "nothing taken");
+        let mut out = Vec::new();
+        s.split(&mut out);
+        assert_eq!(out.len(), 3);
+        assert!(matches!(out[1].kind, LineKind::Oversized { len: 10, .. }));
+        // A partial line past the limit is dropped as `split` drops it.
+        s.buffer().extend_from_slice(b"a\n0123456789");
+        let text = s.split_text().expect("a short line");
+        assert_eq!(&text.bytes[..], b"a\n");
+        assert_eq!(s.pending(), 0, "the long line's bytes are dropped");
+        assert!(
+            s.split_text().is_none(),
+            "the rest of the long line goes to split"
+        );
+        s.buffer().extend_from_slice(b"xx\n");
+        let mut out = Vec::new();
+        s.split(&mut out);
+        assert!(matches!(out[0].kind, LineKind::Oversized { len: 12, .. }));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use futures::future::Either;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -63,13 +64,20 @@ where
                 }
             },
         };
-        let mut lines = Vec::new();
-        if n == 0 {
-            splitter.finish(&mut lines);
-        } else {
-            splitter.split(&mut lines);
-        }
-        let append = journal.append(&lines, shutdown);
+        // Nearly always the lines go to the journal as they came, in one piece.
+        let text = if n > 0 { splitter.split_text() } else { None };
+        let append = match text {
+            Some(text) => Either::Left(journal.append_text(text, shutdown)),
+            None => {
+                let mut lines = Vec::new();
+                if n == 0 {
+                    splitter.finish(&mut lines);
+                } else {
+                    splitter.split(&mut lines);
+                }
+                Either::Right(journal.append(&lines, shutdown))
+            }
+        };
         tokio::pin!(append);
         let appended = tokio::select! {
             biased;

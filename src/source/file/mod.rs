@@ -794,7 +794,7 @@ impl Tail<'_> {
                 lines.extend(torn.into_iter().map(journal::torn));
                 f.finished = true;
             }
-            let lines: Vec<Line> = lines.into_iter().map(journal::decode).collect();
+            journal::decode_all(&mut lines);
             let handed_on = !lines.is_empty();
             if handed_on {
                 blocks.push(self.block(i, lines));
