@@ -65,6 +65,38 @@ pub(super) fn check(line: &[u8]) -> Option<EventType> {
     (s.at == line.len()).then_some(kind)
 }
 
+/// Where the run of plain bytes at the start of a JSON string's contents ends: the first
+/// `"`, `\\` or control byte of `b`. Eight bytes at a time (strings are mostly longer
+/// than a word), the last few one at a time.
+pub(super) fn find_stop(b: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    while let Some(word) = b.get(at..at + 8) {
+        let stops = stops(u64::from_le_bytes(word.try_into().ok()?));
+        if stops != 0 {
+            return Some(at + stops.trailing_zeros() as usize / 8);
+        }
+        at += 8;
+    }
+    let tail = b[at..].iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+    Some(at + tail)
+}
+
+/// The stops among a word's eight bytes (byte 0 lowest), each marked by its high bit.
+///
+/// Exact for the lowest stop, the only one used: `x - 0x01` borrows from the byte above a
+/// zero byte, so bytes above the first stop may be marked wrongly, but nothing below it
+/// is, and nothing at all when the word has no stop. Bytes >= 0x80 are never marked
+/// (`& !x`), so UTF-8 sequences pass.
+#[inline]
+pub(super) fn stops(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x;
+    let quote = zero(word ^ (ONES * u64::from(b'"')));
+    let backslash = zero(word ^ (ONES * u64::from(b'\\')));
+    let control = word.wrapping_sub(ONES * 0x20) & !word;
+    (quote | backslash | control) & (ONES * 0x80)
+}
+
 /// serde_json's default nesting limit; deeper lines go the general way (and fail there).
 const MAX_DEPTH: usize = 100;
 
@@ -78,6 +110,9 @@ impl Scanner<'_> {
         self.b.get(self.at).copied()
     }
 
+    /// Inlined so that each call compares against a token of known length, in a few loads
+    /// rather than a call to `memcmp`.
+    #[inline]
     pub(super) fn eat(&mut self, token: &[u8]) -> bool {
         let found = self.b[self.at..].starts_with(token);
         if found {
@@ -86,6 +121,7 @@ impl Scanner<'_> {
         found
     }
 
+    #[inline]
     pub(super) fn expect(&mut self, token: &[u8]) -> Option<()> {
         self.eat(token).then_some(())
     }
@@ -94,12 +130,8 @@ impl Scanner<'_> {
     pub(super) fn string(&mut self) -> Option<()> {
         self.expect(b"\"")?;
         loop {
-            let rest = &self.b[self.at..];
-            let stop = rest
-                .iter()
-                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
-            self.at += stop;
-            match rest[stop] {
+            self.at += find_stop(&self.b[self.at..])?;
+            match self.b[self.at] {
                 b'"' => {
                     self.at += 1;
                     return Some(());
@@ -133,8 +165,11 @@ impl Scanner<'_> {
         let start = self.at;
         self.eat(b"-");
         self.digits_without_leading_zero()?;
-        let text = std::str::from_utf8(&self.b[start..self.at]).ok()?;
-        text.parse::<i64>().ok().map(|_| ())
+        let text = &self.b[start..self.at];
+        if text.len() <= 18 {
+            return Some(()); // 18 digits always fit
+        }
+        std::str::from_utf8(text).ok()?.parse::<i64>().ok().map(|_| ())
     }
 
     fn digits_without_leading_zero(&mut self) -> Option<()> {

@@ -10,9 +10,9 @@
 //! whitespace, `\u` surrogates, deep nesting and anything else unusual get `None` and go the
 //! general way. It is property-tested against the general path.
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 
-use super::canonical::{self, Scanner};
+use super::canonical::{self, stops, Scanner};
 use super::EventType;
 
 /// Appends the event wrapped in `line`'s envelope field (the first of `envelope_fields`
@@ -23,28 +23,34 @@ pub(super) fn unwrap(
     envelope_fields: &[String],
     out: &mut BytesMut,
 ) -> Option<EventType> {
-    let value = envelope_value(line, envelope_fields)?;
     let start = out.len();
-    let copied = match value[0] {
-        b'"' => unescape(&value[1..value.len() - 1], out),
-        b'{' => {
-            out.extend_from_slice(value);
-            Some(())
-        }
-        _ => None,
-    };
-    let kind = copied.and_then(|()| canonical::check(&out[start..]));
+    let kind = unwrap_onto(line, envelope_fields, out, start);
     if kind.is_none() {
         out.truncate(start);
     }
     kind
 }
 
-/// The raw value of the preferred envelope field of a compact JSON object without `kind`.
-fn envelope_value<'a>(line: &'a [u8], envelope_fields: &[String]) -> Option<&'a [u8]> {
+/// What the preferred envelope field seen so far holds.
+enum Best {
+    /// A field of this rank in `envelope_fields`, its event copied to the buffer.
+    Event(usize),
+    /// A field of this rank that holds no string or object: no event.
+    Other(usize),
+}
+
+/// One pass over a compact JSON object without `kind`: the value of the preferred envelope
+/// field goes to `out[start..]` as it is scanned (unescaped if a string; a field preferred
+/// to it later replaces it), then the canonical scanner checks it there.
+fn unwrap_onto(
+    line: &[u8],
+    envelope_fields: &[String],
+    out: &mut BytesMut,
+    start: usize,
+) -> Option<EventType> {
     let mut s = Scanner { b: line, at: 0 };
     s.expect(b"{")?;
-    let mut best: Option<(usize, &[u8])> = None;
+    let mut best: Option<Best> = None;
     if !s.eat(b"}") {
         loop {
             let key = plain_key(&mut s)?;
@@ -52,11 +58,13 @@ fn envelope_value<'a>(line: &'a [u8], envelope_fields: &[String]) -> Option<&'a 
             if key == b"kind" {
                 return None; // the object is the event itself, not an envelope
             }
-            let start = s.at;
-            s.value(1)?;
             let rank = envelope_fields.iter().position(|f| f.as_bytes() == key);
-            if let Some(rank) = rank.filter(|&r| best.is_none_or(|(b, _)| r < b)) {
-                best = Some((rank, &line[start..s.at]));
+            match rank.filter(|&r| best.as_ref().is_none_or(|b| r < b.rank())) {
+                Some(rank) => {
+                    out.truncate(start);
+                    best = Some(copy_value(&mut s, out, rank)?);
+                }
+                None => s.value(1)?,
             }
             if s.eat(b"}") {
                 break;
@@ -64,10 +72,36 @@ fn envelope_value<'a>(line: &'a [u8], envelope_fields: &[String]) -> Option<&'a 
             s.expect(b",")?;
         }
     }
-    if s.at != line.len() {
-        return None;
+    match best? {
+        Best::Event(_) if s.at == line.len() => canonical::check(&out[start..]),
+        _ => None,
     }
-    best.map(|(_, value)| value)
+}
+
+impl Best {
+    fn rank(&self) -> usize {
+        match *self {
+            Best::Event(rank) | Best::Other(rank) => rank,
+        }
+    }
+}
+
+/// Scans the value at `s` (depth 1) and appends its event to `out`: a string's text, or an
+/// object as it is.
+fn copy_value(s: &mut Scanner<'_>, out: &mut BytesMut, rank: usize) -> Option<Best> {
+    let from = s.at;
+    match s.peek()? {
+        b'"' => unescape_string(s, out)?,
+        b'{' => {
+            s.value(1)?;
+            out.extend_from_slice(&s.b[from..s.at]);
+        }
+        _ => {
+            s.value(1)?;
+            return Some(Best::Other(rank));
+        }
+    }
+    Some(Best::Event(rank))
 }
 
 /// An object key without escapes (a key with escapes is left to the general path, which
@@ -80,35 +114,88 @@ fn plain_key<'a>(s: &mut Scanner<'a>) -> Option<&'a [u8]> {
     (!key.contains(&b'\\')).then_some(key)
 }
 
-/// Appends the text of a JSON string's contents (already checked by the scanner).
-fn unescape(raw: &[u8], out: &mut BytesMut) -> Option<()> {
-    let mut rest = raw;
-    while let Some(i) = rest.iter().position(|&c| c == b'\\') {
-        out.extend_from_slice(&rest[..i]);
-        let plain = match *rest.get(i + 1)? {
-            b'"' => b'"',
-            b'\\' => b'\\',
-            b'/' => b'/',
-            b'b' => 0x08,
-            b'f' => 0x0c,
-            b'n' => b'\n',
-            b'r' => b'\r',
-            b't' => b'\t',
-            b'u' => {
-                let hex = std::str::from_utf8(rest.get(i + 2..i + 6)?).ok()?;
-                // A surrogate is no `char`: left to the general path.
-                let c = char::from_u32(u32::from_str_radix(hex, 16).ok()?)?;
-                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
-                rest = &rest[i + 6..];
-                continue;
+/// Scans the string token at `s` as [`Scanner::string`] does (the same tokens refused) and
+/// appends its text to `out`, in the same pass.
+///
+/// The text is never longer than what is left of the line from the string's contents on
+/// (an escape is longer than what it stands for), so that much room is zeroed in `out`
+/// first and written by index: plain bytes are copied a whole word at a time, and the
+/// bytes of a word from its stop on are overwritten by what comes next. Invariant:
+/// `w <= r - from`, so a word written at `w` fits.
+fn unescape_string(s: &mut Scanner<'_>, out: &mut BytesMut) -> Option<()> {
+    s.expect(b"\"")?;
+    let (src, from) = (s.b, s.at);
+    let base = out.len();
+    out.resize(base + (src.len() - from), 0);
+    let dst = &mut out[base..];
+    let (mut r, mut w) = (from, 0);
+    loop {
+        let stop = match src.get(r..r + 8) {
+            Some(word) => {
+                dst[w..w + 8].copy_from_slice(word);
+                let stops = stops(u64::from_le_bytes(word.try_into().ok()?));
+                if stops == 0 {
+                    r += 8;
+                    w += 8;
+                    continue;
+                }
+                let plain = stops.trailing_zeros() as usize / 8;
+                r += plain;
+                w += plain;
+                src[r]
             }
-            _ => return None,
+            None => {
+                let c = *src.get(r)?;
+                if !(c == b'"' || c == b'\\' || c < 0x20) {
+                    dst[w] = c;
+                    r += 1;
+                    w += 1;
+                    continue;
+                }
+                c
+            }
         };
-        out.put_u8(plain);
-        rest = &rest[i + 2..];
+        match stop {
+            b'"' => break,
+            b'\\' => {
+                let (read, c) = escape(&src[r + 1..])?;
+                let mut utf8 = [0; 4];
+                let text = c.encode_utf8(&mut utf8).as_bytes();
+                dst[w..w + text.len()].copy_from_slice(text);
+                r += 1 + read;
+                w += text.len();
+            }
+            _ => return None, // a control character
+        }
     }
-    out.extend_from_slice(rest);
+    s.at = r + 1;
+    out.truncate(base + w);
     Some(())
+}
+
+/// The escape after a backslash: the bytes it takes and the character it stands for.
+/// `\u` surrogates (no `char`) are left to the general path, as the scanner leaves them.
+fn escape(after: &[u8]) -> Option<(usize, char)> {
+    let plain = match *after.first()? {
+        b'"' => '"',
+        b'\\' => '\\',
+        b'/' => '/',
+        b'b' => '\u{8}',
+        b'f' => '\u{c}',
+        b'n' => '\n',
+        b'r' => '\r',
+        b't' => '\t',
+        b'u' => {
+            let hex = after.get(1..5)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            let unit = u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+            return Some((5, char::from_u32(unit)?));
+        }
+        _ => return None,
+    };
+    Some((1, plain))
 }
 
 #[cfg(test)]
