@@ -112,7 +112,7 @@ impl Scanner<'_> {
 
     /// Inlined so that each call compares against a token of known length, in a few loads
     /// rather than a call to `memcmp`.
-    #[inline]
+    #[inline(always)]
     pub(super) fn eat(&mut self, token: &[u8]) -> bool {
         let found = self.b[self.at..].starts_with(token);
         if found {
@@ -121,7 +121,7 @@ impl Scanner<'_> {
         found
     }
 
-    #[inline]
+    #[inline(always)]
     pub(super) fn expect(&mut self, token: &[u8]) -> Option<()> {
         self.eat(token).then_some(())
     }

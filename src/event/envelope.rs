@@ -159,11 +159,13 @@ fn unescape_string(s: &mut Scanner<'_>, out: &mut BytesMut) -> Option<()> {
             b'"' => break,
             b'\\' => {
                 let (read, c) = escape(&src[r + 1..])?;
-                let mut utf8 = [0; 4];
-                let text = c.encode_utf8(&mut utf8).as_bytes();
-                dst[w..w + text.len()].copy_from_slice(text);
                 r += 1 + read;
-                w += text.len();
+                if c.is_ascii() {
+                    dst[w] = c as u8; // a store, where a slice copy would call memcpy
+                    w += 1;
+                } else {
+                    w += c.encode_utf8(&mut dst[w..]).len();
+                }
             }
             _ => return None, // a control character
         }
