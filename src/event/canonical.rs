@@ -105,6 +105,20 @@ pub(super) struct Scanner<'a> {
     pub(super) at: usize,
 }
 
+impl<'a> Scanner<'a> {
+    /// An object key without escapes, as it is (a key with escapes is left to the general
+    /// path, which reads it unescaped): a string whose first stop is its closing quote.
+    #[inline]
+    pub(super) fn plain_key(&mut self) -> Option<&'a [u8]> {
+        self.expect(b"\"")?;
+        let start = self.at;
+        let len = find_stop(&self.b[start..])?;
+        self.at += len;
+        self.expect(b"\"")?;
+        Some(&self.b[start..start + len])
+    }
+}
+
 impl Scanner<'_> {
     pub(super) fn peek(&self) -> Option<u8> {
         self.b.get(self.at).copied()

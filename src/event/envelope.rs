@@ -53,7 +53,7 @@ fn unwrap_onto(
     let mut best: Option<Best> = None;
     if !s.eat(b"}") {
         loop {
-            let key = plain_key(&mut s)?;
+            let key = s.plain_key()?;
             s.expect(b":")?;
             if key == b"kind" {
                 return None; // the object is the event itself, not an envelope
@@ -102,16 +102,6 @@ fn copy_value(s: &mut Scanner<'_>, out: &mut BytesMut, rank: usize) -> Option<Be
         }
     }
     Some(Best::Event(rank))
-}
-
-/// An object key without escapes (a key with escapes is left to the general path, which
-/// reads it unescaped).
-fn plain_key<'a>(s: &mut Scanner<'a>) -> Option<&'a [u8]> {
-    let b = s.b;
-    let start = s.at + 1;
-    s.string()?;
-    let key = &b[start..s.at - 1];
-    (!key.contains(&b'\\')).then_some(key)
 }
 
 /// Scans the string token at `s` as [`Scanner::string`] does (the same tokens refused) and
