@@ -123,7 +123,7 @@ fn unescape_string(s: &mut Scanner<'_>, out: &mut BytesMut) -> Option<()> {
         let stop = match src.get(r..r + 8) {
             Some(word) => {
                 dst[w..w + 8].copy_from_slice(word);
-                let stops = stops(u64::from_le_bytes(word.try_into().ok()?));
+                let stops = stops(u64::from_le_bytes(word.try_into().unwrap()));
                 if stops == 0 {
                     r += 8;
                     w += 8;
@@ -147,6 +147,12 @@ fn unescape_string(s: &mut Scanner<'_>, out: &mut BytesMut) -> Option<()> {
         };
         match stop {
             b'"' => break,
+            // The escapes of a JSON text held in a string: its quotes and backslashes.
+            b'\\' if matches!(src.get(r + 1), Some(b'"' | b'\\')) => {
+                dst[w] = src[r + 1];
+                r += 2;
+                w += 1;
+            }
             b'\\' => {
                 let (read, c) = escape(&src[r + 1..])?;
                 r += 1 + read;
