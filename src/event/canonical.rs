@@ -512,6 +512,68 @@ mod tests {
         }
     }
 
+    /// Where a string's plain run ends, one byte at a time: what `find_stop` must agree with.
+    fn first_stop(b: &[u8]) -> Option<usize> {
+        b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+    }
+
+    #[test]
+    fn find_stop_finds_any_byte_at_any_place_in_a_word() {
+        // Every byte value at every position of inputs shorter than a word up to three
+        // words, over plain ASCII and over bytes >= 0x80 (which are never stops).
+        for filler in [b'a', 0xff, 0x80, b' '] {
+            for len in 0..=24 {
+                for at in 0..len {
+                    for c in 0..=255u8 {
+                        let mut b = vec![filler; len];
+                        b[at] = c;
+                        assert_eq!(canonical::find_stop(&b), first_stop(&b), "{b:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Several stops in a word, next to bytes one above a stop (`0x01`, `#`, `]`, `!`)
+        /// where a borrow from the byte below could mark a byte wrongly.
+        #[test]
+        fn find_stop_agrees_with_a_byte_loop(
+            b in proptest::collection::vec(proptest::sample::select(
+                b"\x00\x01\x1f\x20\x21\"#\\]\x7f\x80\xa2\xdc\xffaZ".to_vec()), 0..40),
+        ) {
+            proptest::prop_assert_eq!(canonical::find_stop(&b), first_stop(&b));
+        }
+    }
+
+    #[test]
+    fn strings_are_scanned_alike_wherever_a_word_ends() {
+        // An escape, a non-ASCII character or a control character after 0 to 17 plain
+        // bytes, then 0 to 9 more, with the string at the end of the input and before more.
+        let middles = [
+            r#"\""#, r#"\\"#, r#"\/"#, r#"\n"#, r#"\u00e9"#, r#"\uABCD"#, "é", "😀", "\x01", "\x1f",
+            "\x7f", r#"\ud800"#, r#"\x"#, r#"\u12"#, r#"\u+0aO"#, "",
+        ];
+        for before in 0..=17 {
+            for after in 0..=9 {
+                for middle in middles {
+                    let text = format!("\"{}{middle}{}\"", "a".repeat(before), "b".repeat(after));
+                    // serde_json takes lone surrogates' escapes too; the scanner leaves them.
+                    let valid = serde_json::from_str::<String>(&text).is_ok() && !middle.contains("ud8");
+                    for rest in ["", r#","x":1}"#] {
+                        let line = format!("{text}{rest}");
+                        let mut s = canonical::Scanner { b: line.as_bytes(), at: 0 };
+                        let got = s.string().map(|()| s.at);
+                        assert_eq!(got, valid.then_some(text.len()), "{line:?}");
+                    }
+                    let open = &text[..text.len() - 1];
+                    let mut s = canonical::Scanner { b: open.as_bytes(), at: 0 };
+                    assert_eq!(s.string(), None, "unterminated: {open:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn canonical_lines_are_recognised() {
         let track_nulls = TRACK

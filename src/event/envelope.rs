@@ -266,6 +266,74 @@ mod tests {
         }
     }
 
+    #[test]
+    fn unescapes_alike_wherever_a_word_ends() {
+        // An escape in the event's `value` (as the event writes it, escaped again in the
+        // message), or an escape of the message's own (`@` stands for where it goes), or a
+        // non-ASCII or control character, after 0 to 16 plain bytes; the `host` before
+        // `message` shifts it against word boundaries, and `message` is last or not.
+        let fields = envelope_fields(None);
+        let in_event = [
+            r#"\""#, r#"\\"#, r#"\/"#, r#"\b"#, r#"\f"#, r#"\n"#, r#"\r"#, r#"\t"#,
+            r#"\u0041"#, r#"\u00e9"#, r#"\u20ac"#, r#"\uFFFF"#, r#"\ud83d\ude00"#, "é€😀",
+            "\u{7f}", "",
+        ];
+        let in_message = [
+            r#"\/"#, r#"\u0041"#, r#"\u00e9"#, r#"\u20AC"#, r#"\uffff"#, r#"\\\\"#, r#"\\n"#,
+            r#"\ud83d\ude00"#,
+        ];
+        let messages = |before: usize| {
+            let value = |text: &str| format!(r#""{}{text}""#, "v".repeat(before));
+            let inner = in_event.map(|m| {
+                let event = E1.replace(r#""YO""#, &value(m));
+                (m, serde_json::to_string(&event).unwrap())
+            });
+            let outer = in_message.map(|m| {
+                let event = E1.replace(r#""YO""#, &value("@"));
+                (m, serde_json::to_string(&event).unwrap().replace('@', m))
+            });
+            inner.into_iter().chain(outer)
+        };
+        for before in 0..=16 {
+            for (middle, message) in messages(before) {
+                for host in 0..8 {
+                    let host = "h".repeat(host);
+                    for line in [
+                        format!(r#"{{"host":"{host}","message":{message}}}"#),
+                        format!(r#"{{"host":"{host}","message":{message},"t":1}}"#),
+                    ] {
+                        let general = general(&line, &fields);
+                        assert!(general.is_some(), "{line}");
+                        let got = fast(line.as_bytes(), &fields);
+                        if middle.contains("ud83d") {
+                            assert_eq!(got, None, "surrogates go the general way: {line}");
+                        } else {
+                            assert_eq!(got, general, "{line}");
+                        }
+                    }
+                }
+                // The message cut short, at every length: refused.
+                let line = format!(r#"{{"message":{message}}}"#);
+                for end in 0..line.len() {
+                    assert_eq!(fast(&line.as_bytes()[..end], &fields), None);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_control_character_in_the_message_is_refused_wherever_it_is() {
+        let fields = envelope_fields(None);
+        let message = serde_json::to_string(E1).unwrap();
+        for at in 1..message.len() - 1 {
+            for c in ["\x01", "\n", "\x1f"] {
+                let message = format!("{}{c}{}", &message[..at], &message[at..]);
+                let line = format!(r#"{{"message":{message}}}"#);
+                assert_eq!(fast(line.as_bytes(), &fields), None, "{line:?}");
+            }
+        }
+    }
+
     fn envelope_strategy() -> impl proptest::strategy::Strategy<Value = String> {
         use proptest::prelude::*;
         let inner = prop_oneof![
