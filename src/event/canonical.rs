@@ -77,7 +77,9 @@ pub(super) fn find_stop(b: &[u8]) -> Option<usize> {
         }
         at += 8;
     }
-    let tail = b[at..].iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+    let tail = b[at..]
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
     Some(at + tail)
 }
 
@@ -183,7 +185,11 @@ impl Scanner<'_> {
         if text.len() <= 18 {
             return Some(()); // 18 digits always fit
         }
-        std::str::from_utf8(text).ok()?.parse::<i64>().ok().map(|_| ())
+        std::str::from_utf8(text)
+            .ok()?
+            .parse::<i64>()
+            .ok()
+            .map(|_| ())
     }
 
     fn digits_without_leading_zero(&mut self) -> Option<()> {
@@ -551,23 +557,44 @@ mod tests {
         // An escape, a non-ASCII character or a control character after 0 to 17 plain
         // bytes, then 0 to 9 more, with the string at the end of the input and before more.
         let middles = [
-            r#"\""#, r#"\\"#, r#"\/"#, r#"\n"#, r#"\u00e9"#, r#"\uABCD"#, "é", "😀", "\x01", "\x1f",
-            "\x7f", r#"\ud800"#, r#"\x"#, r#"\u12"#, r#"\u+0aO"#, "",
+            r#"\""#,
+            r#"\\"#,
+            r#"\/"#,
+            r#"\n"#,
+            r#"\u00e9"#,
+            r#"\uABCD"#,
+            "é",
+            "😀",
+            "\x01",
+            "\x1f",
+            "\x7f",
+            r#"\ud800"#,
+            r#"\x"#,
+            r#"\u12"#,
+            r#"\u+0aO"#,
+            "",
         ];
         for before in 0..=17 {
             for after in 0..=9 {
                 for middle in middles {
                     let text = format!("\"{}{middle}{}\"", "a".repeat(before), "b".repeat(after));
                     // serde_json takes lone surrogates' escapes too; the scanner leaves them.
-                    let valid = serde_json::from_str::<String>(&text).is_ok() && !middle.contains("ud8");
+                    let valid =
+                        serde_json::from_str::<String>(&text).is_ok() && !middle.contains("ud8");
                     for rest in ["", r#","x":1}"#] {
                         let line = format!("{text}{rest}");
-                        let mut s = canonical::Scanner { b: line.as_bytes(), at: 0 };
+                        let mut s = canonical::Scanner {
+                            b: line.as_bytes(),
+                            at: 0,
+                        };
                         let got = s.string().map(|()| s.at);
                         assert_eq!(got, valid.then_some(text.len()), "{line:?}");
                     }
                     let open = &text[..text.len() - 1];
-                    let mut s = canonical::Scanner { b: open.as_bytes(), at: 0 };
+                    let mut s = canonical::Scanner {
+                        b: open.as_bytes(),
+                        at: 0,
+                    };
                     assert_eq!(s.string(), None, "unterminated: {open:?}");
                 }
             }

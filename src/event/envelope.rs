@@ -274,12 +274,31 @@ mod tests {
         // `message` shifts it against word boundaries, and `message` is last or not.
         let fields = envelope_fields(None);
         let in_event = [
-            r#"\""#, r#"\\"#, r#"\/"#, r#"\b"#, r#"\f"#, r#"\n"#, r#"\r"#, r#"\t"#,
-            r#"\u0041"#, r#"\u00e9"#, r#"\u20ac"#, r#"\uFFFF"#, r#"\ud83d\ude00"#, "é€😀",
-            "\u{7f}", "",
+            r#"\""#,
+            r#"\\"#,
+            r#"\/"#,
+            r#"\b"#,
+            r#"\f"#,
+            r#"\n"#,
+            r#"\r"#,
+            r#"\t"#,
+            r#"\u0041"#,
+            r#"\u00e9"#,
+            r#"\u20ac"#,
+            r#"\uFFFF"#,
+            r#"\ud83d\ude00"#,
+            "é€😀",
+            "\u{7f}",
+            "",
         ];
         let in_message = [
-            r#"\/"#, r#"\u0041"#, r#"\u00e9"#, r#"\u20AC"#, r#"\uffff"#, r#"\\\\"#, r#"\\n"#,
+            r#"\/"#,
+            r#"\u0041"#,
+            r#"\u00e9"#,
+            r#"\u20AC"#,
+            r#"\uffff"#,
+            r#"\\\\"#,
+            r#"\\n"#,
             r#"\ud83d\ude00"#,
         ];
         let messages = |before: usize| {
