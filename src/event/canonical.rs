@@ -90,7 +90,7 @@ pub(super) fn find_stop(b: &[u8]) -> Option<usize> {
 /// is, and nothing at all when the word has no stop. Bytes >= 0x80 are never marked
 /// (`& !x`), so UTF-8 sequences pass.
 #[inline]
-pub(super) fn stops(word: u64) -> u64 {
+fn stops(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     let zero = |x: u64| x.wrapping_sub(ONES) & !x;
     let quote = zero(word ^ (ONES * u64::from(b'"')));
