@@ -20,13 +20,10 @@ pub(super) fn is_compact_object(line: &[u8], envelope_fields: &[String]) -> bool
     }
     if !s.eat(b"}") {
         loop {
-            let b = s.b;
-            let start = s.at + 1;
-            if s.string().is_none() {
+            let Some(key) = s.plain_key() else {
                 return false;
-            }
-            let key = &b[start..s.at - 1];
-            if key.contains(&b'\\') || s.expect(b":").is_none() || s.value(1).is_none() {
+            };
+            if s.expect(b":").is_none() || s.value(1).is_none() {
                 return false;
             }
             kind |= key == b"kind";

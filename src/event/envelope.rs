@@ -10,7 +10,7 @@
 //! whitespace, `\u` surrogates, deep nesting and anything else unusual get `None` and go the
 //! general way. It is property-tested against the general path.
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 
 use super::canonical::{self, Scanner};
 use super::EventType;
@@ -23,40 +23,48 @@ pub(super) fn unwrap(
     envelope_fields: &[String],
     out: &mut BytesMut,
 ) -> Option<EventType> {
-    let value = envelope_value(line, envelope_fields)?;
     let start = out.len();
-    let copied = match value[0] {
-        b'"' => unescape(&value[1..value.len() - 1], out),
-        b'{' => {
-            out.extend_from_slice(value);
-            Some(())
-        }
-        _ => None,
-    };
-    let kind = copied.and_then(|()| canonical::check(&out[start..]));
+    let kind = unwrap_onto(line, envelope_fields, out, start);
     if kind.is_none() {
         out.truncate(start);
     }
     kind
 }
 
-/// The raw value of the preferred envelope field of a compact JSON object without `kind`.
-fn envelope_value<'a>(line: &'a [u8], envelope_fields: &[String]) -> Option<&'a [u8]> {
+/// What the preferred envelope field seen so far holds.
+enum Best {
+    /// A field of this rank in `envelope_fields`, its event copied to the buffer.
+    Event(usize),
+    /// A field of this rank that holds no string or object: no event.
+    Other(usize),
+}
+
+/// One pass over a compact JSON object without `kind`: the value of the preferred envelope
+/// field goes to `out[start..]` as it is scanned (unescaped if a string; a field preferred
+/// to it later replaces it), then the canonical scanner checks it there.
+fn unwrap_onto(
+    line: &[u8],
+    envelope_fields: &[String],
+    out: &mut BytesMut,
+    start: usize,
+) -> Option<EventType> {
     let mut s = Scanner { b: line, at: 0 };
     s.expect(b"{")?;
-    let mut best: Option<(usize, &[u8])> = None;
+    let mut best: Option<Best> = None;
     if !s.eat(b"}") {
         loop {
-            let key = plain_key(&mut s)?;
+            let key = s.plain_key()?;
             s.expect(b":")?;
             if key == b"kind" {
                 return None; // the object is the event itself, not an envelope
             }
-            let start = s.at;
-            s.value(1)?;
             let rank = envelope_fields.iter().position(|f| f.as_bytes() == key);
-            if let Some(rank) = rank.filter(|&r| best.is_none_or(|(b, _)| r < b)) {
-                best = Some((rank, &line[start..s.at]));
+            match rank.filter(|&r| best.as_ref().is_none_or(|b| r < b.rank())) {
+                Some(rank) => {
+                    out.truncate(start);
+                    best = Some(copy_value(&mut s, out, rank)?);
+                }
+                None => s.value(1)?,
             }
             if s.eat(b"}") {
                 break;
@@ -64,51 +72,172 @@ fn envelope_value<'a>(line: &'a [u8], envelope_fields: &[String]) -> Option<&'a 
             s.expect(b",")?;
         }
     }
-    if s.at != line.len() {
-        return None;
+    match best? {
+        Best::Event(_) if s.at == line.len() => canonical::check(&out[start..]),
+        _ => None,
     }
-    best.map(|(_, value)| value)
 }
 
-/// An object key without escapes (a key with escapes is left to the general path, which
-/// reads it unescaped).
-fn plain_key<'a>(s: &mut Scanner<'a>) -> Option<&'a [u8]> {
-    let b = s.b;
-    let start = s.at + 1;
-    s.string()?;
-    let key = &b[start..s.at - 1];
-    (!key.contains(&b'\\')).then_some(key)
+impl Best {
+    fn rank(&self) -> usize {
+        match *self {
+            Best::Event(rank) | Best::Other(rank) => rank,
+        }
+    }
 }
 
-/// Appends the text of a JSON string's contents (already checked by the scanner).
-fn unescape(raw: &[u8], out: &mut BytesMut) -> Option<()> {
-    let mut rest = raw;
-    while let Some(i) = rest.iter().position(|&c| c == b'\\') {
-        out.extend_from_slice(&rest[..i]);
-        let plain = match *rest.get(i + 1)? {
-            b'"' => b'"',
-            b'\\' => b'\\',
-            b'/' => b'/',
-            b'b' => 0x08,
-            b'f' => 0x0c,
-            b'n' => b'\n',
-            b'r' => b'\r',
-            b't' => b'\t',
-            b'u' => {
-                let hex = std::str::from_utf8(rest.get(i + 2..i + 6)?).ok()?;
-                // A surrogate is no `char`: left to the general path.
-                let c = char::from_u32(u32::from_str_radix(hex, 16).ok()?)?;
-                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
-                rest = &rest[i + 6..];
-                continue;
+/// Scans the value at `s` (depth 1) and appends its event to `out`: a string's text, or an
+/// object as it is.
+fn copy_value(s: &mut Scanner<'_>, out: &mut BytesMut, rank: usize) -> Option<Best> {
+    let from = s.at;
+    match s.peek()? {
+        b'"' => unescape_string(s, out)?,
+        b'{' => {
+            s.value(1)?;
+            out.extend_from_slice(&s.b[from..s.at]);
+        }
+        _ => {
+            s.value(1)?;
+            return Some(Best::Other(rank));
+        }
+    }
+    Some(Best::Event(rank))
+}
+
+/// Scans the string token at `s` as [`Scanner::string`] does (the same tokens refused) and
+/// appends its text to `out`, in the same pass.
+///
+/// The text is never longer than what is left of the line from the string's contents on
+/// (an escape is longer than what it stands for), so that much room is zeroed in `out`
+/// first and written by index: plain bytes are copied a whole word at a time, and the
+/// bytes of a word from its stop on are overwritten by what comes next. Invariant:
+/// `w <= r - from`, so a word written at `w` fits.
+fn unescape_string(s: &mut Scanner<'_>, out: &mut BytesMut) -> Option<()> {
+    s.expect(b"\"")?;
+    let (src, from) = (s.b, s.at);
+    let base = out.len();
+    out.resize(base + (src.len() - from), 0);
+    let dst = &mut out[base..];
+    let (mut r, mut w) = (from, 0);
+    loop {
+        let stop = match src.get(r..r + 8) {
+            Some(word) => {
+                dst[w..w + 8].copy_from_slice(word);
+                let stops = exact_stops(u64::from_le_bytes(word.try_into().unwrap()));
+                match quick_escapes(src, dst, (r, w), stops) {
+                    Ok(next) => {
+                        (r, w) = next;
+                        continue;
+                    }
+                    Err(at) => {
+                        (r, w) = at;
+                        src[r]
+                    }
+                }
             }
-            _ => return None,
+            None => {
+                let c = *src.get(r)?;
+                if !(c == b'"' || c == b'\\' || c < 0x20) {
+                    dst[w] = c;
+                    r += 1;
+                    w += 1;
+                    continue;
+                }
+                c
+            }
         };
-        out.put_u8(plain);
-        rest = &rest[i + 2..];
+        match stop {
+            b'"' => break,
+            // The escapes of a JSON text held in a string: its quotes and backslashes.
+            b'\\' if matches!(src.get(r + 1), Some(b'"' | b'\\')) => {
+                dst[w] = src[r + 1];
+                r += 2;
+                w += 1;
+            }
+            b'\\' => {
+                let (read, c) = escape(&src[r + 1..])?;
+                r += 1 + read;
+                if c.is_ascii() {
+                    dst[w] = c as u8; // a store, where a slice copy would call memcpy
+                    w += 1;
+                } else {
+                    w += c.encode_utf8(&mut dst[w..]).len();
+                }
+            }
+            _ => return None, // a control character
+        }
     }
-    out.extend_from_slice(rest);
+    s.at = r + 1;
+    out.truncate(base + w);
     Some(())
+}
+
+/// The word of `src` at `r`, already copied to `dst` at `w`, with its `stops`: takes its
+/// escaped quotes and backslashes (the escapes of a JSON text held in a string) one after
+/// the other from the mask, rather than loading the word again after each (which would put
+/// a load and the search on every escape's path). `Ok` at the word's end; `Err` at a stop
+/// left to the caller.
+fn quick_escapes(
+    src: &[u8],
+    dst: &mut [u8],
+    (mut r, mut w): (usize, usize),
+    mut stops: u64,
+) -> Result<(usize, usize), (usize, usize)> {
+    let start = r;
+    loop {
+        if stops == 0 {
+            return Ok((start + 8, w + (start + 8 - r)));
+        }
+        let byte = stops.trailing_zeros() as usize / 8;
+        let at = start + byte;
+        w += at - r;
+        r = at;
+        let quick = byte < 7 && src[at] == b'\\' && matches!(src[at + 1], b'"' | b'\\');
+        if !quick || at + 10 > src.len() {
+            return Err((r, w));
+        }
+        dst[w] = src[at + 1];
+        (r, w) = (at + 2, w + 1);
+        // What follows the escape, in its place (bytes past the word are overwritten later).
+        dst[w..w + 8].copy_from_slice(&src[r..r + 8]);
+        stops &= !(0xffff << (byte * 8));
+    }
+}
+
+/// The stops among a word's eight bytes, each marked by its high bit, exactly: unlike
+/// [`stops`], no borrow or carry crosses a byte (a byte's low seven bits plus at most 0x7f
+/// stay below 0x100), so every mark stands, not only the lowest.
+fn exact_stops(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const LOW: u64 = ONES * 0x7f;
+    let zero = |x: u64| !(((x & LOW) + LOW) | x | LOW);
+    let control = !(((word & LOW) + ONES * 0x60) | word | LOW);
+    zero(word ^ (ONES * u64::from(b'"'))) | zero(word ^ (ONES * u64::from(b'\\'))) | control
+}
+
+/// The escape after a backslash: the bytes it takes and the character it stands for.
+/// `\u` surrogates (no `char`) are left to the general path, as the scanner leaves them.
+fn escape(after: &[u8]) -> Option<(usize, char)> {
+    let plain = match *after.first()? {
+        b'"' => '"',
+        b'\\' => '\\',
+        b'/' => '/',
+        b'b' => '\u{8}',
+        b'f' => '\u{c}',
+        b'n' => '\n',
+        b'r' => '\r',
+        b't' => '\t',
+        b'u' => {
+            let hex = after.get(1..5)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            let unit = u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+            return Some((5, char::from_u32(unit)?));
+        }
+        _ => return None,
+    };
+    Some((1, plain))
 }
 
 #[cfg(test)]
@@ -178,6 +307,93 @@ mod tests {
         ];
         for line in cases {
             assert_eq!(fast(line.as_bytes(), &fields), None, "{line}");
+        }
+    }
+
+    #[test]
+    fn unescapes_alike_wherever_a_word_ends() {
+        // An escape in the event's `value` (as the event writes it, escaped again in the
+        // message), or an escape of the message's own (`@` stands for where it goes), or a
+        // non-ASCII or control character, after 0 to 16 plain bytes; the `host` before
+        // `message` shifts it against word boundaries, and `message` is last or not.
+        let fields = envelope_fields(None);
+        let in_event = [
+            r#"\""#,
+            r#"\\"#,
+            r#"\/"#,
+            r#"\b"#,
+            r#"\f"#,
+            r#"\n"#,
+            r#"\r"#,
+            r#"\t"#,
+            r#"\u0041"#,
+            r#"\u00e9"#,
+            r#"\u20ac"#,
+            r#"\uFFFF"#,
+            r#"\ud83d\ude00"#,
+            "é€😀",
+            "\u{7f}",
+            "",
+        ];
+        let in_message = [
+            r#"\/"#,
+            r#"\u0041"#,
+            r#"\u00e9"#,
+            r#"\u20AC"#,
+            r#"\uffff"#,
+            r#"\\\\"#,
+            r#"\\n"#,
+            r#"\ud83d\ude00"#,
+        ];
+        let messages = |before: usize| {
+            let value = |text: &str| format!(r#""{}{text}""#, "v".repeat(before));
+            let inner = in_event.map(|m| {
+                let event = E1.replace(r#""YO""#, &value(m));
+                (m, serde_json::to_string(&event).unwrap())
+            });
+            let outer = in_message.map(|m| {
+                let event = E1.replace(r#""YO""#, &value("@"));
+                (m, serde_json::to_string(&event).unwrap().replace('@', m))
+            });
+            inner.into_iter().chain(outer)
+        };
+        for before in 0..=16 {
+            for (middle, message) in messages(before) {
+                for host in 0..8 {
+                    let host = "h".repeat(host);
+                    for line in [
+                        format!(r#"{{"host":"{host}","message":{message}}}"#),
+                        format!(r#"{{"host":"{host}","message":{message},"t":1}}"#),
+                    ] {
+                        let general = general(&line, &fields);
+                        assert!(general.is_some(), "{line}");
+                        let got = fast(line.as_bytes(), &fields);
+                        if middle.contains("ud83d") {
+                            assert_eq!(got, None, "surrogates go the general way: {line}");
+                        } else {
+                            assert_eq!(got, general, "{line}");
+                        }
+                    }
+                }
+                // The message cut short, at every length: refused.
+                let line = format!(r#"{{"message":{message}}}"#);
+                for end in 0..line.len() {
+                    assert_eq!(fast(&line.as_bytes()[..end], &fields), None);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_control_character_in_the_message_is_refused_wherever_it_is() {
+        let fields = envelope_fields(None);
+        let message = serde_json::to_string(E1).unwrap();
+        for at in 1..message.len() - 1 {
+            for c in ["\x01", "\n", "\x1f"] {
+                let message = format!("{}{c}{}", &message[..at], &message[at..]);
+                let line = format!(r#"{{"message":{message}}}"#);
+                assert_eq!(fast(line.as_bytes(), &fields), None, "{line:?}");
+            }
         }
     }
 
