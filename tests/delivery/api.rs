@@ -98,7 +98,12 @@ fn metrics_match_what_the_endpoint_received_while_the_pipeline_runs() {
     let proc = Proc::spawn(run_cmd(&config));
 
     let delivered = "flaghook_sink_events_delivered_total{sink=\"webhook\"}";
-    let at = metrics_until(&addr, &proc, |s| s.get(delivered) == Some(&300.0));
+    let invalid = "flaghook_sink_events_rejected_total{sink=\"webhook\",reason=\"invalid\"}";
+    // Blocks are cut to 100 lines here (the budget of 50-event batches): the bad lines'
+    // block may be decoded after the 300 events are delivered, so both are waited for.
+    let at = metrics_until(&addr, &proc, |s| {
+        s.get(delivered) == Some(&300.0) && s.get(invalid) == Some(&2.0)
+    });
     assert_eq!(value(&at, delivered), 300.0, "{}", proc.stderr_now());
     assert_eq!(endpoint.with(|t| t.delivered), 300);
     let requests_2xx = "flaghook_sink_requests_total{sink=\"webhook\",status=\"2xx\"}";
@@ -106,7 +111,6 @@ fn metrics_match_what_the_endpoint_received_while_the_pipeline_runs() {
         value(&at, requests_2xx),
         endpoint.with(|t| t.ok_requests) as f64
     );
-    let invalid = "flaghook_sink_events_rejected_total{sink=\"webhook\",reason=\"invalid\"}";
     assert_eq!(value(&at, invalid), 2.0);
     let read = "flaghook_source_events_read_total{source=\"in\"}";
     assert_eq!(value(&at, read), 302.0);
@@ -450,7 +454,12 @@ fn metrics_match_the_endpoint_with_requests_in_flight_splits_and_retries() {
     );
 
     let delivered = "flaghook_sink_events_delivered_total{sink=\"webhook\"}";
-    let at = metrics_until(&addr, &proc, |s| s.get(delivered) == Some(&300.0));
+    let invalid = "flaghook_sink_events_rejected_total{sink=\"webhook\",reason=\"invalid\"}";
+    // Blocks are cut to 100 lines here (the budget of 50-event batches): the bad lines'
+    // block may be decoded after the 300 events are delivered, so both are waited for.
+    let at = metrics_until(&addr, &proc, |s| {
+        s.get(delivered) == Some(&300.0) && s.get(invalid) == Some(&2.0)
+    });
     let status = |class: &str| {
         value(
             &at,
