@@ -7,7 +7,6 @@
 //! the offset just past the line, and after `finish` the lines cover the whole stream.
 #![no_main]
 
-use bytes::Bytes;
 use flaghook::event::{Line, LineKind};
 use flaghook::source::lines::{LineSplitter, OVERSIZED_EXCERPT};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
@@ -61,10 +60,7 @@ fuzz_target!(|data: &[u8]| {
             .buffer()
             .extend_from_slice(&plan.stream[fed..fed + take]);
         fed += take;
-        let mut read = Vec::new();
-        let buffer = splitter.split(&mut read);
-        let own = |l: Line| Line::own(Bytes::copy_from_slice(l.bytes.of(&buffer)), l.kind);
-        lines.extend(read.into_iter().map(own));
+        splitter.split_own(&mut lines);
         // Nothing is held beyond the limit (plus the read that crossed it).
         assert!(
             splitter.pending() <= plan.max_line_bytes,

@@ -230,15 +230,6 @@ impl Line {
         }
     }
 
-    /// The line with its own bytes: a slice of `buffer`, its block's, when in it.
-    pub(crate) fn into_own(self, buffer: &Bytes) -> Line {
-        let bytes = match self.bytes {
-            Piece::InBlock { start, len } => Piece::Own(buffer.slice(start..start + len)),
-            own => own,
-        };
-        Line { bytes, ..self }
-    }
-
     /// Its bytes when they are its own (see [`Line::bytes`]); none in a block's buffer.
     pub(crate) fn own_bytes(&self) -> &[u8] {
         match &self.bytes {

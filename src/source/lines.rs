@@ -94,6 +94,18 @@ impl LineSplitter {
         lines
     }
 
+    /// [`LineSplitter::split`], each line with its own bytes (a slice of the read buffer):
+    /// for a reader that hands lines on outside a block, or gathers those of several reads.
+    pub fn split_own(&mut self, out: &mut Vec<Line>) {
+        let from = out.len();
+        let buffer = self.split(out);
+        for line in &mut out[from..] {
+            if let Piece::InBlock { start, len } = line.bytes {
+                line.bytes = Piece::Own(buffer.slice(start..start + len));
+            }
+        }
+    }
+
     /// Every complete line now in the buffer, cut off in one piece with their newlines, when
     /// none of them is longer than `max_line_bytes`: for a reader that hands the lines on
     /// as they came (the journal), checked and counted in one pass, without a `Bytes` and
