@@ -722,6 +722,32 @@ mod tests {
         assert_eq!(&batch.body().unwrap()[..], b"{\"events\":[22]}");
     }
 
+    /// A block's buffer is held while items of it wait to join a batch, and let go once
+    /// the last has joined one: once per block, whatever batches its items end in.
+    #[tokio::test(start_paused = true)]
+    async fn a_blocks_buffer_is_let_go_once_its_last_item_joins_a_batch() {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let prefix = Bytes::from_static(b"{\"events\":[");
+        let mut out = chunks_timeout(
+            ReceiverStream::new(rx),
+            events(2),
+            Duration::from_secs(60),
+            Some(prefix),
+        );
+        let block = block_of((0..3).map(item).collect());
+        let buffer = block.buffer.clone();
+        tx.send(block).await.unwrap();
+        assert_eq!(numbers(&out.next().await.unwrap()), ["0", "1"]);
+        assert!(!buffer.is_unique(), "held: its last item waits");
+        tx.send(block_of(vec![item(3)])).await.unwrap();
+        let batch = out.next().await.unwrap();
+        assert_eq!(numbers(&batch), ["2", "3"]);
+        assert!(
+            buffer.is_unique(),
+            "let go: the batch holds a copy of its events"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn reinjected_batches_go_out_before_newer_ones() {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
