@@ -35,7 +35,9 @@ use futures::stream::Fuse;
 use futures::{Stream, StreamExt};
 use tokio::time::Sleep;
 
-use crate::event::{Ack, Item};
+#[cfg(test)]
+use crate::event::Piece;
+use crate::event::{Ack, Item, Items};
 use crate::source::Cost;
 
 /// A batch: its items, in order, as [`Record`]s and [`Run`]s, and their events one after
@@ -146,7 +148,7 @@ impl Batch {
         };
         let mut gather = Gather::new(None, limits);
         for item in items {
-            gather.add(item);
+            gather.add(item, &[]);
         }
         gather.finish()
     }
@@ -249,7 +251,7 @@ impl Batch {
         }
     }
 
-    /// Its items as they came (a copy of each event), for tests.
+    /// Its items as they came (a copy of each event, of its own), for tests.
     #[cfg(test)]
     pub(crate) fn items(&self) -> Vec<Item> {
         let mut events = self.events();
@@ -264,7 +266,7 @@ impl Batch {
                 };
                 items.push(match record.has_event() {
                     true => Item::Event {
-                        event: Bytes::copy_from_slice(events.next().expect("an event")),
+                        event: Piece::Own(Bytes::copy_from_slice(events.next().expect("an event"))),
                         ack,
                         held: record.held as usize,
                     },
@@ -335,8 +337,10 @@ impl Gather {
         self.records.len()
     }
 
-    /// Adds `item`: its event is copied, and the bytes it held are let go now.
-    fn add(&mut self, item: Item) {
+    /// Adds `item`, whose event, if in its block, lies in `buffer`: the event is copied,
+    /// and the bytes it held of its own are let go now (the block's buffer, once the
+    /// block is added).
+    fn add(&mut self, item: Item, buffer: &[u8]) {
         if self.records.is_empty() {
             // Reserved whole, so that they are not copied as they come (a copy would hold
             // them twice), but only once the batch starts, not while the last one is in
@@ -347,7 +351,7 @@ impl Gather {
         let record = Record::of(&item);
         let ack = item.ack();
         if let Item::Event { event, .. } = item {
-            self.put(&event);
+            self.put(event.of(buffer));
         }
         self.records.push(record);
         extend_runs(&mut self.runs, ack.input, ack.file, 1);
@@ -409,7 +413,7 @@ impl Limits {
     }
 }
 
-/// Batches `input` by size, bytes and time. The stream ends when the input ends, after
+/// Batches `input`, blocks of items, by size, bytes and time. The stream ends when the input ends, after
 /// the last partial batch. With `body_prefix`, each batch's request body is built while it
 /// gathers (see the module's overview).
 pub(crate) fn chunks_timeout<S>(
@@ -419,10 +423,11 @@ pub(crate) fn chunks_timeout<S>(
     body_prefix: Option<Bytes>,
 ) -> Batches<S>
 where
-    S: Stream<Item = Item> + Unpin,
+    S: Stream<Item = Items> + Unpin,
 {
     Batches {
         input: Some(input),
+        block: None,
         limits,
         flush_interval,
         bytes: 0,
@@ -435,6 +440,9 @@ where
 pub(crate) struct Batches<S> {
     /// None once the input ended.
     input: Option<S>,
+    /// The block being added: its buffer, and its items not added yet (a batch filled
+    /// before them).
+    block: Option<(Bytes, std::vec::IntoIter<Item>)>,
     limits: Limits,
     flush_interval: Duration,
     /// Bytes held by the pending items.
@@ -453,22 +461,21 @@ impl<S> Batches<S> {
     }
 }
 
-impl<S: Stream<Item = Item> + Unpin> Stream for Batches<S> {
+impl<S: Stream<Item = Items> + Unpin> Stream for Batches<S> {
     type Item = Batch;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Batch>> {
         let this = &mut *self;
-        while let Some(input) = this.input.as_mut() {
+        loop {
+            if let Some(batch) = this.add_block() {
+                return Poll::Ready(Some(batch));
+            }
+            let Some(input) = this.input.as_mut() else {
+                return Poll::Ready(None);
+            };
             match Pin::new(input).poll_next(cx) {
-                Poll::Ready(Some(item)) => {
-                    if this.gather.len() == 0 {
-                        this.deadline = Some(Box::pin(tokio::time::sleep(this.flush_interval)));
-                    }
-                    this.bytes += item.held();
-                    this.gather.add(item);
-                    if this.limits.reached(this.gather.len(), this.bytes) {
-                        return Poll::Ready(Some(this.take()));
-                    }
+                Poll::Ready(Some(block)) => {
+                    this.block = Some((block.buffer, block.items.into_iter()));
                 }
                 Poll::Ready(None) => {
                     this.input = None;
@@ -479,9 +486,6 @@ impl<S: Stream<Item = Item> + Unpin> Stream for Batches<S> {
                 Poll::Pending => break,
             }
         }
-        if this.input.is_none() {
-            return Poll::Ready(None);
-        }
         let due = this
             .deadline
             .as_mut()
@@ -491,6 +495,26 @@ impl<S: Stream<Item = Item> + Unpin> Stream for Batches<S> {
         } else {
             Poll::Pending
         }
+    }
+}
+
+impl<S> Batches<S> {
+    /// Adds the items of the block being added, until a batch is full: then that batch.
+    /// The block's buffer is dropped once all its items are added.
+    fn add_block(&mut self) -> Option<Batch> {
+        let (buffer, items) = self.block.as_mut()?;
+        for item in items.by_ref() {
+            if self.gather.len() == 0 {
+                self.deadline = Some(Box::pin(tokio::time::sleep(self.flush_interval)));
+            }
+            self.bytes += item.held();
+            self.gather.add(item, buffer);
+            if self.limits.reached(self.gather.len(), self.bytes) {
+                return Some(self.take());
+            }
+        }
+        self.block = None;
+        None
     }
 }
 
@@ -557,12 +581,30 @@ mod tests {
         let event = Bytes::from(n.to_string());
         Item::Event {
             held: event.len(),
-            event,
+            event: Piece::Own(event),
             ack: Ack {
                 input: 0,
                 file: 0,
                 offset: n,
             },
+        }
+    }
+
+    /// `items` as a decode stage hands a block's on: their events moved into one buffer,
+    /// each a range of it.
+    fn block_of(mut items: Vec<Item>) -> Items {
+        let mut buffer = Vec::new();
+        for item in &mut items {
+            if let Item::Event { event, .. } = item {
+                let start = buffer.len();
+                buffer.extend_from_slice(event.of(&[]));
+                let len = event.len();
+                *event = Piece::InBlock { start, len };
+            }
+        }
+        Items {
+            buffer: Bytes::from(buffer),
+            items,
         }
     }
 
@@ -590,9 +632,8 @@ mod tests {
             Duration::from_secs(60),
             None,
         );
-        for n in 0..4 {
-            tx.send(item(n)).await.unwrap();
-        }
+        tx.send(block_of(vec![item(0), item(1)])).await.unwrap();
+        tx.send(block_of(vec![item(2), item(3)])).await.unwrap();
         assert_eq!(numbers(&out.next().await.unwrap()), ["0", "1", "2"]);
         let start = tokio::time::Instant::now();
         assert_eq!(numbers(&out.next().await.unwrap()), ["3"]);
@@ -613,7 +654,7 @@ mod tests {
             None,
         );
         for n in [1, 22, 333, 4] {
-            tx.send(item(n)).await.unwrap();
+            tx.send(block_of(vec![item(n)])).await.unwrap();
         }
         let start = tokio::time::Instant::now();
         assert_eq!(numbers(&out.next().await.unwrap()), ["1", "22", "333"]);
@@ -636,7 +677,10 @@ mod tests {
         );
         let read = Bytes::from_static(b"0 1 22");
         let line = |at: std::ops::Range<usize>, offset| Item::Event {
-            event: read.slice(at),
+            event: Piece::InBlock {
+                start: at.start,
+                len: at.len(),
+            },
             ack: Ack {
                 input: 0,
                 file: 0,
@@ -649,9 +693,12 @@ mod tests {
             file: 0,
             offset: 3,
         });
-        for item in [line(0..1, 1), position, line(2..3, 4)] {
-            tx.send(item).await.unwrap();
-        }
+        let items = vec![line(0..1, 1), position, line(2..3, 4)];
+        let block = Items {
+            buffer: read.clone(),
+            items,
+        };
+        tx.send(block).await.unwrap();
         let batch = out.next().await.unwrap();
         let body = batch.body().cloned().expect("a body");
         assert_eq!(&body[..], b"{\"events\":[0,1]}");
@@ -665,10 +712,40 @@ mod tests {
         );
 
         // A batch of positions only has no body; the next body is built anew.
-        tx.send(line(4..6, 7)).await.unwrap();
+        let block = Items {
+            buffer: read.clone(),
+            items: vec![line(4..6, 7)],
+        };
+        tx.send(block).await.unwrap();
         drop(tx);
         let batch = out.next().await.unwrap();
         assert_eq!(&batch.body().unwrap()[..], b"{\"events\":[22]}");
+    }
+
+    /// A block's buffer is held while items of it wait to join a batch, and let go once
+    /// the last has joined one: once per block, whatever batches its items end in.
+    #[tokio::test(start_paused = true)]
+    async fn a_blocks_buffer_is_let_go_once_its_last_item_joins_a_batch() {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let prefix = Bytes::from_static(b"{\"events\":[");
+        let mut out = chunks_timeout(
+            ReceiverStream::new(rx),
+            events(2),
+            Duration::from_secs(60),
+            Some(prefix),
+        );
+        let block = block_of((0..3).map(item).collect());
+        let buffer = block.buffer.clone();
+        tx.send(block).await.unwrap();
+        assert_eq!(numbers(&out.next().await.unwrap()), ["0", "1"]);
+        assert!(!buffer.is_unique(), "held: its last item waits");
+        drop(tx);
+        let batch = out.next().await.unwrap();
+        assert_eq!(numbers(&batch), ["2"]);
+        assert!(
+            buffer.is_unique(),
+            "let go: the batch holds a copy of its events"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -682,9 +759,7 @@ mod tests {
             None,
         );
         let mut out = Reinject::new(batches, limits);
-        for n in 0..5 {
-            tx.send(item(n)).await.unwrap();
-        }
+        tx.send(block_of((0..5).map(item).collect())).await.unwrap();
         let failed = out.next().await.unwrap();
         let prefetched = out.next().await.unwrap();
         assert_eq!(numbers(&failed), ["0", "1"]);
@@ -736,7 +811,7 @@ mod tests {
                 };
                 match event {
                     Some(e) => Item::Event {
-                        event: Bytes::from(e.clone()),
+                        event: Piece::Own(Bytes::from(e.clone())),
                         ack,
                         held: e.len() + 1,
                     },
@@ -800,14 +875,17 @@ mod tests {
                 let prefix = Bytes::from_static(b"{\"events\":[");
                 let limits = Limits { events: items.len().max(1), bytes: usize::MAX };
                 let mut gather = Gather::new(Some(prefix.clone()), limits);
-                for item in items.clone() {
-                    gather.add(item);
+                let block = block_of(items.clone());
+                for item in block.items {
+                    gather.add(item, &block.buffer);
                 }
                 let batch = gather.finish();
                 prop_assert!(same(&batch.items(), &items));
                 prop_assert_eq!(batch.last_per_file(), last_per_file(&items));
                 prop_assert_eq!(batch.cost(), Cost::of(&items));
-                let events: Vec<&Bytes> = items.iter().filter_map(Item::event).collect();
+                let events: Vec<&[u8]> = (items.iter())
+                    .filter_map(|i| Some(i.event()?.of(&[])))
+                    .collect();
                 prop_assert_eq!(batch.count_events(), events.len());
                 match batch.body() {
                     Some(body) => {
@@ -840,15 +918,15 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
-        /// When `input` comes (after a gap of tens of ms, so many items), what the stream
-        /// gives and when: (ms since the start, the numbers in the batch).
+        /// When `input` comes (after a gap of tens of ms, so many items, in one block), what
+        /// the stream gives and when: (ms since the start, the numbers in the batch).
         type Schedule = Vec<(u64, usize)>;
         type Given = Vec<(u128, Vec<String>)>;
 
         /// Runs `batch` on paused time over a channel fed along `schedule`.
         fn run<B, S>(schedule: &Schedule, batch: B) -> Given
         where
-            B: FnOnce(ReceiverStream<Item>) -> S,
+            B: FnOnce(ReceiverStream<Items>) -> S,
             S: Stream<Item = Vec<Item>>,
         {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -863,10 +941,9 @@ mod tests {
                     let mut n = 0;
                     for (gap, count) in schedule {
                         tokio::time::sleep(Duration::from_millis(gap * 10)).await;
-                        for _ in 0..count {
-                            tx.send(item(n)).await.unwrap();
-                            n += 1;
-                        }
+                        let block = (n..n + count as u64).map(item).collect();
+                        tx.send(block_of(block)).await.unwrap();
+                        n += count as u64;
                     }
                 });
                 let start = tokio::time::Instant::now();
@@ -892,7 +969,19 @@ mod tests {
                     chunks_timeout(input, limits, flush, None).map(|b| b.items())
                 });
                 let theirs = run(&schedule, |input| {
-                    tokio_stream::StreamExt::chunks_timeout(input, max_events, flush)
+                    let items = input.flat_map(|block| {
+                        let buffer = block.buffer;
+                        let items = block.items.into_iter().map(move |item| match item {
+                            Item::Event { event, ack, held } => Item::Event {
+                                event: Piece::Own(Bytes::copy_from_slice(event.of(&buffer))),
+                                ack,
+                                held,
+                            },
+                            position => position,
+                        });
+                        futures::stream::iter(items)
+                    });
+                    tokio_stream::StreamExt::chunks_timeout(items, max_events, flush)
                 });
                 prop_assert_eq!(ours, theirs);
             }

@@ -41,21 +41,16 @@ pub(super) fn is_compact_object(line: &[u8], envelope_fields: &[String]) -> bool
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::is_compact_object;
     use crate::event::fixtures::*;
-    use crate::event::{envelope_fields, Decoded, Decoder, Schema};
+    use crate::event::{envelope_fields, Decoded, Decoder, FromLine, Schema};
 
     /// What the general path sends for `line` with `schema = "any"`, bypassing the fast path.
     fn general(line: &str) -> Result<String, String> {
         let mut d = Decoder::new(Schema::Any, &[]);
-        match d.decode_general(
-            &Bytes::copy_from_slice(line.as_bytes()),
-            line,
-            &envelope_fields(None),
-        ) {
-            Ok(Decoded::Event(b)) => Ok(String::from_utf8(b.to_vec()).unwrap()),
+        match d.decode_general(line, &envelope_fields(None)) {
+            Ok(FromLine::Decoded(Decoded::Event(b))) => Ok(String::from_utf8(b.to_vec()).unwrap()),
+            Ok(FromLine::Itself(len)) => Ok(line[..len].to_owned()),
             other => Err(format!("{other:?}")),
         }
     }

@@ -69,11 +69,11 @@ impl Decoder {
     }
 
     /// [`Decoder::decode`], saying when the line is its own event rather than making a
-    /// `Bytes` of it: the caller that owns the line keeps it as it is (a reference count
-    /// taken and dropped per event less on the canonical fast path).
+    /// `Bytes` of it: the caller that owns the line keeps it as it is (a range of its
+    /// block's buffer, see [`crate::event::Block`]).
     pub(crate) fn decode_line(
         &mut self,
-        whole: &Bytes,
+        whole: &[u8],
         envelope_fields: &[String],
     ) -> Result<FromLine, Invalid> {
         let line: &[u8] = whole.strip_suffix(b"\r").unwrap_or(whole);
@@ -108,19 +108,17 @@ impl Decoder {
         } else if any::is_compact_object(line, envelope_fields) {
             return Ok(FromLine::Itself(line.len()));
         }
-        self.decode_general(whole, text, envelope_fields)
-            .map(FromLine::Decoded)
+        self.decode_general(text, envelope_fields)
     }
 
     /// The general path: the line parsed by serde, a shipper's envelope unwrapped, the
     /// event compacted (`any`) or encoded in GO Feature Flag's order (`goff`). `text` is
-    /// `whole` without its `\r`, checked as UTF-8.
+    /// the line without its `\r`, checked as UTF-8.
     pub(super) fn decode_general(
         &mut self,
-        whole: &Bytes,
         text: &str,
         envelope_fields: &[String],
-    ) -> Result<Decoded, Invalid> {
+    ) -> Result<FromLine, Invalid> {
         let line = text.as_bytes();
         let outer = Fields::parse(text, envelope_fields).map_err(|e| explain(line, e))?;
         let inner_text = match (outer.kind, outer.envelope) {
@@ -131,11 +129,12 @@ impl Decoder {
             if let Some(kind) = canonical::check(t.as_bytes()) {
                 // A shipper's envelope around an event in GO Feature Flag's encoding.
                 if !self.wants(kind) {
-                    return Ok(Decoded::Filtered);
+                    return Ok(FromLine::Decoded(Decoded::Filtered));
                 }
                 self.make_room(t.len());
                 self.arena.extend_from_slice(t.as_bytes());
-                return Ok(Decoded::Event(self.arena.split().freeze()));
+                let event = self.arena.split().freeze();
+                return Ok(FromLine::Decoded(Decoded::Event(event)));
             }
         }
         let inner = match &inner_text {
@@ -152,7 +151,7 @@ impl Decoder {
             Schema::Goff => {
                 let kind = fields.kind()?;
                 if !self.wants(kind) {
-                    return Ok(Decoded::Filtered);
+                    return Ok(FromLine::Decoded(Decoded::Filtered));
                 }
                 if let Err(e) = fields.encode_goff(kind, &mut self.arena) {
                     self.arena.clear();
@@ -162,9 +161,10 @@ impl Decoder {
         }
         if self.arena[..] == *line {
             self.arena.clear();
-            return Ok(Decoded::Event(whole.slice(..line.len())));
+            return Ok(FromLine::Itself(line.len()));
         }
-        Ok(Decoded::Event(self.arena.split().freeze()))
+        let event = self.arena.split().freeze();
+        Ok(FromLine::Decoded(Decoded::Event(event)))
     }
 }
 

@@ -90,6 +90,12 @@ pub struct Ack {
 }
 
 /// Lines from one file (a tailed file or a journal segment), in order.
+///
+/// The lines of one read lie in its buffer, `buffer`, held once for the block: a line is a
+/// range of it ([`Piece::InBlock`]), not a reference-counted `Bytes` of its own, so that
+/// no count is raised per line by the source's thread and dropped by the sink's. A line
+/// that is not in the read buffer (an oversized line's excerpt, a line a source made on
+/// its own) holds its own bytes ([`Piece::Own`]).
 #[derive(Debug, Clone)]
 pub struct Block {
     /// The source's name in the config.
@@ -105,7 +111,76 @@ pub struct Block {
     pub input: usize,
     /// Fields that may wrap an event (see [`envelope_fields`]).
     pub envelope: Arc<[String]>,
+    /// The buffer the lines' [`Piece::InBlock`] ranges lie in.
+    pub buffer: Bytes,
     pub lines: Vec<Line>,
+}
+
+impl Block {
+    /// The bytes of `line`, one of its lines.
+    pub fn bytes<'a>(&'a self, line: &'a Line) -> &'a [u8] {
+        line.bytes.of(&self.buffer)
+    }
+}
+
+/// The bytes of a line or an event: a range of its block's buffer, or bytes of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// `len` bytes from `start` in the buffer of the block it belongs to.
+    InBlock {
+        start: usize,
+        len: usize,
+    },
+    Own(Bytes),
+}
+
+impl Piece {
+    pub fn len(&self) -> usize {
+        match self {
+            Piece::InBlock { len, .. } => *len,
+            Piece::Own(bytes) => bytes.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Its bytes, given the buffer of its block.
+    pub fn of<'a>(&'a self, buffer: &'a [u8]) -> &'a [u8] {
+        match self {
+            Piece::InBlock { start, len } => &buffer[*start..*start + *len],
+            Piece::Own(bytes) => bytes,
+        }
+    }
+
+    /// Its bytes from `from` on.
+    pub(crate) fn slice_from(self, from: usize) -> Piece {
+        match self {
+            Piece::InBlock { start, len } => Piece::InBlock {
+                start: start + from,
+                len: len - from,
+            },
+            Piece::Own(bytes) => Piece::Own(bytes.slice(from..)),
+        }
+    }
+
+    /// Its first `len` bytes.
+    pub(crate) fn truncated(self, len: usize) -> Piece {
+        match self {
+            Piece::InBlock { start, .. } => Piece::InBlock { start, len },
+            Piece::Own(mut bytes) => {
+                bytes.truncate(len);
+                Piece::Own(bytes)
+            }
+        }
+    }
+}
+
+impl From<Bytes> for Piece {
+    fn from(bytes: Bytes) -> Self {
+        Piece::Own(bytes)
+    }
 }
 
 /// One line without its terminator (`\n`, `\r\n`), or what stands for a place that could
@@ -113,8 +188,9 @@ pub struct Block {
 #[derive(Debug, Clone)]
 pub struct Line {
     /// The line; only its start when [`LineKind::Oversized`], empty when
-    /// [`LineKind::Unreadable`].
-    pub bytes: Bytes,
+    /// [`LineKind::Unreadable`]. Outside a [`Block`] (a line a source made on its own,
+    /// on its way to the journal), always [`Piece::Own`].
+    pub bytes: Piece,
     pub kind: LineKind,
 }
 
@@ -146,6 +222,22 @@ pub enum LineKind {
 }
 
 impl Line {
+    /// A line of its own bytes.
+    pub fn own(bytes: Bytes, kind: LineKind) -> Self {
+        Line {
+            bytes: Piece::Own(bytes),
+            kind,
+        }
+    }
+
+    /// Its bytes when they are its own (see [`Line::bytes`]); none in a block's buffer.
+    pub(crate) fn own_bytes(&self) -> &[u8] {
+        match &self.bytes {
+            Piece::Own(bytes) => bytes,
+            Piece::InBlock { .. } => panic!("a line outside a block holds its own bytes"),
+        }
+    }
+
     /// The byte offset just past the line's terminator; none for an unreadable place.
     pub(crate) fn end(&self) -> Option<u64> {
         match self.kind {
@@ -158,6 +250,15 @@ impl Line {
     }
 }
 
+/// A block's items, as a sink's decode stage hands them to its batcher: the events that
+/// are their lines as they are ([`Piece::InBlock`]) lie in `buffer`, the block's buffer,
+/// which the batcher drops once for the block.
+#[derive(Debug)]
+pub(crate) struct Items {
+    pub(crate) buffer: Bytes,
+    pub(crate) items: Vec<Item>,
+}
+
 /// What a sink batches: an encoded event, or only a position to acknowledge.
 ///
 /// Every line comes from a file that keeps it until it is acknowledged (a tailed file, or
@@ -168,7 +269,8 @@ impl Line {
 #[derive(Debug, Clone)]
 pub(crate) enum Item {
     Event {
-        event: Bytes,
+        /// In the buffer of its block ([`Items::buffer`]) or, encoded anew, its own.
+        event: Piece,
         /// Where the line is, found again if the event is not delivered in this run.
         ack: Ack,
         /// Bytes of the budget it holds: its line's length.
@@ -181,7 +283,7 @@ pub(crate) enum Item {
 
 impl Item {
     /// The encoded event, if the item carries one.
-    pub(crate) fn event(&self) -> Option<&Bytes> {
+    pub(crate) fn event(&self) -> Option<&Piece> {
         match self {
             Item::Event { event, .. } => Some(event),
             Item::Position(_) => None,

@@ -585,13 +585,13 @@ fn encode(lines: &[Line]) -> Bytes {
                 out.put_u8(b' ');
             }
             LineKind::Bad { len, reason, .. } => {
-                encode_bad(&mut out, &line.bytes, *len, reason);
+                encode_bad(&mut out, line.own_bytes(), *len, reason);
                 continue;
             }
-            _ if line.bytes.first() == Some(&MARK) => out.put_u8(MARK),
+            _ if line.own_bytes().first() == Some(&MARK) => out.put_u8(MARK),
             _ => {}
         }
-        out.put_slice(&line.bytes);
+        out.put_slice(line.own_bytes());
         out.put_u8(b'\n');
     }
     out.freeze()
@@ -647,26 +647,26 @@ fn decode_bad(marked: &[u8]) -> Option<(Bytes, u64, String)> {
 }
 
 /// A line read from a journal segment, as the source accepted it (the inverse of
-/// [`encode`]). Lines without the mark (nearly all) pass unchanged, without a copy.
-fn decode(line: Line) -> Line {
-    if line.bytes.first() != Some(&MARK) {
+/// [`encode`]); its bytes, when in a block's buffer, lie in `buffer`. Lines without the
+/// mark (nearly all) pass unchanged, without a copy.
+fn decode(line: Line, buffer: &[u8]) -> Line {
+    let bytes = line.bytes.of(buffer);
+    if bytes.first() != Some(&MARK) {
         return line;
     }
     let (number, end) = match line.kind {
         LineKind::Text { number, end } => (number, end),
         _ => return line,
     };
-    let rest = line.bytes.slice(1..);
+    let rest = &bytes[1..];
     if let Some((bytes, len, reason)) = rest.strip_prefix(BAD).and_then(decode_bad) {
-        return Line {
-            bytes,
-            kind: LineKind::Bad {
-                number,
-                end,
-                reason,
-                len,
-            },
+        let kind = LineKind::Bad {
+            number,
+            end,
+            reason,
+            len,
         };
+        return Line::own(bytes, kind);
     }
     if let Some(marked) = rest.strip_prefix(OVERSIZED) {
         let digits = marked.iter().position(|b| *b == b' ');
@@ -674,14 +674,14 @@ fn decode(line: Line) -> Line {
         if let (Some(at), Some(len)) = (digits, len) {
             let start = 1 + OVERSIZED.len() + at + 1;
             return Line {
-                bytes: line.bytes.slice(start..),
+                bytes: line.bytes.slice_from(start),
                 kind: LineKind::Oversized { number, end, len },
             };
         }
     }
     if rest.first() == Some(&MARK) {
         return Line {
-            bytes: rest,
+            bytes: line.bytes.slice_from(1),
             kind: line.kind,
         };
     }
@@ -689,15 +689,12 @@ fn decode(line: Line) -> Line {
     line
 }
 
-/// [`decode`] over the lines of a read, in place: those without the mark (nearly all) are
-/// not touched.
-pub(crate) fn decode_all(lines: &mut [Line]) {
-    for line in lines.iter_mut().filter(|l| l.bytes.first() == Some(&MARK)) {
-        let placeholder = Line {
-            bytes: Bytes::new(),
-            kind: LineKind::Text { number: 0, end: 0 },
-        };
-        *line = decode(std::mem::replace(line, placeholder));
+/// [`decode`] over the lines of a read, which lie in `buffer`, in place: those without the
+/// mark (nearly all) are not touched.
+pub(crate) fn decode_all(lines: &mut [Line], buffer: &[u8]) {
+    for line in (lines.iter_mut()).filter(|l| l.bytes.of(buffer).first() == Some(&MARK)) {
+        let placeholder = Line::own(Bytes::new(), LineKind::Text { number: 0, end: 0 });
+        *line = decode(std::mem::replace(line, placeholder), buffer);
     }
 }
 
@@ -718,33 +715,35 @@ mod tests {
     use super::*;
 
     fn text(bytes: &'static [u8]) -> Line {
-        Line {
-            bytes: Bytes::from_static(bytes),
-            kind: LineKind::Text { number: 1, end: 9 },
-        }
+        Line::own(
+            Bytes::from_static(bytes),
+            LineKind::Text { number: 1, end: 9 },
+        )
     }
 
-    /// Splits `bytes` as the tail does and decodes each line.
+    /// Splits `bytes` as the tail does and decodes each line; each with its own bytes.
     fn read_back(bytes: &[u8]) -> Vec<Line> {
         let mut splitter = crate::source::lines::LineSplitter::new(4096, 0);
         splitter.buffer().extend_from_slice(bytes);
         let mut lines = Vec::new();
-        splitter.split(&mut lines);
+        let buffer = splitter.split(&mut lines);
         assert_eq!(splitter.pending(), 0, "every line ends with its newline");
-        decode_all(&mut lines);
-        lines
+        decode_all(&mut lines, &buffer);
+        (lines.into_iter())
+            .map(|l| Line::own(Bytes::copy_from_slice(l.bytes.of(&buffer)), l.kind))
+            .collect()
     }
 
     #[test]
     fn lines_come_back_as_they_were_accepted() {
-        let oversized = Line {
-            bytes: Bytes::from_static(b"{\"kind\":\"feat"),
-            kind: LineKind::Oversized {
+        let oversized = Line::own(
+            Bytes::from_static(b"{\"kind\":\"feat"),
+            LineKind::Oversized {
                 number: 2,
                 end: 900,
                 len: 123456,
             },
-        };
+        );
         let lines = [
             text(b"{\"a\":1}"),
             text(b""),
@@ -776,20 +775,20 @@ mod tests {
     fn a_bad_record_comes_back_with_its_bytes_length_and_reason() {
         // msgpack bytes with a newline, a NUL and a CR in them, and a reason on two lines.
         let raw: &'static [u8] = b"\x92\xa1t\n\x00\r\xc1";
-        let bad = Line {
-            bytes: Bytes::from_static(raw),
-            kind: LineKind::Bad {
+        let bad = Line::own(
+            Bytes::from_static(raw),
+            LineKind::Bad {
                 number: 0,
                 end: 0,
                 reason: "not a record:\nits type is reserved".to_owned(),
                 len: 4000,
             },
-        };
+        );
         let journal = encode(&[text(b"{\"a\":1}"), bad, text(b"{\"b\":2}")]);
         assert_eq!(journal.iter().filter(|b| **b == b'\n').count(), 3);
         let back = read_back(&journal);
         assert_eq!(back.len(), 3);
-        assert_eq!(&back[1].bytes[..], raw);
+        assert_eq!(back[1].own_bytes(), raw);
         match &back[1].kind {
             LineKind::Bad {
                 number,
@@ -802,20 +801,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(&back[2].bytes[..], b"{\"b\":2}");
+        assert_eq!(back[2].own_bytes(), b"{\"b\":2}");
     }
 
     #[test]
     fn the_longest_line_holds_a_bad_record_of_max_line_bytes() {
-        let bad = Line {
-            bytes: Bytes::from(vec![0xc1; 5000]),
-            kind: LineKind::Bad {
+        let bad = Line::own(
+            Bytes::from(vec![0xc1; 5000]),
+            LineKind::Bad {
                 number: 0,
                 end: 0,
                 reason: "x".repeat(5000),
                 len: 5000,
             },
-        };
+        );
         let encoded = encode(&[bad]);
         assert!(encoded.len() <= longest_line(5000), "{}", encoded.len());
     }
@@ -831,14 +830,14 @@ mod tests {
         ];
         let mut joined = Vec::new();
         for line in &lines {
-            joined.extend_from_slice(&line.bytes);
+            joined.extend_from_slice(line.own_bytes());
             joined.push(b'\n');
         }
         let encoded = encode_text(Bytes::from(joined.clone()));
         assert_eq!(encoded, encode(&lines));
         let back = read_back(&encoded);
-        let back: Vec<_> = back.iter().map(|l| &l.bytes[..]).collect();
-        let sent: Vec<_> = lines.iter().map(|l| &l.bytes[..]).collect();
+        let back: Vec<_> = back.iter().map(Line::own_bytes).collect();
+        let sent: Vec<_> = lines.iter().map(Line::own_bytes).collect();
         assert_eq!(back, sent);
         // Without a NUL byte, the same bytes: no copy.
         let plain = Bytes::from_static(b"{\"a\":1}\n{\"b\":2}\n");
@@ -848,8 +847,8 @@ mod tests {
     #[test]
     fn a_damaged_marked_line_is_kept_whole() {
         let line = text(b"\0garbage");
-        assert_eq!(decode(line.clone()).bytes, line.bytes);
+        assert_eq!(decode(line.clone(), &[]).bytes, line.bytes);
         let line = text(b"\0oversized x y");
-        assert_eq!(decode(line.clone()).bytes, line.bytes);
+        assert_eq!(decode(line.clone(), &[]).bytes, line.bytes);
     }
 }

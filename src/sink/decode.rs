@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -14,21 +14,22 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::deadletter::{DeadLetterWriter, Record};
 use super::retry::Grace;
 use super::{count_events, Stats};
-use crate::event::{self, Ack, Block, Decoded, Decoder, FromLine, Invalid, Item, LineKind};
+use crate::event::{
+    self, Ack, Block, Decoded, Decoder, FromLine, Invalid, Item, Items, LineKind, Piece,
+};
 use crate::source::{Budget, Cost};
 use crate::telemetry::RejectClass;
 
-/// Starts decoding `input`; returns the items, in order, and the task.
+/// Starts decoding `input`; returns the items, in order and by block, and the task.
 pub(crate) fn spawn(
     d: Decode,
     input: mpsc::Receiver<Block>,
-) -> (impl Stream<Item = Item> + Unpin, JoinHandle<()>) {
+) -> (impl Stream<Item = Items> + Unpin, JoinHandle<()>) {
     // Decoded blocks waiting for the batcher: as with the blocks waiting for this task
     // (see `crate::topology`), a couple keep it busy, and more only hold memory.
     let (tx, rx) = mpsc::channel(2);
     let task = tokio::spawn(decode_blocks(d, input, tx));
-    let items = ReceiverStream::new(rx).flat_map(futures::stream::iter);
-    (items, task)
+    (ReceiverStream::new(rx), task)
 }
 
 /// What the decode task needs besides its input and output.
@@ -51,7 +52,7 @@ pub(crate) struct Decode {
 async fn decode_blocks(
     mut d: Decode,
     mut input: mpsc::Receiver<Block>,
-    output: mpsc::Sender<Vec<Item>>,
+    output: mpsc::Sender<Items>,
 ) {
     let mut log = BadLineLog::new();
     let mut left_in_files: HashSet<(usize, u64)> = HashSet::new();
@@ -88,7 +89,10 @@ async fn decode_blocks(
             d.stats.not_delivered(events + bad);
             d.budget.release(Cost::of(&left));
         }
-        if !items.is_empty() && output.send(items).await.is_err() {
+        // The events that are their lines as they are lie in the block's buffer: it goes
+        // with them, once for the block.
+        let buffer = std::mem::take(&mut block.buffer);
+        if !items.is_empty() && output.send(Items { buffer, items }).await.is_err() {
             return;
         }
     }
@@ -96,7 +100,8 @@ async fn decode_blocks(
 
 /// A block's items, the dead letters of its bad lines, and the index in the items of the
 /// first bad line from a file. Lines that become no item leave the budget here. The
-/// block's lines are taken: a line that is its own event becomes the item's.
+/// block's lines are taken: a line that is its own event becomes the item's, a range of
+/// the block's buffer when the line is.
 fn decode_block(
     d: &mut Decode,
     block: &mut Block,
@@ -114,11 +119,12 @@ fn decode_block(
             file,
             offset,
         });
-        let bytes = d.budget.line_bytes(line.bytes.len());
+        let text = line.bytes.of(&block.buffer);
+        let bytes = d.budget.line_bytes(text.len());
         let decoded = match &line.kind {
-            LineKind::Text { .. } => d.decoder.decode_line(&line.bytes, &block.envelope),
+            LineKind::Text { .. } => d.decoder.decode_line(text, &block.envelope),
             LineKind::Oversized { len, .. } => Err(event::explain(
-                &line.bytes,
+                text,
                 Invalid(format!("line of {len} bytes is longer than max_line_bytes")),
             )),
             LineKind::Torn { .. } => Err(Invalid(TORN.to_owned())),
@@ -127,12 +133,8 @@ fn decode_block(
             }
         };
         let event = match decoded {
-            Ok(FromLine::Itself(len)) => {
-                let mut event = line.bytes;
-                event.truncate(len);
-                Some(event)
-            }
-            Ok(FromLine::Decoded(Decoded::Event(event))) => Some(event),
+            Ok(FromLine::Itself(len)) => Some(line.bytes.truncated(len)),
+            Ok(FromLine::Decoded(Decoded::Event(event))) => Some(Piece::Own(event)),
             Ok(FromLine::Decoded(Decoded::Filtered | Decoded::Empty)) => None,
             Err(invalid) => {
                 classes.add(&line.kind);
@@ -140,12 +142,12 @@ fn decode_block(
                 if !quiet {
                     log.log(&d.name, &location, &invalid.0);
                 }
-                let mut record = Record::new(&d.name, invalid.0, &line.bytes);
+                let mut record = Record::new(&d.name, invalid.0, text);
                 record.source = Some(block.source_name.to_string());
                 record.location = Some(location);
                 match line.kind {
                     LineKind::Oversized { len, .. } => record.truncated_from_bytes = Some(len),
-                    LineKind::Bad { len, .. } if len > line.bytes.len() as u64 => {
+                    LineKind::Bad { len, .. } if len > text.len() as u64 => {
                         record.truncated_from_bytes = Some(len)
                     }
                     _ => {}

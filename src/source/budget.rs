@@ -199,7 +199,7 @@ mod tests {
     async fn a_line_larger_than_the_byte_cap_still_passes_alone() {
         let budget = Budget::new(10, 100);
         let line = Line {
-            bytes: bytes::Bytes::from(vec![b'x'; 1000]),
+            bytes: bytes::Bytes::from(vec![b'x'; 1000]).into(),
             kind: LineKind::Text {
                 number: 1,
                 end: 1001,

@@ -1,20 +1,20 @@
 //! Splitting a byte stream into lines without a copy per line.
 //!
-//! Data is read straight into a `BytesMut`; each complete line is split off it as a
-//! `Bytes` that shares the read buffer. A line longer than `max_line_bytes` is never
+//! Data is read straight into a `BytesMut`; the complete lines of a read are split off it
+//! in one `Bytes`, each line a range of it (see [`crate::event::Block`]). A line longer than `max_line_bytes` is never
 //! buffered whole: past the limit its bytes are counted and dropped until its newline,
 //! and it comes out as an oversized line holding only its first bytes (for the log and
 //! the dead letter).
 //!
-//! A line that shares the read buffer keeps all of it alive, however little of it the
-//! read filled. So when the complete lines fill less than half of the buffer (a slow
-//! writer: one event per read into a buffer sized for thousands), they are copied out
-//! together into one allocation of their own size, and the read buffer stays free for the
-//! next read. Every line then holds at most about twice its own bytes.
+//! Lines that share the read buffer keep all of it alive, however little of it the read
+//! filled. So when the complete lines fill less than half of the buffer (a slow writer:
+//! one event per read into a buffer sized for thousands), they are copied out together
+//! into one allocation of their own size, and the read buffer stays free for the next
+//! read. The lines of a read then hold at most about twice their own bytes.
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::event::{Line, LineKind};
+use crate::event::{Line, LineKind, Piece};
 
 /// How much of an oversized line is kept, to show in logs and dead letters.
 pub const OVERSIZED_EXCERPT: usize = 1024;
@@ -70,22 +70,39 @@ impl LineSplitter {
         self.buf.len()
     }
 
-    /// Moves every complete line now in the buffer into `out`.
-    pub fn split(&mut self, out: &mut Vec<Line>) {
+    /// Moves every complete line now in the buffer into `out`, and returns the buffer
+    /// they lie in: a line is a range of it ([`Piece::InBlock`]), an oversized line's
+    /// excerpt its own bytes. `out` must hold no line in another buffer.
+    pub fn split(&mut self, out: &mut Vec<Line>) -> Bytes {
+        let mut lines = Bytes::new();
         if let Some(last) = memchr::memrchr(b'\n', &self.buf[self.scanned..]) {
-            let mut lines = self.take_complete(self.scanned + last + 1);
-            let mut from = self.scanned;
-            while let Some(pos) = memchr::memchr(b'\n', &lines[from..]) {
+            lines = self.take_complete(self.scanned + last + 1);
+            let (mut start, mut from) = (0, self.scanned);
+            while let Some(pos) = memchr::memchr(b'\n', &lines[start + from..]) {
                 let len = from + pos;
-                let mut line = lines.split_to(len + 1);
-                line.truncate(len);
-                self.emit(line, len as u64 + 1, out);
+                let (kind, excerpt) = self.emit(&lines[start..start + len], len as u64 + 1);
+                let bytes = excerpt.unwrap_or(Piece::InBlock { start, len });
+                out.push(Line { bytes, kind });
+                start += len + 1;
                 from = 0;
             }
         }
         self.scanned = self.buf.len();
         if self.buf.len() > self.max_line_bytes {
             self.drop_overflow();
+        }
+        lines
+    }
+
+    /// [`LineSplitter::split`], each line with its own bytes (a slice of the read buffer):
+    /// for a reader that hands lines on outside a block, or gathers those of several reads.
+    pub fn split_own(&mut self, out: &mut Vec<Line>) {
+        let from = out.len();
+        let buffer = self.split(out);
+        for line in &mut out[from..] {
+            if let Piece::InBlock { start, len } = line.bytes {
+                line.bytes = Piece::Own(buffer.slice(start..start + len));
+            }
         }
     }
 
@@ -124,13 +141,14 @@ impl LineSplitter {
         Some(TextLines { bytes, count })
     }
 
-    /// End of input: the partial last line, if any, becomes a line.
+    /// End of input: the partial last line, if any, becomes a line of its own bytes.
     pub fn finish(&mut self, out: &mut Vec<Line>) {
         if !self.buf.is_empty() || self.oversized.is_some() {
             let line = self.take_complete(self.buf.len());
-            let len = line.len() as u64;
             self.scanned = 0;
-            self.emit(line, len, out);
+            let (kind, excerpt) = self.emit(&line, line.len() as u64);
+            let bytes = excerpt.unwrap_or(Piece::Own(line));
+            out.push(Line { bytes, kind });
         }
     }
 
@@ -162,29 +180,28 @@ impl LineSplitter {
         self.scanned = 0;
     }
 
-    /// `consumed` counts the line's bytes taken from the buffer, terminator included.
-    fn emit(&mut self, line: Bytes, consumed: u64, out: &mut Vec<Line>) {
+    /// The kind of the next line, `line`, and its excerpt when it is oversized (a copy:
+    /// a slice would keep the whole line's buffer alive). `consumed` counts the line's
+    /// bytes taken from the buffer, terminator included.
+    fn emit(&mut self, line: &[u8], consumed: u64) -> (LineKind, Option<Piece>) {
         self.offset += consumed;
         let number = self.next_number;
         self.next_number += 1;
-        let (bytes, oversized) = match self.oversized.take() {
-            Some((excerpt, dropped)) => (excerpt, Some(dropped + line.len() as u64)),
+        let (excerpt, oversized) = match self.oversized.take() {
+            Some((excerpt, dropped)) => (Some(excerpt), Some(dropped + line.len() as u64)),
             None if line.len() > self.max_line_bytes => {
-                // A copy: a slice would keep the whole line's buffer alive.
                 let keep = line.len().min(OVERSIZED_EXCERPT);
-                (
-                    Bytes::copy_from_slice(&line[..keep]),
-                    Some(line.len() as u64),
-                )
+                let excerpt = Bytes::copy_from_slice(&line[..keep]);
+                (Some(excerpt), Some(line.len() as u64))
             }
-            None => (line, None),
+            None => (None, None),
         };
         let end = self.offset;
         let kind = match oversized {
             None => LineKind::Text { number, end },
             Some(len) => LineKind::Oversized { number, end, len },
         };
-        out.push(Line { bytes, kind });
+        (kind, excerpt.map(Piece::Own))
     }
 }
 
@@ -192,11 +209,42 @@ impl LineSplitter {
 mod tests {
     use super::*;
 
-    fn feed(s: &mut LineSplitter, data: &[u8]) -> Vec<Line> {
+    /// A line as `split` or `finish` cut it: its bytes, where they lie, its kind and end.
+    #[derive(Debug)]
+    struct Cut {
+        bytes: Vec<u8>,
+        ptr: *const u8,
+        kind: LineKind,
+        end: Option<u64>,
+    }
+
+    /// `lines`, which lie in `buffer`, as [`Cut`]s.
+    fn cuts(buffer: &Bytes, lines: Vec<Line>) -> Vec<Cut> {
+        (lines.into_iter())
+            .map(|line| {
+                let bytes = line.bytes.of(buffer);
+                Cut {
+                    bytes: bytes.to_vec(),
+                    ptr: bytes.as_ptr(),
+                    end: line.end(),
+                    kind: line.kind,
+                }
+            })
+            .collect()
+    }
+
+    fn feed(s: &mut LineSplitter, data: &[u8]) -> Vec<Cut> {
         let mut out = Vec::new();
         s.buffer().extend_from_slice(data);
-        s.split(&mut out);
-        out
+        let buffer = s.split(&mut out);
+        cuts(&buffer, out)
+    }
+
+    fn finish(s: &mut LineSplitter) -> Vec<Cut> {
+        let mut out = Vec::new();
+        s.finish(&mut out);
+        assert!(out.iter().all(|l| matches!(l.bytes, Piece::Own(_))));
+        cuts(&Bytes::new(), out)
     }
 
     #[test]
@@ -213,9 +261,8 @@ mod tests {
             b.iter().map(|l| &l.bytes[..]).collect::<Vec<_>>(),
             vec![&b"cde"[..], b""]
         );
-        assert_eq!(b[1].end(), Some(18));
-        let mut out = Vec::new();
-        s.finish(&mut out);
+        assert_eq!(b[1].end, Some(18));
+        let out = finish(&mut s);
         assert_eq!(
             (&out[0].bytes[..], &out[0].kind),
             (&b"f"[..], &LineKind::Text { number: 4, end: 19 })
@@ -223,8 +270,8 @@ mod tests {
     }
 
     /// Whether `line` lies in the `len` bytes from `start`.
-    fn inside(line: &Bytes, start: *const u8, len: usize) -> bool {
-        let at = line.as_ptr() as usize;
+    fn inside(line: &Cut, start: *const u8, len: usize) -> bool {
+        let at = line.ptr as usize;
         (start as usize..start as usize + len).contains(&at)
     }
 
@@ -238,14 +285,14 @@ mod tests {
             out.iter().map(|l| &l.bytes[..]).collect::<Vec<_>>(),
             vec![&b"ab"[..], b"cd"]
         );
-        assert!(out.iter().all(|l| !inside(&l.bytes, start, capacity)));
-        assert_eq!(out[1].end(), Some(6));
+        assert!(out.iter().all(|l| !inside(l, start, capacity)));
+        assert_eq!(out[1].end, Some(6));
         // Nothing else holds the read buffer: the next read reuses it (its partial line
         // moves to the front to make room).
         s.buffer().reserve(capacity - 4);
         assert_eq!(s.buffer().as_ptr(), start);
         let out = feed(&mut s, b"\n");
-        assert_eq!((&out[0].bytes[..], out[0].end()), (&b"ef"[..], Some(9)));
+        assert_eq!((&out[0].bytes[..], out[0].end), (&b"ef"[..], Some(9)));
     }
 
     #[test]
@@ -256,16 +303,16 @@ mod tests {
         let (start, capacity) = (s.buffer().as_ptr(), s.buffer().capacity());
         let out = feed(&mut s, &data);
         assert_eq!(out.len(), 2000);
-        assert!(out.iter().all(|l| inside(&l.bytes, start, capacity)));
+        assert!(out.iter().all(|l| inside(l, start, capacity)));
     }
 
     /// A line as the tests compare them: its bytes (none for an oversized line, of which
     /// the excerpt kept depends on the reads) and its end.
     type Seen = (Option<Vec<u8>>, Option<u64>);
 
-    fn seen(line: Line) -> Seen {
+    fn seen(line: Cut) -> Seen {
         let text = matches!(line.kind, LineKind::Text { .. });
-        (text.then(|| line.bytes.to_vec()), line.end())
+        (text.then_some(line.bytes), line.end)
     }
 
     /// Feeds `data` in reads of `size` bytes, taking the lines as [`LineSplitter::split_text`]
@@ -286,11 +333,7 @@ mod tests {
                         got.push((Some(line[..line.len() - 1].to_vec()), Some(end)));
                     }
                 }
-                None => {
-                    let mut out = Vec::new();
-                    s.split(&mut out);
-                    got.extend(out.into_iter().map(seen));
-                }
+                None => got.extend(feed(s, b"").into_iter().map(seen)),
             }
         }
         got
@@ -311,16 +354,11 @@ mod tests {
                 data.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, *len));
                 data.push(b'\n');
             }
-            let mut lines = Vec::new();
             let mut whole = LineSplitter::new(max, 5);
-            whole.buffer().extend_from_slice(&data);
-            whole.split(&mut lines);
-            let want: Vec<_> = lines.into_iter().map(seen).collect();
+            let want: Vec<_> = feed(&mut whole, &data).into_iter().map(seen).collect();
             let mut s = LineSplitter::new(max, 5);
             proptest::prop_assert_eq!(read_text(&mut s, &data, size), want);
-            let mut out = Vec::new();
-            s.buffer().extend_from_slice(b"\n");
-            s.split(&mut out);
+            let out = feed(&mut s, b"\n");
             let number = lengths.len() as u64 + 1;
             let numbered = matches!(out[0].kind, LineKind::Text { number: n, .. } if n == number);
             proptest::prop_assert!(numbered, "the next line is number {}", number);
@@ -333,8 +371,7 @@ mod tests {
         s.buffer().extend_from_slice(b"ok\n0123456789\nfine\n");
         assert!(s.split_text().is_none());
         assert_eq!((s.offset(), s.pending()), (0, 19), "nothing taken");
-        let mut out = Vec::new();
-        s.split(&mut out);
+        let out = feed(&mut s, b"");
         assert_eq!(out.len(), 3);
         assert!(matches!(out[1].kind, LineKind::Oversized { len: 10, .. }));
         // A partial line past the limit is dropped as `split` drops it.
@@ -346,9 +383,7 @@ mod tests {
             s.split_text().is_none(),
             "the rest of the long line goes to split"
         );
-        s.buffer().extend_from_slice(b"xx\n");
-        let mut out = Vec::new();
-        s.split(&mut out);
+        let out = feed(&mut s, b"xx\n");
         assert!(matches!(out[0].kind, LineKind::Oversized { len: 12, .. }));
     }
 

@@ -73,7 +73,7 @@ where
                 if n == 0 {
                     splitter.finish(&mut lines);
                 } else {
-                    splitter.split(&mut lines);
+                    splitter.split_own(&mut lines);
                 }
                 Either::Right(journal.append(&lines, shutdown))
             }
@@ -160,7 +160,7 @@ where
         splitter.buffer().reserve(READ_SIZE);
         match tokio::time::timeout(DRAIN_IDLE.min(left), reader.read_buf(splitter.buffer())).await {
             Ok(Ok(0)) => break Ok(Drained::End),
-            Ok(Ok(_)) => splitter.split(&mut lines),
+            Ok(Ok(_)) => splitter.split_own(&mut lines),
             Ok(Err(e)) => break Err(e),
             Err(_) if left <= DRAIN_IDLE => break Ok(Drained::Limit),
             Err(_) => break Ok(Drained::Idle),

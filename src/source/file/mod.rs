@@ -752,9 +752,9 @@ impl Tail<'_> {
             }
             let f = &mut self.files[i];
             let mut lines = Vec::new();
-            f.splitter.split(&mut lines);
+            let buffer = f.splitter.split(&mut lines);
             if !lines.is_empty() {
-                blocks.push(self.block(i, lines));
+                blocks.push(self.block(i, buffer, lines));
             }
         }
         (blocks, read_any)
@@ -786,7 +786,7 @@ impl Tail<'_> {
             }
             let f = &mut self.files[i];
             let mut lines = Vec::new();
-            f.splitter.split(&mut lines);
+            let buffer = f.splitter.split(&mut lines);
             let end = n == 0 && readable.sealed && f.pos >= readable.len;
             if end {
                 let mut torn = Vec::new();
@@ -794,10 +794,10 @@ impl Tail<'_> {
                 lines.extend(torn.into_iter().map(journal::torn));
                 f.finished = true;
             }
-            journal::decode_all(&mut lines);
+            journal::decode_all(&mut lines, &buffer);
             let handed_on = !lines.is_empty();
             if handed_on {
-                blocks.push(self.block(i, lines));
+                blocks.push(self.block(i, buffer, lines));
             }
             if n > 0 || handed_on || !end {
                 return (blocks, n > 0 || handed_on);
@@ -826,7 +826,7 @@ impl Tail<'_> {
         result
     }
 
-    fn block(&self, i: usize, lines: Vec<Line>) -> Block {
+    fn block(&self, i: usize, buffer: Bytes, lines: Vec<Line>) -> Block {
         let f = &self.files[i];
         Block {
             source_name: Arc::from(self.source.name.as_str()),
@@ -834,6 +834,7 @@ impl Tail<'_> {
             file: Some(f.id),
             input: 0,
             envelope: self.source.envelope.clone(),
+            buffer,
             lines,
         }
     }
@@ -894,7 +895,7 @@ impl Tail<'_> {
             let mut lines = Vec::new();
             self.files[i].splitter.finish(&mut lines);
             if !lines.is_empty() {
-                blocks.push(self.block(i, lines));
+                blocks.push(self.block(i, Bytes::new(), lines));
             }
         }
         blocks
@@ -911,18 +912,19 @@ impl Tail<'_> {
     /// Warns once about an unusable path and has the sinks count and dead-letter it.
     fn report(&mut self, path: &Path, what: &str) {
         if self.warn_once(path, what) {
-            let line = Line {
-                bytes: Bytes::new(),
-                kind: LineKind::Unreadable {
+            let line = Line::own(
+                Bytes::new(),
+                LineKind::Unreadable {
                     reason: what.to_owned(),
                 },
-            };
+            );
             self.problems.push(Block {
                 source_name: Arc::from(self.source.name.as_str()),
                 origin: Arc::from(path.to_string_lossy().as_ref()),
                 file: None,
                 input: 0,
                 envelope: self.source.envelope.clone(),
+                buffer: Bytes::new(),
                 lines: vec![line],
             });
         }
@@ -969,7 +971,7 @@ mod tests {
             .expect("the new line was not read within 10 s")
             .expect("the source is running");
         assert_eq!(block.lines.len(), 1);
-        assert_eq!(&block.lines[0].bytes[..], b"{\"n\":1}");
+        assert_eq!(block.bytes(&block.lines[0]), b"{\"n\":1}");
 
         shutdown.cancel();
         task.await.unwrap();

@@ -437,7 +437,7 @@ impl<'a> Connection<'a> {
             rest.len().min(OVERSIZED_EXCERPT)
         };
         let line = Line {
-            bytes: Bytes::copy_from_slice(&rest[..keep]),
+            bytes: Bytes::copy_from_slice(&rest[..keep]).into(),
             kind: LineKind::Bad {
                 number: 0,
                 end: 0,
@@ -457,15 +457,15 @@ fn lines(records: Vec<Record>) -> Vec<Line> {
         .into_iter()
         .map(|record| match record {
             Record::Json(bytes) => Line {
-                bytes,
+                bytes: bytes.into(),
                 kind: LineKind::Text { number, end },
             },
             Record::Oversized { excerpt, len } => Line {
-                bytes: excerpt,
+                bytes: excerpt.into(),
                 kind: LineKind::Oversized { number, end, len },
             },
             Record::Bad { raw, len, reason } => Line {
-                bytes: raw,
+                bytes: raw.into(),
                 kind: LineKind::Bad {
                     number,
                     end,

@@ -224,13 +224,13 @@ fn ndjson(body: &Bytes, max_line_bytes: usize) -> Result<Parsed, NotJson> {
 fn line(bytes: Bytes, number: u64, end: u64, max_line_bytes: usize) -> Line {
     if bytes.len() <= max_line_bytes {
         return Line {
-            bytes,
+            bytes: bytes.into(),
             kind: LineKind::Text { number, end },
         };
     }
     let len = bytes.len() as u64;
     Line {
-        bytes: Bytes::copy_from_slice(&bytes[..OVERSIZED_EXCERPT.min(bytes.len())]),
+        bytes: Bytes::copy_from_slice(&bytes[..OVERSIZED_EXCERPT.min(bytes.len())]).into(),
         kind: LineKind::Oversized { number, end, len },
     }
 }
@@ -243,7 +243,7 @@ mod tests {
         parsed
             .lines
             .iter()
-            .map(|l| std::str::from_utf8(&l.bytes).unwrap())
+            .map(|l| std::str::from_utf8(l.own_bytes()).unwrap())
             .collect()
     }
 
@@ -346,7 +346,7 @@ mod tests {
             p.lines[0].kind,
             LineKind::Oversized { len: 2008, .. }
         ));
-        assert_eq!(p.lines[0].bytes.len(), OVERSIZED_EXCERPT);
+        assert_eq!(p.lines[0].own_bytes().len(), OVERSIZED_EXCERPT);
         assert_eq!((p.accepted(), p.rejected), (1, 1));
         let p = parse_str(&format!("[{long}]")).unwrap();
         assert!(matches!(p.lines[0].kind, LineKind::Oversized { .. }));

@@ -471,7 +471,8 @@ impl Reader<'_> {
         let mut splitter = LineSplitter::new(self.spec.max_line_bytes, 0);
         splitter.buffer().extend_from_slice(payload);
         let mut lines = Vec::new();
-        splitter.split(&mut lines);
+        // The last line, if it has no newline, holds its own bytes (see `finish`).
+        let buffer = splitter.split(&mut lines);
         splitter.finish(&mut lines);
         Some(Block {
             source_name: Arc::from(self.name),
@@ -482,6 +483,7 @@ impl Reader<'_> {
             file: Some(id),
             input: 0,
             envelope: self.spec.envelope.clone(),
+            buffer,
             lines,
         })
     }
