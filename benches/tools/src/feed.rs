@@ -339,9 +339,12 @@ mod tests {
         }
     }
 
+    /// What `forward_server` received: each record's `log`, and each entry's record count.
+    type Received = (Vec<String>, Vec<u64>);
+
     /// A Forward server on loopback that decodes each entry with rmpv (not the encoder under
     /// test), acks it, and returns the `log` of every record and the entries' record counts.
-    fn forward_server() -> (String, thread::JoinHandle<(Vec<String>, Vec<u64>)>) {
+    fn forward_server() -> (String, thread::JoinHandle<Received>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let h = thread::spawn(move || {
