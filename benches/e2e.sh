@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end benchmark of flaghook (issues 4 and 14): GO Feature Flag events from a file, a TCP
-# connection (through the source's journal), Vector envelopes over TCP and a `schema = "any"`
-# sink, to a signature-verifying webhook receiver on loopback, against syslog-ng tuned for
+# connection (through the source's journal), Vector envelopes over TCP, the Fluent Forward and
+# HTTP sources (acknowledged) and a `schema = "any"` sink, to a signature-verifying webhook receiver on loopback, against syslog-ng tuned for
 # throughput doing the same job and against the floor (a micro-benchmark of what no
 # implementation can skip); plus memory, a latency probe and an idle check.
 #
@@ -27,17 +27,27 @@
 #                      remote collector would (20: one request in flight then caps flaghook at
 #                      BATCH x 50 events/s; compare REQUEST_CONCURRENCY=1 and 4); the receiver-alone
 #                      check is skipped then
-#   TOOLS ["file tcp tcp-always vector any syslog-ng floor"]  the throughput runs, taking turns:
+#   TOOLS ["file tcp tcp-always vector fluent http any syslog-ng floor"]  the throughput runs, taking turns:
 #                      file:       flaghook, file source -> webhook
 #                      tcp:        flaghook, TCP source -> journal (journal_fsync = "interval") -> webhook
 #                      tcp-always: the same with journal_fsync = "always"
 #                      vector:     flaghook, TCP source fed Vector envelopes (the event escaped in
 #                                  `message`) -> journal -> webhook
+#                      fluent:     flaghook, fluent source -> journal -> webhook, fed by `fhbench
+#                                  send-forward`: PackedForward entries of FEED_LINES records
+#                                  `{"log": "<event>"}` (Fluent Bit's tail without a parser), each
+#                                  with a `chunk` id, FEED_IN_FLIGHT awaiting their ack at once
+#                      http:       flaghook, http source -> journal -> webhook, fed by `fhbench
+#                                  post`: newline-delimited bodies of FEED_LINES events over
+#                                  FEED_IN_FLIGHT connections, each answered 200 before the next
 #                      any:        flaghook, file source -> webhook with schema = "any"
 #                      syslog-ng:  syslog-ng 3.x tuned for throughput, file() -> http() (apt-get
 #                                  installed when missing, as root)
 #                      floor:      benches/micro.rs over the same events (read + split + validate +
 #                                  build + HMAC on one core): its CPU seconds per million events
+#   FEED_LINES [1000]  fluent, http: events per Forward entry / per HTTP body
+#   FEED_IN_FLIGHT [4] fluent: entries awaiting their ack at once; http: connections (one request
+#                      in flight on each) [2 for http]
 #   IDLE_WAIT [20]     before each run, wait up to this many seconds for the machine to be idle
 #                      (then run anyway, and say so); IDLE_MAX [0.25] cores busy counts as idle
 #   QUIET_OTHERS [0.5] with BASELINE_BIN, the ratio is also shown over the "quiet pairs" alone: both
@@ -73,7 +83,9 @@ BATCH=${BATCH:-10000}
 COMPRESSION=${COMPRESSION:-none}
 REQUEST_CONCURRENCY=${REQUEST_CONCURRENCY:-1}
 RECV_DELAY_MS=${RECV_DELAY_MS:-0}
-TOOLS=${TOOLS:-file tcp tcp-always vector any syslog-ng floor}
+TOOLS=${TOOLS:-file tcp tcp-always vector fluent http any syslog-ng floor}
+FEED_LINES=${FEED_LINES:-1000}
+FEED_IN_FLIGHT=${FEED_IN_FLIGHT:-}
 IDLE_WAIT=${IDLE_WAIT:-20}
 IDLE_MAX=${IDLE_MAX:-0.25}
 QUIET_OTHERS=${QUIET_OTHERS:-0.5}
@@ -94,6 +106,8 @@ case "$COMPRESSION" in none|gzip|zstd) ;; *) echo "e2e: error: COMPRESSION=$COMP
 [[ "$REQUEST_CONCURRENCY" =~ ^[1-9][0-9]*$ ]] || { echo "e2e: error: REQUEST_CONCURRENCY=$REQUEST_CONCURRENCY: a number from 1" >&2; exit 64; }
 [[ "$RECV_DELAY_MS" =~ ^[0-9]+$ ]] || { echo "e2e: error: RECV_DELAY_MS=$RECV_DELAY_MS: a number of milliseconds" >&2; exit 64; }
 [[ "$PER_MESSAGE" =~ ^[1-9][0-9]*$ ]] || { echo "e2e: error: PER_MESSAGE=$PER_MESSAGE: a number from 1" >&2; exit 64; }
+[[ "$FEED_LINES" =~ ^[1-9][0-9]*$ ]] || { echo "e2e: error: FEED_LINES=$FEED_LINES: a number from 1" >&2; exit 64; }
+[[ -z "$FEED_IN_FLIGHT" || "$FEED_IN_FLIGHT" =~ ^[1-9][0-9]*$ ]] || { echo "e2e: error: FEED_IN_FLIGHT=$FEED_IN_FLIGHT: a number from 1" >&2; exit 64; }
 [[ "$NATS_CONCURRENCY" =~ ^[1-9][0-9]*$ ]] || { echo "e2e: error: NATS_CONCURRENCY=$NATS_CONCURRENCY: a number from 1" >&2; exit 64; }
 
 case "$MODE" in
@@ -364,6 +378,8 @@ RESULT_COLUMNS=12
 #   file, any: file source over $EVENTS (any: schema = "any")
 #   tcp, tcp-always, vector: TCP source (journal_fsync "interval" or "always"), fed $EVENTS or
 #   $VECTOR_EVENTS by one connection
+#   fluent, http: fluent or http source (each ack or 200 after the lines are fsynced in the
+#   journal), fed $EVENTS by fhbench send-forward or fhbench post (see feed_command)
 flaghook_config() { # kind DIR [PORT]
   local kind=$1 dir=$2 port=${3:-} schema=goff
   mkdir -p "$dir/data"
@@ -372,6 +388,7 @@ flaghook_config() { # kind DIR [PORT]
     printf 'data_dir = "%s"\n\n' "$dir/data"
     case "$kind" in
       file|any) printf '[sources.bench_in]\ntype = "file"\ninclude = ["%s"]\nread_from = "beginning"\n' "$EVENTS" ;;
+      fluent|http) printf '[sources.bench_in]\ntype = "%s"\naddress = "127.0.0.1:%s"\n' "$kind" "$port" ;;
       *) printf '[sources.bench_in]\ntype = "tcp"\naddress = "127.0.0.1:%s"\n' "$port" ;;
     esac
     # only when set, so that a BASELINE_BIN that predates the journal still reads the config
@@ -434,6 +451,20 @@ run_flaghook_file() { # run-number [label [binary [kind]]]
   finish_flaghook_run "$label" "$dir" "$WAIT_RC" "$t0" "$t1"
 }
 
+# The sender of a listening source's run (kind tcp, tcp-always, vector, fluent or http), into
+# the array FEED: it retries connecting until flaghook listens (or its process FH_PID exited),
+# sends INPUT, then closes its connections; fluent and http senders close only once every
+# entry or body was acknowledged (an ack, a 200: the lines are fsynced in flaghook's journal),
+# and with --once, flaghook ends once its connections have all closed.
+feed_command() { # kind port input fh-pid
+  local kind=$1 target=(--addr "127.0.0.1:$2" --input "$3" --connect-timeout 30 --pid "$4")
+  case "$kind" in
+    fluent) FEED=("$FHB" send-forward "${target[@]}" --records "$FEED_LINES" --in-flight "${FEED_IN_FLIGHT:-4}") ;;
+    http) FEED=("$FHB" post "${target[@]}" --lines "$FEED_LINES" --conns "${FEED_IN_FLIGHT:-2}") ;;
+    *) FEED=("$FHB" send "${target[@]}") ;;
+  esac
+}
+
 run_flaghook_tcp() { # run-number [label [binary [kind [input]]]]
   local label=${2:-flaghook tcp} bin=${3:-$FLAGHOOK} kind=${4:-tcp} input=${5:-$EVENTS} t0 t1 port fh_pid sender_rc
   local dir=$WORK/${label// /-}-$1
@@ -446,14 +477,15 @@ run_flaghook_tcp() { # run-number [label [binary [kind [input]]]]
     "$bin" run --once --config "$dir/flaghook.toml" >"$dir/stdout" 2>"$dir/stderr"
   fh_pid=$BG_PID
   # the sender retries connecting until flaghook listens, streams the file, then closes
+  feed_command "$kind" "$port" "$input" "$fh_pid"
   bg timeout -k 5 "$RUN_TIMEOUT" /usr/bin/time -o "$dir/sender.time" -f '%U %S' \
-    "$FHB" send --addr "127.0.0.1:$port" --input "$input" --connect-timeout 30 --pid "$fh_pid" 2>"$dir/sender.log"
+    "${FEED[@]}" >"$dir/sender.out" 2>"$dir/sender.log"
   wait_rc "$BG_PID"; sender_rc=$WAIT_RC
   # without a connection, flaghook --once would wait for one until RUN_TIMEOUT
   [ "$sender_rc" = 0 ] || kill "$fh_pid" 2>/dev/null || true
   wait_rc "$fh_pid"
   t1=$(now_ns)
-  [ "$sender_rc" = 0 ] || { warn "the TCP sender failed (status $sender_rc):"; cat "$dir/sender.log" >&2; }
+  [ "$sender_rc" = 0 ] || { warn "the $kind sender failed (status $sender_rc):"; cat "$dir/sender.log" >&2; }
   read_stats "$RECV_ADDR_main"
   finish_flaghook_run "$label" "$dir" "$WAIT_RC" "$t0" "$t1"
 }
@@ -633,6 +665,8 @@ print_table() {
   table_row flaghook-tcp "flaghook tcp->journal->webhook"
   table_row flaghook-tcp-always "flaghook tcp->journal(always)->hook"
   table_row flaghook-vector "flaghook tcp, Vector envelopes"
+  table_row flaghook-fluent "flaghook fluent->journal->webhook"
+  table_row flaghook-http "flaghook http->journal->webhook"
   table_row flaghook-any "flaghook file, schema = \"any\""
   table_row syslog-ng "syslog-ng file->http (tuned)"
   if [ -s "$WORK/results/floor.tsv" ]; then
@@ -645,7 +679,9 @@ print_table() {
   echo "syslog-ng: process start to the arrival of its last event). CPU s = user+sys of the tool"
   echo "(median); CPU s/M = per million events; RSS = peak, max over the runs; others = CPU s of"
   echo "other processes on the machine during the run (median; not the tool, the receiver or the"
-  echo "TCP sender). syslog-ng cannot sign: its requests go unsigned."
+  echo "TCP, Forward or HTTP sender). syslog-ng cannot sign: its requests go unsigned."
+  [ ! -s "$WORK/results/flaghook-fluent.tsv" ] || echo "fluent: PackedForward entries of $FEED_LINES {\"log\": event} records, ${FEED_IN_FLIGHT:-4} awaiting their ack (sent after an fsync)."
+  [ ! -s "$WORK/results/flaghook-http.tsv" ] || echo "http: NDJSON bodies of $FEED_LINES events over ${FEED_IN_FLIGHT:-2} connections, each answered 200 (after an fsync) before the next."
   if [ -n "$BASELINE" ]; then
     echo
     echo "current / baseline (the figures of the table; paired = each run of the current binary over the"
@@ -678,7 +714,7 @@ print_table() {
   fi
   if [ -n "${RSS_flaghook_file:-}" ]; then
     local worst=$RSS_flaghook_file k
-    for k in tcp tcp_always vector any; do
+    for k in tcp tcp_always vector fluent http any; do
       local v="RSS_flaghook_$k"; [ -z "${!v:-}" ] || worst=$(maximum "$worst" "${!v}")
     done
     if [ "$worst" -le $(( 40 * 1024 )) ]; then echo "  met     peak RSS <= 40 MiB at $BATCH-event batches ($(( worst / 1024 )) MiB)"
@@ -747,10 +783,12 @@ turn() { # tool run-number
       if ok_so_far flaghook-tcp; then run_flaghook_tcp "$i"; fi ;;
     tcp-always) if ok_so_far flaghook-tcp-always; then run_flaghook_tcp "$i" "flaghook tcp-always" "$FLAGHOOK" tcp-always; fi ;;
     vector) if ok_so_far flaghook-vector; then run_flaghook_tcp "$i" "flaghook vector" "$FLAGHOOK" vector "$VECTOR_EVENTS"; fi ;;
+    fluent) if ok_so_far flaghook-fluent; then run_flaghook_tcp "$i" "flaghook fluent" "$FLAGHOOK" fluent; fi ;;
+    http) if ok_so_far flaghook-http; then run_flaghook_tcp "$i" "flaghook http" "$FLAGHOOK" http; fi ;;
     any) if ok_so_far flaghook-any; then run_flaghook_file "$i" "flaghook any" "$FLAGHOOK" any; fi ;;
     syslog-ng) if need_syslog_ng && ok_so_far syslog-ng; then run_syslog_ng "$i"; fi ;;
     floor) if floor_ok_so_far; then run_floor "$i"; fi ;;
-    *) die "TOOLS: unknown tool '$tool' (file tcp tcp-always vector any syslog-ng floor)" ;;
+    *) die "TOOLS: unknown tool '$tool' (file tcp tcp-always vector fluent http any syslog-ng floor)" ;;
   esac
 }
 

@@ -288,7 +288,11 @@ pub(crate) fn send(args: &SendArgs) -> Result<(), String> {
 }
 
 /// Connects, retrying every 5 ms until `timeout` or until process `pid` has exited.
-fn connect_retrying(addr: &str, timeout: Duration, pid: Option<u32>) -> Result<TcpStream, String> {
+pub(crate) fn connect_retrying(
+    addr: &str,
+    timeout: Duration,
+    pid: Option<u32>,
+) -> Result<TcpStream, String> {
     let deadline = Instant::now() + timeout;
     loop {
         match TcpStream::connect(addr) {

@@ -10,10 +10,12 @@
 //! - `count.rs`: the serde_json reference parser (and latency stamps) the scanner is tested against
 //! - `sign.rs`: `X-Hub-Signature-256`
 //! - `client.rs`: `stats`, `reset`, `wait`, `load`, `send`, `freeport`
+//! - `feed.rs`: `send-forward` and `post`, the peers of the `fluent` and `http` sources
 //! - `parsebench.rs`: `parsebench`, the receiver's per-body costs
 
 mod client;
 mod count;
+mod feed;
 mod gen;
 mod http;
 mod parsebench;
@@ -50,6 +52,12 @@ enum Command {
     Load(client::LoadArgs),
     /// Stream a file over one TCP connection, then close it (retries connecting while --pid lives)
     Send(client::SendArgs),
+    /// Stream a file as Forward protocol PackedForward entries (`{"log": line}` records) with
+    /// `chunk` ids, waiting for each ack (retries connecting while --pid lives)
+    SendForward(feed::ForwardArgs),
+    /// POST a file as newline-delimited JSON bodies, each answered 200 with every line
+    /// accepted (retries connecting while --pid lives)
+    Post(feed::PostArgs),
     /// Append events stamped with metadata.sentAtUs at a steady rate
     Append(gen::AppendArgs),
     /// Print a free port on 127.0.0.1
@@ -78,6 +86,8 @@ fn main() -> ExitCode {
         Command::Wait(a) => ("wait", client::wait(a).map(|w| w.exit_status())),
         Command::Load(a) => ("load", done(client::load(a))),
         Command::Send(a) => ("send", done(client::send(a))),
+        Command::SendForward(a) => ("send-forward", done(feed::send_forward(a))),
+        Command::Post(a) => ("post", done(feed::post(a))),
         Command::Append(a) => ("append", done(gen::append(a))),
         Command::Freeport => ("freeport", done(client::freeport())),
         Command::Parsebench(a) => ("parsebench", done(parsebench::run(a))),
@@ -123,6 +133,8 @@ mod tests {
             "stats --addr 127.0.0.1:1",
             "load --addr 127.0.0.1:1 --input /tmp/e --secret-env S --batch 10000 --requests 200 --conns 2",
             "send --addr 127.0.0.1:1 --input /tmp/e --connect-timeout 30 --pid 12",
+            "send-forward --addr 127.0.0.1:1 --input /tmp/e --records 1000 --in-flight 4 --connect-timeout 30 --pid 12",
+            "post --addr 127.0.0.1:1 --input /tmp/e --lines 1000 --conns 2 --path / --connect-timeout 30 --pid 12",
             "wait --addr 127.0.0.1:1 --events 2000000 --timeout 300 --pid 12",
             "append --out /tmp/f --rate 1000 --duration 10",
             "freeport",
