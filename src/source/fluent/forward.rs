@@ -531,7 +531,7 @@ fn record_of(time: &[u8], record: &[u8], raw: &[u8], limits: &Limits) -> Record 
     if let Err(reason) = check_time(time) {
         return Record::bad(raw, limits, reason);
     }
-    let mut out = JsonOut::new(limits.max_line_bytes);
+    let mut out = JsonOut::new(limits.max_line_bytes, record.len());
     let mut r = Reader::new(record);
     let written = r.marker().map_err(Unfit::from).and_then(|m| match m {
         Marker::FixMap(_) | Marker::Map16 | Marker::Map32 => {
@@ -650,18 +650,26 @@ struct JsonOut {
 }
 
 impl JsonOut {
-    fn new(cap: usize) -> Self {
+    /// For the JSON of a msgpack value of `value_len` bytes: room for it and its strings'
+    /// escapes is reserved at once, so that the line is not copied as it grows (one
+    /// allocation per record, not one per doubling).
+    fn new(cap: usize, value_len: usize) -> Self {
+        let guess = value_len + value_len / 4 + 32;
         JsonOut {
-            buf: BytesMut::new(),
+            buf: BytesMut::with_capacity(guess.min(Self::keep(cap))),
             len: 0,
             cap,
         }
     }
 
+    /// The most bytes kept: one more than the longest line, and an excerpt at least.
+    fn keep(cap: usize) -> usize {
+        (cap + 1).max(OVERSIZED_EXCERPT)
+    }
+
     fn put(&mut self, bytes: &[u8]) {
         self.len += bytes.len() as u64;
-        let keep = (self.cap + 1).max(OVERSIZED_EXCERPT);
-        let room = keep.saturating_sub(self.buf.len());
+        let room = Self::keep(self.cap).saturating_sub(self.buf.len());
         self.buf.put_slice(&bytes[..bytes.len().min(room)]);
     }
 }
