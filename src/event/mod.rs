@@ -78,6 +78,13 @@ pub(crate) use foreign::explain;
 pub use json::compact;
 pub(crate) use json::excerpt;
 
+/// Whether `text` is an event in GO Feature Flag's encoding, by the canonical scanner: a
+/// quick yes for the lines most bodies hold (it accepts only what serde_json accepts), so
+/// that only the others need a full JSON parse. `false` says nothing about the text.
+pub(crate) fn is_goff_event(text: &str) -> bool {
+    canonical::check(text.as_bytes()).is_some()
+}
+
 /// A file position that is acknowledged once every sink has delivered what precedes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ack {

@@ -186,11 +186,15 @@ fn ndjson(body: &Bytes, max_line_bytes: usize) -> Result<Parsed, NotJson> {
                 json_lines += 1;
                 parsed.reject(|| format!("line {number}: {len} bytes, longer than max_line_bytes"));
             } else {
-                // `IgnoredAny` skips strings unchecked: UTF-8 is checked first.
+                // `IgnoredAny` skips strings unchecked: UTF-8 is checked first. An event in
+                // GO Feature Flag's encoding, the usual line, is known to be JSON without it.
                 let json = std::str::from_utf8(text)
                     .map_err(|e| format!("not UTF-8 (at byte {})", e.valid_up_to()))
-                    .and_then(|t| {
-                        serde_json::from_str::<IgnoredAny>(t).map_err(|e| format!("not JSON ({e})"))
+                    .and_then(|t| match crate::event::is_goff_event(t) {
+                        true => Ok(()),
+                        false => serde_json::from_str::<IgnoredAny>(t)
+                            .map(|_| ())
+                            .map_err(|e| format!("not JSON ({e})")),
                     });
                 match json {
                     Ok(_) => {
