@@ -12,10 +12,11 @@
 //! `chunks_timeout` takes no weight, so the trigger cannot be layered on top of it.
 //!
 //! **The batch being gathered is its request body.** Given the body's start
-//! ([`chunks_timeout`]'s `body_prefix`), each event is copied into the body as it arrives,
-//! and its own bytes (a slice of the source's read buffer, or of the decoder's) are let go
-//! at once. So between the read and the request, an event's bytes exist once: read buffers
-//! are freed as their lines join a batch, and no second copy is made to build the request.
+//! ([`chunks_timeout`]'s `body_prefix`), each event is copied into the body as it arrives
+//! (from its block's read buffer, or from the decoder's buffer when it was encoded anew),
+//! and a block's read buffer is let go once its last item joined a batch. So between the
+//! read and the request, an event's bytes exist once: read buffers are freed as their
+//! lines join a batch, and no second copy is made to build the request.
 //!
 //! **Besides its bytes, an item costs a batch 16 bytes**: a [`Record`] (its line's offset,
 //! its event's length, the bytes of the budget it holds); the file of a run of items from
@@ -140,7 +141,20 @@ fn split_runs(mut runs: Vec<Run>, at: usize) -> (Vec<Run>, Vec<Run>) {
 }
 
 impl Batch {
-    /// A batch of `items` without a request body (its request builds one).
+    /// A batch of no items.
+    pub(crate) fn empty() -> Self {
+        Gather::new(
+            None,
+            Limits {
+                events: 0,
+                bytes: 0,
+            },
+        )
+        .finish()
+    }
+
+    /// A batch of `items`, whose events hold their own bytes, without a request body.
+    #[cfg(test)]
     pub(crate) fn of(items: Vec<Item>) -> Self {
         let limits = Limits {
             events: items.len(),
@@ -236,8 +250,8 @@ impl Batch {
     pub(crate) fn append(&mut self, other: Batch) {
         let span = |b: &Batch| b.records.iter().map(Record::span).sum::<usize>();
         let mut bytes = BytesMut::with_capacity(span(self) + span(&other));
-        for event in self.events().chain(other.events()) {
-            if !bytes.is_empty() {
+        for (i, event) in self.events().chain(other.events()).enumerate() {
+            if i > 0 {
                 bytes.put_u8(b',');
             }
             bytes.put_slice(event);
@@ -551,7 +565,7 @@ impl<S: Stream<Item = Batch> + Unpin> Reinject<S> {
                 if batch.len() + front.len() <= self.limits.events
                     && batch.cost().bytes + front.cost().bytes <= self.limits.bytes =>
             {
-                batch.append(std::mem::replace(front, Batch::of(Vec::new())));
+                batch.append(std::mem::replace(front, Batch::empty()));
                 *front = batch;
             }
             _ => self.queue.push_front(batch),

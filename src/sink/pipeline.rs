@@ -287,7 +287,7 @@ impl Job {
     /// The job's items as one batch (with its body when it is one whole batch that has it).
     fn into_batch(self) -> Batch {
         let mut parts = self.parts.into_iter().map(|p| p.batch);
-        let mut batch = parts.next().unwrap_or_else(|| Batch::of(Vec::new()));
+        let mut batch = parts.next().unwrap_or_else(Batch::empty);
         for part in parts {
             batch.append(part);
         }
