@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -90,8 +91,13 @@ async fn decode_blocks(
             d.budget.release(Cost::of(&left));
         }
         // The events that are their lines as they are lie in the block's buffer: it goes
-        // with them, once for the block.
-        let buffer = std::mem::take(&mut block.buffer);
+        // with them, once for the block; when none does (envelopes, `schema = "any"`: each
+        // event encoded anew), it is let go here.
+        let in_block = |i: &Item| matches!(i.event(), Some(Piece::InBlock { .. }));
+        let buffer = match items.iter().any(in_block) {
+            true => std::mem::take(&mut block.buffer),
+            false => Bytes::new(),
+        };
         if !items.is_empty() && output.send(Items { buffer, items }).await.is_err() {
             return;
         }
