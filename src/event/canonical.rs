@@ -77,26 +77,53 @@ pub(super) fn find_stop(b: &[u8]) -> Option<usize> {
         }
         at += 8;
     }
-    let tail = b[at..]
-        .iter()
-        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+    let tail = b[at..].iter().position(|&c| is_stop(c))?;
     Some(at + tail)
 }
 
-/// The stops among a word's eight bytes (byte 0 lowest), each marked by its high bit.
-///
-/// Exact for the lowest stop, the only one used: `x - 0x01` borrows from the byte above a
-/// zero byte, so bytes above the first stop may be marked wrongly, but nothing below it
-/// is, and nothing at all when the word has no stop. Bytes >= 0x80 are never marked
-/// (`& !x`), so UTF-8 sequences pass.
+/// Whether `c` ends a run of plain bytes in a JSON string: `"`, `\\` or a control byte.
 #[inline]
-fn stops(word: u64) -> u64 {
+pub(super) fn is_stop(c: u8) -> bool {
+    c == b'"' || c == b'\\' || c < 0x20
+}
+
+/// The stops ([`is_stop`]) among a word's eight bytes (byte 0 lowest), each marked by its
+/// high bit, exactly: no borrow or carry crosses a byte (a byte's low seven bits plus at
+/// most 0x7f stay below 0x100), so every mark stands, not only the lowest. Bytes >= 0x80
+/// are never marked (`| x` sets their high bit before the complement), so UTF-8 sequences
+/// pass.
+#[inline]
+pub(super) fn stops(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
-    let zero = |x: u64| x.wrapping_sub(ONES) & !x;
-    let quote = zero(word ^ (ONES * u64::from(b'"')));
-    let backslash = zero(word ^ (ONES * u64::from(b'\\')));
-    let control = word.wrapping_sub(ONES * 0x20) & !word;
-    (quote | backslash | control) & (ONES * 0x80)
+    const LOW: u64 = ONES * 0x7f;
+    let zero = |x: u64| !(((x & LOW) + LOW) | x | LOW);
+    let control = !(((word & LOW) + ONES * 0x60) | word | LOW);
+    zero(word ^ (ONES * u64::from(b'"'))) | zero(word ^ (ONES * u64::from(b'\\'))) | control
+}
+
+/// The escape after a backslash: the bytes it takes and the character it stands for.
+/// `\u` surrogates (no `char`) are left to the general path, as the scanner leaves them.
+pub(super) fn escape(after: &[u8]) -> Option<(usize, char)> {
+    let plain = match *after.first()? {
+        b'"' => '"',
+        b'\\' => '\\',
+        b'/' => '/',
+        b'b' => '\u{8}',
+        b'f' => '\u{c}',
+        b'n' => '\n',
+        b'r' => '\r',
+        b't' => '\t',
+        b'u' => {
+            let hex = after.get(1..5)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            let unit = u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+            return Some((5, char::from_u32(unit)?));
+        }
+        _ => return None,
+    };
+    Some((1, plain))
 }
 
 /// serde_json's default nesting limit; deeper lines go the general way (and fail there).
@@ -159,20 +186,8 @@ impl Scanner<'_> {
     }
 
     fn escape(&mut self) -> Option<()> {
-        self.at += 1; // the backslash
-        match self.peek()? {
-            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.at += 1,
-            b'u' => {
-                let hex = self.b.get(self.at + 1..self.at + 5)?;
-                let text = std::str::from_utf8(hex).ok()?;
-                let unit = u16::from_str_radix(text, 16).ok()?;
-                if !hex.iter().all(u8::is_ascii_hexdigit) || (0xD800..=0xDFFF).contains(&unit) {
-                    return None; // surrogates: left to the general path
-                }
-                self.at += 5;
-            }
-            _ => return None,
-        }
+        let (len, _) = escape(self.b.get(self.at + 1..)?)?;
+        self.at += 1 + len; // the backslash and what follows it
         Some(())
     }
 

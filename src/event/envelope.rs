@@ -12,7 +12,7 @@
 
 use bytes::BytesMut;
 
-use super::canonical::{self, Scanner};
+use super::canonical::{self, escape, is_stop, stops, Scanner};
 use super::EventType;
 
 /// Appends the event wrapped in `line`'s envelope field (the first of `envelope_fields`
@@ -123,7 +123,7 @@ fn unescape_string(s: &mut Scanner<'_>, out: &mut BytesMut) -> Option<()> {
         let stop = match src.get(r..r + 8) {
             Some(word) => {
                 dst[w..w + 8].copy_from_slice(word);
-                let stops = exact_stops(u64::from_le_bytes(word.try_into().unwrap()));
+                let stops = stops(u64::from_le_bytes(word.try_into().unwrap()));
                 match quick_escapes(src, dst, (r, w), stops) {
                     Ok(next) => {
                         (r, w) = next;
@@ -137,7 +137,7 @@ fn unescape_string(s: &mut Scanner<'_>, out: &mut BytesMut) -> Option<()> {
             }
             None => {
                 let c = *src.get(r)?;
-                if !(c == b'"' || c == b'\\' || c < 0x20) {
+                if !is_stop(c) {
                     dst[w] = c;
                     r += 1;
                     w += 1;
@@ -202,42 +202,6 @@ fn quick_escapes(
         dst[w..w + 8].copy_from_slice(&src[r..r + 8]);
         stops &= !(0xffff << (byte * 8));
     }
-}
-
-/// The stops among a word's eight bytes, each marked by its high bit, exactly: unlike
-/// [`stops`], no borrow or carry crosses a byte (a byte's low seven bits plus at most 0x7f
-/// stay below 0x100), so every mark stands, not only the lowest.
-fn exact_stops(word: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const LOW: u64 = ONES * 0x7f;
-    let zero = |x: u64| !(((x & LOW) + LOW) | x | LOW);
-    let control = !(((word & LOW) + ONES * 0x60) | word | LOW);
-    zero(word ^ (ONES * u64::from(b'"'))) | zero(word ^ (ONES * u64::from(b'\\'))) | control
-}
-
-/// The escape after a backslash: the bytes it takes and the character it stands for.
-/// `\u` surrogates (no `char`) are left to the general path, as the scanner leaves them.
-fn escape(after: &[u8]) -> Option<(usize, char)> {
-    let plain = match *after.first()? {
-        b'"' => '"',
-        b'\\' => '\\',
-        b'/' => '/',
-        b'b' => '\u{8}',
-        b'f' => '\u{c}',
-        b'n' => '\n',
-        b'r' => '\r',
-        b't' => '\t',
-        b'u' => {
-            let hex = after.get(1..5)?;
-            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                return None;
-            }
-            let unit = u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
-            return Some((5, char::from_u32(unit)?));
-        }
-        _ => return None,
-    };
-    Some((1, plain))
 }
 
 #[cfg(test)]
