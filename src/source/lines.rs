@@ -1,7 +1,9 @@
 //! Splitting a byte stream into lines without a copy per line.
 //!
 //! Data is read straight into a `BytesMut`; the complete lines of a read are split off it
-//! in one `Bytes`, each line a range of it (see [`crate::event::Block`]). A line longer than `max_line_bytes` is never
+//! in one `Bytes`, each line a range of it (see [`crate::event::Block`]); for a journal,
+//! [`LineSplitter::split_text`] gives them as that one piece, and
+//! [`LineSplitter::split_own`] each as bytes of its own. A line longer than `max_line_bytes` is never
 //! buffered whole: past the limit its bytes are counted and dropped until its newline,
 //! and it comes out as an oversized line holding only its first bytes (for the log and
 //! the dead letter).
@@ -10,7 +12,8 @@
 //! filled. So when the complete lines fill less than half of the buffer (a slow writer:
 //! one event per read into a buffer sized for thousands), they are copied out together
 //! into one allocation of their own size, and the read buffer stays free for the next
-//! read. The lines of a read then hold at most about twice their own bytes.
+//! read (not by `split_text`, whose piece goes to the journal's writer and is let go as soon
+//! as it is written). The lines of a read then hold at most about twice their own bytes.
 
 use bytes::{Buf, Bytes, BytesMut};
 
