@@ -389,7 +389,8 @@ pub(crate) async fn run_prepared(
         let stop = stop.clone();
         match source {
             SourceSpec::File(c) => {
-                let file = FileSource::new(name, c, checkpointers[name].clone());
+                let file = FileSource::new(name, c, checkpointers[name].clone())
+                    .starting(telemetry.starting());
                 tasks.sources.spawn(file.run(output, stop, once));
                 continue;
             }

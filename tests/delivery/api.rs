@@ -294,6 +294,45 @@ fn health_is_503_while_the_endpoint_fails_longer_than_unhealthy_after_and_200_ag
 }
 
 #[test]
+fn health_says_starting_until_the_file_sources_opened_their_files() {
+    // Many files, so that the first scan takes a while; the endpoint refuses everything,
+    // so that the lag stays every byte of them.
+    let endpoint = Endpoint::with_responder(|_| Reply::status(503));
+    let ws = Workspace::new();
+    let mut total = 0;
+    for i in 0..3000 {
+        let line = small_lines(i..i + 1);
+        total += line.len();
+        ws.write(&format!("logs/{i}.json"), line);
+    }
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = ws.config(&format!(
+        "[sources.in]\ntype = \"file\"\ninclude = [{}]\n\n[sinks.webhook]\ntype = \"webhook\"\ninputs = [\"in\"]\nendpoint_url = {}\n{SINK}\n\n{}",
+        toml_str(ws.path("logs").join("*.json")),
+        toml_str(endpoint.url()),
+        api_table(&addr, "unhealthy_after = \"10m\""),
+    ));
+    let proc = Proc::spawn(run_cmd(&config));
+
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = get_when_up(&addr, "/health", &proc);
+        if status == 200 {
+            break;
+        }
+        assert!(body.contains(r#""status":"starting""#), "{body}");
+        assert!(Instant::now() < deadline, "{body}\n{}", proc.stderr_now());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Ok only once every matched file is tailed: all their bytes are the lag.
+    let (_, body) = get_when_up(&addr, "/metrics", &proc);
+    let lag = value(&samples(&body), "flaghook_source_lag_bytes{source=\"in\"}");
+    assert_eq!(lag, total as f64, "{}", proc.stderr_now());
+    proc.sigterm();
+    proc.wait();
+}
+
+#[test]
 fn a_bad_api_table_names_its_key() {
     let ws = Workspace::new();
     let config = ws.file_pipeline(small_lines(0..1), "http://127.0.0.1:9/hook", "");

@@ -48,6 +48,7 @@ use bytes::Bytes;
 
 use crate::event::{envelope_fields, Block, Line, LineKind};
 use crate::journal::{self, Segments};
+use crate::telemetry::Starting;
 use checkpoint::{Checkpointer, Fingerprint, HEAD_BYTES};
 use symlink::Links;
 
@@ -268,6 +269,9 @@ pub struct FileSource {
     pub poll_interval: Duration,
     pub glob_interval: Duration,
     pub checkpointer: Arc<Checkpointer>,
+    /// Held until the first scan opened the matched files: while it is, `/health` says the
+    /// run is starting (see [`FileSource::starting`]).
+    starting: Option<Starting>,
 }
 
 /// Where a tail finds its files.
@@ -296,6 +300,7 @@ impl FileSource {
             poll_interval: spec.poll_interval,
             glob_interval: spec.glob_interval,
             checkpointer,
+            starting: None,
         }
     }
 
@@ -318,7 +323,16 @@ impl FileSource {
             poll_interval: JOURNAL_POLL,
             glob_interval: JOURNAL_POLL,
             checkpointer,
+            starting: None,
         }
+    }
+
+    /// Keeps the run "starting" (see `crate::telemetry::Telemetry::starting`) until this
+    /// source's first scan found and opened its files, so that `/health` does not say ok
+    /// before the source tails them.
+    pub(crate) fn starting(mut self, guard: Starting) -> Self {
+        self.starting = Some(guard);
+        self
     }
 
     /// Tails until shutdown; with `once`, until every matched file was read to its end.
@@ -330,7 +344,7 @@ impl FileSource {
     /// ([`READ_AHEAD`] blocks), and this task hands them to the sinks, waiting on their
     /// budgets: the thread reads ahead while a request is in flight, and the sinks' next
     /// blocks are handed on within the runtime, without waking a thread for each one.
-    pub async fn run(self, output: Output, shutdown: CancellationToken, once: bool) {
+    pub async fn run(mut self, output: Output, shutdown: CancellationToken, once: bool) {
         let (tx, rx) = mpsc::channel(READ_AHEAD);
         let link = Link {
             blocks: tx,
@@ -345,9 +359,10 @@ impl FileSource {
             stop: link.stop.clone(),
             nudge: nudge.clone(),
         };
+        let starting = self.starting.take();
         let mut thread = tokio::task::spawn_blocking({
             let nudge = nudge.clone();
-            move || self.tail(&link, nudge, once)
+            move || self.tail(&link, nudge, once, starting)
         });
         let tailed = async {
             tokio::select! {
@@ -369,7 +384,7 @@ impl FileSource {
     }
 
     /// The tail loop (see the module's overview); on the source's own thread.
-    fn tail(&self, link: &Link, nudge: watcher::Nudge, once: bool) {
+    fn tail(&self, link: &Link, nudge: watcher::Nudge, once: bool, starting: Option<Starting>) {
         let mut tail = Tail {
             source: self,
             files: Vec::new(),
@@ -389,6 +404,7 @@ impl FileSource {
         };
         let journal = matches!(self.finder, Finder::Journal(_));
         tail.scan(true);
+        drop(starting);
         let mut last_scan = Instant::now();
         while !link.stop.is_cancelled() {
             // A journal's scan costs no system call: it learns the segments from the writer.
