@@ -437,7 +437,9 @@ impl Telemetry {
 
     /// Shutdown was asked.
     pub fn stopping(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
+        if !self.stopping.swap(true, Ordering::SeqCst) {
+            service_manager(sd_notify::NotifyState::Stopping);
+        }
     }
 
     pub(crate) fn phase(&self) -> Phase {
@@ -521,8 +523,20 @@ impl Telemetry {
 pub(crate) struct Starting(Arc<Telemetry>);
 
 impl Drop for Starting {
+    /// The last pipeline started: a service manager that waits for it (systemd's
+    /// `Type=notify`) is told the service is ready, again after a reload restarted some.
     fn drop(&mut self) {
-        self.0.starting.fetch_sub(1, Ordering::SeqCst);
+        let left = self.0.starting.fetch_sub(1, Ordering::SeqCst) - 1;
+        if left == 0 && !self.0.stopping.load(Ordering::SeqCst) {
+            service_manager(sd_notify::NotifyState::Ready);
+        }
+    }
+}
+
+/// Tells systemd (through `NOTIFY_SOCKET`, when it set one) the service's `state`.
+fn service_manager(state: sd_notify::NotifyState) {
+    if let Err(e) = sd_notify::notify(false, &[state]) {
+        tracing::warn!("could not tell the service manager the service's state: {e}");
     }
 }
 

@@ -329,6 +329,7 @@ fn the_systemd_unit_verifies_and_its_command_runs() {
         "ProtectSystem=strict",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "--log-format journald",
+        "Type=notify",
     ] {
         assert!(unit.contains(key), "the unit lacks {key}");
     }
@@ -514,4 +515,47 @@ fn a_sighup_does_not_end_run_once() {
     let out = proc.wait();
     out.assert_code(0);
     assert!(endpoint.wait_until(WAIT, |t| t.has_all(20)), "{out}");
+}
+
+/// With `Type=notify`, systemd waits for READY=1 on `NOTIFY_SOCKET`: it comes once the
+/// pipelines started and the file source opened its files, and STOPPING=1 at a SIGTERM.
+#[test]
+fn the_service_manager_is_told_when_flaghook_is_ready_and_when_it_stops() {
+    use std::os::unix::net::UnixDatagram;
+
+    let endpoint = Endpoint::start();
+    let ws = Workspace::new();
+    let socket_path = ws.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let config = ws.file_pipeline(
+        small_lines(0..3),
+        &endpoint.url(),
+        "flush_interval = \"50ms\"",
+    );
+    let mut cmd = run_cmd(&config);
+    cmd.env("NOTIFY_SOCKET", &socket_path);
+    let proc = Proc::spawn(cmd);
+
+    let next = || {
+        let deadline = Instant::now() + WAIT;
+        let mut buf = [0u8; 256];
+        loop {
+            if let Ok(n) = socket.recv(&mut buf) {
+                return String::from_utf8_lossy(&buf[..n]).into_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nothing on NOTIFY_SOCKET:\n{}",
+                proc.stderr_now()
+            );
+        }
+    };
+    assert_eq!(next().trim(), "READY=1");
+    assert!(endpoint.wait_until(WAIT, |t| t.has_all(3)));
+    proc.sigterm();
+    assert_eq!(next().trim(), "STOPPING=1");
+    proc.wait().assert_code(0);
 }
