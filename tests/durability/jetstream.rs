@@ -431,3 +431,97 @@ fn run_once_reads_the_consumer_until_it_is_empty() {
     assert!(hook.with(|t| t.has_all(120)));
     assert!(nats.wait_empty(STREAM, WAIT), "messages left unacked");
 }
+
+/// The consumer is deleted (`nats consumer rm`) while the source holds messages the
+/// endpoint has not taken yet: the source finds it gone, creates it again (`create = true`)
+/// and reads on, and every event arrives. Only events published before the deletion may
+/// come twice: those delivered from the old consumer, whose acks it no longer takes, are
+/// handed out again by the new one.
+#[test]
+fn a_consumer_deleted_while_reading_is_created_again_and_nothing_is_lost() {
+    let ws = Workspace::new();
+    let Some(nats) = NatsServer::start(&ws) else {
+        return;
+    };
+    const N: u64 = 150;
+    const BEFORE: u64 = 100;
+    let up = Arc::new(AtomicBool::new(true));
+    let hook = Endpoint::with_responder({
+        let up = up.clone();
+        move |_| match up.load(Ordering::SeqCst) {
+            true => Reply::ok(),
+            false => Reply::status(503),
+        }
+    })
+    .count_only();
+    let central = start_central(&central(&ws, &nats, &hook.url(), "", ""));
+    nats.publish(SUBJECT, &messages_of(&events(0..50), 10));
+    assert!(
+        hook.wait_until(WAIT, |t| t.has_all(50)),
+        "nothing flows:\n{}",
+        central.stderr_now()
+    );
+    // Held when the consumer goes: within the sink's budget, so the source keeps fetching.
+    up.store(false, Ordering::SeqCst);
+    nats.publish(SUBJECT, &messages_of(&events(50..BEFORE), 10));
+    assert!(hook.wait_until(WAIT, |t| t.failed_requests > 0));
+
+    nats.client(async |js| {
+        let stream = js.get_stream(STREAM).await.expect("stream");
+        stream
+            .delete_consumer(CONSUMER)
+            .await
+            .expect("delete consumer");
+    });
+    nats.publish(SUBJECT, &messages_of(&events(BEFORE..N), 10));
+    let deadline = Instant::now() + WAIT;
+    while !consumer_exists(&nats) {
+        assert!(
+            Instant::now() < deadline,
+            "the source did not create the consumer again:\n{}",
+            central.stderr_now()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    up.store(true, Ordering::SeqCst);
+
+    let all = hook.wait_until(WAIT, |t| t.has_all(N));
+    assert!(
+        all,
+        "missing after the consumer was deleted: {:?}\n{}",
+        hook.with(|t| t.missing(N)),
+        central.stderr_now()
+    );
+    let twice = hook.with(|t| t.duplicated_ids());
+    assert!(
+        twice.iter().all(|&id| id < BEFORE),
+        "events published after the deletion came twice: {twice:?}"
+    );
+    assert!(
+        nats.wait_empty(STREAM, WAIT),
+        "messages left unacked:\n{}",
+        central.stderr_now()
+    );
+    let log = central.stderr_now();
+    let held = log
+        .split_once("the consumer is gone")
+        .and_then(|(_, line)| {
+            line.lines()
+                .next()?
+                .split_once(" held=")?
+                .1
+                .parse::<u64>()
+                .ok()
+        });
+    assert!(
+        held > Some(0),
+        "no message was held when the consumer went:\n{log}"
+    );
+}
+
+fn consumer_exists(nats: &NatsServer) -> bool {
+    nats.client(async |js| {
+        let stream = js.get_stream(STREAM).await.expect("stream");
+        stream.consumer_info(CONSUMER).await.is_ok()
+    })
+}

@@ -13,6 +13,12 @@
 //! another instance while a sink retries (or while it waits for room in a sink's budget).
 //! When the source and every sink are done (the last handle dropped), what is still held
 //! is NAKed, for another instance to take at once.
+//!
+//! When the consumer is gone (deleted, or its stream recreated), the messages held from it
+//! are forgotten ([`Messages::forget`]): their acks would go nowhere, or to a new consumer
+//! of the same name, where they could ack another message of the same sequence. The sinks
+//! deliver their lines all the same, and JetStream hands those not acked to the new
+//! consumer again (at least once).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -46,11 +52,11 @@ impl Reply {
 #[derive(Debug)]
 pub(crate) struct Messages {
     held: Arc<Mutex<Held>>,
-    /// To the [`Acker`]: the messages to ack. It ends once this is dropped, that is, once
-    /// the source and every sink are done.
-    acks: mpsc::UnboundedSender<Subject>,
+    /// To the [`Acker`]: the messages to ack, with the consumer they came from. It ends
+    /// once this is dropped, that is, once the source and every sink are done.
+    acks: mpsc::UnboundedSender<(Consumer, Subject)>,
     /// The other end, until the source starts its [`Acker`].
-    pending: Mutex<Option<mpsc::UnboundedReceiver<Subject>>>,
+    pending: Mutex<Option<mpsc::UnboundedReceiver<(Consumer, Subject)>>>,
 }
 
 #[derive(Debug, Default)]
@@ -58,8 +64,14 @@ struct Held {
     /// How many sinks read the source; a message is acked when all of them acknowledged it.
     readers: usize,
     next: u64,
+    /// The consumer messages are fetched from now; an ack for an earlier one is not sent.
+    consumer: Consumer,
     messages: HashMap<u64, Message>,
 }
+
+/// Which of the consumers the source read in turn (the first is 0): one more each time
+/// the consumer was gone and the source looked it up again.
+type Consumer = u64;
 
 #[derive(Debug)]
 struct Message {
@@ -116,7 +128,7 @@ impl Messages {
         let id = held.next;
         held.next += 1;
         if end == 0 {
-            let _ = self.acks.send(reply);
+            let _ = self.acks.send((held.consumer, reply));
             return id;
         }
         let readers = held.readers.max(1);
@@ -145,8 +157,19 @@ impl Messages {
         if message.acked.iter().all(|&a| a >= message.end) {
             let message = held.messages.remove(&id).expect("held");
             // The acker outlives every handle; if it panicked, the source reports it.
-            let _ = self.acks.send(message.reply);
+            let _ = self.acks.send((held.consumer, message.reply));
         }
+    }
+
+    /// The consumer is gone: forgets the messages held from it (none of them is acked, told
+    /// in progress or NAKed any more, and acks already queued for them are not sent).
+    /// Returns how many were held.
+    pub(crate) fn forget(&self) -> usize {
+        let mut held = self.lock();
+        held.consumer += 1;
+        let forgotten = held.messages.len();
+        held.messages.clear();
+        forgotten
     }
 
     /// How many messages are held.
@@ -182,7 +205,7 @@ impl Messages {
 #[derive(Debug)]
 pub(crate) struct Acker {
     held: Arc<Mutex<Held>>,
-    acks: mpsc::UnboundedReceiver<Subject>,
+    acks: mpsc::UnboundedReceiver<(Consumer, Subject)>,
     client: async_nats::Client,
     ack_wait: Duration,
 }
@@ -199,7 +222,9 @@ impl Acker {
         loop {
             tokio::select! {
                 reply = self.acks.recv() => match reply {
-                    Some(reply) => self.send(source, reply, Reply::Ack).await,
+                    Some((consumer, reply)) => if self.current(consumer) {
+                        self.send(source, reply, Reply::Ack).await;
+                    },
                     None => break,
                 },
                 _ = tick.tick() => {
@@ -220,6 +245,12 @@ impl Acker {
             tracing::warn!(source, error = %e, "could not flush the last acks to the NATS server: their messages will be delivered again after ack_wait");
         }
         left.len()
+    }
+
+    /// Whether `consumer` is the one read now (an ack for a message of an earlier one is
+    /// dropped: see [`Messages::forget`]).
+    fn current(&self, consumer: Consumer) -> bool {
+        self.held.lock().expect("nats acks lock").consumer == consumer
     }
 
     /// The held messages not told in progress for `half` of `ack_wait`, now told.
@@ -263,16 +294,34 @@ mod tests {
             "b has not acknowledged all of either"
         );
         b.ack(second, 10);
-        assert_eq!(acks.try_recv().unwrap().as_str(), "r.2");
+        assert_eq!(acks.try_recv().unwrap().1.as_str(), "r.2");
         b.ack(first, 20);
-        assert_eq!(acks.try_recv().unwrap().as_str(), "r.1");
+        assert_eq!(acks.try_recv().unwrap().1.as_str(), "r.1");
         assert_eq!(messages.len(), 0);
         let empty = messages.hold(Subject::from("r.3"), 0);
         assert_eq!(empty, 2);
         assert_eq!(
-            acks.try_recv().unwrap().as_str(),
+            acks.try_recv().unwrap().1.as_str(),
             "r.3",
             "no line: acked at once"
         );
+    }
+
+    /// Once the consumer is gone, the messages held from it are no longer acked: the acks
+    /// of the next consumer's messages carry its number.
+    #[test]
+    fn messages_of_a_consumer_gone_are_forgotten() {
+        let messages = Messages::new();
+        let a = messages.subscribe();
+        let mut acks = messages.pending.lock().unwrap().take().unwrap();
+        let old = messages.hold(Subject::from("r.old"), 10);
+        assert_eq!(messages.forget(), 1);
+        assert_eq!(messages.len(), 0);
+        a.ack(old, 10);
+        assert!(acks.try_recv().is_err(), "a forgotten message is not acked");
+        let new = messages.hold(Subject::from("r.new"), 10);
+        a.ack(new, 10);
+        let (consumer, reply) = acks.try_recv().unwrap();
+        assert_eq!((consumer, reply.as_str()), (1, "r.new"));
     }
 }

@@ -16,6 +16,11 @@
 //!   lines, it gets one prompt attempt within `shutdown_timeout`, and is left (to
 //!   JetStream) rather than retried when that fails, so another instance takes it at
 //!   once; after a crash, the server hands it out again once `ack_wait` has passed.
+//!
+//! When the consumer is gone while the source reads it (deleted, or its stream
+//! recreated), the source looks it up again (creates it, with `create`) and reads on; the
+//! messages held from the old one are delivered but not acked (see [`acks`]), and
+//! JetStream hands them out again through the new one.
 
 mod acks;
 
@@ -27,6 +32,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{self, stream};
 use futures::StreamExt;
 use serde::Deserialize;
@@ -50,6 +56,9 @@ fn default_max_ack_pending() -> usize {
 const FETCH_MAX_MESSAGES: usize = 1024;
 /// How long one fetch waits for messages when there are fewer than it asked for.
 const FETCH_WAIT: Duration = Duration::from_secs(1);
+/// How much longer than FETCH_WAIT the server may take to answer a fetch (or send its next
+/// message) before the source asks whether the consumer is still there.
+const FETCH_GRACE: Duration = Duration::from_secs(1);
 /// The wait before trying again after the stream, the consumer or a fetch failed.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
@@ -207,7 +216,7 @@ pub async fn run(
         }
     };
     let jetstream = jetstream::new(client.clone());
-    let Some(consumer) = wait_for_consumer(name, spec, &jetstream, &stop).await else {
+    let Some(mut consumer) = wait_for_consumer(name, spec, &jetstream, &stop).await else {
         return;
     };
     let ack_wait = consumer.cached_info().config.ack_wait;
@@ -222,7 +231,14 @@ pub async fn run(
         messages,
         max_bytes: fetch_bytes(&output, &client),
     };
-    reader.read(&consumer, &output, &stop, once).await;
+    while let Ended::ConsumerGone = reader.read(&consumer, &output, &stop, once).await {
+        let held = reader.messages.forget();
+        tracing::warn!(source = name, stream = %spec.stream, consumer = %spec.consumer, held, "the consumer is gone (deleted, or its stream recreated): {} it again; the messages held from it are delivered but not acked, and JetStream hands them out again through the new consumer (at least once)", if spec.create { "creating" } else { "waiting for" });
+        match wait_for_consumer(name, spec, &jetstream, &stop).await {
+            Some(found) => consumer = found,
+            None => break,
+        }
+    }
     // The sinks' input ends once every source has dropped its output; once the sinks are
     // done, so is the acker.
     drop(output);
@@ -345,6 +361,15 @@ fn check_consumer(name: &str, spec: &NatsSourceSpec, info: &async_nats::jetstrea
     tracing::info!(source = name, stream = %spec.stream, consumer = %spec.consumer, ack_wait = %humantime::format_duration(config.ack_wait), max_ack_pending = config.max_ack_pending, "reading the consumer");
 }
 
+/// Why [`Reader::read`] returned.
+enum Ended {
+    /// Shutdown, the sinks gone, or (with `once`) a fetch that found nothing.
+    Done,
+    /// A fetch failed or went unanswered, and the server no longer has the consumer (or
+    /// its stream).
+    ConsumerGone,
+}
+
 /// The fetch loop of one source.
 struct Reader<'a> {
     name: &'a str,
@@ -355,15 +380,16 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     /// Fetches and hands on messages until shutdown (or, with `once`, a fetch that finds
-    /// none). Every message of a fetch is held as soon as it arrives (so it is told in
-    /// progress while it waits); then their lines go to the sinks, waiting for room.
+    /// none), or until a fetch fails or goes unanswered because the consumer is gone. Every message of a
+    /// fetch is held as soon as it arrives (so it is told in progress while it waits); then
+    /// their lines go to the sinks, waiting for room.
     async fn read(
         &self,
         consumer: &PullConsumer,
         output: &Output,
         stop: &CancellationToken,
         once: bool,
-    ) {
+    ) -> Ended {
         let (events_cap, _) = output.budget_caps();
         let limit = self.check_budget(consumer, events_cap);
         let mut warned = false;
@@ -393,10 +419,13 @@ impl Reader<'_> {
                 }
             };
             let mut batch = tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => return Ended::Done,
                 batch = batch => match batch {
                     Ok(batch) => batch,
                     Err(e) => {
+                        if Self::gone(consumer).await {
+                            return Ended::ConsumerGone;
+                        }
                         self.fetch_failed(&mut warned, &e.to_string(), stop).await;
                         continue;
                     }
@@ -406,12 +435,27 @@ impl Reader<'_> {
             // every message handed to this instance is held, and NAKed if not delivered.
             let mut blocks = Vec::new();
             let mut failed = false;
-            while let Some(message) = batch.next().await {
-                match message {
-                    Ok(message) => blocks.extend(self.hold(message)),
-                    Err(e) => {
-                        self.fetch_failed(&mut warned, &e.to_string(), stop).await;
+            let mut ended = None;
+            loop {
+                match tokio::time::timeout(FETCH_WAIT + FETCH_GRACE, batch.next()).await {
+                    Ok(Some(Ok(message))) => blocks.extend(self.hold(message)),
+                    Ok(None) => break,
+                    // No answer: the server drops a fetch for a consumer it no longer has
+                    // (and one while `max_ack_pending` messages are out). A message it sends
+                    // later to this fetch is not held: it comes again after `ack_wait`.
+                    Err(_elapsed) => {
+                        if Self::gone(consumer).await {
+                            ended = Some(Ended::ConsumerGone);
+                        }
+                        break;
+                    }
+                    Ok(Some(Err(e))) => {
                         failed = true;
+                        if Self::gone(consumer).await {
+                            ended = Some(Ended::ConsumerGone);
+                        } else {
+                            self.fetch_failed(&mut warned, &e.to_string(), stop).await;
+                        }
                         break;
                     }
                 }
@@ -420,17 +464,23 @@ impl Reader<'_> {
                 tracing::info!(source = self.name, consumer = %self.spec.consumer, "fetching again");
                 warned = false;
             }
-            if once && blocks.is_empty() && wait {
-                return;
+            if once && blocks.is_empty() && wait && ended.is_none() {
+                return Ended::Done;
             }
             wait = blocks.is_empty();
             for block in blocks {
                 tokio::select! {
-                    _ = stop.cancelled() => return,
-                    sent = output.send(block) => if sent.is_err() { return },
+                    _ = stop.cancelled() => return Ended::Done,
+                    sent = output.send(block) => if sent.is_err() { return Ended::Done },
                 }
             }
+            // Only now: what the fetch brought before the consumer went is held, and goes
+            // to the sinks (delivered, not acked) before the source looks it up again.
+            if let Some(ended) = ended {
+                return ended;
+            }
         }
+        Ended::Done
     }
 
     /// The most messages one fetch asks for; warns when the consumer's `max_ack_pending`
@@ -444,6 +494,21 @@ impl Reader<'_> {
             tracing::warn!(source = self.name, consumer = %self.spec.consumer, max_ack_pending = pending, buffer_max_events = events_cap, "the consumer's max_ack_pending is below what one instance may hold (one event per message): fetches stop there, for every instance; set max_ack_pending to at least instances x buffer_max_events");
         }
         FETCH_MAX_MESSAGES.min(pending).max(1)
+    }
+
+    /// Whether the server no longer has `consumer` (nor, perhaps, its stream): asked after
+    /// a fetch failed or went unanswered, since the server answers a fetch for a consumer
+    /// it no longer has with nothing at all (nats-server 2.9), and the errors a fetch does
+    /// get (a 409 "Consumer Deleted") come as text.
+    async fn gone(consumer: &PullConsumer) -> bool {
+        // Bounded: without a connection, the fetch is retried as before, not held up here.
+        match tokio::time::timeout(RETRY_DELAY, consumer.get_info()).await {
+            Ok(Err(e)) => matches!(
+                e.kind(),
+                ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
+            ),
+            Ok(Ok(_)) | Err(_) => false,
+        }
     }
 
     async fn fetch_failed(&self, warned: &mut bool, error: &str, stop: &CancellationToken) {
