@@ -466,13 +466,7 @@ fn a_consumer_deleted_while_reading_is_created_again_and_nothing_is_lost() {
     nats.publish(SUBJECT, &messages_of(&events(50..BEFORE), 10));
     assert!(hook.wait_until(WAIT, |t| t.failed_requests > 0));
 
-    nats.client(async |js| {
-        let stream = js.get_stream(STREAM).await.expect("stream");
-        stream
-            .delete_consumer(CONSUMER)
-            .await
-            .expect("delete consumer");
-    });
+    delete_consumer(&nats);
     nats.publish(SUBJECT, &messages_of(&events(BEFORE..N), 10));
     let deadline = Instant::now() + WAIT;
     while !consumer_exists(&nats) {
@@ -517,6 +511,24 @@ fn a_consumer_deleted_while_reading_is_created_again_and_nothing_is_lost() {
         held > Some(0),
         "no message was held when the consumer went:\n{log}"
     );
+}
+
+/// `nats consumer rm`; tried again on an error (a request that timed out on a loaded
+/// machine), within WAIT.
+fn delete_consumer(nats: &NatsServer) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let deleted: Result<(), String> = nats.client(async |js| {
+            let stream = js.get_stream(STREAM).await.map_err(|e| e.to_string())?;
+            let deleted = stream.delete_consumer(CONSUMER).await;
+            deleted.map(drop).map_err(|e| e.to_string())
+        });
+        match deleted {
+            Ok(()) => return,
+            Err(e) if Instant::now() >= deadline => panic!("cannot delete the consumer: {e}"),
+            Err(e) => eprintln!("deleting the consumer: {e}; trying again"),
+        }
+    }
 }
 
 fn consumer_exists(nats: &NatsServer) -> bool {
