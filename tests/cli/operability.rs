@@ -484,15 +484,8 @@ fn the_documented_install_lets_the_service_user_read_its_config() {
 /// on and delivers everything, where SIGHUP's default action ended it mid-run.
 #[test]
 fn a_sighup_does_not_end_run_once() {
-    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let flag = failing.clone();
-    let endpoint =
-        Endpoint::with_responder(
-            move |_| match flag.load(std::sync::atomic::Ordering::SeqCst) {
-                true => Reply::status(503),
-                false => Reply::ok(),
-            },
-        );
+    let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let endpoint = Endpoint::up_when(&up, Reply::status(503));
     let ws = Workspace::new();
     let config = ws.file_pipeline(
         small_lines(0..20),
@@ -511,7 +504,7 @@ fn a_sighup_does_not_end_run_once() {
     }
     proc.sighup();
     std::thread::sleep(Duration::from_millis(200));
-    failing.store(false, std::sync::atomic::Ordering::SeqCst);
+    up.store(true, std::sync::atomic::Ordering::SeqCst);
     let out = proc.wait();
     out.assert_code(0);
     assert!(endpoint.wait_until(WAIT, |t| t.has_all(20)), "{out}");

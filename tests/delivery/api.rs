@@ -234,12 +234,8 @@ fn promtool_accepts_the_exposition() {
 
 #[test]
 fn health_is_503_while_the_endpoint_fails_longer_than_unhealthy_after_and_200_again() {
-    let failing = Arc::new(AtomicBool::new(true));
-    let flag = failing.clone();
-    let endpoint = Endpoint::with_responder(move |_| match flag.load(Ordering::SeqCst) {
-        true => Reply::status(503).body("overloaded, come back later"),
-        false => Reply::ok(),
-    });
+    let up = Arc::new(AtomicBool::new(false));
+    let endpoint = Endpoint::up_when(&up, Reply::status(503).body("overloaded, come back later"));
     let ws = Workspace::new();
     let addr = format!("127.0.0.1:{}", free_port());
     // Credentials in the URL and a secret: neither may show in /health.
@@ -284,7 +280,7 @@ fn health_is_503_while_the_endpoint_fails_longer_than_unhealthy_after_and_200_ag
         assert!(!body.contains(secret), "{body}");
     }
 
-    failing.store(false, Ordering::SeqCst);
+    up.store(true, Ordering::SeqCst);
     let (status, body) = health_until("ok");
     assert_eq!(status, 200, "{body}");
     assert_eq!(body.trim(), r#"{"status":"ok"}"#);

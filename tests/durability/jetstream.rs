@@ -126,14 +126,7 @@ fn an_endpoint_down_longer_than_ack_wait_brings_no_redelivery() {
     // Few messages, so that they all pass into the sink and the source keeps fetching.
     const N: u64 = 100;
     let up = Arc::new(AtomicBool::new(false));
-    let hook = Endpoint::with_responder({
-        let up = up.clone();
-        move |_| match up.load(Ordering::SeqCst) {
-            true => Reply::ok(),
-            false => Reply::status(503),
-        }
-    })
-    .count_only();
+    let hook = Endpoint::up_when(&up, Reply::status(503)).count_only();
     // The source keeps fetching while the endpoint fails, so messages past their ack_wait
     // would be handed to it again if they were not told in progress.
     let config = central(&ws, &nats, &hook.url(), "ack_wait = \"1s\"", "");
@@ -446,14 +439,7 @@ fn a_consumer_deleted_while_reading_is_created_again_and_nothing_is_lost() {
     const N: u64 = 150;
     const BEFORE: u64 = 100;
     let up = Arc::new(AtomicBool::new(true));
-    let hook = Endpoint::with_responder({
-        let up = up.clone();
-        move |_| match up.load(Ordering::SeqCst) {
-            true => Reply::ok(),
-            false => Reply::status(503),
-        }
-    })
-    .count_only();
+    let hook = Endpoint::up_when(&up, Reply::status(503)).count_only();
     let central = start_central(&central(&ws, &nats, &hook.url(), "", ""));
     nats.publish(SUBJECT, &messages_of(&events(0..50), 10));
     assert!(

@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -321,6 +322,15 @@ impl Endpoint {
     pub fn with_responder(responder: impl FnMut(&Recorded) -> Reply + Send + 'static) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind test endpoint");
         Self::on(listener, responder)
+    }
+
+    /// An endpoint that answers `failure` while `up` is false, and 200 once it is true.
+    pub fn up_when(up: &Arc<AtomicBool>, failure: Reply) -> Self {
+        let up = up.clone();
+        Self::with_responder(move |_| match up.load(Ordering::SeqCst) {
+            true => Reply::ok(),
+            false => failure.clone(),
+        })
     }
 
     /// An endpoint on `listener` (e.g. a [`ClosedPort`] just opened) answering with
