@@ -456,9 +456,7 @@ impl Appender {
         lines: &[Line],
         stop: &CancellationToken,
     ) -> impl Future<Output = Result<(), NotWritten>> + Send + 'static {
-        let append = self.append_as(encode(lines), lines.len(), stop, false, WhenFull::Wait);
-        // Waiting for room, it is never refused: its only failure is `NotWritten`.
-        async move { append.await.map_err(|_| NotWritten) }
+        self.append_waiting(encode(lines), lines.len(), stop, false)
     }
 
     /// [`Appender::append`] for lines a reader cut off in one piece: written as they are
@@ -468,15 +466,7 @@ impl Appender {
         text: TextLines,
         stop: &CancellationToken,
     ) -> impl Future<Output = Result<(), NotWritten>> + Send + 'static {
-        let append = self.append_as(
-            encode_text(text.bytes),
-            text.count,
-            stop,
-            false,
-            WhenFull::Wait,
-        );
-        // Waiting for room, it is never refused: its only failure is `NotWritten`.
-        async move { append.await.map_err(|_| NotWritten) }
+        self.append_waiting(encode_text(text.bytes), text.count, stop, false)
     }
 
     /// [`Appender::append`], resolving only once the lines are fsynced, whatever
@@ -486,9 +476,7 @@ impl Appender {
         lines: &[Line],
         stop: &CancellationToken,
     ) -> impl Future<Output = Result<(), NotWritten>> + Send + 'static {
-        let append = self.append_as(encode(lines), lines.len(), stop, true, WhenFull::Wait);
-        // Waiting for room, it is never refused: its only failure is `NotWritten`.
-        async move { append.await.map_err(|_| NotWritten) }
+        self.append_waiting(encode(lines), lines.len(), stop, true)
     }
 
     /// [`Appender::append_synced`], refused at once (nothing appended) when the lines do
@@ -500,6 +488,19 @@ impl Appender {
         stop: &CancellationToken,
     ) -> impl Future<Output = Result<(), NotAppended>> + Send + 'static {
         self.append_as(encode(lines), lines.len(), stop, true, WhenFull::Refuse)
+    }
+
+    /// [`Appender::append_as`] waiting for room under `journal_max_bytes`: never refused,
+    /// its only failure is `NotWritten`.
+    fn append_waiting(
+        &self,
+        bytes: Bytes,
+        count: usize,
+        stop: &CancellationToken,
+        sync: bool,
+    ) -> impl Future<Output = Result<(), NotWritten>> + Send + 'static {
+        let append = self.append_as(bytes, count, stop, sync, WhenFull::Wait);
+        async move { append.await.map_err(|_| NotWritten) }
     }
 
     /// Appends `bytes`, the journal's bytes for `count` lines.
