@@ -71,7 +71,7 @@ impl Decoder {
     /// [`Decoder::decode`], saying when the line is its own event rather than making a
     /// `Bytes` of it: the caller that owns the line keeps it as it is (a range of its
     /// block's buffer, see [`crate::event::Block`]).
-    pub(crate) fn decode_line(
+    pub fn decode_line(
         &mut self,
         whole: &[u8],
         envelope_fields: &[String],

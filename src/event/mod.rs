@@ -356,7 +356,7 @@ fn invalid(reason: impl Into<String>) -> Invalid {
 
 /// What [`Decoder::decode_line`] gives.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum FromLine {
+pub enum FromLine {
     /// The line is the event: its first `len` bytes (a `\r` at its end left out).
     Itself(usize),
     Decoded(Decoded),
