@@ -523,3 +523,76 @@ fn consumer_exists(nats: &NatsServer) -> bool {
         stream.consumer_info(CONSUMER).await.is_ok()
     })
 }
+
+/// The consumer is deleted and created again by its owner (`create = false`) with a
+/// shorter `ack_wait`: the source tells the messages it holds in progress at the new
+/// consumer's pace, so none is handed out again while the endpoint is down for several of
+/// its `ack_wait`s.
+#[test]
+fn a_consumer_created_again_with_a_shorter_ack_wait_is_kept_at_its_pace() {
+    let ws = Workspace::new();
+    let Some(nats) = NatsServer::start(&ws) else {
+        return;
+    };
+    nats.create_stream(STREAM, SUBJECT);
+    create_consumer(&nats, Duration::from_secs(30));
+    let up = Arc::new(AtomicBool::new(true));
+    let hook = Endpoint::up_when(&up, Reply::status(503)).count_only();
+    let config = central(&ws, &nats, &hook.url(), "", "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("create = true", "create = false")).unwrap();
+    let central = start_central(&config);
+    nats.publish(SUBJECT, &messages_of(&events(0..10), 10));
+    assert!(
+        hook.wait_until(WAIT, |t| t.has_all(10)),
+        "nothing flows:\n{}",
+        central.stderr_now()
+    );
+
+    delete_consumer(&nats);
+    assert!(
+        central.wait_stderr("the consumer is gone", WAIT).is_some(),
+        "the source did not find the consumer gone:\n{}",
+        central.stderr_now()
+    );
+    up.store(false, Ordering::SeqCst);
+    create_consumer(&nats, Duration::from_secs(1));
+    const N: u64 = 60;
+    nats.publish(SUBJECT, &messages_of(&events(10..N), 10));
+    assert!(hook.wait_until(WAIT, |t| t.failed_requests > 0));
+    // Three of the new consumer's ack_waits while the messages are held.
+    std::thread::sleep(Duration::from_millis(3500));
+    let (pending, redelivered) = nats.consumer_state(STREAM, CONSUMER);
+    assert!(pending > 0, "the messages are held, not acked");
+    assert_eq!(
+        redelivered,
+        0,
+        "messages were handed out again while held:\n{}",
+        central.stderr_now()
+    );
+
+    up.store(true, Ordering::SeqCst);
+    assert!(
+        hook.wait_until(WAIT, |t| t.has_all(N)),
+        "missing: {:?}",
+        hook.with(|t| t.missing(N))
+    );
+    assert_eq!(hook.with(|t| t.duplicates()), 0);
+    assert!(nats.wait_empty(STREAM, WAIT), "messages left unacked");
+}
+
+/// Creates the pull consumer the central flaghooks read, as its owner would.
+fn create_consumer(nats: &NatsServer, ack_wait: Duration) {
+    nats.client(async |js| {
+        let stream = js.get_stream(STREAM).await.expect("stream");
+        stream
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some(CONSUMER.to_owned()),
+                ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+                ack_wait,
+                ..Default::default()
+            })
+            .await
+            .expect("create consumer");
+    });
+}

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use async_nats::Subject;
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 /// What the [`Acker`] sends to a message's reply subject.
@@ -178,9 +178,14 @@ impl Messages {
         self.lock().messages.len()
     }
 
-    /// The [`Acker`] of these messages, to run once the consumer's `ack_wait` is known.
-    /// Called once.
-    pub(crate) fn acker(&self, client: async_nats::Client, ack_wait: Duration) -> Acker {
+    /// The [`Acker`] of these messages, to run once the consumer's `ack_wait` is known; the
+    /// source sends it the `ack_wait` of each consumer it reads (a consumer created again
+    /// may have another). Called once.
+    pub(crate) fn acker(
+        &self,
+        client: async_nats::Client,
+        ack_wait: watch::Receiver<Duration>,
+    ) -> Acker {
         let acks = self
             .pending
             .lock()
@@ -200,6 +205,13 @@ impl Messages {
     }
 }
 
+/// Ticks every quarter of `ack_wait` (its first tick at once).
+fn ticker(ack_wait: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval((ack_wait / 4).max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
 /// Sends the acks of a nats source's messages: `+ACK` once delivered, `+WPI` while held,
 /// `-NAK` at the end for what was not delivered.
 #[derive(Debug)]
@@ -207,7 +219,8 @@ pub(crate) struct Acker {
     held: Arc<Mutex<Held>>,
     acks: mpsc::UnboundedReceiver<(Consumer, Subject)>,
     client: async_nats::Client,
-    ack_wait: Duration,
+    /// The `ack_wait` of the consumer read now.
+    ack_wait: watch::Receiver<Duration>,
 }
 
 impl Acker {
@@ -216,9 +229,9 @@ impl Acker {
     pub(crate) async fn run(mut self, source: &str) -> usize {
         // A message is told in progress once half of `ack_wait` passed since it was fetched
         // or last told; checked every quarter, so it is told before three quarters passed.
-        let half = self.ack_wait / 2;
-        let mut tick = tokio::time::interval((self.ack_wait / 4).max(Duration::from_millis(10)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ack_wait = *self.ack_wait.borrow_and_update();
+        let mut tick = ticker(ack_wait);
+        let mut watching = true;
         loop {
             tokio::select! {
                 reply = self.acks.recv() => match reply {
@@ -227,8 +240,17 @@ impl Acker {
                     },
                     None => break,
                 },
+                // A consumer created again: its `ack_wait` from now on.
+                changed = self.ack_wait.changed(), if watching => {
+                    watching = changed.is_ok();
+                    let now = *self.ack_wait.borrow_and_update();
+                    if now != ack_wait {
+                        ack_wait = now;
+                        tick = ticker(ack_wait);
+                    }
+                }
                 _ = tick.tick() => {
-                    for reply in self.due(half) {
+                    for reply in self.due(ack_wait / 2) {
                         self.send(source, reply, Reply::Progress).await;
                     }
                 }

@@ -36,6 +36,7 @@ use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{self, stream};
 use futures::StreamExt;
 use serde::Deserialize;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::lines::LineSplitter;
@@ -219,9 +220,9 @@ pub async fn run(
     let Some(mut consumer) = wait_for_consumer(name, spec, &jetstream, &stop).await else {
         return;
     };
-    let ack_wait = consumer.cached_info().config.ack_wait;
+    let (ack_wait, ack_waits) = watch::channel(consumer.cached_info().config.ack_wait);
     let acker = tokio::spawn({
-        let acker = messages.acker(client.clone(), ack_wait);
+        let acker = messages.acker(client.clone(), ack_waits);
         let name = name.to_owned();
         async move { acker.run(&name).await }
     });
@@ -235,7 +236,10 @@ pub async fn run(
         let held = reader.messages.forget();
         tracing::warn!(source = name, stream = %spec.stream, consumer = %spec.consumer, held, "the consumer is gone (deleted, or its stream recreated): {} it again; the messages held from it are delivered but not acked, and JetStream hands them out again through the new consumer (at least once)", if spec.create { "creating" } else { "waiting for" });
         match wait_for_consumer(name, spec, &jetstream, &stop).await {
-            Some(found) => consumer = found,
+            Some(found) => {
+                ack_wait.send_replace(found.cached_info().config.ack_wait);
+                consumer = found;
+            }
             None => break,
         }
     }
