@@ -56,7 +56,11 @@ fuzz_target!(|data: &[u8]| {
                     _ => panic!("a body line of another kind"),
                 }
             }
-            assert_eq!(parsed.accepted(), objects, "accepted is not the count of objects");
+            assert_eq!(
+                parsed.accepted(),
+                objects,
+                "accepted is not the count of objects"
+            );
             assert_eq!(parsed.rejected, parsed.lines.len() - objects);
             assert_eq!(parsed.first_rejected.is_some(), parsed.rejected > 0);
         }

@@ -109,10 +109,7 @@ fn account(plan: &Plan, lines: &[Line]) {
             Some(total) => {
                 assert_eq!(total, len as u64, "oversized length");
                 assert!(len > plan.max_line_bytes, "a short line marked oversized");
-                assert!(
-                    real.starts_with(bytes),
-                    "excerpt is not the line's start"
-                );
+                assert!(real.starts_with(bytes), "excerpt is not the line's start");
                 let shortest = (plan.max_line_bytes + 1).min(OVERSIZED_EXCERPT);
                 assert!(
                     (shortest..=OVERSIZED_EXCERPT).contains(&bytes.len()),

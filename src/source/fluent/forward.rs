@@ -212,6 +212,9 @@ pub struct Entry {
 pub enum Record {
     /// The record as one compact JSON object.
     Json(Bytes),
+    /// The event in GO Feature Flag's encoding that the record carries in its envelope
+    /// field, as it is (see [`event_in`]).
+    Event(Bytes),
     /// Its JSON is longer than `max_line_bytes`: the start of it, and its whole length.
     Oversized { excerpt: Bytes, len: u64 },
     /// Not a record JSON can hold: its msgpack bytes (their start when longer than
@@ -248,7 +251,7 @@ pub fn ack(chunk: &[u8]) -> Vec<u8> {
 }
 
 /// Reads one whole msgpack value (as [`Frames`] cut it) from a connection.
-pub fn decode(frame: &[u8], limits: &Limits) -> Result<Message, Broken> {
+pub fn decode(frame: &[u8], limits: &Limits, envelope: &[String]) -> Result<Message, Broken> {
     let mut r = Reader::new(frame);
     let marker = r.marker().map_err(|e| Broken(e.0))?;
     let len = match marker {
@@ -282,7 +285,7 @@ pub fn decode(frame: &[u8], limits: &Limits) -> Result<Message, Broken> {
             check_len(len, 2..=3, "Forward", "[tag, entries, option?]")?;
             let entries = r.value().map_err(|e| Broken(e.0))?;
             let option = Options::read(&mut r, len == 3)?;
-            entry.records = forward_entries(entries, limits);
+            entry.records = forward_entries(entries, limits, envelope);
             entry.chunk = option.chunk;
         }
         Marker::FixStr(_)
@@ -297,7 +300,7 @@ pub fn decode(frame: &[u8], limits: &Limits) -> Result<Message, Broken> {
             let n = r.container_len(marker).map_err(|e| Broken(e.0))?;
             let packed = r.take(n).map_err(|e| Broken(e.0))?;
             let option = Options::read(&mut r, len == 3)?;
-            entry.records = packed_entries(packed, option.compressed.as_deref(), limits)?;
+            entry.records = packed_entries(packed, option.compressed.as_deref(), limits, envelope)?;
             entry.chunk = option.chunk;
         }
         m if is_time(m) => {
@@ -307,7 +310,7 @@ pub fn decode(frame: &[u8], limits: &Limits) -> Result<Message, Broken> {
             let record = r.value().map_err(|e| Broken(e.0))?;
             let raw = &frame[start..r.pos];
             let option = Options::read(&mut r, len == 4)?;
-            entry.records = vec![record_of(time, record, raw, limits)];
+            entry.records = vec![record_of(time, record, raw, limits, envelope)];
             entry.chunk = option.chunk;
         }
         other => {
@@ -406,7 +409,7 @@ fn key_text(value: &[u8]) -> Option<&str> {
 }
 
 /// Forward mode: each element of `entries` (a whole array value) is `[time, record]`.
-fn forward_entries(entries: &[u8], limits: &Limits) -> Vec<Record> {
+fn forward_entries(entries: &[u8], limits: &Limits, envelope: &[String]) -> Vec<Record> {
     let mut r = Reader::new(entries);
     let n = match r.marker().and_then(|m| r.container_len(m)) {
         Ok(n) => n,
@@ -415,7 +418,7 @@ fn forward_entries(entries: &[u8], limits: &Limits) -> Vec<Record> {
     let mut records = Vec::with_capacity(n.min(entries.len()));
     for _ in 0..n {
         match r.value() {
-            Ok(element) => records.push(pair(element, limits)),
+            Ok(element) => records.push(pair(element, limits, envelope)),
             Err(e) => {
                 records.push(Record::bad(&entries[r.pos..], limits, e.0));
                 break;
@@ -430,6 +433,7 @@ fn packed_entries(
     packed: &[u8],
     compressed: Option<&str>,
     limits: &Limits,
+    envelope: &[String],
 ) -> Result<Vec<Record>, Broken> {
     let inflated;
     let stream = match compressed {
@@ -463,7 +467,7 @@ fn packed_entries(
     while !rest.is_empty() {
         match value_len(rest) {
             Ok(Some(n)) => {
-                records.push(pair(&rest[..n], limits));
+                records.push(pair(&rest[..n], limits, envelope));
                 rest = &rest[n..];
             }
             Ok(None) => {
@@ -507,7 +511,7 @@ fn gunzip(compressed: &[u8], max: usize) -> Result<Vec<u8>, Gunzip> {
 }
 
 /// One `[time, record]` element of a Forward or PackedForward entry.
-fn pair(element: &[u8], limits: &Limits) -> Record {
+fn pair(element: &[u8], limits: &Limits, envelope: &[String]) -> Record {
     let mut r = Reader::new(element);
     let parts = r
         .marker()
@@ -520,16 +524,25 @@ fn pair(element: &[u8], limits: &Limits) -> Record {
         })
         .and_then(|()| Ok((r.value()?, r.value()?)));
     match parts {
-        Ok((time, record)) => record_of(time, record, element, limits),
+        Ok((time, record)) => record_of(time, record, element, limits, envelope),
         Err(e) => Record::bad(element, limits, e.0),
     }
 }
 
-/// The record (a whole value) as a JSON line, once its time is checked; `raw` is what is
-/// dead-lettered when it is bad.
-fn record_of(time: &[u8], record: &[u8], raw: &[u8], limits: &Limits) -> Record {
+/// The record (a whole value) as a JSON line, once its time is checked, or the event it
+/// carries in `envelope` (see [`event_in`]); `raw` is what is dead-lettered when it is bad.
+fn record_of(
+    time: &[u8],
+    record: &[u8],
+    raw: &[u8],
+    limits: &Limits,
+    envelope: &[String],
+) -> Record {
     if let Err(reason) = check_time(time) {
         return Record::bad(raw, limits, reason);
+    }
+    if let Some(event) = event_in(record, envelope, limits) {
+        return Record::Event(Bytes::copy_from_slice(event));
     }
     let mut out = JsonOut::new(limits.max_line_bytes, record.len());
     let mut r = Reader::new(record);
@@ -561,7 +574,61 @@ fn record_of(time: &[u8], record: &[u8], raw: &[u8], limits: &Limits) -> Record 
 /// part of flaghook's API.
 #[doc(hidden)]
 pub fn record_line(record: &[u8], limits: &Limits) -> Record {
-    record_of(&[0x00], record, record, limits)
+    record_of(&[0x00], record, record, limits, &[])
+}
+
+/// The event a record carries in GO Feature Flag's encoding, to go as its line as it is:
+/// the text of its preferred envelope field (the first of `envelope` it has), when the GO
+/// Feature Flag scanner accepts that text as an event. The sinks decode that line as they
+/// would the record's JSON (they unwrap the same field and check the same text: see
+/// `crate::event::envelope`), but the event is not escaped here to be unescaped there.
+/// `None`, and the record goes as JSON, for anything else: a record JSON cannot hold (its
+/// reason is found there), one with a `kind` (the record is the event itself), the
+/// preferred field twice, or a record whose JSON could be longer than `max_line_bytes`.
+fn event_in<'a>(record: &'a [u8], envelope: &[String], limits: &Limits) -> Option<&'a [u8]> {
+    if envelope.is_empty() {
+        return None;
+    }
+    let mut r = Reader::new(record);
+    let marker = r.marker().ok()?;
+    if !matches!(marker, Marker::FixMap(_) | Marker::Map16 | Marker::Map32) {
+        return None;
+    }
+    let n = r.container_len(marker).ok()?;
+    // What the record's JSON holds besides the event's value, written to be checked (as
+    // the JSON path would) and measured.
+    let mut rest = JsonOut::new(limits.max_line_bytes, 0);
+    let mut fields: Vec<(usize, &[u8])> = Vec::new();
+    for _ in 0..n {
+        let key = key_text(r.value().ok()?)?;
+        if key == "kind" {
+            return None;
+        }
+        string(&mut rest, key);
+        match envelope.iter().position(|f| f == key) {
+            Some(rank) => fields.push((rank, r.value().ok()?)),
+            None => json_value(&mut r, &mut rest, 1).ok()?,
+        }
+    }
+    let best = fields.iter().map(|&(rank, _)| rank).min()?;
+    let mut event = None;
+    for (rank, value) in fields {
+        if rank == best {
+            if event.replace(value).is_some() {
+                return None;
+            }
+        } else {
+            json_value(&mut Reader::new(value), &mut rest, 1).ok()?;
+        }
+    }
+    let text = match Reader::new(event?).string() {
+        Ok(text) if crate::event::is_goff_event(text) => text,
+        _ => return None,
+    };
+    // Escaped, an event in GO Feature Flag's encoding is at most twice as long (its only
+    // escapes are of quotes and backslashes), in quotes; and braces, colons and commas.
+    let longest = rest.len + 2 * text.len() as u64 + 2 + 2 * n as u64 + 1;
+    (longest <= limits.max_line_bytes as u64).then_some(text.as_bytes())
 }
 
 /// An entry's time: an integer or float, EventTime (ext type 0, 8 bytes), or
@@ -979,7 +1046,7 @@ mod tests {
     }
 
     fn entry(frame: &[u8]) -> Entry {
-        match decode(frame, &LIMITS).unwrap() {
+        match decode(frame, &LIMITS, &[]).unwrap() {
             Message::Entry(e) => e,
             Message::Heartbeat => panic!("a heartbeat"),
         }
@@ -1140,7 +1207,7 @@ mod tests {
             Value::Binary(compressed),
             map(vec![("compressed", "gzip".into())]),
         ]));
-        let err = decode(&frame, &LIMITS).unwrap_err();
+        let err = decode(&frame, &LIMITS, &[]).unwrap_err();
         assert!(
             err.0.contains("decompresses to more than max_entry_bytes"),
             "{err:?}"
@@ -1280,16 +1347,107 @@ mod tests {
 
     #[test]
     fn what_is_not_a_forward_entry_breaks_the_stream() {
-        assert!(matches!(decode(&[0xc0], &LIMITS), Ok(Message::Heartbeat)));
+        assert!(matches!(
+            decode(&[0xc0], &LIMITS, &[]),
+            Ok(Message::Heartbeat)
+        ));
         // A JSON line sent to the Forward port: `{` is the integer 123.
-        let err = decode(b"{", &LIMITS).unwrap_err();
+        let err = decode(b"{", &LIMITS, &[]).unwrap_err();
         assert!(
             err.0.contains("not a Forward protocol entry: an integer"),
             "{err:?}"
         );
-        let err = decode(&mp(&Value::Array(vec![1.into(), 2.into()])), &LIMITS).unwrap_err();
+        let err = decode(&mp(&Value::Array(vec![1.into(), 2.into()])), &LIMITS, &[]).unwrap_err();
         assert!(err.0.contains("the tag is an integer"), "{err:?}");
-        let err = decode(&mp(&Value::Array(vec!["t".into(), true.into()])), &LIMITS).unwrap_err();
+        let err = decode(
+            &mp(&Value::Array(vec!["t".into(), true.into()])),
+            &LIMITS,
+            &[],
+        )
+        .unwrap_err();
         assert!(err.0.contains("second element is a boolean"), "{err:?}");
+    }
+
+    /// A record whose envelope field holds an event in GO Feature Flag's encoding goes as
+    /// that event; the sinks decode the line exactly as they decode the record's JSON, for
+    /// records of every shape around it (other fields, `kind`, the field twice, both
+    /// envelope fields, bin text, values JSON cannot hold, JSON about `max_line_bytes`).
+    #[test]
+    fn an_event_in_its_envelope_goes_as_it_is_and_decodes_as_its_json_would() {
+        use crate::event::{envelope_fields, Decoded, Decoder, EventType, FromLine, Schema};
+        use rand::{Rng, SeedableRng};
+        let long = format!(
+            r#"{{"kind":"feature","contextKind":"user","userKey":"u","creationDate":1,"key":"k","variation":"v","value":"{}","default":false,"version":"1","source":"SERVER"}}"#,
+            "\\\"x".repeat(40)
+        );
+        let texts = [
+            r#"{"kind":"feature","contextKind":"user","userKey":"u1","creationDate":1717000000,"key":"dark-mode","variation":"on","value":true,"default":false,"version":"1","source":"SERVER"}"#,
+            r#"{"kind":"feature","contextKind":"anonymousUser","userKey":"u2","creationDate":1717000001,"key":"welcome","variation":"fr","value":"Bienvenue \"VIP\" à bord \\ \u00e9","default":false,"version":"","source":"SERVER"}"#,
+            r#"{"kind":"tracking","contextKind":"anonymousUser","userKey":"ABCD","creationDate":1617970547,"key":"random-key","evaluationContext":{"targetingKey":"ABCD","toto":123},"trackingEventDetails":{"event":"123"}}"#,
+            &long,
+            // Not in GO Feature Flag's encoding: the record goes as JSON.
+            r#"{"kind": "feature", "key": "k"}"#,
+            r#"{"key":"k","kind":"feature","contextKind":"user","userKey":"u","creationDate":1,"variation":"v","value":1,"default":false,"version":"1","source":"SERVER"}"#,
+            "plain text",
+            "",
+        ];
+        let fields = envelope_fields(None);
+        let limits = Limits {
+            max_line_bytes: 700,
+            max_entry_bytes: 1 << 20,
+        };
+        let outcome = |d: &mut Decoder, line: &[u8]| match d.decode_line(line, &fields) {
+            Ok(FromLine::Itself(len)) => Ok(line[..len].to_vec()),
+            Ok(FromLine::Decoded(Decoded::Event(event))) => Ok(event.to_vec()),
+            Ok(FromLine::Decoded(other)) => Err(format!("{other:?}")),
+            Err(e) => Err(e.0),
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(14);
+        let mut went_as_event = 0;
+        for _ in 0..20_000 {
+            let pairs = (0..rng.gen_range(0..5))
+                .map(|_| {
+                    let keys = [
+                        "log", "message", "stream", "log", "message", "stream", "kind",
+                    ];
+                    let key = keys[rng.gen_range(0..keys.len())];
+                    let text = texts[rng.gen_range(0..texts.len())];
+                    let value = match rng.gen_range(0..24) {
+                        0..=17 => Value::from(text),
+                        18 => Value::Binary(text.as_bytes().to_vec()),
+                        19 => Value::from(42),
+                        20 => Value::Ext(5, vec![1]),
+                        21 => Value::Binary(vec![0xff, 0xfe]),
+                        _ => map(vec![("a", Value::from(1.5))]),
+                    };
+                    (Value::from(key), value)
+                })
+                .collect();
+            let record = mp(&Value::Map(pairs));
+            let json = record_of(&[0x00], &record, &record, &limits, &[]);
+            let direct = record_of(&[0x00], &record, &record, &limits, &fields);
+            match (&direct, &json) {
+                (Record::Event(event), Record::Json(line)) => {
+                    went_as_event += 1;
+                    for schema in [Schema::Goff, Schema::Any] {
+                        let mut d =
+                            Decoder::new(schema, &[EventType::Feature, EventType::Tracking]);
+                        let (a, b) = (outcome(&mut d, event), outcome(&mut d, line));
+                        assert_eq!(
+                            a,
+                            b,
+                            "{schema:?}: the event decodes unlike its record's JSON {}",
+                            String::from_utf8_lossy(line)
+                        );
+                        assert!(a.is_ok(), "{a:?}");
+                    }
+                }
+                (Record::Event(_), other) => {
+                    panic!("went as its event, but its JSON is {other:?}")
+                }
+                _ => assert_eq!(direct, json),
+            }
+        }
+        assert!(went_as_event > 1_000, "{went_as_event}");
     }
 }

@@ -2,8 +2,9 @@
 //! and the fluent-logger libraries speak it, with acknowledgements.
 //!
 //! Each connection is read as a stream of msgpack values ([`forward::Frames`] cuts them,
-//! however the reads split them); each entry's records become lines ([`forward::decode`])
-//! and go to the source's journal in one append through the `Keeper` (`source::keep`); the
+//! however the reads split them); each entry's records become lines ([`forward::decode`]:
+//! the record's JSON, or the GO Feature Flag event its envelope field holds, as it is) and
+//! go to the source's journal in one append through the `Keeper` (`source::keep`); the
 //! sinks read the journal back, as a `tcp` source's. When the entry carries the `chunk`
 //! option, flaghook answers `{"ack": chunk}` only after `keep` returned, once the entry's
 //! lines are in the journal and fsynced (whatever `journal_fsync` says): the client resends
@@ -324,17 +325,19 @@ impl<'a> Connection<'a> {
                 Ok(None) => return End::Closed,
                 Err(end) => return end,
             };
-            let entry = match forward::decode(&frame, &self.shared.spec.limits) {
-                Ok(Message::Heartbeat) => continue,
-                Ok(Message::Entry(entry)) => entry,
-                Err(broken) => {
-                    // Put the frame back: it is what gets dead-lettered.
-                    let mut rest = BytesMut::from(&frame[..]);
-                    rest.extend_from_slice(&self.buf);
-                    self.buf = rest;
-                    return End::Broken(broken);
-                }
-            };
+            let entry =
+                match forward::decode(&frame, &self.shared.spec.limits, &self.shared.spec.envelope)
+                {
+                    Ok(Message::Heartbeat) => continue,
+                    Ok(Message::Entry(entry)) => entry,
+                    Err(broken) => {
+                        // Put the frame back: it is what gets dead-lettered.
+                        let mut rest = BytesMut::from(&frame[..]);
+                        rest.extend_from_slice(&self.buf);
+                        self.buf = rest;
+                        return End::Broken(broken);
+                    }
+                };
             let lines = lines(entry.records);
             let Some(chunk) = entry.chunk else {
                 if self.shared.keeper.hand_on(&lines).await.is_err() {
@@ -456,7 +459,7 @@ fn lines(records: Vec<Record>) -> Vec<Line> {
     records
         .into_iter()
         .map(|record| match record {
-            Record::Json(bytes) => Line {
+            Record::Json(bytes) | Record::Event(bytes) => Line {
                 bytes: bytes.into(),
                 kind: LineKind::Text { number, end },
             },
