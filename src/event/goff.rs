@@ -32,7 +32,33 @@ pub(super) struct Fields<'a> {
     pub(super) envelope: Option<&'a RawValue>,
 }
 
+/// Whether `name` is one of the event's fields, which [`Fields::parse`] reads as such: an
+/// envelope field of that name is never unwrapped.
+pub(super) fn is_event_field(name: &str) -> bool {
+    Fields::default().slot(name).is_some()
+}
+
 impl<'a> Fields<'a> {
+    /// Where the event's field `name` goes; `None` for a name that is not one of them.
+    fn slot(&mut self, name: &str) -> Option<&mut Option<&'a RawValue>> {
+        Some(match name {
+            "kind" => &mut self.kind,
+            "contextKind" => &mut self.context_kind,
+            "userKey" => &mut self.user_key,
+            "creationDate" => &mut self.creation_date,
+            "key" => &mut self.key,
+            "variation" => &mut self.variation,
+            "value" => &mut self.value,
+            "default" => &mut self.default,
+            "version" => &mut self.version,
+            "source" => &mut self.source,
+            "metadata" => &mut self.metadata,
+            "evaluationContext" => &mut self.evaluation_context,
+            "trackingEventDetails" => &mut self.tracking_event_details,
+            _ => return None,
+        })
+    }
+
     pub(super) fn parse(text: &'a str, envelope_fields: &[String]) -> Result<Self, Invalid> {
         if !text.trim_start().starts_with('{') {
             // Still parse, so that "not JSON" and "not an object" are told apart.
@@ -210,21 +236,9 @@ impl<'de> Visitor<'de> for FieldsSeed<'_> {
         let mut fields = Fields::default();
         let mut envelope_rank = usize::MAX;
         while let Some(name) = map.next_key_seed(KeySeed)? {
-            let slot = match name.as_ref() {
-                "kind" => &mut fields.kind,
-                "contextKind" => &mut fields.context_kind,
-                "userKey" => &mut fields.user_key,
-                "creationDate" => &mut fields.creation_date,
-                "key" => &mut fields.key,
-                "variation" => &mut fields.variation,
-                "value" => &mut fields.value,
-                "default" => &mut fields.default,
-                "version" => &mut fields.version,
-                "source" => &mut fields.source,
-                "metadata" => &mut fields.metadata,
-                "evaluationContext" => &mut fields.evaluation_context,
-                "trackingEventDetails" => &mut fields.tracking_event_details,
-                other => match self.envelope_fields.iter().position(|f| f == other) {
+            let slot = match fields.slot(&name) {
+                Some(slot) => slot,
+                None => match self.envelope_fields.iter().position(|f| *f == name) {
                     Some(rank) if rank < envelope_rank => {
                         envelope_rank = rank;
                         &mut fields.envelope

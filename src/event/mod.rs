@@ -85,6 +85,12 @@ pub(crate) fn is_goff_event(text: &str) -> bool {
     canonical::check(text.as_bytes()).is_some()
 }
 
+/// Whether `name` is a field of GO Feature Flag's events: the decoder reads it as the
+/// event's, never as an envelope field, whatever the source's `field` says.
+pub(crate) fn is_event_field(name: &str) -> bool {
+    goff::is_event_field(name)
+}
+
 /// A file position that is acknowledged once every sink has delivered what precedes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ack {
