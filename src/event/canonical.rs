@@ -94,11 +94,29 @@ pub(super) fn is_stop(c: u8) -> bool {
 /// pass.
 #[inline]
 pub(super) fn stops(word: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const LOW: u64 = ONES * 0x7f;
-    let zero = |x: u64| !(((x & LOW) + LOW) | x | LOW);
-    let control = !(((word & LOW) + ONES * 0x60) | word | LOW);
-    zero(word ^ (ONES * u64::from(b'"'))) | zero(word ^ (ONES * u64::from(b'\\'))) | control
+    let marks = StopMarks::of(word);
+    marks.quotes | marks.backslashes | marks.controls
+}
+
+/// A word's stops by what they are, marked as [`stops`] marks them.
+pub(super) struct StopMarks {
+    pub(super) quotes: u64,
+    pub(super) backslashes: u64,
+    pub(super) controls: u64,
+}
+
+impl StopMarks {
+    #[inline]
+    pub(super) fn of(word: u64) -> StopMarks {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const LOW: u64 = ONES * 0x7f;
+        let zero = |x: u64| !(((x & LOW) + LOW) | x | LOW);
+        StopMarks {
+            quotes: zero(word ^ (ONES * u64::from(b'"'))),
+            backslashes: zero(word ^ (ONES * u64::from(b'\\'))),
+            controls: !(((word & LOW) + ONES * 0x60) | word | LOW),
+        }
+    }
 }
 
 /// The escape after a backslash: the bytes it takes and the character it stands for.

@@ -12,7 +12,7 @@
 
 use bytes::BytesMut;
 
-use super::canonical::{self, escape, is_stop, stops, Scanner};
+use super::canonical::{self, escape, Scanner, StopMarks};
 use super::EventType;
 
 /// Appends the event wrapped in `line`'s envelope field (the first of `envelope_fields`
@@ -109,9 +109,14 @@ fn copy_value(s: &mut Scanner<'_>, out: &mut BytesMut, rank: usize) -> Option<Be
 ///
 /// The text is never longer than what is left of the line from the string's contents on
 /// (an escape is longer than what it stands for), so that much room is zeroed in `out`
-/// first and written by index: plain bytes are copied a whole word at a time, and the
-/// bytes of a word from its stop on are overwritten by what comes next. Invariant:
-/// `w <= r - from`, so a word written at `w` fits.
+/// first and written by index, sixteen bytes at a time ([`Block::take`]): the bytes of a
+/// stored word past what it gave are overwritten by what comes next. Whole blocks follow
+/// each other while they hold only plain bytes and the quick escapes (`\"` and `\\`, the
+/// escapes of a JSON text held in a string; one may span two blocks), so that where the
+/// next block starts does not wait on this one. Otherwise the block is taken up to what
+/// needs a closer look (the closing quote, a control character, any other escape), which
+/// is taken on its own, as are the last few bytes. Invariant: `w <= r - from`, so a word
+/// written at `w` fits.
 fn unescape_string(s: &mut Scanner<'_>, out: &mut BytesMut) -> Option<()> {
     s.expect(b"\"")?;
     let (src, from) = (s.b, s.at);
@@ -119,41 +124,34 @@ fn unescape_string(s: &mut Scanner<'_>, out: &mut BytesMut) -> Option<()> {
     out.resize(base + (src.len() - from), 0);
     let dst = &mut out[base..];
     let (mut r, mut w) = (from, 0);
+    // Whether the byte at `r` is the character of an escape whose backslash (at `r - 1`,
+    // the last byte of the block before) was dropped.
+    let mut escaped = false;
     loop {
-        let stop = match src.get(r..r + 8) {
-            Some(word) => {
-                dst[w..w + 8].copy_from_slice(word);
-                let stops = stops(u64::from_le_bytes(word.try_into().unwrap()));
-                match quick_escapes(src, dst, (r, w), stops) {
-                    Ok(next) => {
-                        (r, w) = next;
-                        continue;
-                    }
-                    Err(at) => {
-                        (r, w) = at;
-                        src[r]
+        if let Some(block) = src.get(r..r + BLOCK) {
+            let block: &[u8; BLOCK] = block.try_into().unwrap();
+            let taken = Block::take(block, escaped);
+            if taken.read > 0 {
+                for (half, (word, wrote)) in taken.words(block).into_iter().enumerate() {
+                    if half * 8 < taken.read {
+                        dst[w..w + 8].copy_from_slice(&word.to_le_bytes());
+                        w += wrote;
                     }
                 }
-            }
-            None => {
-                let c = *src.get(r)?;
-                if !is_stop(c) {
-                    dst[w] = c;
-                    r += 1;
-                    w += 1;
+                r += taken.read;
+                escaped = taken.escaping;
+                if taken.read == BLOCK {
                     continue;
                 }
-                c
             }
-        };
-        match stop {
+        }
+        if escaped {
+            // Back to the backslash (never written), for the escape to be taken on its own.
+            r -= 1;
+            escaped = false;
+        }
+        match *src.get(r)? {
             b'"' => break,
-            // The escapes of a JSON text held in a string: its quotes and backslashes.
-            b'\\' if matches!(src.get(r + 1), Some(b'"' | b'\\')) => {
-                dst[w] = src[r + 1];
-                r += 2;
-                w += 1;
-            }
             b'\\' => {
                 let (read, c) = escape(&src[r + 1..])?;
                 r += 1 + read;
@@ -164,7 +162,12 @@ fn unescape_string(s: &mut Scanner<'_>, out: &mut BytesMut) -> Option<()> {
                     w += c.encode_utf8(&mut dst[w..]).len();
                 }
             }
-            _ => return None, // a control character
+            c if c < 0x20 => return None, // a control character
+            c => {
+                dst[w] = c;
+                r += 1;
+                w += 1;
+            }
         }
     }
     s.at = r + 1;
@@ -172,37 +175,182 @@ fn unescape_string(s: &mut Scanner<'_>, out: &mut BytesMut) -> Option<()> {
     Some(())
 }
 
-/// The word of `src` at `r`, already copied to `dst` at `w`, with its `stops`: takes its
-/// escaped quotes and backslashes (the escapes of a JSON text held in a string) one after
-/// the other from the mask, rather than loading the word again after each (which would put
-/// a load and the search on every escape's path). `Ok` at the word's end; `Err` at a stop
-/// left to the caller.
-fn quick_escapes(
-    src: &[u8],
-    dst: &mut [u8],
-    (mut r, mut w): (usize, usize),
-    mut stops: u64,
-) -> Result<(usize, usize), (usize, usize)> {
-    let start = r;
-    loop {
-        if stops == 0 {
-            return Ok((start + 8, w + (start + 8 - r)));
+/// The bytes [`Block::take`] looks at together.
+const BLOCK: usize = 16;
+
+/// How much of a block (sixteen bytes of a string's contents) its plain bytes and quick
+/// escapes take: its first `read` bytes, less the backslashes `dropped` (one bit a byte,
+/// byte 0 lowest).
+struct Block {
+    read: usize,
+    dropped: u16,
+    /// Whether the block's last byte is the backslash of a quick escape, dropped.
+    escaping: bool,
+}
+
+impl Block {
+    /// Takes the whole block when it holds nothing else (`escaped`: its first byte is the
+    /// character of an escape that started in the block before). Otherwise, and only when
+    /// not `escaped`, takes it up to the first byte that needs a closer look: the closing
+    /// quote, a control character, or the backslash of another escape or of one whose
+    /// character is in the next block (the next byte then starts outside an escape). An
+    /// `escaped` block that is not taken whole is not taken at all.
+    #[inline]
+    fn take(block: &[u8; BLOCK], escaped: bool) -> Block {
+        let Marks {
+            quotes,
+            backslashes,
+            controls,
+        } = marks(block);
+        if quotes | backslashes | controls == 0 && !escaped {
+            return Block {
+                read: BLOCK,
+                dropped: 0,
+                escaping: false,
+            };
         }
-        let byte = stops.trailing_zeros() as usize / 8;
-        let at = start + byte;
-        w += at - r;
-        r = at;
-        let quick = byte < 7 && src[at] == b'\\' && matches!(src[at + 1], b'"' | b'\\');
-        if !quick || at + 10 > src.len() {
-            return Err((r, w));
+        let first = u16::from(escaped);
+        let low = ESCAPES[usize::from(backslashes as u8 & !(first as u8))];
+        // A backslash at byte 8 is the character of an escape that starts at byte 7.
+        let high = ESCAPES[usize::from((backslashes >> 8) as u8 & !(low >> 7))];
+        let escapes = u16::from(low) | u16::from(high) << 8;
+        let characters = escapes << 1 | first;
+        let quick = quotes | backslashes;
+        let stop = controls | (quotes & !characters) | (characters & !quick);
+        if stop == 0 {
+            return Block {
+                read: BLOCK,
+                dropped: escapes,
+                escaping: escapes >> 15 == 1,
+            };
         }
-        dst[w] = src[at + 1];
-        (r, w) = (at + 2, w + 1);
-        // What follows the escape, in its place (bytes past the word are overwritten later).
-        dst[w..w + 8].copy_from_slice(&src[r..r + 8]);
-        stops &= !(0xffff << (byte * 8));
+        // Each escape's backslash marked where its character is not quick (byte 15's: not
+        // in this block), and the first byte of an `escaped` block, as it is not taken.
+        let other = escapes & !(quick >> 1) | first;
+        let stop = controls | (quotes & !characters) | other;
+        let read = (u32::from(stop) | 1 << BLOCK).trailing_zeros() as usize;
+        let dropped = escapes & ((1u32 << read) - 1) as u16;
+        Block {
+            read,
+            dropped,
+            escaping: false,
+        }
+    }
+
+    /// The block's two words with their dropped bytes taken out, and how many bytes of
+    /// each are text (a word past `read` gives none).
+    #[inline]
+    fn words(&self, block: &[u8; BLOCK]) -> [(u64, usize); 2] {
+        std::array::from_fn(|half| {
+            let word = u64::from_le_bytes(block[half * 8..][..8].try_into().unwrap());
+            let taken = self.read.saturating_sub(half * 8).min(8);
+            drop_bytes(word, (self.dropped >> (half * 8)) as u8, taken)
+        })
     }
 }
+
+/// `word`'s first `taken` bytes less those marked in `dropped` (one bit a byte), moved
+/// down over them: the word and how many of its bytes that leaves.
+#[inline]
+fn drop_bytes(mut word: u64, mut dropped: u8, mut taken: usize) -> (u64, usize) {
+    while dropped != 0 {
+        // The highest first, so that the bytes of those below stay where they are.
+        let at = 7 - dropped.leading_zeros();
+        let below = (1u64 << (8 * at)) - 1;
+        word = (word & below) | ((word >> 8) & !below);
+        dropped &= !(1 << at);
+        taken -= 1;
+    }
+    (word, taken)
+}
+
+/// A block's stops by what they are, one bit a byte (byte 0 lowest).
+#[derive(Debug, PartialEq, Eq)]
+struct Marks {
+    quotes: u16,
+    backslashes: u16,
+    controls: u16,
+}
+
+/// [`Marks`] of a block: with SSE2 (part of every x86-64) in three compares, else a word
+/// at a time ([`marks_by_words`]).
+#[inline]
+fn marks(block: &[u8; BLOCK]) -> Marks {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    {
+        // SAFETY: only compiled where SSE2 is enabled, which `marks_sse2` requires.
+        unsafe { marks_sse2(block) }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+    {
+        marks_by_words(block)
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[target_feature(enable = "sse2")]
+fn marks_sse2(block: &[u8; BLOCK]) -> Marks {
+    use std::arch::x86_64::*;
+    let half = |at: usize| i64::from_le_bytes(block[at..at + 8].try_into().unwrap());
+    let bytes = _mm_set_epi64x(half(8), half(0));
+    let mask = |found: __m128i| _mm_movemask_epi8(found) as u16;
+    let equal = |c: u8| mask(_mm_cmpeq_epi8(bytes, _mm_set1_epi8(c as i8)));
+    Marks {
+        quotes: equal(b'"'),
+        backslashes: equal(b'\\'),
+        // Below 0x20: unchanged by the unsigned minimum with 0x1f.
+        controls: mask(_mm_cmpeq_epi8(
+            _mm_min_epu8(bytes, _mm_set1_epi8(0x1f)),
+            bytes,
+        )),
+    }
+}
+
+/// [`marks`] without SIMD: [`StopMarks`] of each word, one bit a byte.
+#[cfg_attr(all(target_arch = "x86_64", target_feature = "sse2"), allow(dead_code))]
+fn marks_by_words(block: &[u8; BLOCK]) -> Marks {
+    let [low, high] = std::array::from_fn(|half| {
+        StopMarks::of(u64::from_le_bytes(
+            block[half * 8..][..8].try_into().unwrap(),
+        ))
+    });
+    let join = |f: fn(&StopMarks) -> u64| u16::from(bits(f(&low))) | u16::from(bits(f(&high))) << 8;
+    Marks {
+        quotes: join(|m| m.quotes),
+        backslashes: join(|m| m.backslashes),
+        controls: join(|m| m.controls),
+    }
+}
+
+/// A word's marks ([`StopMarks`]), one bit a byte (byte 0 lowest): every mark is a byte's
+/// high bit, and the multiplier moves byte `i`'s to bit `56 + i` without two products
+/// meeting (no carry).
+#[inline]
+fn bits(marks: u64) -> u8 {
+    (marks.wrapping_mul(0x0002_0408_1020_4081) >> 56) as u8
+}
+
+/// For the backslashes of a word (one bit a byte, the word starting outside an escape),
+/// those that start an escape: each backslash that is not the character of the escape
+/// before it.
+static ESCAPES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut backslashes = 0;
+    while backslashes < 256 {
+        let (mut escapes, mut at) = (0u8, 0);
+        while at < 8 {
+            if backslashes >> at & 1 == 1 {
+                escapes |= 1 << at;
+                at += 2; // past the escaped character
+            } else {
+                at += 1;
+            }
+        }
+        table[backslashes] = escapes;
+        backslashes += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
