@@ -12,7 +12,7 @@
 
 use bytes::BytesMut;
 
-use super::canonical::{self, escape, Scanner, StopMarks};
+use super::canonical::{self, escape, marks, Marks, Scanner, BLOCK};
 use super::EventType;
 
 /// Appends the event wrapped in `line`'s envelope field (the first of `envelope_fields`
@@ -175,9 +175,6 @@ fn unescape_string(s: &mut Scanner<'_>, out: &mut BytesMut) -> Option<()> {
     Some(())
 }
 
-/// The bytes [`Block::take`] looks at together.
-const BLOCK: usize = 16;
-
 /// How much of a block (sixteen bytes of a string's contents) its plain bytes and quick
 /// escapes take: its first `read` bytes, less the backslashes `dropped` (one bit a byte,
 /// byte 0 lowest).
@@ -262,72 +259,6 @@ fn drop_bytes(mut word: u64, mut dropped: u8, mut taken: usize) -> (u64, usize) 
         taken -= 1;
     }
     (word, taken)
-}
-
-/// A block's stops by what they are, one bit a byte (byte 0 lowest).
-#[derive(Debug, PartialEq, Eq)]
-struct Marks {
-    quotes: u16,
-    backslashes: u16,
-    controls: u16,
-}
-
-/// [`Marks`] of a block: with SSE2 (part of every x86-64) in three compares, else a word
-/// at a time ([`marks_by_words`]).
-#[inline]
-fn marks(block: &[u8; BLOCK]) -> Marks {
-    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-    {
-        // SAFETY: only compiled where SSE2 is enabled, which `marks_sse2` requires.
-        unsafe { marks_sse2(block) }
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
-    {
-        marks_by_words(block)
-    }
-}
-
-#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-#[target_feature(enable = "sse2")]
-fn marks_sse2(block: &[u8; BLOCK]) -> Marks {
-    use std::arch::x86_64::*;
-    let half = |at: usize| i64::from_le_bytes(block[at..at + 8].try_into().unwrap());
-    let bytes = _mm_set_epi64x(half(8), half(0));
-    let mask = |found: __m128i| _mm_movemask_epi8(found) as u16;
-    let equal = |c: u8| mask(_mm_cmpeq_epi8(bytes, _mm_set1_epi8(c as i8)));
-    Marks {
-        quotes: equal(b'"'),
-        backslashes: equal(b'\\'),
-        // Below 0x20: unchanged by the unsigned minimum with 0x1f.
-        controls: mask(_mm_cmpeq_epi8(
-            _mm_min_epu8(bytes, _mm_set1_epi8(0x1f)),
-            bytes,
-        )),
-    }
-}
-
-/// [`marks`] without SIMD: [`StopMarks`] of each word, one bit a byte.
-#[cfg_attr(all(target_arch = "x86_64", target_feature = "sse2"), allow(dead_code))]
-fn marks_by_words(block: &[u8; BLOCK]) -> Marks {
-    let [low, high] = std::array::from_fn(|half| {
-        StopMarks::of(u64::from_le_bytes(
-            block[half * 8..][..8].try_into().unwrap(),
-        ))
-    });
-    let join = |f: fn(&StopMarks) -> u64| u16::from(bits(f(&low))) | u16::from(bits(f(&high))) << 8;
-    Marks {
-        quotes: join(|m| m.quotes),
-        backslashes: join(|m| m.backslashes),
-        controls: join(|m| m.controls),
-    }
-}
-
-/// A word's marks ([`StopMarks`]), one bit a byte (byte 0 lowest): every mark is a byte's
-/// high bit, and the multiplier moves byte `i`'s to bit `56 + i` without two products
-/// meeting (no carry).
-#[inline]
-fn bits(marks: u64) -> u8 {
-    (marks.wrapping_mul(0x0002_0408_1020_4081) >> 56) as u8
 }
 
 /// For the backslashes of a word (one bit a byte, the word starting outside an escape),
