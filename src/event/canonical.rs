@@ -635,16 +635,44 @@ mod tests {
 
     #[test]
     fn find_stop_finds_any_byte_at_any_place_in_a_word() {
-        // Every byte value at every position of inputs shorter than a word up to three
-        // words, over plain ASCII and over bytes >= 0x80 (which are never stops).
+        // Every byte value at every position of inputs shorter than a word up to two
+        // blocks, a word and more, over plain ASCII and over bytes >= 0x80 (never stops).
         for filler in [b'a', 0xff, 0x80, b' '] {
-            for len in 0..=24 {
+            for len in 0..=44 {
                 for at in 0..len {
                     for c in 0..=255u8 {
                         let mut b = vec![filler; len];
                         b[at] = c;
                         assert_eq!(canonical::find_stop(&b), first_stop(&b), "{b:?}");
                     }
+                }
+            }
+        }
+    }
+
+    /// A block's marks one byte at a time: what [`canonical::marks`] must agree with.
+    fn marks_bytewise(block: &[u8; 16]) -> canonical::Marks {
+        let mask =
+            |f: fn(u8) -> bool| (0..16).fold(0u16, |m, at| m | u16::from(f(block[at])) << at);
+        canonical::Marks {
+            quotes: mask(|c| c == b'"'),
+            backslashes: mask(|c| c == b'\\'),
+            controls: mask(|c| c < 0x20),
+        }
+    }
+
+    #[test]
+    fn marks_find_any_byte_at_any_place_in_a_block() {
+        // Every byte value at every position, among plain ASCII, bytes >= 0x80 and stops;
+        // with SSE2 and without.
+        for filler in [b'a', 0xff, 0x80, b' ', b'"', b'\\', 0x1f, 0] {
+            for at in 0..16 {
+                for c in 0..=255u8 {
+                    let mut block = [filler; 16];
+                    block[at] = c;
+                    let expected = marks_bytewise(&block);
+                    assert_eq!(canonical::marks(&block), expected, "{block:?}");
+                    assert_eq!(canonical::marks_by_words(&block), expected, "{block:?}");
                 }
             }
         }
@@ -659,6 +687,10 @@ mod tests {
                 b"\x00\x01\x1f\x20\x21\"#\\]\x7f\x80\xa2\xdc\xffaZ".to_vec()), 0..40),
         ) {
             proptest::prop_assert_eq!(canonical::find_stop(&b), first_stop(&b));
+            if let Ok(block) = <[u8; 16]>::try_from(b.get(..16).unwrap_or_default()) {
+                proptest::prop_assert_eq!(canonical::marks(&block), marks_bytewise(&block));
+                proptest::prop_assert_eq!(canonical::marks_by_words(&block), marks_bytewise(&block));
+            }
         }
     }
 

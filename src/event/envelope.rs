@@ -207,10 +207,13 @@ impl Block {
             };
         }
         let first = u16::from(escaped);
-        let low = ESCAPES[usize::from(backslashes as u8 & !(first as u8))];
-        // A backslash at byte 8 is the character of an escape that starts at byte 7.
-        let high = ESCAPES[usize::from((backslashes >> 8) as u8 & !(low >> 7))];
-        let escapes = u16::from(low) | u16::from(high) << 8;
+        let mut escapes = escapes(backslashes);
+        if escaped && backslashes & 1 == 1 {
+            // The first byte is the character of an escape, a backslash: the escapes of
+            // its run start one byte later. Rare, and a branch: the block after does not
+            // wait on this one's escapes.
+            escapes = self::escapes(backslashes & !1);
+        }
         let characters = escapes << 1 | first;
         let quick = quotes | backslashes;
         let stop = controls | (quotes & !characters) | (characters & !quick);
@@ -261,6 +264,16 @@ fn drop_bytes(mut word: u64, mut dropped: u8, mut taken: usize) -> (u64, usize) 
     (word, taken)
 }
 
+/// The backslashes that start an escape among a block's (one bit a byte), the block
+/// starting outside an escape.
+#[inline]
+fn escapes(backslashes: u16) -> u16 {
+    let low = ESCAPES[usize::from(backslashes as u8)];
+    // A backslash at byte 8 is the character of an escape that starts at byte 7.
+    let high = ESCAPES[usize::from((backslashes >> 8) as u8 & !(low >> 7))];
+    u16::from(low) | u16::from(high) << 8
+}
+
 /// For the backslashes of a word (one bit a byte, the word starting outside an escape),
 /// those that start an escape: each backslash that is not the character of the escape
 /// before it.
@@ -287,7 +300,8 @@ static ESCAPES: [u8; 256] = {
 mod tests {
     use bytes::BytesMut;
 
-    use super::unwrap;
+    use super::{unescape_string, unwrap, ESCAPES};
+    use crate::event::canonical::{escape, Scanner};
     use crate::event::envelope_fields;
     use crate::event::fixtures::*;
 
@@ -437,6 +451,139 @@ mod tests {
                 let line = format!(r#"{{"message":{message}}}"#);
                 assert_eq!(fast(line.as_bytes(), &fields), None, "{line:?}");
             }
+        }
+    }
+
+    /// A string token (opening quote at 0) as the block-wise unescape must take it, one
+    /// byte or one escape at a time: its text and where the token ends. Bytes >= 0x80 are
+    /// copied as they are, valid UTF-8 or not (the caller checked the line).
+    fn unescaped_bytewise(b: &[u8]) -> Option<(Vec<u8>, usize)> {
+        let mut out = Vec::new();
+        let mut r = 1;
+        loop {
+            match *b.get(r)? {
+                b'"' => return Some((out, r + 1)),
+                b'\\' => {
+                    let (read, c) = escape(&b[r + 1..])?;
+                    r += 1 + read;
+                    out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                }
+                c if c < 0x20 => return None,
+                c => {
+                    out.push(c);
+                    r += 1;
+                }
+            }
+        }
+    }
+
+    fn unescaped(b: &[u8]) -> Option<(Vec<u8>, usize)> {
+        let mut s = Scanner { b, at: 0 };
+        let mut out = BytesMut::from(&b"before"[..]);
+        let taken = unescape_string(&mut s, &mut out);
+        let text = out.strip_prefix(b"before").expect("the bytes before kept");
+        taken.map(|()| (text.to_vec(), s.at))
+    }
+
+    /// What may meet a block's edge: the quick escapes and runs of backslashes (`\\\"`
+    /// is what an escaped quote in the event's own strings becomes), other escapes, whole
+    /// and cut, non-ASCII and invalid UTF-8, control characters, the closing quote.
+    const PIECES: [&[u8]; 20] = [
+        b"a",
+        br#"\""#,
+        br#"\\"#,
+        br#"\\\""#,
+        br#"\\\\"#,
+        br#"\\\\\""#,
+        br#"\n"#,
+        br#"\/"#,
+        br#"\u00e9"#,
+        br#"\u20AC"#,
+        br#"\ud83d\ude00"#,
+        br#"\x"#,
+        br#"\u12"#,
+        br#"\"#,
+        "é😀".as_bytes(),
+        b"\xff\x80\xc3",
+        b"\x01",
+        b"\x1f",
+        b"\x7f",
+        br#"""#,
+    ];
+
+    #[test]
+    fn unescapes_alike_wherever_a_block_ends() {
+        // Two pieces after 0 to 33 plain bytes (every place against a block of sixteen,
+        // twice), then plain bytes and the closing quote or the line's end.
+        for before in 0..=33 {
+            for first in PIECES {
+                for second in PIECES {
+                    for after in [&b""[..], b"bbbbbbbbbbbbbbbbbbb\"", b"b\",\"t\":1}"] {
+                        let mut line = b"\"".to_vec();
+                        line.resize(1 + before, b'a');
+                        for piece in [first, second, after] {
+                            line.extend_from_slice(piece);
+                        }
+                        assert_eq!(
+                            unescaped(&line),
+                            unescaped_bytewise(&line),
+                            "{}",
+                            String::from_utf8_lossy(&line)
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
+
+        /// Any run of pieces, the line cut anywhere: the block-wise unescape gives what one
+        /// byte or escape at a time gives, and for valid UTF-8, what serde_json reads.
+        #[test]
+        fn unescape_agrees_with_a_byte_loop(
+            pieces in proptest::collection::vec(0..PIECES.len(), 0..40),
+            before in 0usize..16,
+            cut in proptest::option::of(0usize..400),
+        ) {
+            let mut line = b"\"".to_vec();
+            line.resize(1 + before, b'a');
+            for piece in pieces {
+                line.extend_from_slice(PIECES[piece]);
+            }
+            line.extend_from_slice(br#"",\"t\":1}"#);
+            if let Some(cut) = cut {
+                line.truncate(cut.min(line.len()));
+            }
+            let got = unescaped(&line);
+            proptest::prop_assert_eq!(&got, &unescaped_bytewise(&line), "{}", String::from_utf8_lossy(&line));
+            if let (Some((text, end)), Ok(_)) = (&got, std::str::from_utf8(&line)) {
+                let serde: String = serde_json::from_slice(&line[..*end]).unwrap();
+                proptest::prop_assert_eq!(text, serde.as_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn escapes_are_the_backslashes_outside_an_escape() {
+        for backslashes in 0..=255u8 {
+            // A backslash starts an escape where the backslashes just before it are even.
+            let mut escapes = 0;
+            for at in 0..8 {
+                let run = (0..at)
+                    .rev()
+                    .take_while(|&b| backslashes >> b & 1 == 1)
+                    .count();
+                if backslashes >> at & 1 == 1 && run % 2 == 0 {
+                    escapes |= 1 << at;
+                }
+            }
+            assert_eq!(
+                ESCAPES[usize::from(backslashes)],
+                escapes,
+                "{backslashes:08b}"
+            );
         }
     }
 
