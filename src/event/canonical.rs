@@ -66,11 +66,19 @@ pub(super) fn check(line: &[u8]) -> Option<EventType> {
 }
 
 /// Where the run of plain bytes at the start of a JSON string's contents ends: the first
-/// `"`, `\\` or control byte of `b`. Eight bytes at a time (strings are mostly longer
-/// than a word), the last few one at a time.
+/// `"`, `\\` or control byte of `b`. Sixteen bytes at a time (strings are mostly shorter
+/// than that, and a line has more after them), then eight, the last few one at a time.
 pub(super) fn find_stop(b: &[u8]) -> Option<usize> {
     let mut at = 0;
-    while let Some(word) = b.get(at..at + 8) {
+    while let Some(block) = b.get(at..at + BLOCK) {
+        let marks = marks(block.try_into().ok()?);
+        let stops = marks.quotes | marks.backslashes | marks.controls;
+        if stops != 0 {
+            return Some(at + stops.trailing_zeros() as usize);
+        }
+        at += BLOCK;
+    }
+    if let Some(word) = b.get(at..at + 8) {
         let stops = stops(u64::from_le_bytes(word.try_into().ok()?));
         if stops != 0 {
             return Some(at + stops.trailing_zeros() as usize / 8);
@@ -94,11 +102,98 @@ pub(super) fn is_stop(c: u8) -> bool {
 /// pass.
 #[inline]
 pub(super) fn stops(word: u64) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const LOW: u64 = ONES * 0x7f;
-    let zero = |x: u64| !(((x & LOW) + LOW) | x | LOW);
-    let control = !(((word & LOW) + ONES * 0x60) | word | LOW);
-    zero(word ^ (ONES * u64::from(b'"'))) | zero(word ^ (ONES * u64::from(b'\\'))) | control
+    let marks = StopMarks::of(word);
+    marks.quotes | marks.backslashes | marks.controls
+}
+
+/// A word's stops by what they are, marked as [`stops`] marks them.
+pub(super) struct StopMarks {
+    pub(super) quotes: u64,
+    pub(super) backslashes: u64,
+    pub(super) controls: u64,
+}
+
+impl StopMarks {
+    #[inline]
+    pub(super) fn of(word: u64) -> StopMarks {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const LOW: u64 = ONES * 0x7f;
+        let zero = |x: u64| !(((x & LOW) + LOW) | x | LOW);
+        StopMarks {
+            quotes: zero(word ^ (ONES * u64::from(b'"'))),
+            backslashes: zero(word ^ (ONES * u64::from(b'\\'))),
+            controls: !(((word & LOW) + ONES * 0x60) | word | LOW),
+        }
+    }
+}
+
+/// The bytes [`marks`] looks at together.
+pub(super) const BLOCK: usize = 16;
+
+/// A block's stops by what they are, one bit a byte (byte 0 lowest).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Marks {
+    pub(super) quotes: u16,
+    pub(super) backslashes: u16,
+    pub(super) controls: u16,
+}
+
+/// [`Marks`] of a block: with SSE2 (part of every x86-64) in three compares, else a word
+/// at a time ([`marks_by_words`]).
+#[inline]
+pub(super) fn marks(block: &[u8; BLOCK]) -> Marks {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    {
+        // SAFETY: only compiled where SSE2 is enabled, which `marks_sse2` requires.
+        unsafe { marks_sse2(block) }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+    {
+        marks_by_words(block)
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[target_feature(enable = "sse2")]
+fn marks_sse2(block: &[u8; BLOCK]) -> Marks {
+    use std::arch::x86_64::*;
+    let half = |at: usize| i64::from_le_bytes(block[at..at + 8].try_into().unwrap());
+    let bytes = _mm_set_epi64x(half(8), half(0));
+    let mask = |found: __m128i| _mm_movemask_epi8(found) as u16;
+    let equal = |c: u8| mask(_mm_cmpeq_epi8(bytes, _mm_set1_epi8(c as i8)));
+    Marks {
+        quotes: equal(b'"'),
+        backslashes: equal(b'\\'),
+        // Below 0x20: unchanged by the unsigned minimum with 0x1f.
+        controls: mask(_mm_cmpeq_epi8(
+            _mm_min_epu8(bytes, _mm_set1_epi8(0x1f)),
+            bytes,
+        )),
+    }
+}
+
+/// [`marks`] without SIMD: [`StopMarks`] of each word, one bit a byte.
+#[cfg_attr(all(target_arch = "x86_64", target_feature = "sse2"), allow(dead_code))]
+fn marks_by_words(block: &[u8; BLOCK]) -> Marks {
+    let [low, high] = std::array::from_fn(|half| {
+        StopMarks::of(u64::from_le_bytes(
+            block[half * 8..][..8].try_into().unwrap(),
+        ))
+    });
+    let join = |f: fn(&StopMarks) -> u64| u16::from(bits(f(&low))) | u16::from(bits(f(&high))) << 8;
+    Marks {
+        quotes: join(|m| m.quotes),
+        backslashes: join(|m| m.backslashes),
+        controls: join(|m| m.controls),
+    }
+}
+
+/// A word's marks ([`StopMarks`]), one bit a byte (byte 0 lowest): every mark is a byte's
+/// high bit, and the multiplier moves byte `i`'s to bit `56 + i` without two products
+/// meeting (no carry).
+#[inline]
+pub(super) fn bits(marks: u64) -> u8 {
+    (marks.wrapping_mul(0x0002_0408_1020_4081) >> 56) as u8
 }
 
 /// The escape after a backslash: the bytes it takes and the character it stands for.
@@ -540,16 +635,44 @@ mod tests {
 
     #[test]
     fn find_stop_finds_any_byte_at_any_place_in_a_word() {
-        // Every byte value at every position of inputs shorter than a word up to three
-        // words, over plain ASCII and over bytes >= 0x80 (which are never stops).
+        // Every byte value at every position of inputs shorter than a word up to two
+        // blocks, a word and more, over plain ASCII and over bytes >= 0x80 (never stops).
         for filler in [b'a', 0xff, 0x80, b' '] {
-            for len in 0..=24 {
+            for len in 0..=44 {
                 for at in 0..len {
                     for c in 0..=255u8 {
                         let mut b = vec![filler; len];
                         b[at] = c;
                         assert_eq!(canonical::find_stop(&b), first_stop(&b), "{b:?}");
                     }
+                }
+            }
+        }
+    }
+
+    /// A block's marks one byte at a time: what [`canonical::marks`] must agree with.
+    fn marks_bytewise(block: &[u8; 16]) -> canonical::Marks {
+        let mask =
+            |f: fn(u8) -> bool| (0..16).fold(0u16, |m, at| m | u16::from(f(block[at])) << at);
+        canonical::Marks {
+            quotes: mask(|c| c == b'"'),
+            backslashes: mask(|c| c == b'\\'),
+            controls: mask(|c| c < 0x20),
+        }
+    }
+
+    #[test]
+    fn marks_find_any_byte_at_any_place_in_a_block() {
+        // Every byte value at every position, among plain ASCII, bytes >= 0x80 and stops;
+        // with SSE2 and without.
+        for filler in [b'a', 0xff, 0x80, b' ', b'"', b'\\', 0x1f, 0] {
+            for at in 0..16 {
+                for c in 0..=255u8 {
+                    let mut block = [filler; 16];
+                    block[at] = c;
+                    let expected = marks_bytewise(&block);
+                    assert_eq!(canonical::marks(&block), expected, "{block:?}");
+                    assert_eq!(canonical::marks_by_words(&block), expected, "{block:?}");
                 }
             }
         }
@@ -564,6 +687,10 @@ mod tests {
                 b"\x00\x01\x1f\x20\x21\"#\\]\x7f\x80\xa2\xdc\xffaZ".to_vec()), 0..40),
         ) {
             proptest::prop_assert_eq!(canonical::find_stop(&b), first_stop(&b));
+            if let Ok(block) = <[u8; 16]>::try_from(b.get(..16).unwrap_or_default()) {
+                proptest::prop_assert_eq!(canonical::marks(&block), marks_bytewise(&block));
+                proptest::prop_assert_eq!(canonical::marks_by_words(&block), marks_bytewise(&block));
+            }
         }
     }
 

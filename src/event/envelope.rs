@@ -12,7 +12,7 @@
 
 use bytes::BytesMut;
 
-use super::canonical::{self, escape, is_stop, stops, Scanner};
+use super::canonical::{self, escape, marks, Marks, Scanner, BLOCK};
 use super::EventType;
 
 /// Appends the event wrapped in `line`'s envelope field (the first of `envelope_fields`
@@ -109,9 +109,14 @@ fn copy_value(s: &mut Scanner<'_>, out: &mut BytesMut, rank: usize) -> Option<Be
 ///
 /// The text is never longer than what is left of the line from the string's contents on
 /// (an escape is longer than what it stands for), so that much room is zeroed in `out`
-/// first and written by index: plain bytes are copied a whole word at a time, and the
-/// bytes of a word from its stop on are overwritten by what comes next. Invariant:
-/// `w <= r - from`, so a word written at `w` fits.
+/// first and written by index, sixteen bytes at a time ([`Block::take`]): the bytes of a
+/// stored word past what it gave are overwritten by what comes next. Whole blocks follow
+/// each other while they hold only plain bytes and the quick escapes (`\"` and `\\`, the
+/// escapes of a JSON text held in a string; one may span two blocks), so that where the
+/// next block starts does not wait on this one. Otherwise the block is taken up to what
+/// needs a closer look (the closing quote, a control character, any other escape), which
+/// is taken on its own, as are the last few bytes. Invariant: `w <= r - from`, so a word
+/// written at `w` fits.
 fn unescape_string(s: &mut Scanner<'_>, out: &mut BytesMut) -> Option<()> {
     s.expect(b"\"")?;
     let (src, from) = (s.b, s.at);
@@ -119,41 +124,34 @@ fn unescape_string(s: &mut Scanner<'_>, out: &mut BytesMut) -> Option<()> {
     out.resize(base + (src.len() - from), 0);
     let dst = &mut out[base..];
     let (mut r, mut w) = (from, 0);
+    // Whether the byte at `r` is the character of an escape whose backslash (at `r - 1`,
+    // the last byte of the block before) was dropped.
+    let mut escaped = false;
     loop {
-        let stop = match src.get(r..r + 8) {
-            Some(word) => {
-                dst[w..w + 8].copy_from_slice(word);
-                let stops = stops(u64::from_le_bytes(word.try_into().unwrap()));
-                match quick_escapes(src, dst, (r, w), stops) {
-                    Ok(next) => {
-                        (r, w) = next;
-                        continue;
-                    }
-                    Err(at) => {
-                        (r, w) = at;
-                        src[r]
+        if let Some(block) = src.get(r..r + BLOCK) {
+            let block: &[u8; BLOCK] = block.try_into().unwrap();
+            let taken = Block::take(block, escaped);
+            if taken.read > 0 {
+                for (half, (word, wrote)) in taken.words(block).into_iter().enumerate() {
+                    if half * 8 < taken.read {
+                        dst[w..w + 8].copy_from_slice(&word.to_le_bytes());
+                        w += wrote;
                     }
                 }
-            }
-            None => {
-                let c = *src.get(r)?;
-                if !is_stop(c) {
-                    dst[w] = c;
-                    r += 1;
-                    w += 1;
+                r += taken.read;
+                escaped = taken.escaping;
+                if taken.read == BLOCK {
                     continue;
                 }
-                c
             }
-        };
-        match stop {
+        }
+        if escaped {
+            // Back to the backslash (never written), for the escape to be taken on its own.
+            r -= 1;
+            escaped = false;
+        }
+        match *src.get(r)? {
             b'"' => break,
-            // The escapes of a JSON text held in a string: its quotes and backslashes.
-            b'\\' if matches!(src.get(r + 1), Some(b'"' | b'\\')) => {
-                dst[w] = src[r + 1];
-                r += 2;
-                w += 1;
-            }
             b'\\' => {
                 let (read, c) = escape(&src[r + 1..])?;
                 r += 1 + read;
@@ -164,7 +162,12 @@ fn unescape_string(s: &mut Scanner<'_>, out: &mut BytesMut) -> Option<()> {
                     w += c.encode_utf8(&mut dst[w..]).len();
                 }
             }
-            _ => return None, // a control character
+            c if c < 0x20 => return None, // a control character
+            c => {
+                dst[w] = c;
+                r += 1;
+                w += 1;
+            }
         }
     }
     s.at = r + 1;
@@ -172,43 +175,133 @@ fn unescape_string(s: &mut Scanner<'_>, out: &mut BytesMut) -> Option<()> {
     Some(())
 }
 
-/// The word of `src` at `r`, already copied to `dst` at `w`, with its `stops`: takes its
-/// escaped quotes and backslashes (the escapes of a JSON text held in a string) one after
-/// the other from the mask, rather than loading the word again after each (which would put
-/// a load and the search on every escape's path). `Ok` at the word's end; `Err` at a stop
-/// left to the caller.
-fn quick_escapes(
-    src: &[u8],
-    dst: &mut [u8],
-    (mut r, mut w): (usize, usize),
-    mut stops: u64,
-) -> Result<(usize, usize), (usize, usize)> {
-    let start = r;
-    loop {
-        if stops == 0 {
-            return Ok((start + 8, w + (start + 8 - r)));
+/// How much of a block (sixteen bytes of a string's contents) its plain bytes and quick
+/// escapes take: its first `read` bytes, less the backslashes `dropped` (one bit a byte,
+/// byte 0 lowest).
+struct Block {
+    read: usize,
+    dropped: u16,
+    /// Whether the block's last byte is the backslash of a quick escape, dropped.
+    escaping: bool,
+}
+
+impl Block {
+    /// Takes the whole block when it holds nothing else (`escaped`: its first byte is the
+    /// character of an escape that started in the block before). Otherwise, and only when
+    /// not `escaped`, takes it up to the first byte that needs a closer look: the closing
+    /// quote, a control character, or the backslash of another escape or of one whose
+    /// character is in the next block (the next byte then starts outside an escape). An
+    /// `escaped` block that is not taken whole is not taken at all.
+    #[inline]
+    fn take(block: &[u8; BLOCK], escaped: bool) -> Block {
+        let Marks {
+            quotes,
+            backslashes,
+            controls,
+        } = marks(block);
+        if quotes | backslashes | controls == 0 && !escaped {
+            return Block {
+                read: BLOCK,
+                dropped: 0,
+                escaping: false,
+            };
         }
-        let byte = stops.trailing_zeros() as usize / 8;
-        let at = start + byte;
-        w += at - r;
-        r = at;
-        let quick = byte < 7 && src[at] == b'\\' && matches!(src[at + 1], b'"' | b'\\');
-        if !quick || at + 10 > src.len() {
-            return Err((r, w));
+        let first = u16::from(escaped);
+        let mut escapes = escapes(backslashes);
+        if escaped && backslashes & 1 == 1 {
+            // The first byte is the character of an escape, a backslash: the escapes of
+            // its run start one byte later. Rare, and a branch: the block after does not
+            // wait on this one's escapes.
+            escapes = self::escapes(backslashes & !1);
         }
-        dst[w] = src[at + 1];
-        (r, w) = (at + 2, w + 1);
-        // What follows the escape, in its place (bytes past the word are overwritten later).
-        dst[w..w + 8].copy_from_slice(&src[r..r + 8]);
-        stops &= !(0xffff << (byte * 8));
+        let characters = escapes << 1 | first;
+        let quick = quotes | backslashes;
+        let stop = controls | (quotes & !characters) | (characters & !quick);
+        if stop == 0 {
+            return Block {
+                read: BLOCK,
+                dropped: escapes,
+                escaping: escapes >> 15 == 1,
+            };
+        }
+        // Each escape's backslash marked where its character is not quick (byte 15's: not
+        // in this block), and the first byte of an `escaped` block, as it is not taken.
+        let other = escapes & !(quick >> 1) | first;
+        let stop = controls | (quotes & !characters) | other;
+        let read = (u32::from(stop) | 1 << BLOCK).trailing_zeros() as usize;
+        let dropped = escapes & ((1u32 << read) - 1) as u16;
+        Block {
+            read,
+            dropped,
+            escaping: false,
+        }
+    }
+
+    /// The block's two words with their dropped bytes taken out, and how many bytes of
+    /// each are text (a word past `read` gives none).
+    #[inline]
+    fn words(&self, block: &[u8; BLOCK]) -> [(u64, usize); 2] {
+        std::array::from_fn(|half| {
+            let word = u64::from_le_bytes(block[half * 8..][..8].try_into().unwrap());
+            let taken = self.read.saturating_sub(half * 8).min(8);
+            drop_bytes(word, (self.dropped >> (half * 8)) as u8, taken)
+        })
     }
 }
+
+/// `word`'s first `taken` bytes less those marked in `dropped` (one bit a byte), moved
+/// down over them: the word and how many of its bytes that leaves.
+#[inline]
+fn drop_bytes(mut word: u64, mut dropped: u8, mut taken: usize) -> (u64, usize) {
+    while dropped != 0 {
+        // The highest first, so that the bytes of those below stay where they are.
+        let at = 7 - dropped.leading_zeros();
+        let below = (1u64 << (8 * at)) - 1;
+        word = (word & below) | ((word >> 8) & !below);
+        dropped &= !(1 << at);
+        taken -= 1;
+    }
+    (word, taken)
+}
+
+/// The backslashes that start an escape among a block's (one bit a byte), the block
+/// starting outside an escape.
+#[inline]
+fn escapes(backslashes: u16) -> u16 {
+    let low = ESCAPES[usize::from(backslashes as u8)];
+    // A backslash at byte 8 is the character of an escape that starts at byte 7.
+    let high = ESCAPES[usize::from((backslashes >> 8) as u8 & !(low >> 7))];
+    u16::from(low) | u16::from(high) << 8
+}
+
+/// For the backslashes of a word (one bit a byte, the word starting outside an escape),
+/// those that start an escape: each backslash that is not the character of the escape
+/// before it.
+static ESCAPES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut backslashes = 0;
+    while backslashes < 256 {
+        let (mut escapes, mut at) = (0u8, 0);
+        while at < 8 {
+            if backslashes >> at & 1 == 1 {
+                escapes |= 1 << at;
+                at += 2; // past the escaped character
+            } else {
+                at += 1;
+            }
+        }
+        table[backslashes] = escapes;
+        backslashes += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
     use bytes::BytesMut;
 
-    use super::unwrap;
+    use super::{unescape_string, unwrap, ESCAPES};
+    use crate::event::canonical::{escape, Scanner};
     use crate::event::envelope_fields;
     use crate::event::fixtures::*;
 
@@ -358,6 +451,139 @@ mod tests {
                 let line = format!(r#"{{"message":{message}}}"#);
                 assert_eq!(fast(line.as_bytes(), &fields), None, "{line:?}");
             }
+        }
+    }
+
+    /// A string token (opening quote at 0) as the block-wise unescape must take it, one
+    /// byte or one escape at a time: its text and where the token ends. Bytes >= 0x80 are
+    /// copied as they are, valid UTF-8 or not (the caller checked the line).
+    fn unescaped_bytewise(b: &[u8]) -> Option<(Vec<u8>, usize)> {
+        let mut out = Vec::new();
+        let mut r = 1;
+        loop {
+            match *b.get(r)? {
+                b'"' => return Some((out, r + 1)),
+                b'\\' => {
+                    let (read, c) = escape(&b[r + 1..])?;
+                    r += 1 + read;
+                    out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                }
+                c if c < 0x20 => return None,
+                c => {
+                    out.push(c);
+                    r += 1;
+                }
+            }
+        }
+    }
+
+    fn unescaped(b: &[u8]) -> Option<(Vec<u8>, usize)> {
+        let mut s = Scanner { b, at: 0 };
+        let mut out = BytesMut::from(&b"before"[..]);
+        let taken = unescape_string(&mut s, &mut out);
+        let text = out.strip_prefix(b"before").expect("the bytes before kept");
+        taken.map(|()| (text.to_vec(), s.at))
+    }
+
+    /// What may meet a block's edge: the quick escapes and runs of backslashes (`\\\"`
+    /// is what an escaped quote in the event's own strings becomes), other escapes, whole
+    /// and cut, non-ASCII and invalid UTF-8, control characters, the closing quote.
+    const PIECES: [&[u8]; 20] = [
+        b"a",
+        br#"\""#,
+        br#"\\"#,
+        br#"\\\""#,
+        br#"\\\\"#,
+        br#"\\\\\""#,
+        br#"\n"#,
+        br#"\/"#,
+        br#"\u00e9"#,
+        br#"\u20AC"#,
+        br#"\ud83d\ude00"#,
+        br#"\x"#,
+        br#"\u12"#,
+        br#"\"#,
+        "é😀".as_bytes(),
+        b"\xff\x80\xc3",
+        b"\x01",
+        b"\x1f",
+        b"\x7f",
+        br#"""#,
+    ];
+
+    #[test]
+    fn unescapes_alike_wherever_a_block_ends() {
+        // Two pieces after 0 to 33 plain bytes (every place against a block of sixteen,
+        // twice), then plain bytes and the closing quote or the line's end.
+        for before in 0..=33 {
+            for first in PIECES {
+                for second in PIECES {
+                    for after in [&b""[..], b"bbbbbbbbbbbbbbbbbbb\"", b"b\",\"t\":1}"] {
+                        let mut line = b"\"".to_vec();
+                        line.resize(1 + before, b'a');
+                        for piece in [first, second, after] {
+                            line.extend_from_slice(piece);
+                        }
+                        assert_eq!(
+                            unescaped(&line),
+                            unescaped_bytewise(&line),
+                            "{}",
+                            String::from_utf8_lossy(&line)
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
+
+        /// Any run of pieces, the line cut anywhere: the block-wise unescape gives what one
+        /// byte or escape at a time gives, and for valid UTF-8, what serde_json reads.
+        #[test]
+        fn unescape_agrees_with_a_byte_loop(
+            pieces in proptest::collection::vec(0..PIECES.len(), 0..40),
+            before in 0usize..16,
+            cut in proptest::option::of(0usize..400),
+        ) {
+            let mut line = b"\"".to_vec();
+            line.resize(1 + before, b'a');
+            for piece in pieces {
+                line.extend_from_slice(PIECES[piece]);
+            }
+            line.extend_from_slice(br#"",\"t\":1}"#);
+            if let Some(cut) = cut {
+                line.truncate(cut.min(line.len()));
+            }
+            let got = unescaped(&line);
+            proptest::prop_assert_eq!(&got, &unescaped_bytewise(&line), "{}", String::from_utf8_lossy(&line));
+            if let (Some((text, end)), Ok(_)) = (&got, std::str::from_utf8(&line)) {
+                let serde: String = serde_json::from_slice(&line[..*end]).unwrap();
+                proptest::prop_assert_eq!(text, serde.as_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn escapes_are_the_backslashes_outside_an_escape() {
+        for backslashes in 0..=255u8 {
+            // A backslash starts an escape where the backslashes just before it are even.
+            let mut escapes = 0;
+            for at in 0..8 {
+                let run = (0..at)
+                    .rev()
+                    .take_while(|&b| backslashes >> b & 1 == 1)
+                    .count();
+                if backslashes >> at & 1 == 1 && run % 2 == 0 {
+                    escapes |= 1 << at;
+                }
+            }
+            assert_eq!(
+                ESCAPES[usize::from(backslashes)],
+                escapes,
+                "{backslashes:08b}"
+            );
         }
     }
 
