@@ -12,7 +12,7 @@ use super::canonical::Scanner;
 
 /// Whether `line` (valid UTF-8) is a compact JSON object that is not an envelope.
 pub(super) fn is_compact_object(line: &[u8], envelope_fields: &[String]) -> bool {
-    let mut s = Scanner { b: line, at: 0 };
+    let mut s = Scanner::new(line);
     let mut kind = false;
     let mut envelope = false;
     if s.expect(b"{").is_none() {

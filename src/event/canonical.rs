@@ -12,7 +12,13 @@ use super::EventType;
 
 /// The line's kind when it is a complete, valid event in GO Feature Flag's encoding.
 pub(super) fn check(line: &[u8]) -> Option<EventType> {
-    let mut s = Scanner { b: line, at: 0 };
+    check_noting_ascii(line).map(|(kind, _)| kind)
+}
+
+/// [`check`], and whether the line is all ASCII (else its strings' bytes >= 0x80 are still
+/// to be checked as UTF-8: [`check`] leaves that to its caller).
+pub(super) fn check_noting_ascii(line: &[u8]) -> Option<(EventType, bool)> {
+    let mut s = Scanner::new(line);
     let kind = if s.eat(br#"{"kind":"feature""#) {
         EventType::Feature
     } else if s.eat(br#"{"kind":"tracking""#) {
@@ -62,31 +68,47 @@ pub(super) fn check(line: &[u8]) -> Option<EventType> {
         }
     }
     s.expect(b"}")?;
-    (s.at == line.len()).then_some(kind)
+    (s.at == line.len()).then_some((kind, s.ascii))
 }
 
 /// Where the run of plain bytes at the start of a JSON string's contents ends: the first
 /// `"`, `\\` or control byte of `b`. Sixteen bytes at a time (strings are mostly shorter
 /// than that, and a line has more after them), then eight, the last few one at a time.
+#[inline]
 pub(super) fn find_stop(b: &[u8]) -> Option<usize> {
+    find_stop_noting_ascii(b).map(|(at, _)| at)
+}
+
+/// [`find_stop`], and whether the bytes before the stop are all ASCII (below 0x80): seen in
+/// the same look at them, so that a line of ASCII strings needs no UTF-8 check of its own.
+pub(super) fn find_stop_noting_ascii(b: &[u8]) -> Option<(usize, bool)> {
     let mut at = 0;
+    let mut ascii = true;
     while let Some(block) = b.get(at..at + BLOCK) {
         let marks = marks(block.try_into().ok()?);
         let stops = marks.quotes | marks.backslashes | marks.controls;
         if stops != 0 {
-            return Some(at + stops.trailing_zeros() as usize);
+            let stop = stops.trailing_zeros();
+            let before = (1u16 << stop) - 1;
+            return Some((at + stop as usize, ascii && marks.high & before == 0));
         }
+        ascii &= marks.high == 0;
         at += BLOCK;
     }
     if let Some(word) = b.get(at..at + 8) {
-        let stops = stops(u64::from_le_bytes(word.try_into().ok()?));
+        let marks = StopMarks::of(u64::from_le_bytes(word.try_into().ok()?));
+        let stops = marks.quotes | marks.backslashes | marks.controls;
         if stops != 0 {
-            return Some(at + stops.trailing_zeros() as usize / 8);
+            let stop = stops.trailing_zeros();
+            // The marks below the stop's: the bytes before it.
+            let before = (1u64 << stop) - 1;
+            return Some((at + stop as usize / 8, ascii && marks.high & before == 0));
         }
+        ascii &= marks.high == 0;
         at += 8;
     }
     let tail = b[at..].iter().position(|&c| is_stop(c))?;
-    Some(at + tail)
+    Some((at + tail, ascii && b[at..at + tail].is_ascii()))
 }
 
 /// Whether `c` ends a run of plain bytes in a JSON string: `"`, `\\` or a control byte.
@@ -95,22 +117,17 @@ pub(super) fn is_stop(c: u8) -> bool {
     c == b'"' || c == b'\\' || c < 0x20
 }
 
-/// The stops ([`is_stop`]) among a word's eight bytes (byte 0 lowest), each marked by its
-/// high bit, exactly: no borrow or carry crosses a byte (a byte's low seven bits plus at
-/// most 0x7f stay below 0x100), so every mark stands, not only the lowest. Bytes >= 0x80
-/// are never marked (`| x` sets their high bit before the complement), so UTF-8 sequences
-/// pass.
-#[inline]
-pub(super) fn stops(word: u64) -> u64 {
-    let marks = StopMarks::of(word);
-    marks.quotes | marks.backslashes | marks.controls
-}
-
-/// A word's stops by what they are, marked as [`stops`] marks them.
+/// The stops ([`is_stop`]) among a word's eight bytes (byte 0 lowest) by what they are, each
+/// marked by its high bit, exactly: no borrow or carry crosses a byte (a byte's low seven
+/// bits plus at most 0x7f stay below 0x100), so every mark stands, not only the lowest.
+/// Bytes >= 0x80 are never marked as stops (`| x` sets their high bit before the
+/// complement), so UTF-8 sequences pass; they are marked in `high`.
 pub(super) struct StopMarks {
     pub(super) quotes: u64,
     pub(super) backslashes: u64,
     pub(super) controls: u64,
+    /// Bytes >= 0x80.
+    pub(super) high: u64,
 }
 
 impl StopMarks {
@@ -123,6 +140,7 @@ impl StopMarks {
             quotes: zero(word ^ (ONES * u64::from(b'"'))),
             backslashes: zero(word ^ (ONES * u64::from(b'\\'))),
             controls: !(((word & LOW) + ONES * 0x60) | word | LOW),
+            high: word & !LOW,
         }
     }
 }
@@ -136,6 +154,8 @@ pub(super) struct Marks {
     pub(super) quotes: u16,
     pub(super) backslashes: u16,
     pub(super) controls: u16,
+    /// Bytes >= 0x80 (not stops: parts of UTF-8 sequences).
+    pub(super) high: u16,
 }
 
 /// [`Marks`] of a block: with SSE2 (part of every x86-64) in three compares, else a word
@@ -169,6 +189,7 @@ fn marks_sse2(block: &[u8; BLOCK]) -> Marks {
             _mm_min_epu8(bytes, _mm_set1_epi8(0x1f)),
             bytes,
         )),
+        high: mask(bytes),
     }
 }
 
@@ -185,6 +206,7 @@ fn marks_by_words(block: &[u8; BLOCK]) -> Marks {
         quotes: join(|m| m.quotes),
         backslashes: join(|m| m.backslashes),
         controls: join(|m| m.controls),
+        high: join(|m| m.high),
     }
 }
 
@@ -227,6 +249,18 @@ const MAX_DEPTH: usize = 100;
 pub(super) struct Scanner<'a> {
     pub(super) b: &'a [u8],
     pub(super) at: usize,
+    /// No string scanned so far holds a byte >= 0x80.
+    pub(super) ascii: bool,
+}
+
+impl<'a> Scanner<'a> {
+    pub(super) fn new(b: &'a [u8]) -> Self {
+        Scanner {
+            b,
+            at: 0,
+            ascii: true,
+        }
+    }
 }
 
 impl<'a> Scanner<'a> {
@@ -264,11 +298,14 @@ impl Scanner<'_> {
         self.eat(token).then_some(())
     }
 
-    /// A string token. Bytes >= 0x80 were checked as UTF-8 by the caller.
+    /// A string token. Bytes >= 0x80 are checked as UTF-8 by the caller (see
+    /// [`Scanner::ascii`]).
     pub(super) fn string(&mut self) -> Option<()> {
         self.expect(b"\"")?;
         loop {
-            self.at += find_stop(&self.b[self.at..])?;
+            let (len, ascii) = find_stop_noting_ascii(&self.b[self.at..])?;
+            self.at += len;
+            self.ascii &= ascii;
             match self.b[self.at] {
                 b'"' => {
                     self.at += 1;
@@ -658,6 +695,7 @@ mod tests {
             quotes: mask(|c| c == b'"'),
             backslashes: mask(|c| c == b'\\'),
             controls: mask(|c| c < 0x20),
+            high: mask(|c| c >= 0x80),
         }
     }
 
@@ -687,6 +725,10 @@ mod tests {
                 b"\x00\x01\x1f\x20\x21\"#\\]\x7f\x80\xa2\xdc\xffaZ".to_vec()), 0..40),
         ) {
             proptest::prop_assert_eq!(canonical::find_stop(&b), first_stop(&b));
+            proptest::prop_assert_eq!(
+                canonical::find_stop_noting_ascii(&b),
+                first_stop(&b).map(|at| (at, b[..at].is_ascii()))
+            );
             if let Ok(block) = <[u8; 16]>::try_from(b.get(..16).unwrap_or_default()) {
                 proptest::prop_assert_eq!(canonical::marks(&block), marks_bytewise(&block));
                 proptest::prop_assert_eq!(canonical::marks_by_words(&block), marks_bytewise(&block));
@@ -725,18 +767,15 @@ mod tests {
                         serde_json::from_str::<String>(&text).is_ok() && !middle.contains("ud8");
                     for rest in ["", r#","x":1}"#] {
                         let line = format!("{text}{rest}");
-                        let mut s = canonical::Scanner {
-                            b: line.as_bytes(),
-                            at: 0,
-                        };
+                        let mut s = canonical::Scanner::new(line.as_bytes());
                         let got = s.string().map(|()| s.at);
                         assert_eq!(got, valid.then_some(text.len()), "{line:?}");
+                        if valid {
+                            assert_eq!(s.ascii, text.is_ascii(), "{line:?}");
+                        }
                     }
                     let open = &text[..text.len() - 1];
-                    let mut s = canonical::Scanner {
-                        b: open.as_bytes(),
-                        at: 0,
-                    };
+                    let mut s = canonical::Scanner::new(open.as_bytes());
                     assert_eq!(s.string(), None, "unterminated: {open:?}");
                 }
             }

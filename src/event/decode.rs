@@ -80,21 +80,30 @@ impl Decoder {
         if line.iter().all(u8::is_ascii_whitespace) {
             return Ok(FromLine::Decoded(Decoded::Empty));
         }
-        let text = std::str::from_utf8(line).map_err(|e| {
-            explain(
-                line,
-                invalid(format!("not valid UTF-8 (at byte {})", e.valid_up_to())),
-            )
-        })?;
+        let utf8 = || {
+            std::str::from_utf8(line).map_err(|e| {
+                explain(
+                    line,
+                    invalid(format!("not valid UTF-8 (at byte {})", e.valid_up_to())),
+                )
+            })
+        };
         if self.schema == Schema::Goff {
-            if let Some(kind) = canonical::check(line) {
-                // Already in GO Feature Flag's encoding: the line is the event.
+            if let Some((kind, ascii)) = canonical::check_noting_ascii(line) {
+                // Already in GO Feature Flag's encoding: the line is the event. The usual
+                // one is ASCII text only, as the scanner saw: its UTF-8 check costs no pass.
+                if !ascii {
+                    utf8()?;
+                }
                 return Ok(if self.wants(kind) {
                     FromLine::Itself(line.len())
                 } else {
                     FromLine::Decoded(Decoded::Filtered)
                 });
             }
+        }
+        let text = utf8()?;
+        if self.schema == Schema::Goff {
             self.make_room(line.len());
             if let Some(kind) = envelope::unwrap(line, envelope_fields, &mut self.arena) {
                 // A shipper's envelope around an event in GO Feature Flag's encoding.
@@ -199,6 +208,38 @@ pub(super) fn envelope_inner(raw: &RawValue) -> Result<Cow<'_, str>, Invalid> {
 mod tests {
     use super::*;
     use crate::event::fixtures::*;
+
+    /// A line in GO Feature Flag's encoding is checked as UTF-8 by the scanner's note of
+    /// bytes >= 0x80 (no pass of its own when there are none): a byte that is not UTF-8, or
+    /// a character that is, at every place in a string, whichever of the scanner's ways
+    /// (sixteen bytes, eight, one) reads it.
+    #[test]
+    fn bytes_of_goff_lines_are_checked_as_utf8_wherever_they_are() {
+        let mut d = goff();
+        for at in 0..40 {
+            for (insert, valid) in [
+                (&b"\xff"[..], false),
+                (b"\xc3", false),
+                ("é".as_bytes(), true),
+            ] {
+                let mut key = vec![b'k'; 40];
+                key.splice(at..at, insert.iter().copied());
+                let mut line = br#"{"kind":"feature","contextKind":"user","userKey":""#.to_vec();
+                let place = line.len() + at;
+                line.extend_from_slice(&key);
+                line.extend_from_slice(br#"","creationDate":1,"key":"k","variation":"v","value":true,"default":false,"version":"1","source":"SERVER"}"#);
+                let got = d.decode_line(&line, &envelope_fields(None));
+                match valid {
+                    true => assert_eq!(got, Ok(FromLine::Itself(line.len())), "{at}"),
+                    false => {
+                        let reason = got.expect_err("not UTF-8").0;
+                        let expected = format!("not valid UTF-8 (at byte {place})");
+                        assert!(reason.starts_with(&expected), "{at}: {reason}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn goff_compact_events_come_out_byte_identical() {

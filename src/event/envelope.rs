@@ -48,7 +48,7 @@ fn unwrap_onto(
     out: &mut BytesMut,
     start: usize,
 ) -> Option<EventType> {
-    let mut s = Scanner { b: line, at: 0 };
+    let mut s = Scanner::new(line);
     s.expect(b"{")?;
     let mut best: Option<Best> = None;
     if !s.eat(b"}") {
@@ -198,6 +198,7 @@ impl Block {
             quotes,
             backslashes,
             controls,
+            ..
         } = marks(block);
         if quotes | backslashes | controls == 0 && !escaped {
             return Block {
@@ -478,7 +479,7 @@ mod tests {
     }
 
     fn unescaped(b: &[u8]) -> Option<(Vec<u8>, usize)> {
-        let mut s = Scanner { b, at: 0 };
+        let mut s = Scanner::new(b);
         let mut out = BytesMut::from(&b"before"[..]);
         let taken = unescape_string(&mut s, &mut out);
         let text = out.strip_prefix(b"before").expect("the bytes before kept");
