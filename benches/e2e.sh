@@ -282,8 +282,10 @@ build_floor() {
     MICRO_BIN=${MICRO_BIN:-$(ls -t "$ROOT"/target/release/deps/micro-* 2>/dev/null | grep -v '\.d$' | head -1)}
   else
     log "building the micro-benchmarks (benches/micro.rs, for the floor)"
+    # cargo lists every executable it built (flaghook's own binary too, in no set order):
+    # the benchmark's is the one under deps/ named after it.
     MICRO_BIN=$(cd "$ROOT" && cargo bench --bench micro --no-run --message-format=json 2>/dev/null \
-      | grep -o '"executable":"[^"]*"' | tail -1 | sed 's/^"executable":"//; s/"$//')
+      | grep -o '"executable":"[^"]*/deps/micro-[^"]*"' | tail -1 | sed 's/^"executable":"//; s/"$//')
   fi
   [ -n "${MICRO_BIN:-}" ] && [ -x "$MICRO_BIN" ] || die "the micro-benchmark binary (benches/micro.rs) was not found: build it with cargo bench --bench micro --no-run, or leave the floor out of TOOLS"
 }
