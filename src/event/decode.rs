@@ -241,6 +241,39 @@ mod tests {
         }
     }
 
+    /// The same in a key and a string value of a nested object.
+    #[test]
+    fn bytes_of_nested_keys_and_values_are_checked_as_utf8() {
+        let mut d = goff();
+        for (insert, valid) in [(&b"\xff"[..], false), ("é".as_bytes(), true)] {
+            for in_key in [true, false] {
+                let mut line = br#"{"kind":"feature","contextKind":"user","userKey":"u","creationDate":1,"key":"k","variation":"v","value":{"a":{"#.to_vec();
+                let text = |line: &mut Vec<u8>| {
+                    line.extend_from_slice(b"\"x");
+                    line.extend_from_slice(insert);
+                    line.extend_from_slice(b"\"");
+                };
+                line.extend_from_slice(b"\"k\":");
+                if in_key {
+                    line.truncate(line.len() - 4);
+                    text(&mut line);
+                    line.extend_from_slice(b":1");
+                } else {
+                    text(&mut line);
+                }
+                line.extend_from_slice(br#"}},"default":false,"version":"1","source":"SERVER"}"#);
+                let got = d.decode_line(&line, &envelope_fields(None));
+                match valid {
+                    true => assert_eq!(got, Ok(FromLine::Itself(line.len())), "{line:?}"),
+                    false => assert!(
+                        got.is_err_and(|e| e.0.starts_with("not valid UTF-8")),
+                        "{line:?}"
+                    ),
+                }
+            }
+        }
+    }
+
     #[test]
     fn goff_compact_events_come_out_byte_identical() {
         let mut d = goff();
