@@ -490,6 +490,22 @@ impl Appender {
         self.append_as(encode(lines), lines.len(), stop, true, WhenFull::Refuse)
     }
 
+    /// [`Appender::try_append_synced`] for lines that came in one piece (see
+    /// [`Appender::append_text`]).
+    pub(crate) fn try_append_synced_text(
+        &self,
+        text: TextLines,
+        stop: &CancellationToken,
+    ) -> impl Future<Output = Result<(), NotAppended>> + Send + 'static {
+        self.append_as(
+            encode_text(text.bytes),
+            text.count,
+            stop,
+            true,
+            WhenFull::Refuse,
+        )
+    }
+
     /// [`Appender::append_as`] waiting for room under `journal_max_bytes`: never refused,
     /// its only failure is `NotWritten`.
     fn append_waiting(

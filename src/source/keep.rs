@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event::Line;
 use crate::journal::{Appender, NotAppended, NotWritten};
+use crate::source::lines::TextLines;
 
 /// Hands an acknowledged source's lines to its journal, and says when the source may
 /// answer for them.
@@ -48,6 +49,16 @@ impl Keeper {
     /// HTTP 503 with `Retry-After`) rather than kept waiting.
     pub(crate) async fn keep_or_refuse(&self, lines: &[Line]) -> Result<(), NotKept> {
         match self.journal.try_append_synced(lines, &self.stop).await {
+            Ok(()) => Ok(()),
+            Err(NotAppended::Full) => Err(NotKept::Full),
+            Err(NotAppended::NotWritten) => Err(NotKept::NotWritten),
+        }
+    }
+
+    /// [`Keeper::keep_or_refuse`] for lines that came in one piece, each ending in `\n`:
+    /// appended as they are (see `Appender::append_text`).
+    pub(crate) async fn keep_text_or_refuse(&self, text: TextLines) -> Result<(), NotKept> {
+        match self.journal.try_append_synced_text(text, &self.stop).await {
             Ok(()) => Ok(()),
             Err(NotAppended::Full) => Err(NotKept::Full),
             Err(NotAppended::NotWritten) => Err(NotKept::NotWritten),

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::event::{compact, Line, LineKind};
-use crate::source::lines::OVERSIZED_EXCERPT;
+use crate::source::lines::{TextLines, OVERSIZED_EXCERPT};
 
 /// A `Content-Encoding` flaghook reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,8 +82,14 @@ pub fn decompress(body: Bytes, encoding: Encoding, max: usize) -> Result<Bytes, 
 /// A body cut into lines.
 #[derive(Debug, Default)]
 pub struct Parsed {
-    /// Every line, the rejected ones too (the sinks dead-letter them).
+    /// Every line, the rejected ones too (the sinks dead-letter them); none when they are
+    /// in `text`.
     pub lines: Vec<Line>,
+    /// The lines of a newline-delimited body that are the body as it came: each ends in
+    /// `\n` (the last one too), none is blank, ends in `\r` or is longer than
+    /// `max_line_bytes`. They go to the journal in one piece, as a TCP read's do, not as a
+    /// reference-counted slice each.
+    pub text: Option<TextLines>,
     /// Lines that are not a JSON object, or longer than `max_line_bytes`.
     pub rejected: usize,
     /// Where the first rejected line is, and why.
@@ -92,7 +98,16 @@ pub struct Parsed {
 
 impl Parsed {
     pub fn accepted(&self) -> usize {
-        self.lines.len() - self.rejected
+        self.len() - self.rejected
+    }
+
+    /// How many lines the body holds.
+    pub fn len(&self) -> usize {
+        self.text.as_ref().map_or(self.lines.len(), |t| t.count)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     fn reject(&mut self, what: impl FnOnce() -> String) {
@@ -168,6 +183,10 @@ fn ndjson(body: &Bytes, max_line_bytes: usize) -> Result<Parsed, NotJson> {
     let mut parsed = Parsed::default();
     let mut json_lines = 0usize;
     let mut first_error = None;
+    // Each non-blank line: where its text is, its number, and where the next one starts.
+    let mut cuts: Vec<(std::ops::Range<usize>, u64, usize)> = Vec::new();
+    // The lines are the body as it came (see `Parsed::text`).
+    let mut whole = body.last() == Some(&b'\n');
     let mut at = 0usize;
     let mut number = 0u64;
     while at < body.len() {
@@ -177,13 +196,14 @@ fn ndjson(body: &Bytes, max_line_bytes: usize) -> Result<Parsed, NotJson> {
         let mut text = &body[at..end];
         if text.last() == Some(&b'\r') {
             text = &text[..text.len() - 1];
+            whole = false;
         }
         let trimmed_at = text.iter().position(|b| !b.is_ascii_whitespace());
         if let Some(first) = trimmed_at {
-            let bytes = body.slice(at..at + text.len());
-            let line = line(bytes, number, next as u64, max_line_bytes);
-            if let LineKind::Oversized { len, .. } = line.kind {
+            if text.len() > max_line_bytes {
+                whole = false;
                 json_lines += 1;
+                let len = text.len();
                 parsed.reject(|| format!("line {number}: {len} bytes, longer than max_line_bytes"));
             } else {
                 // `IgnoredAny` skips strings unchecked: UTF-8 is checked first. An event in
@@ -210,7 +230,9 @@ fn ndjson(body: &Bytes, max_line_bytes: usize) -> Result<Parsed, NotJson> {
                     }
                 }
             }
-            parsed.lines.push(line);
+            cuts.push((at..at + text.len(), number, next));
+        } else {
+            whole = false; // a blank line, not handed on
         }
         at = next;
     }
@@ -220,6 +242,17 @@ fn ndjson(body: &Bytes, max_line_bytes: usize) -> Result<Parsed, NotJson> {
                 "the body is not JSON: {reason}; send a JSON array, an object, GO Feature Flag's webhook body or newline-delimited JSON"
             )));
         }
+    }
+    if whole {
+        parsed.text = Some(TextLines {
+            bytes: body.clone(),
+            count: cuts.len(),
+        });
+    } else {
+        parsed.lines = cuts
+            .into_iter()
+            .map(|(text, number, next)| line(body.slice(text), number, next as u64, max_line_bytes))
+            .collect();
     }
     Ok(parsed)
 }
@@ -244,11 +277,46 @@ mod tests {
     use super::*;
 
     fn lines(parsed: &Parsed) -> Vec<&str> {
+        if let Some(text) = &parsed.text {
+            assert!(parsed.lines.is_empty());
+            let text = std::str::from_utf8(&text.bytes).unwrap();
+            return text.strip_suffix('\n').unwrap().split('\n').collect();
+        }
         parsed
             .lines
             .iter()
             .map(|l| std::str::from_utf8(l.own_bytes()).unwrap())
             .collect()
+    }
+
+    /// A body of lines as they came, each ending in `\n`, goes to the journal in one
+    /// piece, with the same lines and counts as cut one by one; anything else is cut.
+    #[test]
+    fn a_body_of_lines_as_they_came_goes_in_one_piece() {
+        let body = "{\"a\":1}\n[1]\nnot json\n{\"b\":2}\n";
+        let p = parse_str(body).unwrap();
+        let text = p.text.as_ref().expect("in one piece");
+        assert_eq!((&text.bytes[..], text.count), (body.as_bytes(), 4));
+        assert_eq!((p.len(), p.accepted(), p.rejected), (4, 2, 2));
+        assert_eq!(
+            p.first_rejected.as_deref(),
+            Some("line 2: not a JSON object")
+        );
+        for cut in [
+            "{\"a\":1}\n{\"b\":2}",       // no newline at the end
+            "{\"a\":1}\r\n{\"b\":2}\n",   // CRLF
+            "{\"a\":1}\n\n{\"b\":2}\n",   // a blank line
+            "{\"a\":1}\n  \n{\"b\":2}\n", // a line of spaces
+        ] {
+            let p = parse_str(cut).unwrap();
+            assert!(p.text.is_none(), "{cut:?}");
+            assert_eq!(lines(&p), [r#"{"a":1}"#, r#"{"b":2}"#], "{cut:?}");
+        }
+        let long = format!("{{\"a\":\"{}\"}}\n{{\"b\":2}}\n", "x".repeat(1000));
+        let p = parse_str(&long).unwrap();
+        assert!(p.text.is_none());
+        assert!(matches!(p.lines[0].kind, LineKind::Oversized { .. }));
+        assert_eq!((p.accepted(), p.rejected), (1, 1));
     }
 
     fn parse_str(body: &str) -> Result<Parsed, NotJson> {

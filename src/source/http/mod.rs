@@ -469,18 +469,20 @@ impl Handler {
         })
         .await
         .expect("parsing a body does not panic")?;
+        let empty = parsed.is_empty();
         let taken = Taken {
             accepted: parsed.accepted(),
             rejected: parsed.rejected,
             first_rejected: parsed.first_rejected,
         };
-        if parsed.lines.is_empty() {
+        if empty {
             return Ok(taken);
         }
-        self.keeper
-            .keep_or_refuse(&parsed.lines)
-            .await
-            .map_err(|e| match e {
+        let kept = match parsed.text {
+            Some(text) => self.keeper.keep_text_or_refuse(text).await,
+            None => self.keeper.keep_or_refuse(&parsed.lines).await,
+        };
+        kept.map_err(|e| match e {
                 NotKept::Full => Refusal::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the journal holds journal_max_bytes (the endpoint is behind): send the body again later".into(),
