@@ -39,13 +39,24 @@ fuzz_target!(|data: &[u8]| {
                 Some(text) => {
                     assert!(parsed.lines.is_empty());
                     assert_eq!(&text.bytes[..], &decoded[..]);
-                    let lines: Vec<&[u8]> = text.bytes.strip_suffix(b"\n").expect("ends in a newline").split(|&b| b == b'\n').collect();
+                    let lines: Vec<&[u8]> = text
+                        .bytes
+                        .strip_suffix(b"\n")
+                        .expect("ends in a newline")
+                        .split(|&b| b == b'\n')
+                        .collect();
                     assert_eq!(lines.len(), text.count);
-                    lines.into_iter().map(|l| (l, LineKind::Text { number: 0, end: 0 })).collect()
+                    lines
+                        .into_iter()
+                        .map(|l| (l, LineKind::Text { number: 0, end: 0 }))
+                        .collect()
                 }
                 None => Vec::new(),
             };
-            let cut = parsed.lines.iter().map(|l| (l.bytes.of(&[]), l.kind.clone()));
+            let cut = parsed
+                .lines
+                .iter()
+                .map(|l| (l.bytes.of(&[]), l.kind.clone()));
             for (bytes, kind) in whole.into_iter().chain(cut) {
                 // A body's lines hold their own bytes.
                 assert!(!bytes.contains(&b'\n'), "a line holds a newline");
