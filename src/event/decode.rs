@@ -241,6 +241,84 @@ mod tests {
         }
     }
 
+    /// The same for a shipper's envelope: a byte that is not UTF-8, or a character that is,
+    /// at every place of the escaped event in `message` and of another field's string.
+    #[test]
+    fn bytes_of_envelopes_are_checked_as_utf8_wherever_they_are() {
+        let mut d = goff();
+        for at in 0..48 {
+            for field in ["message", "host"] {
+                for (insert, valid) in [
+                    (&b"\xff"[..], false),
+                    (b"\xe2\x82", false),
+                    ("€".as_bytes(), true),
+                ] {
+                    let mut text =
+                        br#"{\"kind\":\"feature\",\"contextKind\":\"user\",\"userKey\":\""#
+                            .to_vec();
+                    let mut host = b"app-".to_vec();
+                    let target = if field == "message" {
+                        &mut text
+                    } else {
+                        &mut host
+                    };
+                    let place_in = target.len() + at;
+                    target.extend(std::iter::repeat_n(b'u', 48));
+                    target.splice(place_in..place_in, insert.iter().copied());
+                    text.extend_from_slice(br#"\",\"creationDate\":1,\"key\":\"k\",\"variation\":\"v\",\"value\":true,\"default\":false,\"version\":\"1\",\"source\":\"SERVER\"}"#);
+                    let mut line = br#"{"host":""#.to_vec();
+                    let host_at = line.len();
+                    line.extend_from_slice(&host);
+                    line.extend_from_slice(br#"","message":""#);
+                    let text_at = line.len();
+                    line.extend_from_slice(&text);
+                    line.extend_from_slice(br#"","source_type":"file"}"#);
+                    let place = if field == "message" { text_at } else { host_at } + place_in;
+                    let got = d.decode_line(&line, &envelope_fields(None));
+                    match valid {
+                        true => assert!(
+                            matches!(got, Ok(FromLine::Decoded(Decoded::Event(_)))),
+                            "{field} {at}: {got:?}"
+                        ),
+                        false => {
+                            let reason = got.expect_err("not UTF-8").0;
+                            let expected = format!("not valid UTF-8 (at byte {place})");
+                            assert!(reason.starts_with(&expected), "{field} {at}: {reason}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A byte that is not UTF-8 anywhere in a shipper's envelope (the message last, so that
+    /// its end is read a byte at a time): refused for that byte, as before the scanners
+    /// took over the check.
+    #[test]
+    fn a_bad_byte_anywhere_in_an_envelope_is_refused_as_not_utf8() {
+        let mut d = goff();
+        let event = br#"{\"kind\":\"feature\",\"contextKind\":\"user\",\"userKey\":\"u1\",\"creationDate\":1,\"key\":\"k\",\"variation\":\"v\",\"value\":\"\u00e9t\\u00e9\",\"default\":false,\"version\":\"1\",\"source\":\"SERVER\"}"#;
+        let mut line = br#"{"host":"app-1","message":""#.to_vec();
+        line.extend_from_slice(event);
+        line.extend_from_slice(br#""}"#);
+        assert!(matches!(
+            d.decode_line(&line, &envelope_fields(None)),
+            Ok(FromLine::Decoded(Decoded::Event(_)))
+        ));
+        for at in 0..=line.len() {
+            for bad in [&b"\xff"[..], b"\xe2\x82"] {
+                let mut bad_line = line.clone();
+                bad_line.splice(at..at, bad.iter().copied());
+                let reason = d
+                    .decode_line(&bad_line, &envelope_fields(None))
+                    .expect_err("not UTF-8")
+                    .0;
+                let expected = format!("not valid UTF-8 (at byte {at})");
+                assert!(reason.starts_with(&expected), "{at}: {reason}");
+            }
+        }
+    }
+
     /// The same in a key and a string value of a nested object.
     #[test]
     fn bytes_of_nested_keys_and_values_are_checked_as_utf8() {
