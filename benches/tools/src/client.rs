@@ -67,20 +67,11 @@ pub(crate) struct LoadArgs {
     conns: u64,
 }
 
+/// `send`: the file streamed to flaghook's TCP source, as it is.
 #[derive(clap::Args)]
 pub(crate) struct SendArgs {
-    /// flaghook's TCP source (host:port)
-    #[arg(long)]
-    addr: String,
-    /// The file streamed
-    #[arg(long)]
-    input: PathBuf,
-    /// Seconds to keep retrying to connect
-    #[arg(long, value_parser = crate::parse_seconds, default_value = "30")]
-    connect_timeout: Duration,
-    /// Stop retrying as soon as this process (flaghook) has exited
-    #[arg(long)]
-    pid: Option<u32>,
+    #[command(flatten)]
+    target: crate::feed::Target,
 }
 
 /// How `wait` ended; each has its exit status.
@@ -257,10 +248,10 @@ fn post_repeatedly(addr: &str, req: &[u8], count: u64) -> Result<(), String> {
 /// The TCP source's peer: streams `--input` over one connection, then closes it and waits for
 /// flaghook to close its side.
 pub(crate) fn send(args: &SendArgs) -> Result<(), String> {
-    let addr = &args.addr;
-    let mut s = connect_retrying(addr, args.connect_timeout, args.pid)?;
+    let addr = &args.target.addr;
+    let mut s = connect_retrying(addr, args.target.connect_timeout, args.target.pid)?;
     s.set_nodelay(true).ok();
-    let input = &args.input;
+    let input = &args.target.input;
     let mut f = File::open(input).map_err(|e| format!("{}: {e}", input.display()))?;
     let mut buf = vec![0u8; 1 << 20];
     let start = Instant::now();

@@ -19,20 +19,21 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// How long an answer may take (flaghook fsyncs before it answers; a busy disk is slow).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Where a sender connects and what it sends (`send`, `send-forward`, `post`).
 #[derive(clap::Args)]
 pub(crate) struct Target {
     /// flaghook's source (host:port)
     #[arg(long)]
-    addr: String,
+    pub(crate) addr: String,
     /// The events file (one event a line, as `gen` writes it)
     #[arg(long)]
-    input: PathBuf,
+    pub(crate) input: PathBuf,
     /// Seconds to keep retrying to connect
     #[arg(long, value_parser = crate::parse_seconds, default_value = "30")]
-    connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// Stop retrying as soon as this process (flaghook) has exited
     #[arg(long)]
-    pid: Option<u32>,
+    pub(crate) pid: Option<u32>,
 }
 
 #[derive(clap::Args)]
