@@ -243,8 +243,9 @@ mod tests {
 
     /// A shipper's envelope is checked as UTF-8 before it is unwrapped: a byte that is not
     /// UTF-8 anywhere in it (the message last, so that its end is read a byte at a time) is
-    /// refused for that byte; a character that is, at every place of the escaped event's
-    /// `userKey` and of the `host` field, leaves the event as it was.
+    /// refused for that byte; a character that is, at every place of the `host` field,
+    /// leaves the event as it was, and at every place of the escaped event's `userKey`, is
+    /// in the event.
     #[test]
     fn envelopes_are_checked_as_utf8_wherever_their_bytes_are() {
         let mut d = goff();

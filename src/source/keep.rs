@@ -31,6 +31,15 @@ pub(crate) enum NotKept {
     NotWritten,
 }
 
+impl From<NotAppended> for NotKept {
+    fn from(e: NotAppended) -> Self {
+        match e {
+            NotAppended::Full => NotKept::Full,
+            NotAppended::NotWritten => NotKept::NotWritten,
+        }
+    }
+}
+
 impl Keeper {
     pub(crate) fn new(journal: Appender, stop: CancellationToken) -> Self {
         Keeper { journal, stop }
@@ -48,21 +57,15 @@ impl Keeper {
     /// the journal holds `journal_max_bytes`: for a client that is told to come back (an
     /// HTTP 503 with `Retry-After`) rather than kept waiting.
     pub(crate) async fn keep_or_refuse(&self, lines: &[Line]) -> Result<(), NotKept> {
-        match self.journal.try_append_synced(lines, &self.stop).await {
-            Ok(()) => Ok(()),
-            Err(NotAppended::Full) => Err(NotKept::Full),
-            Err(NotAppended::NotWritten) => Err(NotKept::NotWritten),
-        }
+        let appended = self.journal.try_append_synced(lines, &self.stop).await;
+        appended.map_err(NotKept::from)
     }
 
     /// [`Keeper::keep_or_refuse`] for lines that came in one piece, each ending in `\n`:
     /// appended as they are (see `Appender::append_text`).
     pub(crate) async fn keep_text_or_refuse(&self, text: TextLines) -> Result<(), NotKept> {
-        match self.journal.try_append_synced_text(text, &self.stop).await {
-            Ok(()) => Ok(()),
-            Err(NotAppended::Full) => Err(NotKept::Full),
-            Err(NotAppended::NotWritten) => Err(NotKept::NotWritten),
-        }
+        let appended = self.journal.try_append_synced_text(text, &self.stop).await;
+        appended.map_err(NotKept::from)
     }
 
     /// Appends lines the source will not acknowledge (a Forward entry without `chunk`,
