@@ -124,3 +124,19 @@ impl SourceSpec {
 pub(crate) fn default_max_line_bytes() -> usize {
     102_400
 }
+
+/// A source's `field` (`key` is the source's key), checked: the envelope fields a line may
+/// wrap its event in, by preference (see [`crate::event::envelope_fields`]). A name GO
+/// Feature Flag's events use (`value`, `key`, ...) is refused: the decoder reads such a
+/// field as the event's own, so it could never unwrap an envelope on every path.
+pub(crate) fn envelope(key: &str, field: Option<&str>) -> anyhow::Result<std::sync::Arc<[String]>> {
+    let example = "(example: field = \"message\", the field your shipper puts the line in)";
+    match field {
+        Some("") => anyhow::bail!("`{key}.field` is empty: name the envelope field {example}"),
+        Some(name) if crate::event::is_event_field(name) => anyhow::bail!(
+            "`{key}.field` = {name:?} is a field of GO Feature Flag's events, not an envelope: \
+             name the field that holds the whole event {example}"
+        ),
+        _ => Ok(crate::event::envelope_fields(field)),
+    }
+}

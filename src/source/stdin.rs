@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::pump;
 use crate::config::{check_max_line_bytes, ByteSize};
-use crate::event::envelope_fields;
 use crate::journal::{self, Appender, Fsync, JournalSpec};
 
 /// `[sources.NAME] type = "stdin"`.
@@ -52,7 +51,7 @@ impl StdinConfig {
         check_max_line_bytes(key, self.max_line_bytes)?;
         Ok(StdinSpec {
             max_line_bytes: self.max_line_bytes,
-            envelope: envelope_fields(self.field.as_deref()),
+            envelope: super::envelope(key, self.field.as_deref())?,
             journal: JournalSpec::build(
                 key,
                 self.journal_segment_bytes,

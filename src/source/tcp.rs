@@ -31,7 +31,6 @@ use tokio_util::sync::CancellationToken;
 use super::connections::{check_limits, CloseReason, ConnectionSlots, Slot};
 use super::pump;
 use crate::config::{check_max_line_bytes, socket_addr, ByteSize, HumanDuration};
-use crate::event::envelope_fields;
 use crate::journal::{self, Appender, Fsync, JournalSpec};
 use crate::topology::propagate_panic;
 
@@ -96,7 +95,7 @@ impl TcpConfig {
             max_line_bytes: self.max_line_bytes,
             max_connections: self.max_connections,
             idle_timeout: self.idle_timeout.0,
-            envelope: envelope_fields(self.field.as_deref()),
+            envelope: super::envelope(key, self.field.as_deref())?,
             journal: JournalSpec::build(
                 key,
                 self.journal_segment_bytes,

@@ -689,3 +689,33 @@ fn nats_sink_and_source_errors_name_the_key() {
         assert_config_error(&format!("{source}\n{EDGE_SINK}"), &[key]);
     }
 }
+
+/// A source's `field` names the envelope field a shipper wraps the event in. A name the
+/// event itself uses (`value`, `key`, ...) is read as the event's field, never as an
+/// envelope, so such a `field` would unwrap an envelope on the fast path and not on the
+/// general one: it is refused, for every source that has the key, naming it and a correct
+/// example. An empty name is refused too.
+#[test]
+fn a_field_named_like_an_event_field_is_refused() {
+    let sources = [
+        "type = \"file\"\ninclude = [\"/nonexistent/flaghook-test/*.json\"]",
+        "type = \"stdin\"",
+        "type = \"tcp\"\naddress = \"127.0.0.1:9000\"",
+        "type = \"fluent\"\naddress = \"127.0.0.1:24224\"",
+        "type = \"http\"\naddress = \"127.0.0.1:8080\"",
+        "type = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\nstream = \"GOFF\"\nconsumer = \"central\"",
+    ];
+    for source in sources {
+        for name in ["value", "kind", "userKey", "metadata", ""] {
+            let body = format!("[sources.in]\n{source}\nfield = \"{name}\"\n\n{SINK}");
+            let out = assert_config_error(&body, &["sources.in.field"]);
+            assert!(
+                out.stderr.contains("field = \"message\""),
+                "{source}, field = {name:?}: no correct example:\n{out}"
+            );
+        }
+        let ws = Workspace::new();
+        let body = format!("[sources.in]\n{source}\nfield = \"payload\"\n\n{SINK}");
+        validate(&ws.config(&body)).assert_code(0);
+    }
+}

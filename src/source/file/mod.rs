@@ -46,7 +46,7 @@ use super::{Closed, Output};
 use crate::config::{check_duration, check_max_line_bytes, HumanDuration};
 use bytes::Bytes;
 
-use crate::event::{envelope_fields, Block, Line, LineKind};
+use crate::event::{Block, Line, LineKind};
 use crate::journal::{self, Segments};
 use crate::telemetry::Starting;
 use checkpoint::{Checkpointer, Fingerprint, HEAD_BYTES};
@@ -138,7 +138,7 @@ impl FileConfig {
             exclude,
             read_from: self.read_from,
             max_line_bytes: self.max_line_bytes,
-            envelope: envelope_fields(self.field.as_deref()),
+            envelope: super::envelope(key, self.field.as_deref())?,
             poll_interval: self.poll_interval.0,
             glob_interval: self.glob_interval.0,
         })

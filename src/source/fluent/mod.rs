@@ -45,7 +45,7 @@ use super::lines::OVERSIZED_EXCERPT;
 use super::listener::accept_loop;
 use super::pump::{DRAIN_IDLE, DRAIN_LIMIT};
 use crate::config::{check_max_line_bytes, ByteSize, HumanDuration};
-use crate::event::{envelope_fields, Line, LineKind};
+use crate::event::{Line, LineKind};
 use crate::journal::{self, Appender, Fsync, JournalSpec};
 use crate::sink::webhook::Secret;
 
@@ -172,7 +172,7 @@ impl FluentConfig {
             },
             max_connections: self.max_connections,
             idle_timeout: self.idle_timeout.0,
-            envelope: envelope_fields(self.field.as_deref()),
+            envelope: super::envelope(key, self.field.as_deref())?,
             auth,
             journal: JournalSpec::build(
                 key,

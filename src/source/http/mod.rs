@@ -51,7 +51,6 @@ use super::connections::{check_limits, ConnectionSlots, Tracked};
 use super::keep::{Keeper, NotKept};
 use super::listener::accept_loop;
 use crate::config::{check_max_line_bytes, socket_addr, ByteSize, HumanDuration};
-use crate::event::envelope_fields;
 use crate::journal::{self, Appender, Fsync, JournalSpec};
 use crate::sink::webhook::Secret;
 
@@ -251,7 +250,7 @@ impl HttpConfig {
             max_line_bytes: self.max_line_bytes,
             max_connections: self.max_connections,
             idle_timeout: self.idle_timeout.0,
-            envelope: envelope_fields(self.field.as_deref()),
+            envelope: super::envelope(key, self.field.as_deref())?,
             token: self.auth.map(|a| TokenDigest::of(a.token.expose())),
             verify_secret: self.verify_secret,
             tls,

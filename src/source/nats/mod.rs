@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use super::lines::LineSplitter;
 use super::Output;
 use crate::config::{check_count, check_duration, check_max_line_bytes, HumanDuration};
-use crate::event::{envelope_fields, Block};
+use crate::event::Block;
 use crate::nats::{ConnectConfig, ConnectSpec};
 
 fn default_ack_wait() -> HumanDuration {
@@ -159,7 +159,7 @@ impl NatsSourceConfig {
             ack_wait: self.ack_wait.0,
             max_ack_pending: self.max_ack_pending,
             max_line_bytes: self.max_line_bytes,
-            envelope: envelope_fields(self.field.as_deref()),
+            envelope: super::envelope(key, self.field.as_deref())?,
         })
     }
 }
