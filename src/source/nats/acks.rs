@@ -180,7 +180,7 @@ impl Messages {
 
     /// The [`Acker`] of these messages, to run once the consumer's `ack_wait` is known; the
     /// source sends it the `ack_wait` of each consumer it reads (a consumer created again
-    /// may have another). Called once.
+    /// may have another) and each change of it (an owner may edit it in place). Called once.
     pub(crate) fn acker(
         &self,
         client: async_nats::Client,
@@ -240,7 +240,7 @@ impl Acker {
                     },
                     None => break,
                 },
-                // A consumer created again: its `ack_wait` from now on.
+                // A consumer created again, or changed: its `ack_wait` from now on.
                 changed = self.ack_wait.changed(), if watching => {
                     watching = changed.is_ok();
                     let now = *self.ack_wait.borrow_and_update();

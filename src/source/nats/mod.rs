@@ -10,8 +10,8 @@
 //! - acked (`+ACK`) only once every sink reading the source delivered or dead-lettered
 //!   every line of it;
 //! - while held (a sink retries, or its budget is full), told in progress (`+WPI`) every
-//!   half of the consumer's `ack_wait` (as the server reports it), so it is not handed to
-//!   another instance;
+//!   half of the consumer's `ack_wait` (as the server reports it, looked up again every
+//!   few seconds: see [`follow_ack_wait`]), so it is not handed to another instance;
 //! - at a graceful stop, NAKed (`-NAK`) when the sinks did not deliver it: as a file's
 //!   lines, it gets one prompt attempt within `shutdown_timeout`, and is left (to
 //!   JetStream) rather than retried when that fails, so another instance takes it at
@@ -62,6 +62,8 @@ const FETCH_WAIT: Duration = Duration::from_secs(1);
 const FETCH_GRACE: Duration = Duration::from_secs(1);
 /// The wait before trying again after the stream, the consumer or a fetch failed.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// How often the consumer is looked up to follow its `ack_wait` (see [`follow_ack_wait`]).
+const FOLLOW_EVERY: Duration = Duration::from_secs(5);
 
 /// `[sources.NAME] type = "nats"`: its own keys; the connection keys (`crate::nats`) are
 /// read beside them.
@@ -232,7 +234,14 @@ pub async fn run(
         messages,
         max_bytes: fetch_bytes(&output, &client),
     };
-    while let Ended::ConsumerGone = reader.read(&consumer, &output, &stop, once).await {
+    loop {
+        let ended = tokio::select! {
+            ended = reader.read(&consumer, &output, &stop, once) => ended,
+            never = follow_ack_wait(name, &consumer, &ack_wait) => match never {},
+        };
+        if ended != Ended::ConsumerGone {
+            break;
+        }
         let held = reader.messages.forget();
         tracing::warn!(source = name, stream = %spec.stream, consumer = %spec.consumer, held, "the consumer is gone (deleted, or its stream recreated): {} it again; the messages held from it are delivered but not acked, and JetStream hands them out again through the new consumer (at least once)", if spec.create { "creating" } else { "waiting for" });
         match wait_for_consumer(name, spec, &jetstream, &stop).await {
@@ -255,6 +264,28 @@ pub async fn run(
             "nats source stopped; messages not delivered were NAKed, for another instance (or the next start) to take"
         ),
         Err(e) => crate::topology::propagate_panic(Err(e)),
+    }
+}
+
+/// Looks the consumer up every [`FOLLOW_EVERY`] and sends the acker its `ack_wait` when it
+/// changed: an owner may edit a consumer in place, and held messages told in progress at
+/// the pace of a longer `ack_wait` than the consumer's would be handed out again. Runs
+/// until dropped; a lookup that fails is tried at the next turn (a consumer that is gone
+/// is the reader's to find).
+async fn follow_ack_wait(
+    name: &str,
+    consumer: &PullConsumer,
+    ack_wait: &watch::Sender<Duration>,
+) -> std::convert::Infallible {
+    loop {
+        tokio::time::sleep(FOLLOW_EVERY).await;
+        let Ok(Ok(info)) = tokio::time::timeout(RETRY_DELAY, consumer.get_info()).await else {
+            continue;
+        };
+        let now = info.config.ack_wait;
+        if ack_wait.send_if_modified(|was| std::mem::replace(was, now) != now) {
+            tracing::info!(source = name, consumer = %info.name, ack_wait = %humantime::format_duration(now), "the consumer's ack_wait changed: the messages held are told in progress at its pace");
+        }
     }
 }
 
@@ -366,6 +397,7 @@ fn check_consumer(name: &str, spec: &NatsSourceSpec, info: &async_nats::jetstrea
 }
 
 /// Why [`Reader::read`] returned.
+#[derive(Debug, PartialEq, Eq)]
 enum Ended {
     /// Shutdown, the sinks gone, or (with `once`) a fetch that found nothing.
     Done,
