@@ -1,10 +1,15 @@
 //! The `fluent` source with Forward clients nobody here wrote: npm `fluent-logger` (with
-//! `requireAckResponse`, in its three event modes, with and without `shared_key`) and PyPI
-//! `fluent-logger` (Message mode with EventTime, no acknowledgements).
+//! `requireAckResponse`, in its three event modes, with and without `shared_key`), PyPI
+//! `fluent-logger` (Message mode with EventTime, no acknowledgements) and Go's
+//! fluent-logger-golang (Message mode, one entry per chunk id, each waiting for its ack;
+//! sync and async, EventTime and integer times, a new connection every few entries).
 //!
-//! Each is installed once into a cache under `target/peers/` with the registry's own
-//! client (npm, pip). Where that fails, the test is skipped with the reason on a
-//! developer's machine and fails in CI (`CI` set), which reaches both registries.
+//! The npm and PyPI clients are installed once into a cache under `target/peers/` with the
+//! registry's own client (npm, pip); the Go one is Debian's
+//! `golang-github-fluent-fluent-logger-golang-dev`, which `.ci/run` installs with
+//! `golang-go`, and `tests/peers/go-fluent/main.go` is built against it offline (GOPATH
+//! mode). Where that fails, the test is skipped with the reason on a developer's machine
+//! and fails in CI (`CI` set), which reaches both registries and Debian's archive.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -254,4 +259,155 @@ fn pypi_fluent_logger_message_mode_with_eventtime() {
     let out = proc.wait();
     out.assert_code(0);
     assert!(hook.with(|t| t.has_all(500)), "{out}");
+}
+
+/// fluent-logger-golang's package, where Debian's
+/// `golang-github-fluent-fluent-logger-golang-dev` puts it (GOPATH `/usr/share/gocode`).
+const GO_FLUENT_LOGGER: &str =
+    "/usr/share/gocode/src/github.com/fluent/fluent-logger-golang/fluent";
+
+/// `tests/peers/go-fluent` built against Debian's fluent-logger-golang: GOPATH mode, so
+/// nothing is downloaded; Go's build cache under `target/peers/` makes later builds quick.
+fn go_fluent_sender() -> Option<PathBuf> {
+    let go = peer("go", "golang-go")?;
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    available(BUILT.get_or_init(|| {
+        if !Path::new(GO_FLUENT_LOGGER).is_dir() {
+            return Err(format!(
+                "{GO_FLUENT_LOGGER} is missing (apt-get install \
+                 golang-github-fluent-fluent-logger-golang-dev)"
+            ));
+        }
+        let dir = peers_dir().join("go-fluent");
+        let binary = dir.join("go-fluent");
+        install(
+            Command::new(go)
+                .args(["build", "-o"])
+                .arg(&binary)
+                .arg(manifest_dir().join("tests/peers/go-fluent/main.go"))
+                .env("GO111MODULE", "off")
+                .env("GOPATH", "/usr/share/gocode")
+                .env("GOPROXY", "off")
+                .env("GOCACHE", dir.join("cache"))
+                .env("CGO_ENABLED", "0"),
+        )?;
+        Ok(binary)
+    }))
+}
+
+/// Every request signed with `secret`, and the events delivered, once each, are
+/// `feature_event(0..n)`, byte for byte (flaghook writes a record's fields in GO Feature
+/// Flag's order, whatever order they came in).
+fn assert_signed_feature_events_once(hook: &Endpoint, secret: &str, n: usize) {
+    let mut got = Vec::new();
+    for r in hook.requests().iter().filter(|r| r.is_success()) {
+        assert_eq!(
+            r.header_values("x-hub-signature-256"),
+            vec![signature(secret, &r.body)],
+            "request {}",
+            r.index
+        );
+        got.extend(
+            r.events()
+                .into_iter()
+                .map(|e| (event_ids(e.as_bytes()).0, e)),
+        );
+    }
+    got.sort();
+    let got: Vec<String> = got.into_iter().map(|(_, e)| e).collect();
+    if got != feature_events(0, n) {
+        let first = got.iter().zip(feature_events(0, n)).find(|(g, w)| *g != w);
+        panic!(
+            "{} events delivered for {n}; duplicated {:?}, missing {:?}; first difference \
+             (got, want): {first:?}",
+            got.len(),
+            hook.with(|t| t.duplicated_ids()),
+            hook.with(|t| t.missing(n as u64)),
+        );
+    }
+}
+
+/// fluent-logger-golang 1.9 sends Message mode only: `[tag, time, record, option]`, the
+/// option map always there (empty without `RequestAck`), integer times as msgpack's signed
+/// types, a struct's fields (here GO Feature Flag's feature event) as a map in random
+/// order. With `RequestAck` each entry carries a new chunk id, and Post (async: the send
+/// behind it) reads one msgpack map and fails unless its `ack` is that id: it closes the
+/// connection and sends the entry again, up to 13 times, then reports the error (an answer
+/// that never comes holds it forever: the program gives up after 10 s). So `"failed":0`
+/// means flaghook acknowledged every chunk, and "once each" at the endpoint means no entry
+/// had to be sent again.
+#[test]
+fn go_fluent_logger_sync_and_async_with_acks() {
+    let Some(sender) = go_fluent_sender() else {
+        return;
+    };
+    let hook = Endpoint::start();
+    let ws = Workspace::new();
+    let secret = "go-peer-s3cret";
+    let (config, addr) = fluent_pipeline(
+        &ws,
+        &hook.url(),
+        "",
+        &format!("secret = {}", toml_str(secret)),
+    );
+    let proc = Proc::spawn({
+        let mut cmd = run_cmd(&config);
+        cmd.env("RUST_LOG", "info,flaghook::source::fluent=debug");
+        cmd
+    });
+    proc.wait_stderr("listening", WAIT)
+        .expect("flaghook listens");
+    let port = addr.rsplit(':').next().unwrap();
+    let cases: [(&str, &[&str], usize); 3] = [
+        ("sync, EventTime", &["-subsecond"], 300),
+        // AsyncReconnectInterval: before an entry, once 1 ms passed since it connected, the
+        // client closes its connection (every entry before was acked) and opens another.
+        (
+            "async, integer times, reconnecting",
+            &["-async", "-reconnect-ms", "1"],
+            300,
+        ),
+        ("sync, no acks (an empty option map)", &["-ack=false"], 100),
+    ];
+    let mut start = 0;
+    for (case, flags, count) in cases {
+        let mut cmd = Command::new(&sender);
+        cmd.args(["-port", port, "-stuck-after", "10s", "-start"])
+            .arg(start.to_string())
+            .arg("-count")
+            .arg(count.to_string())
+            .args(flags);
+        let out = Proc::spawn(cmd).wait();
+        assert_eq!(
+            (out.stdout.trim(), out.code),
+            (
+                format!(r#"{{"sent":{count},"failed":0}}"#).as_str(),
+                Some(0)
+            ),
+            "{case}: {out}\nflaghook: {}",
+            proc.stderr_now()
+        );
+        start += count;
+    }
+    assert!(
+        hook.wait_until(WAIT, |t| t.has_all(start as u64)),
+        "{}",
+        proc.stderr_now()
+    );
+    proc.sigterm();
+    let out = proc.wait();
+    out.assert_code(0);
+    assert!(
+        !out.stderr.contains("bad line")
+            && !out.stderr.contains("connection failed")
+            && !out.stderr.contains("closed the connection"),
+        "{out}"
+    );
+    // One connection for each sync case, more than one for the reconnecting one.
+    let connections = out.stderr.matches("connection opened").count();
+    assert!(
+        connections > 3,
+        "{connections} connections: the async client did not reconnect\n{out}"
+    );
+    assert_signed_feature_events_once(&hook, secret, start);
 }
