@@ -205,6 +205,7 @@ enum DeadLetterCommand {
 
 fn main() -> ExitCode {
     bound_allocator_growth();
+    raise_open_files_limit();
     let cli = Cli::parse();
     if let Err(e) = init_logs(cli.log_level.as_deref(), cli.log_format) {
         eprintln!("error: {e:#}");
@@ -222,6 +223,26 @@ fn main() -> ExitCode {
                 LogFormat::Text | LogFormat::Json => stderr.write_all(message.as_bytes()),
             };
             ExitCode::from(1)
+        }
+    }
+}
+
+/// A file source holds every file it tails open, and the sinks' connections, checkpoints
+/// and journals need descriptors of their own. The soft limit is often 1024 (systemd's
+/// default, a shell's) while the hard limit is far higher: a source with a thousand files
+/// took every descriptor, and no request or checkpoint could be made again. As Go's runtime
+/// does, the soft limit is raised to the hard limit; where that fails, the limit stays.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the one struct passed by reference.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
 }

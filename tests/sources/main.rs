@@ -8,6 +8,7 @@ mod bad_input;
 mod bad_input_files;
 mod fluent;
 mod http_source;
+mod many_files;
 mod peers;
 mod peers_fluent;
 mod rotation;

@@ -9,9 +9,10 @@
 //! What a tailer cannot promise sets the model's waits:
 //! - events written but never read before the file is truncated or deleted are gone, so
 //!   destructive operations first wait until everything written so far has arrived;
-//! - a truncation is noticed on the next read pass; if the file grows past the old read
-//!   position before that pass, the growth looks like an append. So after truncating, the
-//!   model waits until the checkpoint shows the file restarted at 0 before writing again;
+//! - a truncation is noticed on the next read, by the size or the first bytes; new content
+//!   that repeats the old file's first KiB would look like an append (README). So after
+//!   truncating, the model waits until the checkpoint shows the file restarted at 0 before
+//!   writing again;
 //! - a file renamed to a name no glob matches is followed while flaghook runs, but not
 //!   found again after a restart (README, "Not promised"): a restart first waits until
 //!   such files were delivered.
@@ -482,4 +483,66 @@ fn a_fingerprint_covers_every_byte_its_checkpoint_skips() {
     assert_eq!(std::fs::metadata(&path).unwrap().ino(), ino);
     rig.start();
     rig.check();
+}
+
+/// Regression: a file truncated (copytruncate) and written past its old read position
+/// before the tail looked again was read on from that position, as if appended to: the new
+/// content's first lines were skipped and the line cut in the middle dead-lettered (until a
+/// glob pass noticed the new first bytes, which then sent the rest again). flaghook is
+/// frozen (SIGSTOP) while the file is rotated, so the growth is all there when it reads
+/// again; no glob pass after the one at start-up.
+#[test]
+fn a_file_truncated_and_written_past_its_offset_before_a_read_is_read_from_the_start() {
+    let hook = Endpoint::start().count_only();
+    let ws = Workspace::new();
+    let path = ws.write("logs/a.log", small_lines(0..100));
+    let config = ws.config(&format!(
+        r#"[sources.files]
+type = "file"
+include = [{glob}]
+glob_interval = "1h"
+
+[sinks.webhook]
+type = "webhook"
+inputs = ["files"]
+endpoint_url = {url}
+flush_interval = "50ms"
+max_event_in_memory = 50
+"#,
+        glob = toml_str(ws.path("logs/*.log")),
+        url = toml_str(hook.url()),
+    ));
+    let proc = Proc::spawn(run_cmd(&config));
+    assert!(
+        hook.wait_until(WAIT, |t| t.has_all(100)),
+        "{}",
+        proc.stderr_now()
+    );
+
+    let pid = proc.pid() as libc::pid_t;
+    // SAFETY: signals to the child this test started and still owns.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let old_size = std::fs::metadata(&path).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(0).unwrap();
+    drop(file);
+    append(&path, small_lines(100..400));
+    assert!(std::fs::metadata(&path).unwrap().len() > old_size);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+
+    let all = hook.wait_until(WAIT, |t| t.has_all(400));
+    proc.sigterm();
+    let out = proc.wait();
+    hook.with(|t| {
+        assert!(
+            all,
+            "{} of the rotated file's events never arrived (first: {:?}):\n{out}",
+            t.missing(400).len(),
+            t.missing(400).first()
+        );
+        assert_eq!(t.duplicates(), 0, "each event once:\n{out}");
+    });
+    let letters = dead_letters(&ws.data_dir(), "webhook");
+    assert!(letters.is_empty(), "no line was cut: {letters:?}");
 }

@@ -703,7 +703,7 @@ impl Tail<'_> {
         if f.fingerprint.head_len >= HEAD_BYTES || f.pos <= f.fingerprint.head_len {
             return;
         }
-        // Replaced content is the next glob pass's to notice (`check_identity`).
+        // Replaced content is `check_identity`'s to notice, before this is called.
         if !f.fingerprint.matches(&f.file).unwrap_or(false) {
             return;
         }
@@ -757,7 +757,9 @@ impl Tail<'_> {
                 }
                 Ok(_) => {
                     read_any = true;
-                    self.grow_fingerprint(i);
+                    // Checked after the read: first bytes still the same then were the
+                    // same before it, so what was read follows what was read before.
+                    self.check_identity(i);
                 }
                 Err(e) => {
                     let f = &mut self.files[i];
