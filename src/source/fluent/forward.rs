@@ -338,6 +338,13 @@ fn check_len(
     }
 }
 
+/// Whether `m` starts an array, in any of msgpack's three forms: an encoder may write a
+/// short array as `array 16` or `array 32` (a fixed-size header), and such an array is the
+/// same value as a `fixarray`.
+fn is_array(m: Marker) -> bool {
+    matches!(m, Marker::FixArray(_) | Marker::Array16 | Marker::Array32)
+}
+
 fn is_time(m: Marker) -> bool {
     matches!(
         m,
@@ -516,7 +523,7 @@ fn pair(element: &[u8], limits: &Limits, envelope: &[String]) -> Record {
     let parts = r
         .marker()
         .and_then(|m| match m {
-            Marker::FixArray(2) => Ok(()),
+            m if is_array(m) && r.container_len(m)? == 2 => Ok(()),
             other => Err(Malformed(format!(
                 "{} where an entry [time, record] was expected",
                 kind(other)
@@ -652,10 +659,10 @@ fn check_time(time: &[u8]) -> Result<(), String> {
                 ))
             }
         }
-        Marker::FixArray(2) => {
+        m if is_array(m) && r.container_len(m).map_err(|e| e.0)? == 2 => {
             let inner = r.value().map_err(|e| e.0)?;
             let inner_marker = Reader::new(inner).marker().map_err(|e| e.0)?;
-            if matches!(inner_marker, Marker::FixArray(_)) {
+            if is_array(inner_marker) {
                 return Err("the time is an array inside an array".to_owned());
             }
             check_time(inner)
