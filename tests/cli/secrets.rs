@@ -306,6 +306,45 @@ fn config_errors_never_show_the_secret() {
     }
 }
 
+/// Regression: a parse error showed its line unless the line said `secret`, so a token,
+/// password, shared key or header value written literally in the file was printed (and
+/// logged, at a reload) when a typo sat on its line. `SECRET` literally in each key that
+/// holds a secret, on a line that does not parse: exit 1, the line number and never the
+/// line.
+#[test]
+fn parse_errors_never_show_a_literal_secret_on_their_line() {
+    let literal = toml_str(SECRET);
+    let http = "[sources.in]\ntype = \"http\"\naddress = \"127.0.0.1:0\"\n";
+    let fluent = "[sources.in]\ntype = \"fluent\"\n";
+    let nats = "[sinks.webhook]\ntype = \"nats\"\n";
+    let bodies = [
+        format!("{http}auth = {{ token = {literal} x }}\n"),
+        format!("{fluent}shared_key = {literal} x\n"),
+        format!("{nats}password = {literal} x\n"),
+        format!("{nats}token = {literal} x\n"),
+        format!(
+            "{SOURCE}\n{}",
+            sink(&format!("headers = {{ Authorization = [{literal}], }}"))
+        ),
+        format!(
+            "{SOURCE}\n{}",
+            sink(&format!("headers = {{ X-Api = [\n  {literal} x\n] }}"))
+        ),
+        format!(
+            "{SOURCE}\n{}\n[sinks.webhook.headers]\nX-Api = {literal} x\n",
+            sink("")
+        ),
+    ];
+    for body in &bodies {
+        let out = run_with_secret(&["validate"], body);
+        assert_eq!(out.code, Some(1), "{body}\n{out}");
+        assert!(
+            out.stderr.contains("(not shown: it may hold a secret)"),
+            "{body}\n{out}"
+        );
+    }
+}
+
 /// Two sinks with the secret from the environment: one to `refusing`, one to `closed`,
 /// with short backoffs and `retry_max_duration`, so that `--once` ends.
 fn two_sinks(input: &std::path::Path, refusing: &str, closed: &str) -> String {
