@@ -325,7 +325,10 @@ fn receive_says_why_a_body_is_not_a_webhook_body() {
     let (proc, addr) = start_receiver(&[]);
     let event = r#"{"kind":"feature","key":"k","userKey":"u","creationDate":1,"value":1e400}"#;
     for (body, reason) in [
-        (format!(r#"{{"meta":{{}},"events":[{event}]}}"#), "not JSON: number out of range"),
+        (
+            format!(r#"{{"meta":{{}},"events":[{event}]}}"#),
+            "not JSON: number out of range",
+        ),
         ("not json".to_owned(), "not JSON: expected ident"),
         (r#"{"meta":{}}"#.to_owned(), "no `events` array"),
     ] {
@@ -335,7 +338,8 @@ fn receive_says_why_a_body_is_not_a_webhook_body() {
         let error = line["body_error"].as_str().unwrap_or_default();
         assert!(error.starts_with(reason), "{body}: {line}");
     }
-    let good = r#"{"meta":{},"events":[{"kind":"feature","key":"k","userKey":"u","creationDate":1}]}"#;
+    let good =
+        r#"{"meta":{},"events":[{"kind":"feature","key":"k","userKey":"u","creationDate":1}]}"#;
     post(&addr, good);
     let line = next_json_line(&proc);
     assert_eq!(line["events"], 1, "{line}");
