@@ -640,6 +640,15 @@ impl Config {
         for name in self.sinks.keys() {
             check_name("sinks", name)?;
         }
+        // An empty path would be the config file's folder: most likely a variable set empty
+        // (`data_dir = "${STATE_DIRECTORY}"`), and not where state belongs.
+        if self
+            .data_dir
+            .as_ref()
+            .is_some_and(|dir| dir.as_os_str().is_empty())
+        {
+            bail!("`data_dir` is empty: set a folder, or leave it out for `flaghook-data` next to the config file (example: data_dir = \"/var/lib/flaghook\")");
+        }
         if self.progress_interval.0 > MAX_PROGRESS_INTERVAL {
             bail!("`progress_interval` is too long: at most 1day (example: progress_interval = \"60s\", or \"0s\" for none)");
         }

@@ -144,6 +144,28 @@ fn missing_file_include() {
     assert_config_error(&format!("{source}\n{SINK}"), &["include"]);
 }
 
+/// Regression: an empty `data_dir` (written so, or a variable set empty) was valid and
+/// meant the config file's own folder: checkpoints, journals, dead letters and the lock were
+/// written next to the config.
+#[test]
+fn empty_data_dir_is_refused() {
+    let ws = Workspace::new();
+    for value in ["\"\"", "\"${FLAGHOOK_TEST_EMPTY_DIR}\""] {
+        let config = ws.write(
+            "flaghook.toml",
+            format!("data_dir = {value}\n{SOURCE}\n{SINK}"),
+        );
+        let mut cmd = flaghook(&["validate", "--config"]);
+        cmd.arg(&config).env("FLAGHOOK_TEST_EMPTY_DIR", "");
+        let out = Proc::spawn(cmd).wait();
+        out.assert_code(1);
+        let message = message_before_example(&out.stderr);
+        assert!(message.contains("`data_dir` is empty"), "{value}:\n{out}");
+        assert!(message.contains("flaghook.toml"), "{value}:\n{out}");
+    }
+    assert!(!ws.path("checkpoints").exists() && !ws.path("lock").exists());
+}
+
 #[test]
 fn unset_environment_variable() {
     let ws = Workspace::new();
