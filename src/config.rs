@@ -407,12 +407,21 @@ fn located(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let line = lines.get(line_no - 1).copied().unwrap_or("").trim();
     let credentials = line.find("://").is_some_and(|i| line[i..].contains('@'));
+    // The table the line sits in, so that the key is named in full (`[sinks.webhook]` and
+    // `max_event_in_memory = 1e30`): the parser's message names only what it expected.
+    let table = lines[..(line_no - 1).min(lines.len())]
+        .iter()
+        .rev()
+        .find(|l| l.trim_start().starts_with('['))
+        .map(|l| format!(" in {}", l.split('#').next().unwrap_or("").trim()))
+        .filter(|_| !line.starts_with('['))
+        .unwrap_or_default();
     let shown = if may_hold_secret(&lines[..line_no.min(lines.len())]) {
-        format!("at line {line_no} (not shown: it may hold a secret)")
+        format!("at line {line_no}{table} (not shown: it may hold a secret)")
     } else if credentials {
-        format!("at line {line_no} (not shown: it has a URL with a user or password)")
+        format!("at line {line_no}{table} (not shown: it has a URL with a user or password)")
     } else {
-        format!("at line {line_no}: {line}")
+        format!("at line {line_no}{table}: {line}")
     };
     let at_dollar = |i: usize| text.get(i..).is_some_and(|rest| rest.starts_with("${"));
     if at_dollar(span.start) || at_dollar(span.end) {

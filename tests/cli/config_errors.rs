@@ -342,6 +342,28 @@ fn names_that_are_not_file_names() {
 /// Hostile-input issue: huge durations and sizes passed `validate` and then broke the run
 /// (`max_event_in_memory = 2^62` panicked the sink, `flush_interval = "500000000000years"`
 /// lost events). Each is now refused with its full key and an example.
+/// Regression: a number beyond what TOML holds (64 bits) is refused by the parser, whose
+/// message ("number too large to fit in target type", and the line) did not say which
+/// table the key is in: `[sinks.webhook]` and the line name the full key now.
+#[test]
+fn a_number_beyond_64_bits_names_its_table() {
+    for (extra, table, key) in [
+        (
+            "max_event_in_memory = 99999999999999999999",
+            "[sinks.webhook]",
+            "max_event_in_memory",
+        ),
+        (
+            "[sinks.webhook.headers]\nX = \"a\"\n\n[sinks.other]\nmax_event_in_memory = -99999999999999999999",
+            "[sinks.other]",
+            "max_event_in_memory",
+        ),
+    ] {
+        let out = assert_config_error(&format!("{SOURCE}\n{SINK}{extra}\n"), &[table, key]);
+        assert!(out.stderr.contains("to fit in target type"), "{out}");
+    }
+}
+
 #[test]
 fn huge_durations_and_sizes_are_refused_naming_the_key() {
     let huge = "4611686018427387904"; // 2^62
