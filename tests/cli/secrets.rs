@@ -345,6 +345,34 @@ fn parse_errors_never_show_a_literal_secret_on_their_line() {
     }
 }
 
+/// Regression: `validate` printed a sink's endpoint with the environment's values in it,
+/// so a token in its path or query (`endpoint_url = "https://host/hook?key=${TOKEN}"`,
+/// the way many collectors take one) was printed; it shows `${NAME}` now.
+#[test]
+fn validate_shows_a_token_in_the_endpoint_url_as_its_variable() {
+    let ws = Workspace::new();
+    let config = ws.config(&format!(
+        "{SOURCE}\n[sinks.webhook]\ntype = \"webhook\"\ninputs = [\"in\"]\nendpoint_url = \"http://127.0.0.1:9/hook/${{FH_PATH_TOKEN}}?key=${{FH_QUERY_TOKEN}}\"\n"
+    ));
+    let mut cmd = flaghook(&["--log-level", "trace", "validate", "--config"]);
+    cmd.arg(&config)
+        .env("FH_PATH_TOKEN", "PathTok3n9f")
+        .env("FH_QUERY_TOKEN", "QueryTok3n7e");
+    let out = Proc::spawn(cmd).wait();
+    out.assert_code(0);
+    for token in ["PathTok3n9f", "QueryTok3n7e"] {
+        assert!(
+            !out.stdout.contains(token) && !out.stderr.contains(token),
+            "{out}"
+        );
+    }
+    assert!(
+        out.stdout
+            .contains("http://127.0.0.1:9/hook/${FH_PATH_TOKEN}?key=${FH_QUERY_TOKEN}"),
+        "{out}"
+    );
+}
+
 /// Two sinks with the secret from the environment: one to `refusing`, one to `closed`,
 /// with short backoffs and `retry_max_duration`, so that `--once` ends.
 fn two_sinks(input: &std::path::Path, refusing: &str, closed: &str) -> String {
