@@ -482,3 +482,40 @@ fn arrays_with_32_bit_headers_are_read_as_arrays() {
     assert!(hook.with(|t| t.has_all(4)), "{out}");
     assert!(dead_letters(&ws.data_dir(), "webhook").is_empty());
 }
+
+/// Regression: garbage in a PackedForward stream is cut into a "record" per byte (a
+/// positive fixint is a whole msgpack value), each dead-lettered with its reason: a 1 MB
+/// entry took 300 MB of memory and made a million dead letters, so a 16 MiB one (the
+/// default `max_entry_bytes`) could exhaust memory. Past 100 bad records, the rest of an
+/// entry's bad records are dead-lettered as one, which says how many; good records on
+/// either side are still delivered.
+#[test]
+fn garbage_in_a_packed_entry_is_dead_lettered_in_bounded_records() {
+    let hook = Endpoint::start();
+    let ws = Workspace::new();
+    let (config, addr) = fluent_pipeline(&ws, &hook.url(), "", "");
+    let proc = Proc::spawn(run_once_cmd(&config));
+    let mut conn = connect(&addr, &proc);
+
+    let garbage = vec![0x01u8; 20_000];
+    let packed = Value::Array(vec![
+        "goff".into(),
+        Value::Binary([entries(0..3), garbage, entries(3..6)].concat()),
+        map(vec![("chunk", "c-garbage".into())]),
+    ]);
+    conn.write_all(&mp(&packed)).unwrap();
+    assert_eq!(read_value(&mut conn), ack_of("c-garbage"));
+    drop(conn);
+
+    let out = proc.wait();
+    out.assert_code(2);
+    assert!(hook.with(|t| t.has_all(6)), "{out}");
+    let dead = dead_letters(&ws.data_dir(), "webhook");
+    assert_eq!(dead.len(), 101, "{out}");
+    assert_eq!(out.summary().events_rejected, 101, "{out}");
+    let last = dead[100]["reason"].as_str().unwrap();
+    assert!(
+        last.starts_with("19900 more bad records in this entry after 100, dead-lettered as one"),
+        "{last}"
+    );
+}

@@ -422,7 +422,7 @@ fn forward_entries(entries: &[u8], limits: &Limits, envelope: &[String]) -> Vec<
         Ok(n) => n,
         Err(e) => return vec![Record::bad(entries, limits, e.0)],
     };
-    let mut records = Vec::with_capacity(n.min(entries.len()));
+    let mut records = Records::with_capacity(n.min(entries.len()));
     for _ in 0..n {
         match r.value() {
             Ok(element) => records.push(pair(element, limits, envelope)),
@@ -432,7 +432,65 @@ fn forward_entries(entries: &[u8], limits: &Limits, envelope: &[String]) -> Vec<
             }
         }
     }
-    records
+    records.finish()
+}
+
+/// Bad records an entry gives one by one; the ones after are dead-lettered as one record.
+/// Garbage in a PackedForward stream is cut into a "record" per byte or so (a positive
+/// fixint is a whole msgpack value), and each would cost a reason and a dead-letter line
+/// of some 300 bytes, in memory and on the disk: a 1 MB entry of such bytes took 300 MB.
+/// Past this many, an entry costs about its own size, whatever it holds.
+const MAX_BAD_RECORDS: usize = 100;
+
+/// An entry's records, in order, with bad ones past [`MAX_BAD_RECORDS`] folded into one.
+struct Records {
+    out: Vec<Record>,
+    bad: usize,
+    /// The first bad record past the cap, and how many (with it) and how many bytes.
+    more: Option<(Record, u64, u64)>,
+}
+
+impl Records {
+    fn with_capacity(n: usize) -> Self {
+        Records {
+            out: Vec::with_capacity(n.min(1 << 16)),
+            bad: 0,
+            more: None,
+        }
+    }
+
+    fn push(&mut self, record: Record) {
+        let Record::Bad { len, .. } = &record else {
+            self.out.push(record);
+            return;
+        };
+        if self.bad < MAX_BAD_RECORDS {
+            self.bad += 1;
+            self.out.push(record);
+            return;
+        }
+        let len = *len;
+        match &mut self.more {
+            Some((_, records, bytes)) => {
+                *records += 1;
+                *bytes += len;
+            }
+            None => self.more = Some((record, 1, len)),
+        }
+    }
+
+    fn finish(mut self) -> Vec<Record> {
+        if let Some((Record::Bad { raw, reason, .. }, records, bytes)) = self.more {
+            self.out.push(Record::Bad {
+                raw,
+                len: bytes,
+                reason: format!(
+                    "{records} more bad records in this entry after {MAX_BAD_RECORDS}, dead-lettered as one (their bytes: {bytes}; the first's start is kept): {reason}"
+                ),
+            });
+        }
+        self.out
+    }
 }
 
 /// (Compressed)PackedForward: `[time, record]` values back to back.
@@ -469,7 +527,7 @@ fn packed_entries(
             return Ok(vec![Record::bad(packed, limits, reason)]);
         }
     };
-    let mut records = Vec::new();
+    let mut records = Records::with_capacity(0);
     let mut rest = stream;
     while !rest.is_empty() {
         match value_len(rest) {
@@ -495,7 +553,7 @@ fn packed_entries(
             }
         }
     }
-    Ok(records)
+    Ok(records.finish())
 }
 
 enum Gunzip {
