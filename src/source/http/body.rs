@@ -159,21 +159,45 @@ fn one_value(whole: &RawValue, max_line_bytes: usize) -> Parsed {
         }
     };
     let mut parsed = Parsed::default();
-    let mut out = BytesMut::new();
-    for (i, element) in elements.into_iter().enumerate() {
+    // The elements, compact, each with its newline, in one piece (as `Parsed::text` is
+    // for a newline-delimited body): a line each would cost some 200 bytes however short
+    // the element, so a body of ten million `1,` would have taken two gigabytes. Only
+    // when an element is longer than `max_line_bytes` are they lines one by one.
+    let mut out = BytesMut::with_capacity(text.len());
+    let mut ends = Vec::with_capacity(elements.len());
+    let mut oversized = false;
+    for (i, element) in elements.iter().enumerate() {
         let number = i as u64 + 1;
+        let start = out.len();
         compact(element.get().as_bytes(), &mut out);
-        let bytes = out.split().freeze();
-        let line = line(bytes, number, number, max_line_bytes);
-        match line.kind {
-            LineKind::Oversized { len, .. } => parsed
-                .reject(|| format!("element {number}: {len} bytes, longer than max_line_bytes")),
-            _ if !element.get().starts_with('{') => {
-                parsed.reject(|| format!("element {number}: not a JSON object"))
-            }
-            _ => {}
+        let len = out.len() - start;
+        if len > max_line_bytes {
+            oversized = true;
+            parsed.reject(|| format!("element {number}: {len} bytes, longer than max_line_bytes"));
+        } else if !element.get().starts_with('{') {
+            parsed.reject(|| format!("element {number}: not a JSON object"));
         }
-        parsed.lines.push(line);
+        ends.push(out.len());
+        out.extend_from_slice(b"\n");
+    }
+    let text = out.freeze();
+    if ends.is_empty() {
+        return parsed;
+    }
+    if !oversized {
+        parsed.text = Some(TextLines {
+            count: ends.len(),
+            bytes: text,
+        });
+        return parsed;
+    }
+    let mut start = 0;
+    for (i, end) in ends.into_iter().enumerate() {
+        let number = i as u64 + 1;
+        parsed
+            .lines
+            .push(line(text.slice(start..end), number, number, max_line_bytes));
+        start = end + 1;
     }
     parsed
 }
