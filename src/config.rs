@@ -396,22 +396,32 @@ fn with_example(e: anyhow::Error) -> anyhow::Error {
 }
 
 /// `at line N: <that line>` for a parse error's span, so the key is easy to find. A line
-/// that mentions a secret, or holds a URL with a user or password (`endpoint_url`, `proxy`),
-/// is not shown: it may hold one, written literally. An error at a
-/// `${` says where `${NAME}` works.
+/// that may hold a secret written literally (see [`may_hold_secret`]), or holds a URL with
+/// a user or password (`endpoint_url`, `proxy`), is not shown. An error at a `${` says
+/// where `${NAME}` works.
 fn located(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     let Some(span) = span else {
         return String::new();
     };
     let line_no = text.get(..span.start).unwrap_or(text).matches('\n').count() + 1;
-    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    let lines: Vec<&str> = text.lines().collect();
+    let line = lines.get(line_no - 1).copied().unwrap_or("").trim();
     let credentials = line.find("://").is_some_and(|i| line[i..].contains('@'));
-    let shown = if line.to_ascii_lowercase().contains("secret") {
-        format!("at line {line_no} (not shown: it mentions a secret)")
+    // The table the line sits in, so that the key is named in full (`[sinks.webhook]` and
+    // `max_event_in_memory = 1e30`): the parser's message names only what it expected.
+    let table = lines[..(line_no - 1).min(lines.len())]
+        .iter()
+        .rev()
+        .find(|l| l.trim_start().starts_with('['))
+        .map(|l| format!(" in {}", l.split('#').next().unwrap_or("").trim()))
+        .filter(|_| !line.starts_with('['))
+        .unwrap_or_default();
+    let shown = if may_hold_secret(&lines[..line_no.min(lines.len())]) {
+        format!("at line {line_no}{table} (not shown: it may hold a secret)")
     } else if credentials {
-        format!("at line {line_no} (not shown: it has a URL with a user or password)")
+        format!("at line {line_no}{table} (not shown: it has a URL with a user or password)")
     } else {
-        format!("at line {line_no}: {line}")
+        format!("at line {line_no}{table}: {line}")
     };
     let at_dollar = |i: usize| text.get(i..).is_some_and(|rest| rest.starts_with("${"));
     if at_dollar(span.start) || at_dollar(span.end) {
@@ -419,6 +429,41 @@ fn located(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     } else {
         shown
     }
+}
+
+/// Words that mark a line as one that may hold a secret: the keys that hold one (`secret`,
+/// `secret_hex`, `secret_base64`, `verify_secret`, `auth.token`, a nats `token` or
+/// `password`, `shared_key`) and what a header carrying one says.
+const SECRET_WORDS: &[&str] = &[
+    "secret",
+    "token",
+    "password",
+    "shared_key",
+    "authorization",
+    "bearer",
+    "headers",
+    "api-key",
+    "api_key",
+    "apikey",
+];
+
+/// Whether the last of `lines` (a parse error's line, after those before it) may hold a
+/// secret: it, the line its statement starts on (a multi-line array goes on over lines
+/// without `=`), or the `[table]` it sits in (`[sinks.NAME.headers]`: every value may be a
+/// token) mentions one of [`SECRET_WORDS`].
+fn may_hold_secret(lines: &[&str]) -> bool {
+    let mentions = |line: &str| {
+        let line = line.to_ascii_lowercase();
+        SECRET_WORDS.iter().any(|word| line.contains(word))
+    };
+    let Some((last, before)) = lines.split_last() else {
+        return false;
+    };
+    let statement = std::iter::once(last)
+        .chain(before.iter().rev())
+        .find(|l| l.contains('=') || l.trim_start().starts_with('['));
+    let table = lines.iter().rev().find(|l| l.trim_start().starts_with('['));
+    mentions(last) || statement.is_some_and(|l| mentions(l)) || table.is_some_and(|l| mentions(l))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -603,6 +648,15 @@ impl Config {
         }
         for name in self.sinks.keys() {
             check_name("sinks", name)?;
+        }
+        // An empty path would be the config file's folder: most likely a variable set empty
+        // (`data_dir = "${STATE_DIRECTORY}"`), and not where state belongs.
+        if self
+            .data_dir
+            .as_ref()
+            .is_some_and(|dir| dir.as_os_str().is_empty())
+        {
+            bail!("`data_dir` is empty: set a folder, or leave it out for `flaghook-data` next to the config file (example: data_dir = \"/var/lib/flaghook\")");
         }
         if self.progress_interval.0 > MAX_PROGRESS_INTERVAL {
             bail!("`progress_interval` is too long: at most 1day (example: progress_interval = \"60s\", or \"0s\" for none)");

@@ -263,9 +263,7 @@ fn bound_allocator_growth() {
 fn init_logs(level: Option<&str>, format: LogFormat) -> Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
-        Some(l) => EnvFilter::try_new(l).map_err(|e| {
-            anyhow::anyhow!("--log-level {l:?} is not a level or filter ({e}); example: --log-level debug, or --log-level flaghook=trace")
-        })?,
+        Some(l) => log_filter(l)?,
         // The NATS client's own lines repeat what flaghook logs of its connections.
         None => EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn")),
@@ -290,6 +288,26 @@ fn init_logs(level: Option<&str>, format: LogFormat) -> Result<()> {
             .init(),
     }
     Ok(())
+}
+
+/// The filter `--log-level` gives: a level, or `RUST_LOG`'s directives. A bare word is a
+/// level: to `EnvFilter` a word that is not one (`warnn`) is a target name, which would
+/// turn every other line off, errors included, without a word.
+fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter> {
+    let refused = |why: String| {
+        anyhow::anyhow!("--log-level {level:?} is not a level or filter ({why}); example: --log-level debug, or --log-level flaghook=trace")
+    };
+    let directive = !level.is_empty() && level.contains(['=', ',', '[', ':']);
+    if !directive
+        && level
+            .parse::<tracing_subscriber::filter::LevelFilter>()
+            .is_err()
+    {
+        return Err(refused(
+            "levels are off, error, warn, info, debug and trace".to_owned(),
+        ));
+    }
+    tracing_subscriber::EnvFilter::try_new(level).map_err(|e| refused(e.to_string()))
 }
 
 /// Writes each log line to stderr behind its syslog priority, which journald reads

@@ -88,6 +88,12 @@ pub struct Received {
     /// The body's bytes once decoded.
     pub decoded_bytes: usize,
     pub first_event: Option<serde_json::Value>,
+    /// Why the decoded body is not GO Feature Flag's webhook body (not JSON, or no `events`
+    /// array), when it is not: `events` is 0 then, and this says why, so that a body no
+    /// JSON reader takes (a number beyond a float, a value nested deeper than 128 levels)
+    /// is not shown as an empty batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_error: Option<String>,
 }
 
 impl Received {
@@ -240,8 +246,16 @@ pub fn inspect(
         None => ("unchecked", None),
         Some(check) => verify(raw, signing, check),
     };
-    let parsed: serde_json::Value = serde_json::from_slice(decoded).unwrap_or_default();
+    let (parsed, body_error) = match serde_json::from_slice::<serde_json::Value>(decoded) {
+        Ok(parsed) => (parsed, None),
+        Err(e) => (serde_json::Value::Null, Some(format!("not JSON: {e}"))),
+    };
     let events = parsed.get("events").and_then(|e| e.as_array());
+    let body_error = body_error.or_else(|| {
+        events
+            .is_none()
+            .then(|| "no `events` array: not GO Feature Flag's webhook body".to_owned())
+    });
     Received {
         events: events.map_or(0, Vec::len),
         meta: parsed.get("meta").cloned().unwrap_or_default(),
@@ -252,6 +266,7 @@ pub fn inspect(
         bytes: raw.len(),
         decoded_bytes: decoded.len(),
         first_event: events.and_then(|e| e.first().cloned()),
+        body_error,
     }
 }
 

@@ -166,8 +166,11 @@ impl Plan {
                 out.push_str(&f.start_positions(&data_dir.checkpoint(name)));
             }
         }
+        // A sink's line shows its endpoint, whose path or query may carry a token from the
+        // environment (`endpoint_url = "https://host/hook?key=${TOKEN}"`): shown as `${TOKEN}`.
         for (name, sink) in &self.sinks {
-            out.push_str(&format!("sink {name}: {}\n", sink.describe()));
+            let line = self.env.hide(&sink.describe());
+            out.push_str(&format!("sink {name}: {line}\n"));
         }
         if let Some(api) = &self.api {
             let after = humantime::format_duration(api.unhealthy_after);

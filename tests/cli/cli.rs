@@ -563,3 +563,33 @@ fn a_bad_log_level_is_an_error() {
     out.assert_code(1);
     assert!(out.stderr.contains("--log-level"), "{out}");
 }
+
+/// Regression: a misspelt level (`--log-level warnn`) was taken as a filter for a target
+/// of that name, which turned every other line off, warnings and errors included: a run
+/// rejecting bad lines logged nothing. A bare word must be a level; a level in any case
+/// and filters with `=` still work.
+#[test]
+fn a_misspelt_log_level_is_an_error_not_silence() {
+    let config = manifest_dir().join("pipelines/quickstart.toml");
+    let config = config.to_str().unwrap();
+    for level in ["warnn", "verbose", "flaghook"] {
+        let out = run_args(&["--log-level", level, "validate", "--config", config]);
+        out.assert_code(1);
+        assert!(
+            out.stderr.contains("--log-level") && out.stderr.contains("example: --log-level debug"),
+            "{level}:\n{out}"
+        );
+    }
+    for level in ["WARN", "debug", "flaghook=trace", "info,hyper=warn"] {
+        let out = run_args(&["--log-level", level, "validate", "--config", config]);
+        out.assert_code(0);
+    }
+    let server = Endpoint::start();
+    let ws = Workspace::new();
+    let config = ws.file_pipeline("not json\n", &server.url(), "");
+    let mut cmd = flaghook(&["--log-level", "Warn", "run", "--once", "--config"]);
+    cmd.arg(&config);
+    let out = Proc::spawn(cmd).wait();
+    out.assert_code(2);
+    assert!(out.stderr.contains("bad line rejected"), "{out}");
+}

@@ -144,6 +144,28 @@ fn missing_file_include() {
     assert_config_error(&format!("{source}\n{SINK}"), &["include"]);
 }
 
+/// Regression: an empty `data_dir` (written so, or a variable set empty) was valid and
+/// meant the config file's own folder: checkpoints, journals, dead letters and the lock were
+/// written next to the config.
+#[test]
+fn empty_data_dir_is_refused() {
+    let ws = Workspace::new();
+    for value in ["\"\"", "\"${FLAGHOOK_TEST_EMPTY_DIR}\""] {
+        let config = ws.write(
+            "flaghook.toml",
+            format!("data_dir = {value}\n{SOURCE}\n{SINK}"),
+        );
+        let mut cmd = flaghook(&["validate", "--config"]);
+        cmd.arg(&config).env("FLAGHOOK_TEST_EMPTY_DIR", "");
+        let out = Proc::spawn(cmd).wait();
+        out.assert_code(1);
+        let message = message_before_example(&out.stderr);
+        assert!(message.contains("`data_dir` is empty"), "{value}:\n{out}");
+        assert!(message.contains("flaghook.toml"), "{value}:\n{out}");
+    }
+    assert!(!ws.path("checkpoints").exists() && !ws.path("lock").exists());
+}
+
 #[test]
 fn unset_environment_variable() {
     let ws = Workspace::new();
@@ -320,6 +342,28 @@ fn names_that_are_not_file_names() {
 /// Hostile-input issue: huge durations and sizes passed `validate` and then broke the run
 /// (`max_event_in_memory = 2^62` panicked the sink, `flush_interval = "500000000000years"`
 /// lost events). Each is now refused with its full key and an example.
+/// Regression: a number beyond what TOML holds (64 bits) is refused by the parser, whose
+/// message ("number too large to fit in target type", and the line) did not say which
+/// table the key is in: `[sinks.webhook]` and the line name the full key now.
+#[test]
+fn a_number_beyond_64_bits_names_its_table() {
+    for (extra, table, key) in [
+        (
+            "max_event_in_memory = 99999999999999999999",
+            "[sinks.webhook]",
+            "max_event_in_memory",
+        ),
+        (
+            "[sinks.webhook.headers]\nX = \"a\"\n\n[sinks.other]\nmax_event_in_memory = -99999999999999999999",
+            "[sinks.other]",
+            "max_event_in_memory",
+        ),
+    ] {
+        let out = assert_config_error(&format!("{SOURCE}\n{SINK}{extra}\n"), &[table, key]);
+        assert!(out.stderr.contains("to fit in target type"), "{out}");
+    }
+}
+
 #[test]
 fn huge_durations_and_sizes_are_refused_naming_the_key() {
     let huge = "4611686018427387904"; // 2^62

@@ -315,3 +315,33 @@ fn receive_rejects_a_bad_limit_naming_the_flag_with_an_example() {
         );
     }
 }
+
+/// Regression: a body that is not JSON, or JSON without `events`, was shown as
+/// `"events":0` and nothing else, like an empty batch: a body with events that no JSON
+/// reader takes (a number beyond a float, which flaghook passes through) looked as if the
+/// receiver got no events. It now says why.
+#[test]
+fn receive_says_why_a_body_is_not_a_webhook_body() {
+    let (proc, addr) = start_receiver(&[]);
+    let event = r#"{"kind":"feature","key":"k","userKey":"u","creationDate":1,"value":1e400}"#;
+    for (body, reason) in [
+        (
+            format!(r#"{{"meta":{{}},"events":[{event}]}}"#),
+            "not JSON: number out of range",
+        ),
+        ("not json".to_owned(), "not JSON: expected ident"),
+        (r#"{"meta":{}}"#.to_owned(), "no `events` array"),
+    ] {
+        assert!(post(&addr, &body).starts_with("HTTP/1.1 200"));
+        let line = next_json_line(&proc);
+        assert_eq!(line["events"], 0, "{line}");
+        let error = line["body_error"].as_str().unwrap_or_default();
+        assert!(error.starts_with(reason), "{body}: {line}");
+    }
+    let good =
+        r#"{"meta":{},"events":[{"kind":"feature","key":"k","userKey":"u","creationDate":1}]}"#;
+    post(&addr, good);
+    let line = next_json_line(&proc);
+    assert_eq!(line["events"], 1, "{line}");
+    assert!(line.get("body_error").is_none(), "{line}");
+}

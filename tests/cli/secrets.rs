@@ -306,6 +306,73 @@ fn config_errors_never_show_the_secret() {
     }
 }
 
+/// Regression: a parse error showed its line unless the line said `secret`, so a token,
+/// password, shared key or header value written literally in the file was printed (and
+/// logged, at a reload) when a typo sat on its line. `SECRET` literally in each key that
+/// holds a secret, on a line that does not parse: exit 1, the line number and never the
+/// line.
+#[test]
+fn parse_errors_never_show_a_literal_secret_on_their_line() {
+    let literal = toml_str(SECRET);
+    let http = "[sources.in]\ntype = \"http\"\naddress = \"127.0.0.1:0\"\n";
+    let fluent = "[sources.in]\ntype = \"fluent\"\n";
+    let nats = "[sinks.webhook]\ntype = \"nats\"\n";
+    let bodies = [
+        format!("{http}auth = {{ token = {literal} x }}\n"),
+        format!("{fluent}shared_key = {literal} x\n"),
+        format!("{nats}password = {literal} x\n"),
+        format!("{nats}token = {literal} x\n"),
+        format!(
+            "{SOURCE}\n{}",
+            sink(&format!("headers = {{ Authorization = [{literal}], }}"))
+        ),
+        format!(
+            "{SOURCE}\n{}",
+            sink(&format!("headers = {{ X-Api = [\n  {literal} x\n] }}"))
+        ),
+        format!(
+            "{SOURCE}\n{}\n[sinks.webhook.headers]\nX-Api = {literal} x\n",
+            sink("")
+        ),
+    ];
+    for body in &bodies {
+        let out = run_with_secret(&["validate"], body);
+        assert_eq!(out.code, Some(1), "{body}\n{out}");
+        assert!(
+            out.stderr.contains("(not shown: it may hold a secret)"),
+            "{body}\n{out}"
+        );
+    }
+}
+
+/// Regression: `validate` printed a sink's endpoint with the environment's values in it,
+/// so a token in its path or query (`endpoint_url = "https://host/hook?key=${TOKEN}"`,
+/// the way many collectors take one) was printed; it shows `${NAME}` now.
+#[test]
+fn validate_shows_a_token_in_the_endpoint_url_as_its_variable() {
+    let ws = Workspace::new();
+    let config = ws.config(&format!(
+        "{SOURCE}\n[sinks.webhook]\ntype = \"webhook\"\ninputs = [\"in\"]\nendpoint_url = \"http://127.0.0.1:9/hook/${{FH_PATH_TOKEN}}?key=${{FH_QUERY_TOKEN}}\"\n"
+    ));
+    let mut cmd = flaghook(&["--log-level", "trace", "validate", "--config"]);
+    cmd.arg(&config)
+        .env("FH_PATH_TOKEN", "PathTok3n9f")
+        .env("FH_QUERY_TOKEN", "QueryTok3n7e");
+    let out = Proc::spawn(cmd).wait();
+    out.assert_code(0);
+    for token in ["PathTok3n9f", "QueryTok3n7e"] {
+        assert!(
+            !out.stdout.contains(token) && !out.stderr.contains(token),
+            "{out}"
+        );
+    }
+    assert!(
+        out.stdout
+            .contains("http://127.0.0.1:9/hook/${FH_PATH_TOKEN}?key=${FH_QUERY_TOKEN}"),
+        "{out}"
+    );
+}
+
 /// Two sinks with the secret from the environment: one to `refusing`, one to `closed`,
 /// with short backoffs and `retry_max_duration`, so that `--once` ends.
 fn two_sinks(input: &std::path::Path, refusing: &str, closed: &str) -> String {

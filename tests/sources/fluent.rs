@@ -419,3 +419,103 @@ fn a_stream_that_is_not_the_forward_protocol_is_closed_with_its_reason() {
         .any(|r| r.contains("larger than max_entry_bytes")));
     assert_eq!(hook.with(|t| t.distinct()), 0);
 }
+
+/// `v` as msgpack with every array's header in its `array 32` form (`0xdd` and a 4-byte
+/// length), as an encoder with fixed-size headers writes even a 2-element array: the same
+/// value as its `fixarray` form.
+fn mp_array32(v: &Value) -> Vec<u8> {
+    match v {
+        Value::Array(items) => {
+            let mut out = vec![0xdd];
+            out.extend_from_slice(&(items.len() as u32).to_be_bytes());
+            for item in items {
+                out.extend(mp_array32(item));
+            }
+            out
+        }
+        other => mp(other),
+    }
+}
+
+/// Regression: a Forward entry's `[time, record]` pairs (and Fluent Bit 2.1's `[time,
+/// metadata]` times) were read only as `fixarray`s; written as `array 16` or `array 32`,
+/// which msgpack allows for any array, every record of the chunk was dead-lettered ("an
+/// array where an entry [time, record] was expected"), and the chunk acknowledged.
+#[test]
+fn arrays_with_32_bit_headers_are_read_as_arrays() {
+    let hook = Endpoint::start();
+    let ws = Workspace::new();
+    let (config, addr) = fluent_pipeline(&ws, &hook.url(), "", "");
+    let proc = Proc::spawn(run_once_cmd(&config));
+    let mut conn = connect(&addr, &proc);
+
+    let forward = Value::Array(vec![
+        "goff".into(),
+        Value::Array(vec![
+            Value::Array(vec![1_700_000_000.into(), record(0)]),
+            Value::Array(vec![
+                Value::Array(vec![event_time(1_700_000_000, 5), map(vec![])]),
+                record(1),
+            ]),
+        ]),
+        map(vec![("chunk", "c-array32".into())]),
+    ]);
+    let packed = Value::Array(vec![
+        "goff".into(),
+        Value::Binary(
+            [
+                mp_array32(&Value::Array(vec![1_700_000_000.into(), record(2)])),
+                mp_array32(&Value::Array(vec![1_700_000_000.into(), record(3)])),
+            ]
+            .concat(),
+        ),
+        map(vec![("chunk", "c-packed32".into())]),
+    ]);
+    conn.write_all(&mp_array32(&forward)).unwrap();
+    assert_eq!(read_value(&mut conn), ack_of("c-array32"));
+    conn.write_all(&mp_array32(&packed)).unwrap();
+    assert_eq!(read_value(&mut conn), ack_of("c-packed32"));
+    drop(conn);
+
+    let out = proc.wait();
+    out.assert_code(0);
+    assert!(hook.with(|t| t.has_all(4)), "{out}");
+    assert!(dead_letters(&ws.data_dir(), "webhook").is_empty());
+}
+
+/// Regression: garbage in a PackedForward stream is cut into a "record" per byte (a
+/// positive fixint is a whole msgpack value), each dead-lettered with its reason: a 1 MB
+/// entry took 300 MB of memory and made a million dead letters, so a 16 MiB one (the
+/// default `max_entry_bytes`) could exhaust memory. Past 100 bad records, the rest of an
+/// entry's bad records are dead-lettered as one, which says how many; good records on
+/// either side are still delivered.
+#[test]
+fn garbage_in_a_packed_entry_is_dead_lettered_in_bounded_records() {
+    let hook = Endpoint::start();
+    let ws = Workspace::new();
+    let (config, addr) = fluent_pipeline(&ws, &hook.url(), "", "");
+    let proc = Proc::spawn(run_once_cmd(&config));
+    let mut conn = connect(&addr, &proc);
+
+    let garbage = vec![0x01u8; 20_000];
+    let packed = Value::Array(vec![
+        "goff".into(),
+        Value::Binary([entries(0..3), garbage, entries(3..6)].concat()),
+        map(vec![("chunk", "c-garbage".into())]),
+    ]);
+    conn.write_all(&mp(&packed)).unwrap();
+    assert_eq!(read_value(&mut conn), ack_of("c-garbage"));
+    drop(conn);
+
+    let out = proc.wait();
+    out.assert_code(2);
+    assert!(hook.with(|t| t.has_all(6)), "{out}");
+    let dead = dead_letters(&ws.data_dir(), "webhook");
+    assert_eq!(dead.len(), 101, "{out}");
+    assert_eq!(out.summary().events_rejected, 101, "{out}");
+    let last = dead[100]["reason"].as_str().unwrap();
+    assert!(
+        last.starts_with("19900 more bad records in this entry after 100, dead-lettered as one"),
+        "{last}"
+    );
+}

@@ -474,3 +474,39 @@ fn a_full_journal_answers_503_with_retry_after_and_keeps_nothing() {
     proc.sigterm();
     proc.wait().assert_code(0);
 }
+
+/// Regression: each element of a JSON array, and each line of a newline-delimited body
+/// without a newline at its end, became a line of its own in memory (100 to 200 bytes
+/// however short the element), so a body of a million `1`s (2 MB) took 140 to 230 MB
+/// before its 200, and one at the default `max_body_bytes` (10 MiB) up to a gigabyte, on
+/// each of `max_connections`. Such bodies now go to the journal in one piece.
+#[test]
+fn a_body_of_many_tiny_elements_is_not_a_line_each_in_memory() {
+    const ELEMENTS: usize = 1_000_000;
+    let array = format!("[{}1]", "1,".repeat(ELEMENTS - 1));
+    let ndjson = format!("{}1", "1\n".repeat(ELEMENTS - 1));
+    for body in [array, ndjson] {
+        let hook = Endpoint::start();
+        let ws = Workspace::new();
+        let (config, addr) = http_pipeline(&ws, &hook.url(), "");
+        // A small sink budget, so that what the sink holds of the lines stays small.
+        let config_text = std::fs::read_to_string(&config).unwrap()
+            + "max_event_in_memory = 500\nbuffer_max_events = 1000\nshutdown_timeout = \"1s\"\n";
+        std::fs::write(&config, config_text).unwrap();
+        let proc = Proc::spawn(run_cmd(&config));
+        let answer = post(&addr, &proc, &[], body.as_bytes());
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(answer.json()["rejected"], ELEMENTS, "{answer:?}");
+        let peak_kib = peak_rss_kib(proc.pid()).expect("VmHWM");
+        eprintln!("flaghook peak RSS: {} MiB", peak_kib >> 10);
+        proc.sigterm();
+        proc.wait();
+        assert!(
+            peak_kib < 96 << 10,
+            "peak memory {} MiB for a body of {} bytes: {}...",
+            peak_kib >> 10,
+            body.len(),
+            &body[..10]
+        );
+    }
+}

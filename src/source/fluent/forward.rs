@@ -338,6 +338,13 @@ fn check_len(
     }
 }
 
+/// Whether `m` starts an array, in any of msgpack's three forms: an encoder may write a
+/// short array as `array 16` or `array 32` (a fixed-size header), and such an array is the
+/// same value as a `fixarray`.
+fn is_array(m: Marker) -> bool {
+    matches!(m, Marker::FixArray(_) | Marker::Array16 | Marker::Array32)
+}
+
 fn is_time(m: Marker) -> bool {
     matches!(
         m,
@@ -415,7 +422,7 @@ fn forward_entries(entries: &[u8], limits: &Limits, envelope: &[String]) -> Vec<
         Ok(n) => n,
         Err(e) => return vec![Record::bad(entries, limits, e.0)],
     };
-    let mut records = Vec::with_capacity(n.min(entries.len()));
+    let mut records = Records::with_capacity(n.min(entries.len()));
     for _ in 0..n {
         match r.value() {
             Ok(element) => records.push(pair(element, limits, envelope)),
@@ -425,7 +432,65 @@ fn forward_entries(entries: &[u8], limits: &Limits, envelope: &[String]) -> Vec<
             }
         }
     }
-    records
+    records.finish()
+}
+
+/// Bad records an entry gives one by one; the ones after are dead-lettered as one record.
+/// Garbage in a PackedForward stream is cut into a "record" per byte or so (a positive
+/// fixint is a whole msgpack value), and each would cost a reason and a dead-letter line
+/// of some 300 bytes, in memory and on the disk: a 1 MB entry of such bytes took 300 MB.
+/// Past this many, an entry costs about its own size, whatever it holds.
+const MAX_BAD_RECORDS: usize = 100;
+
+/// An entry's records, in order, with bad ones past [`MAX_BAD_RECORDS`] folded into one.
+struct Records {
+    out: Vec<Record>,
+    bad: usize,
+    /// The first bad record past the cap, and how many (with it) and how many bytes.
+    more: Option<(Record, u64, u64)>,
+}
+
+impl Records {
+    fn with_capacity(n: usize) -> Self {
+        Records {
+            out: Vec::with_capacity(n.min(1 << 16)),
+            bad: 0,
+            more: None,
+        }
+    }
+
+    fn push(&mut self, record: Record) {
+        let Record::Bad { len, .. } = &record else {
+            self.out.push(record);
+            return;
+        };
+        if self.bad < MAX_BAD_RECORDS {
+            self.bad += 1;
+            self.out.push(record);
+            return;
+        }
+        let len = *len;
+        match &mut self.more {
+            Some((_, records, bytes)) => {
+                *records += 1;
+                *bytes += len;
+            }
+            None => self.more = Some((record, 1, len)),
+        }
+    }
+
+    fn finish(mut self) -> Vec<Record> {
+        if let Some((Record::Bad { raw, reason, .. }, records, bytes)) = self.more {
+            self.out.push(Record::Bad {
+                raw,
+                len: bytes,
+                reason: format!(
+                    "{records} more bad records in this entry after {MAX_BAD_RECORDS}, dead-lettered as one (their bytes: {bytes}; the first's start is kept): {reason}"
+                ),
+            });
+        }
+        self.out
+    }
 }
 
 /// (Compressed)PackedForward: `[time, record]` values back to back.
@@ -462,7 +527,7 @@ fn packed_entries(
             return Ok(vec![Record::bad(packed, limits, reason)]);
         }
     };
-    let mut records = Vec::new();
+    let mut records = Records::with_capacity(0);
     let mut rest = stream;
     while !rest.is_empty() {
         match value_len(rest) {
@@ -488,7 +553,7 @@ fn packed_entries(
             }
         }
     }
-    Ok(records)
+    Ok(records.finish())
 }
 
 enum Gunzip {
@@ -516,7 +581,7 @@ fn pair(element: &[u8], limits: &Limits, envelope: &[String]) -> Record {
     let parts = r
         .marker()
         .and_then(|m| match m {
-            Marker::FixArray(2) => Ok(()),
+            m if is_array(m) && r.container_len(m)? == 2 => Ok(()),
             other => Err(Malformed(format!(
                 "{} where an entry [time, record] was expected",
                 kind(other)
@@ -652,10 +717,10 @@ fn check_time(time: &[u8]) -> Result<(), String> {
                 ))
             }
         }
-        Marker::FixArray(2) => {
+        m if is_array(m) && r.container_len(m).map_err(|e| e.0)? == 2 => {
             let inner = r.value().map_err(|e| e.0)?;
             let inner_marker = Reader::new(inner).marker().map_err(|e| e.0)?;
-            if matches!(inner_marker, Marker::FixArray(_)) {
+            if is_array(inner_marker) {
                 return Err("the time is an array inside an array".to_owned());
             }
             check_time(inner)

@@ -85,9 +85,9 @@ pub struct Parsed {
     /// Every line, the rejected ones too (the sinks dead-letter them); none when they are
     /// in `text`.
     pub lines: Vec<Line>,
-    /// The lines of a newline-delimited body that are the body as it came: each ends in
-    /// `\n` (the last one too), none is blank, ends in `\r` or is longer than
-    /// `max_line_bytes`. They go to the journal in one piece, as a TCP read's do, not as a
+    /// The lines of a newline-delimited body that are the body as it came (with a newline
+    /// added when its last line had none): none is blank, ends in `\r` or is longer than
+    /// `max_line_bytes`; or a JSON array's elements, compact, when none is longer. They go to the journal in one piece, as a TCP read's do, not as a
     /// reference-counted slice each.
     pub text: Option<TextLines>,
     /// Lines that are not a JSON object, or longer than `max_line_bytes`.
@@ -159,21 +159,45 @@ fn one_value(whole: &RawValue, max_line_bytes: usize) -> Parsed {
         }
     };
     let mut parsed = Parsed::default();
-    let mut out = BytesMut::new();
-    for (i, element) in elements.into_iter().enumerate() {
+    // The elements, compact, each with its newline, in one piece (as `Parsed::text` is
+    // for a newline-delimited body): a line each would cost some 200 bytes however short
+    // the element, so a body of ten million `1,` would have taken two gigabytes. Only
+    // when an element is longer than `max_line_bytes` are they lines one by one.
+    let mut out = BytesMut::with_capacity(text.len());
+    let mut ends = Vec::with_capacity(elements.len());
+    let mut oversized = false;
+    for (i, element) in elements.iter().enumerate() {
         let number = i as u64 + 1;
+        let start = out.len();
         compact(element.get().as_bytes(), &mut out);
-        let bytes = out.split().freeze();
-        let line = line(bytes, number, number, max_line_bytes);
-        match line.kind {
-            LineKind::Oversized { len, .. } => parsed
-                .reject(|| format!("element {number}: {len} bytes, longer than max_line_bytes")),
-            _ if !element.get().starts_with('{') => {
-                parsed.reject(|| format!("element {number}: not a JSON object"))
-            }
-            _ => {}
+        let len = out.len() - start;
+        if len > max_line_bytes {
+            oversized = true;
+            parsed.reject(|| format!("element {number}: {len} bytes, longer than max_line_bytes"));
+        } else if !element.get().starts_with('{') {
+            parsed.reject(|| format!("element {number}: not a JSON object"));
         }
-        parsed.lines.push(line);
+        ends.push(out.len());
+        out.extend_from_slice(b"\n");
+    }
+    let text = out.freeze();
+    if ends.is_empty() {
+        return parsed;
+    }
+    if !oversized {
+        parsed.text = Some(TextLines {
+            count: ends.len(),
+            bytes: text,
+        });
+        return parsed;
+    }
+    let mut start = 0;
+    for (i, end) in ends.into_iter().enumerate() {
+        let number = i as u64 + 1;
+        parsed
+            .lines
+            .push(line(text.slice(start..end), number, number, max_line_bytes));
+        start = end + 1;
     }
     parsed
 }
@@ -186,7 +210,9 @@ fn ndjson(body: &Bytes, max_line_bytes: usize) -> Result<Parsed, NotJson> {
     // Each non-blank line: where its text is, its number, and where the next one starts.
     let mut cuts: Vec<(std::ops::Range<usize>, u64, usize)> = Vec::new();
     // The lines are the body as it came (see `Parsed::text`).
-    let mut whole = body.last() == Some(&b'\n');
+    // A last line without its newline is given one (a copy of the body), so that such a
+    // body too goes in one piece: a line each costs some 100 bytes however short it is.
+    let mut whole = true;
     let mut at = 0usize;
     let mut number = 0u64;
     while at < body.len() {
@@ -245,7 +271,14 @@ fn ndjson(body: &Bytes, max_line_bytes: usize) -> Result<Parsed, NotJson> {
     }
     if whole {
         parsed.text = Some(TextLines {
-            bytes: body.clone(),
+            bytes: if body.last() == Some(&b'\n') {
+                body.clone()
+            } else {
+                let mut with_newline = BytesMut::with_capacity(body.len() + 1);
+                with_newline.extend_from_slice(body);
+                with_newline.extend_from_slice(b"\n");
+                with_newline.freeze()
+            },
             count: cuts.len(),
         });
     } else {
@@ -302,8 +335,14 @@ mod tests {
             p.first_rejected.as_deref(),
             Some("line 2: not a JSON object")
         );
+        // No newline at the end: one is added.
+        let p = parse_str("{\"a\":1}\n{\"b\":2}").unwrap();
+        let text = p.text.as_ref().expect("in one piece");
+        assert_eq!(
+            (&text.bytes[..], text.count),
+            (&b"{\"a\":1}\n{\"b\":2}\n"[..], 2)
+        );
         for cut in [
-            "{\"a\":1}\n{\"b\":2}",       // no newline at the end
             "{\"a\":1}\r\n{\"b\":2}\n",   // CRLF
             "{\"a\":1}\n\n{\"b\":2}\n",   // a blank line
             "{\"a\":1}\n  \n{\"b\":2}\n", // a line of spaces
