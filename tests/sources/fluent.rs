@@ -515,7 +515,14 @@ fn garbage_in_a_packed_entry_is_dead_lettered_in_bounded_records() {
     assert_eq!(out.summary().events_rejected, 101, "{out}");
     let last = dead[100]["reason"].as_str().unwrap();
     assert!(
-        last.starts_with("19900 more bad records in this entry after 100, dead-lettered as one"),
+        last.starts_with(
+            "19900 more bad records in this entry after 100, dead-lettered as one (their 19900 bytes back to back, all kept)"
+        ),
         "{last}"
     );
+    // The folded records' bytes are kept, as a record's are: one record's worth.
+    use base64::Engine;
+    let kept = dead[100]["line_base64"].as_str().expect("kept in base64");
+    let raw = base64::engine::general_purpose::STANDARD.decode(kept);
+    assert_eq!(raw.unwrap(), vec![0x01; 19_900], "{:?}", dead[100]);
 }

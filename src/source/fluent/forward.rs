@@ -422,7 +422,7 @@ fn forward_entries(entries: &[u8], limits: &Limits, envelope: &[String]) -> Vec<
         Ok(n) => n,
         Err(e) => return vec![Record::bad(entries, limits, e.0)],
     };
-    let mut records = Records::with_capacity(n.min(entries.len()));
+    let mut records = Records::new(n.min(entries.len()), limits);
     for _ in 0..n {
         match r.value() {
             Ok(element) => records.push(pair(element, limits, envelope)),
@@ -446,46 +446,71 @@ const MAX_BAD_RECORDS: usize = 100;
 struct Records {
     out: Vec<Record>,
     bad: usize,
-    /// The first bad record past the cap, and how many (with it) and how many bytes.
-    more: Option<(Record, u64, u64)>,
+    /// The bad records past the cap, folded into one.
+    more: Option<Folded>,
+    /// The most bytes of the folded records kept: as many as one record keeps.
+    keep: usize,
+}
+
+/// Bad records folded into one: their bytes back to back (their start, up to
+/// `max_line_bytes`), how many, their whole length, and the first one's reason.
+struct Folded {
+    raw: BytesMut,
+    records: u64,
+    len: u64,
+    reason: String,
 }
 
 impl Records {
-    fn with_capacity(n: usize) -> Self {
+    fn new(n: usize, limits: &Limits) -> Self {
         Records {
             out: Vec::with_capacity(n.min(1 << 16)),
             bad: 0,
             more: None,
+            keep: limits.max_line_bytes,
         }
     }
 
     fn push(&mut self, record: Record) {
-        let Record::Bad { len, .. } = &record else {
+        let Record::Bad { raw, len, reason } = record else {
             self.out.push(record);
             return;
         };
         if self.bad < MAX_BAD_RECORDS {
             self.bad += 1;
-            self.out.push(record);
+            self.out.push(Record::Bad { raw, len, reason });
             return;
         }
-        let len = *len;
-        match &mut self.more {
-            Some((_, records, bytes)) => {
-                *records += 1;
-                *bytes += len;
-            }
-            None => self.more = Some((record, 1, len)),
-        }
+        let folded = self.more.get_or_insert_with(|| Folded {
+            raw: BytesMut::new(),
+            records: 0,
+            len: 0,
+            reason,
+        });
+        folded.records += 1;
+        folded.len += len;
+        let room = self.keep.saturating_sub(folded.raw.len());
+        folded.raw.extend_from_slice(&raw[..raw.len().min(room)]);
     }
 
     fn finish(mut self) -> Vec<Record> {
-        if let Some((Record::Bad { raw, reason, .. }, records, bytes)) = self.more {
+        if let Some(Folded {
+            raw,
+            records,
+            len,
+            reason,
+        }) = self.more
+        {
+            let kept = if raw.len() as u64 == len {
+                "all kept".to_owned()
+            } else {
+                format!("the first {} kept", raw.len())
+            };
             self.out.push(Record::Bad {
-                raw,
-                len: bytes,
+                raw: raw.freeze(),
+                len,
                 reason: format!(
-                    "{records} more bad records in this entry after {MAX_BAD_RECORDS}, dead-lettered as one (their bytes: {bytes}; the first's start is kept): {reason}"
+                    "{records} more bad records in this entry after {MAX_BAD_RECORDS}, dead-lettered as one (their {len} bytes back to back, {kept}); the first: {reason}"
                 ),
             });
         }
@@ -527,7 +552,7 @@ fn packed_entries(
             return Ok(vec![Record::bad(packed, limits, reason)]);
         }
     };
-    let mut records = Records::with_capacity(0);
+    let mut records = Records::new(0, limits);
     let mut rest = stream;
     while !rest.is_empty() {
         match value_len(rest) {
