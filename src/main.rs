@@ -262,11 +262,18 @@ fn bound_allocator_growth() {
 
 fn init_logs(level: Option<&str>, format: LogFormat) -> Result<()> {
     use tracing_subscriber::EnvFilter;
-    let filter = match level {
-        Some(l) => log_filter(l)?,
+    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let filter = match (level, from_env) {
+        (Some(l), _) => log_filter(l).map_err(|why| {
+            anyhow::anyhow!("--log-level {l:?} is not a level or filter ({why}); example: --log-level debug, or --log-level flaghook=trace")
+        })?,
+        // Neither its value nor the parser's words on it are shown: it comes from the
+        // environment.
+        (None, Some(v)) => log_filter(&v).map_err(|_| {
+            anyhow::anyhow!("RUST_LOG is not a level or filter (a bare word must be one of off, error, warn, info, debug and trace); example: RUST_LOG=debug, or RUST_LOG=flaghook=trace (or leave it unset)")
+        })?,
         // The NATS client's own lines repeat what flaghook logs of its connections.
-        None => EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn")),
+        (None, None) => EnvFilter::new("info,async_nats=warn"),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -290,24 +297,20 @@ fn init_logs(level: Option<&str>, format: LogFormat) -> Result<()> {
     Ok(())
 }
 
-/// The filter `--log-level` gives: a level, or `RUST_LOG`'s directives. A bare word is a
-/// level: to `EnvFilter` a word that is not one (`warnn`) is a target name, which would
-/// turn every other line off, errors included, without a word.
-fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter> {
-    let refused = |why: String| {
-        anyhow::anyhow!("--log-level {level:?} is not a level or filter ({why}); example: --log-level debug, or --log-level flaghook=trace")
-    };
+/// The filter `--log-level` (or `RUST_LOG`) gives: a level, or `RUST_LOG`'s directives. A
+/// bare word is a level: to `EnvFilter` a word that is not one (`warnn`) is a target name,
+/// which would turn every other line off, errors included, without a word. The error is
+/// why, for the caller to name where the filter came from.
+fn log_filter(level: &str) -> std::result::Result<tracing_subscriber::EnvFilter, String> {
     let directive = !level.is_empty() && level.contains(['=', ',', '[', ':']);
     if !directive
         && level
             .parse::<tracing_subscriber::filter::LevelFilter>()
             .is_err()
     {
-        return Err(refused(
-            "levels are off, error, warn, info, debug and trace".to_owned(),
-        ));
+        return Err("levels are off, error, warn, info, debug and trace".to_owned());
     }
-    tracing_subscriber::EnvFilter::try_new(level).map_err(|e| refused(e.to_string()))
+    tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())
 }
 
 /// Writes each log line to stderr behind its syslog priority, which journald reads

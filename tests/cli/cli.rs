@@ -564,6 +564,36 @@ fn a_bad_log_level_is_an_error() {
     assert!(out.stderr.contains("--log-level"), "{out}");
 }
 
+/// Regression: `RUST_LOG` misspelt (`warnn`) silenced every line as `--log-level` did, and
+/// one that did not parse was dropped without a word. Either is now an error naming
+/// `RUST_LOG` without its value (it comes from the environment); levels and filters work.
+#[test]
+fn a_misspelt_rust_log_is_an_error_not_silence() {
+    let config = manifest_dir().join("pipelines/quickstart.toml");
+    let config = config.to_str().unwrap();
+    for value in ["warnn", "foo=bar=baz", "s3cretish"] {
+        let mut cmd = flaghook(&["validate", "--config", config]);
+        cmd.env("RUST_LOG", value);
+        let out = Proc::spawn(cmd).wait();
+        out.assert_code(1);
+        assert!(
+            out.stderr.contains("RUST_LOG is not a level or filter")
+                && out.stderr.contains("example: RUST_LOG=debug"),
+            "{value}:\n{out}"
+        );
+        assert!(!out.stderr.contains(value), "the value is shown:\n{out}");
+    }
+    for value in ["WARN", "debug", "flaghook=trace", "info,hyper=warn", ""] {
+        let mut cmd = flaghook(&["validate", "--config", config]);
+        cmd.env("RUST_LOG", value);
+        Proc::spawn(cmd).wait().assert_code(0);
+    }
+    // --log-level wins over RUST_LOG.
+    let mut cmd = flaghook(&["--log-level", "info", "validate", "--config", config]);
+    cmd.env("RUST_LOG", "warnn");
+    Proc::spawn(cmd).wait().assert_code(0);
+}
+
 /// Regression: a misspelt level (`--log-level warnn`) was taken as a filter for a target
 /// of that name, which turned every other line off, warnings and errors included: a run
 /// rejecting bad lines logged nothing. A bare word must be a level; a level in any case
