@@ -613,6 +613,11 @@ fn substitute_string(
                 anyhow!("`{key}` has an unterminated `${{`: write `${{NAME}}`, or `$$` for a literal `$`")
             })?;
             let name = &tail[..end];
+            let plain = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !plain {
+                bail!("`{key}` uses `${{{name}}}`: only `${{NAME}}` is supported, NAME of letters, digits and `_` (no defaults or other shell forms; `$$` for a literal `$`)");
+            }
             let value = lookup(name)
                 .ok_or_else(|| anyhow!("`{key}` uses `${{{name}}}`, which is not set"))?
                 .into_string()

@@ -763,3 +763,56 @@ fn a_field_named_like_an_event_field_is_refused() {
         validate(&ws.config(&body)).assert_code(0);
     }
 }
+
+/// Values that parsed but could never do what they say are refused, naming the key with a
+/// correct example: an empty glob (it matched the config file's folder), an http `path`
+/// a request's path cannot be (a space), a `retry_on_status` that is not a 4xx or 5xx
+/// (a 2xx is delivered and a 1xx or 3xx always retried, whatever the list says), and a
+/// `${...}` that is not a plain name (a shell default like `${A:-x}` was reported as a
+/// variable that is not set).
+#[test]
+fn settings_that_could_never_work_are_refused() {
+    let file = |globs: &str| format!("[sources.in]\ntype = \"file\"\n{globs}\n\n{SINK}");
+    let http = "[sources.in]\ntype = \"http\"\naddress = \"127.0.0.1:8080\"\n";
+    let cases = [
+        (
+            file("include = [\"\"]"),
+            vec!["sources.in.include", "empty glob", "/var/log/goff/*.json"],
+        ),
+        (
+            file("include = [\"/nonexistent/*.json\"]\nexclude = [\" \"]"),
+            vec!["sources.in.exclude", "empty glob"],
+        ),
+        (
+            format!("{http}path = \"/a b\"\n\n{SINK}"),
+            vec!["sources.in.path", "path = \"/events\""],
+        ),
+        (
+            format!("{SOURCE}\n{SINK}retry_on_status = [503, 200]\n"),
+            vec![
+                "sinks.webhook.retry_on_status",
+                "200",
+                "retry_on_status = [408, 429, 503]",
+            ],
+        ),
+        (
+            format!("{SOURCE}\n{SINK}retry_on_status = [302]\n"),
+            vec!["sinks.webhook.retry_on_status", "302"],
+        ),
+        (
+            format!("{SOURCE}\n{SINK}secret = \"${{WEBHOOK_SECRET:-dev}}\"\n"),
+            vec!["sinks.webhook.secret", "only `${NAME}` is supported"],
+        ),
+    ];
+    for (body, needles) in cases {
+        let out = assert_config_error(&body, &needles[..1]);
+        for needle in &needles[1..] {
+            assert!(out.stderr.contains(needle), "no {needle:?}:\n{out}");
+        }
+    }
+    let ws = Workspace::new();
+    let valid = format!(
+        "{http}path = \"/goff/events-1\"\n\n{SINK}retry_on_status = [401, 408, 429, 599]\n"
+    );
+    validate(&ws.config(&valid)).assert_code(0);
+}

@@ -360,9 +360,14 @@ impl WebhookConfig {
         if let Some(s) = self
             .retry_on_status
             .iter()
-            .find(|s| !(100..=599).contains(*s))
+            .find(|s| !(400..=599).contains(*s))
         {
-            bail!("`{key}.retry_on_status` has {s}, which is not an HTTP status (example: retry_on_status = [408, 429, 503])");
+            let why = if (100..=599).contains(s) {
+                "which is never retried by this list: it holds 4xx and 5xx statuses (a 2xx is delivered, a 1xx or 3xx always retried)"
+            } else {
+                "which is not an HTTP status"
+            };
+            bail!("`{key}.retry_on_status` has {s}, {why} (example: retry_on_status = [408, 429, 503])");
         }
         Ok((endpoint, headers))
     }

@@ -150,6 +150,9 @@ impl FileConfig {
         }
         for (what, patterns) in [("include", &self.include), ("exclude", &self.exclude)] {
             for p in patterns {
+                if p.trim().is_empty() {
+                    bail!("`{key}.{what}` has an empty glob, which would match the config file's folder (example: \"/var/log/goff/*.json\")");
+                }
                 if let Err(e) = glob::Pattern::new(p) {
                     bail!("`{key}.{what}` has an invalid glob {p:?}: {e} (example: \"/var/log/goff/*.json\")");
                 }

@@ -220,8 +220,9 @@ impl HttpConfig {
         if self.max_body_bytes.0 > MAX_BODY_BYTES {
             bail!("`{key}.max_body_bytes` is too large: at most 1GiB (example: max_body_bytes = \"10MiB\")");
         }
-        if !self.path.starts_with('/') || self.path.contains(['?', '#']) {
-            bail!("`{key}.path` = {:?} must be a path starting with `/`, without a query (example: path = \"/events\")", self.path);
+        let uri_path = self.path.parse::<hyper::http::uri::PathAndQuery>().is_ok();
+        if !self.path.starts_with('/') || self.path.contains(['?', '#']) || !uri_path {
+            bail!("`{key}.path` = {:?} must be a path starting with `/`, without a query, spaces or other characters a request's path cannot hold unescaped (example: path = \"/events\")", self.path);
         }
         if self
             .auth
