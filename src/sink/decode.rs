@@ -19,7 +19,7 @@ use crate::event::{
     self, Ack, Block, Decoded, Decoder, FromLine, Invalid, Item, Items, LineKind, Piece,
 };
 use crate::source::{Budget, Cost};
-use crate::telemetry::RejectClass;
+use crate::telemetry::{RejectClass, SkipClass};
 
 /// Starts decoding `input`; returns the items, in order and by block, and the task.
 pub(crate) fn spawn(
@@ -119,6 +119,7 @@ fn decode_block(
     let mut items = Vec::with_capacity(lines.len());
     let mut records = Vec::new();
     let mut first_bad = None;
+    let (mut blank, mut filtered) = (0, 0);
     for line in lines {
         let ack = block.file.zip(line.end()).map(|(file, offset)| Ack {
             input: block.input,
@@ -141,7 +142,14 @@ fn decode_block(
         let event = match decoded {
             Ok(FromLine::Itself(len)) => Some(line.bytes.truncated(len)),
             Ok(FromLine::Decoded(Decoded::Event(event))) => Some(Piece::Own(event)),
-            Ok(FromLine::Decoded(Decoded::Filtered | Decoded::Empty)) => None,
+            Ok(FromLine::Decoded(Decoded::Filtered)) => {
+                filtered += 1;
+                None
+            }
+            Ok(FromLine::Decoded(Decoded::Empty)) => {
+                blank += 1;
+                None
+            }
             Err(invalid) => {
                 classes.add(&line.kind);
                 let location = location(block, &line.kind);
@@ -181,6 +189,8 @@ fn decode_block(
             (_, None) => d.budget.release(Cost { events: 1, bytes }),
         }
     }
+    d.stats.skipped(SkipClass::Blank, blank);
+    d.stats.skipped(SkipClass::Filtered, filtered);
     (items, records, first_bad)
 }
 

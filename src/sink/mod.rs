@@ -23,7 +23,7 @@ use anyhow::{bail, Result};
 
 use crate::config::{split_type, typed, typed_beside};
 use crate::event::Item;
-use crate::telemetry::{RejectClass, SinkCounters};
+use crate::telemetry::{RejectClass, SinkCounters, SkipClass};
 use delivery::DeliveryConfig;
 
 /// One `[sinks.NAME]` table, checked: `type` picks the kind.
@@ -185,6 +185,11 @@ impl Stats {
         add(&self.rejected, n);
         self.counters.rejected(class, n);
         self.counters.dead_lettered(n);
+    }
+
+    /// `n` lines held no event to send (`class` says why).
+    pub(crate) fn skipped(&self, class: SkipClass, n: u64) {
+        self.counters.skipped(class, n);
     }
 
     /// `n` events or bad lines were left for the next run, or lost.

@@ -68,6 +68,26 @@ impl RejectClass {
     }
 }
 
+/// Why a line read holds no event to send (the `reason` label of the skipped counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SkipClass {
+    /// Empty, or only white space.
+    Blank,
+    /// An event of a type the sink's `event_types` leaves out.
+    Filtered,
+}
+
+impl SkipClass {
+    const ALL: [SkipClass; 2] = [SkipClass::Blank, SkipClass::Filtered];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            SkipClass::Blank => "blank",
+            SkipClass::Filtered => "filtered",
+        }
+    }
+}
+
 /// The `status` label of a request: its response's class, or `error` without one.
 const STATUS_CLASSES: [&str; 5] = ["2xx", "3xx", "4xx", "5xx", "error"];
 
@@ -86,6 +106,7 @@ fn status_class(status: Option<u16>) -> usize {
 pub(crate) struct SinkCounters {
     delivered: AtomicU64,
     rejected: [AtomicU64; 5],
+    skipped: [AtomicU64; 2],
     dead_lettered: AtomicU64,
     not_delivered: AtomicU64,
     requests: [AtomicU64; 5],
@@ -113,6 +134,7 @@ impl SinkCounters {
         SinkCounters {
             delivered: AtomicU64::new(0),
             rejected: Default::default(),
+            skipped: Default::default(),
             dead_lettered: AtomicU64::new(0),
             not_delivered: AtomicU64::new(0),
             requests: Default::default(),
@@ -157,6 +179,10 @@ impl SinkCounters {
 
     pub(crate) fn dead_lettered(&self, n: u64) {
         add(&self.dead_lettered, n);
+    }
+
+    pub(crate) fn skipped(&self, class: SkipClass, n: u64) {
+        add(&self.skipped[class as usize], n);
     }
 
     pub(crate) fn not_delivered(&self, n: u64) {
@@ -501,6 +527,11 @@ impl Telemetry {
             let mut l = labels();
             l.push(Label::new("reason", class.as_str()));
             counter(r, &names::SINK_EVENTS_REJECTED, l).absolute(load(&c.rejected[class as usize]));
+        }
+        for class in SkipClass::ALL {
+            let mut l = labels();
+            l.push(Label::new("reason", class.as_str()));
+            counter(r, &names::SINK_EVENTS_SKIPPED, l).absolute(load(&c.skipped[class as usize]));
         }
         for (i, class) in STATUS_CLASSES.iter().enumerate() {
             let mut l = labels();

@@ -65,6 +65,10 @@ pub(crate) const SINK_EVENTS_REJECTED: Metric = counter(
     "flaghook_sink_events_rejected_total",
     "Lines and events rejected and dead-lettered, by reason class (invalid, oversized, unreadable, endpoint, expired).",
 );
+pub(crate) const SINK_EVENTS_SKIPPED: Metric = counter(
+    "flaghook_sink_events_skipped_total",
+    "Lines read that hold no event to send, by reason (blank; filtered: an event of a type the sink's event_types leaves out).",
+);
 pub(crate) const SINK_EVENTS_DEAD_LETTERED: Metric = counter(
     "flaghook_sink_events_dead_lettered_total",
     "Records written to the sink's dead-letter file.",
@@ -113,6 +117,7 @@ pub(crate) const ALL: &[Metric] = &[
     SOURCE_JOURNAL_BYTES,
     SINK_EVENTS_DELIVERED,
     SINK_EVENTS_REJECTED,
+    SINK_EVENTS_SKIPPED,
     SINK_EVENTS_DEAD_LETTERED,
     SINK_EVENTS_NOT_DELIVERED,
     SINK_REQUESTS,

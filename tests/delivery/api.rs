@@ -148,6 +148,61 @@ fn metrics_match_what_the_endpoint_received_while_the_pipeline_runs() {
     proc.wait().assert_code(0);
 }
 
+/// Every line a source read is accounted for by its sink: delivered, rejected, or skipped
+/// (blank, or an event of a kind `event_types` leaves out). Blank and filtered lines were
+/// counted as read and nowhere else, so the counters did not add up.
+#[test]
+fn every_line_read_is_delivered_rejected_or_skipped() {
+    let endpoint = Endpoint::start();
+    let ws = Workspace::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut lines = String::new();
+    for i in 0..40 {
+        lines.push_str(&feature_event(i));
+        lines.push('\n');
+        if i % 10 == 0 {
+            lines.push_str(&tracking_event(i));
+            lines.push('\n');
+        }
+        if i % 20 == 0 {
+            lines.push_str("\n   \n");
+        }
+    }
+    lines.push_str("not json\n");
+    let sink = format!("{SINK}\nevent_types = [\"feature\"]");
+    let config = ws.file_pipeline(&lines, &endpoint.url(), &sink);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n{}", api_table(&addr, ""))).unwrap();
+    let proc = Proc::spawn(run_cmd(&config));
+
+    let series = |name: &str, reason: Option<&str>| match reason {
+        Some(r) => format!("flaghook_sink_events_{name}_total{{sink=\"webhook\",reason=\"{r}\"}}"),
+        None => format!("flaghook_sink_events_{name}_total{{sink=\"webhook\"}}"),
+    };
+    let (delivered, invalid) = (
+        series("delivered", None),
+        series("rejected", Some("invalid")),
+    );
+    let (blank, filtered) = (
+        series("skipped", Some("blank")),
+        series("skipped", Some("filtered")),
+    );
+    let read = "flaghook_source_events_read_total{source=\"in\"}";
+    let at = metrics_until(&addr, &proc, |s| {
+        s.get(&delivered) == Some(&40.0) && s.get(&invalid) == Some(&1.0)
+    });
+    assert!(endpoint.wait_until(WAIT, |t| t.has_all(40)));
+    assert_eq!(value(&at, &blank), 4.0, "{at:#?}");
+    assert_eq!(value(&at, &filtered), 4.0, "{at:#?}");
+    assert_eq!(value(&at, read), 40.0 + 4.0 + 4.0 + 1.0);
+    assert_eq!(
+        value(&at, read),
+        value(&at, &delivered) + value(&at, &invalid) + value(&at, &blank) + value(&at, &filtered)
+    );
+    proc.sigterm();
+    proc.wait().assert_code(0);
+}
+
 /// Debian's promtool: `PROMTOOL`, else on the PATH, else where `.ci/run` unpacks it.
 fn promtool() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("PROMTOOL") {
