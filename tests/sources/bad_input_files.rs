@@ -324,6 +324,67 @@ flush_interval = "100ms"
     assert_eq!(dead[0]["location"], fifo.to_str().unwrap(), "{dead:#?}");
 }
 
+/// Regression: a file whose name is not UTF-8 was left out by the glob without a word (a
+/// pattern is text): nothing logged, counted or dead-lettered, and `validate` did not show
+/// it. It is now reported once (warning, dead letter naming why) and by `validate`; an
+/// `exclude` that matches its name read as text leaves it out, as for any file.
+#[test]
+fn a_file_whose_name_is_not_utf8_is_reported_not_silently_skipped() {
+    use std::os::unix::ffi::OsStrExt;
+    let hook = Endpoint::start();
+    let ws = Workspace::new();
+    ws.write("in/good.json", small_lines(0..10));
+    let dir = ws.path("in");
+    let bad = dir.join(std::ffi::OsStr::from_bytes(b"flag-\xff.json"));
+    std::fs::write(&bad, small_lines(10..20)).unwrap();
+    let excluded = dir.join(std::ffi::OsStr::from_bytes(b"old-\xfe.json"));
+    std::fs::write(&excluded, small_lines(20..30)).unwrap();
+    let config = ws.config(&format!(
+        r#"[sources.files]
+type = "file"
+include = [{glob}]
+exclude = [{old}]
+
+[sinks.webhook]
+type = "webhook"
+inputs = ["files"]
+endpoint_url = {url}
+flush_interval = "100ms"
+"#,
+        glob = toml_str(ws.path("in/*.json")),
+        old = toml_str(ws.path("in/old-*")),
+        url = toml_str(hook.url()),
+    ));
+
+    let shown = bad.to_string_lossy().into_owned();
+    let validated = validate(&config);
+    validated.assert_code(0);
+    assert!(
+        validated.stdout.contains(&format!(
+            "{shown}: matches `include` but its name is not UTF-8"
+        )),
+        "{validated}"
+    );
+    let out = Proc::spawn(run_once_cmd(&config)).wait_timeout(Duration::from_secs(20));
+    out.assert_code(2);
+    assert_eq!(out.summary().events_delivered, 10, "{out}");
+    assert_eq!(out.summary().events_rejected, 1, "{out}");
+    assert_eq!(
+        out.stderr
+            .matches("source::file: matches `include` but its name is not UTF-8")
+            .count(),
+        1,
+        "{out}"
+    );
+    let dead = dead_letters(&ws.data_dir(), "webhook");
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(dead[0]["location"], shown.as_str(), "{dead:#?}");
+    assert!(
+        dead[0]["reason"].as_str().unwrap().contains("rename it"),
+        "{dead:#?}"
+    );
+}
+
 /// Regression: flaghook (often root) followed a symlink that a user put in a tailed folder
 /// to a file that user cannot read, and sent that file to the webhook. Such a link, or a
 /// chain through one, is now reported and dead-lettered once, and not read; links owned by

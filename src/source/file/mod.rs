@@ -182,7 +182,11 @@ impl FileSpec {
         let checkpointer = Checkpointer::load(checkpoint.to_owned());
         let mut seen = HashSet::new();
         let mut out = String::new();
-        for path in matching(&self.include, &self.exclude) {
+        let matched = matching(&self.include, &self.exclude);
+        for (path, why) in &matched.problems {
+            out.push_str(&format!("  {}: {why}\n", path.display()));
+        }
+        for path in matched.paths {
             let line = match File::open(&path) {
                 Ok(file) => match file.metadata() {
                     Ok(meta) if !meta.is_file() => "not a regular file: skipped".to_owned(),
@@ -216,16 +220,76 @@ impl FileSpec {
     }
 }
 
-/// The paths `include` matches now, less those `exclude` matches, each once.
-fn matching(include: &[String], exclude: &[glob::Pattern]) -> Vec<PathBuf> {
-    let mut out = Vec::new();
+/// What the globs match now: the paths `include` matches, less those `exclude` matches,
+/// each once; and the places they cannot tell about, each with why (see [`unmatchable`]).
+#[derive(Debug, Default)]
+struct Matched {
+    paths: Vec<PathBuf>,
+    problems: Vec<(PathBuf, String)>,
+}
+
+fn matching(include: &[String], exclude: &[glob::Pattern]) -> Matched {
+    let mut out = Matched::default();
     for pattern in include {
         let Ok(paths) = glob::glob(pattern) else {
             continue;
         };
-        for path in paths.flatten() {
-            if !exclude.iter().any(|p| p.matches_path(&path)) && !out.contains(&path) {
-                out.push(path);
+        for path in paths {
+            match path {
+                Ok(path) => {
+                    if !exclude.iter().any(|p| p.matches_path(&path)) && !out.paths.contains(&path)
+                    {
+                        out.paths.push(path);
+                    }
+                }
+                Err(e) => out.problems.push((
+                    e.path().to_owned(),
+                    format!(
+                        "cannot be read to match `include` ({}); skipping it",
+                        e.error()
+                    ),
+                )),
+            }
+        }
+        out.problems.extend(unmatchable(pattern, exclude));
+    }
+    out
+}
+
+/// The entries a glob's last part would match whose names are not UTF-8: the glob crate
+/// leaves such a name out without a word (a pattern is text), so they are looked for here,
+/// their names read with U+FFFD for the bytes that are not text, and reported.
+fn unmatchable(pattern: &str, exclude: &[glob::Pattern]) -> Vec<(PathBuf, String)> {
+    let path = Path::new(pattern);
+    let last = path.file_name().and_then(|n| n.to_str());
+    let Some(Ok(last)) = last.map(glob::Pattern::new) else {
+        return Vec::new();
+    };
+    let parent = match path.parent().and_then(Path::to_str) {
+        Some("") => ".",
+        Some(parent) => parent,
+        None => return Vec::new(),
+    };
+    let Ok(dirs) = glob::glob(parent) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for dir in dirs.flatten() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name.to_str().is_some() || !last.matches(&name.to_string_lossy()) {
+                continue;
+            }
+            let full = entry.path();
+            let shown = full.to_string_lossy();
+            if !exclude.iter().any(|p| p.matches(&shown)) {
+                out.push((
+                    full,
+                    "matches `include` but its name is not UTF-8, which glob patterns cannot match; rename it to have it read".to_owned(),
+                ));
             }
         }
     }
@@ -538,7 +602,11 @@ impl Tail<'_> {
             f.seen = false;
             by_inode.insert((f.fingerprint.dev, f.fingerprint.ino), i);
         }
-        for path in matching(include, exclude) {
+        let matched = matching(include, exclude);
+        for (path, why) in &matched.problems {
+            self.report(path, why);
+        }
+        for path in matched.paths {
             let Ok(meta) = std::fs::metadata(&path) else {
                 continue;
             };
