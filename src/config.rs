@@ -395,10 +395,11 @@ fn with_example(e: anyhow::Error) -> anyhow::Error {
     anyhow!("{e:#}\n\nA correct example:\n{EXAMPLE}")
 }
 
-/// `at line N: <that line>` for a parse error's span, so the key is easy to find. A line
-/// that may hold a secret written literally (see [`may_hold_secret`]), or holds a URL with
-/// a user or password (`endpoint_url`, `proxy`), is not shown. An error at a `${` says
-/// where `${NAME}` works.
+/// `at line N in [table]: key = …` for a parse error's span, so the key is easy to find:
+/// its line number, the table it sits in, and the key its line sets, never the value (a
+/// token in a header, a password in a URL, a key in a query: any value may be a secret
+/// written literally). A `[table]` line is shown whole; a line that goes on a value begun
+/// above (a multi-line array) is not shown. An error at a `${` says where `${NAME}` works.
 fn located(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     let Some(span) = span else {
         return String::new();
@@ -406,7 +407,6 @@ fn located(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     let line_no = text.get(..span.start).unwrap_or(text).matches('\n').count() + 1;
     let lines: Vec<&str> = text.lines().collect();
     let line = lines.get(line_no - 1).copied().unwrap_or("").trim();
-    let credentials = line.find("://").is_some_and(|i| line[i..].contains('@'));
     // The table the line sits in, so that the key is named in full (`[sinks.webhook]` and
     // `max_event_in_memory = 1e30`): the parser's message names only what it expected.
     let table = lines[..(line_no - 1).min(lines.len())]
@@ -416,12 +416,19 @@ fn located(text: &str, span: Option<std::ops::Range<usize>>) -> String {
         .map(|l| format!(" in {}", l.split('#').next().unwrap_or("").trim()))
         .filter(|_| !line.starts_with('['))
         .unwrap_or_default();
-    let shown = if may_hold_secret(&lines[..line_no.min(lines.len())]) {
-        format!("at line {line_no}{table} (not shown: it may hold a secret)")
-    } else if credentials {
-        format!("at line {line_no}{table} (not shown: it has a URL with a user or password)")
+    let inside_value = open_brackets(&lines[..(line_no - 1).min(lines.len())]) > 0;
+    let shown = if line.starts_with('[') && !inside_value {
+        format!(
+            "at line {line_no}: {}",
+            line.split('#').next().unwrap_or("").trim()
+        )
     } else {
-        format!("at line {line_no}{table}: {line}")
+        match line.split_once('=').map(|(key, _)| key.trim()) {
+            Some(key) if is_key(key) && !inside_value => {
+                format!("at line {line_no}{table}: {key} = … (value not shown)")
+            }
+            _ => format!("at line {line_no}{table} (not shown: it may hold a value)"),
+        }
     };
     let at_dollar = |i: usize| text.get(i..).is_some_and(|rest| rest.starts_with("${"));
     if at_dollar(span.start) || at_dollar(span.end) {
@@ -431,39 +438,48 @@ fn located(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     }
 }
 
-/// Words that mark a line as one that may hold a secret: the keys that hold one (`secret`,
-/// `secret_hex`, `secret_base64`, `verify_secret`, `auth.token`, a nats `token` or
-/// `password`, `shared_key`) and what a header carrying one says.
-const SECRET_WORDS: &[&str] = &[
-    "secret",
-    "token",
-    "password",
-    "shared_key",
-    "authorization",
-    "bearer",
-    "headers",
-    "api-key",
-    "api_key",
-    "apikey",
-];
+/// Whether `text` reads as a bare or dotted TOML key (`max_event_in_memory`,
+/// `auth.token`): the left of a line's `=`.
+fn is_key(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ' '))
+}
 
-/// Whether the last of `lines` (a parse error's line, after those before it) may hold a
-/// secret: it, the line its statement starts on (a multi-line array goes on over lines
-/// without `=`), or the `[table]` it sits in (`[sinks.NAME.headers]`: every value may be a
-/// token) mentions one of [`SECRET_WORDS`].
-fn may_hold_secret(lines: &[&str]) -> bool {
-    let mentions = |line: &str| {
-        let line = line.to_ascii_lowercase();
-        SECRET_WORDS.iter().any(|word| line.contains(word))
-    };
-    let Some((last, before)) = lines.split_last() else {
-        return false;
-    };
-    let statement = std::iter::once(last)
-        .chain(before.iter().rev())
-        .find(|l| l.contains('=') || l.trim_start().starts_with('['));
-    let table = lines.iter().rev().find(|l| l.trim_start().starts_with('['));
-    mentions(last) || statement.is_some_and(|l| mentions(l)) || table.is_some_and(|l| mentions(l))
+/// How many `[` and `{` are still open after `lines`, counted outside strings and comments
+/// from the last table header on: more than 0 when the next line goes on a value (a
+/// multi-line array), whose text may then look like a key.
+fn open_brackets(lines: &[&str]) -> usize {
+    let from = lines
+        .iter()
+        .rposition(|l| l.trim_start().starts_with('[') && open_in(&[l]) == 0)
+        .map_or(0, |i| i + 1);
+    open_in(&lines[from..])
+}
+
+fn open_in(lines: &[&str]) -> usize {
+    let mut depth: usize = 0;
+    for line in lines {
+        let mut quote = None;
+        let mut escaped = false;
+        for c in line.chars() {
+            match quote {
+                Some(_) if escaped => escaped = false,
+                Some('"') if c == '\\' => escaped = true,
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None => match c {
+                    '"' | '\'' => quote = Some(c),
+                    '#' => break,
+                    '[' | '{' => depth += 1,
+                    ']' | '}' => depth = depth.saturating_sub(1),
+                    _ => {}
+                },
+            }
+        }
+    }
+    depth
 }
 
 // ---------------------------------------------------------------------------------------
