@@ -152,7 +152,8 @@ impl Plan {
         Ok((sources, sinks))
     }
 
-    /// A short description of the topology, for `flaghook validate`.
+    /// A short description of the topology, for `flaghook validate`, with no value from the
+    /// environment in it.
     pub fn summary(&self) -> String {
         let mut out = format!(
             "config {} is valid\ndata_dir: {}\n",
@@ -166,11 +167,8 @@ impl Plan {
                 out.push_str(&f.start_positions(&data_dir.checkpoint(name)));
             }
         }
-        // A sink's line shows its endpoint, whose path or query may carry a token from the
-        // environment (`endpoint_url = "https://host/hook?key=${TOKEN}"`): shown as `${TOKEN}`.
         for (name, sink) in &self.sinks {
-            let line = self.env.hide(&sink.describe());
-            out.push_str(&format!("sink {name}: {line}\n"));
+            out.push_str(&format!("sink {name}: {}\n", sink.describe()));
         }
         if let Some(api) = &self.api {
             let after = humantime::format_duration(api.unhealthy_after);
@@ -186,7 +184,10 @@ impl Plan {
             )),
             None => out.push_str("progress: no lines\n"),
         }
-        out
+        // Any line may show a value from the environment: an endpoint's path or query
+        // (`endpoint_url = "https://host/hook?key=${TOKEN}"`), an http source's path, a
+        // folder in a glob. Each is shown as its `${NAME}`.
+        self.env.hide(&out)
     }
 }
 

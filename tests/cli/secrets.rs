@@ -362,30 +362,39 @@ fn parse_errors_never_show_a_value_on_their_line() {
 
 /// Regression: `validate` printed a sink's endpoint with the environment's values in it,
 /// so a token in its path or query (`endpoint_url = "https://host/hook?key=${TOKEN}"`,
-/// the way many collectors take one) was printed; it shows `${NAME}` now.
+/// the way many collectors take one) was printed; it shows `${NAME}` now. So do the
+/// sources' lines (review: an http source's `path` and a file glob's folder were shown
+/// with their values).
 #[test]
-fn validate_shows_a_token_in_the_endpoint_url_as_its_variable() {
+fn validate_shows_values_from_the_environment_as_their_variables() {
     let ws = Workspace::new();
+    let logs = ws.path("Fold3rTok9");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::write(logs.join("a.json"), "").unwrap();
     let config = ws.config(&format!(
-        "{SOURCE}\n[sinks.webhook]\ntype = \"webhook\"\ninputs = [\"in\"]\nendpoint_url = \"http://127.0.0.1:9/hook/${{FH_PATH_TOKEN}}?key=${{FH_QUERY_TOKEN}}\"\n"
+        "[sources.in]\ntype = \"file\"\ninclude = [\"${{FH_LOG_DIR}}/*.json\"]\n\n[sources.h]\ntype = \"http\"\naddress = \"127.0.0.1:0\"\npath = \"/in/${{FH_INGEST_KEY}}\"\n\n[sinks.webhook]\ntype = \"webhook\"\ninputs = [\"in\", \"h\"]\nendpoint_url = \"http://127.0.0.1:9/hook/${{FH_PATH_TOKEN}}?key=${{FH_QUERY_TOKEN}}\"\n"
     ));
     let mut cmd = flaghook(&["--log-level", "trace", "validate", "--config"]);
     cmd.arg(&config)
+        .env("FH_LOG_DIR", &logs)
+        .env("FH_INGEST_KEY", "IngestK3y5d")
         .env("FH_PATH_TOKEN", "PathTok3n9f")
         .env("FH_QUERY_TOKEN", "QueryTok3n7e");
     let out = Proc::spawn(cmd).wait();
     out.assert_code(0);
-    for token in ["PathTok3n9f", "QueryTok3n7e"] {
+    for token in ["PathTok3n9f", "QueryTok3n7e", "IngestK3y5d", "Fold3rTok9"] {
         assert!(
             !out.stdout.contains(token) && !out.stderr.contains(token),
-            "{out}"
+            "{token}:\n{out}"
         );
     }
-    assert!(
-        out.stdout
-            .contains("http://127.0.0.1:9/hook/${FH_PATH_TOKEN}?key=${FH_QUERY_TOKEN}"),
-        "{out}"
-    );
+    for shown in [
+        "http://127.0.0.1:9/hook/${FH_PATH_TOKEN}?key=${FH_QUERY_TOKEN}",
+        "/in/${FH_INGEST_KEY}",
+        "${FH_LOG_DIR}/a.json",
+    ] {
+        assert!(out.stdout.contains(shown), "{shown}:\n{out}");
+    }
 }
 
 /// Two sinks with the secret from the environment: one to `refusing`, one to `closed`,
