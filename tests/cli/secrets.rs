@@ -371,9 +371,9 @@ fn validate_shows_values_from_the_environment_as_their_variables() {
     let logs = ws.path("Fold3rTok9");
     std::fs::create_dir_all(&logs).unwrap();
     std::fs::write(logs.join("a.json"), "").unwrap();
-    let config = ws.config(&format!(
-        "[sources.in]\ntype = \"file\"\ninclude = [\"${{FH_LOG_DIR}}/*.json\"]\n\n[sources.h]\ntype = \"http\"\naddress = \"127.0.0.1:0\"\npath = \"/in/${{FH_INGEST_KEY}}\"\n\n[sinks.webhook]\ntype = \"webhook\"\ninputs = [\"in\", \"h\"]\nendpoint_url = \"http://127.0.0.1:9/hook/${{FH_PATH_TOKEN}}?key=${{FH_QUERY_TOKEN}}\"\n"
-    ));
+    let config = ws.config(
+        "[sources.in]\ntype = \"file\"\ninclude = [\"${FH_LOG_DIR}/*.json\"]\n\n[sources.h]\ntype = \"http\"\naddress = \"127.0.0.1:0\"\npath = \"/in/${FH_INGEST_KEY}\"\n\n[sinks.webhook]\ntype = \"webhook\"\ninputs = [\"in\", \"h\"]\nendpoint_url = \"http://127.0.0.1:9/hook/${FH_PATH_TOKEN}?key=${FH_QUERY_TOKEN}\"\n",
+    );
     let mut cmd = flaghook(&["--log-level", "trace", "validate", "--config"]);
     cmd.arg(&config)
         .env("FH_LOG_DIR", &logs)
