@@ -632,7 +632,12 @@ fn substitute_string(
             let plain = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !plain {
-                bail!("`{key}` uses `${{{name}}}`: only `${{NAME}}` is supported, NAME of letters, digits and `_` (no defaults or other shell forms; `$$` for a literal `$`)");
+                // Only the name is shown: what follows it (a default) may be a secret.
+                let lead: String = name
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                bail!("`{key}` uses `${{{lead}…}}`: only `${{NAME}}` is supported, NAME of letters, digits and `_` (no defaults or other shell forms; `$$` for a literal `$`)");
             }
             let value = lookup(name)
                 .ok_or_else(|| anyhow!("`{key}` uses `${{{name}}}`, which is not set"))?

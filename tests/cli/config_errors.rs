@@ -800,8 +800,12 @@ fn settings_that_could_never_work_are_refused() {
             vec!["sinks.webhook.retry_on_status", "302"],
         ),
         (
-            format!("{SOURCE}\n{SINK}secret = \"${{WEBHOOK_SECRET:-dev}}\"\n"),
-            vec!["sinks.webhook.secret", "only `${NAME}` is supported"],
+            format!("{SOURCE}\n{SINK}secret = \"${{WEBHOOK_SECRET:-dev-Sup3rS3cret}}\"\n"),
+            vec![
+                "sinks.webhook.secret",
+                "only `${NAME}` is supported",
+                "`${WEBHOOK_SECRET…}`",
+            ],
         ),
     ];
     for (body, needles) in cases {
@@ -809,6 +813,8 @@ fn settings_that_could_never_work_are_refused() {
         for needle in &needles[1..] {
             assert!(out.stderr.contains(needle), "no {needle:?}:\n{out}");
         }
+        // A shell default may be a secret written literally: never shown.
+        assert!(!out.stderr.contains("Sup3rS3cret"), "{out}");
     }
     let ws = Workspace::new();
     let valid = format!(
