@@ -262,18 +262,24 @@ fn bound_allocator_growth() {
 
 fn init_logs(level: Option<&str>, format: LogFormat) -> Result<()> {
     use tracing_subscriber::EnvFilter;
-    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    // The NATS client's own lines repeat what flaghook logs of its connections.
+    let default = || EnvFilter::new("info,async_nats=warn");
+    let from_env = std::env::var_os("RUST_LOG").filter(|v| !v.is_empty());
+    let mut env_ignored = false;
     let filter = match (level, from_env) {
         (Some(l), _) => log_filter(l).map_err(|why| {
             anyhow::anyhow!("--log-level {l:?} is not a level or filter ({why}); example: --log-level debug, or --log-level flaghook=trace")
         })?,
-        // Neither its value nor the parser's words on it are shown: it comes from the
-        // environment.
-        (None, Some(v)) => log_filter(&v).map_err(|_| {
-            anyhow::anyhow!("RUST_LOG is not a level or filter (a bare word must be one of off, error, warn, info, debug and trace); example: RUST_LOG=debug, or RUST_LOG=flaghook=trace (or leave it unset)")
-        })?,
-        // The NATS client's own lines repeat what flaghook logs of its connections.
-        (None, None) => EnvFilter::new("info,async_nats=warn"),
+        // Often inherited from a shell or a unit set up for another program: one that is
+        // not a filter flaghook reads is ignored, with a warning, not a reason to stop.
+        (None, Some(v)) => match v.to_str().map(log_filter) {
+            Some(Ok(filter)) => filter,
+            _ => {
+                env_ignored = true;
+                default()
+            }
+        },
+        (None, None) => default(),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -294,6 +300,11 @@ fn init_logs(level: Option<&str>, format: LogFormat) -> Result<()> {
             .with_writer(Journald)
             .init(),
     }
+    if env_ignored {
+        // Neither its value nor the parser's words on it are shown: it comes from the
+        // environment.
+        tracing::warn!("RUST_LOG is not a level or filter (a bare word must be one of off, error, warn, info, debug and trace): ignored, logging at info; example: RUST_LOG=debug, or RUST_LOG=flaghook=trace, or --log-level");
+    }
     Ok(())
 }
 
@@ -302,12 +313,15 @@ fn init_logs(level: Option<&str>, format: LogFormat) -> Result<()> {
 /// which would turn every other line off, errors included, without a word. The error is
 /// why, for the caller to name where the filter came from.
 fn log_filter(level: &str) -> std::result::Result<tracing_subscriber::EnvFilter, String> {
-    let directive = !level.is_empty() && level.contains(['=', ',', '[', ':']);
-    if !directive
-        && level
+    // Each directive is checked: `warnn,flaghook=debug` would filter on a target `warnn`.
+    let bare_word = |part: &str| !part.contains(['=', '[', ':']);
+    let is_level = |part: &str| {
+        part.trim()
             .parse::<tracing_subscriber::filter::LevelFilter>()
-            .is_err()
-    {
+            .is_ok()
+    };
+    let parts = level.split(',').filter(|p| !p.trim().is_empty());
+    if level.trim().is_empty() || parts.clone().any(|p| bare_word(p) && !is_level(p)) {
         return Err("levels are off, error, warn, info, debug and trace".to_owned());
     }
     tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())
