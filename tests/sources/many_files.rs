@@ -39,12 +39,29 @@ retry_max_backoff = "200ms"
         url = toml_str(hook.url()),
     ));
     let mut cmd = run_cmd(&config);
+    // The hard limit as it is, at most 4096: raising it needs privileges a runner may lack.
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the one struct passed by reference.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) },
+        0
+    );
+    let hard = current.rlim_max.min(4096);
+    if hard < FILES as libc::rlim_t + 200 {
+        eprintln!(
+            "skipped: the hard limit of open files ({hard}) leaves no room above {FILES} files"
+        );
+        return;
+    }
     // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             let limit = libc::rlimit {
                 rlim_cur: SOFT_LIMIT,
-                rlim_max: 4096,
+                rlim_max: hard,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
                 return Err(std::io::Error::last_os_error());

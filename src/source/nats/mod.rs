@@ -64,6 +64,8 @@ const FETCH_GRACE: Duration = Duration::from_secs(1);
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// How often the consumer is looked up to follow its `ack_wait` (see [`follow_ack_wait`]).
 const FOLLOW_EVERY: Duration = Duration::from_secs(5);
+/// How long one such lookup may take before it is left to the next turn.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `[sources.NAME] type = "nats"`: its own keys; the connection keys (`crate::nats`) are
 /// read beside them.
@@ -269,7 +271,9 @@ pub async fn run(
 
 /// Looks the consumer up every [`FOLLOW_EVERY`] and sends the acker its `ack_wait` when it
 /// changed: an owner may edit a consumer in place, and held messages told in progress at
-/// the pace of a longer `ack_wait` than the consumer's would be handed out again. Runs
+/// the pace of a longer `ack_wait` than the consumer's would be handed out again. Until the
+/// change is seen (at most [`FOLLOW_EVERY`]), messages held longer than the new `ack_wait`
+/// may still be (at least once: delivered again, never lost). Runs
 /// until dropped; a lookup that fails is tried at the next turn (a consumer that is gone
 /// is the reader's to find).
 async fn follow_ack_wait(
@@ -279,7 +283,7 @@ async fn follow_ack_wait(
 ) -> std::convert::Infallible {
     loop {
         tokio::time::sleep(FOLLOW_EVERY).await;
-        let Ok(Ok(info)) = tokio::time::timeout(RETRY_DELAY, consumer.get_info()).await else {
+        let Ok(Ok(info)) = tokio::time::timeout(LOOKUP_TIMEOUT, consumer.get_info()).await else {
             continue;
         };
         let now = info.config.ack_wait;
