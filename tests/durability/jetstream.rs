@@ -524,21 +524,17 @@ fn consumer_exists(nats: &NatsServer) -> bool {
     })
 }
 
-/// The consumer is deleted and created again by its owner (`create = false`) with a
-/// shorter `ack_wait`: the source tells the messages it holds in progress at the new
-/// consumer's pace, so none is handed out again while the endpoint is down for several of
-/// its `ack_wait`s.
-#[test]
-fn a_consumer_created_again_with_a_shorter_ack_wait_is_kept_at_its_pace() {
-    let ws = Workspace::new();
-    let Some(nats) = NatsServer::start(&ws) else {
-        return;
-    };
+/// A central flaghook reading a consumer its owner made (`create = false`, `ack_wait` 30 s),
+/// through an endpoint that answers 503 while `up` is false; 10 events already delivered.
+fn central_on_an_owned_consumer(
+    ws: &Workspace,
+    nats: &NatsServer,
+) -> (Arc<AtomicBool>, Endpoint, Proc) {
     nats.create_stream(STREAM, SUBJECT);
-    create_consumer(&nats, Duration::from_secs(30));
+    create_consumer(nats, Duration::from_secs(30));
     let up = Arc::new(AtomicBool::new(true));
     let hook = Endpoint::up_when(&up, Reply::status(503)).count_only();
-    let config = central(&ws, &nats, &hook.url(), "", "");
+    let config = central(ws, nats, &hook.url(), "", "");
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, text.replace("create = true", "create = false")).unwrap();
     let central = start_central(&config);
@@ -548,26 +544,30 @@ fn a_consumer_created_again_with_a_shorter_ack_wait_is_kept_at_its_pace() {
         "nothing flows:\n{}",
         central.stderr_now()
     );
+    (up, hook, central)
+}
 
-    delete_consumer(&nats);
-    assert!(
-        central.wait_stderr("the consumer is gone", WAIT).is_some(),
-        "the source did not find the consumer gone:\n{}",
-        central.stderr_now()
-    );
+/// With the consumer's `ack_wait` now 1 s: the endpoint goes down, 50 more events are held
+/// for three of those `ack_wait`s and none is handed out again (`context` is added to that
+/// failure's message); then it comes back and every event arrives once.
+fn held_past_ack_wait_without_redelivery(
+    nats: &NatsServer,
+    up: &AtomicBool,
+    hook: &Endpoint,
+    central: &Proc,
+    context: &str,
+) {
     up.store(false, Ordering::SeqCst);
-    create_consumer(&nats, Duration::from_secs(1));
     const N: u64 = 60;
     nats.publish(SUBJECT, &messages_of(&events(10..N), 10));
     assert!(hook.wait_until(WAIT, |t| t.failed_requests > 0));
-    // Three of the new consumer's ack_waits while the messages are held.
     std::thread::sleep(Duration::from_millis(3500));
     let (pending, redelivered) = nats.consumer_state(STREAM, CONSUMER);
     assert!(pending > 0, "the messages are held, not acked");
     assert_eq!(
         redelivered,
         0,
-        "messages were handed out again while held:\n{}",
+        "messages were handed out again while held{context}:\n{}",
         central.stderr_now()
     );
 
@@ -579,6 +579,27 @@ fn a_consumer_created_again_with_a_shorter_ack_wait_is_kept_at_its_pace() {
     );
     assert_eq!(hook.with(|t| t.duplicates()), 0);
     assert!(nats.wait_empty(STREAM, WAIT), "messages left unacked");
+}
+
+/// The consumer is deleted and created again by its owner (`create = false`) with a
+/// shorter `ack_wait`: the source tells the messages it holds in progress at the new
+/// consumer's pace, so none is handed out again while the endpoint is down for several of
+/// its `ack_wait`s.
+#[test]
+fn a_consumer_created_again_with_a_shorter_ack_wait_is_kept_at_its_pace() {
+    let ws = Workspace::new();
+    let Some(nats) = NatsServer::start(&ws) else {
+        return;
+    };
+    let (up, hook, central) = central_on_an_owned_consumer(&ws, &nats);
+    delete_consumer(&nats);
+    assert!(
+        central.wait_stderr("the consumer is gone", WAIT).is_some(),
+        "the source did not find the consumer gone:\n{}",
+        central.stderr_now()
+    );
+    create_consumer(&nats, Duration::from_secs(1));
+    held_past_ack_wait_without_redelivery(&nats, &up, &hook, &central, "");
 }
 
 /// The consumer's owner shortens its `ack_wait` in place (updated, not deleted): the
@@ -591,77 +612,32 @@ fn a_consumer_whose_ack_wait_is_shortened_in_place_is_kept_at_its_pace() {
     let Some(nats) = NatsServer::start(&ws) else {
         return;
     };
-    nats.create_stream(STREAM, SUBJECT);
-    create_consumer(&nats, Duration::from_secs(30));
-    let up = Arc::new(AtomicBool::new(true));
-    let hook = Endpoint::up_when(&up, Reply::status(503)).count_only();
-    let config = central(&ws, &nats, &hook.url(), "", "");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replace("create = true", "create = false")).unwrap();
-    let central = start_central(&config);
-    nats.publish(SUBJECT, &messages_of(&events(0..10), 10));
-    assert!(
-        hook.wait_until(WAIT, |t| t.has_all(10)),
-        "nothing flows:\n{}",
-        central.stderr_now()
+    let (up, hook, central) = central_on_an_owned_consumer(&ws, &nats);
+    // nats-server 2.9 updates a durable consumer created again under its name
+    // (`update_consumer` needs 2.10).
+    create_consumer(&nats, Duration::from_secs(1));
+    let ack_wait = nats.client(async |js| {
+        let stream = js.get_stream(STREAM).await.expect("stream");
+        let info = stream.consumer_info(CONSUMER).await.expect("consumer info");
+        info.config.ack_wait
+    });
+    assert_eq!(
+        ack_wait,
+        Duration::from_secs(1),
+        "the consumer was not updated"
     );
-
-    update_consumer(&nats, Duration::from_secs(1));
     // Not asserted here: the code before this test never followed, and is seen failing
     // below, by the redeliveries.
     let followed = central
         .wait_stderr("ack_wait changed", Duration::from_secs(12))
         .is_some();
-    up.store(false, Ordering::SeqCst);
-    const N: u64 = 60;
-    nats.publish(SUBJECT, &messages_of(&events(10..N), 10));
-    assert!(hook.wait_until(WAIT, |t| t.failed_requests > 0));
-    // Three of the new ack_waits while the messages are held.
-    std::thread::sleep(Duration::from_millis(3500));
-    let (pending, redelivered) = nats.consumer_state(STREAM, CONSUMER);
-    assert!(pending > 0, "the messages are held, not acked");
-    assert_eq!(
-        redelivered,
-        0,
-        "messages were handed out again while held (the change followed: {followed}):\n{}",
-        central.stderr_now()
-    );
+    let context = format!(" (the change followed: {followed})");
+    held_past_ack_wait_without_redelivery(&nats, &up, &hook, &central, &context);
     assert!(
         followed,
         "the change was not logged:\n{}",
         central.stderr_now()
     );
-
-    up.store(true, Ordering::SeqCst);
-    assert!(
-        hook.wait_until(WAIT, |t| t.has_all(N)),
-        "missing: {:?}",
-        hook.with(|t| t.missing(N))
-    );
-    assert_eq!(hook.with(|t| t.duplicates()), 0);
-    assert!(nats.wait_empty(STREAM, WAIT), "messages left unacked");
-}
-
-/// Changes the consumer's `ack_wait` in place, as its owner would: nats-server 2.9 updates a
-/// durable consumer created again under its name (`update_consumer` needs 2.10).
-fn update_consumer(nats: &NatsServer, ack_wait: Duration) {
-    nats.client(async |js| {
-        let stream = js.get_stream(STREAM).await.expect("stream");
-        stream
-            .create_consumer(async_nats::jetstream::consumer::pull::Config {
-                durable_name: Some(CONSUMER.to_owned()),
-                ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
-                ack_wait,
-                ..Default::default()
-            })
-            .await
-            .expect("update consumer");
-        let info = stream.consumer_info(CONSUMER).await.expect("consumer info");
-        assert_eq!(
-            info.config.ack_wait, ack_wait,
-            "the consumer was not updated"
-        );
-    });
 }
 
 /// Creates the pull consumer the central flaghooks read, as its owner would.
