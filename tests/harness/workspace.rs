@@ -78,6 +78,32 @@ endpoint_url = {url}
         ))
     }
 
+    /// A file source `files` over the glob `pattern` (a path in the workspace), with
+    /// `source_extra` lines, feeding webhook sink `webhook` to `url` with `sink_extra` lines.
+    pub fn glob_pipeline(
+        &self,
+        pattern: &str,
+        source_extra: &str,
+        url: &str,
+        sink_extra: &str,
+    ) -> PathBuf {
+        self.config(&format!(
+            r#"[sources.files]
+type = "file"
+include = [{glob}]
+{source_extra}
+
+[sinks.webhook]
+type = "webhook"
+inputs = ["files"]
+endpoint_url = {url}
+{sink_extra}
+"#,
+            glob = toml_str(self.path(pattern)),
+            url = toml_str(url),
+        ))
+    }
+
     /// A TCP source `tcp` (with `source_extra`) on a free loopback port feeding webhook
     /// sink `webhook` to `url` (with `sink_extra`); returns the config and the address.
     pub fn tcp_pipeline(

@@ -300,20 +300,7 @@ fn a_fifo_matching_include_does_not_stall_the_source() {
     let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     // SAFETY: a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0, "mkfifo");
-    let config = ws.config(&format!(
-        r#"[sources.files]
-type = "file"
-include = [{glob}]
-
-[sinks.webhook]
-type = "webhook"
-inputs = ["files"]
-endpoint_url = {url}
-flush_interval = "100ms"
-"#,
-        glob = toml_str(ws.path("in/*.json")),
-        url = toml_str(hook.url()),
-    ));
+    let config = ws.glob_pipeline("in/*.json", "", &hook.url(), "flush_interval = \"100ms\"");
 
     let out = Proc::spawn(run_once_cmd(&config)).wait_timeout(Duration::from_secs(20));
     out.assert_code(2);
@@ -339,22 +326,13 @@ fn a_file_whose_name_is_not_utf8_is_reported_not_silently_skipped() {
     std::fs::write(&bad, small_lines(10..20)).unwrap();
     let excluded = dir.join(std::ffi::OsStr::from_bytes(b"old-\xfe.json"));
     std::fs::write(&excluded, small_lines(20..30)).unwrap();
-    let config = ws.config(&format!(
-        r#"[sources.files]
-type = "file"
-include = [{glob}]
-exclude = [{old}]
-
-[sinks.webhook]
-type = "webhook"
-inputs = ["files"]
-endpoint_url = {url}
-flush_interval = "100ms"
-"#,
-        glob = toml_str(ws.path("in/*.json")),
-        old = toml_str(ws.path("in/old-*")),
-        url = toml_str(hook.url()),
-    ));
+    let exclude = format!("exclude = [{}]", toml_str(ws.path("in/old-*")));
+    let config = ws.glob_pipeline(
+        "in/*.json",
+        &exclude,
+        &hook.url(),
+        "flush_interval = \"100ms\"",
+    );
 
     let shown = bad.to_string_lossy().into_owned();
     let validated = validate(&config);

@@ -21,23 +21,12 @@ fn more_files_than_the_soft_open_files_limit_are_all_delivered() {
     for f in 0..FILES {
         ws.write(&format!("logs/f{f:04}.json"), small_lines(f * 2..f * 2 + 2));
     }
-    let config = ws.config(&format!(
-        r#"[sources.files]
-type = "file"
-include = [{glob}]
-
-[sinks.webhook]
-type = "webhook"
-inputs = ["files"]
-endpoint_url = {url}
-flush_interval = "50ms"
-max_event_in_memory = 200
-retry_initial_backoff = "50ms"
-retry_max_backoff = "200ms"
-"#,
-        glob = toml_str(ws.path("logs/*.json")),
-        url = toml_str(hook.url()),
-    ));
+    let config = ws.glob_pipeline(
+        "logs/*.json",
+        "",
+        &hook.url(),
+        "flush_interval = \"50ms\"\nmax_event_in_memory = 200\nretry_initial_backoff = \"50ms\"\nretry_max_backoff = \"200ms\"",
+    );
     let mut cmd = run_cmd(&config);
     // The hard limit as it is, at most 4096: raising it needs privileges a runner may lack.
     let mut current = libc::rlimit {

@@ -496,22 +496,12 @@ fn a_file_truncated_and_written_past_its_offset_before_a_read_is_read_from_the_s
     let hook = Endpoint::start().count_only();
     let ws = Workspace::new();
     let path = ws.write("logs/a.log", small_lines(0..100));
-    let config = ws.config(&format!(
-        r#"[sources.files]
-type = "file"
-include = [{glob}]
-glob_interval = "1h"
-
-[sinks.webhook]
-type = "webhook"
-inputs = ["files"]
-endpoint_url = {url}
-flush_interval = "50ms"
-max_event_in_memory = 50
-"#,
-        glob = toml_str(ws.path("logs/*.log")),
-        url = toml_str(hook.url()),
-    ));
+    let config = ws.glob_pipeline(
+        "logs/*.log",
+        "glob_interval = \"1h\"",
+        &hook.url(),
+        "flush_interval = \"50ms\"\nmax_event_in_memory = 50",
+    );
     let proc = Proc::spawn(run_cmd(&config));
     assert!(
         hook.wait_until(WAIT, |t| t.has_all(100)),

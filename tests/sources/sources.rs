@@ -446,20 +446,12 @@ fn a_file_matched_through_a_symlink_too_is_read_once() {
     let events = feature_events(0, 5);
     let file = ws.write("logs/a.json", jsonl(&events));
     std::os::unix::fs::symlink(&file, ws.path("logs/latest.json")).unwrap();
-    let config = ws.config(&format!(
-        r#"[sources.files]
-type = "file"
-include = [{glob}]
-
-[sinks.webhook]
-type = "webhook"
-inputs = ["files"]
-endpoint_url = {url}
-flush_interval = "50ms"
-"#,
-        glob = toml_str(ws.path("logs/*.json")),
-        url = toml_str(server.url()),
-    ));
+    let config = ws.glob_pipeline(
+        "logs/*.json",
+        "",
+        &server.url(),
+        "flush_interval = \"50ms\"",
+    );
     run_once(&config).assert_code(0);
     let mut got = server.delivered();
     got.sort();
