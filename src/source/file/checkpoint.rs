@@ -61,6 +61,12 @@ impl Fingerprint {
         })
     }
 
+    /// Whether it covers fewer bytes than it could, with `read` bytes of the file read:
+    /// fewer than [`HEAD_BYTES`], and fewer than were read.
+    pub fn is_short(&self, read: u64) -> bool {
+        self.head_len < HEAD_BYTES && read > self.head_len
+    }
+
     /// Whether `file` still starts with the bytes this fingerprint was taken over.
     pub fn matches(&self, file: &File) -> io::Result<bool> {
         let meta = file.metadata()?;

@@ -49,7 +49,7 @@ use bytes::Bytes;
 use crate::event::{Block, Line, LineKind};
 use crate::journal::{self, Segments};
 use crate::telemetry::Starting;
-use checkpoint::{Checkpointer, Fingerprint, HEAD_BYTES};
+use checkpoint::{Checkpointer, Fingerprint};
 use symlink::Links;
 
 /// Where to start in a file that has no checkpoint.
@@ -750,7 +750,8 @@ impl Tail<'_> {
         });
     }
 
-    /// Grows a short fingerprint as the file grows; restarts a file whose first bytes changed.
+    /// Restarts a file whose first bytes changed; grows a short fingerprint as the file
+    /// grows (see [`Tail::lengthen_fingerprint`]).
     fn check_identity(&mut self, i: usize) {
         let f = &mut self.files[i];
         let same = f.fingerprint.matches(&f.file).unwrap_or(false);
@@ -759,23 +760,29 @@ impl Tail<'_> {
             self.restart(i);
             return;
         }
-        self.grow_fingerprint(i);
+        self.lengthen_fingerprint(i);
     }
 
-    /// Takes a short fingerprint again over the bytes read since (up to [`HEAD_BYTES`]).
+    /// [`Tail::lengthen_fingerprint`] for a journal segment, whose first bytes are checked
+    /// here (flaghook writes segments; nothing else replaces them).
+    fn grow_fingerprint(&mut self, i: usize) {
+        let f = &self.files[i];
+        if f.fingerprint.is_short(f.pos) && f.fingerprint.matches(&f.file).unwrap_or(false) {
+            self.lengthen_fingerprint(i);
+        }
+    }
+
+    /// Takes a short fingerprint again over the bytes read since (up to [`checkpoint::HEAD_BYTES`]);
+    /// the file's first bytes are known to be those the fingerprint covers.
     ///
     /// Called after every read, before its lines are handed on: a checkpoint must never
     /// hold an offset past the bytes its fingerprint covers. A file first seen holding
     /// half a line is fingerprinted over bytes every event starts with; saved with that
     /// fingerprint, its offset would be resumed in other content at the same inode (a
     /// reused inode, a file rewritten while flaghook was stopped), skipping its first lines.
-    fn grow_fingerprint(&mut self, i: usize) {
+    fn lengthen_fingerprint(&mut self, i: usize) {
         let f = &mut self.files[i];
-        if f.fingerprint.head_len >= HEAD_BYTES || f.pos <= f.fingerprint.head_len {
-            return;
-        }
-        // Replaced content is `check_identity`'s to notice, before this is called.
-        if !f.fingerprint.matches(&f.file).unwrap_or(false) {
+        if !f.fingerprint.is_short(f.pos) {
             return;
         }
         if let Ok(fp) = Fingerprint::of(&f.file) {

@@ -213,7 +213,7 @@ pub enum Record {
     /// The record as one compact JSON object.
     Json(Bytes),
     /// The event in GO Feature Flag's encoding that the record carries in its envelope
-    /// field, as it is (see [`event_in`]).
+    /// field, as it is (see `event_in`).
     Event(Bytes),
     /// Its JSON is longer than `max_line_bytes`: the start of it, and its whole length.
     Oversized { excerpt: Bytes, len: u64 },
