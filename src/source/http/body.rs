@@ -85,10 +85,11 @@ pub struct Parsed {
     /// Every line, the rejected ones too (the sinks dead-letter them); none when they are
     /// in `text`.
     pub lines: Vec<Line>,
-    /// The lines of a newline-delimited body that are the body as it came (with a newline
-    /// added when its last line had none): none is blank, ends in `\r` or is longer than
-    /// `max_line_bytes`; or a JSON array's elements, compact, when none is longer. They go to the journal in one piece, as a TCP read's do, not as a
-    /// reference-counted slice each.
+    /// The lines in one piece, when they can be: a newline-delimited body as it came (with
+    /// a newline added when its last line had none) when no line is blank, ends in `\r` or
+    /// is longer than `max_line_bytes`; or a JSON array's elements, compact, a line each,
+    /// when none is longer. They go to the journal in one piece, as a TCP read's do, not
+    /// as a reference-counted slice each.
     pub text: Option<TextLines>,
     /// Lines that are not a JSON object, or longer than `max_line_bytes`.
     pub rejected: usize,
@@ -209,9 +210,9 @@ fn ndjson(body: &Bytes, max_line_bytes: usize) -> Result<Parsed, NotJson> {
     let mut first_error = None;
     // Each non-blank line: where its text is, its number, and where the next one starts.
     let mut cuts: Vec<(std::ops::Range<usize>, u64, usize)> = Vec::new();
-    // The lines are the body as it came (see `Parsed::text`).
-    // A last line without its newline is given one (a copy of the body), so that such a
-    // body too goes in one piece: a line each costs some 100 bytes however short it is.
+    // Whether the lines are the body as it came (see `Parsed::text`). A last line without
+    // its newline is given one (a copy of the body), so that such a body too goes in one
+    // piece: a line each costs some 100 bytes however short it is.
     let mut whole = true;
     let mut at = 0usize;
     let mut number = 0u64;
